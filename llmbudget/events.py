@@ -1,0 +1,205 @@
+"""UsageEvent: the one record of an LLM call that everything else reads (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from .errors import ValidationError
+from .money import from_nano, to_nano
+
+PRICE_STATUSES = frozenset({"priced", "unpriced", "local", "override"})
+STATUSES = frozenset({"ok", "error", "interrupted", "blocked", "fallback"})
+SOURCES = frozenset({"proxy", "sdk", "import", "api"})
+#: attribution fields, in the order reports show them
+ATTRIBUTION = ("agent", "session", "user", "team", "task_id", "task_type", "tier")
+TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                "reasoning_tokens")
+
+_last_ms = 0
+_seq = 0
+
+
+def new_id() -> str:
+    """A UUIDv7 string: time-ordered, unique, usable as the idempotency key."""
+    global _last_ms, _seq
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:  # same millisecond: keep ids monotonic within the process
+        ms = _last_ms
+        _seq += 1
+    else:
+        _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x3FF
+    rand_a = _seq & 0xFFF
+    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
+    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def parse_timestamp(value: str | datetime | int | float) -> datetime:
+    """Parse RFC 3339 / ISO 8601 (a trailing Z allowed) or unix seconds into aware UTC."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        dt = datetime.fromtimestamp(value, UTC)
+    elif isinstance(value, str):
+        s = value.strip()
+        if s.endswith(("Z", "z")):
+            s = s[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(s)
+        except ValueError as e:
+            raise ValidationError("timestamp", f"not an RFC 3339 time: {value!r}") from e
+    else:
+        raise ValidationError("timestamp", f"not a time: {value!r}")
+    if dt.tzinfo is None:  # naive times in logs are UTC by convention
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One LLM call. Token counts follow DESIGN.md section 3: input includes cached, output includes reasoning."""
+
+    backend: str
+    model: str
+    id: str = field(default_factory=new_id)
+    timestamp: datetime = field(default_factory=utcnow)
+    provider: str = "unknown"
+    request_model: str | None = None
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    #: None means not priced (unpriced); never reported as $0
+    cost_usd: Decimal | None = None
+    price_status: str = "unpriced"
+    agent: str | None = None
+    session: str | None = None
+    user: str | None = None
+    team: str | None = None
+    task_id: str | None = None
+    task_type: str | None = None
+    tier: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    status: str = "ok"
+    http_status: int | None = None
+    streamed: bool = False
+    duration_ms: float | None = None
+    ttft_ms: float | None = None
+    source: str = "api"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValidationError naming the first bad field."""
+        if not self.backend or not isinstance(self.backend, str):
+            raise ValidationError("backend", "must be a non-empty string")
+        if not isinstance(self.model, str):
+            raise ValidationError("model", "must be a string")
+        for name in TOKEN_FIELDS:
+            v = getattr(self, name)
+            if type(v) is not int:
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ValidationError(name, f"must be an integer, got {v!r}")
+            if v < 0:
+                raise ValidationError(name, f"must not be negative, got {v}")
+        if self.cached_input_tokens + self.cache_write_tokens > self.input_tokens:
+            raise ValidationError(
+                "cached_input_tokens",
+                f"cached ({self.cached_input_tokens}) + cache write ({self.cache_write_tokens}) "
+                f"exceeds input_tokens ({self.input_tokens}); input_tokens must include cached tokens",
+            )
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValidationError(
+                "reasoning_tokens",
+                f"{self.reasoning_tokens} exceeds output_tokens ({self.output_tokens}); "
+                "output_tokens must include reasoning tokens",
+            )
+        if self.status not in STATUSES:
+            raise ValidationError("status", f"unknown status {self.status!r}; one of {sorted(STATUSES)}")
+        if self.price_status not in PRICE_STATUSES:
+            raise ValidationError(
+                "price_status", f"unknown price status {self.price_status!r}; one of {sorted(PRICE_STATUSES)}"
+            )
+        if self.source not in SOURCES:
+            raise ValidationError("source", f"unknown source {self.source!r}; one of {sorted(SOURCES)}")
+        if self.cost_usd is not None:
+            if not isinstance(self.cost_usd, Decimal):
+                raise ValidationError("cost_usd", f"must be a Decimal, got {type(self.cost_usd).__name__}")
+            if self.cost_usd < 0:
+                raise ValidationError("cost_usd", f"must not be negative, got {self.cost_usd}")
+        elif self.price_status in ("priced", "override"):
+            raise ValidationError("cost_usd", f"is missing but price_status is {self.price_status!r}")
+        if self.timestamp.tzinfo is None:
+            raise ValidationError("timestamp", "must be timezone-aware")
+        if not isinstance(self.tags, dict):
+            raise ValidationError("tags", "must be a mapping of strings")
+
+    @property
+    def cost_nano(self) -> int | None:
+        """Cost in integer nano-USD, or None when unpriced."""
+        return None if self.cost_usd is None else to_nano(self.cost_usd)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def with_(self, **changes: Any) -> UsageEvent:
+        """A validated copy with some fields changed (events are immutable once recorded)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: RFC 3339 timestamp, cost as a decimal string (exact) under `cost_usd`."""
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["timestamp"] = self.timestamp.isoformat().replace("+00:00", "Z")
+        d["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
+        d["tags"] = dict(self.tags)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UsageEvent:
+        """Build from our own JSON shape (as written by `to_dict`, the audit log and the API)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"cost_nano", "total_tokens"}
+        if unknown:
+            raise ValidationError(sorted(unknown)[0], "unknown field")
+        kw = {k: v for k, v in data.items() if k in known}
+        if "timestamp" in kw and kw["timestamp"] is not None:
+            kw["timestamp"] = parse_timestamp(kw["timestamp"])
+        if kw.get("cost_usd") is not None:
+            kw["cost_usd"] = _decimal("cost_usd", kw["cost_usd"])
+        elif data.get("cost_nano") is not None:
+            kw["cost_usd"] = from_nano(int(data["cost_nano"]))
+        if kw.get("tags") is None:
+            kw.pop("tags", None)
+        for name in TOKEN_FIELDS:
+            if kw.get(name) is None:
+                kw.pop(name, None)
+        for key in ("backend", "model"):
+            if key not in kw:
+                raise ValidationError(key, "is required")
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ValidationError("event", str(e)) from e
+
+
+def _decimal(name: str, value: Any) -> Decimal:
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        return Decimal(value)
+    except Exception as e:
+        raise ValidationError(name, f"not a number: {value!r}") from e

@@ -1,0 +1,51 @@
+"""Money: Decimal USD in code, integer nano-USD (1e-9 USD) in storage, so sums are exact."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+NANOS_PER_USD = 1_000_000_000
+_NANO = Decimal("0.000000001")
+ZERO = Decimal(0)
+
+
+def to_nano(usd: Decimal | int | str) -> int:
+    """Convert USD to integer nano-USD, rounding half-even at the ninth decimal."""
+    if isinstance(usd, float):  # floats carry binary noise: refuse rather than guess
+        raise TypeError("money must be Decimal, int or str, not float")
+    try:
+        d = usd if isinstance(usd, Decimal) else Decimal(usd)
+    except InvalidOperation as e:
+        raise ValueError(f"not a money amount: {usd!r}") from e
+    return int((d * NANOS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nano(nanos: int) -> Decimal:
+    """Convert integer nano-USD to an exact Decimal USD."""
+    return (Decimal(nanos) / NANOS_PER_USD).quantize(_NANO) if nanos else Decimal("0E-9")
+
+
+def usd(value: Decimal | int | str | float) -> Decimal:
+    """Parse a user-supplied amount (config, import file) into Decimal; floats go through their repr."""
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        return Decimal(value)
+    except InvalidOperation as e:
+        raise ValueError(f"not a money amount: {value!r}") from e
+
+
+def format_usd(amount: Decimal | None, places: int = 4) -> str:
+    """Human formatting: `$1.2345`; None (unpriced) prints as `unpriced`."""
+    if amount is None:
+        return "unpriced"
+    q = Decimal(1).scaleb(-places)
+    shown = amount.quantize(q, rounding=ROUND_HALF_EVEN)
+    if shown == 0 and amount != 0:
+        return f"<${q}"
+    return f"${shown:,}"
+
+
+def json_number(amount: Decimal | None) -> float | None:
+    """Money for JSON output. Exact Decimal strings are kept in `*_nano` fields; this is the readable number."""
+    return None if amount is None else float(amount)

@@ -1,0 +1,1 @@
+"""Dashboard, JSON API and server-sent events."""

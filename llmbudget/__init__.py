@@ -1,0 +1,40 @@
+"""llmbudget: meter, budget and watch the quota of LLM calls.
+
+The public Python API is imported lazily so `import llmbudget` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "UsageEvent": ("llmbudget.events", "UsageEvent"),
+    "Ledger": ("llmbudget.store", "Ledger"),
+    "PriceBook": ("llmbudget.pricing", "PriceBook"),
+    "estimate_cost": ("llmbudget.pricing", "estimate_cost"),
+    "Meter": ("llmbudget.meter", "Meter"),
+    "wrap": ("llmbudget.capture.wrap", "wrap"),
+    "BudgetExceeded": ("llmbudget.errors", "BudgetExceeded"),
+    "LLMBudgetError": ("llmbudget.errors", "LLMBudgetError"),
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .errors import BudgetExceeded, LLMBudgetError
+    from .events import UsageEvent
+    from .store import Ledger
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'llmbudget' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value

@@ -1,0 +1,246 @@
+"""Token semantics per provider, normalized to one shape so nothing is counted twice.
+
+`TokenUsage` follows the UsageEvent semantics of DESIGN.md section 3 (and genai-prices'
+`Usage`): `input_tokens` INCLUDES cached reads and cache writes, `output_tokens` INCLUDES
+reasoning. Each provider reports differently:
+
+- OpenAI chat/completions (also xAI, DeepSeek, OpenRouter, vLLM, Ollama): `prompt_tokens`
+  already include `prompt_tokens_details.cached_tokens`; `completion_tokens` include
+  `completion_tokens_details.reasoning_tokens` (xAI excludes them: detected, see below).
+- OpenAI Responses: `input_tokens` include `input_tokens_details.cached_tokens`;
+  `output_tokens` include `output_tokens_details.reasoning_tokens`.
+- Anthropic: `input_tokens` EXCLUDE `cache_read_input_tokens` and
+  `cache_creation_input_tokens`: they are added.
+- Gemini: `promptTokenCount` includes `cachedContentTokenCount`; `thoughtsTokenCount` is
+  separate from `candidatesTokenCount` and is added to output; `toolUsePromptTokenCount`
+  is separate from the prompt and is added to input.
+
+Every function is tolerant: a missing, None, negative, boolean or non-numeric field
+counts as zero, a non-mapping argument gives all zeros, and nothing ever raises. The
+result always satisfies `cached + cache_write <= input` and `reasoning <= output`, so it
+can go straight into a `UsageEvent`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "TokenUsage",
+    "anthropic_usage",
+    "gemini_usage",
+    "openai_chat_usage",
+    "openai_embeddings_usage",
+    "openai_responses_usage",
+]
+
+
+def _int(value: Any) -> int:
+    """A token count from whatever the provider sent: non-negative int, else 0."""
+    if value is None or isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value if value > 0 else 0
+    if isinstance(value, float):
+        if not math.isfinite(value) or value <= 0:
+            return 0
+        return int(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value <= 0:
+            return 0
+        return int(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if s.isdigit():  # some gateways send counts as strings
+            return int(s)
+    return 0
+
+
+def _get(obj: Any, *path: str) -> Any:
+    """Walk nested mappings; None when any step is missing or not a mapping."""
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _has(obj: Any, *path: str) -> bool:
+    return _get(obj, *path) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """One call's tokens. `input_tokens` include cached reads and cache writes; `output_tokens` include reasoning."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def of(cls, input_tokens: int = 0, cached_input_tokens: int = 0, cache_write_tokens: int = 0,
+           output_tokens: int = 0, reasoning_tokens: int = 0) -> TokenUsage:
+        """Build from possibly inconsistent counts, enforcing the invariants.
+
+        Parts never exceed their totals: when a provider reports more cached (or reasoning)
+        tokens than the total, the total is raised to the parts rather than the parts cut,
+        since under-counting would under-charge.
+        """
+        i, c, w = _int(input_tokens), _int(cached_input_tokens), _int(cache_write_tokens)
+        o, r = _int(output_tokens), _int(reasoning_tokens)
+        return cls(max(i, c + w), c, w, max(o, r), r)
+
+    @classmethod
+    def from_event(cls, event: Any) -> TokenUsage:
+        """The token counts of a UsageEvent (or anything with the same attribute names)."""
+        return cls.of(getattr(event, "input_tokens", 0), getattr(event, "cached_input_tokens", 0),
+                      getattr(event, "cache_write_tokens", 0), getattr(event, "output_tokens", 0),
+                      getattr(event, "reasoning_tokens", 0))
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input billed at the plain input rate (neither a cache read nor a cache write)."""
+        return self.input_tokens - self.cached_input_tokens - self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __bool__(self) -> bool:
+        return bool(self.input_tokens or self.output_tokens)
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        """Sum of two usages (separate calls, or incremental stream deltas)."""
+        if not isinstance(other, TokenUsage):
+            return NotImplemented
+        return TokenUsage(self.input_tokens + other.input_tokens,
+                          self.cached_input_tokens + other.cached_input_tokens,
+                          self.cache_write_tokens + other.cache_write_tokens,
+                          self.output_tokens + other.output_tokens,
+                          self.reasoning_tokens + other.reasoning_tokens)
+
+    def merge_max(self, other: TokenUsage | None) -> TokenUsage:
+        """Field-wise maximum: for streams whose usage reports are cumulative.
+
+        Anthropic's `message_start` carries the input and `message_delta` the cumulative
+        output (sometimes the input again); Gemini repeats `usageMetadata` growing in
+        every chunk. Taking the maximum of each field never double-counts.
+        """
+        if other is None:
+            return self
+        return TokenUsage.of(max(self.input_tokens, other.input_tokens),
+                             max(self.cached_input_tokens, other.cached_input_tokens),
+                             max(self.cache_write_tokens, other.cache_write_tokens),
+                             max(self.output_tokens, other.output_tokens),
+                             max(self.reasoning_tokens, other.reasoning_tokens))
+
+    def as_dict(self) -> dict[str, int]:
+        """The five counts under UsageEvent's field names (`UsageEvent(**usage.as_dict(), ...)`)."""
+        return {"input_tokens": self.input_tokens, "cached_input_tokens": self.cached_input_tokens,
+                "cache_write_tokens": self.cache_write_tokens, "output_tokens": self.output_tokens,
+                "reasoning_tokens": self.reasoning_tokens}
+
+
+ZERO_USAGE = TokenUsage()
+
+
+def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None) -> TokenUsage:
+    """OpenAI chat/completions `usage` (also xAI, DeepSeek, OpenRouter and other compatible servers).
+
+    `reasoning_in_completion`: whether `completion_tokens` already include the reasoning
+    tokens (OpenAI: yes; xAI: no). None detects it: the reasoning is taken as separate
+    when it exceeds `completion_tokens` or when `total_tokens` equals
+    prompt + completion + reasoning.
+    """
+    if not isinstance(usage, Mapping):
+        return ZERO_USAGE
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    # DeepSeek: prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens
+    hit = _int(usage.get("prompt_cache_hit_tokens"))
+    miss = _int(usage.get("prompt_cache_miss_tokens"))
+    if not _has(usage, "prompt_tokens") and not _has(usage, "input_tokens"):
+        prompt = hit + miss
+    elif not prompt:
+        prompt = _int(usage.get("input_tokens"))  # some compatible servers use the Responses names
+    if _has(usage, "prompt_tokens_details", "cached_tokens"):
+        cached = _int(_get(usage, "prompt_tokens_details", "cached_tokens"))
+    elif _has(usage, "prompt_cache_hit_tokens"):
+        cached = hit
+    else:  # xAI's older top-level field; Anthropic's OpenAI-compatible endpoint
+        cached = _int(usage.get("cached_prompt_text_tokens")) or _int(usage.get("cached_tokens"))
+    cache_write = _int(_get(usage, "prompt_tokens_details", "cache_write_tokens"))
+    if not completion and not _has(usage, "completion_tokens"):
+        completion = _int(usage.get("output_tokens"))
+    if _has(usage, "completion_tokens_details", "reasoning_tokens"):
+        reasoning = _int(_get(usage, "completion_tokens_details", "reasoning_tokens"))
+    else:
+        reasoning = _int(usage.get("reasoning_tokens"))  # xAI's older top-level field
+    output = completion
+    if reasoning:
+        separate = reasoning_in_completion is False
+        if reasoning_in_completion is None:
+            total = _int(usage.get("total_tokens"))
+            separate = reasoning > completion or (
+                _has(usage, "total_tokens") and total == prompt + completion + reasoning)
+        if separate:
+            output = completion + reasoning
+    return TokenUsage.of(prompt, cached, cache_write, output, reasoning)
+
+
+def openai_responses_usage(usage: Any) -> TokenUsage:
+    """OpenAI Responses API `usage` (input includes cached; output includes reasoning)."""
+    if not isinstance(usage, Mapping):
+        return ZERO_USAGE
+    return TokenUsage.of(
+        _int(usage.get("input_tokens")),
+        _int(_get(usage, "input_tokens_details", "cached_tokens")),
+        _int(_get(usage, "input_tokens_details", "cache_write_tokens")),
+        _int(usage.get("output_tokens")),
+        _int(_get(usage, "output_tokens_details", "reasoning_tokens")),
+    )
+
+
+def openai_embeddings_usage(usage: Any) -> TokenUsage:
+    """OpenAI embeddings `usage`: `prompt_tokens` (or `total_tokens`) are all input; no output."""
+    if not isinstance(usage, Mapping):
+        return ZERO_USAGE
+    tokens = _int(usage.get("prompt_tokens")) or _int(usage.get("total_tokens")) or _int(
+        usage.get("input_tokens"))
+    return TokenUsage.of(tokens)
+
+
+def anthropic_usage(usage: Any) -> TokenUsage:
+    """Anthropic Messages `usage`: `input_tokens` exclude cache reads and writes, so both are added."""
+    if not isinstance(usage, Mapping):
+        return ZERO_USAGE
+    read = _int(usage.get("cache_read_input_tokens"))
+    write = _int(usage.get("cache_creation_input_tokens"))
+    if not write:  # newer responses may carry only the per-TTL breakdown
+        write = _int(_get(usage, "cache_creation", "ephemeral_5m_input_tokens")) + _int(
+            _get(usage, "cache_creation", "ephemeral_1h_input_tokens"))
+    # thinking is already inside output_tokens; a separate count is reported only by some versions
+    thinking = _int(_get(usage, "output_tokens_details", "thinking_tokens"))
+    return TokenUsage.of(_int(usage.get("input_tokens")) + read + write, read, write,
+                         _int(usage.get("output_tokens")), thinking)
+
+
+def gemini_usage(usage_metadata: Any) -> TokenUsage:
+    """Gemini `usageMetadata`: prompt includes cached content; thoughts are added to candidates."""
+    if not isinstance(usage_metadata, Mapping):
+        return ZERO_USAGE
+    m = usage_metadata
+    thoughts = _int(m.get("thoughtsTokenCount"))
+    return TokenUsage.of(
+        _int(m.get("promptTokenCount")) + _int(m.get("toolUsePromptTokenCount")),
+        _int(m.get("cachedContentTokenCount")),
+        0,
+        _int(m.get("candidatesTokenCount")) + thoughts,
+        thoughts,
+    )

@@ -1,0 +1,341 @@
+"""Quota readings: one observation of an account's rate-limit state, from a probe or from real traffic.
+
+A reading is a plain dataclass with `to_dict()`/`from_dict()` (JSON-ready). `store_reading()`
+writes it to the ledger and to a JSONL log, one file per UTC day
+(`<data_dir>/quota/readings-YYYY-MM-DD.jsonl`); `read_log()` reads the log back, skipping a
+corrupted line with a warning that names the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("llmbudget.quota")
+
+Source = Literal["probe", "piggyback"]
+#: `anthropic-ratelimit-unified-status` values
+UNIFIED_STATUSES = ("allowed", "allowed_warning", "rejected")
+
+
+@dataclass(slots=True)
+class Window:
+    """One utilization window (`5h`, `7d`, `7d_oi`, `overage`, ...): fraction used and when it resets."""
+
+    #: fraction 0-1 (may exceed 1 when a provider over-reports); None when not reported
+    utilization: float | None = None
+    reset: datetime | None = None
+    #: the window's own status header when sent (`anthropic-ratelimit-unified-5h-status`)
+    status: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"utilization": self.utilization, "reset": _iso(self.reset), "status": self.status}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Window:
+        return cls(utilization=_opt_float(d.get("utilization")), reset=_parse_dt(d.get("reset")),
+                   status=d.get("status"))
+
+
+@dataclass(slots=True)
+class Limit:
+    """A request or token bucket: `requests`, `tokens`, `input_tokens`, `output_tokens`."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: datetime | None = None
+    #: the provider sent -1 (no limit applies / not enforced)
+    unlimited: bool = False
+
+    @property
+    def fraction_used(self) -> float | None:
+        """Share of the bucket used, 0-1; None when limit or remaining is unknown."""
+        if self.limit is None or self.remaining is None or self.limit <= 0:
+            return None
+        return max(0.0, min(1.0, 1.0 - self.remaining / self.limit))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "remaining": self.remaining, "reset": _iso(self.reset),
+                "unlimited": self.unlimited}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Limit:
+        return cls(limit=_opt_int(d.get("limit")), remaining=_opt_int(d.get("remaining")),
+                   reset=_parse_dt(d.get("reset")), unlimited=bool(d.get("unlimited", False)))
+
+
+@dataclass(slots=True)
+class QuotaReading:
+    """One observation of an account's quota. Every field but the first four is optional."""
+
+    timestamp: datetime
+    #: configured account (provider entry) or proxy backend name
+    backend: str
+    #: provider kind: anthropic-unified, anthropic-api, openai, xai, gemini, openrouter, cost-header-proxy, ...
+    provider: str
+    source: Source = "probe"
+    #: unified status: allowed | allowed_warning | rejected (others kept verbatim)
+    status: str | None = None
+    windows: dict[str, Window] = field(default_factory=dict)
+    representative_claim: str | None = None
+    #: `anthropic-ratelimit-unified-reset`: when the binding limit resets
+    reset: datetime | None = None
+    fallback_percentage: float | None = None
+    overage_status: str | None = None
+    #: request/token buckets by name: requests, tokens, input_tokens, output_tokens
+    limits: dict[str, Limit] = field(default_factory=dict)
+    retry_after_s: float | None = None
+    #: USD cost of the call, when a cost-reporting proxy says so
+    cost_usd: Decimal | None = None
+    #: None: not checked; False: the provider refused the key (401/403)
+    key_valid: bool | None = None
+    #: OpenRouter-style credit: remaining USD, limit USD, used USD
+    credit_usd: Decimal | None = None
+    limit_usd: Decimal | None = None
+    usage_usd: Decimal | None = None
+    #: Gemini `QuotaFailure` violations: [{"quota_metric", "quota_id", "quota_value", "description"...}]
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    #: Gemini `RetryInfo.retryDelay` in seconds
+    retry_delay_s: float | None = None
+    http_status: int | None = None
+    model: str | None = None
+    #: why a reading is UNKNOWN or which parts were malformed (human readable)
+    reason: str | None = None
+    #: the rate-limit headers this reading came from (never an auth header or key)
+    raw: dict[str, str] = field(default_factory=dict)
+    #: anything else a provider plugin wants to keep (JSON-ready)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_reason(self, text: str) -> None:
+        """Append a reason (several malformed parts are all named)."""
+        self.reason = text if not self.reason else f"{self.reason}; {text}"
+
+    @property
+    def has_data(self) -> bool:
+        """True when the reading carries any quota signal at all."""
+        return bool(self.status or self.windows or self.limits or self.cost_usd is not None
+                    or self.key_valid is False or self.credit_usd is not None or self.limit_usd is not None
+                    or self.violations or self.retry_after_s is not None or self.retry_delay_s is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; Decimals as strings (exact), datetimes as RFC 3339."""
+        return {
+            "timestamp": _iso(self.timestamp), "backend": self.backend, "provider": self.provider,
+            "source": self.source, "status": self.status,
+            "windows": {k: w.to_dict() for k, w in self.windows.items()},
+            "representative_claim": self.representative_claim, "reset": _iso(self.reset),
+            "fallback_percentage": self.fallback_percentage, "overage_status": self.overage_status,
+            "limits": {k: lim.to_dict() for k, lim in self.limits.items()},
+            "retry_after_s": self.retry_after_s, "cost_usd": _dec_str(self.cost_usd),
+            "key_valid": self.key_valid, "credit_usd": _dec_str(self.credit_usd),
+            "limit_usd": _dec_str(self.limit_usd), "usage_usd": _dec_str(self.usage_usd),
+            "violations": [dict(v) for v in self.violations], "retry_delay_s": self.retry_delay_s,
+            "http_status": self.http_status, "model": self.model, "reason": self.reason,
+            "raw": dict(self.raw), "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuotaReading:
+        """Inverse of `to_dict()`; raises ValueError on a dict that is not a reading."""
+        if not isinstance(d, Mapping):
+            raise ValueError("a reading must be a JSON object")
+        ts = _parse_dt(d.get("timestamp"))
+        if ts is None:
+            raise ValueError("reading has no valid timestamp")
+        backend = d.get("backend")
+        if not isinstance(backend, str) or not backend:
+            raise ValueError("reading has no backend")
+        src = d.get("source") or "probe"
+        if src not in ("probe", "piggyback"):
+            raise ValueError(f"reading source must be probe or piggyback, got {src!r}")
+        source: Source = "probe" if src == "probe" else "piggyback"
+        windows = d.get("windows") or {}
+        limits = d.get("limits") or {}
+        if not isinstance(windows, Mapping) or not isinstance(limits, Mapping):
+            raise ValueError("reading windows/limits must be objects")
+        return cls(
+            timestamp=ts, backend=backend, provider=str(d.get("provider") or "unknown"), source=source,
+            status=d.get("status"),
+            windows={str(k): Window.from_dict(v) for k, v in windows.items() if isinstance(v, Mapping)},
+            representative_claim=d.get("representative_claim"), reset=_parse_dt(d.get("reset")),
+            fallback_percentage=_opt_float(d.get("fallback_percentage")),
+            overage_status=d.get("overage_status"),
+            limits={str(k): Limit.from_dict(v) for k, v in limits.items() if isinstance(v, Mapping)},
+            retry_after_s=_opt_float(d.get("retry_after_s")), cost_usd=_opt_dec(d.get("cost_usd")),
+            key_valid=d.get("key_valid"), credit_usd=_opt_dec(d.get("credit_usd")),
+            limit_usd=_opt_dec(d.get("limit_usd")), usage_usd=_opt_dec(d.get("usage_usd")),
+            violations=[dict(v) for v in (d.get("violations") or []) if isinstance(v, Mapping)],
+            retry_delay_s=_opt_float(d.get("retry_delay_s")), http_status=_opt_int(d.get("http_status")),
+            model=d.get("model"), reason=d.get("reason"),
+            raw={str(k): str(v) for k, v in (d.get("raw") or {}).items()},
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+# ---------------------------------------------------------------- storage
+
+_log_lock = threading.Lock()
+
+
+def default_log_dir() -> Path:
+    """`<data_dir>/quota`, where the daily JSONL files live."""
+    from ..config import data_dir
+
+    return data_dir() / "quota"
+
+
+def log_path(day: datetime, log_dir: Path | None = None) -> Path:
+    """The JSONL file for the UTC day of `day`."""
+    d = (log_dir or default_log_dir())
+    return d / f"readings-{day.astimezone(UTC).strftime('%Y-%m-%d')}.jsonl"
+
+
+def append_log(reading: QuotaReading, *, log_dir: Path | str | None = None) -> Path:
+    """Append one reading to its day's JSONL file (one write call per line, so lines never interleave)."""
+    path = log_path(reading.timestamp, Path(log_dir) if log_dir else None)
+    line = json.dumps(reading.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+    with _log_lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+    return path
+
+
+def store_reading(services_or_ledger: Any, reading: QuotaReading, *,
+                  log_dir: Path | str | None = None, log: bool = True) -> None:
+    """Store a reading in the ledger (`record_reading`) and append it to the daily JSONL log.
+
+    `services_or_ledger` is a `Services` (its `.ledger` is used), a `Ledger`, or None (log only).
+    The log is written first: it is local and cheap, and keeps the reading if the database fails.
+    """
+    if log:
+        append_log(reading, log_dir=log_dir)
+    ledger = getattr(services_or_ledger, "ledger", services_or_ledger)
+    if ledger is not None:
+        ledger.record_reading(reading.to_dict())
+
+
+def iter_log(log_dir: Path | str | None = None, *, since: datetime | None = None,
+             until: datetime | None = None, backend: str | None = None) -> Iterator[QuotaReading]:
+    """Readings from the JSONL log, oldest file first; a corrupted line is skipped with a warning."""
+    d = Path(log_dir) if log_dir else default_log_dir()
+    if not d.is_dir():
+        return
+    for path in sorted(d.glob("readings-*.jsonl")):
+        day = path.stem.removeprefix("readings-")
+        if since is not None and day < since.astimezone(UTC).strftime("%Y-%m-%d"):
+            continue
+        if until is not None and day > until.astimezone(UTC).strftime("%Y-%m-%d"):
+            continue
+        try:
+            fh = path.open(encoding="utf-8", errors="replace")
+        except OSError as e:
+            log.warning("quota log unreadable file=%s error=%s", path, e.strerror)
+            continue
+        with fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    r = QuotaReading.from_dict(json.loads(line))
+                except (ValueError, TypeError, AttributeError) as e:
+                    log.warning("quota log: skipping corrupted line file=%s line=%d error=%s",
+                                path, lineno, str(e)[:200])
+                    continue
+                if since is not None and r.timestamp < since:
+                    continue
+                if until is not None and r.timestamp >= until:
+                    continue
+                if backend is not None and r.backend != backend:
+                    continue
+                yield r
+
+
+def read_log(log_dir: Path | str | None = None, *, since: datetime | None = None,
+             until: datetime | None = None, backend: str | None = None) -> list[QuotaReading]:
+    """All readings in the JSONL log matching the filters, oldest first (corrupted lines skipped)."""
+    out = list(iter_log(log_dir, since=since, until=until, backend=backend))
+    out.sort(key=lambda r: r.timestamp)
+    return out
+
+
+def latest_by_backend(readings: Mapping[str, Mapping[str, Any]] | list[QuotaReading]) -> dict[str, QuotaReading]:
+    """The newest reading per backend, from a list of readings or a ledger's `latest_readings()` dict."""
+    items: list[QuotaReading] = []
+    if isinstance(readings, Mapping):
+        for d in readings.values():
+            try:
+                items.append(QuotaReading.from_dict(d))
+            except ValueError as e:
+                log.warning("quota: skipping stored reading error=%s", e)
+    else:
+        items = list(readings)
+    out: dict[str, QuotaReading] = {}
+    for r in items:
+        cur = out.get(r.backend)
+        if cur is None or r.timestamp >= cur.timestamp:
+            out[r.backend] = r
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_dt(v: Any) -> datetime | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, datetime):
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+    if not isinstance(v, str):
+        raise ValueError(f"not a timestamp: {v!r}")
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as e:
+        raise ValueError(f"not a timestamp: {v!r}") from e
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    f = float(v)
+    if math.isnan(f) or math.isinf(f):
+        return None
+    return f
+
+
+def _opt_int(v: Any) -> int | None:
+    if v is None or isinstance(v, bool):
+        return None
+    return int(v)
+
+
+def _opt_dec(v: Any) -> Decimal | None:
+    if v is None:
+        return None
+    try:
+        d = Decimal(str(v))
+    except InvalidOperation as e:
+        raise ValueError(f"not a decimal amount: {v!r}") from e
+    if not d.is_finite():
+        raise ValueError(f"not a finite amount: {v!r}")
+    return d
+
+
+def _dec_str(d: Decimal | None) -> str | None:
+    return None if d is None else str(d)

@@ -1,0 +1,376 @@
+"""Import Claude Code's local session logs: usage that never passed the proxy (DESIGN.md section 6).
+
+Claude Code writes one JSONL file per session under `~/.claude/projects/<encoded-dir>/`
+(also `$CLAUDE_CONFIG_DIR/projects`, comma-separated directories allowed). Each
+assistant line carries `message.usage` with Anthropic semantics: `input_tokens`
+excludes cache reads and writes. A response is logged once per content block and
+again when a session is resumed, so lines are de-duplicated across all files on
+`message.id` + `requestId`, the line with the largest usage winning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFound, ValidationError
+from ..events import UsageEvent, parse_timestamp
+from ..money import ZERO
+
+log = logging.getLogger(__name__)
+
+BACKEND = "claude-code"
+AGENT = "claude-code"
+PROVIDER = "anthropic"
+#: Claude Code's own notices (API errors, interruptions) use this model name; no call is behind them
+SYNTHETIC_MODEL = "<synthetic>"
+#: fixed namespace so the same response always gets the same event id (re-imports add nothing)
+_ID_NAMESPACE = uuid.UUID("5d1b7c52-0c4e-4f0b-9a51-6c6c61756465")
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+@dataclass(slots=True)
+class ClaudeEntry:
+    """One assistant response as read from the logs (raw Anthropic token semantics)."""
+
+    key: str
+    timestamp: datetime
+    session: str | None
+    model: str
+    message_id: str | None
+    request_id: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_creation_tokens: int
+    cache_read_tokens: int
+    cwd: str | None
+    project_dir: Path
+    version: str | None
+    logged_cost_usd: Decimal | None
+    file: Path
+    line: int
+    project: str | None = None
+
+    @property
+    def usage_total(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
+
+
+@dataclass(slots=True)
+class LogScan:
+    """What reading the logs found: unique responses plus counts of what was merged or skipped."""
+
+    entries: list[ClaudeEntry] = field(default_factory=list)
+    files: int = 0
+    lines: int = 0
+    #: assistant lines with usage that repeated a response already seen (content blocks, resumed sessions)
+    duplicates: int = 0
+    #: Claude Code's own `<synthetic>` notices, not API calls
+    synthetic: int = 0
+    #: one message per skipped line: `file:line: reason`
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ImportResult:
+    """The outcome of `import_claude_code`."""
+
+    files: int
+    lines: int
+    responses: int
+    duplicates: int
+    synthetic: int
+    new: int
+    unpriced: int
+    cost_usd: Decimal
+    sessions: int
+    projects: list[str]
+    warnings: list[str]
+
+    @property
+    def already_imported(self) -> int:
+        return self.responses - self.new
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files, "lines": self.lines, "responses": self.responses,
+            "new": self.new, "already_imported": self.already_imported, "duplicates": self.duplicates,
+            "synthetic": self.synthetic, "unpriced": self.unpriced, "cost_usd": str(self.cost_usd),
+            "sessions": self.sessions, "projects": list(self.projects), "warnings": list(self.warnings),
+        }
+
+
+# ---------------------------------------------------------------------------- where the logs are
+def default_log_dirs(env: dict[str, str] | None = None, home: Path | None = None) -> list[Path]:
+    """Claude Code's `projects` directories that exist: `$CLAUDE_CONFIG_DIR` (comma-separated), then the defaults."""
+    env = dict(os.environ) if env is None else env
+    home = Path.home() if home is None else home
+    candidates: list[Path] = []
+    for part in (env.get("CLAUDE_CONFIG_DIR") or "").split(","):
+        if part.strip():
+            candidates.append(Path(part.strip()).expanduser() / "projects")
+    xdg = env.get("XDG_CONFIG_HOME")
+    candidates.append((Path(xdg) if xdg else home / ".config") / "claude" / "projects")
+    candidates.append(home / ".claude" / "projects")
+    seen: set[Path] = set()
+    found: list[Path] = []
+    for c in candidates:
+        r = c.resolve()
+        if r not in seen and r.is_dir():
+            seen.add(r)
+            found.append(c)
+    return found
+
+
+def find_log_files(paths: Sequence[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """Every `*.jsonl` under the given files/directories (default: `default_log_dirs()`), sorted.
+
+    A directory holding a `projects` folder (a Claude config dir) is searched there.
+    """
+    if paths:
+        roots = [Path(p).expanduser() for p in paths]
+        for r in roots:
+            if not r.exists():
+                raise NotFound(f"{r}: no such file or directory")
+    else:
+        roots = default_log_dirs()
+        if not roots:
+            raise NotFound(
+                "no Claude Code logs found in ~/.claude/projects, ~/.config/claude/projects or "
+                "$CLAUDE_CONFIG_DIR/projects; pass the directory as PATH"
+            )
+    files: set[Path] = set()
+    for r in roots:
+        if r.is_file():
+            files.add(r)
+            continue
+        base = r / "projects" if (r / "projects").is_dir() else r
+        files.update(p for p in base.rglob("*.jsonl") if p.is_file())
+    return sorted(files)
+
+
+# ---------------------------------------------------------------------------- reading
+def _project_dir(file: Path) -> Path:
+    """The `projects/<encoded>` folder a log file belongs to (subagent logs sit deeper)."""
+    for parent in file.parents:
+        if parent.parent.name == "projects":
+            return parent
+    return file.parent
+
+
+def decode_project_dir(name: str) -> str:
+    """Turn Claude Code's folder name (`-home-alice-code-webapp`) back into a path.
+
+    The encoding replaces `/` (and other punctuation) by `-`, so it is lossy: prefer a
+    path that exists on this machine (`api-server` stays one component when that
+    directory exists), else split on every dash.
+    """
+    parts = [p for p in name.strip("-").split("-") if p]
+    if not parts:
+        return name
+
+    def walk(base: Path, i: int) -> Path | None:
+        if i == len(parts):
+            return base
+        for j in range(len(parts), i, -1):  # longest component first
+            cand = base / "-".join(parts[i:j])
+            if cand.is_dir() or (j == len(parts) and cand.exists()):
+                found = walk(cand, j)
+                if found is not None:
+                    return found
+        return None
+
+    found = walk(Path("/"), 0)
+    return str(found) if found is not None else "/" + "/".join(parts)
+
+
+def _int_field(usage: dict[str, Any], name: str) -> int:
+    v = usage.get(name, 0)
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValidationError(f"message.usage.{name}", f"must be a non-negative integer, got {v!r}")
+    return v
+
+
+def _parse_line(data: Any, file: Path, line: int) -> ClaudeEntry | None:
+    """An assistant response with usage, or None for every other kind of line. Raises ValidationError."""
+    if not isinstance(data, dict) or data.get("type") != "assistant":
+        return None
+    msg = data.get("message")
+    if not isinstance(msg, dict) or not isinstance(msg.get("usage"), dict):
+        return None
+    usage = msg["usage"]
+    tokens = {name: _int_field(usage, name) for name in _USAGE_FIELDS}
+    if "timestamp" not in data:
+        raise ValidationError("timestamp", "is missing")
+    ts = parse_timestamp(data["timestamp"])
+    model = msg.get("model")
+    model = model if isinstance(model, str) and model else "unknown"
+    message_id = msg.get("id") if isinstance(msg.get("id"), str) else None
+    request_id = data.get("requestId") if isinstance(data.get("requestId"), str) else None
+    if message_id:
+        key = f"{message_id}:{request_id or ''}"
+    elif isinstance(data.get("uuid"), str):
+        key = f"uuid:{data['uuid']}"
+    else:  # nothing to de-duplicate on: the line's content is its identity
+        key = "line:" + json.dumps(data, sort_keys=True)
+    cost = data.get("costUSD")
+    logged_cost: Decimal | None = None
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
+        logged_cost = Decimal(repr(cost))
+    session = data.get("sessionId")
+    cwd = data.get("cwd")
+    version = data.get("version")
+    return ClaudeEntry(
+        key=key, timestamp=ts, session=session if isinstance(session, str) else None, model=model,
+        message_id=message_id, request_id=request_id,
+        input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"],
+        cache_creation_tokens=tokens["cache_creation_input_tokens"],
+        cache_read_tokens=tokens["cache_read_input_tokens"],
+        cwd=cwd if isinstance(cwd, str) and cwd else None, project_dir=_project_dir(file),
+        version=version if isinstance(version, str) else None, logged_cost_usd=logged_cost,
+        file=file, line=line,
+    )
+
+
+def _warn(scan: LogScan, file: Path, line: int, reason: str) -> None:
+    msg = f"{file}:{line}: skipped: {reason}"
+    scan.warnings.append(msg)
+    log.warning("claude_code.skip file=%s line=%d reason=%s", file, line, reason)
+
+
+def read_logs(files: Iterable[Path]) -> LogScan:
+    """Read log files into unique responses. Corrupted lines are skipped with a warning naming file and line."""
+    scan = LogScan()
+    best: dict[str, ClaudeEntry] = {}
+    first_seen: dict[str, tuple[datetime, str | None]] = {}
+    folder_cwd: dict[Path, str] = {}
+    for file in files:
+        scan.files += 1
+        try:
+            fh = file.open("r", encoding="utf-8", errors="replace")
+        except OSError as e:
+            _warn(scan, file, 0, f"cannot read file: {e.strerror}")
+            continue
+        with fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                scan.lines += 1
+                try:
+                    data = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    _warn(scan, file, lineno, f"not valid JSON ({e.msg} at column {e.colno})")
+                    continue
+                if isinstance(data, dict) and isinstance(data.get("cwd"), str) and data["cwd"]:
+                    folder_cwd.setdefault(_project_dir(file), data["cwd"])
+                try:
+                    entry = _parse_line(data, file, lineno)
+                except ValidationError as e:
+                    _warn(scan, file, lineno, str(e))
+                    continue
+                if entry is None:
+                    continue
+                if entry.model == SYNTHETIC_MODEL:
+                    scan.synthetic += 1
+                    continue
+                prev = best.get(entry.key)
+                if prev is None:
+                    best[entry.key] = entry
+                    first_seen[entry.key] = (entry.timestamp, entry.session)
+                    continue
+                scan.duplicates += 1
+                if entry.timestamp < first_seen[entry.key][0]:
+                    first_seen[entry.key] = (entry.timestamp, entry.session)
+                if entry.usage_total > prev.usage_total:
+                    best[entry.key] = entry
+    for key, entry in best.items():
+        # the response happened when it was first logged, in the session that made it (a resumed
+        # session re-logs it later); its usage is the largest logged (the last content block)
+        entry.timestamp, entry.session = first_seen[key]
+        entry.project = entry.cwd or folder_cwd.get(entry.project_dir) or decode_project_dir(
+            entry.project_dir.name)
+        scan.entries.append(entry)
+    scan.entries.sort(key=lambda e: (e.timestamp, e.key))
+    return scan
+
+
+# ---------------------------------------------------------------------------- events
+def event_id(entry: ClaudeEntry) -> str:
+    """A deterministic event id for a response: the same response always maps to the same id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"claude-code:{entry.key}"))
+
+
+def event_id_for(message_id: str, request_id: str | None) -> str:
+    """The event id a response with this message id and request id is imported under."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"claude-code:{message_id}:{request_id or ''}"))
+
+
+def _normalize(entry: ClaudeEntry) -> dict[str, int]:
+    """Anthropic usage → our token fields (input includes cache reads and writes)."""
+    try:
+        from ..pricing.normalize import anthropic_usage
+    except ImportError:  # pragma: no cover - the pricing package is always installed with llmbudget
+        anthropic_usage = None
+    usage = {"input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
+             "cache_creation_input_tokens": entry.cache_creation_tokens,
+             "cache_read_input_tokens": entry.cache_read_tokens}
+    if anthropic_usage is not None:
+        n = anthropic_usage(usage)
+        return {"input_tokens": n.input_tokens, "cached_input_tokens": n.cached_input_tokens,
+                "cache_write_tokens": n.cache_write_tokens, "output_tokens": n.output_tokens,
+                "reasoning_tokens": getattr(n, "reasoning_tokens", 0) or 0}
+    return {"input_tokens": entry.input_tokens + entry.cache_creation_tokens + entry.cache_read_tokens,
+            "cached_input_tokens": entry.cache_read_tokens, "cache_write_tokens": entry.cache_creation_tokens,
+            "output_tokens": entry.output_tokens, "reasoning_tokens": 0}
+
+
+def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
+    """One UsageEvent for a response, priced with the price book (`prices`, a PriceBook or None)."""
+    tags = {"project": entry.project or entry.project_dir.name}
+    if entry.version:
+        tags["claude_code_version"] = entry.version
+    event = UsageEvent(
+        backend=BACKEND, provider=PROVIDER, model=entry.model, id=event_id(entry), timestamp=entry.timestamp,
+        agent=AGENT, session=entry.session, tags=tags, source="import", **_normalize(entry),
+    )
+    if prices is not None:
+        event = _price(prices, event)
+    if event.price_status == "unpriced" and entry.logged_cost_usd is not None:
+        # older Claude Code versions logged their own cost estimate: better than no price at all
+        tags = {**event.tags, "cost_source": "claude-code"}
+        event = event.with_(cost_usd=entry.logged_cost_usd, price_status="priced", tags=tags)
+    return event
+
+
+def _price(prices: Any, event: UsageEvent) -> UsageEvent:
+    """Price an event with the PriceBook; an unknown model stays `unpriced`."""
+    return prices.price_event(event)  # type: ignore[no-any-return]
+
+
+def load_events(paths: Sequence[str | os.PathLike[str]] | None, prices: Any) -> tuple[list[UsageEvent], LogScan]:
+    """Read the logs under `paths` (default locations when empty) into priced events, oldest first."""
+    scan = read_logs(find_log_files(paths))
+    return [to_event(e, prices) for e in scan.entries], scan
+
+
+def import_claude_code(ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any) -> ImportResult:
+    """Import Claude Code's logs into the ledger; idempotent (re-importing records nothing new)."""
+    events, scan = load_events(paths, prices)
+    new = ledger.record_many(events) if events else 0
+    cost = sum((e.cost_usd for e in events if e.cost_usd is not None), ZERO)
+    return ImportResult(
+        files=scan.files, lines=scan.lines, responses=len(events), duplicates=scan.duplicates,
+        synthetic=scan.synthetic, new=new, unpriced=sum(1 for e in events if e.price_status == "unpriced"),
+        cost_usd=cost, sessions=len({e.session for e in events if e.session}),
+        projects=sorted({e.tags["project"] for e in events}), warnings=list(scan.warnings),
+    )

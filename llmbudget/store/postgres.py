@@ -1,0 +1,132 @@
+"""The team ledger: PostgreSQL through psycopg 3 and a `psycopg_pool.ConnectionPool`.
+
+Several proxy replicas may write at once: the insert is `INSERT ... SELECT FROM unnest(...)
+ON CONFLICT (id) DO NOTHING RETURNING id`, so each replica adds to the rollups only the rows it
+really inserted, and rollup rows are upserted in a fixed order so that concurrent batches never
+deadlock. The audit log and the outage spool live in `llmbudget.config.data_dir()`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..config import data_dir, mask_url
+from ..errors import DatabaseUnreachable, StorageError
+from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
+
+_PG_TYPES = {"ts_us": "bigint", "input_tokens": "bigint", "cached_input_tokens": "bigint",
+             "cache_write_tokens": "bigint", "output_tokens": "bigint", "reasoning_tokens": "bigint",
+             "cost_nano": "bigint", "http_status": "integer", "streamed": "integer",
+             "duration_ms": "double precision", "ttft_ms": "double precision"}
+_INSERT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("
+           + ", ".join(f"%s::{_PG_TYPES.get(c, 'text')}[]" for c in EVENT_COLUMNS)
+           + ") ON CONFLICT (id) DO NOTHING RETURNING id")
+_QMARK = re.compile(r"\?")
+_sql_cache: dict[str, str] = {}
+
+
+def _pg_sql(sql: str) -> str:
+    out = _sql_cache.get(sql)
+    if out is None:
+        out = _sql_cache[sql] = _QMARK.sub("%s", sql)
+    return out
+
+
+def unreachable(url: str, reason: object) -> DatabaseUnreachable:
+    """The error for a PostgreSQL server that does not answer: URL (password masked) and what to check."""
+    why = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return DatabaseUnreachable(
+        f"cannot reach PostgreSQL at {mask_url(url)} ({why}). Check that the server is running, that the "
+        "host, port, database name and user in the URL are right, and that it accepts connections "
+        "(for local development `make services` starts it)."
+    )
+
+
+class _PGDB:
+    dialect = "postgres"
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self.conn.execute(_pg_sql(sql), params or None)
+        return cur.fetchall() if cur.description else []
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_pg_sql(sql), rows)
+
+
+class PostgresLedger(SQLLedger):
+    """The ledger in a PostgreSQL database (`postgresql://user:pass@host:5432/db`)."""
+
+    dialect = "postgres"
+    _least = "LEAST"
+    _greatest = "GREATEST"
+
+    def __init__(self, url: str, *, audit_log: str | None = None, audit: bool = True, batch_size: int = 500,
+                 flush_interval_s: float = 0.2, pool_size: int = 4, connect_timeout_s: float = 5.0) -> None:
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError as e:
+            raise StorageError("PostgreSQL support needs psycopg: pip install 'llmbudget[postgres]'") from e
+        self._psycopg = psycopg
+        timeout = max(1, round(connect_timeout_s))
+        try:  # one direct attempt first, for a clear error instead of a pool timeout
+            psycopg.connect(url, connect_timeout=timeout, autocommit=True).close()
+        except psycopg.Error as e:
+            raise unreachable(url, e) from e
+        super().__init__(url, audit_log=audit_log, audit=audit, batch_size=batch_size,
+                         flush_interval_s=flush_interval_s, spool_dir=data_dir())
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
+                                    kwargs={"autocommit": True, "connect_timeout": timeout},
+                                    check=ConnectionPool.check_connection, name="llmbudget-ledger")
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout_s)
+        except Exception as e:
+            self._pool.close()
+            raise unreachable(url, e) from e
+        try:
+            self._start()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        from psycopg_pool import PoolTimeout
+
+        return (self._psycopg.OperationalError, PoolTimeout)
+
+    @contextmanager
+    def _tx(self) -> Iterator[DB]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield _PGDB(conn)
+        except self._errors() as e:
+            raise unreachable(self.url, e) from e
+
+    @contextmanager
+    def _read(self) -> Iterator[DB]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield _PGDB(conn)
+        except self._errors() as e:
+            raise unreachable(self.url, e) from e
+
+    def _insert_new(self, db: DB, rows: list[tuple[Any, ...]]) -> set[str]:
+        if not rows:
+            return set()
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        conn = db.conn  # type: ignore[attr-defined]
+        return {r[0] for r in conn.execute(_INSERT, columns).fetchall()}
+
+    def _lock_migrations(self, db: DB) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(4141001)")
+
+    def _close_connections(self) -> None:
+        self._pool.close()

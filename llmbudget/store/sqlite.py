@@ -1,0 +1,148 @@
+"""The default ledger: one SQLite file in WAL mode (readers never wait for the writer).
+
+One write connection, serialised by a lock and `BEGIN IMMEDIATE` (so several processes on the
+same file take turns), and one read connection per thread. `synchronous=NORMAL` in WAL mode keeps
+every committed batch across a process crash; only a power cut can lose the last commits, and
+those events are also in the audit log, which is fsynced.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..config import default_db_url
+from ..errors import StorageError
+from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
+
+_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+
+
+def sqlite_path(url_or_path: str) -> Path:
+    """`sqlite:///relative.db`, `sqlite:////abs/path.db` or a plain path, as a Path (`~` expanded)."""
+    s = url_or_path
+    if s.startswith("sqlite:///"):
+        s = s[len("sqlite:///"):]
+    elif s.startswith("sqlite://"):
+        raise StorageError(f"unsupported SQLite URL {url_or_path!r}; use sqlite:///path/to/file.db")
+    if not s or s == ":memory:":
+        raise StorageError("an in-memory SQLite ledger is not supported; give a file path")
+    return Path(s).expanduser().absolute()
+
+
+class _SQLiteDB:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.conn.executemany(sql, rows)
+
+
+class SQLiteLedger(SQLLedger):
+    """The ledger in a SQLite file (default `~/.local/share/llmbudget/llmbudget.db`)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url_or_path: str | None = None, *, audit_log: str | None = None, audit: bool = True,
+                 batch_size: int = 500, flush_interval_s: float = 0.2, busy_timeout_s: float = 30.0) -> None:
+        self.path = sqlite_path(url_or_path or default_db_url())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the directory for the SQLite ledger {self.path}: {e}") from e
+        self._busy_timeout_s = busy_timeout_s
+        self._wlock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._local = threading.local()
+        super().__init__(f"sqlite:///{self.path}", audit_log=audit_log, audit=audit, batch_size=batch_size,
+                         flush_interval_s=flush_interval_s, spool_dir=self.path.parent)
+        self._wconn = self._connect()
+        try:
+            mode = self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}") from e
+        if str(mode).lower() != "wal":
+            raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
+        self._start()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: rollup pages stay hot
+            conn.execute("PRAGMA temp_store=MEMORY")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}") from e
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[DB]:
+        with self._wlock:
+            conn = self._wconn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot write to the SQLite ledger {self.path}: {e}") from e
+            try:
+                yield _SQLiteDB(conn)
+                conn.execute("COMMIT")
+            except BaseException as e:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(e, sqlite3.Error):
+                    raise StorageError(f"cannot write to the SQLite ledger {self.path}: {e}") from e
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[DB]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        try:
+            conn.execute("BEGIN")  # one snapshot for every statement of a report
+            yield _SQLiteDB(conn)
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read the SQLite ledger {self.path}: {e}") from e
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _insert_new(self, db: DB, rows: list[tuple[Any, ...]]) -> set[str]:
+        # under BEGIN IMMEDIATE no other writer can add an id between this check and the insert
+        ids = [r[0] for r in rows]
+        existing: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            existing.update(r[0] for r in db.execute(
+                f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
+        new = [r for r in rows if r[0] not in existing] if existing else rows
+        db.executemany(_INSERT, new)
+        return {r[0] for r in new}
+
+    def _lock_migrations(self, db: DB) -> None:
+        """BEGIN IMMEDIATE already holds the database's write lock."""
+
+    def _close_connections(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass

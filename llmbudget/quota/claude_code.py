@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import NotFound, ValidationError
 from ..events import UsageEvent, parse_timestamp
 from ..money import ZERO
+from ..pricing.normalize import anthropic_usage
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class ClaudeEntry:
     logged_cost_usd: Decimal | None
     file: Path
     line: int
+    #: the line's `message.usage` as logged (per-TTL cache breakdown included)
+    raw_usage: dict[str, Any] = field(default_factory=dict)
     project: str | None = None
 
     @property
@@ -210,6 +213,8 @@ def _parse_line(data: Any, file: Path, line: int) -> ClaudeEntry | None:
         return None
     usage = msg["usage"]
     tokens = {name: _int_field(usage, name) for name in _USAGE_FIELDS}
+    # newer logs may carry only the per-TTL breakdown of cache writes
+    tokens["cache_creation_input_tokens"] = anthropic_usage(usage).cache_write_tokens
     if "timestamp" not in data:
         raise ValidationError("timestamp", "is missing")
     ts = parse_timestamp(data["timestamp"])
@@ -238,7 +243,7 @@ def _parse_line(data: Any, file: Path, line: int) -> ClaudeEntry | None:
         cache_read_tokens=tokens["cache_read_input_tokens"],
         cwd=cwd if isinstance(cwd, str) and cwd else None, project_dir=_project_dir(file),
         version=version if isinstance(version, str) else None, logged_cost_usd=logged_cost,
-        file=file, line=line,
+        file=file, line=line, raw_usage=usage,
     )
 
 
@@ -317,21 +322,10 @@ def event_id_for(message_id: str, request_id: str | None) -> str:
 
 def _normalize(entry: ClaudeEntry) -> dict[str, int]:
     """Anthropic usage → our token fields (input includes cache reads and writes)."""
-    try:
-        from ..pricing.normalize import anthropic_usage
-    except ImportError:  # pragma: no cover - the pricing package is always installed with llmbudget
-        anthropic_usage = None
-    usage = {"input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
-             "cache_creation_input_tokens": entry.cache_creation_tokens,
-             "cache_read_input_tokens": entry.cache_read_tokens}
-    if anthropic_usage is not None:
-        n = anthropic_usage(usage)
-        return {"input_tokens": n.input_tokens, "cached_input_tokens": n.cached_input_tokens,
-                "cache_write_tokens": n.cache_write_tokens, "output_tokens": n.output_tokens,
-                "reasoning_tokens": getattr(n, "reasoning_tokens", 0) or 0}
-    return {"input_tokens": entry.input_tokens + entry.cache_creation_tokens + entry.cache_read_tokens,
-            "cached_input_tokens": entry.cache_read_tokens, "cache_write_tokens": entry.cache_creation_tokens,
-            "output_tokens": entry.output_tokens, "reasoning_tokens": 0}
+    n = anthropic_usage(entry.raw_usage)
+    return {"input_tokens": n.input_tokens, "cached_input_tokens": n.cached_input_tokens,
+            "cache_write_tokens": n.cache_write_tokens, "output_tokens": n.output_tokens,
+            "reasoning_tokens": n.reasoning_tokens}
 
 
 def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:

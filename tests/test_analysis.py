@@ -1,0 +1,177 @@
+"""Quota analysis: burn rate, weekly peaks, stagger, underspend, prune; all with a fixed clock."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from llmbudget.errors import ConfigError
+from llmbudget.quota import analysis as an
+from llmbudget.quota.readings import QuotaReading, Window
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+def rd(backend: str, at: datetime, *, u5: float | None = None, r5: datetime | None = None,
+       u7: float | None = None, r7: datetime | None = None, status: str | None = "allowed",
+       key_valid: bool | None = None) -> QuotaReading:
+    windows = {}
+    if u5 is not None or r5 is not None:
+        windows["5h"] = Window(utilization=u5, reset=r5)
+    if u7 is not None or r7 is not None:
+        windows["7d"] = Window(utilization=u7, reset=r7)
+    return QuotaReading(timestamp=at, backend=backend, provider="anthropic-unified", status=status,
+                        windows=windows, key_valid=key_valid)
+
+
+# ---------------------------------------------------------------------------- burn rate
+def test_burn_rate_projects_exhaustion_before_reset() -> None:
+    reset7 = NOW + 60 * H
+    rs = [rd("team", NOW - 10 * H + i * H, u7=0.40 + 0.02 * i, r7=reset7) for i in range(11)]  # 40% -> 60%
+    (row,) = an.burn_rates(rs, now=NOW, windows=("7d",))
+    assert row.readings == 11
+    assert row.utilization == pytest.approx(0.60)
+    assert row.change == pytest.approx(0.20)
+    assert row.per_hour == pytest.approx(0.02)
+    # 40 points left at 2 points an hour: 20 hours after the last reading, well before the reset
+    assert row.exhaustion == NOW + 20 * H
+    assert row.exhausts_before_reset is True
+
+
+def test_burn_rate_only_counts_the_current_cycle() -> None:
+    old_reset, new_reset = NOW - 5 * H, NOW + 163 * H
+    rs = [rd("a", NOW - 30 * H, u7=0.90, r7=old_reset), rd("a", NOW - 20 * H, u7=0.98, r7=old_reset),
+          # the window reset: utilization starts again near zero with a new reset time
+          rd("a", NOW - 4 * H, u7=0.01, r7=new_reset), rd("a", NOW, u7=0.05, r7=new_reset)]
+    (row,) = an.burn_rates(rs, now=NOW, windows=("7d",))
+    assert row.readings == 2
+    assert row.per_hour == pytest.approx(0.01)
+    # 95 points left at 1 point an hour: runs out at +95 h, before the reset at +163 h
+    assert row.exhaustion == NOW + 95 * H
+    assert row.exhausts_before_reset is True
+
+
+def test_burn_rate_resets_before_exhaustion_and_flat_usage() -> None:
+    reset = NOW + 2 * H
+    rs = [rd("slow", NOW - 2 * H, u5=0.10, r5=reset), rd("slow", NOW, u5=0.20, r5=reset),
+          rd("idle", NOW - 2 * H, u5=0.30, r5=reset), rd("idle", NOW, u5=0.30, r5=reset),
+          rd("single", NOW, u5=0.5, r5=reset)]
+    rows = {r.backend: r for r in an.burn_rates(rs, now=NOW, windows=("5h",))}
+    assert rows["slow"].exhaustion == NOW + 16 * H and rows["slow"].exhausts_before_reset is False
+    assert rows["idle"].per_hour == 0 and rows["idle"].exhaustion is None
+    assert rows["idle"].exhausts_before_reset is False
+    assert rows["single"].per_hour is None and rows["single"].exhausts_before_reset is None
+
+
+def test_burn_rate_maxed_account_is_exhausted_now() -> None:
+    (row,) = an.burn_rates([rd("x", NOW - H, u7=1.0, status="rejected")], now=NOW, windows=("7d",))
+    assert row.exhaustion == NOW - H and row.exhausts_before_reset is True
+
+
+# ---------------------------------------------------------------------------- weekly
+def test_weekly_peak_average_and_exhaustion_events() -> None:
+    mon = datetime(2026, 11, 16, 9, tzinfo=UTC)  # Monday of ISO week 47
+    rs = [rd("a", mon, u7=0.20), rd("a", mon + 24 * H, u7=0.60), rd("a", mon + 48 * H, u7=1.0),
+          rd("a", mon + 49 * H, u7=1.0, status="rejected"), rd("a", mon + 50 * H, u7=0.40),
+          rd("a", mon + 72 * H, status="rejected"),
+          rd("a", mon + 7 * 24 * H, u7=0.10),  # next week
+          rd("b", mon, u7=0.50)]
+    rows = {(r.backend, r.week): r for r in an.weekly(rs)}
+    w47 = rows[("a", "2026-W47")]
+    assert w47.readings == 6
+    assert w47.peak == pytest.approx(1.0)
+    assert w47.average == pytest.approx((0.2 + 0.6 + 1.0 + 1.0 + 0.4) / 5)
+    # the two consecutive maxed readings are one event; the later rejection is another
+    assert [(e.start, e.readings) for e in w47.exhaustions] == [(mon + 48 * H, 2), (mon + 72 * H, 1)]
+    assert w47.exhaustions[0].reason == "7d at 100%"
+    assert w47.exhaustions[1].reason == "rejected"
+    assert rows[("a", "2026-W48")].peak == pytest.approx(0.10)
+    assert rows[("a", "2026-W48")].exhaustions == []
+    assert rows[("b", "2026-W47")].average == pytest.approx(0.5)
+
+
+def test_iso_week_at_year_boundary() -> None:
+    assert an.iso_week(datetime(2027, 1, 1, tzinfo=UTC)) == "2026-W53"
+
+
+# ---------------------------------------------------------------------------- stagger
+def test_stagger_lists_resets_in_the_next_48h_soonest_first() -> None:
+    rs = [rd("a", NOW - H, u5=0.3, r5=NOW + 3 * H, u7=0.5, r7=NOW + 100 * H),
+          rd("b", NOW - 2 * H, u7=0.7, r7=NOW + 47 * H),
+          rd("c", NOW - 9 * H, u5=0.9, r5=NOW - H),  # already reset: stale, not upcoming
+          rd("c", NOW - 10 * H, u5=0.9, r5=NOW + H)]  # older reading of c is ignored
+    rows = an.stagger(rs, now=NOW)
+    assert [(r.backend, r.window) for r in rows] == [("a", "5h"), ("b", "7d")]
+    assert rows[0].in_seconds == 3 * 3600
+
+
+# ---------------------------------------------------------------------------- underspend
+@pytest.mark.parametrize(
+    ("u5", "reset_in", "age", "status", "key_valid", "flagged"),
+    [
+        (0.55, 90, 10, "allowed", None, True),     # 45% unused, 1h30 left
+        (0.60, 90, 10, "allowed", None, True),     # exactly 40% unused
+        (0.61, 90, 10, "allowed", None, False),    # 39% unused
+        (0.10, 130, 10, "allowed", None, False),   # more than 2 h left: still time to use it
+        (0.10, -5, 10, "allowed", None, False),    # already reset: the reading is stale
+        (0.10, 90, 60 * 7, "allowed", None, False),  # no reading for 7 h: not an active account
+        (0.10, 90, 10, "rejected", None, False),
+        (0.10, 90, 10, "allowed", False, False),
+    ],
+)
+def test_underspend(u5: float, reset_in: int, age: int, status: str, key_valid: bool | None,
+                    flagged: bool) -> None:
+    r = rd("seat", NOW - timedelta(minutes=age), u5=u5, r5=NOW + timedelta(minutes=reset_in), status=status,
+           key_valid=key_valid)
+    rows = an.underspend([r], now=NOW)
+    assert bool(rows) is flagged
+    if flagged:
+        assert rows[0].message.startswith(f"use it or lose it: {round((1 - u5) * 100)}% of seat's 5h window")
+        assert rows[0].message.endswith("resets in 1h30m")
+
+
+# ---------------------------------------------------------------------------- filters and config
+def test_filter_provider_by_name_or_kind() -> None:
+    a = rd("a", NOW)
+    b = QuotaReading(timestamp=NOW, backend="b", provider="openai")
+    assert an.filter_provider([a, b], "b") == [b]
+    assert an.filter_provider([a, b], "anthropic-unified") == [a]
+    assert an.filter_provider([a, b], None) == [a, b]
+
+
+@pytest.mark.parametrize("bad", [0, -3, "30", 2.5, True])
+def test_retention_days_validated(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"quota\.retention_days"):
+        an.retention_days({"retention_days": bad})
+    assert an.retention_days(None) == 30
+    assert an.retention_days({"retention_days": 7}) == 7
+
+
+# ---------------------------------------------------------------------------- prune (JSONL log part)
+def _write_log(d: Path, day: str, n: int) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"readings-{day}.jsonl"
+    ts = f"{day}T10:00:00Z"
+    p.write_text("".join(json.dumps(rd("a", datetime.fromisoformat(ts)).to_dict()) + "\n" for _ in range(n)))
+    return p
+
+
+def test_prune_log_files_dry_run_then_archive(tmp_path: Path) -> None:
+    logs, archive = tmp_path / "quota", tmp_path / "quota" / "archive"
+    old = _write_log(logs, "2026-10-01", 3)
+    edge = _write_log(logs, "2026-10-21", 2)   # the cutoff falls inside this day: kept
+    new = _write_log(logs, "2026-11-19", 1)
+    before = datetime(2026, 10, 21, 12, tzinfo=UTC)
+    dry = an.prune_readings(None, before=before, log_dir=logs, archive_dir=archive, now=NOW, dry_run=True)
+    assert dry.log_files == [str(old)] and dry.log_readings == 3
+    assert old.exists() and not archive.exists()
+    res = an.prune_readings(None, before=before, log_dir=logs, archive_dir=archive, now=NOW)
+    assert res.log_readings == 3 and not old.exists() and edge.exists() and new.exists()
+    with gzip.open(archive / "readings-2026-10-01.jsonl.gz", "rt") as fh:
+        lines = fh.read().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["backend"] == "a"

@@ -18,7 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from .budget.config import AlertsConfig, BudgetsConfig, validate_budget_section
 from .errors import ConfigError
+from .quota.settings import ProviderList
 
 ENV_CONFIG = "LLMBUDGET_CONFIG"
 ENV_DB = "LLMBUDGET_DB"
@@ -97,9 +99,9 @@ class Config(_Model):
     pricing: list[PriceOverride] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
-    budgets: dict[str, Any] | None = None
-    alerts: dict[str, Any] | None = None
-    providers: list[dict[str, Any]] = Field(default_factory=list)
+    budgets: BudgetsConfig | None = None
+    alerts: AlertsConfig | None = None
+    providers: ProviderList = Field(default_factory=list)
     quota: dict[str, Any] | None = None
 
     #: where the file was read from (None: defaults)
@@ -247,7 +249,7 @@ def parse_config(text: str, path: str | None = None) -> tuple[Config, LineMap]:
 
 
 #: section validators registered by feature modules (budgets, providers, alerts): fn(cfg, linemap)
-SECTION_VALIDATORS: list[Any] = []
+SECTION_VALIDATORS: list[Any] = [validate_budget_section]
 
 
 def _validate_sections(cfg: Config, lm: LineMap) -> None:

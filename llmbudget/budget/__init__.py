@@ -1,0 +1,64 @@
+"""Budgets that hold (DESIGN.md section 5): config, windows, atomic reservations, enforcement, alerts.
+
+`install(services)` puts a `BudgetGate` into `services.extras["gate"]` when the config has budgets;
+the proxy and the SDK wrappers then ask it before every call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .enforcer import BudgetEnforcer, BudgetGate
+
+__all__ = ["build_enforcer", "install"]
+
+
+def build_enforcer(cfg: Any, db_url: str, *, state: Any | None = None, prices: Any | None = None,
+                   price_fn: Any | None = None, clock: Any | None = None,
+                   redis_prefix: str = "llmb:budget:") -> BudgetEnforcer:
+    """An enforcer for a Config: counters in Redis (`budgets.redis_url`) or the ledger's database."""
+    from ..alerts import Notifier
+    from ..config import get_zone
+    from .enforcer import BudgetEnforcer
+    from .estimate import price_fn_from_book
+    from .rules import budgets_from_config
+    from .store import open_counters
+
+    b = cfg.budgets
+    if b is None:
+        from .config import BudgetsConfig
+
+        b = BudgetsConfig()
+    alerts = cfg.alerts
+    if price_fn is None:
+        if prices is None:
+            from ..pricing import PriceBook
+
+            prices = PriceBook.from_config(cfg)
+        price_fn = price_fn_from_book(prices)
+    notifier = Notifier(state, alerts.webhooks if alerts else [], keep=alerts.keep_notifications if alerts else 500)
+    kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    return BudgetEnforcer(
+        budgets_from_config(b), open_counters(db_url, b.redis_url, redis_prefix=redis_prefix),
+        tz=get_zone(b.timezone or cfg.timezone), price=price_fn, fallback=b.fallback,
+        fallback_model=b.fallback_model, ttl_s=b.reservation_ttl_s, default_max_output=b.default_max_output_tokens,
+        notifier=notifier, state=state, **kw)
+
+
+def install(services: Any) -> BudgetGate | None:
+    """Attach the budget gate to `services.extras["gate"]` (and the enforcer to `["budget"]`) when budgets exist."""
+    from ..config import resolve_db_url
+    from .enforcer import BudgetGate
+
+    cfg = services.config
+    if cfg.budgets is None or not cfg.budgets.has_budgets():
+        return None
+    if "budget" in services.extras:
+        return services.extras.get("gate")
+    db_url = getattr(services.ledger, "url", None) or resolve_db_url(None, cfg)
+    enforcer = build_enforcer(cfg, db_url, state=services.ledger, prices=services.prices)
+    gate = BudgetGate(enforcer)
+    services.extras["budget"] = enforcer
+    services.extras["gate"] = gate
+    return gate

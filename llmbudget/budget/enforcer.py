@@ -1,0 +1,325 @@
+"""Budget enforcement: reserve a call's worst case before it is sent, settle to the real cost after.
+
+`BudgetEnforcer` is synchronous (the SDK wrappers call it directly); `BudgetGate` adapts it to
+the proxy's async `Gate` protocol (`llmbudget.capture.gate`) by running store calls in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..alerts import Notice, Notifier
+from ..capture.gate import Admission, CallInfo
+from ..events import UsageEvent, new_id, utcnow
+from ..money import format_usd, from_nano, to_nano
+from .estimate import PriceFn, max_output_tokens
+from .rules import Budget
+from .store import Charge, CounterStore, Refusal
+from .windows import Window, format_reset
+
+log = logging.getLogger("llmbudget.budget")
+
+PAUSE_NS = "agent_pause"
+
+
+def _amount_text(b: Budget, value: int) -> str:
+    return format_usd(from_nano(value), 4) if b.unit == "usd" else f"{value:,} tokens"
+
+
+@dataclass(slots=True)
+class _Booked:
+    budget: Budget
+    charge: Charge
+    window: Window
+    prefix: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    booked: list[_Booked]
+    call: CallInfo
+
+
+class BudgetEnforcer:
+    """Checks, books and settles calls against every budget that applies."""
+
+    def __init__(self, budgets: Sequence[Budget], store: CounterStore, *, tz: ZoneInfo, price: PriceFn,
+                 fallback: str | None = None, fallback_model: str | None = None, ttl_s: float = 3600,
+                 default_max_output: int = 32768, notifier: Notifier | None = None, state: Any | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.budgets = list(budgets)
+        self.by_name = {b.name: b for b in self.budgets}
+        self.store = store
+        self.tz = tz
+        self.price = price
+        self.fallback = fallback
+        self.fallback_model = fallback_model
+        self.ttl_s = ttl_s
+        self.default_max_output = default_max_output
+        self.notifier = notifier
+        self.state = state
+        self.clock = clock
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._pauses: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._memory_pauses: dict[str, dict[str, Any]] = {}
+        self._unpriced_logged: set[str] = set()
+
+    # ------------------------------------------------------------------ admission
+    def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
+        """(input tokens, output tokens, cost USD or None when unpriced) reserved for a call."""
+        tin = max(0, int(call.est_input_tokens))
+        tout = call.max_output_tokens
+        if tout is None or tout <= 0:
+            tout = max_output_tokens(call.model, call.provider, tin, self.default_max_output)
+        cost = self.price(call.model, call.provider, tin, int(tout), self.clock())
+        return tin, int(tout), cost
+
+    def _charges(self, call: CallInfo, now: datetime, tokens: int, cost_nano: int | None) -> list[_Booked]:
+        out: list[_Booked] = []
+        for b in self.budgets:
+            value = b.scope_value(call)
+            if value is None:
+                continue
+            w = b.window(call, now, self.tz)
+            if w is None:
+                continue
+            if b.unit == "usd":
+                amount = cost_nano if cost_nano is not None else 0
+            else:
+                amount = tokens
+            prefix = b.counter_prefix(value)
+            charge = Charge(b.name, prefix + w.key, tuple(prefix + k for k in w.read_keys),
+                            b.limit if b.hard else None, amount, b.unit)
+            out.append(_Booked(b, charge, w, prefix))
+        return out
+
+    def admit(self, call: CallInfo) -> Admission:
+        """Reserve the call's worst case against every applicable budget, atomically; or refuse / divert."""
+        if call.agent:
+            paused = self.paused().get(call.agent)
+            if paused is not None:
+                return Admission(allowed=False, status=429, message=self._pause_message(call.agent, paused),
+                                 notice=f"Agent {call.agent!r} is paused", budgets=tuple(
+                                     [paused["budget"]] if paused.get("budget") else []))
+        if call.local or call.backend == self.fallback or not self.budgets:
+            return Admission(allowed=True)
+        now = self.clock()
+        tin, tout, cost = self.worst_case(call)
+        if cost is None and call.model not in self._unpriced_logged:
+            self._unpriced_logged.add(call.model)
+            log.warning("budget unpriced_model model=%s backend=%s: not counted against USD budgets until priced",
+                        call.model, call.backend)
+        booked = self._charges(call, now, tin + tout, None if cost is None else to_nano(cost))
+        if not booked:
+            return Admission(allowed=True)
+        rid = new_id()
+        refusal = self.store.reserve(rid, [x.charge for x in booked], self.ttl_s)
+        if refusal is None:
+            with self._lock:
+                self._pending[rid] = _Pending(booked, call)
+            return Admission(allowed=True, reservation_id=rid, budgets=tuple(x.budget.name for x in booked))
+        return self._refuse(call, booked, refusal, now)
+
+    def _refuse(self, call: CallInfo, booked: list[_Booked], r: Refusal, now: datetime) -> Admission:
+        hit = next(x for x in booked if x.budget.name == r.budget)
+        b, w = hit.budget, hit.window
+        reset = format_reset(w.reset, self.tz)
+        retry = max(1, math.ceil((w.reset - now).total_seconds())) if w.reset is not None else None
+        usage = (f"budget '{b.name}' has spent {_amount_text(b, r.spent)} of its {b.describe_limit()} limit"
+                 + (f" ({_amount_text(b, r.reserved)} reserved by calls in flight)" if r.reserved else "")
+                 + f"; this call needs up to {_amount_text(b, r.amount)}")
+        self._announce_limit(hit, r, reset)
+        if b.action == "fallback" and self.fallback:
+            notice = f"Cloud budget exhausted, operating local-only until {reset}"
+            log.info("budget fallback budget=%s backend=%s to=%s", b.name, call.backend, self.fallback)
+            return Admission(allowed=True, fallback_backend=self.fallback, fallback_model=self.fallback_model,
+                             notice=notice, message=f"{notice}: {usage}.", budgets=(b.name,))
+        if b.action == "pause" and call.agent:
+            self.pause(call.agent, reason=f"{usage} (window until {reset})", budget=b.name)
+            msg = self._pause_message(call.agent, self.paused().get(call.agent) or {"budget": b.name})
+            return Admission(allowed=False, status=429, message=msg, notice=f"Agent {call.agent!r} is paused",
+                             budgets=(b.name,))
+        notice = f"Cloud budget exhausted until {reset}"
+        hint = "" if self.fallback else "; set budgets.fallback to a local backend to keep operating local-only"
+        msg = f"{notice}: {usage}. Calls resume by themselves at {reset}{hint}."
+        log.info("budget refused budget=%s backend=%s agent=%s", b.name, call.backend, call.agent)
+        return Admission(allowed=False, status=429, message=msg, notice=notice, retry_after_s=retry,
+                         budgets=(b.name,))
+
+    # ------------------------------------------------------------------ settle / release
+    def settle(self, admission: Admission, event: UsageEvent) -> None:
+        """Replace the reservation by the real cost (tokens) of the recorded event."""
+        if not admission.reservation_id:
+            return
+        with self._lock:
+            pending = self._pending.pop(admission.reservation_id, None)
+        if pending is None:
+            return
+        actual: list[tuple[str, int]] = []
+        for x in pending.booked:
+            if x.budget.unit == "usd":
+                # an answer we cannot price keeps its reserved worst case: never under-count
+                amount = event.cost_nano if event.cost_nano is not None else x.charge.amount
+            else:
+                amount = event.input_tokens + event.output_tokens
+            actual.append((x.charge.key, amount))
+        self.store.settle(admission.reservation_id, actual)
+        self._check_warnings(pending.booked)
+
+    def release(self, admission: Admission) -> None:
+        """Drop the reservation of a call that spent nothing."""
+        if not admission.reservation_id:
+            return
+        with self._lock:
+            pending = self._pending.pop(admission.reservation_id, None)
+        if pending is not None:
+            self.store.release(admission.reservation_id)
+
+    # ------------------------------------------------------------------ warnings
+    def _check_warnings(self, booked: list[_Booked]) -> None:
+        if self.notifier is None:
+            return
+        keys = sorted({k for x in booked for k in x.charge.read_keys})
+        totals = self.store.totals(keys)
+        for x in booked:
+            b = x.budget
+            if b.limit <= 0:
+                continue
+            spent = sum(totals.get(k, (0, 0))[0] for k in x.charge.read_keys)
+            for t in (*b.warn, 1.0):
+                if spent < t * b.limit:
+                    continue
+                if t >= 1.0:
+                    self._announce_limit(x, Refusal(b.name, spent, 0, b.limit, 0), format_reset(x.window.reset, self.tz))
+                    continue
+                if not self.store.claim_once(f"warn|{x.charge.key}|{t}"):
+                    continue
+                scope = self._scope_text(x)
+                reset = format_reset(x.window.reset, self.tz)
+                self.notifier.notify(Notice(
+                    kind="budget_warning", level="warning", budget=b.name, scope=scope,
+                    spent_usd=from_nano(spent) if b.unit == "usd" else None,
+                    limit_usd=from_nano(b.limit) if b.unit == "usd" else None, threshold=t, reset=reset,
+                    message=(f"Budget '{b.name}'{' for ' + scope if scope else ''} is at {spent / b.limit:.0%}: "
+                             f"{_amount_text(b, spent)} of {b.describe_limit()} (warning at {t:.0%}); "
+                             f"resets {reset}.")))
+
+    def _announce_limit(self, x: _Booked, r: Refusal, reset: str) -> None:
+        if self.notifier is None or not self.store.claim_once(f"limit|{x.charge.key}"):
+            return
+        b = x.budget
+        scope = self._scope_text(x)
+        what = {"alert": "calls continue (action: alert)",
+                "fallback": f"calls go to {self.fallback}" if self.fallback else "calls are refused",
+                "block": "calls are refused", "pause": "the agent is paused"}[b.action]
+        if b.action == "fallback" and not self.fallback:
+            what = "calls are refused"
+        self.notifier.notify(Notice(
+            kind="budget_exhausted", level="critical", budget=b.name, scope=scope,
+            spent_usd=from_nano(r.spent) if b.unit == "usd" else None,
+            limit_usd=from_nano(b.limit) if b.unit == "usd" else None, threshold=1.0, reset=reset,
+            message=(f"Budget '{b.name}'{' for ' + scope if scope else ''} reached its limit: "
+                     f"{_amount_text(b, r.spent)} of {b.describe_limit()}; {what} until {reset}.")))
+
+    @staticmethod
+    def _scope_text(x: _Booked) -> str | None:
+        value = x.prefix.split("|")[1]
+        return None if x.budget.scope == "global" else f"{x.budget.scope} {value}"
+
+    # ------------------------------------------------------------------ pauses
+    def paused(self) -> dict[str, dict[str, Any]]:
+        """Paused agents (cached for one second: a pause from another process shows within a second)."""
+        if self.state is None:
+            return dict(self._memory_pauses)
+        expires, cached = self._pauses
+        if time.monotonic() < expires:
+            return cached
+        try:
+            cached = self.state.list_state(PAUSE_NS)
+        except Exception as e:  # the ledger briefly unavailable: keep the last known pauses
+            log.error("budget pause_read_failed error=%s", type(e).__name__)
+        self._pauses = (time.monotonic() + 1.0, cached)
+        return cached
+
+    def pause(self, agent: str, *, reason: str, budget: str | None = None, by: str = "budget") -> None:
+        """Pause an agent: its calls get 429 until resumed. Stored in the ledger, survives restarts."""
+        value = {"agent": agent, "paused_at": utcnow().isoformat(), "reason": reason, "budget": budget, "by": by}
+        set_pause(self.state, agent, value, memory=self._memory_pauses)
+        self._pauses = (0.0, {})
+        if self.notifier is not None and (budget is None or self.store.claim_once(f"pause|{agent}|{budget}|{reason}")):
+            self.notifier.notify(Notice(kind="agent_paused", level="critical", budget=budget, scope=f"agent {agent}",
+                                        message=f"Agent '{agent}' paused: {reason}. Resume with "
+                                                f"`llmbudget agents resume {agent}`."))
+
+    def resume(self, agent: str) -> bool:
+        """Resume a paused agent; False when it was not paused."""
+        was = set_pause(self.state, agent, None, memory=self._memory_pauses)
+        self._pauses = (0.0, {})
+        return was
+
+    @staticmethod
+    def _pause_message(agent: str, info: dict[str, Any]) -> str:
+        why = f" by budget '{info['budget']}'" if info.get("budget") else ""
+        reason = f" ({info['reason']})" if info.get("reason") else ""
+        return (f"Agent '{agent}' is paused{why}{reason}. Resume it with `llmbudget agents resume {agent}` "
+                f"or POST /api/agents/{agent}/resume.")
+
+    def close(self) -> None:
+        self.store.close()
+        if self.notifier is not None:
+            self.notifier.close()
+
+
+def set_pause(state: Any | None, agent: str, value: dict[str, Any] | None, *,
+              memory: dict[str, dict[str, Any]] | None = None) -> bool:
+    """Store (or clear with None) an agent's pause; returns whether it was paused before."""
+    if state is None:
+        mem = memory if memory is not None else {}
+        was = agent in mem
+        if value is None:
+            mem.pop(agent, None)
+        else:
+            mem[agent] = value
+        return was
+    was = state.get_state(PAUSE_NS, agent) is not None
+    state.set_state(PAUSE_NS, agent, value)
+    return was
+
+
+class BudgetGate:
+    """The proxy's `Gate`: the enforcer's blocking store calls run in a worker thread."""
+
+    def __init__(self, enforcer: BudgetEnforcer) -> None:
+        self.enforcer = enforcer
+
+    async def admit(self, call: CallInfo) -> Admission:
+        return await asyncio.to_thread(self.enforcer.admit, call)
+
+    async def settle(self, admission: Admission, event: UsageEvent) -> None:
+        if admission.reservation_id:
+            await asyncio.to_thread(self.enforcer.settle, admission, event)
+
+    async def release(self, admission: Admission) -> None:
+        if admission.reservation_id:
+            await asyncio.to_thread(self.enforcer.release, admission)
+
+    # the SDK wrappers call these directly (no event loop)
+    def admit_sync(self, call: CallInfo) -> Admission:
+        return self.enforcer.admit(call)
+
+    def settle_sync(self, admission: Admission, event: UsageEvent) -> None:
+        self.enforcer.settle(admission, event)
+
+    def release_sync(self, admission: Admission) -> None:
+        self.enforcer.release(admission)

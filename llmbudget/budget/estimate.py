@@ -1,0 +1,69 @@
+"""A call's worst case before it is sent: input tokens as counted, output = max_tokens or the model's maximum.
+
+genai-prices knows a model's context window but not its maximum output, so the maximum comes
+from a short table of families (published limits), bounded by the context window left after
+the input; anything else uses `budgets.default_max_output_tokens` (32,768 unless configured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+#: published maximum output tokens by model-name prefix (longest prefix wins)
+MAX_OUTPUT_BY_PREFIX: dict[str, int] = {
+    "claude-opus-4": 32_000, "claude-sonnet-4": 64_000, "claude-3-7-sonnet": 64_000,
+    "claude-haiku-4": 64_000, "claude-3-5": 8_192, "claude-3": 4_096,
+    "gpt-4o": 16_384, "gpt-4.1": 32_768, "gpt-4-turbo": 4_096, "gpt-4": 8_192, "gpt-3.5": 4_096,
+    "gpt-5": 128_000, "o1": 100_000, "o3": 100_000, "o4": 100_000,
+    "gemini-2.5": 65_536, "gemini-2.0": 8_192, "gemini-1.5": 8_192,
+    "grok": 131_072, "deepseek": 8_192,
+}
+
+#: price a call: (model, provider, input_tokens, output_tokens, at) -> Decimal USD, None when unpriced
+PriceFn = Callable[[str, str, int, int, datetime], Decimal | None]
+
+
+@lru_cache(maxsize=2048)
+def context_window(model: str, provider: str | None) -> int | None:
+    """The model's context window from genai-prices' bundled data, None when unknown."""
+    try:
+        from genai_prices import data_snapshot
+
+        _, m = data_snapshot.get_snapshot().find_provider_model(model, provider or None, None, None)
+        return int(m.context_window) if m.context_window else None
+    except Exception:  # unknown model or provider: no bound
+        return None
+
+
+def max_output_tokens(model: str, provider: str | None, input_tokens: int, default: int) -> int:
+    """The worst-case output of a call that sets no max_tokens."""
+    name = model.lower().rsplit("/", 1)[-1]
+    best = ""
+    for prefix in MAX_OUTPUT_BY_PREFIX:
+        if name.startswith(prefix) and len(prefix) > len(best):
+            best = prefix
+    limit = MAX_OUTPUT_BY_PREFIX[best] if best else default
+    window = context_window(model, provider)
+    if window is not None and window > input_tokens:
+        limit = min(limit, window - input_tokens)
+    return max(1, limit)
+
+
+def price_fn_from_book(book: Any) -> PriceFn:
+    """Adapt the price book (`PriceBook.cost(model, TokenUsage, provider=, at=)`) to a PriceFn."""
+    from ..pricing import TokenUsage
+
+    def price(model: str, provider: str, input_tokens: int, output_tokens: int, at: datetime) -> Decimal | None:
+        try:
+            result = book.cost(model, TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens),
+                               provider=provider, at=at)
+        except LookupError:
+            return None
+        cost = getattr(result, "cost_usd", result)
+        return cost if isinstance(cost, Decimal) else None
+
+    return price

@@ -1,0 +1,168 @@
+"""Budget counters hold under concurrency: real SQLite file, PostgreSQL and Redis, two OS processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from llmbudget.budget.store import Charge, CounterStore, PostgresCounters, RedisCounters, SQLiteCounters
+
+WORKER = Path(__file__).with_name("budget_worker.py")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, str]:
+    prefix = f"llmbtest:{uuid.uuid4().hex[:8]}:"
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "ledger.db"), prefix
+    if request.param == "postgres":
+        return "postgres", str(request.getfixturevalue("pg_url")), prefix
+    return "redis", str(request.getfixturevalue("redis_url")), prefix
+
+
+def _open(spec: tuple[str, str, str]) -> CounterStore:
+    kind, url, prefix = spec
+    if kind == "sqlite":
+        return SQLiteCounters(url)
+    if kind == "postgres":
+        return PostgresCounters(url)
+    return RedisCounters(url, prefix=prefix)
+
+
+def _cleanup(store: CounterStore, spec: tuple[str, str, str]) -> None:
+    if spec[0] == "redis":
+        assert isinstance(store, RedisCounters)
+        for k in store._r.scan_iter(match=spec[2] + "*"):
+            store._r.delete(k)
+    store.close()
+
+
+def test_two_processes_200_reservations_never_exceed_limit(store_spec: tuple[str, str, str]) -> None:
+    store = _open(store_spec)  # creates the schema before the workers race
+    limit, amount = 1_000, 10  # room for exactly 100 of the 200 calls
+    start_at = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, str(WORKER), *store_spec, "10", "100", str(limit), str(amount),
+                               str(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        ok = sum(o["ok"] for o in outs)
+        refused = sum(o["refused"] for o in outs)
+        assert ok + refused == 200
+        assert ok == limit // amount  # neither over- nor under-admitted
+        assert all(not o["bad"] for o in outs), outs  # every refusal names the budget and a full counter
+        key = "daily|*|day:2025-01-01"
+        spent, reserved = store.totals([key])[key]
+        assert spent == ok * amount <= limit
+        assert reserved == 0
+    finally:
+        _cleanup(store, store_spec)
+
+
+def test_reserve_settle_release_and_all_or_nothing(store_spec: tuple[str, str, str]) -> None:
+    store = _open(store_spec)
+    try:
+        a, b = "daily|*|day:2025-01-01", "backend:x/month|x|month:2025-01"
+        both = [Charge("daily", a, (a,), 100, 60), Charge("backend:x/month", b, (b,), 50, 60)]
+        # the second budget does not fit: nothing is booked on the first either
+        r = store.reserve("r1", both, 60)
+        assert r is not None and r.budget == "backend:x/month" and r.limit == 50
+        assert store.totals([a, b]) in ({}, {a: (0, 0), b: (0, 0)}, {b: (0, 0)})
+        assert store.reserve("r2", [Charge("daily", a, (a,), 100, 60)], 60) is None
+        assert store.totals([a])[a] == (0, 60)
+        # a concurrent call needing 60 more does not fit while r2 is in flight
+        assert store.reserve("r3", [Charge("daily", a, (a,), 100, 60)], 60) is not None
+        store.settle("r2", [(a, 25)])  # real cost below the worst case frees the rest
+        assert store.totals([a])[a] == (25, 0)
+        assert store.reserve("r4", [Charge("daily", a, (a,), 100, 60)], 60) is None
+        store.release("r4")
+        assert store.totals([a])[a] == (25, 0)
+        store.release("r4")  # twice is harmless
+        assert store.totals([a])[a] == (25, 0)
+        # a count-only charge (limit None) is never refused
+        assert store.reserve("r5", [Charge("daily", a, (a,), None, 10_000)], 60) is None
+        assert store.scan("daily|") == {a: (25, 10_000)}
+    finally:
+        _cleanup(store, store_spec)
+
+
+def test_rolling_window_sums_every_bucket(store_spec: tuple[str, str, str]) -> None:
+    store = _open(store_spec)
+    try:
+        old, new = "r|*|5h:1000", "r|*|5h:4600"
+        assert store.reserve("a", [Charge("r", old, (old,), 100, 70)], 60) is None
+        store.settle("a", [(old, 70)])
+        refusal = store.reserve("b", [Charge("r", new, (old, new), 100, 40)], 60)
+        assert refusal is not None and refusal.spent == 70
+        # once the old bucket leaves the window the call fits
+        assert store.reserve("c", [Charge("r", new, (new,), 100, 40)], 60) is None
+    finally:
+        _cleanup(store, store_spec)
+
+
+def test_expired_reservations_of_a_crashed_process_are_swept(store_spec: tuple[str, str, str]) -> None:
+    store = _open(store_spec)
+    try:
+        k = "daily|*|day:2025-01-01"
+        assert store.reserve("crashed", [Charge("daily", k, (k,), 100, 90)], 10) is None
+        assert store.reserve("x", [Charge("daily", k, (k,), 100, 20)], 10) is not None
+        assert store.sweep(now=time.time() + 11) == 1
+        assert store.totals([k])[k] == (0, 0)
+        assert store.reserve("x", [Charge("daily", k, (k,), 100, 20)], 10) is None
+        store.settle("crashed", [(k, 5)])  # a late settle still records the real spend
+        assert store.totals([k])[k] == (5, 20)
+    finally:
+        _cleanup(store, store_spec)
+
+
+def test_claim_once_is_shared_between_store_instances(store_spec: tuple[str, str, str]) -> None:
+    s1, s2 = _open(store_spec), _open(store_spec)
+    try:
+        assert s1.claim_once("warn|daily|0.8") is True
+        assert s2.claim_once("warn|daily|0.8") is False
+        assert s2.claim_once("warn|daily|0.9") is True
+    finally:
+        if store_spec[0] == "redis":
+            assert isinstance(s1, RedisCounters)
+            for k in s1._r.scan_iter(match=store_spec[2] + "*"):
+                s1._r.delete(k)
+        s1.close()
+        s2.close()
+
+
+def test_sqlite_counters_share_the_ledger_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "l.db"
+    SQLiteCounters(str(path)).close()
+    names = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"budget_counters", "budget_reservations", "budget_claims"} <= names
+
+
+def test_postgres_store_two_instances_start_together(pg_url: str) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            PostgresCounters(pg_url).close()
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    ts = [threading.Thread(target=start) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []

@@ -230,7 +230,9 @@ class BudgetEnforcer:
             spent_usd=from_nano(r.spent) if b.unit == "usd" else None,
             limit_usd=from_nano(b.limit) if b.unit == "usd" else None, threshold=1.0, reset=reset,
             message=(f"Budget '{b.name}'{' for ' + scope if scope else ''} reached its limit: "
-                     f"{_amount_text(b, r.spent)} of {b.describe_limit()}; {what} until {reset}.")))
+                     f"{_amount_text(b, r.spent)} spent"
+                     + (f" and {_amount_text(b, r.reserved)} reserved by calls in flight" if r.reserved else "")
+                     + f" of {b.describe_limit()}; {what} until {reset}.")))
 
     @staticmethod
     def _scope_text(x: _Booked) -> str | None:

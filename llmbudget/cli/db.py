@@ -1,9 +1,154 @@
-"""CLI commands: db."""
+"""CLI commands: `db migrate` and `import`.
+
+`import` is a single command whose first argument is the SOURCE: a JSONL file (our event shape
+or the commonly logged one, see `llmbudget.importer`), or a named log format from
+`IMPORT_SOURCES` (today `claude-code`), which receives the remaining arguments as its paths.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from . import common
+
+#: named import sources: name -> fn(paths, json_out=..., config=..., db=...)
+IMPORT_SOURCES: dict[str, Callable[..., None]] = {}
+
+
+def _claude_code(paths: list[str] | None, *, json_out: bool, config: str | None, db: str | None) -> None:
+    from .analyze import import_claude_code_command
+
+    import_claude_code_command(paths, json_out=json_out, config=config, db=db)
+
+
+IMPORT_SOURCES["claude-code"] = _claude_code
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    db_app = typer.Typer(name="db", help="The ledger database: schema migrations.", no_args_is_help=True)
+
+    @db_app.command("migrate")
+    def migrate(db: common.DbOpt = None, config: common.ConfigOpt = None, json_out: common.JsonOpt = False) -> None:
+        """Apply pending schema migrations and list every migration with when it was applied."""
+        cfg, ledger = common.open_ledger_for(config, db)
+        try:
+            now = {name for name, _, fresh in getattr(ledger, "migrations_applied_now", []) if fresh}
+            rows = ledger.applied_migrations()
+            url = ledger._masked() if hasattr(ledger, "_masked") else ""
+        finally:
+            ledger.close()
+        if json_out:
+            common.print_json({"database": url, "migrations": [
+                {"name": n, "applied_at": at, "applied_now": n in now} for n, at in rows]})
+            return
+        from rich.table import Table
+
+        table = Table(title=f"Migrations of {url}", title_justify="left")
+        table.add_column("Migration")
+        table.add_column("Applied at")
+        table.add_column("")
+        for n, at in rows:
+            table.add_row(n, at, "[green]applied now[/]" if n in now else "")
+        common.console.print(table)
+        common.console.print(f"{len(now)} applied now, {len(rows)} in total.", highlight=False)
+
+    app.add_typer(db_app)
+
+    @app.command("import")
+    def import_cmd(
+        source: Annotated[str, typer.Argument(help="A JSONL file of events, or a log format: claude-code.")],
+        paths: Annotated[list[str] | None, typer.Argument(help="More files (or, for claude-code, its log paths).")] = None,
+        db: common.DbOpt = None,
+        config: common.ConfigOpt = None,
+        json_out: common.JsonOpt = False,
+    ) -> None:
+        """Load usage logged elsewhere: our event JSONL or the common `prompt_tokens/completion_tokens` shape.
+
+        A bad line is reported by number and skipped; re-importing a file adds nothing.
+        """
+        if source in IMPORT_SOURCES and not Path(source).is_file():
+            IMPORT_SOURCES[source](paths or None, json_out=json_out, config=config, db=db)
+            return
+        import_files([source, *(paths or [])], db=db, config=config, json_out=json_out)
+
+
+def import_files(files: list[str], *, db: str | None, config: str | None, json_out: bool) -> None:
+    """Import JSONL files with a progress bar (after a second) and a summary per file."""
+    from ..errors import NotFound
+    from ..importer import import_jsonl
+    from ..pricing import PriceBook, provider_for
+
+    for f in files:  # fail before touching the database
+        if not Path(f).is_file():
+            raise NotFound(f"{f}: no such file")
+    cfg, ledger = common.open_ledger_for(config, db)
+    prices = PriceBook.from_config(cfg)
+
+    def provider_of(backend: str, model: str) -> str:
+        b = cfg.backends.get(backend)
+        if b is not None:
+            return b.provider or ("local" if b.local else provider_for(model, b.base_url, b.kind))
+        guess = provider_for(model)
+        return guess if guess != "unknown" else provider_for(model, kind=backend if backend in (
+            "anthropic", "gemini") else None)
+
+    results = []
+    try:
+        for f in files:
+            with _Progress(Path(f).name, enabled=not json_out) as progress:
+                results.append(import_jsonl(ledger, f, prices=prices, provider_of=provider_of, progress=progress))
+    finally:
+        ledger.close()
+    if json_out:
+        common.print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+        return
+    from ..money import format_usd, from_nano
+
+    for r in results:
+        for bad in r.bad[:50]:
+            common.err_console.print(f"[yellow]warning:[/] {r.path}: {bad}", highlight=False, soft_wrap=True)
+        if len(r.bad) > 50:
+            common.err_console.print(f"[yellow]warning:[/] {r.path}: {len(r.bad) - 50} more bad lines", highlight=False)
+        unpriced = f", {r.unpriced} unpriced" if r.unpriced else ""
+        common.console.print(
+            f"{r.path}: loaded {r.loaded} events, {r.duplicates} duplicates, {len(r.bad)} bad lines "
+            f"({r.lines} lines, {format_usd(from_nano(r.cost_nano), 2)}{unpriced}) in {r.seconds:.1f} s.",
+            highlight=False)
+
+
+class _Progress:
+    """A Rich progress bar that appears only once the work has taken more than a second."""
+
+    def __init__(self, label: str, *, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.t0 = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            if time.monotonic() - self.t0 < 1.0:
+                return
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                 TimeRemainingColumn(), console=common.err_console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(f"importing {self.label}", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -129,8 +129,6 @@ CREATE TABLE events (
     source TEXT NOT NULL
 );
 CREATE INDEX events_ts ON events (ts_us);
-CREATE INDEX events_backend_ts ON events (backend, ts_us);
-CREATE INDEX events_model_ts ON events (model, ts_us);
 CREATE INDEX events_agent_ts ON events (agent, ts_us);
 CREATE INDEX events_session_ts ON events (session, ts_us);
 CREATE INDEX events_user_ts ON events (user_name, ts_us);
@@ -141,20 +139,23 @@ CREATE INDEX events_tier_ts ON events (tier, ts_us);
 CREATE INDEX events_unpriced ON events (provider, model) WHERE cost_nano IS NULL;
 """)
 
-migration("0002_rollups", f"""
+_ROLLUPS = f"""
 CREATE TABLE rollup_hourly (
     hour BIGINT NOT NULL,
 {_DIM_COLS},
 {_SUMS},
     PRIMARY KEY (hour, {_DIM_KEY})
-);
+){{without_rowid}};
 CREATE TABLE rollup_daily (
     day BIGINT NOT NULL,
 {_DIM_COLS},
 {_SUMS},
     PRIMARY KEY (day, {_DIM_KEY})
-);
-""")
+){{without_rowid}};
+"""
+# SQLite: WITHOUT ROWID clusters the rollups on (bucket, dims): one B-tree per upsert, range scans in order
+migration("0002_rollups", sqlite=_ROLLUPS.format(without_rowid=" WITHOUT ROWID"),
+          postgres=_ROLLUPS.format(without_rowid=""))
 
 migration("0003_sessions", """
 CREATE TABLE sessions (

@@ -15,7 +15,8 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from operator import itemgetter
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -25,7 +26,7 @@ from ..events import PRICE_STATUSES, UsageEvent, parse_timestamp
 from ..money import from_nano
 from . import shutdown
 from .base import DIMENSIONS, FILTER_FIELDS, TIME_BUCKETS, CostRow, Ledger, SessionRow, UnpricedModel
-from .buckets import US_PER_DAY, US_PER_HOUR, Plan, from_us, merge_ranges, plan, to_us
+from .buckets import EPOCH, US_PER_DAY, US_PER_HOUR, Plan, from_us, merge_ranges, plan, to_us
 from .jsonl import AuditLog
 from .migrations import MIGRATIONS, ROLLUP_DIMS, split_statements
 from .writer import BatchWriter, Spool
@@ -59,6 +60,7 @@ _RAW_SUMS_SQL = ("COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), SUM(cac
                  "SUM(output_tokens), SUM(reasoning_tokens), SUM(cost_nano), "
                  "SUM(CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END)")
 _CHUNK = 500  # ids per IN (...) list
+_ONE_US = timedelta(microseconds=1)
 
 
 def column(field: str) -> str:
@@ -68,12 +70,12 @@ def column(field: str) -> str:
 
 def event_to_row(ev: UsageEvent) -> tuple[Any, ...]:
     """A UsageEvent as a row in EVENT_COLUMNS order."""
-    return (ev.id, to_us(ev.timestamp), ev.backend, ev.provider, ev.model, ev.request_model,
+    tags = json.dumps(ev.tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if ev.tags else "{}"
+    return (ev.id, (ev.timestamp - EPOCH) // _ONE_US, ev.backend, ev.provider, ev.model, ev.request_model,
             ev.input_tokens, ev.cached_input_tokens, ev.cache_write_tokens, ev.output_tokens,
             ev.reasoning_tokens, ev.cost_nano, ev.price_status, ev.agent, ev.session, ev.user, ev.team,
             ev.task_id, ev.task_type, ev.tier,
-            json.dumps(ev.tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-            ev.status, ev.http_status, 1 if ev.streamed else 0, ev.duration_ms, ev.ttft_ms, ev.source)
+            tags, ev.status, ev.http_status, 1 if ev.streamed else 0, ev.duration_ms, ev.ttft_ms, ev.source)
 
 
 def row_to_event(r: Sequence[Any]) -> UsageEvent:
@@ -95,11 +97,11 @@ def _sums_of(ev_row: Sequence[Any]) -> list[int]:
     return [1, ev_row[6], ev_row[7], ev_row[8], ev_row[9], ev_row[10], cost or 0, 1 if cost is None else 0]
 
 
-_DIM_IDX = tuple(EVENT_COLUMNS.index(c) for c in ROLLUP_DIMS)
+_dim_values = itemgetter(*(EVENT_COLUMNS.index(c) for c in ROLLUP_DIMS))
 
 
 def _dims_of(ev_row: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(ev_row[i] or "" for i in _DIM_IDX)
+    return tuple([v or "" for v in _dim_values(ev_row)])
 
 
 class SQLLedger(Ledger):
@@ -116,6 +118,8 @@ class SQLLedger(Ledger):
             raise ValidationError("batch_size", "must be at least 1")
         self.url = url
         self.batch_size = batch_size
+        #: record_many's transaction size: bulk loads gain from bigger batches than the live queue
+        self.import_batch_size = max(batch_size, 2000)
         self.flush_interval_s = flush_interval_s
         self._closed = False
         self.audit_path: Path | None = None
@@ -130,7 +134,8 @@ class SQLLedger(Ledger):
 
     def _start(self) -> None:
         """Migrate, register for shutdown flushing, replay a spool left from an earlier outage."""
-        self.migrate()
+        #: (name, applied_at, applied by this open) of every migration
+        self.migrations_applied_now = self.migrate()
         shutdown.register(self)
         if self._writer.spool.pending():
             try:
@@ -202,7 +207,7 @@ class SQLLedger(Ledger):
             if not isinstance(ev, UsageEvent):
                 raise ValidationError("event", f"must be a UsageEvent, got {type(ev).__name__}")
             batch.append(ev)
-            if len(batch) >= self.batch_size:
+            if len(batch) >= self.import_batch_size:
                 added += self._commit(batch)
                 batch = []
         if batch:
@@ -252,15 +257,24 @@ class SQLLedger(Ledger):
     def _apply_rollups(self, db: DB, items: list[tuple[int, tuple[str, ...], list[int]]]) -> None:
         """Add signed sums to the hourly and daily rollups: items are (ts_us, dims, sums)."""
         hourly: dict[tuple[Any, ...], list[int]] = {}
-        daily: dict[tuple[Any, ...], list[int]] = {}
         for ts, dims, sums in items:
-            for table, key in ((hourly, (ts // US_PER_HOUR, *dims)), (daily, (ts // US_PER_DAY, *dims))):
-                acc = table.get(key)
-                if acc is None:
-                    table[key] = list(sums)
-                else:
-                    for i, v in enumerate(sums):
-                        acc[i] += v
+            key = (ts // US_PER_HOUR, *dims)
+            acc = hourly.get(key)
+            if acc is None:
+                hourly[key] = list(sums)
+            else:
+                for i, v in enumerate(sums):
+                    acc[i] += v
+        daily: dict[tuple[Any, ...], list[int]] = {}
+        hours_per_day = US_PER_DAY // US_PER_HOUR
+        for hkey, sums in hourly.items():
+            key = (hkey[0] // hours_per_day, *hkey[1:])
+            acc = daily.get(key)
+            if acc is None:
+                daily[key] = list(sums)
+            else:
+                for i, v in enumerate(sums):
+                    acc[i] += v
         for name, bucket, table in (("rollup_hourly", "hour", hourly), ("rollup_daily", "day", daily)):
             cols = (bucket, *ROLLUP_DIMS, *SUM_COLUMNS)
             sql = (f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "

@@ -175,3 +175,18 @@ def test_prune_log_files_dry_run_then_archive(tmp_path: Path) -> None:
     with gzip.open(archive / "readings-2026-10-01.jsonl.gz", "rt") as fh:
         lines = fh.read().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["backend"] == "a"
+
+
+# ---------------------------------------------------------------------------- rotation
+def test_rotation_ranks_by_headroom_and_puts_blocked_accounts_last() -> None:
+    rs = [rd("busy", NOW - H, u5=0.70, r5=NOW + 2 * H, u7=0.50, r7=NOW + 50 * H),
+          rd("fresh", NOW - H, u5=0.10, r5=NOW + 2 * H, u7=0.20, r7=NOW + 50 * H),
+          rd("maxed", NOW - H, u5=1.0, r5=NOW + 2 * H, status="rejected"),
+          rd("badkey", NOW - H, key_valid=False, status=None),
+          rd("fresh", NOW - 30 * H, u5=0.99, r5=NOW - 25 * H)]  # an older reading of fresh is ignored
+    ranked = an.rotation(rs, now=NOW, accounts=["never-probed"])
+    names = [r["backend"] for r in ranked]
+    assert names[:2] == ["fresh", "busy"]
+    assert names.index("never-probed") < names.index("maxed") < names.index("badkey")
+    assert ranked[0]["headroom"] == pytest.approx(0.8)
+    assert [r["rank"] for r in ranked] == list(range(1, 6))

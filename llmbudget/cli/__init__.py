@@ -23,9 +23,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import budget, db, prices, quota, reports, serve
+    from . import analyze, budget, db, prices, quota, reports, serve
 
-    for module in (serve, reports, prices, db, budget, quota):
+    for module in (serve, reports, prices, db, budget, quota, analyze):
         module.register(app)
 
 

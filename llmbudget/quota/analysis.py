@@ -331,12 +331,17 @@ def underspend(readings: Iterable[QuotaReading], *, now: datetime, unused: float
 
 
 # ---------------------------------------------------------------------------- rotation
-def rotation(readings: Iterable[QuotaReading], *, now: datetime) -> list[dict[str, Any]]:
-    """Accounts ranked by headroom, maxed/rejected/invalid-key last: `quota.rotation.rank_accounts` on the newest readings."""
+def rotation(readings: Iterable[QuotaReading], *, now: datetime,
+             accounts: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Accounts ranked by headroom, maxed/rejected/invalid-key last (`quota.rotation.rank_accounts`).
+
+    `accounts` names configured accounts; one without any reading is ranked UNKNOWN.
+    """
     from .rotation import rank_accounts
 
-    ranked = rank_accounts(list(latest(readings).values()), now=now)
-    return [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in ranked]
+    newest: dict[str, QuotaReading | None] = {name: None for name in accounts}
+    newest.update(latest(readings))
+    return [r.to_dict() for r in rank_accounts(newest, now)]
 
 
 # ---------------------------------------------------------------------------- prune
@@ -377,8 +382,12 @@ def prune_readings(ledger: Any, *, before: datetime, log_dir: Path, archive_dir:
     `archive_dir/readings-YYYY-MM-DD.jsonl.gz`). With `dry_run` nothing is written or deleted.
     """
     res = PruneResult(before=before, dry_run=dry_run)
-    old_days = sorted(p for p in log_dir.glob("readings-*.jsonl")
-                      if _day_end(p) is not None and _day_end(p) <= before) if log_dir.is_dir() else []
+    old_days: list[Path] = []
+    if log_dir.is_dir():
+        for p in sorted(log_dir.glob("readings-*.jsonl")):
+            end = _day_end(p)
+            if end is not None and end <= before:  # the whole day lies before the cut-off
+                old_days.append(p)
     if ledger is not None:
         if dry_run:
             res.ledger_readings = ledger.prune_readings(before, dry_run=True)

@@ -274,7 +274,7 @@ def read_logs(files: Iterable[Path]) -> LogScan:
                 try:
                     data = json.loads(raw)
                 except json.JSONDecodeError as e:
-                    _warn(scan, file, lineno, f"not valid JSON ({e.msg} at column {e.colno})")
+                    _warn(scan, file, lineno, f"not valid JSON: {e.msg} (column {e.colno})")
                     continue
                 if isinstance(data, dict) and isinstance(data.get("cwd"), str) and data["cwd"]:
                     folder_cwd.setdefault(_project_dir(file), data["cwd"])
@@ -320,22 +320,19 @@ def event_id_for(message_id: str, request_id: str | None) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"claude-code:{message_id}:{request_id or ''}"))
 
 
-def _normalize(entry: ClaudeEntry) -> dict[str, int]:
-    """Anthropic usage → our token fields (input includes cache reads and writes)."""
-    n = anthropic_usage(entry.raw_usage)
-    return {"input_tokens": n.input_tokens, "cached_input_tokens": n.cached_input_tokens,
-            "cache_write_tokens": n.cache_write_tokens, "output_tokens": n.output_tokens,
-            "reasoning_tokens": n.reasoning_tokens}
-
-
 def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
     """One UsageEvent for a response, priced with the price book (`prices`, a PriceBook or None)."""
     tags = {"project": entry.project or entry.project_dir.name}
     if entry.version:
         tags["claude_code_version"] = entry.version
+    # Anthropic's input_tokens exclude cache reads and writes; ours include them
+    n = anthropic_usage(entry.raw_usage)
     event = UsageEvent(
         backend=BACKEND, provider=PROVIDER, model=entry.model, id=event_id(entry), timestamp=entry.timestamp,
-        agent=AGENT, session=entry.session, tags=tags, source="import", **_normalize(entry),
+        agent=AGENT, session=entry.session, tags=tags, source="import",
+        input_tokens=n.input_tokens, cached_input_tokens=n.cached_input_tokens,
+        cache_write_tokens=n.cache_write_tokens, output_tokens=n.output_tokens,
+        reasoning_tokens=n.reasoning_tokens,
     )
     if prices is not None:
         event = _price(prices, event)

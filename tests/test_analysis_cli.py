@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from llmbudget.cli import main
-from llmbudget.cli.analyze import import_claude_code_command
 from llmbudget.config import data_dir
 from llmbudget.quota.readings import QuotaReading, Window, store_reading
 from llmbudget.store import open_ledger
@@ -131,12 +131,15 @@ def test_dry_run_needs_prune(db: str, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_blocks_after_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'cc.db'}"
-    import_claude_code_command([str(FIXTURES)], json_out=True, db=url)
-    first = json.loads(capsys.readouterr().out)
+    code, out, _ = run(capsys, "import", "claude-code", str(FIXTURES), "--json", "--db", url)
+    assert code == 0
+    first = json.loads(out)
     assert first["new"] == 9 and len(first["warnings"]) == 2
-    import_claude_code_command([str(FIXTURES)], db=url)
-    out = capsys.readouterr().out
+    code, out, err = run(capsys, "import", "claude-code", str(FIXTURES), "--db", url)
+    assert code == 0
     assert "Imported 0 new Claude Code responses (9 already imported)" in out
+    assert err.count("skipped: not valid JSON") == 2  # each bad line named once, with file and line
+    assert f"{FIXTURES}/projects/-home-alice-code-webapp/7d2e4b90-93c1-4f8e-8a0e-5c1f2d9e6b02.jsonl:6:" in err
     code, out, _ = run(capsys, "analyze", "--blocks", "--json", "--db", url, "--since", "2026-11-01",
                        "--now", NOW_S)
     assert code == 0
@@ -167,3 +170,15 @@ def test_rotation_includes_configured_accounts_without_readings(db: str, tmp_pat
     ranked = json.loads(out)["rotation"]
     assert [(r["backend"], r["severity"]) for r in ranked] == [
         ("seat-a", "OK"), ("seat-c", "UNKNOWN"), ("seat-b", "CRITICAL")]
+
+
+def test_import_claude_code_default_location_and_missing_path(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'cc.db'}"
+    code, _, err = run(capsys, "import", "claude-code", "--db", url)
+    assert code == 1 and "no Claude Code logs found" in err
+    code, _, err = run(capsys, "import", "claude-code", str(tmp_path / "nope"), "--db", url)
+    assert code == 1 and "nope: no such file or directory" in err
+    shutil.copytree(FIXTURES / "projects", Path.home() / ".claude" / "projects")
+    code, out, _ = run(capsys, "import", "claude-code", "--json", "--db", url)
+    assert code == 0 and json.loads(out)["new"] == 9

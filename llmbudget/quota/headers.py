@@ -362,6 +362,8 @@ def _rfc3339_or_any(value: str, key: str, r: QuotaReading, now: datetime) -> dat
 def _duration_or_any(value: str, key: str, r: QuotaReading, now: datetime, *,
                      expected: str = "a Go duration") -> datetime | None:
     v = value.strip()
+    if v == "-1":  # xAI: no reset applies to a bucket without a limit
+        return None
     secs = parse_go_duration(v)
     if secs is not None:
         dt = _relative(now, max(secs, 0.0))

@@ -121,7 +121,10 @@ class QuotaReading:
     @property
     def has_data(self) -> bool:
         """True when the reading carries any quota signal at all."""
-        return bool(self.status or self.windows or self.limits or self.cost_usd is not None
+        windows = any(w.utilization is not None or w.reset is not None or w.status for w in self.windows.values())
+        limits = any(lim.limit is not None or lim.remaining is not None or lim.unlimited
+                     for lim in self.limits.values())
+        return bool(self.status or windows or limits or self.cost_usd is not None
                     or self.key_valid is False or self.credit_usd is not None or self.limit_usd is not None
                     or self.violations or self.retry_after_s is not None or self.retry_delay_s is not None)
 

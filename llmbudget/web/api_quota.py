@@ -1,0 +1,61 @@
+"""Quota JSON API: `GET /api/quota` (latest reading per backend/account, with severity) and
+`GET /api/quota/summary` (the `llmbudget summary` block; `?max_age=20m`, `?probe=false`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from ..errors import ValidationError
+from ..quota.readings import latest_by_backend
+from ..quota.severity import assess, overall
+from ..quota.summary import DEFAULT_MAX_AGE, build_summary_async, parse_max_age
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _check_params(request: Request, allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in request.query_params:
+        if name not in allowed:
+            raise ValidationError(name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}")
+        out[name] = request.query_params[name]
+    return out
+
+
+def quota_latest(ledger: Any, now: datetime | None = None) -> dict[str, Any]:
+    """The newest reading per backend/account with its severity (what `GET /api/quota` answers)."""
+    now = now or datetime.now(UTC)
+    latest = latest_by_backend(ledger.latest_readings())
+    rows = []
+    for name in sorted(latest):
+        r = latest[name]
+        a = assess(r, now=now)
+        rows.append({"backend": name, **a.to_dict(), "mark": a.severity.mark, "reading": r.to_dict()})
+    return {"generated_at": now.isoformat(), "backends": rows,
+            "overall": overall(assess(latest[n], now=now).severity for n in latest)}
+
+
+def routes(services: Any) -> list[BaseRoute]:
+    """The quota routes, collected by `web/api.py`."""
+
+    async def quota(request: Request) -> JSONResponse:
+        _check_params(request, set())
+        return JSONResponse(await run_in_threadpool(quota_latest, services.ledger))
+
+    async def quota_summary(request: Request) -> JSONResponse:
+        params = _check_params(request, {"max_age", "probe"})
+        age = parse_max_age(params["max_age"]) if params.get("max_age") else DEFAULT_MAX_AGE
+        probe_text = params.get("probe", "true").lower()
+        if probe_text not in _TRUE + _FALSE:
+            raise ValidationError("probe", f"must be true or false, got {params['probe']!r}")
+        s = await build_summary_async(services.config, services.ledger, max_age=age, probe=probe_text in _TRUE)
+        return JSONResponse(s.to_dict())
+
+    return [Route("/api/quota", quota), Route("/api/quota/summary", quota_summary)]

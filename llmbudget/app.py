@@ -6,7 +6,9 @@ Starlette serves `/healthz`, `/api/...` and the dashboard.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,13 +25,59 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def build_app(services: Services) -> ASGIApp:
+class LLMBudgetApp:
+    """Dispatches `/{backend}/...` to the proxy (a plain ASGI callable) and everything else to Starlette."""
+
+    def __init__(self, services: Services, web: Starlette, proxy: Any) -> None:
+        self.services = services
+        self.web = web
+        self.proxy = proxy
+        self._backends = frozenset(services.config.backends)
+        prefixes = {"", "api", "healthz", "metrics", "static"}
+        root_mount = False
+        for route in web.routes:
+            path = getattr(route, "path", "")
+            first = path[1:].partition("/")[0]
+            if first.startswith("{") or (path in ("", "/") and not isinstance(route, Route)):
+                root_mount = True  # a catch-all: unknown prefixes belong to the web app
+            prefixes.add(first)
+        self._web_prefixes = frozenset(prefixes)
+        self._root_mount = root_mount
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            first = scope["path"][1:].partition("/")[0]
+            if first in self._backends:
+                await self.proxy(scope, receive, send)
+                return
+            if first not in self._web_prefixes and not self._root_mount:
+                await self.proxy.unknown_backend(scope, send)
+                return
+        await self.web(scope, receive, send)
+
+
+def build_app(services: Services) -> LLMBudgetApp:
     """The ASGI app: requests under a configured backend prefix go to the proxy, the rest to the API."""
+    from .budget import install as install_budgets
+    from .capture.proxy import Proxy
     from .web.api import api_routes, install_error_handlers
+
+    install_budgets(services)  # budgets configured: the gate goes into services.extras["gate"]
+    proxy = Proxy(services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # one shared upstream session for the process; a clean shutdown flushes every accepted event
+        await proxy.startup()
+        try:
+            yield
+        finally:
+            await proxy.shutdown()
+            await asyncio.to_thread(services.ledger.flush)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "backends": sorted(services.config.backends)})
 
-    web = Starlette(routes=[Route("/healthz", healthz), *api_routes(services)])
+    web = Starlette(routes=[Route("/healthz", healthz), *api_routes(services)], lifespan=lifespan)
     install_error_handlers(web)
-    return web
+    return LLMBudgetApp(services, web, proxy)

@@ -1,9 +1,74 @@
-"""CLI commands: serve."""
+"""CLI commands: serve (the proxy, `/healthz` and the JSON API in one process)."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+from typing import Annotated
+
 import typer
+
+from ..errors import ConfigError
+from . import common
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, admin_token_env: str | None) -> None:
+    """Refuse a non-loopback address unless an admin token is configured (DESIGN.md section 9)."""
+    if is_loopback(host):
+        return
+    if not admin_token_env:
+        raise ConfigError(f"refusing to listen on {host}: a non-loopback address needs an admin token; "
+                          "set server.admin_token_env to the name of an environment variable holding one",
+                          key="server.admin_token_env")
+    if not os.environ.get(admin_token_env):
+        raise ConfigError(f"refusing to listen on {host}: ${admin_token_env} (server.admin_token_env) is "
+                          "empty or unset", key="server.admin_token_env")
+
+
+def serve(
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1 or server.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 4141 or server.port).")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the metering proxy, /healthz and the JSON API (one process, one port)."""
+    import uvicorn
+
+    from ..app import build_app
+    from ..services import Services
+
+    cfg = common.load(config)
+    host = host or cfg.server.host
+    port = port or cfg.server.port
+    check_bind(host, cfg.server.admin_token_env)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    services = Services.create(cfg, db_url=db)
+    try:
+        app = build_app(services)
+        names = ", ".join(f"/{n}" for n in sorted(cfg.backends)) or "(no backends configured)"
+        common.err_console.print(f"llmbudget serving on http://{host}:{port}  backends: {names}", highlight=False)
+        # No access log: uvicorn's prints query strings (a Gemini `?key=` would land in it) and
+        # costs ~15% CPU; the proxy logs what it does itself, without keys.
+        uv_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
+                                   lifespan="on", access_log=False, log_level=log_level.lower(),
+                                   server_header=False, date_header=False, timeout_graceful_shutdown=10)
+        uvicorn.Server(uv_config).run()
+    finally:
+        services.close()
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("serve")(serve)

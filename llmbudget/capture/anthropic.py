@@ -1,0 +1,71 @@
+"""Anthropic Messages wire protocol: usage from `message_start` plus the cumulative `message_delta`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import BadRequest, CallMeter, data_lines, int_or_none, parse_json_body
+
+
+class AnthropicMeter(CallMeter):
+    """`/v1/messages`, streamed and not."""
+
+    def scan_lines(self, block: bytes) -> None:
+        if b'"message_start"' in block:
+            for obj in data_lines(block, b'"message_start"'):
+                msg = obj.get("message")
+                if obj.get("type") == "message_start" and isinstance(msg, dict):
+                    if isinstance(msg.get("model"), str):
+                        self.model = msg["model"]
+                    if isinstance(msg.get("usage"), dict):
+                        self.raw_usage = dict(msg["usage"])
+        if b'"message_delta"' in block:
+            for obj in data_lines(block, b'"message_delta"'):
+                if obj.get("type") == "message_delta" and isinstance(obj.get("usage"), dict):
+                    # message_delta usage is cumulative: it replaces the fields it names
+                    merged = dict(self.raw_usage or {})
+                    merged.update({k: v for k, v in obj["usage"].items() if v is not None})
+                    self.raw_usage = merged
+        if b'"message_stop"' in block:
+            self.complete = True
+        if b'"error"' in block:
+            for obj in data_lines(block, b'"error"'):
+                err = obj.get("error")
+                if obj.get("type") == "error" and isinstance(err, dict):
+                    self.stream_error = str(err.get("message") or err.get("type") or "error in stream")
+
+    def from_answer(self, data: dict[str, Any]) -> None:
+        if isinstance(data.get("model"), str):
+            self.model = data["model"]
+        if isinstance(data.get("usage"), dict):
+            self.raw_usage = data["usage"]
+        self.complete = True
+
+    def usage(self) -> Any:
+        if self.raw_usage is None:
+            return None
+        from ..pricing import normalize
+
+        return normalize.anthropic_usage(self.raw_usage)
+
+
+def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
+    """A meter for `/v1/messages` (count_tokens and everything else pass through unmetered)."""
+    if method != "POST" or not path.rstrip("/").endswith("/messages"):
+        return None
+    req = parse_json_body(body)
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: Field required")
+    meter = AnthropicMeter(protocol="anthropic", endpoint="messages", request=req, body=body,
+                           request_model=model)
+    meter.stream = req.get("stream") is True
+    meter.max_output_tokens = int_or_none(req.get("max_tokens"))
+    return meter
+
+
+def error_body(status: int, message: str, code: str) -> dict[str, Any]:
+    """Anthropic's error shape."""
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 429: "rate_limit_error", 502: "api_error", 529: "overloaded_error"}
+    return {"type": "error", "error": {"type": kind.get(status, "api_error"), "message": message}}

@@ -1,0 +1,196 @@
+"""OpenAI wire protocol (and every OpenAI-compatible server): chat completions, responses, completions, embeddings."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .base import CallMeter, data_lines, first_model, int_or_none, parse_json_body
+
+_USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _normalize(endpoint: str, raw: dict[str, Any]) -> Any:
+    from ..pricing import normalize
+
+    if endpoint == "responses":
+        return normalize.openai_responses_usage(raw)
+    if endpoint == "embeddings":
+        return normalize.openai_embeddings_usage(raw)
+    return normalize.openai_chat_usage(raw)
+
+
+class OpenAIMeter(CallMeter):
+    """Chat completions, completions and embeddings (usage in the answer or the stream's final chunk)."""
+
+    #: the client did not ask for usage in the stream: we did, so its usage-only chunk is removed
+    hide_usage: bool = False
+    _pending: bytes = b""
+
+    def scan_lines(self, block: bytes) -> None:
+        if self.model is None:
+            self.model = first_model(block)
+        if _USAGE_OBJ.search(block):
+            for obj in data_lines(block, b'"usage"'):
+                if isinstance(obj.get("usage"), dict):
+                    self.raw_usage = obj["usage"]
+                    if isinstance(obj.get("model"), str):
+                        self.model = obj["model"]
+        if b'"error"' in block:
+            for obj in data_lines(block, b'"error"'):
+                err = obj.get("error")
+                if isinstance(err, dict) and "choices" not in obj:
+                    self.stream_error = str(err.get("message") or "error in stream")
+        if b"data: [DONE]" in block or b"data:[DONE]" in block:
+            self.complete = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.hide_usage:
+            return CallMeter.feed(self, chunk)
+        # Filtering mode: whole events pass on as soon as they are complete; only a partial event
+        # (which no client could parse yet) is held until its end arrives.
+        data = self._pending + chunk if self._pending else chunk
+        last = None
+        for last in _EVENT_END.finditer(data):  # noqa: B007 - want the last match
+            pass
+        if last is None:
+            self._pending = data
+            return b""
+        out, self._pending = data[: last.end()], data[last.end():]
+        self.out_chars += _text_chars(out)
+        self.scan_lines(out)
+        if _USAGE_OBJ.search(out):
+            out = _drop_usage_only_events(out)
+        return out
+
+    def end(self) -> bytes:
+        if not self.hide_usage:
+            return CallMeter.end(self)
+        rest, self._pending = self._pending, b""
+        if rest:
+            self.scan_lines(rest)
+            if _USAGE_OBJ.search(rest):
+                rest = _drop_usage_only_events(rest)
+        return rest
+
+    def from_answer(self, data: dict[str, Any]) -> None:
+        if isinstance(data.get("model"), str):
+            self.model = data["model"]
+        if isinstance(data.get("usage"), dict):
+            self.raw_usage = data["usage"]
+        self.complete = True
+
+    def usage(self) -> Any:
+        return None if self.raw_usage is None else _normalize(self.endpoint, self.raw_usage)
+
+
+class ResponsesMeter(OpenAIMeter):
+    """The Responses API: usage in the answer, or in `response.completed` (or incomplete/failed) when streamed."""
+
+    def scan_lines(self, block: bytes) -> None:
+        if self.model is None:
+            self.model = first_model(block)
+        if b'"response.' not in block and b'"error"' not in block:
+            return
+        for obj in data_lines(block, b'"type"'):
+            kind = obj.get("type")
+            if kind in ("response.completed", "response.incomplete", "response.failed"):
+                resp = obj.get("response")
+                if isinstance(resp, dict):
+                    self.from_answer(resp)
+                if kind == "response.failed":
+                    err = resp.get("error") if isinstance(resp, dict) else None
+                    self.stream_error = str((err or {}).get("message") or "response failed")
+            elif kind == "error":
+                self.stream_error = str(obj.get("message") or "error in stream")
+
+    def from_answer(self, data: dict[str, Any]) -> None:
+        if isinstance(data.get("model"), str):
+            self.model = data["model"]
+        if isinstance(data.get("usage"), dict):
+            self.raw_usage = data["usage"]
+        self.complete = True
+
+
+def _text_chars(block: bytes) -> int:
+    from .base import _TEXT_RE
+
+    return sum(len(m) for m in _TEXT_RE.findall(block))
+
+
+def _drop_usage_only_events(block: bytes) -> bytes:
+    """Remove the `choices: []` chunk that carries only usage (the client never asked for it)."""
+    parts = re.split(rb"(\r?\n\r?\n)", block)
+    out: list[bytes] = []
+    skip_sep = False
+    for part in parts:
+        if skip_sep and _EVENT_END.fullmatch(part):
+            skip_sep = False
+            continue
+        skip_sep = False
+        if _USAGE_OBJ.search(part):
+            text = part.strip()
+            if text.startswith(b"data:"):
+                try:
+                    obj = json.loads(text[5:])
+                except ValueError:
+                    obj = None
+                if isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict):
+                    skip_sep = True
+                    continue
+        out.append(part)
+    return b"".join(out)
+
+
+def endpoint_for(path: str) -> str | None:
+    """The metered endpoint a path names, None when it is not metered."""
+    p = path.rstrip("/")
+    if p.endswith("/chat/completions"):
+        return "chat"
+    if p.endswith("/responses"):
+        return "responses"
+    if p.endswith("/completions"):
+        return "completions"
+    if p.endswith("/embeddings"):
+        return "embeddings"
+    return None
+
+
+def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
+    """A meter for a metered OpenAI call (None: pass through unmetered); BadRequest on a broken body."""
+    if method != "POST":
+        return None
+    endpoint = endpoint_for(path)
+    if endpoint is None:
+        return None
+    from .base import BadRequest
+
+    req = parse_json_body(body)
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("missing required parameter: 'model'")
+    cls = ResponsesMeter if endpoint == "responses" else OpenAIMeter
+    meter = cls(protocol="openai", endpoint=endpoint, request=req, body=body, request_model=model)
+    meter.stream = req.get("stream") is True and endpoint != "embeddings"
+    if endpoint == "responses":
+        meter.max_output_tokens = int_or_none(req.get("max_output_tokens"))
+    else:
+        meter.max_output_tokens = int_or_none(req.get("max_completion_tokens")) or int_or_none(req.get("max_tokens"))
+    if meter.stream and endpoint in ("chat", "completions"):
+        opts = req.get("stream_options")
+        if not (isinstance(opts, dict) and opts.get("include_usage") is True):
+            # Ask for usage in the stream, then hide that extra chunk from a client that did not ask.
+            req["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+            meter.body = json.dumps(req, separators=(",", ":")).encode()
+            assert isinstance(meter, OpenAIMeter)
+            meter.hide_usage = True
+    return meter
+
+
+def error_body(status: int, message: str, code: str) -> dict[str, Any]:
+    """OpenAI's error shape, so the SDK raises its normal exception."""
+    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+            429: "rate_limit_exceeded", 502: "api_connection_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}

@@ -1,0 +1,669 @@
+"""The metering proxy: a plain ASGI callable with one shared aiohttp session (DESIGN.md section 4).
+
+`/{backend}/{rest}` goes to `{base_url}/{rest}` with the query string. Metered calls (see the
+per-protocol modules) become one `UsageEvent` each, handed to the ledger's non-blocking `record()`
+after the answer has gone out; everything else passes through unmetered and is logged.
+
+Streams pass chunk by chunk as they arrive (`iter_any()`): the only exception is OpenAI chat when
+llmbudget asked for usage on the client's behalf, where a partial SSE event is held until its end
+so that the usage-only chunk can be removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from ..config import BackendConfig
+from ..events import UsageEvent, new_id
+from . import anthropic, gemini, openai
+from .base import BadRequest, CallMeter
+from .errors import error_bytes, guess_protocol
+from .gate import Admission, CallInfo
+
+log = logging.getLogger("llmbudget.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: headers that belong to one connection, never forwarded (RFC 9110 7.6.1) plus those we recompute
+_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+                  b"trailer", b"transfer-encoding", b"upgrade", b"proxy-connection"})
+_REQ_DROP = _HOP | {b"host", b"content-length"}
+_KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+_ATTR_HEADERS = {
+    b"x-llmbudget-agent": "agent", b"x-llmbudget-session": "session", b"x-llmbudget-user": "user",
+    b"x-llmbudget-team": "team", b"x-llmbudget-task": "task_id", b"x-llmbudget-task-id": "task_id",
+    b"x-llmbudget-task-type": "task_type", b"x-llmbudget-tier": "tier", b"x-llmbudget-tags": "tags",
+}
+_RATE_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-", "retry-after", "x-llm-cost", "x-litellm-")
+_MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
+#: at most one piggyback quota reading per backend per this many seconds (the newest wins)
+READING_INTERVAL_S = 1.0
+
+
+def parse_tags(value: str) -> dict[str, str]:
+    """`k=v,k=v` into a dict; items without `=` become `{item: ""}`; whitespace trimmed."""
+    tags: dict[str, str] = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        k, _, v = item.partition("=")
+        if k.strip():
+            tags[k.strip()] = v.strip()
+    return tags
+
+
+@dataclass(slots=True)
+class ProxyRequest:
+    """A client request as the proxy holds it, ready to be sent to any backend (the fallback seam)."""
+
+    method: str
+    #: path after the backend prefix, with its leading slash
+    path: str
+    query: str
+    headers: CIMultiDict[str]
+    body: bytes
+    protocol: str
+    backend: str
+    meter: CallMeter | None
+    attribution: dict[str, Any] = field(default_factory=dict)
+    has_key: bool = False
+    event_id: str = field(default_factory=new_id)
+    started: float = field(default_factory=time.perf_counter)
+    notice: str | None = None
+    admission: Admission | None = None
+    fallback: bool = False
+
+
+#: translate(proxy, request, target_backend, send) -> recorded event; plugged in for cross-protocol fallback
+Translator = Callable[["Proxy", ProxyRequest, str, Send], Awaitable[UsageEvent | None]]
+
+
+class Proxy:
+    """The ASGI callable serving every configured backend prefix."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self.backends: dict[str, BackendConfig] = dict(services.config.backends)
+        self.session: aiohttp.ClientSession | None = None
+        self._timeouts = {n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0),
+                                                   sock_read=b.timeout_s)
+                          for n, b in self.backends.items()}
+        self._readings: dict[str, tuple[list[tuple[str, str]], Any, int]] = {}
+        self._reading_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---------------------------------------------------------------- lifecycle
+    async def startup(self) -> None:
+        """Open the shared upstream session (called from the app's lifespan)."""
+        if self.session is None:
+            connector = aiohttp.TCPConnector(limit=2000, limit_per_host=0, keepalive_timeout=60,
+                                             ttl_dns_cache=300)
+            # auto_decompress off: bytes pass through exactly as the upstream encoded them
+            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                                                 timeout=aiohttp.ClientTimeout(total=None))
+            self._reading_task = asyncio.create_task(self._reading_loop())
+
+    async def shutdown(self) -> None:
+        """Finish background work, store pending quota readings, close the session."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._reading_task is not None:
+            self._reading_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading_task
+            self._reading_task = None
+        await self._store_readings()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # ---------------------------------------------------------------- ASGI entry
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        name, _, rest = path[1:].partition("/")
+        backend = self.backends.get(name)
+        if backend is None:
+            await self.unknown_backend(scope, send)
+            return
+        rest = "/" + rest
+        attribution: dict[str, Any] = {}
+        headers: CIMultiDict[str] = CIMultiDict()
+        has_key = False
+        for k, v in scope["headers"]:
+            if k in _REQ_DROP:
+                continue
+            if k.startswith(b"x-llmbudget-"):
+                attr = _ATTR_HEADERS.get(k)
+                if attr == "tags":
+                    attribution["tags"] = parse_tags(v.decode("utf-8", "replace"))
+                elif attr is not None:
+                    attribution[attr] = v.decode("utf-8", "replace").strip() or None
+                continue  # attribution (and any other llmbudget header) is never forwarded
+            if k in _KEY_HEADERS:
+                has_key = True
+            headers.add(k.decode("latin-1"), v.decode("latin-1"))
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query and ("key=" in query):
+            has_key = has_key or any(p.startswith("key=") for p in query.split("&"))
+        body = await _read_body(receive)
+        method = scope["method"]
+        protocol = backend.kind
+        try:
+            if protocol == "gemini":
+                meter = gemini.make_meter(rest, method, body, query)
+            else:
+                meter = _MAKERS[protocol](rest, method, body)
+        except BadRequest as e:
+            await _send_error(send, protocol, e.status, str(e), e.code)
+            log.info("proxy_bad_request backend=%s path=%s reason=%s", name, rest, e)
+            return
+        req = ProxyRequest(method=method, path=rest, query=query, headers=headers,
+                           body=meter.body if meter else body, protocol=protocol, backend=name, meter=meter,
+                           attribution=attribution, has_key=has_key)
+        if meter is None:
+            log.info("proxy_unmetered backend=%s method=%s path=%s", name, method, rest)
+            await self.passthrough(req, name, send)
+            return
+        gate = self.services.extras.get("gate")
+        if gate is not None and not await self._admit(gate, req, send):
+            return
+        target = req.admission.fallback_backend if req.admission and req.admission.fallback_backend else name
+        await self.dispatch(req, target, send, receive)
+
+    async def _admit(self, gate: Any, req: ProxyRequest, send: Send) -> bool:
+        """Ask the budget gate; False when the call was refused (the 429 is already sent)."""
+        meter = req.meter
+        assert meter is not None
+        backend = self.backends[req.backend]
+        call = CallInfo(backend=req.backend, protocol=req.protocol,
+                        provider=self._provider(meter.request_model or "", backend),
+                        model=meter.request_model or "", est_input_tokens=meter.est_input_tokens(),
+                        max_output_tokens=meter.max_output_tokens, local=backend.local, streamed=meter.stream,
+                        **{k: v for k, v in req.attribution.items() if k != "tags"},
+                        tags=dict(req.attribution.get("tags") or {}))
+        admission: Admission = await gate.admit(call)
+        if not admission.allowed:
+            message = admission.message or admission.notice or "budget exhausted"
+            extra = [(b"x-llmbudget-request-id", req.event_id.encode())]
+            if admission.retry_after_s is not None:
+                extra.append((b"retry-after", str(int(admission.retry_after_s)).encode()))
+            if admission.notice:
+                extra.append((b"x-llmbudget-notice", _header_safe(admission.notice)))
+            await _send_error(send, req.protocol, admission.status or 429, message, "budget_exceeded", extra)
+            self._record(req, req.backend, http_status=admission.status or 429, status="blocked",
+                         interrupted=False, upstream_reached=False)
+            return False
+        req.admission = admission
+        if admission.fallback_backend:
+            req.fallback = True
+            req.notice = admission.notice
+            if admission.fallback_model:
+                req.body = meter.set_model(admission.fallback_model)
+                if req.protocol == "gemini":
+                    req.path = getattr(meter, "path", req.path)
+        return True
+
+    # ---------------------------------------------------------------- dispatch (the fallback seam)
+    async def dispatch(self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None) -> None:
+        """Serve `req` on backend `target`; a different protocol goes through a registered translator."""
+        backend = self.backends.get(target)
+        if backend is None:
+            await _send_error(send, req.protocol, 502, f"fallback backend {target!r} is not configured",
+                              "bad_fallback")
+            await self._release(req)
+            return
+        if backend.kind != req.protocol:
+            translators = self.services.extras.get("translators") or {}
+            translate: Translator | None = translators.get((req.protocol, backend.kind))
+            if translate is None:
+                await _send_error(send, req.protocol, 502,
+                                  f"fallback backend {target!r} speaks {backend.kind}, this call is {req.protocol} "
+                                  "and no translator is installed", "bad_fallback")
+                await self._release(req)
+                return
+            event = await translate(self, req, target, send)
+            if event is not None and req.admission is not None:
+                await self._settle(req, event)
+            return
+        await self.forward(req, target, send, receive)
+
+    def _upstream(self, req: ProxyRequest, backend_name: str) -> tuple[URL, CIMultiDict[str]]:
+        backend = self.backends[backend_name]
+        path = req.path
+        url = backend.base_url + path + ("?" + req.query if req.query else "")
+        headers = req.headers
+        if not req.has_key and backend.api_key_env:
+            key = os.environ.get(backend.api_key_env)
+            if key:
+                headers = headers.copy()
+                if backend.kind == "anthropic":
+                    headers["x-api-key"] = key
+                elif backend.kind == "gemini":
+                    headers["x-goog-api-key"] = key
+                else:
+                    headers["Authorization"] = f"Bearer {key}"
+        if req.meter is not None and "accept-encoding" in headers:
+            # usage must be readable: ask for an uncompressed answer (a client always accepts identity)
+            headers = headers.copy() if headers is req.headers else headers
+            headers["Accept-Encoding"] = "identity"
+        return URL(url, encoded=True), headers
+
+    async def forward(self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None) -> None:
+        """Send `req` to `target` (same protocol), stream or buffer the answer, meter it."""
+        assert self.session is not None, "Proxy.startup() was not called (lifespan off?)"
+        meter = req.meter
+        assert meter is not None
+        url, headers = self._upstream(req, target)
+        try:
+            resp = await self.session.request(req.method, url, headers=headers, data=req.body,
+                                              allow_redirects=False, timeout=self._timeouts[target])
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            await self._connect_failed(req, target, send, e)
+            return
+        try:
+            self._note_rate_headers(target, resp)
+            out_headers = _response_headers(resp.raw_headers)
+            out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
+            if req.notice:
+                out_headers.append((b"x-llmbudget-notice", _header_safe(req.notice)))
+            ctype = resp.headers.get("Content-Type", "")
+            if resp.status < 400 and (meter.stream or ctype.startswith("text/event-stream")):
+                await self._stream(req, target, resp, out_headers, send, receive)
+                return
+            await self._buffered(req, target, resp, out_headers, send)
+        finally:
+            resp.release()
+
+    async def _buffered(self, req: ProxyRequest, target: str, resp: aiohttp.ClientResponse,
+                        out_headers: list[tuple[bytes, bytes]], send: Send) -> None:
+        meter = req.meter
+        assert meter is not None
+        try:
+            body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            await self._connect_failed(req, target, send, e, started=True)
+            return
+        status: str | None = None
+        if resp.status < 400:
+            meter.read_body(_decoded(body, resp.headers.get("Content-Encoding")))
+            if not meter.complete:  # a 200 whose body is not the protocol's answer: passed on, noted
+                status = "error"
+                log.warning("proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path,
+                            resp.headers.get("Content-Type", ""))
+        event = self._record(req, target, http_status=resp.status, status=status, interrupted=False,
+                             defer=True)
+        if event is not None:
+            cost = "unpriced" if event.cost_usd is None else _fmt_cost(event.cost_usd)
+            out_headers.append((b"x-llmbudget-cost-usd", cost.encode()))
+        out_headers = [(k, v) for k, v in out_headers if k != b"content-length"]
+        out_headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+        await send({"type": "http.response.body", "body": body})
+        if event is not None:
+            self._commit(req, event)
+
+    async def _stream(self, req: ProxyRequest, target: str, resp: aiohttp.ClientResponse,
+                      out_headers: list[tuple[bytes, bytes]], send: Send, receive: Receive | None) -> None:
+        meter = req.meter
+        assert meter is not None
+        encoding = resp.headers.get("Content-Encoding")
+        decoder = _decoder(encoding)
+        if isinstance(meter, openai.OpenAIMeter) and meter.hide_usage:
+            if encoding and encoding != "identity":
+                meter.hide_usage = False  # cannot filter a compressed stream: pass it unchanged
+            else:
+                out_headers = [(k, v) for k, v in out_headers if k != b"content-length"]
+        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+        ttft: float | None = None
+        interrupted = False
+        client_gone = False
+        task = asyncio.current_task()
+        watcher: asyncio.Future[Message] | None = None
+        if receive is not None and task is not None:
+            # The client hanging up must stop the copy even while the upstream is silent.
+            watcher = asyncio.ensure_future(receive())
+
+            def _on_disconnect(f: asyncio.Future[Message]) -> None:
+                nonlocal client_gone
+                if not f.cancelled() and f.exception() is None and f.result().get("type") == "http.disconnect":
+                    client_gone = True
+                    task.cancel()
+
+            watcher.add_done_callback(_on_disconnect)
+        try:
+            async for chunk in resp.content.iter_any():
+                out = meter.feed(chunk) if decoder is None else _feed_side(meter, decoder, chunk)
+                if out:
+                    if ttft is None:
+                        ttft = (time.perf_counter() - req.started) * 1000.0
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = meter.end()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            interrupted = not meter.complete
+        except asyncio.CancelledError:
+            if not client_gone:
+                raise
+            interrupted = True
+            log.info("proxy_client_disconnected backend=%s path=%s", target, req.path)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            interrupted = True
+            meter.end()
+            log.warning("proxy_upstream_cut backend=%s path=%s error=%s", target, req.path, type(e).__name__)
+            # Tell the client in its protocol: an SSE error event (SDKs raise on it), else a cut connection.
+            note = _stream_error_event(req.protocol, ctype_of(out_headers),
+                                       f"the upstream {target!r} closed the stream early ({type(e).__name__})")
+            if note is not None:
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": note, "more_body": False})
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.remove_done_callback(_on_disconnect)
+                watcher.cancel()
+            if client_gone:
+                # uncancel so the rest of this request (recording) runs normally
+                if task is not None:
+                    task.uncancel()
+                meter.end()
+        event = self._record(req, target, http_status=resp.status, status=None, interrupted=interrupted,
+                             ttft_ms=ttft, defer=True)
+        if event is not None:
+            self._commit(req, event)
+
+    async def passthrough(self, req: ProxyRequest, target: str, send: Send) -> None:
+        """Forward an unmetered request and stream its answer back unchanged."""
+        assert self.session is not None, "Proxy.startup() was not called (lifespan off?)"
+        url, headers = self._upstream(req, target)
+        try:
+            resp = await self.session.request(req.method, url, headers=headers, data=req.body or None,
+                                              allow_redirects=False, timeout=self._timeouts[target])
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
+            await _send_error(send, req.protocol, 502, f"cannot reach backend {target!r}: {type(e).__name__}",
+                              "upstream_unreachable")
+            return
+        try:
+            self._note_rate_headers(target, resp)
+            out_headers = _response_headers(resp.raw_headers)
+            out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
+            await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+            try:
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                log.warning("proxy_upstream_cut backend=%s path=%s", target, req.path)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            resp.release()
+
+    async def unknown_backend(self, scope: Scope, send: Send) -> None:
+        """404 in the (guessed) protocol's shape, naming the configured backends."""
+        names = sorted(self.backends)
+        first = scope["path"][1:].partition("/")[0]
+        message = (f"no backend named {first!r}; configured backends: {', '.join(names) or '(none)'}. "
+                   "Requests go to /{backend}/{path}.")
+        await _send_error(send, guess_protocol(scope["path"]), 404, message, "unknown_backend")
+
+    async def _connect_failed(self, req: ProxyRequest, target: str, send: Send, e: BaseException,
+                              started: bool = False) -> None:
+        log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
+        await _send_error(send, req.protocol, 502,
+                          f"llmbudget could not reach backend {target!r} ({type(e).__name__})",
+                          "upstream_unreachable", [(b"x-llmbudget-request-id", req.event_id.encode())])
+        event = self._record(req, target, http_status=502, status="error", interrupted=False,
+                             upstream_reached=started, defer=True)
+        if event is not None:
+            self._record_now(event)
+        if started and req.admission is not None and event is not None:
+            self._spawn(self._settle(req, event))
+        else:
+            await self._release(req)
+
+    # ---------------------------------------------------------------- events
+    def _provider(self, model: str, backend: BackendConfig) -> str:
+        if backend.provider:
+            return backend.provider
+        if backend.local:
+            return "local"
+        try:
+            from ..pricing import provider_for
+
+            return str(provider_for(model, backend.base_url, backend.kind))
+        except Exception:  # the price book is optional on this path; fall back to the wire protocol
+            return {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}[backend.kind]
+
+    def _record(self, req: ProxyRequest, target: str, *, http_status: int, status: str | None,
+                interrupted: bool, ttft_ms: float | None = None, upstream_reached: bool = True,
+                defer: bool = False) -> UsageEvent | None:
+        """Build (and unless `defer`, record) the call's event. Never raises: a failure is logged."""
+        meter = req.meter
+        if meter is None:
+            return None
+        try:
+            event = self._build_event(req, target, http_status=http_status, status=status,
+                                      interrupted=interrupted, ttft_ms=ttft_ms, upstream_reached=upstream_reached)
+        except Exception:
+            log.exception("proxy_event_failed backend=%s path=%s", target, req.path)
+            return None
+        if not defer:
+            self._record_now(event)
+        return event
+
+    def _build_event(self, req: ProxyRequest, target: str, *, http_status: int, status: str | None,
+                     interrupted: bool, ttft_ms: float | None, upstream_reached: bool) -> UsageEvent:
+        meter = req.meter
+        assert meter is not None
+        backend = self.backends[target]
+        try:
+            usage = meter.usage()
+        except Exception:
+            log.exception("proxy_usage_unreadable backend=%s", target)
+            usage = None
+        tokens = usage.as_dict() if usage is not None else {}
+        if status is None:
+            if http_status >= 400 or meter.stream_error:
+                status = "error"
+            elif interrupted:
+                status = "interrupted"
+            elif req.fallback:
+                status = "fallback"
+            else:
+                status = "ok"
+        if status == "interrupted" and upstream_reached:
+            # What the provider never reported is estimated: input from the request (chars/4), output
+            # from the generated text seen so far (chars/4). Reported counts always win when larger.
+            tokens["input_tokens"] = max(tokens.get("input_tokens", 0), meter.est_input_tokens())
+            tokens["output_tokens"] = max(tokens.get("output_tokens", 0), meter.est_output_tokens())
+        model = meter.model or meter.request_model or ""
+        attribution = {k: v for k, v in req.attribution.items() if k != "tags"}
+        event = UsageEvent(
+            backend=target, model=model, id=req.event_id, provider=self._provider(model, backend),
+            request_model=meter.request_model, **tokens, **attribution,
+            tags=dict(req.attribution.get("tags") or {}), status=status, http_status=http_status,
+            streamed=meter.stream, duration_ms=round((time.perf_counter() - req.started) * 1000.0, 3),
+            ttft_ms=None if ttft_ms is None else round(ttft_ms, 3), source="proxy",
+        )
+        prices = self.services.prices
+        if prices is not None:
+            event = prices.price_event(event, local=backend.local)
+        return event
+
+    def _record_now(self, event: UsageEvent) -> None:
+        try:
+            self.services.ledger.record(event)
+        except Exception:
+            log.exception("proxy_record_failed id=%s", event.id)
+
+    def _commit(self, req: ProxyRequest, event: UsageEvent) -> None:
+        """After the answer went out: record, and settle the budget reservation in the background."""
+        self._record_now(event)
+        if req.admission is not None:
+            self._spawn(self._settle(req, event))
+
+    async def _settle(self, req: ProxyRequest, event: UsageEvent) -> None:
+        gate = self.services.extras.get("gate")
+        if gate is not None and req.admission is not None:
+            try:
+                await gate.settle(req.admission, event)
+            except Exception:
+                log.exception("proxy_settle_failed id=%s", event.id)
+
+    async def _release(self, req: ProxyRequest) -> None:
+        gate = self.services.extras.get("gate")
+        if gate is not None and req.admission is not None:
+            try:
+                await gate.release(req.admission)
+            except Exception:
+                log.exception("proxy_release_failed id=%s", req.event_id)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- piggyback quota readings
+    def _note_rate_headers(self, backend: str, resp: aiohttp.ClientResponse) -> None:
+        """Keep the newest rate-limit headers per backend; parsed and stored off the request path."""
+        for k, _ in resp.raw_headers:
+            lk = k.lower()
+            if lk.startswith((b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")):
+                pairs = [(a.decode("latin-1"), b.decode("latin-1")) for a, b in resp.raw_headers
+                         if a.lower().decode("latin-1").startswith(_RATE_PREFIXES)]
+                from ..events import utcnow
+
+                self._readings[backend] = (pairs, utcnow(), resp.status)
+                return
+
+    async def _reading_loop(self) -> None:
+        while True:
+            await asyncio.sleep(READING_INTERVAL_S)
+            try:
+                await self._store_readings()
+            except Exception:
+                log.exception("proxy_readings_failed")
+
+    async def _store_readings(self) -> None:
+        if not self._readings:
+            return
+        pending, self._readings = self._readings, {}
+        await asyncio.to_thread(store_piggyback, self.services, pending)
+
+
+def store_piggyback(services: Any, pending: dict[str, tuple[list[tuple[str, str]], Any, int]]) -> int:
+    """Parse and store the newest rate-limit headers of each backend as `piggyback` quota readings."""
+    from ..quota.headers import parse_rate_limit_headers
+    from ..quota.readings import store_reading
+
+    stored = 0
+    for backend, (pairs, when, http_status) in pending.items():
+        reading = parse_rate_limit_headers(pairs, now=when, backend=backend, source="piggyback",
+                                           http_status=http_status)
+        if reading is None:
+            continue
+        try:
+            store_reading(services, reading)
+            stored += 1
+        except Exception:
+            log.exception("proxy_reading_store_failed backend=%s", backend)
+    return stored
+
+
+# -------------------------------------------------------------------- helpers
+
+async def _read_body(receive: Receive) -> bytes:
+    msg = await receive()
+    body = msg.get("body", b"")
+    if not msg.get("more_body"):
+        return bytes(body)
+    parts = [body]
+    while msg.get("more_body"):
+        msg = await receive()
+        parts.append(msg.get("body", b""))
+    return b"".join(parts)
+
+
+def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    return [(k.lower(), v) for k, v in raw if k.lower() not in _HOP]
+
+
+async def _send_error(send: Send, protocol: str, status: int, message: str, code: str,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = error_bytes(protocol, status, message, code)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def ctype_of(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for k, v in headers:
+        if k == b"content-type":
+            return v
+    return b""
+
+
+def _stream_error_event(protocol: str, ctype: bytes, message: str) -> bytes | None:
+    """An SSE error event in the protocol's shape (None when the stream is not SSE)."""
+    if not ctype.startswith(b"text/event-stream"):
+        return None
+    payload = error_bytes(protocol, 502, message, "upstream_cut")
+    head = b"event: error\n" if protocol == "anthropic" else b""
+    # leading blank line ends any partial event the client already holds
+    return b"\n\n" + head + b"data: " + payload + b"\n\n"
+
+
+def _header_safe(text: str) -> bytes:
+    return text.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace")
+
+
+def _fmt_cost(cost: Decimal) -> str:
+    return format(cost.normalize(), "f") if cost else "0"
+
+
+def _decoder(encoding: str | None) -> Any:
+    """A streaming decompressor for gzip/deflate answers (scanned on the side, forwarded unchanged)."""
+    if not encoding or encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return False  # an encoding we cannot read: pass through, usage unknown
+
+
+def _feed_side(meter: CallMeter, decoder: Any, chunk: bytes) -> bytes:
+    if decoder is not False:
+        with contextlib.suppress(zlib.error):
+            meter.feed(decoder.decompress(chunk))
+    return chunk
+
+
+def _decoded(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except zlib.error:
+        return b""
+    return b""
+

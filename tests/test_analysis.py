@@ -68,6 +68,11 @@ def test_burn_rate_resets_before_exhaustion_and_flat_usage() -> None:
     assert rows["single"].per_hour is None and rows["single"].exhausts_before_reset is None
 
 
+def test_burn_rate_skips_a_cycle_that_is_over() -> None:
+    rs = [rd("old", NOW - 9 * H, u5=0.2, r5=NOW - 5 * H), rd("old", NOW - 8 * H, u5=0.4, r5=NOW - 5 * H)]
+    assert an.burn_rates(rs, now=NOW, windows=("5h",)) == []
+
+
 def test_burn_rate_maxed_account_is_exhausted_now() -> None:
     (row,) = an.burn_rates([rd("x", NOW - H, u7=1.0, status="rejected")], now=NOW, windows=("7d",))
     assert row.exhaustion == NOW - H and row.exhausts_before_reset is True
@@ -190,3 +195,23 @@ def test_rotation_ranks_by_headroom_and_puts_blocked_accounts_last() -> None:
     assert names.index("never-probed") < names.index("maxed") < names.index("badkey")
     assert ranked[0]["headroom"] == pytest.approx(0.8)
     assert [r["rank"] for r in ranked] == list(range(1, 6))
+
+
+def test_prune_ledger_twice_in_one_second_keeps_both_archives(tmp_path: Path) -> None:
+    from llmbudget.store import open_ledger
+
+    archive = tmp_path / "archive"
+    with open_ledger(f"sqlite:///{tmp_path / 'l.db'}", audit=False) as ledger:
+        for batch in range(2):
+            ledger.record_reading(rd(f"acct-{batch}", NOW - 40 * 24 * H).to_dict())
+            res = an.prune_readings(ledger, before=NOW - 30 * 24 * H, log_dir=tmp_path / "none",
+                                    archive_dir=archive, now=NOW)
+            assert res.ledger_readings == 1
+        assert ledger.readings() == []
+    names = sorted(p.name for p in archive.iterdir())
+    assert names == ["ledger-readings-20261120T120000Z-2.jsonl.gz", "ledger-readings-20261120T120000Z.jsonl.gz"]
+    backends = set()
+    for p in archive.iterdir():
+        with gzip.open(p, "rt") as fh:
+            backends |= {json.loads(line)["backend"] for line in fh}
+    assert backends == {"acct-0", "acct-1"}

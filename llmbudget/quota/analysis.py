@@ -153,6 +153,8 @@ def burn_rates(readings: Iterable[QuotaReading], *, now: datetime,
             u0, u1 = _utilization(first, window), _utilization(last, window)
             assert u0 is not None and u1 is not None
             reset = last.windows[window].reset
+            if reset is not None and reset <= now:
+                continue  # the cycle these readings describe is over: nothing left to project
             t0 = first.timestamp
             slope = _slope_per_hour([((r.timestamp - t0).total_seconds() / 3600, _utilization(r, window) or 0.0)
                                      for r in cycle])
@@ -395,7 +397,12 @@ def prune_readings(ledger: Any, *, before: datetime, log_dir: Path, archive_dir:
             rows = ledger.readings(until=before, limit=None)
             if rows:
                 archive_dir.mkdir(parents=True, exist_ok=True)
-                path = archive_dir / f"ledger-readings-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}.jsonl.gz"
+                stem = f"ledger-readings-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+                path = archive_dir / f"{stem}.jsonl.gz"
+                n = 1
+                while path.exists():  # never overwrite an earlier archive
+                    n += 1
+                    path = archive_dir / f"{stem}-{n}.jsonl.gz"
                 _write_gzip_lines(path, (json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in rows))
                 res.archives.append(str(path))
             res.ledger_readings = ledger.prune_readings(before)

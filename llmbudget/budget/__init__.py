@@ -43,6 +43,7 @@ def build_enforcer(cfg: Any, db_url: str, *, state: Any | None = None, prices: A
         budgets_from_config(b), open_counters(db_url, b.redis_url, redis_prefix=redis_prefix),
         tz=get_zone(b.timezone or cfg.timezone), price=price_fn, fallback=b.fallback,
         fallback_model=b.fallback_model, ttl_s=b.reservation_ttl_s, default_max_output=b.default_max_output_tokens,
+        input_factor=b.input_token_factor,
         notifier=notifier, state=state, **kw)
 
 

@@ -153,6 +153,9 @@ class BudgetsConfig(BaseModel):
     reservation_ttl_s: int = Field(default=3600, ge=10)
     #: worst-case output tokens when the request sets no max_tokens and the model's maximum is unknown
     default_max_output_tokens: int = Field(default=32768, ge=1)
+    #: the proxy estimates input as characters/4; x4 bounds text input by its character count (a token
+    #: is at least one character), so the reservation is a true worst case. 1.0 trusts the estimate.
+    input_token_factor: float = Field(default=4.0, ge=1.0, le=16.0)
 
     @model_validator(mode="before")
     @classmethod

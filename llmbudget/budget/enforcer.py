@@ -55,7 +55,7 @@ class BudgetEnforcer:
 
     def __init__(self, budgets: Sequence[Budget], store: CounterStore, *, tz: ZoneInfo, price: PriceFn,
                  fallback: str | None = None, fallback_model: str | None = None, ttl_s: float = 3600,
-                 default_max_output: int = 32768, notifier: Notifier | None = None, state: Any | None = None,
+                 default_max_output: int = 32768, input_factor: float = 1.0, notifier: Notifier | None = None, state: Any | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.budgets = list(budgets)
         self.by_name = {b.name: b for b in self.budgets}
@@ -66,6 +66,7 @@ class BudgetEnforcer:
         self.fallback_model = fallback_model
         self.ttl_s = ttl_s
         self.default_max_output = default_max_output
+        self.input_factor = input_factor
         self.notifier = notifier
         self.state = state
         self.clock = clock
@@ -78,7 +79,7 @@ class BudgetEnforcer:
     # ------------------------------------------------------------------ admission
     def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
         """(input tokens, output tokens, cost USD or None when unpriced) reserved for a call."""
-        tin = max(0, int(call.est_input_tokens))
+        tin = max(0, math.ceil(int(call.est_input_tokens) * self.input_factor))
         tout = call.max_output_tokens
         if tout is None or tout <= 0:
             tout = max_output_tokens(call.model, call.provider, tin, self.default_max_output)

@@ -197,11 +197,11 @@ def test_rotation_ranks_by_headroom_and_puts_blocked_accounts_last() -> None:
     assert [r["rank"] for r in ranked] == list(range(1, 6))
 
 
-def test_prune_ledger_twice_in_one_second_keeps_both_archives(tmp_path: Path) -> None:
+def test_prune_ledger_twice_in_one_second_keeps_both_archives(ledger_url: str, tmp_path: Path) -> None:
     from llmbudget.store import open_ledger
 
     archive = tmp_path / "archive"
-    with open_ledger(f"sqlite:///{tmp_path / 'l.db'}", audit=False) as ledger:
+    with open_ledger(ledger_url, audit=False) as ledger:
         for batch in range(2):
             ledger.record_reading(rd(f"acct-{batch}", NOW - 40 * 24 * H).to_dict())
             res = an.prune_readings(ledger, before=NOW - 30 * 24 * H, log_dir=tmp_path / "none",

@@ -145,6 +145,8 @@ class PriceInfo:
     request_usd: Decimal | None = None
     #: human notes: time-of-day windows, prices for units llmbudget does not meter
     notes: tuple[str, ...] = ()
+    #: the next instant (UTC) at which a known price for this model changes (dated change, override, time of day)
+    next_change: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: prices as decimal strings (exact)."""
@@ -161,6 +163,7 @@ class PriceInfo:
             "tiers": {k: [{"above_input_tokens": a, "price_mtok": str(p)} for a, p in v]
                       for k, v in self.tiers.items()},
             "request_usd": s(self.request_usd), "notes": list(self.notes),
+            "next_change": None if self.next_change is None else self.next_change.isoformat(),
         }
 
 
@@ -439,6 +442,7 @@ class PriceBook:
             boundaries.extend(_model_boundaries(found[1], when))
         lo = max((b for b in boundaries if b <= ts), default=_NEG_INF)
         hi = min((b for b in boundaries if b > ts), default=_POS_INF)
+        next_change = None if hi == _POS_INF else datetime.fromtimestamp(hi, UTC)
 
         in_force = [o for o in overrides if o.start <= ts]
         if in_force:
@@ -450,7 +454,8 @@ class PriceBook:
                 model_id=found[1].id if found else None, model_name=found[1].name if found else None,
                 status="override", source=source, input_mtok=prices.get("input_mtok"),
                 output_mtok=prices.get("output_mtok"), cache_read_mtok=prices.get("cache_read_mtok"),
-                cache_write_mtok=prices.get("cache_write_mtok"), effective_from=o.effective_from)
+                cache_write_mtok=prices.get("cache_write_mtok"), effective_from=o.effective_from,
+                next_change=next_change)
             return _Span(lo, hi, "override", source, _Compiled(prices, None), info)
 
         if found is None:
@@ -470,7 +475,7 @@ class PriceBook:
             cache_write_mtok=_base(prices.get("cache_write_mtok")), effective_from=start,
             tiers={k: tuple((int(t.start), t.price) for t in v.tiers)
                    for k, v in prices.items() if not isinstance(v, Decimal)},
-            request_usd=request_usd, notes=_notes(gp_model, model_price))
+            request_usd=request_usd, notes=_notes(gp_model, model_price), next_change=next_change)
         return _Span(lo, hi, "priced", source, _Compiled(prices, request_usd), info)
 
 

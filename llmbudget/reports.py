@@ -47,6 +47,11 @@ def iso(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def usd_str(nanos: int) -> str:
+    """Exact USD as a fixed-point string with nine decimals ("0.000000000", never "0E-9")."""
+    return format(from_nano(nanos), "f")
+
+
 def normalize_by(by: str | None, *, option: str = "--by") -> str | None:
     """Map a `--by` value to the ledger's dimension or time bucket (`task-type` -> `task_type`)."""
     if by is None or by == "":
@@ -93,6 +98,7 @@ def cost_row_dict(row: CostRow) -> dict[str, Any]:
     """A cost row for JSON: totals, `total_tokens`, and `cost_usd` null when every call was unpriced."""
     d = row.to_dict()
     d["total_tokens"] = row.input_tokens + row.output_tokens
+    d["cost_usd"] = usd_str(row.cost_nano)
     if row.unpriced_calls and row.unpriced_calls >= row.calls:
         d["cost_usd"] = None
     return d
@@ -103,6 +109,7 @@ def session_row_dict(row: SessionRow) -> dict[str, Any]:
     d = row.to_dict()
     d["start"] = iso(row.start)
     d["end"] = iso(row.end)
+    d["cost_usd"] = usd_str(row.cost_nano)
     if row.unpriced_calls and row.unpriced_calls >= row.calls:
         d["cost_usd"] = None
     return d
@@ -189,11 +196,3 @@ def sessions_report(ledger: Ledger, *, zone: ZoneInfo, now: datetime | None = No
     rows = ledger.sessions(limit=limit, since=start)
     return {"report": "sessions", "timezone": zone.key, "generated_at": iso(now), "since": iso(start),
             "limit": limit, "sessions": [session_row_dict(r) for r in rows]}
-
-
-def row_cost_usd(row: Mapping[str, Any]) -> Any:
-    """The Decimal cost of a report row dict, or None when unknown (every call unpriced)."""
-    value = row.get("cost_usd")
-    if value is None:
-        return None
-    return from_nano(int(row["cost_nano"])) if "cost_nano" in row else value

@@ -205,8 +205,9 @@ def test_reprice_all_rewrites_from_the_current_book(capsys: pytest.CaptureFixtur
         ledger.record_many([stale, local])
     # without --all, priced events are left alone
     code, out, _ = run(capsys, "reprice", "--db", sqlite_url, "--json")
-    assert json.loads(out)["examined"] == 0
+    assert code == 0 and json.loads(out)["examined"] == 0
     code, out, _ = run(capsys, "reprice", "--all", "--db", sqlite_url, "--config", str(cfg_path), "--json")
+    assert code == 0
     res = json.loads(out)
     expected = calc_price(Usage(input_tokens=2000, cache_read_tokens=1000, output_tokens=500), "gpt-4o",
                           provider_id="openai", genai_request_timestamp=at).total_price

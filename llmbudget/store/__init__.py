@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .base import CostRow, Ledger, SessionRow, UnpricedModel
+from .shutdown import flush_all, install_signal_handlers
 
-__all__ = ["CostRow", "Ledger", "SessionRow", "UnpricedModel", "open_ledger"]
+__all__ = ["CostRow", "Ledger", "SessionRow", "UnpricedModel", "flush_all", "install_signal_handlers",
+           "open_ledger"]
 
 
 def open_ledger(url: str | None = None, **options: Any) -> Ledger:

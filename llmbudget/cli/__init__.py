@@ -35,7 +35,10 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: LLMBudgetError becomes a one-line red message and exit code 1."""
     try:
-        app(args=argv, prog_name="llmbudget", standalone_mode=False)
+        # without standalone mode click returns a command's `typer.Exit(code)` instead of raising it
+        rc = app(args=argv, prog_name="llmbudget", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            return rc
     except LLMBudgetError as e:
         common.fail(str(e))
         return 1

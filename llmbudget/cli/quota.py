@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from ..quota.monitor import AccountStatus, MonitorResult, run_monitor
@@ -88,9 +89,11 @@ def print_monitor(result: MonitorResult, now: datetime) -> None:
     for a in result.accounts:
         sev = a.assessment.severity
         r = a.reading
-        table.add_row(r.backend, r.provider, f"[{_STYLE[sev]}]{sev.value}[/]", _window_cell(a, "5h", now),
-                      _window_cell(a, "7d", now), _headroom_cell(a, now),
-                      f"${r.cost_usd}" if r.cost_usd is not None else "-", _key_cell(r.key_valid), _notes(a, now))
+        # provider text can contain brackets that Rich would read as markup
+        table.add_row(escape(r.backend), escape(r.provider), f"[{_STYLE[sev]}]{sev.value}[/]",
+                      _window_cell(a, "5h", now), _window_cell(a, "7d", now), escape(_headroom_cell(a, now)),
+                      f"${r.cost_usd}" if r.cost_usd is not None else "-", _key_cell(r.key_valid),
+                      escape(_notes(a, now)))
     common.console.print(table)
     for err in result.storage_errors:
         common.err_console.print(f"[yellow]warning:[/] reading not stored: {err}", highlight=False)

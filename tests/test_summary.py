@@ -1,0 +1,229 @@
+"""Severity, rotation ranking, the compact summary (reuse vs probe) and the quota JSON API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from quota_fakes import FakeProviders, fake_providers
+
+from llmbudget.cli import main
+from llmbudget.errors import ValidationError
+from llmbudget.quota.readings import Limit, QuotaReading, Window, store_reading
+from llmbudget.quota.rotation import rank_accounts, recommendation
+from llmbudget.quota.severity import Severity, assess, overall
+from llmbudget.quota.summary import countdown, parse_max_age
+from llmbudget.store import open_ledger
+
+NOW = datetime(2025, 7, 22, 12, 0, tzinfo=UTC)
+
+
+def rd(name: str = "a", **kw: object) -> QuotaReading:
+    return QuotaReading(timestamp=kw.pop("timestamp", NOW), backend=name, provider="anthropic-unified", **kw)  # type: ignore[arg-type]
+
+
+def win(util: float, hours: float = 2) -> Window:
+    return Window(util, NOW + timedelta(hours=hours))
+
+
+# ------------------------------------------------------------------ severity
+
+@pytest.mark.parametrize(("reading", "severity", "fragment"), [
+    (None, Severity.UNKNOWN, "no data"),
+    (rd(reason="timed out after 10s"), Severity.UNKNOWN, "timed out after 10s"),
+    (rd(status="allowed", windows={"5h": win(0.2)}), Severity.OK, None),
+    (rd(status="allowed_warning"), Severity.WARNING, "allowed_warning"),
+    (rd(windows={"7d": win(0.8)}), Severity.WARNING, "7d window at 80%"),
+    (rd(windows={"7d": win(0.79)}), Severity.OK, None),
+    (rd(windows={"5h": win(1.0)}), Severity.CRITICAL, "5h window maxed"),
+    (rd(status="rejected", windows={"5h": win(0.5)}), Severity.CRITICAL, "rejected"),
+    (rd(key_valid=False, http_status=401), Severity.CRITICAL, "invalid key (HTTP 401)"),
+    (rd(limits={"tokens": Limit(1000, 0)}), Severity.CRITICAL, "tokens remaining 0"),
+    (rd(limits={"tokens": Limit(1000, 150)}), Severity.WARNING, "tokens at 85%"),
+    (rd(limits={"requests": Limit(unlimited=True)}), Severity.OK, None),
+    (rd(credit_usd=Decimal(0), limit_usd=Decimal(10)), Severity.CRITICAL, "out of credit"),
+    (rd(credit_usd=Decimal(1), limit_usd=Decimal(10)), Severity.WARNING, "credit at 90%"),
+    (rd(violations=[{"quota_id": "PerDay"}], http_status=429), Severity.CRITICAL, "PerDay"),
+    (rd(status="throttled"), Severity.WARNING, "unrecognized status"),
+    (rd(windows={"overage": Window(None, None, "rejected")}, status="allowed"), Severity.OK, None),
+])
+def test_assess_table(reading: QuotaReading | None, severity: Severity, fragment: str | None) -> None:
+    a = assess(reading)
+    assert a.severity is severity, a.reasons
+    if fragment:
+        assert any(fragment in r for r in a.reasons), a.reasons
+
+
+def test_a_window_past_its_reset_no_longer_counts() -> None:
+    r = rd(windows={"5h": Window(1.0, NOW - timedelta(minutes=1))}, status="allowed")
+    assert assess(r).severity is Severity.CRITICAL
+    assert assess(r, now=NOW).severity is Severity.OK
+
+
+def test_invalid_key_is_the_blocker_over_maxed() -> None:
+    a = assess(rd(key_valid=False, windows={"5h": win(1.0)}))
+    assert a.blocker == "invalid_key"
+
+
+def test_overall_line() -> None:
+    sev = [Severity.OK, Severity.CRITICAL, Severity.UNKNOWN, Severity.OK, Severity.OK, Severity.UNKNOWN,
+           Severity.UNKNOWN]
+    assert overall(sev) == "Overall: 1 CRITICAL, 3 OK, 3 UNKNOWN"
+    assert overall([]) == "Overall: no accounts"
+
+
+# ------------------------------------------------------------------ rotation
+
+def test_rank_by_headroom_critical_last() -> None:
+    readings = {
+        "busy": rd("busy", status="allowed", windows={"5h": win(0.7), "7d": win(0.3, 50)}),
+        "idle": rd("idle", status="allowed", windows={"5h": win(0.1), "7d": win(0.2, 50)}),
+        "warn": rd("warn", status="allowed_warning", windows={"5h": win(0.2)}),
+        "dead": rd("dead", key_valid=False, http_status=401),
+        "maxed": rd("maxed", status="allowed", windows={"5h": win(1.0)}),
+        "rejected": rd("rejected", status="rejected", windows={"7d": win(0.99, 50)}),
+        "silent": None,
+    }
+    ranked = rank_accounts(readings, NOW)
+    assert [r.backend for r in ranked] == ["idle", "busy", "warn", "silent", "maxed", "rejected", "dead"]
+    assert [r.rank for r in ranked] == list(range(1, 8))
+    assert ranked[0].headroom == pytest.approx(0.8) and ranked[0].binding == "7d"
+    assert recommendation(ranked) == (["idle"], ["maxed", "rejected", "dead"])
+
+
+def test_rank_ties_prefer_the_sooner_reset() -> None:
+    ranked = rank_accounts([rd("late", windows={"5h": win(0.4, 4)}), rd("soon", windows={"5h": win(0.4, 1)})], NOW)
+    assert [r.backend for r in ranked] == ["soon", "late"]
+
+
+def test_stale_maxed_window_ranks_as_free_again() -> None:
+    stale = rd("stale", windows={"5h": Window(1.0, NOW - timedelta(minutes=5))}, status="allowed")
+    ranked = rank_accounts([stale, rd("half", windows={"5h": win(0.5)})], NOW)
+    assert ranked[0].backend == "stale" and ranked[0].headroom == 1.0
+
+
+def test_countdown_and_max_age() -> None:
+    assert countdown(NOW + timedelta(hours=2, minutes=13), NOW) == "2h13m"
+    assert countdown(NOW + timedelta(days=3, hours=4, minutes=1), NOW) == "3d4h"
+    assert countdown(NOW - timedelta(seconds=1), NOW) == "now"
+    assert parse_max_age("20m") == timedelta(minutes=20) and parse_max_age("1h30m") == timedelta(minutes=90)
+    assert parse_max_age("5") == timedelta(minutes=5)
+    with pytest.raises(ValidationError, match="max_age"):
+        parse_max_age("soon")
+
+
+# ------------------------------------------------------------------ summary against fake providers
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeProviders]:
+    with fake_providers() as f:
+        yield f
+
+
+@pytest.fixture
+def cfg_db(fake: FakeProviders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    monkeypatch.setenv("FAKE_KEY", "sk-test-123456789")
+    cfg = tmp_path / "llmbudget.yaml"
+    cfg.write_text(
+        "providers:\n"
+        f"  - {{name: max-1, kind: anthropic-unified, base_url: '{fake.url('unified-ok')}', api_key_env: FAKE_KEY}}\n"
+        f"  - {{name: max-2, kind: anthropic-unified, base_url: '{fake.url('unified-rejected')}', api_key_env: FAKE_KEY}}\n"
+        f"  - {{name: grok, kind: xai, base_url: '{fake.url('xai-minus1')}', api_key_env: FAKE_KEY}}\n")
+    return cfg, f"sqlite:///{tmp_path / 'l.db'}"
+
+
+def test_summary_probes_then_reuses(fake: FakeProviders, cfg_db: tuple[Path, str],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, db = cfg_db
+    before = fake.hits("unified-ok")
+    assert main(["summary", "--config", str(cfg), "--db", db]) == 0
+    text = capsys.readouterr().out
+    lines = text.strip().splitlines()
+    # grok's token bucket is almost untouched (99.95% headroom), max-1 has 50% left of its 7d window
+    assert lines[-1] == "→ Current recommendation: use grok | avoid max-2"
+    assert any(line.startswith("✓ max-1") and "5h 42%" in line and "7d 50%" in line for line in lines)
+    assert any(line.startswith("✗ max-2") and "5h 100%" in line for line in lines)
+    assert any(line.startswith("✓ grok") for line in lines)
+    assert fake.hits("unified-ok") == before + 1
+    # second run inside --max-age: no new probe, same block
+    assert main(["summary", "--json", "--config", str(cfg), "--db", db]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert fake.hits("unified-ok") == before + 1
+    assert sorted(data["reused"]) == ["grok", "max-1", "max-2"] and data["probed"] == []
+    assert data["use"] == ["grok"] and data["avoid"] == ["max-2"]
+    assert [a["backend"] for a in data["accounts"]] == ["grok", "max-1", "max-2"]
+    assert [a["mark"] for a in data["accounts"]][-1] == "✗"
+
+
+def test_summary_probes_only_stale_accounts(fake: FakeProviders, cfg_db: tuple[Path, str],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, db = cfg_db
+    ledger = open_ledger(db)
+    now = datetime.now(UTC)
+    try:
+        store_reading(ledger, QuotaReading(timestamp=now - timedelta(minutes=5), backend="max-1",
+                                           provider="anthropic-unified", source="piggyback", status="allowed",
+                                           windows={"5h": Window(0.05, now + timedelta(hours=1))}))
+        store_reading(ledger, QuotaReading(timestamp=now - timedelta(hours=2), backend="grok", provider="xai",
+                                           status="allowed"))
+        # a backend seen only through the proxy joins the summary while its reading is fresh
+        store_reading(ledger, QuotaReading(timestamp=now - timedelta(minutes=1), backend="proxy-claude",
+                                           provider="anthropic-unified", source="piggyback", status="allowed",
+                                           windows={"5h": Window(0.6, now + timedelta(hours=3))}))
+    finally:
+        ledger.close()
+    hits = fake.hits("unified-ok"), fake.hits("xai-minus1"), fake.hits("unified-rejected")
+    assert main(["summary", "--json", "--max-age", "10m", "--config", str(cfg), "--db", db]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sorted(data["probed"]) == ["grok", "max-2"]
+    assert sorted(data["reused"]) == ["max-1", "proxy-claude"]
+    assert (fake.hits("unified-ok"), fake.hits("xai-minus1"), fake.hits("unified-rejected")) == \
+        (hits[0], hits[1] + 1, hits[2] + 1)
+    by = {a["backend"]: a for a in data["accounts"]}
+    assert by["max-1"]["source"] == "piggyback" and by["max-1"]["headroom"] == pytest.approx(0.95)
+    assert by["proxy-claude"]["headroom"] == pytest.approx(0.4)
+    assert by["grok"]["rank"] < by["max-1"]["rank"] < by["proxy-claude"]["rank"] < by["max-2"]["rank"]
+
+
+def test_summary_no_probe_bad_max_age(cfg_db: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, db = cfg_db
+    assert main(["summary", "--no-probe", "--config", str(cfg), "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "? max-1" in out and "→ Current recommendation: use none | avoid none" in out
+    assert main(["summary", "--max-age", "later", "--config", str(cfg), "--db", db]) == 1
+    assert "max_age" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ HTTP API
+
+def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:
+    from starlette.testclient import TestClient
+
+    from llmbudget.app import build_app
+    from llmbudget.services import Services
+
+    cfg, db = cfg_db
+    services = Services.create(config_path=str(cfg), db_url=db)
+    try:
+        with TestClient(build_app(services)) as client:
+            empty = client.get("/api/quota").json()
+            assert empty["backends"] == []
+            r = client.get("/api/quota/summary?max_age=20m")
+            assert r.status_code == 200, r.text
+            s = r.json()
+            assert s["recommendation"] == "→ Current recommendation: use grok | avoid max-2"
+            assert s["text"].endswith(s["recommendation"])
+            latest = client.get("/api/quota").json()
+            by = {b["backend"]: b for b in latest["backends"]}
+            assert by["max-2"]["severity"] == "CRITICAL" and by["max-1"]["mark"] == "✓"
+            assert by["max-1"]["reading"]["windows"]["7d"]["utilization"] == pytest.approx(0.5)
+            assert latest["overall"] == "Overall: 1 CRITICAL, 2 OK"
+            bad = client.get("/api/quota/summary?probe=maybe")
+            assert bad.status_code == 400 and "probe" in bad.text
+            assert client.get("/api/quota?x=1").status_code == 400
+    finally:
+        services.close()

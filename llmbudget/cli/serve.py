@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from typing import Annotated
+import signal
+from typing import Annotated, Any
 
 import typer
 
@@ -64,9 +65,28 @@ def serve(
         uv_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                                    lifespan="on", access_log=False, log_level=log_level.lower(),
                                    server_header=False, date_header=False, timeout_graceful_shutdown=10)
-        uvicorn.Server(uv_config).run()
+        _run_until_stopped(uvicorn.Server(uv_config))
     finally:
-        services.close()
+        services.close()  # flush every accepted event before the process ends
+
+
+class _Stop(Exception):
+    """SIGTERM after uvicorn's graceful shutdown: a normal way to stop."""
+
+
+def _run_until_stopped(server: Any) -> None:
+    """Run uvicorn; Ctrl-C and SIGTERM end it cleanly (uvicorn re-raises them after its shutdown)."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise _Stop
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        server.run()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:

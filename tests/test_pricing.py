@@ -26,6 +26,7 @@ from llmbudget.pricing import (
     PriceBook,
     TokenUsage,
     anthropic_usage,
+    context_window,
     estimate_cost,
     gemini_usage,
     openai_chat_usage,
@@ -486,3 +487,11 @@ def test_no_network_on_import_or_pricing() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_context_window_uses_our_provider_names() -> None:
+    from genai_prices import data_snapshot
+
+    _, m = data_snapshot.get_snapshot().find_provider_model("grok-3", None, "x-ai", None)
+    assert m.context_window and context_window("grok-3", "xai") == m.context_window
+    assert context_window("no-such-model-z") is None

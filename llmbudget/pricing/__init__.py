@@ -22,6 +22,7 @@ __all__ = [
     "PriceResult",
     "TokenUsage",
     "anthropic_usage",
+    "context_window",
     "estimate_cost",
     "gemini_usage",
     "openai_chat_usage",
@@ -31,9 +32,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .book import PriceBook, PriceInfo, PriceResult, estimate_cost, provider_for
+    from .book import PriceBook, PriceInfo, PriceResult, context_window, estimate_cost, provider_for
 
-_BOOK = {"PriceBook", "PriceInfo", "PriceResult", "estimate_cost", "provider_for"}
+_BOOK = {"PriceBook", "PriceInfo", "PriceResult", "context_window", "estimate_cost", "provider_for"}
 
 
 def __getattr__(name: str) -> Any:

@@ -586,6 +586,15 @@ def default_book() -> PriceBook:
     return _default_book
 
 
+def context_window(model: str, provider: str | None = None) -> int | None:
+    """The model's context window (tokens) from genai-prices' data, with our provider names; None when unknown."""
+    found, _ = _find_model(model, _norm_provider(provider))
+    if found is None:
+        return None
+    window = getattr(found[1], "context_window", None)
+    return int(window) if window else None
+
+
 def estimate_cost(model: str, input_tokens: int, output_tokens: int, *,
                   provider: str | None = None) -> Decimal | None:
     """The cost now of a call with these token counts at the package's list price; None when unknown."""

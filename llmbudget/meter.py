@@ -53,8 +53,13 @@ class MeterUpdate:
     output_tokens: int = 0
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
-    #: None: the call was unpriced (its cost is unknown, not zero)
-    cost_usd: Decimal | None = None
+    #: integer nano-USD; None: the call was unpriced (its cost is unknown, not zero)
+    cost_nano: int | None = None
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """The call's cost as Decimal USD, None when unpriced."""
+        return None if self.cost_nano is None else from_nano(self.cost_nano)
 
 
 Subscriber = Callable[[Any], None]
@@ -112,6 +117,8 @@ class _Coalescer:
         self.closed = False
 
     def __call__(self, _update: MeterUpdate) -> None:
+        if self.timer is not None:  # fast path without the lock: a delivery is already due
+            return
         with self.lock:
             if self.closed or self.timer is not None:
                 return  # a delivery is already scheduled; it will read the newest state
@@ -219,8 +226,7 @@ class Meter:
             version = self._version
         if self._subscribers:
             self._notify(MeterUpdate("record", version, tier, agent, model, input_tokens, output_tokens,
-                                     cached_input_tokens, reasoning_tokens,
-                                     None if nano is None else from_nano(nano)))
+                                     cached_input_tokens, reasoning_tokens, nano))
 
     @staticmethod
     def _group(groups: dict[str | None, list[int]], key: str | None) -> list[int]:

@@ -10,12 +10,14 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from genai_prices import Usage, calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llmbudget
 from llmbudget.config import Config, PriceOverride, parse_config
@@ -495,3 +497,40 @@ def test_context_window_uses_our_provider_names() -> None:
     _, m = data_snapshot.get_snapshot().find_provider_model("grok-3", None, "x-ai", None)
     assert m.context_window and context_window("grok-3", "xai") == m.context_window
     assert context_window("no-such-model-z") is None
+
+
+_MODELS = [("gpt-4o", "openai", "openai"), ("o3", "openai", "openai"), ("gemini-2.5-pro", "google", "google"),
+           ("claude-sonnet-4-5", "anthropic", "anthropic"), ("deepseek-chat", "deepseek", "deepseek"),
+           ("deepseek-v4-pro", "deepseek", "deepseek"), ("grok-4.20", "xai", "x-ai"),
+           ("gemini-1.5-pro", "google", "google")]
+_BOOK = PriceBook()  # one book for every example: the cache must hold across all of them
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pick=st.sampled_from(_MODELS),
+    when=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027, 6, 1),
+                      timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                                 timezone(timedelta(hours=-7))])),
+    parts=st.tuples(st.integers(0, 400_000), st.integers(0, 400_000), st.integers(0, 400_000),
+                    st.integers(0, 100_000)),
+)
+def test_cached_costs_match_calc_price_at_any_time(pick: tuple[str, str, str], when: datetime,
+                                                   parts: tuple[int, int, int, int]) -> None:
+    model, ours, gp = pick
+    plain, cr, cw, out = parts
+    exp = calc_price(Usage(input_tokens=plain + cr + cw, cache_read_tokens=cr, cache_write_tokens=cw,
+                           output_tokens=out), model, provider_id=gp, genai_request_timestamp=when).total_price
+    got = _BOOK.cost_nano(model, TokenUsage(plain + cr + cw, cr, cw, out, 0), provider=ours, at=when)
+    assert got == (to_nano(exp), "priced")
+
+
+def test_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmbudget.pricing import book as book_mod
+
+    monkeypatch.setattr(book_mod, "_MAX_KEYS", 3)
+    book = PriceBook()
+    for i in range(10):
+        assert book.cost(f"unknown-{i}", U, at=T).status == "unpriced"
+        assert book.cost("gpt-4o", U, provider="openai", at=T).status == "priced"
+    assert len(book._cache) <= 3

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import time
-import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,6 +31,7 @@ from . import anthropic, gemini, openai
 from .base import BadRequest, CallMeter
 from .errors import error_bytes, guess_protocol
 from .gate import Admission, CallInfo
+from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
 
 log = logging.getLogger("llmbudget.proxy")
 
@@ -303,7 +303,7 @@ class Proxy:
             return
         status: str | None = None
         if resp.status < 400:
-            meter.read_body(_decoded(body, resp.headers.get("Content-Encoding")))
+            meter.read_body(decode_body(body, resp.headers.get("Content-Encoding")))
             if not meter.complete:  # a 200 whose body is not the protocol's answer: passed on, noted
                 status = "error"
                 log.warning("proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path,
@@ -325,7 +325,7 @@ class Proxy:
         meter = req.meter
         assert meter is not None
         encoding = resp.headers.get("Content-Encoding")
-        decoder = _decoder(encoding)
+        decoder = stream_decoder(encoding)
         if isinstance(meter, openai.OpenAIMeter) and meter.hide_usage:
             if encoding and encoding != "identity":
                 meter.hide_usage = False  # cannot filter a compressed stream: pass it unchanged
@@ -350,7 +350,7 @@ class Proxy:
             watcher.add_done_callback(_on_disconnect)
         try:
             async for chunk in resp.content.iter_any():
-                out = meter.feed(chunk) if decoder is None else _feed_side(meter, decoder, chunk)
+                out = meter.feed(chunk) if decoder is None else feed_encoded(meter, decoder, chunk)
                 if out:
                     if ttft is None:
                         ttft = (time.perf_counter() - req.started) * 1000.0
@@ -471,39 +471,13 @@ class Proxy:
         meter = req.meter
         assert meter is not None
         backend = self.backends[target]
-        try:
-            usage = meter.usage()
-        except Exception:
-            log.exception("proxy_usage_unreadable backend=%s", target)
-            usage = None
-        tokens = usage.as_dict() if usage is not None else {}
         if status is None:
-            if http_status >= 400 or meter.stream_error:
-                status = "error"
-            elif interrupted:
-                status = "interrupted"
-            elif req.fallback:
-                status = "fallback"
-            else:
-                status = "ok"
-        if status == "interrupted" and upstream_reached:
-            # What the provider never reported is estimated: input from the request (chars/4), output
-            # from the generated text seen so far (chars/4). Reported counts always win when larger.
-            tokens["input_tokens"] = max(tokens.get("input_tokens", 0), meter.est_input_tokens())
-            tokens["output_tokens"] = max(tokens.get("output_tokens", 0), meter.est_output_tokens())
+            status = call_status(meter, http_status=http_status, interrupted=interrupted, fallback=req.fallback)
         model = meter.model or meter.request_model or ""
-        attribution = {k: v for k, v in req.attribution.items() if k != "tags"}
-        event = UsageEvent(
-            backend=target, model=model, id=req.event_id, provider=self._provider(model, backend),
-            request_model=meter.request_model, **tokens, **attribution,
-            tags=dict(req.attribution.get("tags") or {}), status=status, http_status=http_status,
-            streamed=meter.stream, duration_ms=round((time.perf_counter() - req.started) * 1000.0, 3),
-            ttft_ms=None if ttft_ms is None else round(ttft_ms, 3), source="proxy",
-        )
-        prices = self.services.prices
-        if prices is not None:
-            event = prices.price_event(event, local=backend.local)
-        return event
+        return build_event(meter, event_id=req.event_id, backend=target, provider=self._provider(model, backend),
+                           prices=self.services.prices, local=backend.local, attribution=req.attribution,
+                           http_status=http_status, status=status, started=req.started, ttft_ms=ttft_ms,
+                           source="proxy", upstream_reached=upstream_reached)
 
     def _record_now(self, event: UsageEvent) -> None:
         try:
@@ -635,35 +609,3 @@ def _header_safe(text: str) -> bytes:
 
 def _fmt_cost(cost: Decimal) -> str:
     return format(cost.normalize(), "f") if cost else "0"
-
-
-def _decoder(encoding: str | None) -> Any:
-    """A streaming decompressor for gzip/deflate answers (scanned on the side, forwarded unchanged)."""
-    if not encoding or encoding == "identity":
-        return None
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompressobj()
-    return False  # an encoding we cannot read: pass through, usage unknown
-
-
-def _feed_side(meter: CallMeter, decoder: Any, chunk: bytes) -> bytes:
-    if decoder is not False:
-        with contextlib.suppress(zlib.error):
-            meter.feed(decoder.decompress(chunk))
-    return chunk
-
-
-def _decoded(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except zlib.error:
-        return b""
-    return b""
-

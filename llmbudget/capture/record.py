@@ -1,0 +1,87 @@
+"""Turn a finished call's meter into one priced `UsageEvent` (shared by the proxy and the SDK wrappers)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import zlib
+from typing import Any
+
+from ..events import UsageEvent
+from .base import CallMeter
+
+log = logging.getLogger("llmbudget.capture")
+
+
+def call_status(meter: CallMeter, *, http_status: int, interrupted: bool, fallback: bool) -> str:
+    """ok | error | interrupted | fallback for a call that reached the provider."""
+    if http_status >= 400 or meter.stream_error:
+        return "error"
+    if interrupted:
+        return "interrupted"
+    return "fallback" if fallback else "ok"
+
+
+def build_event(meter: CallMeter, *, event_id: str, backend: str, provider: str, prices: Any, local: bool,
+                attribution: dict[str, Any], http_status: int, status: str, started: float,
+                ttft_ms: float | None, source: str, upstream_reached: bool = True) -> UsageEvent:
+    """The call's event: tokens as the provider reported them, estimated only for cut streams, priced.
+
+    A cut stream whose provider never reported usage is recorded with input estimated from the
+    request (characters of its text / 4, plus 4 per message) and output from the generated text seen
+    so far (characters / 4); reported counts always win when larger.
+    """
+    try:
+        usage = meter.usage()
+    except Exception:  # the normalizers never raise; this guards the request path all the same
+        log.exception("usage_unreadable backend=%s", backend)
+        usage = None
+    tokens: dict[str, Any] = usage.as_dict() if usage is not None else {}
+    if status == "interrupted" and upstream_reached:
+        tokens["input_tokens"] = max(tokens.get("input_tokens", 0), meter.est_input_tokens())
+        tokens["output_tokens"] = max(tokens.get("output_tokens", 0), meter.est_output_tokens())
+    model = meter.model or meter.request_model or ""
+    event = UsageEvent(
+        backend=backend, model=model, id=event_id, provider=provider, request_model=meter.request_model,
+        **tokens, **{k: v for k, v in attribution.items() if k != "tags" and v is not None},
+        tags=dict(attribution.get("tags") or {}), status=status, http_status=http_status, streamed=meter.stream,
+        duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
+        ttft_ms=None if ttft_ms is None else round(ttft_ms, 3), source=source,
+    )
+    if prices is not None:
+        event = prices.price_event(event, local=local)
+    return event
+
+
+def stream_decoder(encoding: str | None) -> Any:
+    """A streaming decompressor for gzip/deflate (None: not encoded; False: an encoding we cannot read)."""
+    if not encoding or encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return False
+
+
+def decode_body(body: bytes, encoding: str | None) -> bytes:
+    """A whole body decompressed for reading usage (empty when it cannot be read)."""
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except zlib.error:
+        return b""
+    return b""
+
+
+def feed_encoded(meter: CallMeter, decoder: Any, chunk: bytes) -> bytes:
+    """Meter a compressed stream on a decompressed copy; the chunk itself passes on unchanged."""
+    if decoder is not False:
+        with contextlib.suppress(zlib.error):
+            meter.feed(decoder.decompress(chunk))
+    return chunk

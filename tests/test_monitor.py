@@ -23,7 +23,10 @@ def fake() -> Iterator[FakeProviders]:
 @pytest.fixture
 def setup(fake: FakeProviders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
     monkeypatch.setenv("FAKE_KEY", "sk-test-123456789")
-    monkeypatch.setenv("COLUMNS", "250")
+    # the shared console may have been created by an earlier test at another width
+    from llmbudget.cli import common
+
+    monkeypatch.setattr(common.console, "width", 250)
     accounts = [("max-1", "anthropic-unified", "unified-ok"), ("max-2", "anthropic-unified", "unified-rejected"),
                 ("gpt", "openai", "openai-ok"), ("grok", "xai", "xai-minus1"),
                 ("gem", "gemini", "gemini-429"), ("or", "openrouter", "openrouter-ok"),

@@ -50,23 +50,32 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
-def ev(model: str, day: int, *, month: int = 7, provider: str = "unknown", backend: str = "api", **kw: Any
-       ) -> UsageEvent:
-    return UsageEvent(backend=backend, model=model, provider=provider,
-                      timestamp=datetime(2025, month, day, 12, tzinfo=UTC), **kw)
+def ev(
+    model: str, day: int, *, month: int = 7, provider: str = "unknown", backend: str = "api", **kw: Any
+) -> UsageEvent:
+    return UsageEvent(
+        backend=backend,
+        model=model,
+        provider=provider,
+        timestamp=datetime(2025, month, day, 12, tzinfo=UTC),
+        **kw,
+    )
 
 
 # ---------------------------------------------------------------- prices MODEL
+
 
 def test_prices_model_json_matches_the_package(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "prices", "gpt-4o", "--provider", "openai", "--at", "2025-09-01", "--json")
     assert code == 0
     data = json.loads(out)
     at = datetime(2025, 9, 1, tzinfo=UTC)
-    per_m_in = calc_price(Usage(input_tokens=1_000_000), "gpt-4o", provider_id="openai",
-                          genai_request_timestamp=at).total_price
-    per_m_out = calc_price(Usage(output_tokens=1_000_000), "gpt-4o", provider_id="openai",
-                           genai_request_timestamp=at).total_price
+    per_m_in = calc_price(
+        Usage(input_tokens=1_000_000), "gpt-4o", provider_id="openai", genai_request_timestamp=at
+    ).total_price
+    per_m_out = calc_price(
+        Usage(output_tokens=1_000_000), "gpt-4o", provider_id="openai", genai_request_timestamp=at
+    ).total_price
     assert Decimal(data["input_mtok"]) == per_m_in and Decimal(data["output_mtok"]) == per_m_out
     assert data["status"] == "priced" and data["source"].startswith("genai-prices ")
 
@@ -86,7 +95,9 @@ def test_prices_dated_change_shows_the_old_price_at_an_old_date(capsys: pytest.C
 
 
 def test_prices_override_source_and_date(capsys: pytest.CaptureFixture[str], cfg_path: Path) -> None:
-    code, out, _ = run(capsys, "prices", "acme-llm", "--config", str(cfg_path), "--at", "2025-07-02", "--json")
+    code, out, _ = run(
+        capsys, "prices", "acme-llm", "--config", str(cfg_path), "--at", "2025-07-02", "--json"
+    )
     assert code == 0
     data = json.loads(out)
     assert data["status"] == "override" and data["source"] == "override: acme-llm from 2025-07-01"
@@ -95,11 +106,13 @@ def test_prices_override_source_and_date(capsys: pytest.CaptureFixture[str], cfg
     assert code == 1 and "unpriced" in out
 
 
-def test_prices_unknown_model_explains_and_gives_a_working_snippet(capsys: pytest.CaptureFixture[str]) -> None:
+def test_prices_unknown_model_explains_and_gives_a_working_snippet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     code, out, _ = run(capsys, "prices", "acme: weird/model", "--provider", "openai")
     assert code == 1
     assert "unpriced" in out and "never $0" in out and "llmbudget reprice" in out
-    snippet = out[out.index("pricing:"):]
+    snippet = out[out.index("pricing:") :]
     cfg, _ = parse_config(snippet)  # the YAML shown is a valid config as printed
     assert cfg.pricing[0].model == "acme: weird/model" and cfg.pricing[0].provider == "openai"
     code, out, _ = run(capsys, "prices", "acme-unknown", "--json")
@@ -119,15 +132,26 @@ def test_prices_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
 
 # ---------------------------------------------------------------- prices --missing
 
-def test_missing_lists_unpriced_models_with_counts(capsys: pytest.CaptureFixture[str], sqlite_url: str,
-                                                   cfg_path: Path) -> None:
+
+def test_missing_lists_unpriced_models_with_counts(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str, cfg_path: Path
+) -> None:
     with open_ledger(sqlite_url) as ledger:
-        ledger.record_many([
-            *(ev("acme-llm", d, input_tokens=100, output_tokens=10) for d in (2, 3, 4)),
-            ev("mystery-9", 5, input_tokens=7, output_tokens=1),
-            ev("gpt-4o", 5, provider="openai", input_tokens=10, output_tokens=1, cost_usd=Decimal("0.00003"),
-               price_status="priced"),
-        ])
+        ledger.record_many(
+            [
+                *(ev("acme-llm", d, input_tokens=100, output_tokens=10) for d in (2, 3, 4)),
+                ev("mystery-9", 5, input_tokens=7, output_tokens=1),
+                ev(
+                    "gpt-4o",
+                    5,
+                    provider="openai",
+                    input_tokens=10,
+                    output_tokens=1,
+                    cost_usd=Decimal("0.00003"),
+                    price_status="priced",
+                ),
+            ]
+        )
     code, out, _ = run(capsys, "prices", "--missing", "--db", sqlite_url, "--json")
     assert code == 0
     rows = json.loads(out)
@@ -147,13 +171,15 @@ def test_missing_on_an_empty_ledger(capsys: pytest.CaptureFixture[str], sqlite_u
 
 # ---------------------------------------------------------------- reprice
 
+
 def _acme_cost(inp: int, cached: int, out: int) -> Decimal:
     # the override: $2/M input, $0.5/M cached reads, $10/M output
     return (Decimal(inp - cached) * 2 + Decimal(cached) * Decimal("0.5") + Decimal(out) * 10) / 1_000_000
 
 
-def test_reprice_prices_unpriced_events_at_their_own_time(capsys: pytest.CaptureFixture[str], ledger_url: str,
-                                                          cfg_path: Path) -> None:
+def test_reprice_prices_unpriced_events_at_their_own_time(
+    capsys: pytest.CaptureFixture[str], ledger_url: str, cfg_path: Path
+) -> None:
     june = ev("acme-llm", 20, month=6, input_tokens=1000, output_tokens=100)
     july = ev("acme-llm", 2, input_tokens=5000, cached_input_tokens=4000, output_tokens=300)
     aug = ev("acme-llm", 2, month=8, input_tokens=10, output_tokens=1)
@@ -163,7 +189,9 @@ def test_reprice_prices_unpriced_events_at_their_own_time(capsys: pytest.Capture
         ledger.record_many([june, july, aug, other, local])
 
     # dry run: reports, writes nothing
-    code, out, _ = run(capsys, "reprice", "--db", ledger_url, "--config", str(cfg_path), "--dry-run", "--json")
+    code, out, _ = run(
+        capsys, "reprice", "--db", ledger_url, "--config", str(cfg_path), "--dry-run", "--json"
+    )
     assert code == 0
     res = json.loads(out)
     # acme-llm in July and August get the override; the call on the local backend becomes `local`
@@ -172,8 +200,9 @@ def test_reprice_prices_unpriced_events_at_their_own_time(capsys: pytest.Capture
         assert ledger.get(july.id).price_status == "unpriced"  # type: ignore[union-attr]
 
     # --since limits the range
-    code, out, _ = run(capsys, "reprice", "--db", ledger_url, "--config", str(cfg_path), "--since", "2025-08-01",
-                       "--json")
+    code, out, _ = run(
+        capsys, "reprice", "--db", ledger_url, "--config", str(cfg_path), "--since", "2025-08-01", "--json"
+    )
     assert json.loads(out)["newly_priced"] == 1
     code, out, _ = run(capsys, "reprice", "--db", ledger_url, "--config", str(cfg_path))
     assert code == 0 and "newly priced" in out and "mystery-9" in out
@@ -194,13 +223,30 @@ def test_reprice_prices_unpriced_events_at_their_own_time(capsys: pytest.Capture
     assert json.loads(out)["changed"] == 0
 
 
-def test_reprice_all_rewrites_from_the_current_book(capsys: pytest.CaptureFixture[str], sqlite_url: str,
-                                                    cfg_path: Path) -> None:
+def test_reprice_all_rewrites_from_the_current_book(
+    capsys: pytest.CaptureFixture[str], sqlite_url: str, cfg_path: Path
+) -> None:
     at = datetime(2025, 9, 1, 12, tzinfo=UTC)
-    stale = UsageEvent(backend="oa", model="gpt-4o", provider="openai", timestamp=at, input_tokens=2000,
-                       cached_input_tokens=1000, output_tokens=500, cost_usd=Decimal("9"), price_status="priced")
-    local = UsageEvent(backend="gone", model="llama3", provider="unknown", timestamp=at, input_tokens=1,
-                       cost_usd=Decimal(0), price_status="local")
+    stale = UsageEvent(
+        backend="oa",
+        model="gpt-4o",
+        provider="openai",
+        timestamp=at,
+        input_tokens=2000,
+        cached_input_tokens=1000,
+        output_tokens=500,
+        cost_usd=Decimal("9"),
+        price_status="priced",
+    )
+    local = UsageEvent(
+        backend="gone",
+        model="llama3",
+        provider="unknown",
+        timestamp=at,
+        input_tokens=1,
+        cost_usd=Decimal(0),
+        price_status="local",
+    )
     with open_ledger(sqlite_url) as ledger:
         ledger.record_many([stale, local])
     # without --all, priced events are left alone
@@ -209,8 +255,12 @@ def test_reprice_all_rewrites_from_the_current_book(capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "reprice", "--all", "--db", sqlite_url, "--config", str(cfg_path), "--json")
     assert code == 0
     res = json.loads(out)
-    expected = calc_price(Usage(input_tokens=2000, cache_read_tokens=1000, output_tokens=500), "gpt-4o",
-                          provider_id="openai", genai_request_timestamp=at).total_price
+    expected = calc_price(
+        Usage(input_tokens=2000, cache_read_tokens=1000, output_tokens=500),
+        "gpt-4o",
+        provider_id="openai",
+        genai_request_timestamp=at,
+    ).total_price
     assert res["changed"] == 1 and res["cost_delta_nano"] == to_nano(expected) - to_nano(Decimal(9))
     with open_ledger(sqlite_url) as ledger:
         assert ledger.get(stale.id).cost_usd == from_nano(to_nano(expected))  # type: ignore[union-attr]
@@ -218,5 +268,7 @@ def test_reprice_all_rewrites_from_the_current_book(capsys: pytest.CaptureFixtur
 
 
 def test_reprice_bad_range(capsys: pytest.CaptureFixture[str], sqlite_url: str) -> None:
-    code, _, err = run(capsys, "reprice", "--db", sqlite_url, "--since", "2025-09-02", "--until", "2025-08-31")
+    code, _, err = run(
+        capsys, "reprice", "--db", sqlite_url, "--since", "2025-09-02", "--until", "2025-08-31"
+    )
     assert code == 1 and "--until" in err

@@ -27,11 +27,13 @@ def _yaml_snippet(model: str, provider: str | None) -> str:
     lines = ["pricing:", f"  - model: {_yaml_str(model)}"]
     if provider and provider not in ("unknown", "local"):
         lines.append(f"    provider: {provider}")
-    lines += ["    input_mtok: 1.00        # USD per million input tokens",
-              "    output_mtok: 2.00       # USD per million output tokens",
-              "    # cache_read_mtok: 0.10  # optional; without it cached reads cost the input price",
-              "    # cache_write_mtok: 1.25 # optional",
-              "    # effective_from: 2025-01-01  # optional; earlier calls keep their old price"]
+    lines += [
+        "    input_mtok: 1.00        # USD per million input tokens",
+        "    output_mtok: 2.00       # USD per million output tokens",
+        "    # cache_read_mtok: 0.10  # optional; without it cached reads cost the input price",
+        "    # cache_write_mtok: 1.25 # optional",
+        "    # effective_from: 2025-01-01  # optional; earlier calls keep their old price",
+    ]
     return "\n".join(lines)
 
 
@@ -55,10 +57,18 @@ def _money(v: Decimal | None) -> str:
 
 def _price_rows(info: Any) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    labels = {"input_mtok": "Input", "cache_read_mtok": "Cached input (read)",
-              "cache_write_mtok": "Cache write", "output_mtok": "Output (incl. reasoning)"}
-    values = {"input_mtok": info.input_mtok, "cache_read_mtok": info.cache_read_mtok,
-              "cache_write_mtok": info.cache_write_mtok, "output_mtok": info.output_mtok}
+    labels = {
+        "input_mtok": "Input",
+        "cache_read_mtok": "Cached input (read)",
+        "cache_write_mtok": "Cache write",
+        "output_mtok": "Output (incl. reasoning)",
+    }
+    values = {
+        "input_mtok": info.input_mtok,
+        "cache_read_mtok": info.cache_read_mtok,
+        "cache_write_mtok": info.cache_write_mtok,
+        "output_mtok": info.output_mtok,
+    }
     for key, label in labels.items():
         v = values[key]
         if v is None and key in ("cache_read_mtok", "cache_write_mtok"):
@@ -74,15 +84,29 @@ def _price_rows(info: Any) -> list[tuple[str, str]]:
 
 
 def prices(
-    model: Annotated[str | None, typer.Argument(help="Model name as the provider answers it, e.g. gpt-4o.")] = None,
-    provider: Annotated[str | None, typer.Option(
-        "--provider", help="Provider (openai, anthropic, google, xai, deepseek, openrouter, ...); default: by model.")] = None,
-    at: Annotated[str | None, typer.Option(
-        "--at", help="The price in force at this date or time (default now), e.g. 2025-06-01.")] = None,
-    missing: Annotated[bool, typer.Option(
-        "--missing", help="List models with unpriced calls in the ledger and their call counts.")] = False,
+    model: Annotated[
+        str | None, typer.Argument(help="Model name as the provider answers it, e.g. gpt-4o.")
+    ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            "--provider",
+            help="Provider (openai, anthropic, google, xai, deepseek, openrouter, ...); default: by model.",
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="The price in force at this date or time (default now), e.g. 2025-06-01."),
+    ] = None,
+    missing: Annotated[
+        bool,
+        typer.Option(
+            "--missing", help="List models with unpriced calls in the ledger and their call counts."
+        ),
+    ] = False,
     json_: common.JsonOpt = False,
-    config: common.ConfigOpt = None, db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
 ) -> None:
     """Show the price in force for MODEL and where it comes from, or the models still unpriced (--missing)."""
     if missing:
@@ -103,22 +127,35 @@ def prices(
         reason = book.why_unpriced(model, provider=provider, at=when) or "no price known"
         snippet = _yaml_snippet(model, provider)
         if json_:
-            common.print_json({"model": model, "provider": provider, "at": when_s, "status": "unpriced",
-                               "reason": reason, "add_override": snippet})
+            common.print_json(
+                {
+                    "model": model,
+                    "provider": provider,
+                    "at": when_s,
+                    "status": "unpriced",
+                    "reason": reason,
+                    "add_override": snippet,
+                }
+            )
         else:
             common.console.print(f"[bold yellow]{model}[/] is [bold]unpriced[/]: {reason}.", highlight=False)
             common.console.print(
                 "Its calls are counted with their tokens but no cost (never $0). Add a price to your config "
                 f"({cfg.source_path or './llmbudget.yaml'}), then run [bold]llmbudget reprice[/]:",
-                highlight=False)
+                highlight=False,
+            )
             common.console.print(snippet, markup=False, highlight=False, soft_wrap=True)
         # SystemExit, not typer.Exit: `cli.main` runs click with standalone_mode=False, which swallows Exit codes
         raise SystemExit(1)
     if json_:
         common.print_json({"at": when_s, **info.to_dict()})
         return
-    t = Table(title=f"{model}" + (f" ({provider})" if provider else ""), title_justify="left",
-              box=box.SIMPLE_HEAD, show_header=False)
+    t = Table(
+        title=f"{model}" + (f" ({provider})" if provider else ""),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_header=False,
+    )
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("", overflow="fold")
     for label, text in _price_rows(info):
@@ -128,7 +165,10 @@ def prices(
     if info.status == "priced" and info.model_id:
         source += f" (model {info.model_id}, provider {info.price_provider})"
     t.add_row("Source", source)
-    t.add_row("In force", f"since {info.effective_from.isoformat()}" if info.effective_from else "no start date known")
+    t.add_row(
+        "In force",
+        f"since {info.effective_from.isoformat()}" if info.effective_from else "no start date known",
+    )
     if info.next_change is not None:
         t.add_row("Next change", info.next_change.isoformat(timespec="minutes"))
     t.add_row("At", when_s)
@@ -150,9 +190,18 @@ def _missing(json_: bool, config: str | None, db: str | None) -> None:
     for r in rows:
         # whether `reprice` would now find a price for the latest such call
         now_priced = book.lookup(r.model, provider=r.provider, at=r.last_seen) is not None
-        out.append({"provider": r.provider, "model": r.model, "calls": r.calls, "input_tokens": r.input_tokens,
-                    "output_tokens": r.output_tokens, "first_seen": r.first_seen.isoformat(),
-                    "last_seen": r.last_seen.isoformat(), "price_now_available": now_priced})
+        out.append(
+            {
+                "provider": r.provider,
+                "model": r.model,
+                "calls": r.calls,
+                "input_tokens": r.input_tokens,
+                "output_tokens": r.output_tokens,
+                "first_seen": r.first_seen.isoformat(),
+                "last_seen": r.last_seen.isoformat(),
+                "price_now_available": now_priced,
+            }
+        )
     if json_:
         common.print_json(out)
         return
@@ -164,18 +213,32 @@ def _missing(json_: bool, config: str | None, db: str | None) -> None:
     numeric = ("Calls", "Input", "Output")
     for h in ("Model", "Provider", *numeric, "Last seen", "Price now"):
         # names and numbers never wrap (they must stay copy-pasteable); dates drop the time when narrow
-        t.add_column(h, justify="right" if h in numeric else "left", no_wrap=h != "Model", overflow="fold",
-                     min_width=min(len(h), 10) if h != "Model" else max(len(r.model) for r in rows[:50]))
+        t.add_column(
+            h,
+            justify="right" if h in numeric else "left",
+            no_wrap=h != "Model",
+            overflow="fold",
+            min_width=min(len(h), 10) if h != "Model" else max(len(r.model) for r in rows[:50]),
+        )
     for r, row in zip(rows, out, strict=True):
-        t.add_row(r.model, r.provider, f"{r.calls:,}", f"{r.input_tokens:,}", f"{r.output_tokens:,}",
-                  r.last_seen.astimezone(zone).strftime("%Y-%m-%d"),
-                  "yes" if row["price_now_available"] else "no")
+        t.add_row(
+            r.model,
+            r.provider,
+            f"{r.calls:,}",
+            f"{r.input_tokens:,}",
+            f"{r.output_tokens:,}",
+            r.last_seen.astimezone(zone).strftime("%Y-%m-%d"),
+            "yes" if row["price_now_available"] else "no",
+        )
     common.console.print(t)
     if any(row["price_now_available"] for row in out):
         common.console.print("Prices now exist for some of them: run `llmbudget reprice`.", highlight=False)
     if not all(row["price_now_available"] for row in out):
-        common.console.print("Add a `pricing:` override for a model (see `llmbudget prices MODEL`), "
-                             "then run `llmbudget reprice`.", highlight=False)
+        common.console.print(
+            "Add a `pricing:` override for a model (see `llmbudget prices MODEL`), "
+            "then run `llmbudget reprice`.",
+            highlight=False,
+        )
 
 
 class _Progress:
@@ -193,8 +256,14 @@ class _Progress:
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), console=common.err_console, transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=common.err_console,
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(self.label, total=self.total or None)
         self.bar.update(self.task, completed=done)
@@ -214,15 +283,27 @@ def _progress(total: int, label: str) -> Iterator[_Progress]:
 
 
 def reprice(
-    since: Annotated[str | None, typer.Option(
-        "--since", help="Only calls from this date/time on (2025-06-01, 7d, this month).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="Only calls before the end of this date/time.")] = None,
-    all_: Annotated[bool, typer.Option(
-        "--all", help="Re-price every call in range from today's price book, not only unpriced ones "
-                      "(rewrites stored costs; `local` calls are kept).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; write nothing.")] = False,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only calls from this date/time on (2025-06-01, 7d, this month)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Only calls before the end of this date/time.")
+    ] = None,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Re-price every call in range from today's price book, not only unpriced ones "
+            "(rewrites stored costs; `local` calls are kept).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; write nothing.")
+    ] = False,
     json_: common.JsonOpt = False,
-    config: common.ConfigOpt = None, db: common.DbOpt = None,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
 ) -> None:
     """Price calls recorded as unpriced now that a price exists (an override or a newer genai-prices).
 
@@ -254,8 +335,9 @@ def reprice(
                 if ev.provider == "local" or ev.backend in local_backends:
                     nano, status = 0, "local"
                 else:
-                    nano, status = book.cost_nano(ev.model, TokenUsage.from_event(ev), provider=ev.provider,
-                                                  at=ev.timestamp)
+                    nano, status = book.cost_nano(
+                        ev.model, TokenUsage.from_event(ev), provider=ev.provider, at=ev.timestamp
+                    )
                 old = ev.cost_nano
                 if (nano, status) != (old, ev.price_status):
                     change = (ev.id, nano, status)
@@ -276,10 +358,15 @@ def reprice(
     finally:
         ledger.close()
     result = {
-        "dry_run": dry_run, "all": all_, "examined": examined, "changed": len(changes),
+        "dry_run": dry_run,
+        "all": all_,
+        "examined": examined,
+        "changed": len(changes),
         "written": 0 if dry_run else written,
-        "newly_priced": sum(newly_priced.values()), "still_unpriced": sum(still.values()),
-        "cost_delta_usd": str(from_nano(delta_nano)), "cost_delta_nano": delta_nano,
+        "newly_priced": sum(newly_priced.values()),
+        "still_unpriced": sum(still.values()),
+        "cost_delta_usd": str(from_nano(delta_nano)),
+        "cost_delta_nano": delta_nano,
         "newly_priced_by_model": dict(newly_priced.most_common()),
         "still_unpriced_by_model": dict(still.most_common()),
     }
@@ -291,12 +378,16 @@ def reprice(
     common.console.print(
         f"Examined {examined:,} {scope}; {verb} {len(changes):,} "
         f"({result['newly_priced']:,} newly priced, cost {'+' if delta_nano >= 0 else '-'}"
-        f"{format_usd(abs(from_nano(delta_nano)))}).", highlight=False)
+        f"{format_usd(abs(from_nano(delta_nano)))}).",
+        highlight=False,
+    )
     if still:
         common.console.print(
             f"{sum(still.values()):,} calls are still unpriced: "
             + ", ".join(f"{m} ({n:,})" for m, n in still.most_common(5))
-            + ". Add a `pricing:` override (see `llmbudget prices MODEL`).", highlight=False)
+            + ". Add a `pricing:` override (see `llmbudget prices MODEL`).",
+            highlight=False,
+        )
     if dry_run and changes:
         common.console.print("Dry run: nothing was written.")
 

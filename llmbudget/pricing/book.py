@@ -155,14 +155,24 @@ class PriceInfo:
             return None if v is None else str(v)
 
         return {
-            "model": self.model, "provider": self.provider, "price_provider": self.price_provider,
-            "model_id": self.model_id, "model_name": self.model_name, "status": self.status,
-            "source": self.source, "input_mtok": s(self.input_mtok), "output_mtok": s(self.output_mtok),
-            "cache_read_mtok": s(self.cache_read_mtok), "cache_write_mtok": s(self.cache_write_mtok),
+            "model": self.model,
+            "provider": self.provider,
+            "price_provider": self.price_provider,
+            "model_id": self.model_id,
+            "model_name": self.model_name,
+            "status": self.status,
+            "source": self.source,
+            "input_mtok": s(self.input_mtok),
+            "output_mtok": s(self.output_mtok),
+            "cache_read_mtok": s(self.cache_read_mtok),
+            "cache_write_mtok": s(self.cache_write_mtok),
             "effective_from": None if self.effective_from is None else self.effective_from.isoformat(),
-            "tiers": {k: [{"above_input_tokens": a, "price_mtok": str(p)} for a, p in v]
-                      for k, v in self.tiers.items()},
-            "request_usd": s(self.request_usd), "notes": list(self.notes),
+            "tiers": {
+                k: [{"above_input_tokens": a, "price_mtok": str(p)} for a, p in v]
+                for k, v in self.tiers.items()
+            },
+            "request_usd": s(self.request_usd),
+            "notes": list(self.notes),
             "next_change": None if self.next_change is None else self.next_change.isoformat(),
         }
 
@@ -223,7 +233,9 @@ class _Compiled:
                 return None
             if isinstance(p, Decimal):
                 return _Rate(_as_int(p, k))
-            tiers = tuple((int(t.start), _as_int(t.price, k)) for t in sorted(p.tiers, key=lambda t: -t.start))
+            tiers = tuple(
+                (int(t.start), _as_int(t.price, k)) for t in sorted(p.tiers, key=lambda t: -t.start)
+            )
             return _Rate(_as_int(p.base, k), tiers)
 
         self.input = rate("input_mtok")
@@ -334,8 +346,13 @@ def _norm_provider(provider: str | None) -> str | None:
     p = provider.strip().lower()
     if p in _NO_PROVIDER:
         return None if p != "local" else "local"
-    return {"x-ai": "xai", "gemini": "google", "vertex": "google", "bedrock": "aws",
-            "moonshotai": "moonshot"}.get(p, p)
+    return {
+        "x-ai": "xai",
+        "gemini": "google",
+        "vertex": "google",
+        "bedrock": "aws",
+        "moonshotai": "moonshot",
+    }.get(p, p)
 
 
 # ---------------------------------------------------------------- the book
@@ -344,7 +361,9 @@ def _norm_provider(provider: str | None) -> str | None:
 class PriceBook:
     """Prices calls: user overrides first, then genai-prices' bundled book; unknown models are unpriced."""
 
-    def __init__(self, overrides: Sequence[PriceOverride] = (), *, local_backends: Iterable[str] = ()) -> None:
+    def __init__(
+        self, overrides: Sequence[PriceOverride] = (), *, local_backends: Iterable[str] = ()
+    ) -> None:
         self._overrides = tuple(_Override.build(i, o) for i, o in enumerate(overrides))
         self._local_backends = frozenset(local_backends)
         self._cache: dict[tuple[str, str | None], tuple[_Span, ...]] = {}
@@ -364,8 +383,15 @@ class PriceBook:
 
     # ------------------------------------------------------------ public API
 
-    def cost(self, model: str, usage: TokenUsage, *, provider: str | None = None,
-             at: datetime | None = None, local: bool = False) -> PriceResult:
+    def cost(
+        self,
+        model: str,
+        usage: TokenUsage,
+        *,
+        provider: str | None = None,
+        at: datetime | None = None,
+        local: bool = False,
+    ) -> PriceResult:
         """The cost of one call's whole usage at time `at` (default now); `local` calls cost $0."""
         if local:
             return PriceResult(Decimal(0), "local", "local backend")
@@ -374,8 +400,9 @@ class PriceBook:
             return PriceResult(None, "unpriced", span.reason)
         return PriceResult(_usd(span.compiled.nano(usage)), span.status, span.source)
 
-    def cost_nano(self, model: str, usage: TokenUsage, *, provider: str | None = None,
-                  at: datetime | None = None) -> tuple[int | None, PriceStatus]:
+    def cost_nano(
+        self, model: str, usage: TokenUsage, *, provider: str | None = None, at: datetime | None = None
+    ) -> tuple[int | None, PriceStatus]:
         """Like `cost` but returns (nano-USD or None, status): the hot path of the proxy and reprice."""
         span = self._span(model, provider, at)
         if span.compiled is None:
@@ -393,11 +420,15 @@ class PriceBook:
         nano = span.compiled.nano(TokenUsage.from_event(event))
         return event.with_(cost_usd=_usd(nano), price_status=span.status)
 
-    def lookup(self, model: str, *, provider: str | None = None, at: datetime | None = None) -> PriceInfo | None:
+    def lookup(
+        self, model: str, *, provider: str | None = None, at: datetime | None = None
+    ) -> PriceInfo | None:
         """The prices in force for `model` at `at` (default now) and their source; None when unpriced."""
         return self._span(model, provider, at).info
 
-    def why_unpriced(self, model: str, *, provider: str | None = None, at: datetime | None = None) -> str | None:
+    def why_unpriced(
+        self, model: str, *, provider: str | None = None, at: datetime | None = None
+    ) -> str | None:
         """Why a model has no price (None when it has one)."""
         span = self._span(model, provider, at)
         return span.reason if span.compiled is None else None
@@ -450,12 +481,20 @@ class PriceBook:
             source = f"override: {o.label}"
             prices: dict[str, Any] = dict(o.prices)
             info = PriceInfo(
-                model=model, provider=provider, price_provider=o.provider or ours,
-                model_id=found[1].id if found else None, model_name=found[1].name if found else None,
-                status="override", source=source, input_mtok=prices.get("input_mtok"),
-                output_mtok=prices.get("output_mtok"), cache_read_mtok=prices.get("cache_read_mtok"),
-                cache_write_mtok=prices.get("cache_write_mtok"), effective_from=o.effective_from,
-                next_change=next_change)
+                model=model,
+                provider=provider,
+                price_provider=o.provider or ours,
+                model_id=found[1].id if found else None,
+                model_name=found[1].name if found else None,
+                status="override",
+                source=source,
+                input_mtok=prices.get("input_mtok"),
+                output_mtok=prices.get("output_mtok"),
+                cache_read_mtok=prices.get("cache_read_mtok"),
+                cache_write_mtok=prices.get("cache_write_mtok"),
+                effective_from=o.effective_from,
+                next_change=next_change,
+            )
             return _Span(lo, hi, "override", source, _Compiled(prices, None), info)
 
         if found is None:
@@ -468,14 +507,27 @@ class PriceBook:
         request_usd = req / 1000 if isinstance(req, Decimal) else None
         source = self.package_source
         info = PriceInfo(
-            model=model, provider=provider, price_provider=gp_provider.id, model_id=gp_model.id,
-            model_name=gp_model.name, status="priced", source=source,
-            input_mtok=_base(prices.get("input_mtok")), output_mtok=_base(prices.get("output_mtok")),
+            model=model,
+            provider=provider,
+            price_provider=gp_provider.id,
+            model_id=gp_model.id,
+            model_name=gp_model.name,
+            status="priced",
+            source=source,
+            input_mtok=_base(prices.get("input_mtok")),
+            output_mtok=_base(prices.get("output_mtok")),
             cache_read_mtok=_base(prices.get("cache_read_mtok")),
-            cache_write_mtok=_base(prices.get("cache_write_mtok")), effective_from=start,
-            tiers={k: tuple((int(t.start), t.price) for t in v.tiers)
-                   for k, v in prices.items() if not isinstance(v, Decimal)},
-            request_usd=request_usd, notes=_notes(gp_model, model_price), next_change=next_change)
+            cache_write_mtok=_base(prices.get("cache_write_mtok")),
+            effective_from=start,
+            tiers={
+                k: tuple((int(t.start), t.price) for t in v.tiers)
+                for k, v in prices.items()
+                if not isinstance(v, Decimal)
+            },
+            request_usd=request_usd,
+            notes=_notes(gp_model, model_price),
+            next_change=next_change,
+        )
         return _Span(lo, hi, "priced", source, _Compiled(prices, request_usd), info)
 
 
@@ -566,8 +618,11 @@ def _notes(gp_model: Any, model_price: Any) -> tuple[str, ...]:
             if c is not None and hasattr(c, "start_time"):
                 s, e = _utc_time(c.start_time), _utc_time(c.end_time)
                 notes.append(f"time-of-day price: a different price applies {s:%H:%M}-{e:%H:%M} UTC")
-    others = sorted(k for k, v in vars(model_price).items()
-                    if v is not None and not k.startswith("_") and k not in (*_TOKEN_KEYS, _REQUESTS_KEY))
+    others = sorted(
+        k
+        for k, v in vars(model_price).items()
+        if v is not None and not k.startswith("_") and k not in (*_TOKEN_KEYS, _REQUESTS_KEY)
+    )
     if others:
         notes.append("also priced, not metered by llmbudget: " + ", ".join(others))
     return tuple(notes)
@@ -595,8 +650,9 @@ def context_window(model: str, provider: str | None = None) -> int | None:
     return int(window) if window else None
 
 
-def estimate_cost(model: str, input_tokens: int, output_tokens: int, *,
-                  provider: str | None = None) -> Decimal | None:
+def estimate_cost(
+    model: str, input_tokens: int, output_tokens: int, *, provider: str | None = None
+) -> Decimal | None:
     """The cost now of a call with these token counts at the package's list price; None when unknown."""
     usage = TokenUsage.of(input_tokens, 0, 0, output_tokens, 0)
     return default_book().cost(model, usage, provider=provider).cost_usd
@@ -626,13 +682,33 @@ _HOSTS: tuple[tuple[str, str], ...] = (
 )
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "host.docker.internal"})
 _MODEL_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("gpt-", "openai"), ("chatgpt", "openai"), ("o1", "openai"), ("o3", "openai"), ("o4", "openai"),
-    ("text-embedding", "openai"), ("davinci", "openai"), ("babbage", "openai"), ("whisper", "openai"),
-    ("tts-", "openai"), ("dall-e", "openai"), ("codex", "openai"),
-    ("claude", "anthropic"), ("gemini", "google"), ("gemma", "google"), ("grok", "xai"),
-    ("deepseek", "deepseek"), ("mistral", "mistral"), ("mixtral", "mistral"), ("codestral", "mistral"),
-    ("magistral", "mistral"), ("ministral", "mistral"), ("pixtral", "mistral"), ("devstral", "mistral"),
-    ("command", "cohere"), ("kimi", "moonshot"), ("sonar", "perplexity"),
+    ("gpt-", "openai"),
+    ("chatgpt", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("text-embedding", "openai"),
+    ("davinci", "openai"),
+    ("babbage", "openai"),
+    ("whisper", "openai"),
+    ("tts-", "openai"),
+    ("dall-e", "openai"),
+    ("codex", "openai"),
+    ("claude", "anthropic"),
+    ("gemini", "google"),
+    ("gemma", "google"),
+    ("grok", "xai"),
+    ("deepseek", "deepseek"),
+    ("mistral", "mistral"),
+    ("mixtral", "mistral"),
+    ("codestral", "mistral"),
+    ("magistral", "mistral"),
+    ("ministral", "mistral"),
+    ("pixtral", "mistral"),
+    ("devstral", "mistral"),
+    ("command", "cohere"),
+    ("kimi", "moonshot"),
+    ("sonar", "perplexity"),
 )
 
 

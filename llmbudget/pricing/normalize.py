@@ -84,8 +84,14 @@ class TokenUsage:
     reasoning_tokens: int = 0
 
     @classmethod
-    def of(cls, input_tokens: int = 0, cached_input_tokens: int = 0, cache_write_tokens: int = 0,
-           output_tokens: int = 0, reasoning_tokens: int = 0) -> TokenUsage:
+    def of(
+        cls,
+        input_tokens: int = 0,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        output_tokens: int = 0,
+        reasoning_tokens: int = 0,
+    ) -> TokenUsage:
         """Build from possibly inconsistent counts, enforcing the invariants.
 
         Parts never exceed their totals: when a provider reports more cached (or reasoning)
@@ -99,9 +105,13 @@ class TokenUsage:
     @classmethod
     def from_event(cls, event: Any) -> TokenUsage:
         """The token counts of a UsageEvent (or anything with the same attribute names)."""
-        return cls.of(getattr(event, "input_tokens", 0), getattr(event, "cached_input_tokens", 0),
-                      getattr(event, "cache_write_tokens", 0), getattr(event, "output_tokens", 0),
-                      getattr(event, "reasoning_tokens", 0))
+        return cls.of(
+            getattr(event, "input_tokens", 0),
+            getattr(event, "cached_input_tokens", 0),
+            getattr(event, "cache_write_tokens", 0),
+            getattr(event, "output_tokens", 0),
+            getattr(event, "reasoning_tokens", 0),
+        )
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -119,11 +129,13 @@ class TokenUsage:
         """Sum of two usages (separate calls, or incremental stream deltas)."""
         if not isinstance(other, TokenUsage):
             return NotImplemented
-        return TokenUsage(self.input_tokens + other.input_tokens,
-                          self.cached_input_tokens + other.cached_input_tokens,
-                          self.cache_write_tokens + other.cache_write_tokens,
-                          self.output_tokens + other.output_tokens,
-                          self.reasoning_tokens + other.reasoning_tokens)
+        return TokenUsage(
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
 
     def merge_max(self, other: TokenUsage | None) -> TokenUsage:
         """Field-wise maximum: for streams whose usage reports are cumulative.
@@ -134,17 +146,23 @@ class TokenUsage:
         """
         if other is None:
             return self
-        return TokenUsage.of(max(self.input_tokens, other.input_tokens),
-                             max(self.cached_input_tokens, other.cached_input_tokens),
-                             max(self.cache_write_tokens, other.cache_write_tokens),
-                             max(self.output_tokens, other.output_tokens),
-                             max(self.reasoning_tokens, other.reasoning_tokens))
+        return TokenUsage.of(
+            max(self.input_tokens, other.input_tokens),
+            max(self.cached_input_tokens, other.cached_input_tokens),
+            max(self.cache_write_tokens, other.cache_write_tokens),
+            max(self.output_tokens, other.output_tokens),
+            max(self.reasoning_tokens, other.reasoning_tokens),
+        )
 
     def as_dict(self) -> dict[str, int]:
         """The five counts under UsageEvent's field names (`UsageEvent(**usage.as_dict(), ...)`)."""
-        return {"input_tokens": self.input_tokens, "cached_input_tokens": self.cached_input_tokens,
-                "cache_write_tokens": self.cache_write_tokens, "output_tokens": self.output_tokens,
-                "reasoning_tokens": self.reasoning_tokens}
+        return {
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
 
 
 ZERO_USAGE = TokenUsage()
@@ -188,7 +206,8 @@ def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None
         if reasoning_in_completion is None:
             total = _int(usage.get("total_tokens"))
             separate = reasoning > completion or (
-                _has(usage, "total_tokens") and total == prompt + completion + reasoning)
+                _has(usage, "total_tokens") and total == prompt + completion + reasoning
+            )
         if separate:
             output = completion + reasoning
     return TokenUsage.of(prompt, cached, cache_write, output, reasoning)
@@ -211,8 +230,9 @@ def openai_embeddings_usage(usage: Any) -> TokenUsage:
     """OpenAI embeddings `usage`: `prompt_tokens` (or `total_tokens`) are all input; no output."""
     if not isinstance(usage, Mapping):
         return ZERO_USAGE
-    tokens = _int(usage.get("prompt_tokens")) or _int(usage.get("total_tokens")) or _int(
-        usage.get("input_tokens"))
+    tokens = (
+        _int(usage.get("prompt_tokens")) or _int(usage.get("total_tokens")) or _int(usage.get("input_tokens"))
+    )
     return TokenUsage.of(tokens)
 
 
@@ -224,11 +244,17 @@ def anthropic_usage(usage: Any) -> TokenUsage:
     write = _int(usage.get("cache_creation_input_tokens"))
     if not write:  # newer responses may carry only the per-TTL breakdown
         write = _int(_get(usage, "cache_creation", "ephemeral_5m_input_tokens")) + _int(
-            _get(usage, "cache_creation", "ephemeral_1h_input_tokens"))
+            _get(usage, "cache_creation", "ephemeral_1h_input_tokens")
+        )
     # thinking is already inside output_tokens; a separate count is reported only by some versions
     thinking = _int(_get(usage, "output_tokens_details", "thinking_tokens"))
-    return TokenUsage.of(_int(usage.get("input_tokens")) + read + write, read, write,
-                         _int(usage.get("output_tokens")), thinking)
+    return TokenUsage.of(
+        _int(usage.get("input_tokens")) + read + write,
+        read,
+        write,
+        _int(usage.get("output_tokens")),
+        thinking,
+    )
 
 
 def gemini_usage(usage_metadata: Any) -> TokenUsage:

@@ -48,18 +48,38 @@ def build_enforcer(cfg: Any, db_url: str, *, state: Any | None = None, prices: A
 
 
 def install(services: Any) -> BudgetGate | None:
-    """Attach the budget gate to `services.extras["gate"]` (and the enforcer to `["budget"]`) when budgets exist."""
+    """Attach the budget gate to `services.extras["gate"]` (the enforcer to `["budget"]`) when budgets exist.
+
+    Also starts the utilization watcher (committed budgets, quota readings) and registers the
+    Anthropic -> OpenAI translator for cross-protocol fallback.
+    """
     from ..config import resolve_db_url
+    from .config import AlertsConfig
     from .enforcer import BudgetGate
+    from .watch import UtilizationWatcher
 
     cfg = services.config
-    if cfg.budgets is None or not cfg.budgets.has_budgets():
+    has_budgets = cfg.budgets is not None and cfg.budgets.has_budgets()
+    alerts = cfg.alerts or AlertsConfig()
+    watch = alerts.utilization.enabled and (bool(cfg.providers) or has_budgets)
+    if not has_budgets and not watch:
         return None
-    if "budget" in services.extras:
-        return services.extras.get("gate")
-    db_url = getattr(services.ledger, "url", None) or resolve_db_url(None, cfg)
-    enforcer = build_enforcer(cfg, db_url, state=services.ledger, prices=services.prices)
-    gate = BudgetGate(enforcer)
-    services.extras["budget"] = enforcer
-    services.extras["gate"] = gate
-    return gate
+    if "budget" not in services.extras:
+        db_url = getattr(services.ledger, "url", None) or resolve_db_url(None, cfg)
+        enforcer = build_enforcer(cfg, db_url, state=services.ledger, prices=services.prices)
+        services.extras["budget"] = enforcer
+        if watch and (cfg.providers or any(b.committed for b in enforcer.budgets)):
+            services.extras["utilization_watcher"] = UtilizationWatcher(
+                enforcer, services.ledger, alerts.utilization).start()
+        if has_budgets:
+            services.extras["gate"] = BudgetGate(enforcer)
+            _install_translators(services)
+    return services.extras.get("gate")
+
+
+def _install_translators(services: Any) -> None:
+    try:
+        from ..capture.translate import anthropic_to_openai_translator
+    except ImportError:  # translation not available: same-protocol fallback still works
+        return
+    services.extras.setdefault("translators", {})[("anthropic", "openai")] = anthropic_to_openai_translator

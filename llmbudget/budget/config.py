@@ -246,6 +246,10 @@ class UtilizationConfig(BaseModel):
     near_exhausted_remaining: float = Field(default=0.05, ge=0, le=1)
     #: projected end-of-cycle use across backends below this is "too conservative"
     min_projected_total: float = Field(default=0.7, ge=0, le=1)
+    #: quota windows (from quota readings) treated as cycles; the 5-hour window resets too often to judge
+    quota_windows: list[str] = Field(default_factory=lambda: ["7d"])
+    #: how often the server re-checks (seconds)
+    check_interval_s: float = Field(default=300.0, ge=5)
 
     @model_validator(mode="before")
     @classmethod

@@ -261,7 +261,8 @@ class BudgetEnforcer:
         set_pause(self.state, agent, value, memory=self._memory_pauses)
         self._pauses = (0.0, {})
         if self.notifier is not None and (budget is None or self.store.claim_once(f"pause|{agent}|{budget}|{reason}")):
-            self.notifier.notify(Notice(kind="agent_paused", level="critical", budget=budget, scope=f"agent {agent}",
+            self.notifier.notify(Notice(kind="agent_paused", level="critical" if by == "budget" else "info",
+                                        budget=budget, scope=f"agent {agent}",
                                         message=f"Agent '{agent}' paused: {reason}. Resume with "
                                                 f"`llmbudget agents resume {agent}`."))
 

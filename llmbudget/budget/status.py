@@ -48,7 +48,8 @@ class BudgetStatus:
         money = b.unit == "usd"
 
         def amount(v: int) -> str | int:
-            return str(from_nano(v)) if money else v
+            # exact decimal string without trailing zeros or exponent: "5", "0.00105", "0"
+            return format(from_nano(v).normalize(), "f") if money else v
 
         w = self.window
         return {

@@ -1,9 +1,216 @@
-"""CLI commands: budget."""
+"""CLI commands: `budget [--utilization]`, `alerts`, `agents pause|resume|list` — thin shells over `llmbudget.budget`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Annotated, Any
+
 import typer
+from rich import box
+from rich.table import Table
+
+from ..errors import ValidationError
+from ..events import utcnow
+from ..money import format_usd
+from . import common
+
+agents_app = typer.Typer(help="Pause or resume an agent (its calls get HTTP 429 while paused).",
+                         no_args_is_help=True)
+
+
+@contextmanager
+def _enforcer(config: str | None, db: str | None) -> Iterator[tuple[Any, Any, Any]]:
+    """(config, ledger, enforcer) for a command; prices are not needed to report, so none are loaded."""
+    from ..budget import build_enforcer
+
+    cfg, ledger = common.open_ledger_for(config, db)
+    try:
+        enf = build_enforcer(cfg, ledger.url, state=ledger, price_fn=lambda *a: None)
+        try:
+            yield cfg, ledger, enf
+        finally:
+            enf.close()
+    finally:
+        ledger.close()
+
+
+def budget_report(enf: Any, ledger: Any, cfg: Any, *, utilization: bool = False) -> dict[str, Any]:
+    """What `llmbudget budget --json` prints and `GET /api/budgets` answers."""
+    from ..budget.config import AlertsConfig
+    from ..budget.status import budget_status
+    from ..budget.utilization import recommend
+    from ..budget.watch import current_cycles
+
+    now = utcnow()
+    out: dict[str, Any] = {
+        "timezone": str(enf.tz.key), "generated_at": now.isoformat(),
+        "budgets": [s.to_dict() for s in budget_status(enf.budgets, enf.store, enf.tz, now)],
+        "paused_agents": sorted(enf.paused().values(), key=lambda p: p.get("agent", "")),
+        "fallback": enf.fallback,
+    }
+    if utilization:
+        ucfg = (cfg.alerts or AlertsConfig()).utilization
+        cycles = current_cycles(enf, ledger, ucfg, now)
+        out["utilization"] = {"cycles": [c.to_dict() for c in cycles], "recommendation": recommend(cycles)}
+    return out
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def budget(
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
+    utilization: Annotated[bool, typer.Option("--utilization", help="Show use, elapsed cycle, pace and projection "
+                                                                    "per backend, and where to send work.")] = False,
+    json_: common.JsonOpt = False,
+) -> None:
+    """Every budget: limit, spent, reserved, remaining, percent, reset and status."""
+    with _enforcer(config, db) as (cfg, ledger, enf):
+        data = budget_report(enf, ledger, cfg, utilization=utilization)
+    if json_:
+        common.print_json(data)
+        return
+    if not data["budgets"] and not utilization:
+        common.console.print("No budgets configured. Add a `budgets:` block to the config (see README, Budgets).")
+        return
+    if data["budgets"]:
+        t = Table(box=box.SIMPLE_HEAVY, title=f"Budgets ({data['timezone']})")
+        for col in ("budget", "scope", "limit", "spent", "reserved", "remaining", "%", "resets", "status"):
+            t.add_column(col, justify="right" if col in ("limit", "spent", "reserved", "remaining", "%") else "left",
+                         overflow="fold")
+        colour = {"ok": "green", "warning": "yellow", "exhausted": "red"}
+        for b in data["budgets"]:
+            money = b["unit"] == "usd"
+
+            def fmt(v: Any, money: bool = money, places: int = 4) -> str:
+                return format_usd(Decimal(v), places) if money else f"{int(v):,} tok"
+
+            scope = "global" if b["scope"] == "global" else f"{b['scope']} {b['value']}"
+            reset = b["reset_local"].rsplit(" ", 1)[0] if b["reset"] else b["reset_local"]
+            t.add_row(b["name"], scope, fmt(b["limit"], places=2), fmt(b["spent"]), fmt(b["reserved"]),
+                      fmt(b["remaining"]), f"{b['percent']:.1f}", reset, f"[{colour[b['status']]}]{b['status']}[/]")
+        common.console.print(t)
+    for p in data["paused_agents"]:
+        common.console.print(f"[red]paused[/] agent {p.get('agent')}: {p.get('reason') or ''} "
+                             f"(resume: llmbudget agents resume {p.get('agent')})", highlight=False)
+    if utilization:
+        u = data["utilization"]
+        if not u["cycles"]:
+            common.console.print("No committed budgets (`committed: true`) and no recent quota readings to judge.")
+            return
+        t = Table(box=box.SIMPLE_HEAVY, title="Utilization")
+        for col in ("backend", "source", "used", "elapsed", "pace", "projected", "resets"):
+            t.add_column(col, justify="left" if col in ("backend", "source", "resets") else "right")
+        for c in u["cycles"]:
+            t.add_row(c["name"], c["source"], _pct(c["used"]), _pct(c["elapsed"]),
+                      "-" if c["pace"] is None else f"{c['pace']:.2f}x", _pct(c["projected"]), c["reset"] or "-")
+        common.console.print(t)
+        if u["recommendation"]:
+            common.console.print(u["recommendation"], highlight=False)
+
+
+def alerts(
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
+    limit: Annotated[int, typer.Option("--limit", help="Newest N notifications.")] = 50,
+    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind (budget_warning, budget_exhausted, "
+                                                              "agent_paused, utilization_low, ...).")] = None,
+    json_: common.JsonOpt = False,
+) -> None:
+    """Budget warnings, exhausted budgets, pauses and utilization alerts, newest first."""
+    from ..alerts import KINDS, list_notifications
+
+    if limit < 1:
+        raise ValidationError("--limit", f"must be at least 1, got {limit}")
+    if kind is not None and kind not in KINDS:
+        raise ValidationError("--kind", f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    _, ledger = common.open_ledger_for(config, db)
+    try:
+        items = list_notifications(ledger, limit=limit, kind=kind)
+    finally:
+        ledger.close()
+    if json_:
+        common.print_json({"notifications": items})
+        return
+    if not items:
+        common.console.print("No alerts.")
+        return
+    t = Table(box=box.SIMPLE_HEAVY)
+    for col in ("time", "kind", "message"):
+        t.add_column(col)
+    for n in items:
+        t.add_row(n["timestamp"][:19].replace("T", " "), n["kind"], n["message"])
+    common.console.print(t)
+
+
+def _pause_or_resume(name: str, config: str | None, db: str | None, *, pause: bool, reason: str | None,
+                     json_: bool) -> None:
+    from ..alerts import Notice
+
+    if not name.strip():
+        raise ValidationError("NAME", "agent name must not be empty")
+    with _enforcer(config, db) as (_, _ledger, enf):
+        if pause:
+            was = name in enf.paused()
+            enf.pause(name, reason=reason or "paused by hand", by="cli")
+            changed = not was
+        else:
+            changed = enf.resume(name)
+            if changed and enf.notifier is not None:
+                enf.notifier.notify(Notice(kind="agent_resumed", level="info", scope=f"agent {name}",
+                                           message=f"Agent '{name}' resumed."))
+    if json_:
+        common.print_json({"agent": name, "paused": pause, "changed": changed})
+        return
+    verb = "paused" if pause else "resumed"
+    common.console.print(f"agent {name} {verb}" if changed else f"agent {name} was already "
+                         f"{'paused' if pause else 'running'}", highlight=False)
+
+
+@agents_app.command("pause")
+def agents_pause(
+    name: Annotated[str, typer.Argument(help="Agent name (the X-LLMBudget-Agent header).")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Shown in the 429 message.")] = None,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
+    json_: common.JsonOpt = False,
+) -> None:
+    """Pause an agent: its calls get HTTP 429 until resumed (stored in the ledger)."""
+    _pause_or_resume(name, config, db, pause=True, reason=reason, json_=json_)
+
+
+@agents_app.command("resume")
+def agents_resume(
+    name: Annotated[str, typer.Argument(help="Agent name.")],
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
+    json_: common.JsonOpt = False,
+) -> None:
+    """Resume a paused agent."""
+    _pause_or_resume(name, config, db, pause=False, reason=None, json_=json_)
+
+
+@agents_app.command("list")
+def agents_list(config: common.ConfigOpt = None, db: common.DbOpt = None, json_: common.JsonOpt = False) -> None:
+    """Paused agents."""
+    with _enforcer(config, db) as (_, _ledger, enf):
+        paused = sorted(enf.paused().values(), key=lambda p: p.get("agent", ""))
+    if json_:
+        common.print_json({"paused_agents": paused})
+        return
+    if not paused:
+        common.console.print("No agent is paused.")
+    for p in paused:
+        common.console.print(f"{p.get('agent')}: paused {p.get('paused_at', '')[:19]} — {p.get('reason') or ''}",
+                             highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("budget")(budget)
+    app.command("alerts")(alerts)
+    app.add_typer(agents_app, name="agents")

@@ -74,6 +74,7 @@ class WebhookSender:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._inflight = 0
         #: delivered / given-up counts, for tests and `/metrics`
         self.delivered = 0
         self.failed = 0
@@ -99,8 +100,10 @@ class WebhookSender:
                 if self._closed and not self._heap:
                     return
                 _, _, job = heapq.heappop(self._heap)
+                self._inflight += 1
             ok, why = self._post(job)
             with self._cv:
+                self._inflight -= 1
                 if ok:
                     self.delivered += 1
                 elif job["left"] > 0 and not self._closed:
@@ -132,7 +135,7 @@ class WebhookSender:
         """Block until nothing is queued (tests, clean shutdown); False on timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
-            while self._heap:
+            while self._heap or self._inflight:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

@@ -129,13 +129,13 @@ CREATE TABLE events (
     source TEXT NOT NULL
 );
 CREATE INDEX events_ts ON events (ts_us);
-CREATE INDEX events_agent_ts ON events (agent, ts_us);
-CREATE INDEX events_session_ts ON events (session, ts_us);
-CREATE INDEX events_user_ts ON events (user_name, ts_us);
-CREATE INDEX events_team_ts ON events (team, ts_us);
-CREATE INDEX events_task_id_ts ON events (task_id, ts_us);
-CREATE INDEX events_task_type_ts ON events (task_type, ts_us);
-CREATE INDEX events_tier_ts ON events (tier, ts_us);
+CREATE INDEX events_agent_ts ON events (agent, ts_us) WHERE agent IS NOT NULL;
+CREATE INDEX events_session_ts ON events (session, ts_us) WHERE session IS NOT NULL;
+CREATE INDEX events_user_ts ON events (user_name, ts_us) WHERE user_name IS NOT NULL;
+CREATE INDEX events_team_ts ON events (team, ts_us) WHERE team IS NOT NULL;
+CREATE INDEX events_task_id_ts ON events (task_id, ts_us) WHERE task_id IS NOT NULL;
+CREATE INDEX events_task_type_ts ON events (task_type, ts_us) WHERE task_type IS NOT NULL;
+CREATE INDEX events_tier_ts ON events (tier, ts_us) WHERE tier IS NOT NULL;
 CREATE INDEX events_unpriced ON events (provider, model) WHERE cost_nano IS NULL;
 """)
 

@@ -1,0 +1,77 @@
+"""Audit-log reading, opening by URL or path, default location, WAL, and unreachable servers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from llmbudget.config import data_dir
+from llmbudget.errors import DatabaseUnreachable, StorageError
+from llmbudget.events import UsageEvent
+from llmbudget.store import Ledger, open_ledger
+from llmbudget.store.jsonl import AuditLog, CorruptLineWarning, read_events
+from llmbudget.store.sqlite import SQLiteLedger, sqlite_path
+
+
+def test_corrupted_audit_lines_are_reported_and_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    good = [UsageEvent(backend="b", model="m") for _ in range(3)]
+    log = AuditLog(path)
+    log.append(good[:2])
+    with open(path, "ab") as f:
+        f.write(b'{"backend": "b", "model": "m", "id": "x", "input_tokens": -1}\n')
+        f.write(b"\x00\x01garbage{\n")
+        f.write(b'{"truncated": \n')
+    log.append(good[2:])
+    with pytest.warns(CorruptLineWarning) as caught:
+        ids = [e.id for e in read_events(path)]
+    assert ids == [e.id for e in good]
+    messages = [str(w.message) for w in caught]
+    assert any(f"{path}:3:" in m and "input_tokens" in m for m in messages)
+    assert any(f"{path}:4:" in m for m in messages) and any(f"{path}:5:" in m for m in messages)
+
+
+def test_default_location_is_created_and_in_wal_mode(tmp_path: Path) -> None:
+    with Ledger.open() as led:
+        assert isinstance(led, SQLiteLedger)
+        assert led.path == data_dir() / "llmbudget.db"
+        led.record_many([UsageEvent(backend="b", model="m")])
+    assert (data_dir() / "audit.jsonl").exists()
+    conn = sqlite3.connect(data_dir() / "llmbudget.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("sqlite:////abs/x.db", "/abs/x.db"),
+    ("/abs/y.db", "/abs/y.db"),
+    ("sqlite:///rel.db", "{cwd}/rel.db"),
+    ("~/z.db", "{home}/z.db"),
+])
+def test_sqlite_urls_and_paths(given: str, expected: str, tmp_path: Path) -> None:
+    want = expected.format(cwd=Path.cwd(), home=Path.home())
+    assert sqlite_path(given) == Path(want)
+
+
+def test_plain_path_opens(tmp_path: Path) -> None:
+    with open_ledger(str(tmp_path / "sub" / "dir" / "p.db")) as led:
+        assert led.count() == 0
+    with pytest.raises(StorageError):
+        sqlite_path("sqlite://host/x.db")
+
+
+def test_unreachable_postgres_names_masked_url_and_what_to_check() -> None:
+    url = "postgresql://alice:s3cret@127.0.0.1:1/ledger"
+    with pytest.raises(DatabaseUnreachable) as info:
+        open_ledger(url, connect_timeout_s=1)
+    msg = str(info.value)
+    assert "s3cret" not in msg
+    assert "postgresql://alice:***@127.0.0.1:1/ledger" in msg
+    assert "server is running" in msg and "make services" in msg and "port" in msg
+
+
+def test_missing_postgres_database_is_reported(pg_url: str) -> None:
+    with pytest.raises(DatabaseUnreachable, match="does not exist"):
+        open_ledger(pg_url + "_nope")

@@ -40,7 +40,14 @@ def _contended_us(threads: int, per_thread: int) -> float:
         tier = ("fast", "smart", "reasoning", "local")[i % 4]
         barrier.wait()
         for _ in range(per_thread):
-            rec(tier=tier, agent=f"agent{i}", model="gpt-4o", input_tokens=1200, output_tokens=300, cost_usd=cost)
+            rec(
+                tier=tier,
+                agent=f"agent{i}",
+                model="gpt-4o",
+                input_tokens=1200,
+                output_tokens=300,
+                cost_usd=cost,
+            )
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in pool:
@@ -58,15 +65,39 @@ def main(number: int = 200_000, quiet: bool = False) -> dict[str, Any]:
     """Run the benchmark; print a summary unless `quiet`; return the figures in µs per update."""
     meter = Meter()
     cost = Decimal("0.00042")
-    event = UsageEvent(backend="openai", model="gpt-4o", input_tokens=1200, output_tokens=300, cost_usd=cost,
-                       price_status="priced", agent="planner", tier="smart")
+    event = UsageEvent(
+        backend="openai",
+        model="gpt-4o",
+        input_tokens=1200,
+        output_tokens=300,
+        cost_usd=cost,
+        price_status="priced",
+        agent="planner",
+        tier="smart",
+    )
     figures: dict[str, Any] = {
-        "kwargs_decimal_us": _per_call_us(lambda: meter.record(
-            tier="smart", agent="planner", model="gpt-4o", input_tokens=1200, output_tokens=300, cost_usd=cost),
-            number),
-        "kwargs_nano_us": _per_call_us(lambda: meter.record(
-            tier="smart", agent="planner", model="gpt-4o", input_tokens=1200, output_tokens=300, cost_nano=420_000),
-            number),
+        "kwargs_decimal_us": _per_call_us(
+            lambda: meter.record(
+                tier="smart",
+                agent="planner",
+                model="gpt-4o",
+                input_tokens=1200,
+                output_tokens=300,
+                cost_usd=cost,
+            ),
+            number,
+        ),
+        "kwargs_nano_us": _per_call_us(
+            lambda: meter.record(
+                tier="smart",
+                agent="planner",
+                model="gpt-4o",
+                input_tokens=1200,
+                output_tokens=300,
+                cost_nano=420_000,
+            ),
+            number,
+        ),
         "event_us": _per_call_us(lambda: meter.record(event), number),
         "unpriced_us": _per_call_us(lambda: meter.record(model="mystery", input_tokens=10), number),
     }

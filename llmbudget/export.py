@@ -64,8 +64,9 @@ def _event_cells(event: UsageEvent) -> list[Any]:
     return [csv_cell(d[c]) for c in EVENT_COLUMNS]
 
 
-def write_events_csv(events: Iterable[UsageEvent], out: IO[str], *,
-                     on_row: Callable[[int], None] | None = None) -> int:
+def write_events_csv(
+    events: Iterable[UsageEvent], out: IO[str], *, on_row: Callable[[int], None] | None = None
+) -> int:
     """Stream events as CSV (header first); returns the number of rows. `on_row(n)` after each row."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(EVENT_COLUMNS)
@@ -78,8 +79,9 @@ def write_events_csv(events: Iterable[UsageEvent], out: IO[str], *,
     return n
 
 
-def write_json_lines(events: Iterable[UsageEvent], out: IO[str], *,
-                     on_row: Callable[[int], None] | None = None) -> int:
+def write_json_lines(
+    events: Iterable[UsageEvent], out: IO[str], *, on_row: Callable[[int], None] | None = None
+) -> int:
     """Stream events as JSON Lines (one `UsageEvent.to_dict()` per line); returns the count."""
     n = 0
     for ev in events:
@@ -91,8 +93,9 @@ def write_json_lines(events: Iterable[UsageEvent], out: IO[str], *,
     return n
 
 
-def write_json_array(events: Iterable[UsageEvent], out: IO[str], *,
-                     on_row: Callable[[int], None] | None = None) -> int:
+def write_json_array(
+    events: Iterable[UsageEvent], out: IO[str], *, on_row: Callable[[int], None] | None = None
+) -> int:
     """Stream events as one JSON array without holding them all in memory; returns the count."""
     n = 0
     out.write("[")

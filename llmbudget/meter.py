@@ -32,8 +32,15 @@ NONE_KEY = "(none)"
 
 # Positions in a group's counter list: plain ints, updated in place under the lock.
 _CALLS, _IN, _OUT, _CACHED, _REASONING, _COST, _UNPRICED = range(7)
-_FIELDS = ("calls", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens",
-           "cost_usd", "unpriced_calls")
+_FIELDS = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_calls",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +86,25 @@ def _cost_or_none(c: list[int]) -> str | None:
 
 def _group_dict(c: list[int]) -> dict[str, Any]:
     return {
-        "calls": c[_CALLS], "input_tokens": c[_IN], "output_tokens": c[_OUT],
-        "cached_input_tokens": c[_CACHED], "reasoning_tokens": c[_REASONING],
-        "cost_usd": _cost_or_none(c), "unpriced_calls": c[_UNPRICED],
+        "calls": c[_CALLS],
+        "input_tokens": c[_IN],
+        "output_tokens": c[_OUT],
+        "cached_input_tokens": c[_CACHED],
+        "reasoning_tokens": c[_REASONING],
+        "cost_usd": _cost_or_none(c),
+        "unpriced_calls": c[_UNPRICED],
     }
 
 
 def _compact_group(c: list[int]) -> dict[str, Any]:
     # Per-group entries carry the counters a panel shows; zero cached/reasoning/unpriced
     # counts are left out to keep a 4-tier snapshot well under 1 KB of JSON.
-    d: dict[str, Any] = {"calls": c[_CALLS], "input_tokens": c[_IN], "output_tokens": c[_OUT],
-                         "cost_usd": _cost_or_none(c)}
+    d: dict[str, Any] = {
+        "calls": c[_CALLS],
+        "input_tokens": c[_IN],
+        "output_tokens": c[_OUT],
+        "cost_usd": _cost_or_none(c),
+    }
     if c[_CACHED]:
         d["cached_input_tokens"] = c[_CACHED]
     if c[_REASONING]:
@@ -178,10 +193,21 @@ class Meter:
         self._started = time.time()
 
     # ------------------------------------------------------------------ writes
-    def record(self, event: UsageEvent | None = None, /, *, tier: str | None = None,
-               agent: str | None = None, model: str | None = None, input_tokens: int = 0,
-               output_tokens: int = 0, cached_input_tokens: int = 0, reasoning_tokens: int = 0,
-               cost_usd: Decimal | int | str | float | None = None, cost_nano: int | None = None) -> None:
+    def record(
+        self,
+        event: UsageEvent | None = None,
+        /,
+        *,
+        tier: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_input_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cost_usd: Decimal | int | str | float | None = None,
+        cost_nano: int | None = None,
+    ) -> None:
         """Add one call: a `UsageEvent`, or keyword arguments.
 
         `cost_usd=None` (and no `cost_nano`) means the call is unpriced: it is counted in
@@ -194,8 +220,7 @@ class Meter:
             cached_input_tokens, reasoning_tokens = event.cached_input_tokens, event.reasoning_tokens
             nano = event.cost_nano
         else:
-            if (input_tokens < 0 or output_tokens < 0 or cached_input_tokens < 0
-                    or reasoning_tokens < 0):
+            if input_tokens < 0 or output_tokens < 0 or cached_input_tokens < 0 or reasoning_tokens < 0:
                 raise ValidationError("tokens", "token counts must not be negative")
             if cost_nano is not None:
                 nano = int(cost_nano)
@@ -213,8 +238,12 @@ class Meter:
         cost = nano or 0
         unpriced = 1 if nano is None else 0
         with self._lock:
-            for c in (self._session, self._group(self._tiers, tier), self._group(self._agents, agent),
-                      self._group(self._models, model)):
+            for c in (
+                self._session,
+                self._group(self._tiers, tier),
+                self._group(self._agents, agent),
+                self._group(self._models, model),
+            ):
                 c[0] += 1
                 c[1] += input_tokens
                 c[2] += output_tokens
@@ -225,8 +254,20 @@ class Meter:
             self._version += 1
             version = self._version
         if self._subscribers:
-            self._notify(MeterUpdate("record", version, tier, agent, model, input_tokens, output_tokens,
-                                     cached_input_tokens, reasoning_tokens, nano))
+            self._notify(
+                MeterUpdate(
+                    "record",
+                    version,
+                    tier,
+                    agent,
+                    model,
+                    input_tokens,
+                    output_tokens,
+                    cached_input_tokens,
+                    reasoning_tokens,
+                    nano,
+                )
+            )
 
     @staticmethod
     def _group(groups: dict[str | None, list[int]], key: str | None) -> list[int]:
@@ -283,8 +324,9 @@ class Meter:
         return self._version
 
     # ------------------------------------------------------------------ subscribers
-    def subscribe(self, callback: Subscriber, *, coalesce_s: float | None = None,
-                  detail: bool = False) -> Callable[[], None]:
+    def subscribe(
+        self, callback: Subscriber, *, coalesce_s: float | None = None, detail: bool = False
+    ) -> Callable[[], None]:
         """Call `callback` on every change; returns a function that unsubscribes.
 
         Without `coalesce_s` the callback gets a `MeterUpdate` for each change, synchronously in

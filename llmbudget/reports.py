@@ -20,19 +20,45 @@ from .store.base import CostRow, Ledger, SessionRow
 from .timeranges import month_window, parse_range, today_window
 
 #: `--by` choices, CLI spelling (task-type), in the order help shows them
-BY_CHOICES = ("agent", "session", "user", "team", "model", "backend", "task-type", "tier", "day", "week",
-              "month")
+BY_CHOICES = (
+    "agent",
+    "session",
+    "user",
+    "team",
+    "model",
+    "backend",
+    "task-type",
+    "tier",
+    "day",
+    "week",
+    "month",
+)
 #: the ledger's name for each `--by` choice
-_BY_TO_LEDGER = {c: c.replace("-", "_") for c in BY_CHOICES} | {"task_type": "task_type", "provider": "provider",
-                                                                 "hour": "hour"}
+_BY_TO_LEDGER = {c: c.replace("-", "_") for c in BY_CHOICES} | {
+    "task_type": "task_type",
+    "provider": "provider",
+    "hour": "hour",
+}
 TIME_BY = frozenset({"hour", "day", "week", "month"})
 
 #: filter names accepted by the CLI (as --name) and the API (as ?name=), mapped to ledger fields
 FILTER_NAMES: dict[str, str] = {
-    "agent": "agent", "session": "session", "user": "user", "team": "team", "model": "model",
-    "backend": "backend", "provider": "provider", "task-type": "task_type", "task_type": "task_type",
-    "task": "task_id", "task_id": "task_id", "tier": "tier", "status": "status",
-    "price-status": "price_status", "price_status": "price_status", "source": "source",
+    "agent": "agent",
+    "session": "session",
+    "user": "user",
+    "team": "team",
+    "model": "model",
+    "backend": "backend",
+    "provider": "provider",
+    "task-type": "task_type",
+    "task_type": "task_type",
+    "task": "task_id",
+    "task_id": "task_id",
+    "tier": "tier",
+    "status": "status",
+    "price-status": "price_status",
+    "price_status": "price_status",
+    "source": "source",
 }
 _ENUMS = {"status": STATUSES, "price_status": PRICE_STATUSES, "source": SOURCES}
 
@@ -73,12 +99,18 @@ def build_filters(values: Mapping[str, str | None], *, prefix: str = "--") -> di
             continue
         field = FILTER_NAMES.get(name)
         if field is None:
-            raise ValidationError(f"{prefix}{name}", f"unknown filter; use one of {', '.join(sorted(FILTER_NAMES))}")
+            raise ValidationError(
+                f"{prefix}{name}", f"unknown filter; use one of {', '.join(sorted(FILTER_NAMES))}"
+            )
         allowed = _ENUMS.get(field)
         if allowed is not None and value not in allowed:
-            raise ValidationError(f"{prefix}{name}", f"unknown value {value!r}; one of {', '.join(sorted(allowed))}")
+            raise ValidationError(
+                f"{prefix}{name}", f"unknown value {value!r}; one of {', '.join(sorted(allowed))}"
+            )
         if field in out and out[field] != value:
-            raise ValidationError(f"{prefix}{name}", f"given twice with different values ({out[field]!r}, {value!r})")
+            raise ValidationError(
+                f"{prefix}{name}", f"given twice with different values ({out[field]!r}, {value!r})"
+            )
         out[field] = value
     return out
 
@@ -93,6 +125,7 @@ def check_limit(limit: int | None, *, option: str = "--limit", maximum: int | No
 
 
 # ---------------------------------------------------------------------- rows
+
 
 def cost_row_dict(row: CostRow) -> dict[str, Any]:
     """A cost row for JSON: totals, `total_tokens`, and `cost_usd` null when every call was unpriced."""
@@ -135,10 +168,20 @@ def _window(since: datetime | None, until: datetime | None) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- reports
 
-def costs_report(ledger: Ledger, *, zone: ZoneInfo, now: datetime | None = None, since: str | None = None,
-                 until: str | None = None, by: str | None = None, filters: dict[str, str] | None = None,
-                 since_option: str = "--since", until_option: str = "--until", by_option: str = "--by",
-                 ) -> dict[str, Any]:
+
+def costs_report(
+    ledger: Ledger,
+    *,
+    zone: ZoneInfo,
+    now: datetime | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    by: str | None = None,
+    filters: dict[str, str] | None = None,
+    since_option: str = "--since",
+    until_option: str = "--until",
+    by_option: str = "--by",
+) -> dict[str, Any]:
     """The `costs` report.
 
     With no `by` and no range: the overview — today's spend, this month's spend and this
@@ -148,17 +191,23 @@ def costs_report(ledger: Ledger, *, zone: ZoneInfo, now: datetime | None = None,
     now = now or datetime.now(UTC)
     filters = dict(filters or {})
     dim = normalize_by(by, option=by_option)
-    start, end = parse_range(since, until, zone=zone, now=now, since_option=since_option,
-                             until_option=until_option)
-    base: dict[str, Any] = {"report": "costs", "timezone": zone.key, "generated_at": iso(now),
-                            "filters": filters}
+    start, end = parse_range(
+        since, until, zone=zone, now=now, since_option=since_option, until_option=until_option
+    )
+    base: dict[str, Any] = {
+        "report": "costs",
+        "timezone": zone.key,
+        "generated_at": iso(now),
+        "filters": filters,
+    }
     if dim is None and start is None and end is None:
         t0, t1 = today_window(zone, now)
         m0, m1 = month_window(zone, now)
         today = ledger.costs(since=t0, until=t1, by=None, tz=zone, filters=filters)
         per_backend = ledger.costs(since=m0, until=m1, by="backend", tz=zone, filters=filters)
         return {
-            **base, "view": "overview",
+            **base,
+            "view": "overview",
             "today": {**_window(t0, t1), "total": cost_row_dict(_total(today))},
             "this_month": {**_window(m0, m1), "total": cost_row_dict(_total(per_backend))},
             "by_backend": {**_window(m0, m1), "rows": [cost_row_dict(r) for r in per_backend]},
@@ -168,31 +217,63 @@ def costs_report(ledger: Ledger, *, zone: ZoneInfo, now: datetime | None = None,
     dim = dim or "backend"
     rows = ledger.costs(since=start, until=end, by=dim, tz=zone, filters=filters)
     return {
-        **base, "view": "grouped", "by": dim, **_window(start, end),
+        **base,
+        "view": "grouped",
+        "by": dim,
+        **_window(start, end),
         "total": cost_row_dict(_total(rows)),
         "rows": [cost_row_dict(r) for r in rows],
     }
 
 
-def events_report(ledger: Ledger, *, zone: ZoneInfo, now: datetime | None = None, since: str | None = None,
-                  until: str | None = None, filters: dict[str, str] | None = None,
-                  limit: int = DEFAULT_EVENTS_LIMIT, since_option: str = "--since",
-                  until_option: str = "--until") -> dict[str, Any]:
+def events_report(
+    ledger: Ledger,
+    *,
+    zone: ZoneInfo,
+    now: datetime | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    filters: dict[str, str] | None = None,
+    limit: int = DEFAULT_EVENTS_LIMIT,
+    since_option: str = "--since",
+    until_option: str = "--until",
+) -> dict[str, Any]:
     """The `events` report: raw events newest first, at most `limit`, exact-match filters."""
     now = now or datetime.now(UTC)
     filters = dict(filters or {})
-    start, end = parse_range(since, until, zone=zone, now=now, since_option=since_option,
-                             until_option=until_option)
+    start, end = parse_range(
+        since, until, zone=zone, now=now, since_option=since_option, until_option=until_option
+    )
     events = ledger.query(since=start, until=end, filters=filters, limit=limit, newest_first=True)
-    return {"report": "events", "timezone": zone.key, "generated_at": iso(now), "filters": filters,
-            **_window(start, end), "limit": limit, "events": [e.to_dict() for e in events]}
+    return {
+        "report": "events",
+        "timezone": zone.key,
+        "generated_at": iso(now),
+        "filters": filters,
+        **_window(start, end),
+        "limit": limit,
+        "events": [e.to_dict() for e in events],
+    }
 
 
-def sessions_report(ledger: Ledger, *, zone: ZoneInfo, now: datetime | None = None, since: str | None = None,
-                    limit: int = DEFAULT_SESSIONS_LIMIT, since_option: str = "--since") -> dict[str, Any]:
+def sessions_report(
+    ledger: Ledger,
+    *,
+    zone: ZoneInfo,
+    now: datetime | None = None,
+    since: str | None = None,
+    limit: int = DEFAULT_SESSIONS_LIMIT,
+    since_option: str = "--since",
+) -> dict[str, Any]:
     """The `sessions` report: the most recent sessions by last activity, newest first."""
     now = now or datetime.now(UTC)
     start, _ = parse_range(since, None, zone=zone, now=now, since_option=since_option)
     rows = ledger.sessions(limit=limit, since=start)
-    return {"report": "sessions", "timezone": zone.key, "generated_at": iso(now), "since": iso(start),
-            "limit": limit, "sessions": [session_row_dict(r) for r in rows]}
+    return {
+        "report": "sessions",
+        "timezone": zone.key,
+        "generated_at": iso(now),
+        "since": iso(start),
+        "limit": limit,
+        "sessions": [session_row_dict(r) for r in rows],
+    }

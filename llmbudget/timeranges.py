@@ -21,9 +21,11 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from .errors import ValidationError
 
-ACCEPTED = ("a date (2025-03-30), a month (2025-03), a date and time (2025-03-30T09:00), "
-            "a duration back from now (30m, 24h, 7d, 2w), now, today, yesterday, this week, "
-            "last week, this month or last month")
+ACCEPTED = (
+    "a date (2025-03-30), a month (2025-03), a date and time (2025-03-30T09:00), "
+    "a duration back from now (30m, 24h, 7d, 2w), now, today, yesterday, this week, "
+    "last week, this month or last month"
+)
 
 _DURATION = re.compile(r"^(\d+)\s*(m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)$")
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
@@ -31,6 +33,7 @@ _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 # ---------------------------------------------------------------------- calendar helpers
+
 
 def local_midnight(day: date, zone: tzinfo) -> datetime:
     """The instant a calendar day starts in `zone`, as aware UTC (DST-safe)."""
@@ -69,14 +72,18 @@ def day_window(zone: tzinfo, now: datetime | None = None, offset_days: int = 0) 
     return local_midnight(d, zone), local_midnight(d + timedelta(days=1), zone)
 
 
-def week_window(zone: tzinfo, now: datetime | None = None, offset_weeks: int = 0) -> tuple[datetime, datetime]:
+def week_window(
+    zone: tzinfo, now: datetime | None = None, offset_weeks: int = 0
+) -> tuple[datetime, datetime]:
     """[start, end) of the ISO week (Monday first) containing now in `zone`, shifted by `offset_weeks`."""
     today = _local_today(zone, _now(now))
     monday = today - timedelta(days=today.weekday()) + timedelta(weeks=offset_weeks)
     return local_midnight(monday, zone), local_midnight(monday + timedelta(days=7), zone)
 
 
-def month_window(zone: tzinfo, now: datetime | None = None, offset_months: int = 0) -> tuple[datetime, datetime]:
+def month_window(
+    zone: tzinfo, now: datetime | None = None, offset_months: int = 0
+) -> tuple[datetime, datetime]:
     """[start, end) of the calendar month containing now in `zone`, shifted by `offset_months`."""
     first = _month_start(_local_today(zone, _now(now)))
     for _ in range(abs(offset_months)):
@@ -96,8 +103,10 @@ def this_month_window(zone: tzinfo, now: datetime | None = None) -> tuple[dateti
 
 # ---------------------------------------------------------------------- parsing
 
-def parse_period(value: str, *, zone: tzinfo, now: datetime | None = None,
-                 option: str = "--since") -> tuple[datetime, datetime]:
+
+def parse_period(
+    value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--since"
+) -> tuple[datetime, datetime]:
     """Parse one time expression into the [start, end) it covers (a bare instant: start == end)."""
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(option, f"is empty; use {ACCEPTED}")
@@ -155,19 +164,29 @@ def _looks_like_date(value: str) -> bool:
     return bool(re.match(r"\s*\d{4}-\d{2}", value))
 
 
-def parse_since(value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--since") -> datetime:
+def parse_since(
+    value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--since"
+) -> datetime:
     """The start of the period `value` names, as aware UTC."""
     return parse_period(value, zone=zone, now=now, option=option)[0]
 
 
-def parse_until(value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--until") -> datetime:
+def parse_until(
+    value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--until"
+) -> datetime:
     """The (exclusive) end of the period `value` names: a date means through the end of that day."""
     return parse_period(value, zone=zone, now=now, option=option)[1]
 
 
-def parse_range(since: str | None, until: str | None, *, zone: tzinfo, now: datetime | None = None,
-                since_option: str = "--since", until_option: str = "--until",
-                ) -> tuple[datetime | None, datetime | None]:
+def parse_range(
+    since: str | None,
+    until: str | None,
+    *,
+    zone: tzinfo,
+    now: datetime | None = None,
+    since_option: str = "--since",
+    until_option: str = "--until",
+) -> tuple[datetime | None, datetime | None]:
     """Parse both ends of a report's range; either may be None (open). Rejects an end before the start."""
     start = parse_since(since, zone=zone, now=now, option=since_option) if since is not None else None
     end = parse_until(until, zone=zone, now=now, option=until_option) if until is not None else None

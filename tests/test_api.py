@@ -29,13 +29,31 @@ NOW = datetime.now(UTC)
 def _events() -> list[UsageEvent]:
     out = []
     for i in range(12):
-        out.append(UsageEvent(
-            backend="openai" if i % 3 else "anthropic", model="gpt-4o" if i % 3 else "claude-sonnet-4-5",
-            timestamp=NOW - timedelta(minutes=5 * i), input_tokens=100 + i, output_tokens=10,
-            cost_usd=Decimal("0.01"), price_status="priced", agent=f"agent{i % 2}", session=f"s{i % 4}",
-            task_type="chat" if i % 2 else "code", status="error" if i == 5 else "ok"))
-    out.append(UsageEvent(backend="local", model="mystery", timestamp=NOW - timedelta(minutes=1), input_tokens=7,
-                          agent="agent0", session="s0"))
+        out.append(
+            UsageEvent(
+                backend="openai" if i % 3 else "anthropic",
+                model="gpt-4o" if i % 3 else "claude-sonnet-4-5",
+                timestamp=NOW - timedelta(minutes=5 * i),
+                input_tokens=100 + i,
+                output_tokens=10,
+                cost_usd=Decimal("0.01"),
+                price_status="priced",
+                agent=f"agent{i % 2}",
+                session=f"s{i % 4}",
+                task_type="chat" if i % 2 else "code",
+                status="error" if i == 5 else "ok",
+            )
+        )
+    out.append(
+        UsageEvent(
+            backend="local",
+            model="mystery",
+            timestamp=NOW - timedelta(minutes=1),
+            input_tokens=7,
+            agent="agent0",
+            session="s0",
+        )
+    )
     return out
 
 
@@ -60,7 +78,9 @@ def client(db_url: str) -> Iterator[TestClient]:
         services.close()
 
 
-def _cli_json(args: list[str], db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+def _cli_json(
+    args: list[str], db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("timezone: Europe/Berlin\n")
     capsys.readouterr()
@@ -76,14 +96,26 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a == b
 
 
-@pytest.mark.parametrize("query, args", [
-    ("", ["costs"]),
-    ("?by=agent&since=this-week", ["costs", "--by", "agent", "--since", "this week"]),
-    ("?by=task-type&backend=openai", ["costs", "--by", "task-type", "--backend", "openai"]),
-    ("?by=day&since=last%20month&until=today", ["costs", "--by", "day", "--since", "last month", "--until", "today"]),
-])
-def test_costs_match_the_cli(client: TestClient, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                             query: str, args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "query, args",
+    [
+        ("", ["costs"]),
+        ("?by=agent&since=this-week", ["costs", "--by", "agent", "--since", "this week"]),
+        ("?by=task-type&backend=openai", ["costs", "--by", "task-type", "--backend", "openai"]),
+        (
+            "?by=day&since=last%20month&until=today",
+            ["costs", "--by", "day", "--since", "last month", "--until", "today"],
+        ),
+    ],
+)
+def test_costs_match_the_cli(
+    client: TestClient,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    query: str,
+    args: list[str],
+) -> None:
     resp = client.get(f"/api/costs{query}")
     assert resp.status_code == 200
     api = resp.json()
@@ -109,11 +141,13 @@ def test_costs_grouped_with_filters(client: TestClient) -> None:
     assert Decimal(data["total"]["cost_usd"]) == Decimal("0.06")
 
 
-def test_events_match_the_cli(client: TestClient, db_url: str, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_events_match_the_cli(
+    client: TestClient, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     api = client.get("/api/events?limit=5&agent=agent0&since=last_month").json()
-    cli = _cli_json(["events", "--limit", "5", "--agent", "agent0", "--since", "last month"], db_url, tmp_path,
-                    capsys)
+    cli = _cli_json(
+        ["events", "--limit", "5", "--agent", "agent0", "--since", "last month"], db_url, tmp_path, capsys
+    )
     _same(api, cli)
     assert len(api["events"]) == 5
     assert all(e["agent"] == "agent0" for e in api["events"])
@@ -128,8 +162,9 @@ def test_events_default_limit_and_status_filter(client: TestClient) -> None:
     assert [e["status"] for e in data["events"]] == ["error"]
 
 
-def test_sessions_match_the_cli(client: TestClient, db_url: str, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_sessions_match_the_cli(
+    client: TestClient, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     api = client.get("/api/sessions?limit=2&since=last%20month").json()
     _same(api, _cli_json(["sessions", "--limit", "2", "--since", "last month"], db_url, tmp_path, capsys))
     assert len(api["sessions"]) == 2
@@ -138,20 +173,23 @@ def test_sessions_match_the_cli(client: TestClient, db_url: str, tmp_path: Path,
     assert api["sessions"][0]["unpriced_calls"] == 1
 
 
-@pytest.mark.parametrize("url, field", [
-    ("/api/costs?by=colour", "by"),
-    ("/api/costs?since=someday", "since"),
-    ("/api/costs?since=today&until=2d", "until"),
-    ("/api/costs?colour=red", "colour"),
-    ("/api/costs?agent=a&agent=b", "agent"),
-    ("/api/events?limit=0", "limit"),
-    ("/api/events?limit=abc", "limit"),
-    (f"/api/events?limit={MAX_LIMIT + 1}", "limit"),
-    ("/api/events?status=fine", "status"),
-    ("/api/events?by=agent", "by"),
-    ("/api/sessions?agent=x", "agent"),
-    ("/api/sessions?since=whenever", "since"),
-])
+@pytest.mark.parametrize(
+    "url, field",
+    [
+        ("/api/costs?by=colour", "by"),
+        ("/api/costs?since=someday", "since"),
+        ("/api/costs?since=today&until=2d", "until"),
+        ("/api/costs?colour=red", "colour"),
+        ("/api/costs?agent=a&agent=b", "agent"),
+        ("/api/events?limit=0", "limit"),
+        ("/api/events?limit=abc", "limit"),
+        (f"/api/events?limit={MAX_LIMIT + 1}", "limit"),
+        ("/api/events?status=fine", "status"),
+        ("/api/events?by=agent", "by"),
+        ("/api/sessions?agent=x", "agent"),
+        ("/api/sessions?since=whenever", "since"),
+    ],
+)
 def test_bad_parameters_are_400_naming_the_parameter(client: TestClient, url: str, field: str) -> None:
     resp = client.get(url)
     assert resp.status_code == 400
@@ -160,8 +198,9 @@ def test_bad_parameters_are_400_naming_the_parameter(client: TestClient, url: st
     assert field in err["message"]
 
 
-def test_routes_from_api_modules_are_collected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               client: TestClient) -> None:
+def test_routes_from_api_modules_are_collected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: TestClient
+) -> None:
     pkg = tmp_path / "ext"
     pkg.mkdir()
     (pkg / "api_zz_probe.py").write_text(
@@ -170,7 +209,8 @@ def test_routes_from_api_modules_are_collected(tmp_path: Path, monkeypatch: pyte
         "def routes(services):\n"
         "    async def hello(request):\n"
         "        return JSONResponse({'zone': services.config.timezone})\n"
-        "    return [Route('/api/zz-probe', hello)]\n")
+        "    return [Route('/api/zz-probe', hello)]\n"
+    )
     (pkg / "not_an_api.py").write_text("raise RuntimeError('must not be imported')\n")
     monkeypatch.setattr(web, "__path__", [*web.__path__, str(pkg)])
     monkeypatch.delitem(sys.modules, "llmbudget.web.api_zz_probe", raising=False)

@@ -23,12 +23,33 @@ NOW = datetime.now(UTC)
 
 
 def _events() -> list[UsageEvent]:
-    evs = [UsageEvent(backend="openai", model="gpt-4o", timestamp=NOW - timedelta(minutes=i), input_tokens=1000,
-                      output_tokens=100 + i, cost_usd=Decimal("0.25"), price_status="priced",
-                      agent="=HYPERLINK(\"http://evil\")" if i == 0 else "planner", session="sess-1",
-                      task_type="chat") for i in range(4)]
-    evs.append(UsageEvent(backend="local", model="mystery-7b", timestamp=NOW - timedelta(minutes=10),
-                          input_tokens=50, output_tokens=5, agent="coder", session="sess-2", status="error"))
+    evs = [
+        UsageEvent(
+            backend="openai",
+            model="gpt-4o",
+            timestamp=NOW - timedelta(minutes=i),
+            input_tokens=1000,
+            output_tokens=100 + i,
+            cost_usd=Decimal("0.25"),
+            price_status="priced",
+            agent='=HYPERLINK("http://evil")' if i == 0 else "planner",
+            session="sess-1",
+            task_type="chat",
+        )
+        for i in range(4)
+    ]
+    evs.append(
+        UsageEvent(
+            backend="local",
+            model="mystery-7b",
+            timestamp=NOW - timedelta(minutes=10),
+            input_tokens=50,
+            output_tokens=5,
+            agent="coder",
+            session="sess-2",
+            status="error",
+        )
+    )
     return evs
 
 
@@ -62,7 +83,9 @@ def test_costs_overview_table(db: str, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_costs_by_with_filters_and_json(db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "costs", "--by", "agent", "--since", "1d", "--task-type", "chat", "--json", "--db", db)
+    code, out, _ = run(
+        capsys, "costs", "--by", "agent", "--since", "1d", "--task-type", "chat", "--json", "--db", db
+    )
     assert code == 0
     data = json.loads(out)
     assert data["by"] == "agent" and data["filters"] == {"task_type": "chat"}
@@ -75,7 +98,7 @@ def test_costs_csv_is_formula_safe(db: str, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run(capsys, "costs", "--by", "agent", "--since", "1d", "--csv", "--db", db)
     assert code == 0
     rows = {r["key"]: r for r in csv.DictReader(io.StringIO(out))}
-    assert "'=HYPERLINK(\"http://evil\")" in rows
+    assert '\'=HYPERLINK("http://evil")' in rows
     assert rows["planner"]["calls"] == "3" and Decimal(rows["planner"]["cost_usd"]) == Decimal("0.75")
     assert rows["coder"]["cost_usd"] == ""  # unpriced: empty, not 0
     code, out, _ = run(capsys, "costs", "--csv", "--db", db)
@@ -83,16 +106,20 @@ def test_costs_csv_is_formula_safe(db: str, capsys: pytest.CaptureFixture[str]) 
     assert sections[:2] == ["today", "this_month"] and "backend" in sections
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["costs", "--by", "colour"], "--by"),
-    (["costs", "--since", "the other day"], "--since"),
-    (["costs", "--json", "--csv"], "--json"),
-    (["events", "--limit", "0"], "--limit"),
-    (["events", "--status", "weird"], "--status"),
-    (["sessions", "--since", "whenever"], "--since"),
-])
-def test_bad_options_are_one_red_line(db: str, capsys: pytest.CaptureFixture[str], args: list[str],
-                                      needle: str) -> None:
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["costs", "--by", "colour"], "--by"),
+        (["costs", "--since", "the other day"], "--since"),
+        (["costs", "--json", "--csv"], "--json"),
+        (["events", "--limit", "0"], "--limit"),
+        (["events", "--status", "weird"], "--status"),
+        (["sessions", "--since", "whenever"], "--since"),
+    ],
+)
+def test_bad_options_are_one_red_line(
+    db: str, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
     code, out, err = run(capsys, *args, "--db", db)
     assert code == 1
     assert out == ""
@@ -121,7 +148,7 @@ def test_sessions_table(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "sessions", "--csv", "--db", db)
     rows = {r["session"]: r for r in csv.DictReader(io.StringIO(out))}
     assert rows["sess-2"]["cost_usd"] == "" and rows["sess-2"]["unpriced_calls"] == "1"
-    assert rows["sess-1"]["agents"] == "'=HYPERLINK(\"http://evil\");planner"
+    assert rows["sess-1"]["agents"] == '\'=HYPERLINK("http://evil");planner'
 
 
 def test_export_csv_and_json_to_stdout(db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,25 +176,41 @@ def test_export_to_file(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert not list(tmp_path.glob(".*.part"))
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["export"], "--csv"),
-    (["export", "--csv", "--json"], "--csv"),
-    (["export", "--csv", "--array"], "--array"),
-    (["export", "--csv", "--output", "/nonexistent-dir/x.csv"], "--output"),
-])
-def test_export_bad_options(db: str, capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["export"], "--csv"),
+        (["export", "--csv", "--json"], "--csv"),
+        (["export", "--csv", "--array"], "--array"),
+        (["export", "--csv", "--output", "/nonexistent-dir/x.csv"], "--output"),
+    ],
+)
+def test_export_bad_options(
+    db: str, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
     code, out, err = run(capsys, *args, "--db", db)
     assert code == 1 and out == ""
     assert needle in err
 
 
-def test_export_progress_goes_to_stderr_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_progress_goes_to_stderr_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'big.db'}"
     n = 3000
     with open_ledger(url) as led:
-        led.record_many([UsageEvent(backend="openai", model="gpt-4o", input_tokens=1, agent=f"a{i}",
-                                    timestamp=NOW - timedelta(seconds=i)) for i in range(n)])
+        led.record_many(
+            [
+                UsageEvent(
+                    backend="openai",
+                    model="gpt-4o",
+                    input_tokens=1,
+                    agent=f"a{i}",
+                    timestamp=NOW - timedelta(seconds=i),
+                )
+                for i in range(n)
+            ]
+        )
     err_buf = io.StringIO()
     monkeypatch.setattr(common, "err_console", Console(file=err_buf, force_terminal=True, width=100))
 
@@ -197,6 +240,7 @@ def test_progress_stays_hidden_for_quick_or_piped_jobs(monkeypatch: pytest.Monke
 
 
 # ---------------------------------------------------------------------- config check / show
+
 
 @pytest.fixture
 def cfg_file(tmp_path: Path) -> Iterator[Path]:
@@ -230,12 +274,23 @@ def test_config_show_masks_secrets(cfg_file: Path, capsys: pytest.CaptureFixture
 def test_mask_secrets_rules() -> None:
     from llmbudget.cli.config_cmd import mask_secrets
 
-    masked = mask_secrets({
-        "api_key": "sk-123", "Admin_Token": "t", "client_secret": "s", "password": "p", "api_key_env": "X_KEY",
-        "nested": [{"private_key": "k", "name": "n"}], "hook": "https://hooks.slack.com/services/T/B/XYZ",
-        "url": "https://h.example/x?key=abc&q=1", "none_key": None, "keys": ["a", "b"],
-    })
-    assert masked["api_key"] == masked["Admin_Token"] == masked["client_secret"] == masked["password"] == "***"
+    masked = mask_secrets(
+        {
+            "api_key": "sk-123",
+            "Admin_Token": "t",
+            "client_secret": "s",
+            "password": "p",
+            "api_key_env": "X_KEY",
+            "nested": [{"private_key": "k", "name": "n"}],
+            "hook": "https://hooks.slack.com/services/T/B/XYZ",
+            "url": "https://h.example/x?key=abc&q=1",
+            "none_key": None,
+            "keys": ["a", "b"],
+        }
+    )
+    assert (
+        masked["api_key"] == masked["Admin_Token"] == masked["client_secret"] == masked["password"] == "***"
+    )
     assert masked["api_key_env"] == "X_KEY"
     assert masked["nested"] == [{"private_key": "***", "name": "n"}]
     assert masked["hook"] == "https://hooks.slack.com/services/***"
@@ -250,7 +305,9 @@ def test_config_check(cfg_file: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     code, out, _ = run(capsys, "config", "check", str(cfg_file), "--json")
     assert json.loads(out)["backends"] == ["openai"]
     bad = tmp_path / "bad.yaml"
-    bad.write_text("timezone: UTC\nbackends:\n  local:\n    kind: olama\n    base_url: http://127.0.0.1:11434\n")
+    bad.write_text(
+        "timezone: UTC\nbackends:\n  local:\n    kind: olama\n    base_url: http://127.0.0.1:11434\n"
+    )
     code, out, err = run(capsys, "config", "check", str(bad))
     assert code == 1
     assert f"{bad}:4" in err and "backends.local.kind" in err

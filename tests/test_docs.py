@@ -27,6 +27,7 @@ CONFIG_DOC = ROOT / "docs" / "config.md"
 
 # Typer vendors its own copy of click, so commands and options are recognised by shape, not class.
 
+
 def _commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     if path:
         yield path, cmd
@@ -57,16 +58,25 @@ def _mentioned(word: str, text: str) -> bool:
 def test_every_command_is_in_the_readme() -> None:
     readme = README.read_text(encoding="utf-8")
     root = typer.main.get_command(app)
-    missing = [f"llmbudget {' '.join(path)}" for path, _ in _commands(root)
-               if not _mentioned(f"llmbudget {' '.join(path)}", readme)]
+    missing = [
+        f"llmbudget {' '.join(path)}"
+        for path, _ in _commands(root)
+        if not _mentioned(f"llmbudget {' '.join(path)}", readme)
+    ]
     assert not missing, f"commands not shown in README.md: {', '.join(missing)}"
 
 
 def test_every_option_is_in_the_readme() -> None:
     readme = README.read_text(encoding="utf-8")
     root = typer.main.get_command(app)
-    missing = sorted({f"{' '.join(path)} {opt}" for path, cmd in _commands(root) for opt in _long_options(cmd)
-                      if not _mentioned(opt, readme)})
+    missing = sorted(
+        {
+            f"{' '.join(path)} {opt}"
+            for path, cmd in _commands(root)
+            for opt in _long_options(cmd)
+            if not _mentioned(opt, readme)
+        }
+    )
     assert not missing, "options not mentioned in README.md:\n  " + "\n  ".join(missing)
 
 
@@ -81,7 +91,9 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
         yield from _models_in(arg)
 
 
-def config_keys(model: type[BaseModel] = Config, prefix: str = "", seen: set[type] | None = None) -> list[str]:
+def config_keys(
+    model: type[BaseModel] = Config, prefix: str = "", seen: set[type] | None = None
+) -> list[str]:
     """Every key a config file may hold, dotted (`storage.url`), recursing into nested models."""
     seen = seen if seen is not None else set()
     keys = []

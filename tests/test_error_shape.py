@@ -74,17 +74,20 @@ def client() -> Iterator[TestClient]:
         yield c
 
 
-@pytest.mark.parametrize("kind, status, code", [
-    ("validation", 400, "invalid"),
-    ("config", 400, "config_error"),
-    ("storage", 503, "storage_error"),
-    ("unreachable", 503, "database_unreachable"),
-    ("notfound", 404, "not_found"),
-    ("budget", 429, "budget_exceeded"),
-    ("teapot", 418, "teapot"),
-    ("http", 409, "conflict"),
-    ("crash", 500, "internal_error"),
-])
+@pytest.mark.parametrize(
+    "kind, status, code",
+    [
+        ("validation", 400, "invalid"),
+        ("config", 400, "config_error"),
+        ("storage", 503, "storage_error"),
+        ("unreachable", 503, "database_unreachable"),
+        ("notfound", 404, "not_found"),
+        ("budget", 429, "budget_exceeded"),
+        ("teapot", 418, "teapot"),
+        ("http", 409, "conflict"),
+        ("crash", 500, "internal_error"),
+    ],
+)
 def test_every_error_has_the_one_shape(client: TestClient, kind: str, status: int, code: str) -> None:
     err = assert_shape(client.get(f"/api/raise/{kind}"), status, code)
     exc = RAISES[kind]

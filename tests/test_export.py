@@ -25,20 +25,23 @@ from llmbudget.export import (
 )
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("=1+1", "'=1+1"),
-    ("+SUM(A1:A2)", "'+SUM(A1:A2)"),
-    ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
-    ("@SUM(1)", "'@SUM(1)"),
-    ("\t=1", "'\t=1"),
-    ("\r=1", "'\r=1"),
-    ("  =HYPERLINK(\"http://x\")", "'  =HYPERLINK(\"http://x\")"),
-    ("-1", "'-1"),  # text that looks like a number is still text
-    ("planner", "planner"),
-    ("gpt-4o", "gpt-4o"),
-    ("a=b", "a=b"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("=1+1", "'=1+1"),
+        ("+SUM(A1:A2)", "'+SUM(A1:A2)"),
+        ("-2+3+cmd|' /C calc'!A0", "'-2+3+cmd|' /C calc'!A0"),
+        ("@SUM(1)", "'@SUM(1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ('  =HYPERLINK("http://x")', '\'  =HYPERLINK("http://x")'),
+        ("-1", "'-1"),  # text that looks like a number is still text
+        ("planner", "planner"),
+        ("gpt-4o", "gpt-4o"),
+        ("a=b", "a=b"),
+        ("", ""),
+    ],
+)
 def test_neutralize(text: str, expected: str) -> None:
     assert neutralize(text) == expected
 
@@ -59,9 +62,15 @@ def test_numbers_are_left_alone() -> None:
 
 
 def _event(**kw: object) -> UsageEvent:
-    base: dict[str, object] = dict(backend="openai", model="gpt-4o", input_tokens=100, output_tokens=20,
-                                   cost_usd=Decimal("0.00045"), price_status="priced",
-                                   timestamp=datetime(2025, 3, 1, 12, tzinfo=UTC))
+    base: dict[str, object] = dict(
+        backend="openai",
+        model="gpt-4o",
+        input_tokens=100,
+        output_tokens=20,
+        cost_usd=Decimal("0.00045"),
+        price_status="priced",
+        timestamp=datetime(2025, 3, 1, 12, tzinfo=UTC),
+    )
     base.update(kw)
     return UsageEvent(**base)  # type: ignore[arg-type]
 
@@ -110,7 +119,10 @@ def test_json_array_is_valid_json(count: int) -> None:
 
 def test_rows_csv() -> None:
     buf = io.StringIO()
-    n = write_rows_csv([{"key": "=evil", "calls": 3, "cost_usd": "0.5"}, {"key": None, "calls": 1}],
-                       ["key", "calls", "cost_usd"], buf)
+    n = write_rows_csv(
+        [{"key": "=evil", "calls": 3, "cost_usd": "0.5"}, {"key": None, "calls": 1}],
+        ["key", "calls", "cost_usd"],
+        buf,
+    )
     assert n == 2
     assert buf.getvalue().splitlines() == ["key,calls,cost_usd", "'=evil,3,0.5", ",1,"]

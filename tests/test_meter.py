@@ -22,18 +22,43 @@ def test_public_export() -> None:
 
 def test_totals_per_tier_agent_model_and_session() -> None:
     m = Meter()
-    m.record(tier="fast", agent="planner", model="gpt-4o-mini", input_tokens=1000, output_tokens=200,
-             cached_input_tokens=400, cost_usd=Decimal("0.0012"))
-    m.record(tier="smart", agent="planner", model="claude-sonnet-4-5", input_tokens=3000,
-             output_tokens=500, reasoning_tokens=100, cost_usd=Decimal("0.0165"))
-    m.record(tier="fast", agent="coder", model="gpt-4o-mini", input_tokens=10, output_tokens=5,
-             cost_nano=7)
+    m.record(
+        tier="fast",
+        agent="planner",
+        model="gpt-4o-mini",
+        input_tokens=1000,
+        output_tokens=200,
+        cached_input_tokens=400,
+        cost_usd=Decimal("0.0012"),
+    )
+    m.record(
+        tier="smart",
+        agent="planner",
+        model="claude-sonnet-4-5",
+        input_tokens=3000,
+        output_tokens=500,
+        reasoning_tokens=100,
+        cost_usd=Decimal("0.0165"),
+    )
+    m.record(tier="fast", agent="coder", model="gpt-4o-mini", input_tokens=10, output_tokens=5, cost_nano=7)
     snap = m.snapshot(detail=True)
     s = snap["session"]
-    assert s == {"calls": 3, "input_tokens": 4010, "output_tokens": 705, "cached_input_tokens": 400,
-                 "reasoning_tokens": 100, "cost_usd": "0.017700007", "unpriced_calls": 0}
-    assert snap["tiers"]["fast"] == {"calls": 2, "input_tokens": 1010, "output_tokens": 205,
-                                     "cost_usd": "0.001200007", "cached_input_tokens": 400}
+    assert s == {
+        "calls": 3,
+        "input_tokens": 4010,
+        "output_tokens": 705,
+        "cached_input_tokens": 400,
+        "reasoning_tokens": 100,
+        "cost_usd": "0.017700007",
+        "unpriced_calls": 0,
+    }
+    assert snap["tiers"]["fast"] == {
+        "calls": 2,
+        "input_tokens": 1010,
+        "output_tokens": 205,
+        "cost_usd": "0.001200007",
+        "cached_input_tokens": 400,
+    }
     assert snap["tiers"]["smart"]["reasoning_tokens"] == 100
     assert snap["agents"]["planner"]["calls"] == 2
     assert snap["agents"]["planner"]["cost_usd"] == "0.0177"
@@ -56,15 +81,29 @@ def test_unpriced_calls_are_counted_apart_not_as_zero() -> None:
 
 def test_record_a_usage_event() -> None:
     m = Meter()
-    ev = UsageEvent(backend="openai", model="gpt-4o", input_tokens=50, cached_input_tokens=20,
-                    output_tokens=9, reasoning_tokens=3, cost_usd=Decimal("0.000123456"),
-                    price_status="priced", agent="a1", tier="smart")
+    ev = UsageEvent(
+        backend="openai",
+        model="gpt-4o",
+        input_tokens=50,
+        cached_input_tokens=20,
+        output_tokens=9,
+        reasoning_tokens=3,
+        cost_usd=Decimal("0.000123456"),
+        price_status="priced",
+        agent="a1",
+        tier="smart",
+    )
     m.record(ev)
     m.record(UsageEvent(backend="x", model="unknown-llm", input_tokens=5, agent="a1"))
     snap = m.snapshot(detail=True)
-    assert snap["tiers"]["smart"] == {"calls": 1, "input_tokens": 50, "output_tokens": 9,
-                                      "cost_usd": "0.000123456", "cached_input_tokens": 20,
-                                      "reasoning_tokens": 3}
+    assert snap["tiers"]["smart"] == {
+        "calls": 1,
+        "input_tokens": 50,
+        "output_tokens": 9,
+        "cost_usd": "0.000123456",
+        "cached_input_tokens": 20,
+        "reasoning_tokens": 3,
+    }
     assert snap["tiers"][NONE_KEY]["unpriced_calls"] == 1
     assert snap["agents"]["a1"]["calls"] == 2
     assert snap["session"]["unpriced_calls"] == 1
@@ -78,13 +117,16 @@ def test_cost_forms_are_exact() -> None:
     assert m.snapshot()["session"]["cost_usd"] == "1.3"
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"input_tokens": -1}, "tokens"),
-    ({"output_tokens": -5}, "tokens"),
-    ({"cost_usd": Decimal("-0.01")}, "cost_usd"),
-    ({"cost_usd": "abc"}, "cost_usd"),
-    ({"cost_nano": -3}, "cost_usd"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"input_tokens": -1}, "tokens"),
+        ({"output_tokens": -5}, "tokens"),
+        ({"cost_usd": Decimal("-0.01")}, "cost_usd"),
+        ({"cost_usd": "abc"}, "cost_usd"),
+        ({"cost_nano": -3}, "cost_usd"),
+    ],
+)
 def test_bad_values_are_rejected_and_change_nothing(kwargs: dict[str, Any], field: str) -> None:
     m = Meter()
     with pytest.raises(ValidationError) as info:
@@ -141,9 +183,16 @@ def _four_tier_meter() -> Meter:
     m = Meter()
     for i, tier in enumerate(("fast", "smart", "reasoning", "local")):
         for _ in range(3):
-            m.record(tier=tier, agent=f"agent-{tier}", model=f"model-{tier}-2025-01-01",
-                     input_tokens=1_234_567, output_tokens=123_456, cached_input_tokens=1_000,
-                     reasoning_tokens=500 * i, cost_usd=Decimal("12.345678901"))
+            m.record(
+                tier=tier,
+                agent=f"agent-{tier}",
+                model=f"model-{tier}-2025-01-01",
+                input_tokens=1_234_567,
+                output_tokens=123_456,
+                cached_input_tokens=1_000,
+                reasoning_tokens=500 * i,
+                cost_usd=Decimal("12.345678901"),
+            )
     m.record(tier="fast", model="unpriced-model", input_tokens=10, output_tokens=1)
     return m
 
@@ -156,7 +205,13 @@ def test_snapshot_is_small_plain_json() -> None:
     assert set(snap["tiers"]) == {"fast", "smart", "reasoning", "local"}
     assert "agents" not in snap
     detailed = _four_tier_meter().snapshot(detail=True)
-    assert set(detailed["agents"]) == {"agent-fast", "agent-smart", "agent-reasoning", "agent-local", NONE_KEY}
+    assert set(detailed["agents"]) == {
+        "agent-fast",
+        "agent-smart",
+        "agent-reasoning",
+        "agent-local",
+        NONE_KEY,
+    }
 
 
 def test_subscriber_sees_every_change() -> None:

@@ -31,10 +31,16 @@ NOW = datetime(2025, 3, 31, 10, 0, tzinfo=UTC)
 
 def ev(ts: datetime, backend: str, cost: str | None, **kw: object) -> UsageEvent:
     model = kw.pop("model", {"openai": "gpt-4o", "anthropic": "claude-sonnet-4-5"}.get(backend, "mystery"))
-    return UsageEvent(backend=backend, model=str(model), timestamp=ts, input_tokens=int(kw.pop("inp", 1000)),  # type: ignore[call-overload]
-                      output_tokens=int(kw.pop("out", 100)),  # type: ignore[call-overload]
-                      cost_usd=None if cost is None else Decimal(cost),
-                      price_status="unpriced" if cost is None else "priced", **kw)  # type: ignore[arg-type]
+    return UsageEvent(
+        backend=backend,
+        model=str(model),
+        timestamp=ts,
+        input_tokens=int(kw.pop("inp", 1000)),  # type: ignore[call-overload]
+        output_tokens=int(kw.pop("out", 100)),  # type: ignore[call-overload]
+        cost_usd=None if cost is None else Decimal(cost),
+        price_status="unpriced" if cost is None else "priced",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def u(*a: int) -> datetime:
@@ -118,10 +124,17 @@ def test_by_month_and_week(ledger: Ledger) -> None:
     assert weeks == {"2025-W09": 2, "2025-W13": 2, "2025-W14": 3}
 
 
-@pytest.mark.parametrize("by, key, calls", [
-    ("agent", "b", 3), ("session", "s4", 2), ("tier", "fast", 2), ("task-type", "code", 1),
-    ("model", "gpt-4o", 5), ("backend", "anthropic", 1),
-])
+@pytest.mark.parametrize(
+    "by, key, calls",
+    [
+        ("agent", "b", 3),
+        ("session", "s4", 2),
+        ("tier", "fast", 2),
+        ("task-type", "code", 1),
+        ("model", "gpt-4o", 5),
+        ("backend", "anthropic", 1),
+    ],
+)
 def test_group_by_dimension(ledger: Ledger, by: str, key: str, calls: int) -> None:
     r = costs_report(ledger, zone=BERLIN, now=NOW, by=by, since="2025-01-01")
     assert r["by"] == by.replace("-", "_")
@@ -141,8 +154,9 @@ def test_grouped_without_range_covers_this_month(ledger: Ledger) -> None:
 
 
 def test_filters_apply_to_costs(ledger: Ledger) -> None:
-    r = costs_report(ledger, zone=BERLIN, now=NOW, by="backend", since="2025-01-01",
-                     filters=build_filters({"agent": "a"}))
+    r = costs_report(
+        ledger, zone=BERLIN, now=NOW, by="backend", since="2025-01-01", filters=build_filters({"agent": "a"})
+    )
     assert r["filters"] == {"agent": "a"}
     assert r["total"]["calls"] == 2
     assert Decimal(r["total"]["cost_usd"]) == Decimal("2.5")
@@ -205,11 +219,14 @@ def test_by_choices_and_bad_by() -> None:
     assert info.value.field == "--by" and "task-type" in str(info.value)
 
 
-@pytest.mark.parametrize("values, field", [
-    ({"status": "okay"}, "--status"),
-    ({"colour": "red"}, "--colour"),
-    ({"task-type": "a", "task_type": "b"}, "--task_type"),
-])
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"status": "okay"}, "--status"),
+        ({"colour": "red"}, "--colour"),
+        ({"task-type": "a", "task_type": "b"}, "--task_type"),
+    ],
+)
 def test_bad_filters(values: dict[str, str], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         build_filters(values)
@@ -218,7 +235,9 @@ def test_bad_filters(values: dict[str, str], field: str) -> None:
 
 def test_filters_drop_empty_values() -> None:
     assert build_filters({"agent": None, "team": "", "task": "t1", "task-type": "x"}) == {
-        "task_id": "t1", "task_type": "x"}
+        "task_id": "t1",
+        "task_type": "x",
+    }
 
 
 @pytest.mark.parametrize("bad", [0, -1, None, True])

@@ -60,13 +60,16 @@ def test_month_boundary_in_zone() -> None:
     assert month_window(ZoneInfo("UTC"), utc(2025, 3, 31), -13) == (utc(2024, 2, 1), utc(2024, 3, 1))
 
 
-@pytest.mark.parametrize("zone, day, hours", [
-    (BERLIN, date(2025, 3, 30), 23),   # spring forward
-    (BERLIN, date(2025, 10, 26), 25),  # fall back
-    (NY, date(2025, 3, 9), 23),
-    (NY, date(2025, 11, 2), 25),
-    (BERLIN, date(2025, 6, 1), 24),
-])
+@pytest.mark.parametrize(
+    "zone, day, hours",
+    [
+        (BERLIN, date(2025, 3, 30), 23),  # spring forward
+        (BERLIN, date(2025, 10, 26), 25),  # fall back
+        (NY, date(2025, 3, 9), 23),
+        (NY, date(2025, 11, 2), 25),
+        (BERLIN, date(2025, 6, 1), 24),
+    ],
+)
 def test_dst_days_have_23_or_25_hours(zone: ZoneInfo, day: date, hours: int) -> None:
     noon = datetime.combine(day, datetime.min.time(), tzinfo=zone).replace(hour=12).astimezone(UTC)
     start, end = today_window(zone, noon)
@@ -129,9 +132,21 @@ def test_dates_times_and_months() -> None:
     assert parse_until("2025-03-08T09:00Z", zone=z) == utc(2025, 3, 8, 9)
 
 
-@pytest.mark.parametrize("value", [
-    "", "   ", "tomorrow-ish", "2025-13", "2025-02-30", "2025-02-03T25:00", "7x", "last year", "-7d", "7.5d",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "   ",
+        "tomorrow-ish",
+        "2025-13",
+        "2025-02-30",
+        "2025-02-03T25:00",
+        "7x",
+        "last year",
+        "-7d",
+        "7.5d",
+    ],
+)
 def test_bad_input_names_the_option_and_the_forms(value: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_since(value, zone=BERLIN, now=utc(2025, 1, 1))
@@ -164,8 +179,16 @@ def test_naive_now_is_rejected() -> None:
 
 @given(
     d=st.dates(min_value=date(1990, 1, 1), max_value=date(2090, 12, 31)),
-    zone=st.sampled_from([BERLIN, NY, ZoneInfo("Australia/Lord_Howe"), ZoneInfo("America/Sao_Paulo"),
-                          ZoneInfo("Asia/Kolkata"), ZoneInfo("UTC")]),
+    zone=st.sampled_from(
+        [
+            BERLIN,
+            NY,
+            ZoneInfo("Australia/Lord_Howe"),
+            ZoneInfo("America/Sao_Paulo"),
+            ZoneInfo("Asia/Kolkata"),
+            ZoneInfo("UTC"),
+        ]
+    ),
 )
 def test_day_windows_tile_time(d: date, zone: ZoneInfo) -> None:
     start = local_midnight(d, zone)

@@ -31,7 +31,9 @@ def _is_secret_key(name: str) -> bool:
 def _mask_string(value: str) -> str:
     masked = mask_url(value)
     # secrets in query strings (?key=..., &token=...) and Slack-style webhook paths
-    masked = re.sub(r"(?i)([?&](?:[a-z_]*key|[a-z_]*token|secret|password|sig)=)[^&#\s]*", rf"\1{MASK}", masked)
+    masked = re.sub(
+        r"(?i)([?&](?:[a-z_]*key|[a-z_]*token|secret|password|sig)=)[^&#\s]*", rf"\1{MASK}", masked
+    )
     masked = re.sub(r"(https?://hooks\.slack\.com/services/)\S+", rf"\1{MASK}", masked)
     return masked
 
@@ -64,23 +66,35 @@ def _load(file: str | None, config: str | None) -> tuple[Config, Path | None]:
 
 @config_app.command("check")
 def check(
-    file: Annotated[str | None, typer.Argument(help="Config file to check (default: the one llmbudget would use).")] = None,
+    file: Annotated[
+        str | None, typer.Argument(help="Config file to check (default: the one llmbudget would use).")
+    ] = None,
     json_: common.JsonOpt = False,
     config: common.ConfigOpt = None,
 ) -> None:
     """Validate a config file; errors name the file, line and key."""
     cfg, path = _load(file, config)
-    summary = {"ok": True, "path": str(path) if path else None, "backends": sorted(cfg.backends),
-               "pricing_overrides": len(cfg.pricing), "timezone": cfg.zone().key}
+    summary = {
+        "ok": True,
+        "path": str(path) if path else None,
+        "backends": sorted(cfg.backends),
+        "pricing_overrides": len(cfg.pricing),
+        "timezone": cfg.zone().key,
+    }
     if json_:
         common.print_json(summary)
         return
     if path is None:
-        common.console.print("[green]ok[/]: no config file found; the defaults apply "
-                             f"(timezone {summary['timezone']})", highlight=False)
+        common.console.print(
+            f"[green]ok[/]: no config file found; the defaults apply (timezone {summary['timezone']})",
+            highlight=False,
+        )
         return
-    common.console.print(f"[green]ok[/]: {path} is valid ({len(cfg.backends)} backends, "
-                         f"{len(cfg.pricing)} price overrides, timezone {summary['timezone']})", highlight=False)
+    common.console.print(
+        f"[green]ok[/]: {path} is valid ({len(cfg.backends)} backends, "
+        f"{len(cfg.pricing)} price overrides, timezone {summary['timezone']})",
+        highlight=False,
+    )
 
 
 @config_app.command("show")
@@ -94,7 +108,11 @@ def show(
     if json_:
         common.print_json(data)
         return
-    header = f"# effective configuration from {path}\n" if path else "# effective configuration: defaults (no config file found)\n"
+    header = (
+        f"# effective configuration from {path}\n"
+        if path
+        else "# effective configuration: defaults (no config file found)\n"
+    )
     typer.echo(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
 
 

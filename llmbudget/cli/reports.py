@@ -27,25 +27,42 @@ from ..money import format_usd
 from ..timeranges import parse_range
 from . import common
 
-SinceOpt = Annotated[str | None, typer.Option(
-    "--since", help="Start: a date (2025-03-01), a month (2025-03), 7d, 24h, 2w, today, yesterday, "
-                    "'this week', 'last week', 'this month', 'last month'.")]
-UntilOpt = Annotated[str | None, typer.Option(
-    "--until", help="End, same forms as --since; a date or period means through its end.")]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Start: a date (2025-03-01), a month (2025-03), 7d, 24h, 2w, today, yesterday, "
+        "'this week', 'last week', 'this month', 'last month'.",
+    ),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="End, same forms as --since; a date or period means through its end."),
+]
 AgentOpt = Annotated[str | None, typer.Option("--agent", help="Only this agent.")]
 SessionOpt = Annotated[str | None, typer.Option("--session", help="Only this session.")]
 UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user.")]
 TeamOpt = Annotated[str | None, typer.Option("--team", help="Only this team.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Only this model (as the provider answered it).")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Only this model (as the provider answered it).")
+]
 BackendOpt = Annotated[str | None, typer.Option("--backend", help="Only this configured backend.")]
-ProviderOpt = Annotated[str | None, typer.Option("--provider", help="Only this provider (openai, anthropic, ...).")]
+ProviderOpt = Annotated[
+    str | None, typer.Option("--provider", help="Only this provider (openai, anthropic, ...).")
+]
 TaskTypeOpt = Annotated[str | None, typer.Option("--task-type", help="Only this task type.")]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="Only this task id.")]
 TierOpt = Annotated[str | None, typer.Option("--tier", help="Only this tier (role).")]
-StatusOpt = Annotated[str | None, typer.Option(
-    "--status", help="Only this status: ok, error, interrupted, blocked, fallback.")]
-ByOpt = Annotated[str | None, typer.Option(
-    "--by", help="Group by agent, session, user, team, model, backend, task-type, tier, day, week or month.")]
+StatusOpt = Annotated[
+    str | None, typer.Option("--status", help="Only this status: ok, error, interrupted, blocked, fallback.")
+]
+ByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--by",
+        help="Group by agent, session, user, team, model, backend, task-type, tier, day, week or month.",
+    ),
+]
 
 
 def _filters(**values: str | None) -> dict[str, str]:
@@ -67,6 +84,7 @@ def _ledger(config: str | None, db: str | None) -> Iterator[tuple[Any, Any]]:
 
 
 # ---------------------------------------------------------------------- formatting
+
 
 def _int(n: int | None) -> str:
     return f"{n or 0:,}"
@@ -98,7 +116,9 @@ def _range_title(since: str | None, until: str | None, zone: Any) -> str:
     return f"{a} → {b} ({zone.key})"
 
 
-def _cost_table(title: str, key_header: str, rows: list[dict[str, Any]], total: dict[str, Any] | None) -> Table:
+def _cost_table(
+    title: str, key_header: str, rows: list[dict[str, Any]], total: dict[str, Any] | None
+) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column(key_header, overflow="fold")
     # cached and reasoning columns only when some row has such tokens: narrow terminals stay readable
@@ -108,8 +128,14 @@ def _cost_table(title: str, key_header: str, rows: list[dict[str, Any]], total: 
         t.add_column(name, justify="right", no_wrap=True)
 
     def cells(r: dict[str, Any]) -> list[str]:
-        return [_int(r["calls"]), _int(r["input_tokens"]), _int(r["output_tokens"]),
-                *(_int(r[f]) for f in extra), _cost_cell(r), _unpriced_cell(r)]
+        return [
+            _int(r["calls"]),
+            _int(r["input_tokens"]),
+            _int(r["output_tokens"]),
+            *(_int(r[f]) for f in extra),
+            _cost_cell(r),
+            _unpriced_cell(r),
+        ]
 
     for r in rows:
         t.add_row("(none)" if r["key"] is None else str(r["key"]), *cells(r))
@@ -121,50 +147,88 @@ def _cost_table(title: str, key_header: str, rows: list[dict[str, Any]], total: 
     return t
 
 
-def _fitted_table(title: str, headers: list[str], rows: list[list[str]], *, fixed: set[str],
-                  right: set[str]) -> Table:
+def _fitted_table(
+    title: str, headers: list[str], rows: list[list[str]], *, fixed: set[str], right: set[str]
+) -> Table:
     """A table whose `fixed` columns never shrink and whose text columns wrap, for narrow terminals."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for i, h in enumerate(headers):
         widest = max([len(h), *(len(r[i]) for r in rows)])
-        t.add_column(h, justify="right" if h in right else "left", no_wrap=h in fixed, overflow="fold",
-                     min_width=widest if h in fixed else min(widest, max(len(h), 6)))
+        t.add_column(
+            h,
+            justify="right" if h in right else "left",
+            no_wrap=h in fixed,
+            overflow="fold",
+            min_width=widest if h in fixed else min(widest, max(len(h), 6)),
+        )
     for r in rows:
         t.add_row(*r)
     return t
 
 
-COST_COLUMNS = ("key", "calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-                "reasoning_tokens", "total_tokens", "cost_usd", "unpriced_calls")
+COST_COLUMNS = (
+    "key",
+    "calls",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced_calls",
+)
 
 
 def _print_costs(data: dict[str, Any], zone: Any, csv_: bool) -> None:
     if data["view"] == "overview":
         if csv_:
-            rows = [{**data["today"]["total"], "section": "today", "key": "today", **_win(data["today"])},
-                    {**data["this_month"]["total"], "section": "this_month", "key": "this_month",
-                     **_win(data["this_month"])}]
-            rows += [{**r, "section": "backend", **_win(data["by_backend"])} for r in data["by_backend"]["rows"]]
+            rows = [
+                {**data["today"]["total"], "section": "today", "key": "today", **_win(data["today"])},
+                {
+                    **data["this_month"]["total"],
+                    "section": "this_month",
+                    "key": "this_month",
+                    **_win(data["this_month"]),
+                },
+            ]
+            rows += [
+                {**r, "section": "backend", **_win(data["by_backend"])} for r in data["by_backend"]["rows"]
+            ]
             exp.write_rows_csv(rows, ("section", *COST_COLUMNS, "since", "until"), sys.stdout)
             return
         spend = Table(title=f"Spend ({zone.key})", title_justify="left")
-        for name, just in (("Period", "left"), ("Calls", "right"), ("Tokens", "right"), ("Cost", "right"),
-                           ("Unpriced", "right")):
+        for name, just in (
+            ("Period", "left"),
+            ("Calls", "right"),
+            ("Tokens", "right"),
+            ("Cost", "right"),
+            ("Unpriced", "right"),
+        ):
             spend.add_column(name, justify=just)  # type: ignore[arg-type]
         for label, part in (("Today", data["today"]), ("This month", data["this_month"])):
             tot = part["total"]
-            spend.add_row(label, _int(tot["calls"]), _int(tot["total_tokens"]), _cost_cell(tot),
-                          _unpriced_cell(tot))
+            spend.add_row(
+                label, _int(tot["calls"]), _int(tot["total_tokens"]), _cost_cell(tot), _unpriced_cell(tot)
+            )
         common.console.print(spend)
-        common.console.print(_cost_table("This month by backend", "Backend", data["by_backend"]["rows"], None))
+        common.console.print(
+            _cost_table("This month by backend", "Backend", data["by_backend"]["rows"], None)
+        )
         return
     if csv_:
         exp.write_rows_csv(data["rows"], COST_COLUMNS, sys.stdout)
         return
     by = data["by"]
     header = {"task_type": "Task type"}.get(by, by.capitalize())
-    common.console.print(_cost_table(f"Costs by {by.replace('_', '-')}: {_range_title(data['since'], data['until'], zone)}",
-                                     header, data["rows"], data["total"]))
+    common.console.print(
+        _cost_table(
+            f"Costs by {by.replace('_', '-')}: {_range_title(data['since'], data['until'], zone)}",
+            header,
+            data["rows"],
+            data["total"],
+        )
+    )
 
 
 def _win(part: dict[str, Any]) -> dict[str, Any]:
@@ -173,18 +237,42 @@ def _win(part: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- commands
 
+
 def costs(
-    by: ByOpt = None, since: SinceOpt = None, until: UntilOpt = None,
-    agent: AgentOpt = None, session: SessionOpt = None, user: UserOpt = None, team: TeamOpt = None,
-    model: ModelOpt = None, backend: BackendOpt = None, provider: ProviderOpt = None,
-    task_type: TaskTypeOpt = None, task: TaskOpt = None, tier: TierOpt = None, status: StatusOpt = None,
-    json_: common.JsonOpt = False, csv_: common.CsvOpt = False,
-    config: common.ConfigOpt = None, db: common.DbOpt = None,
+    by: ByOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    agent: AgentOpt = None,
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    team: TeamOpt = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    provider: ProviderOpt = None,
+    task_type: TaskTypeOpt = None,
+    task: TaskOpt = None,
+    tier: TierOpt = None,
+    status: StatusOpt = None,
+    json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
 ) -> None:
     """Spend: today, this month and per backend; or grouped with --by over --since/--until (default this month)."""
     _one_format(json_, csv_)
-    filters = _filters(agent=agent, session=session, user=user, team=team, model=model, backend=backend,
-                       provider=provider, task_type=task_type, task=task, tier=tier, status=status)
+    filters = _filters(
+        agent=agent,
+        session=session,
+        user=user,
+        team=team,
+        model=model,
+        backend=backend,
+        provider=provider,
+        task_type=task_type,
+        task=task,
+        tier=tier,
+        status=status,
+    )
     reports.normalize_by(by)  # a bad --by fails before the database is opened
     with _ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
@@ -195,28 +283,62 @@ def costs(
     _print_costs(data, zone, csv_)
 
 
-EVENT_TABLE = (("Time", "timestamp"), ("Backend", "backend"), ("Model", "model"), ("Agent", "agent"),
-               ("Session", "session"), ("In", "input_tokens"), ("Out", "output_tokens"), ("Cost", "cost_usd"),
-               ("Status", "status"))
+EVENT_TABLE = (
+    ("Time", "timestamp"),
+    ("Backend", "backend"),
+    ("Model", "model"),
+    ("Agent", "agent"),
+    ("Session", "session"),
+    ("In", "input_tokens"),
+    ("Out", "output_tokens"),
+    ("Cost", "cost_usd"),
+    ("Status", "status"),
+)
 
 
 def events(
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many events, newest first.")] = reports.DEFAULT_EVENTS_LIMIT,
-    since: SinceOpt = None, until: UntilOpt = None,
-    agent: AgentOpt = None, session: SessionOpt = None, user: UserOpt = None, team: TeamOpt = None,
-    model: ModelOpt = None, backend: BackendOpt = None, provider: ProviderOpt = None,
-    task_type: TaskTypeOpt = None, task: TaskOpt = None, tier: TierOpt = None, status: StatusOpt = None,
-    json_: common.JsonOpt = False, csv_: common.CsvOpt = False,
-    config: common.ConfigOpt = None, db: common.DbOpt = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="How many events, newest first.")
+    ] = reports.DEFAULT_EVENTS_LIMIT,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    agent: AgentOpt = None,
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    team: TeamOpt = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    provider: ProviderOpt = None,
+    task_type: TaskTypeOpt = None,
+    task: TaskOpt = None,
+    tier: TierOpt = None,
+    status: StatusOpt = None,
+    json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
 ) -> None:
     """Raw events, newest first (100 by default), filtered by any attribution field."""
     _one_format(json_, csv_)
     reports.check_limit(limit)
-    filters = _filters(agent=agent, session=session, user=user, team=team, model=model, backend=backend,
-                       provider=provider, task_type=task_type, task=task, tier=tier, status=status)
+    filters = _filters(
+        agent=agent,
+        session=session,
+        user=user,
+        team=team,
+        model=model,
+        backend=backend,
+        provider=provider,
+        task_type=task_type,
+        task=task,
+        tier=tier,
+        status=status,
+    )
     with _ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
-        data = reports.events_report(ledger, zone=zone, since=since, until=until, filters=filters, limit=limit)
+        data = reports.events_report(
+            ledger, zone=zone, since=since, until=until, filters=filters, limit=limit
+        )
     if json_:
         common.print_json(data)
         return
@@ -229,28 +351,58 @@ def events(
     rows = []
     for e in data["events"]:
         cost = "unpriced" if e["cost_usd"] is None else format_usd(Decimal(e["cost_usd"]))
-        rows.append([_local(e["timestamp"], zone, short=narrow), e["backend"], e["model"], e["agent"] or "", e["session"] or "",
-                     _int(e["input_tokens"]), _int(e["output_tokens"]), cost, e["status"]])
+        rows.append(
+            [
+                _local(e["timestamp"], zone, short=narrow),
+                e["backend"],
+                e["model"],
+                e["agent"] or "",
+                e["session"] or "",
+                _int(e["input_tokens"]),
+                _int(e["output_tokens"]),
+                cost,
+                e["status"],
+            ]
+        )
     headers = [h for h, _ in EVENT_TABLE]
     if all(e["status"] == "ok" for e in data["events"]):  # the column only when something went wrong
         headers.pop()
         rows = [r[:-1] for r in rows]
-    t = _fitted_table(f"Events, newest first ({zone.key})", headers, rows,
-                      fixed={"Time", "In", "Out", "Cost"}, right={"In", "Out", "Cost"})
+    t = _fitted_table(
+        f"Events, newest first ({zone.key})",
+        headers,
+        rows,
+        fixed={"Time", "In", "Out", "Cost"},
+        right={"In", "Out", "Cost"},
+    )
     if not data["events"]:
         t.caption = "no events match"
     common.console.print(t)
 
 
-SESSION_COLUMNS = ("session", "start", "end", "calls", "input_tokens", "output_tokens", "tokens", "cost_usd",
-                   "unpriced_calls", "agents")
+SESSION_COLUMNS = (
+    "session",
+    "start",
+    "end",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "agents",
+)
 
 
 def sessions(
-    limit: Annotated[int, typer.Option("--limit", "-n", help="How many sessions, most recent first.")] = reports.DEFAULT_SESSIONS_LIMIT,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="How many sessions, most recent first.")
+    ] = reports.DEFAULT_SESSIONS_LIMIT,
     since: SinceOpt = None,
-    json_: common.JsonOpt = False, csv_: common.CsvOpt = False,
-    config: common.ConfigOpt = None, db: common.DbOpt = None,
+    json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
 ) -> None:
     """Recent sessions (30 by default): Session ID | Start | End | Tokens | Cost | Agents."""
     _one_format(json_, csv_)
@@ -267,16 +419,34 @@ def sessions(
         return
     narrow = common.console.width < 110
     with_unpriced = any(x["unpriced_calls"] for x in data["sessions"])
-    headers = ["Session ID", "Start", "End", "Tokens", "Cost", *(["Unpriced"] if with_unpriced else []), "Agents"]
+    headers = [
+        "Session ID",
+        "Start",
+        "End",
+        "Tokens",
+        "Cost",
+        *(["Unpriced"] if with_unpriced else []),
+        "Agents",
+    ]
     rows: list[list[str]] = []
     for x in data["sessions"]:
-        row = [x["session"], _local(x["start"], zone, short=narrow), _local(x["end"], zone, short=narrow),
-               _int(x["tokens"]), _cost_cell(x)]
+        row = [
+            x["session"],
+            _local(x["start"], zone, short=narrow),
+            _local(x["end"], zone, short=narrow),
+            _int(x["tokens"]),
+            _cost_cell(x),
+        ]
         if with_unpriced:
             row.append(_unpriced_cell(x))
         rows.append([*row, ", ".join(x["agents"])])
-    t = _fitted_table(f"Sessions, most recent first ({zone.key})", headers, rows,
-                      fixed={"Start", "End", "Tokens", "Cost", "Unpriced"}, right={"Tokens", "Cost", "Unpriced"})
+    t = _fitted_table(
+        f"Sessions, most recent first ({zone.key})",
+        headers,
+        rows,
+        fixed={"Start", "End", "Tokens", "Cost", "Unpriced"},
+        right={"Tokens", "Cost", "Unpriced"},
+    )
     if not data["sessions"]:
         t.caption = "no sessions recorded"
     common.console.print(t)
@@ -301,8 +471,14 @@ class _LazyProgress:
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=common.err_console, transient=True)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=common.err_console,
+                transient=True,
+            )
             self.progress.start()
             self.task = self.progress.add_task(self.label, total=self.total or None)
         self.progress.update(self.task, completed=n)
@@ -314,28 +490,56 @@ class _LazyProgress:
 
 def export(
     csv_: Annotated[bool, typer.Option("--csv", help="Write CSV (formula-safe) with a header row.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Write JSON Lines: one event per line (re-importable).")] = False,
-    array: Annotated[bool, typer.Option("--array", help="With --json: one JSON array instead of JSON Lines.")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")] = None,
-    since: SinceOpt = None, until: UntilOpt = None,
-    agent: AgentOpt = None, session: SessionOpt = None, user: UserOpt = None, team: TeamOpt = None,
-    model: ModelOpt = None, backend: BackendOpt = None, provider: ProviderOpt = None,
-    task_type: TaskTypeOpt = None, task: TaskOpt = None, tier: TierOpt = None, status: StatusOpt = None,
-    config: common.ConfigOpt = None, db: common.DbOpt = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Write JSON Lines: one event per line (re-importable).")
+    ] = False,
+    array: Annotated[
+        bool, typer.Option("--array", help="With --json: one JSON array instead of JSON Lines.")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    agent: AgentOpt = None,
+    session: SessionOpt = None,
+    user: UserOpt = None,
+    team: TeamOpt = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    provider: ProviderOpt = None,
+    task_type: TaskTypeOpt = None,
+    task: TaskOpt = None,
+    tier: TierOpt = None,
+    status: StatusOpt = None,
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
 ) -> None:
     """Stream every matching event, oldest first, as CSV or JSON (to stdout or --output FILE)."""
     if csv_ == json_:
         raise ValidationError("--csv", "choose exactly one of --csv and --json")
     if array and not json_:
         raise ValidationError("--array", "only goes with --json")
-    filters = _filters(agent=agent, session=session, user=user, team=team, model=model, backend=backend,
-                       provider=provider, task_type=task_type, task=task, tier=tier, status=status)
+    filters = _filters(
+        agent=agent,
+        session=session,
+        user=user,
+        team=team,
+        model=model,
+        backend=backend,
+        provider=provider,
+        task_type=task_type,
+        task=task,
+        tier=tier,
+        status=status,
+    )
     with _ledger(config, db) as (cfg, ledger):
         start, end = parse_range(since, until, zone=cfg.zone())
         total = ledger.count(since=start, until=end, filters=filters)
         events = ledger.iter_events(since=start, until=end, filters=filters)
-        writer: Callable[..., int] = (exp.write_events_csv if csv_ else
-                                      exp.write_json_array if array else exp.write_json_lines)
+        writer: Callable[..., int] = (
+            exp.write_events_csv if csv_ else exp.write_json_array if array else exp.write_json_lines
+        )
         progress = _LazyProgress(total, "exporting")
         try:
             if output is None:

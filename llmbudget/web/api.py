@@ -82,8 +82,17 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         p = _params(request, _RANGE | _FILTERS | {"by"})
         filters = _filters(p)
         data = await run_in_threadpool(
-            reports.costs_report, ledger, zone=zone, since=p.get("since"), until=p.get("until"),
-            by=p.get("by"), filters=filters, since_option="since", until_option="until", by_option="by")
+            reports.costs_report,
+            ledger,
+            zone=zone,
+            since=p.get("since"),
+            until=p.get("until"),
+            by=p.get("by"),
+            filters=filters,
+            since_option="since",
+            until_option="until",
+            by_option="by",
+        )
         return JSONResponse(data)
 
     async def events(request: Request) -> JSONResponse:
@@ -91,16 +100,29 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         limit = _limit(p, reports.DEFAULT_EVENTS_LIMIT)
         filters = _filters(p)
         data = await run_in_threadpool(
-            reports.events_report, ledger, zone=zone, since=p.get("since"), until=p.get("until"),
-            filters=filters, limit=limit, since_option="since", until_option="until")
+            reports.events_report,
+            ledger,
+            zone=zone,
+            since=p.get("since"),
+            until=p.get("until"),
+            filters=filters,
+            limit=limit,
+            since_option="since",
+            until_option="until",
+        )
         return JSONResponse(data)
 
     async def sessions(request: Request) -> JSONResponse:
         p = _params(request, frozenset({"since", "limit"}))
         limit = _limit(p, reports.DEFAULT_SESSIONS_LIMIT)
         data = await run_in_threadpool(
-            reports.sessions_report, ledger, zone=zone, since=p.get("since"), limit=limit,
-            since_option="since")
+            reports.sessions_report,
+            ledger,
+            zone=zone,
+            since=p.get("since"),
+            limit=limit,
+            since_option="since",
+        )
         return JSONResponse(data)
 
     return [
@@ -114,8 +136,11 @@ def extension_modules() -> list[str]:
     """Names of the `llmbudget.web.api_*` modules whose routes `api_routes()` collects, sorted."""
     from .. import web
 
-    return sorted(f"{web.__name__}.{m.name}" for m in pkgutil.iter_modules(web.__path__)
-                  if m.name.startswith("api_") and not m.ispkg)
+    return sorted(
+        f"{web.__name__}.{m.name}"
+        for m in pkgutil.iter_modules(web.__path__)
+        if m.name.startswith("api_") and not m.ispkg
+    )
 
 
 def api_routes(services: Services) -> list[BaseRoute]:

@@ -27,10 +27,22 @@ from ..errors import BudgetExceeded, LLMBudgetError, ValidationError
 
 log = logging.getLogger(__name__)
 
-_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-          422: "invalid", 429: "rate_limited", 500: "internal_error", 502: "bad_gateway",
-          503: "unavailable", 504: "gateway_timeout"}
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "gateway_timeout",
+}
 
 
 def code_for_status(status: int) -> str:
@@ -43,7 +55,9 @@ def code_for_status(status: int) -> str:
         return "error"
 
 
-def error_body(status: int, message: str, *, code: str | None = None, field: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, *, code: str | None = None, field: str | None = None
+) -> dict[str, Any]:
     """The error shape as a dict: {"error": {"code", "message", "status"[, "field"]}}."""
     err: dict[str, Any] = {"code": code or code_for_status(status), "message": message, "status": status}
     if field is not None:
@@ -51,10 +65,18 @@ def error_body(status: int, message: str, *, code: str | None = None, field: str
     return {"error": err}
 
 
-def error_response(status: int, message: str, *, code: str | None = None, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A JSONResponse in the error shape."""
-    return JSONResponse(error_body(status, message, code=code, field=field), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(status, message, code=code, field=field), status_code=status, headers=headers
+    )
 
 
 def response_for_exception(exc: BaseException) -> JSONResponse:
@@ -66,7 +88,9 @@ def response_for_exception(exc: BaseException) -> JSONResponse:
         field = exc.field if isinstance(exc, ValidationError) else None
         return error_response(exc.http_status, str(exc), code=exc.code, field=field, headers=headers)
     if isinstance(exc, HTTPException):
-        message = exc.detail if isinstance(exc.detail, str) and exc.detail else HTTPStatus(exc.status_code).phrase
+        message = (
+            exc.detail if isinstance(exc.detail, str) and exc.detail else HTTPStatus(exc.status_code).phrase
+        )
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, message, headers=headers)
     return error_response(500, "internal error; see the server log")
@@ -78,8 +102,11 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
         if exc.status_code == 404:
             return error_response(404, f"no route {request.url.path}")
         if exc.status_code == 405:
-            return error_response(405, f"{request.method} is not allowed on {request.url.path}",
-                                  headers=dict(exc.headers) if exc.headers else None)
+            return error_response(
+                405,
+                f"{request.method} is not allowed on {request.url.path}",
+                headers=dict(exc.headers) if exc.headers else None,
+            )
     return response_for_exception(exc)
 
 

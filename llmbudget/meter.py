@@ -220,6 +220,13 @@ class Meter:
             cached_input_tokens, reasoning_tokens = event.cached_input_tokens, event.reasoning_tokens
             nano = event.cost_nano
         else:
+            if not (
+                type(input_tokens) is int
+                and type(output_tokens) is int
+                and type(cached_input_tokens) is int
+                and type(reasoning_tokens) is int
+            ):
+                raise ValidationError("tokens", "token counts must be whole numbers (int)")
             if input_tokens < 0 or output_tokens < 0 or cached_input_tokens < 0 or reasoning_tokens < 0:
                 raise ValidationError("tokens", "token counts must not be negative")
             if cost_nano is not None:

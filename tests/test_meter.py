@@ -122,6 +122,9 @@ def test_cost_forms_are_exact() -> None:
     [
         ({"input_tokens": -1}, "tokens"),
         ({"output_tokens": -5}, "tokens"),
+        ({"input_tokens": 1.5}, "tokens"),
+        ({"output_tokens": True}, "tokens"),
+        ({"reasoning_tokens": "3"}, "tokens"),
         ({"cost_usd": Decimal("-0.01")}, "cost_usd"),
         ({"cost_usd": "abc"}, "cost_usd"),
         ({"cost_nano": -3}, "cost_usd"),

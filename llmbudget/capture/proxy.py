@@ -361,7 +361,8 @@ class Proxy:
         except asyncio.CancelledError:
             if not client_gone:
                 raise
-            interrupted = True
+            meter.end()
+            interrupted = not meter.complete  # gone after the end marker: the call completed
             log.info("proxy_client_disconnected backend=%s path=%s", target, req.path)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             interrupted = True
@@ -377,11 +378,8 @@ class Proxy:
             if watcher is not None and not watcher.done():
                 watcher.remove_done_callback(_on_disconnect)
                 watcher.cancel()
-            if client_gone:
-                # uncancel so the rest of this request (recording) runs normally
-                if task is not None:
-                    task.uncancel()
-                meter.end()
+            if client_gone and task is not None:
+                task.uncancel()  # so the rest of this request (recording) runs normally
         event = self._record(req, target, http_status=resp.status, status=None, interrupted=interrupted,
                              ttft_ms=ttft, defer=True)
         if event is not None:

@@ -1,0 +1,487 @@
+"""In-process metering without a proxy: `wrap(client)` for the official OpenAI and Anthropic SDKs.
+
+The client's HTTP transport is wrapped, so every call the SDK makes goes through the same
+protocol meters as the proxy and becomes the same `UsageEvent` (`source: sdk`): chat
+completions, responses, completions, embeddings, messages (streamed and not, `messages.stream`
+included). A stream is metered when its iteration ends, when it is closed, or when it is
+abandoned and garbage-collected. With a budget `gate`, the resource methods ask it first and
+raise `BudgetExceeded` (or call `fallback`, another client) when it refuses.
+
+    from openai import OpenAI
+    from llmbudget import wrap
+    client = wrap(OpenAI(), agent="researcher", session="s-42", tags={"project": "alpha"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ..errors import BudgetExceeded
+from ..events import UsageEvent, new_id
+from . import anthropic as anthropic_proto
+from . import openai as openai_proto
+from .base import BadRequest, CallMeter, estimate_tokens_from_json
+from .gate import Admission, CallInfo
+from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
+
+log = logging.getLogger("llmbudget.wrap")
+
+_ADMISSION_HEADER = "x-llmbudget-admission"
+#: settle tasks started from finalizers, kept referenced until done
+_pending: set[Any] = set()
+_ATTR_KEYS = ("agent", "session", "user", "team", "task_id", "task_type", "tier")
+
+
+# ------------------------------------------------------------------ a loop for async gates called from sync code
+
+class _GateLoop:
+    """One background event loop per process, so a sync client can call an async gate (and its locks stay put)."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def run(cls, coro: Any, timeout: float = 60.0) -> Any:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, daemon=True, name="llmbudget-gate").start()
+                cls._loop = loop
+        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result(timeout)
+
+
+# ------------------------------------------------------------------ shared state of one wrapped client
+
+class _Recorder:
+    """What a wrapped client needs to turn a finished call into an event."""
+
+    def __init__(self, *, protocol: str, backend: str, base_url: str, attribution: dict[str, Any], ledger: Any,
+                 prices: Any, gate: Any, provider: str | None, local: bool) -> None:
+        self.protocol = protocol
+        self.backend = backend
+        self.base_url = base_url
+        self.attribution = attribution
+        self.ledger = ledger
+        self.prices = prices
+        self.gate = gate
+        self.provider = provider
+        self.local = local
+        self.admissions: dict[str, Admission] = {}
+        self.fallback = False
+
+    def meter_for(self, path: str, method: str, body: bytes) -> CallMeter | None:
+        try:
+            if self.protocol == "anthropic":
+                return anthropic_proto.make_meter(path, method, body)
+            return openai_proto.make_meter(path, method, body)
+        except BadRequest:
+            return None  # let the provider answer a broken request in its own words
+
+    def provider_of(self, model: str) -> str:
+        if self.provider:
+            return self.provider
+        try:
+            from ..pricing import provider_for
+
+            return str(provider_for(model, self.base_url, self.protocol))
+        except Exception:
+            return self.protocol
+
+    def event(self, meter: CallMeter, *, event_id: str, http_status: int, interrupted: bool, started: float,
+              ttft_ms: float | None, admission: Admission | None) -> UsageEvent | None:
+        try:
+            status = call_status(meter, http_status=http_status, interrupted=interrupted,
+                                 fallback=self.fallback)
+            model = meter.model or meter.request_model or ""
+            ev = build_event(meter, event_id=event_id, backend=self.backend, provider=self.provider_of(model),
+                             prices=self.prices, local=self.local, attribution=self.attribution,
+                             http_status=http_status, status=status, started=started, ttft_ms=ttft_ms,
+                             source="sdk")
+            self.ledger.record(ev)
+            return ev
+        except Exception:
+            log.exception("wrap_record_failed backend=%s", self.backend)
+            return None
+
+
+class _Call:
+    """One metered HTTP exchange: feeds the meter from the response stream and records exactly once."""
+
+    def __init__(self, rec: _Recorder, meter: CallMeter, admission: Admission | None, status: int,
+                 encoding: str | None, streamed: bool) -> None:
+        self.rec = rec
+        self.meter = meter
+        self.admission = admission
+        self.status = status
+        self.decoder = stream_decoder(encoding)
+        self.encoding = encoding
+        self.streamed = streamed
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self.body: list[bytes] = []
+        self.done = False
+        self.event: UsageEvent | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.ttft is None:
+            self.ttft = (time.perf_counter() - self.started) * 1000.0
+        if not self.streamed:
+            self.body.append(chunk)
+            return chunk
+        if self.decoder is None:
+            return self.meter.feed(chunk)
+        return feed_encoded(self.meter, self.decoder, chunk)
+
+    def tail(self) -> bytes:
+        return self.meter.end() if self.streamed and self.decoder is None else b""
+
+    def finish(self, *, cut: bool) -> UsageEvent | None:
+        if self.done:
+            return None
+        self.done = True
+        if not self.streamed and self.status < 400:
+            self.meter.read_body(decode_body(b"".join(self.body), self.encoding))
+        elif self.streamed and cut:
+            self.meter.end()
+        # closed early but after the protocol's end marker (SDKs stop reading at `[DONE]`): complete
+        interrupted = self.status < 400 and not self.meter.complete
+        self.event = self.rec.event(self.meter, event_id=new_id(), http_status=self.status,
+                                    interrupted=interrupted, started=self.started,
+                                    ttft_ms=self.ttft if self.streamed else None, admission=self.admission)
+        return self.event
+
+
+# ------------------------------------------------------------------ response streams
+
+def _stream_classes(mod: Any) -> tuple[type, type]:
+    return mod.SyncByteStream, mod.AsyncByteStream
+
+
+def _make_sync_stream(base: type) -> type:
+    class MeteredStream(base):  # type: ignore[misc]
+        def __init__(self, inner: Any, call: _Call) -> None:
+            self._inner = inner
+            self._call = call
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self._inner:
+                out = self._call.feed(chunk)
+                if out:
+                    yield out
+            tail = self._call.tail()
+            if tail:
+                yield tail
+            self._finish(cut=False)
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                self._finish(cut=True)
+
+        def _finish(self, *, cut: bool) -> None:
+            ev = self._call.finish(cut=cut)
+            rec, adm = self._call.rec, self._call.admission
+            if ev is not None and adm is not None and rec.gate is not None:
+                try:
+                    _GateLoop.run(rec.gate.settle(adm, ev))
+                except Exception:
+                    log.exception("wrap_settle_failed id=%s", ev.id)
+
+        def __del__(self) -> None:  # abandoned without close: still metered
+            if not self._call.done:
+                self._finish(cut=True)
+
+    return MeteredStream
+
+
+def _make_async_stream(base: type) -> type:
+    class AsyncMeteredStream(base):  # type: ignore[misc]
+        def __init__(self, inner: Any, call: _Call) -> None:
+            self._inner = inner
+            self._call = call
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self._inner:
+                out = self._call.feed(chunk)
+                if out:
+                    yield out
+            tail = self._call.tail()
+            if tail:
+                yield tail
+            await self._finish(cut=False)
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                await self._finish(cut=True)
+
+        async def _finish(self, *, cut: bool) -> None:
+            ev = self._call.finish(cut=cut)
+            rec, adm = self._call.rec, self._call.admission
+            if ev is not None and adm is not None and rec.gate is not None:
+                try:
+                    await rec.gate.settle(adm, ev)
+                except Exception:
+                    log.exception("wrap_settle_failed id=%s", ev.id)
+
+        def __del__(self) -> None:
+            if not self._call.done:
+                self._call.finish(cut=True)  # recording is synchronous; settling needs the loop
+                rec, adm, ev = self._call.rec, self._call.admission, self._call.event
+                if ev is not None and adm is not None and rec.gate is not None:
+                    try:
+                        loop = asyncio.get_running_loop()
+                    except RuntimeError:
+                        log.warning("wrap_settle_skipped id=%s reason=no_event_loop", ev.id)
+                        return
+                    task = loop.create_task(rec.gate.settle(adm, ev))
+                    _pending.add(task)
+                    task.add_done_callback(_pending.discard)
+
+    return AsyncMeteredStream
+
+
+# ------------------------------------------------------------------ transports
+
+def _prepare(rec: _Recorder, request: Any) -> tuple[Any, CallMeter | None, Admission | None]:
+    admission_key = request.headers.get(_ADMISSION_HEADER)
+    admission = rec.admissions.pop(admission_key, None) if admission_key else None
+    meter = rec.meter_for(request.url.path, request.method, request.content) if request.method == "POST" else None
+    if meter is None and admission_key is None:
+        return request, None, None
+    headers = [(k, v) for k, v in request.headers.multi_items()
+               if k.lower() not in (_ADMISSION_HEADER, "content-length")]
+    body = request.content
+    if meter is not None:
+        body = meter.body
+        # usage must be readable: ask for an uncompressed answer
+        headers = [(k, "identity" if k.lower() == "accept-encoding" else v) for k, v in headers]
+    new = type(request)(request.method, request.url, headers=headers, content=body,
+                        extensions=request.extensions)
+    return new, meter, admission
+
+
+def _wrap_response(rec: _Recorder, request: Any, response: Any, meter: CallMeter, admission: Admission | None,
+                   stream_cls: type) -> Any:
+    ctype = response.headers.get("content-type", "")
+    streamed = response.status_code < 400 and (meter.stream or ctype.startswith("text/event-stream"))
+    call = _Call(rec, meter, admission, response.status_code, response.headers.get("content-encoding"), streamed)
+    headers = response.headers
+    if streamed and isinstance(meter, openai_proto.OpenAIMeter) and meter.hide_usage:
+        headers = [(k, v) for k, v in headers.multi_items() if k.lower() != "content-length"]
+    return type(response)(response.status_code, headers=headers, stream=stream_cls(response.stream, call),
+                          extensions=response.extensions, request=request)
+
+
+class _SyncTransport:
+    def __init__(self, inner: Any, rec: _Recorder, mod: Any) -> None:
+        self._inner = inner
+        self._rec = rec
+        self._stream_cls = _make_sync_stream(mod.SyncByteStream)
+
+    def handle_request(self, request: Any) -> Any:
+        request, meter, admission = _prepare(self._rec, request)
+        if meter is None:
+            return self._inner.handle_request(request)
+        try:
+            response = self._inner.handle_request(request)
+        except BaseException:
+            if admission is not None and self._rec.gate is not None:
+                _GateLoop.run(self._rec.gate.release(admission))
+            raise
+        return _wrap_response(self._rec, request, response, meter, admission, self._stream_cls)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _AsyncTransport:
+    def __init__(self, inner: Any, rec: _Recorder, mod: Any) -> None:
+        self._inner = inner
+        self._rec = rec
+        self._stream_cls = _make_async_stream(mod.AsyncByteStream)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        request, meter, admission = _prepare(self._rec, request)
+        if meter is None:
+            return await self._inner.handle_async_request(request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            if admission is not None and self._rec.gate is not None:
+                await self._rec.gate.release(admission)
+            raise
+        return _wrap_response(self._rec, request, response, meter, admission, self._stream_cls)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+
+# ------------------------------------------------------------------ gate at the resource methods
+
+def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
+    model = kwargs.get("model")
+    model = model if isinstance(model, str) else ""
+    if method == "responses":
+        max_out = kwargs.get("max_output_tokens")
+    else:
+        max_out = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
+    text = {k: v for k, v in kwargs.items() if k in ("messages", "input", "prompt", "system", "instructions",
+                                                       "tools")}
+    attribution = {k: v for k, v in rec.attribution.items() if k != "tags"}
+    return CallInfo(backend=rec.backend, protocol=rec.protocol, provider=rec.provider_of(model), model=model,
+                    est_input_tokens=estimate_tokens_from_json(text),
+                    max_output_tokens=max_out if isinstance(max_out, int) else None, local=rec.local,
+                    streamed=kwargs.get("stream") is True or method == "stream", **attribution,
+                    tags=dict(rec.attribution.get("tags") or {}))
+
+
+def _refused(admission: Admission) -> BudgetExceeded:
+    return BudgetExceeded(admission.message or admission.notice or "budget exhausted",
+                          retry_after_s=admission.retry_after_s)
+
+
+def _with_admission(rec: _Recorder, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
+    key = new_id()
+    rec.admissions[key] = admission
+    extra = dict(kwargs.get("extra_headers") or {})
+    extra[_ADMISSION_HEADER] = key
+    return {**kwargs, "extra_headers": extra}
+
+
+def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
+    @functools.wraps(original)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        admission: Admission = _GateLoop.run(rec.gate.admit(_call_info(rec, kwargs, name)))
+        if not admission.allowed:
+            raise _refused(admission)
+        if admission.fallback_backend:
+            if fallback is None:
+                raise BudgetExceeded(admission.notice or admission.message or "budget exhausted",
+                                     retry_after_s=admission.retry_after_s)
+            _GateLoop.run(rec.gate.release(admission))
+            if admission.fallback_model:
+                kwargs = {**kwargs, "model": admission.fallback_model}
+            return _resolve(fallback, path)(*args, **kwargs)
+        return original(*args, **_with_admission(rec, admission, kwargs))
+
+    return method
+
+
+def _gate_async(rec: _Recorder, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
+    @functools.wraps(original)
+    async def method(*args: Any, **kwargs: Any) -> Any:
+        admission: Admission = await rec.gate.admit(_call_info(rec, kwargs, name))
+        if not admission.allowed:
+            raise _refused(admission)
+        if admission.fallback_backend:
+            if fallback is None:
+                raise BudgetExceeded(admission.notice or admission.message or "budget exhausted",
+                                     retry_after_s=admission.retry_after_s)
+            await rec.gate.release(admission)
+            if admission.fallback_model:
+                kwargs = {**kwargs, "model": admission.fallback_model}
+            return await _resolve(fallback, path)(*args, **kwargs)
+        return await original(*args, **_with_admission(rec, admission, kwargs))
+
+    return method
+
+
+def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        obj = getattr(obj, part)
+    return obj
+
+
+_OPENAI_METHODS = [(("chat", "completions", "create"), "chat"), (("responses", "create"), "responses"),
+                   (("completions", "create"), "completions"), (("embeddings", "create"), "embeddings")]
+_ANTHROPIC_METHODS = [(("messages", "create"), "messages"), (("messages", "stream"), "stream")]
+
+
+# ------------------------------------------------------------------ public API
+
+def wrap(client: Any, *, agent: str | None = None, session: str | None = None, user: str | None = None,
+         team: str | None = None, task_id: str | None = None, task_type: str | None = None,
+         tier: str | None = None, tags: dict[str, str] | None = None, ledger: Any = None, prices: Any = None,
+         gate: Any = None, backend: str | None = None, fallback: Any = None, provider: str | None = None,
+         local: bool = False) -> Any:
+    """Meter every call `client` makes (OpenAI/AsyncOpenAI/Anthropic/AsyncAnthropic); returns the same client.
+
+    `ledger` defaults to the configured ledger (config lookup as the CLI), `prices` to its price
+    book. `backend` names the events' backend (default `openai` / `anthropic`). With a `gate`, a
+    refused call raises `BudgetExceeded` with the notice; a fallback admission calls `fallback`
+    (another client, wrap it to meter it too) or raises when none is given.
+    """
+    module = type(client).__module__.split(".")[0]
+    if module not in ("openai", "anthropic"):
+        raise TypeError(f"wrap() takes an openai or anthropic client, not {type(client).__name__}")
+    http = getattr(client, "_client", None)
+    inner = getattr(http, "_transport", None)
+    if http is None or inner is None:
+        raise TypeError("this client has no HTTP transport to wrap (unsupported SDK version?)")
+    if isinstance(inner, _SyncTransport | _AsyncTransport):
+        raise ValueError("this client is already wrapped")
+    if ledger is None or prices is None:
+        from ..config import load_config, resolve_db_url
+
+        cfg = load_config()
+        if ledger is None:
+            ledger = _default_ledger(resolve_db_url(None, cfg), cfg)
+        if prices is None:
+            from ..pricing import PriceBook
+
+            prices = PriceBook.from_config(cfg)
+    attribution: dict[str, Any] = {"agent": agent, "session": session, "user": user, "team": team,
+                                   "task_id": task_id, "task_type": task_type, "tier": tier,
+                                   "tags": dict(tags or {})}
+    base_url = str(getattr(client, "base_url", ""))
+    rec = _Recorder(protocol=module, backend=backend or module, base_url=base_url, attribution=attribution,
+                    ledger=ledger, prices=prices, gate=gate, provider=provider, local=local)
+    mod = sys.modules[type(inner).__module__.split(".")[0]]
+    is_async = hasattr(inner, "handle_async_request")
+    http._transport = (_AsyncTransport if is_async else _SyncTransport)(inner, rec, mod)
+    if gate is not None:
+        for path, name in (_OPENAI_METHODS if module == "openai" else _ANTHROPIC_METHODS):
+            resource = _resolve(client, path[:-1])
+            original = getattr(resource, path[-1])
+            # `messages.stream` is a plain (sync) method returning a manager, even on the async client
+            use_async = is_async and name != "stream"
+            wrapped = (_gate_async if use_async else _gate_sync)(rec, original, name, fallback, path)
+            setattr(resource, path[-1], wrapped)
+    return client
+
+
+_ledgers: dict[str, Any] = {}
+_ledgers_lock = threading.Lock()
+
+
+def _default_ledger(url: str, cfg: Any) -> Any:
+    """One ledger per URL per process, shared by every wrapped client (closed at exit by the store)."""
+    with _ledgers_lock:
+        if url not in _ledgers:
+            from ..cli.common import ledger_options
+            from ..store import open_ledger
+
+            _ledgers[url] = open_ledger(url, **ledger_options(cfg))
+        return _ledgers[url]

@@ -83,6 +83,7 @@ class SQLiteLedger(SQLLedger):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: rollup pages stay hot
             conn.execute("PRAGMA temp_store=MEMORY")
+            conn.execute("PRAGMA mmap_size=268435456")  # reports read rollup pages without copies
         except sqlite3.Error as e:
             raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}") from e
         with self._conns_lock:

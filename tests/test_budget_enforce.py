@@ -35,8 +35,11 @@ class Clock:
         return self.now
 
 
-def make(tmp_path: Path, budgets: str, clock: Clock, *, ledger: bool = True) -> tuple[BudgetEnforcer, object]:
-    cfg, _ = parse_config(BACKENDS + budgets, "test.yaml")
+def make(tmp_path: Path, budgets: str, clock: Clock, *, ledger: bool = True,
+         factor: str = "1.0") -> tuple[BudgetEnforcer, object]:
+    # input_token_factor 1: these tests reason about exact worst cases; the default (4) is tested below
+    cfg, _ = parse_config(BACKENDS + budgets.replace("budgets:\n", f"budgets:\n  input_token_factor: {factor}\n", 1),
+                          "test.yaml")
     db = f"sqlite:///{tmp_path / 'l.db'}"
     state = open_ledger(db, audit=False) if ledger else None
     enf = build_enforcer(cfg, db, state=state, prices=PriceBook.from_config(cfg), clock=clock)
@@ -207,6 +210,8 @@ def test_worst_case_uses_model_maximum_when_max_tokens_is_missing(tmp_path: Path
     tin, tout, c = enf.worst_case(call(max_output_tokens=None))
     assert tin == 1000 and tout == 64_000  # claude-sonnet-4 family
     assert c == cost(1000, 64_000)
+    enf4, _ = make(tmp_path, "budgets:\n  daily_limit_usd: 5\n", clock, factor="4")
+    assert enf4.worst_case(call())[:2] == (4000, 1000)  # the default bounds text input by its characters
     _, tout, _ = enf.worst_case(call(model="some-new-model", max_output_tokens=None))
     assert tout == 32768  # documented default
 

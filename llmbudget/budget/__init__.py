@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .enforcer import BudgetEnforcer, BudgetGate
 
-__all__ = ["build_enforcer", "install"]
+__all__ = ["build_enforcer", "gate_from_config", "install"]
 
 
 def build_enforcer(cfg: Any, db_url: str, *, state: Any | None = None, prices: Any | None = None,
@@ -83,3 +83,16 @@ def _install_translators(services: Any) -> None:
     except ImportError:  # translation not available: same-protocol fallback still works
         return
     services.extras.setdefault("translators", {})[("anthropic", "openai")] = anthropic_to_openai_translator
+
+
+def gate_from_config(config_path: str | None = None, db_url: str | None = None) -> BudgetGate | None:
+    """A gate for `llmbudget.wrap(client, gate=...)` from the configured file (None without budgets)."""
+    from ..config import load_config, resolve_db_url
+    from ..store import open_ledger
+    from .enforcer import BudgetGate
+
+    cfg = load_config(config_path)
+    if cfg.budgets is None or not cfg.budgets.has_budgets():
+        return None
+    url = resolve_db_url(db_url, cfg)
+    return BudgetGate(build_enforcer(cfg, url, state=open_ledger(url)))

@@ -58,12 +58,17 @@ def price_fn_from_book(book: Any) -> PriceFn:
     from ..pricing import TokenUsage
 
     def price(model: str, provider: str, input_tokens: int, output_tokens: int, at: datetime) -> Decimal | None:
-        try:
-            result = book.cost(model, TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens),
-                               provider=provider, at=at)
-        except LookupError:
-            return None
-        cost = getattr(result, "cost_usd", result)
-        return cost if isinstance(cost, Decimal) else None
+        usage = TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens)
+        # a provider we cannot match (a custom base URL) should not make a known model free to reserve:
+        # retry by model name alone
+        for prov in (provider, None) if provider else (None,):
+            try:
+                result = book.cost(model, usage, provider=prov, at=at)
+            except LookupError:
+                continue
+            cost = getattr(result, "cost_usd", result)
+            if isinstance(cost, Decimal):
+                return cost
+        return None
 
     return price

@@ -98,7 +98,7 @@ _SUMS = """
 _DIM_COLS = ",\n".join(f"    {d} TEXT NOT NULL DEFAULT ''" for d in ROLLUP_DIMS)
 _DIM_KEY = ", ".join(ROLLUP_DIMS)
 
-migration("0001_events", f"""
+migration("0001_events", """
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     ts_us BIGINT NOT NULL,
@@ -120,7 +120,7 @@ CREATE TABLE events (
     task_id TEXT,
     task_type TEXT,
     tier TEXT,
-    tags TEXT NOT NULL DEFAULT '{{}}',
+    tags TEXT NOT NULL DEFAULT '{}',
     status TEXT NOT NULL,
     http_status INTEGER,
     streamed INTEGER NOT NULL DEFAULT 0,
@@ -213,3 +213,25 @@ CREATE TABLE state (
 """)
 
 # ---- append new migrations below this line (see the module docstring) ----
+
+# budgets (llmbudget.budget.store): counters per (budget, scope value, window), reservations in
+# flight, and one-time claims (alert de-duplication). IF NOT EXISTS: the counter store also
+# creates them when it opens a database the ledger has not migrated yet.
+migration("0006_budget_counters", """
+CREATE TABLE IF NOT EXISTS budget_counters (
+    counter TEXT PRIMARY KEY,
+    spent BIGINT NOT NULL DEFAULT 0,
+    reserved BIGINT NOT NULL DEFAULT 0,
+    updated_at DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    id TEXT PRIMARY KEY,
+    items TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations (expires_at);
+CREATE TABLE IF NOT EXISTS budget_claims (
+    key TEXT PRIMARY KEY,
+    claimed_at DOUBLE PRECISION NOT NULL
+);
+""")

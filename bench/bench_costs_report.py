@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gen_events import cached_db  # noqa: E402
+from gen_events import cached_db
 
-from llmbudget.store import open_ledger  # noqa: E402
+from llmbudget.store import open_ledger
 
 
 def _p50(fn: Any, runs: int) -> tuple[float, float]:
@@ -49,7 +49,8 @@ def main(quick: bool = False) -> dict[str, Any]:
             figures[f"month_calls_{zone}"] = sum(r.calls for r in rows)
             tag = zone.split("/")[-1].lower()
             for by in ("backend", "day", None):
-                p50, worst = _p50(lambda by=by: led.costs(since=since, until=until, by=by, tz=tz), 7)
+                p50, worst = _p50(lambda by=by, since=since, until=until, tz=tz: led.costs(
+                    since=since, until=until, by=by, tz=tz), 7)
                 figures[f"costs_by_{by or 'total'}_{tag}_p50_ms"] = p50
                 figures[f"costs_by_{by or 'total'}_{tag}_max_ms"] = worst
         since, until = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)

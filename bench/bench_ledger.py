@@ -21,10 +21,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gen_events import make_events  # noqa: E402
+from gen_events import make_events
 
-from llmbudget.events import UsageEvent  # noqa: E402
-from llmbudget.store import open_ledger  # noqa: E402
+from llmbudget.events import UsageEvent
+from llmbudget.store import open_ledger
 
 PG_ADMIN = os.environ.get("LLMBUDGET_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -153,7 +153,9 @@ def parse_logged(obj: dict[str, Any], raw: bytes, *, provider_of: Callable[[str,
     return UsageEvent(
         id=_str_field(obj, "id") or line_id(raw), timestamp=ts, backend=backend, model=model, provider=provider,
         input_tokens=inp, output_tokens=out, cost_usd=cost, price_status="priced" if cost is not None else "unpriced",
-        duration_ms=None if dur is None else float(dur), source="import", **attribution,
+        duration_ms=None if dur is None else float(dur), source="import", agent=attribution["agent"],
+        session=attribution["session"], user=attribution["user"], team=attribution["team"],
+        task_id=attribution["task_id"], task_type=attribution["task_type"], tier=attribution["tier"],
     )
 
 

@@ -104,7 +104,7 @@ def test_missing_cost_is_priced_with_the_book_or_left_unpriced(tmp_path: Path) -
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as led, pytest.raises(NotFound, match="nope.jsonl"):
+    with open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as led, pytest.raises(NotFound, match=r"nope\.jsonl"):
         import_jsonl(led, tmp_path / "nope.jsonl")
 
 

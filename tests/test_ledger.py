@@ -63,7 +63,7 @@ def test_record_is_idempotent_and_rollups_count_only_new_rows(ledger: Ledger) ->
     events = [ev(i, agent=f"a{i % 3}", session=f"s{i % 2}") for i in range(50)]
     assert ledger.record_many(events) == 50
     assert ledger.record_many(events) == 0
-    assert ledger.record_many(events[:10] + [ev(99)]) == 1
+    assert ledger.record_many([*events[:10], ev(99)]) == 1
     for e in events[:20]:  # the queued path too
         ledger.record(e)
     ledger.flush()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -88,7 +89,7 @@ def test_plan_covers_the_range_exactly_once(start: int, length: int, zone: str, 
              + [(a * US_PER_DAY, b * US_PER_DAY, i) for a, b, i in p.days] + list(p.raw))
     parts.sort()
     assert parts[0][0] == start and parts[-1][1] == end
-    for (a1, b1, _), (a2, _, _) in zip(parts, parts[1:], strict=False):
+    for (_, b1, _), (a2, _, _) in pairwise(parts):
         assert b1 == a2  # no gap, no overlap
     for a, b, i in parts:
         pa, pb, key = p.pieces[i]

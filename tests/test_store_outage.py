@@ -17,6 +17,7 @@ from llmbudget.store import open_ledger
 from llmbudget.store.jsonl import read_events
 from llmbudget.store.postgres import PostgresLedger
 from llmbudget.store.sqlite import SQLiteLedger
+
 PG_ADMIN_URL = os.environ.get("LLMBUDGET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     @db_app.command("migrate")
     def migrate(db: common.DbOpt = None, config: common.ConfigOpt = None, json_out: common.JsonOpt = False) -> None:
         """Apply pending schema migrations and list every migration with when it was applied."""
-        cfg, ledger = common.open_ledger_for(config, db)
+        _, ledger = common.open_ledger_for(config, db)
         try:
             now = {name for name, _, fresh in getattr(ledger, "migrations_applied_now", []) if fresh}
             rows = ledger.applied_migrations()

@@ -15,8 +15,8 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from operator import itemgetter
 from datetime import datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +102,8 @@ class SQLiteLedger(SQLLedger):
                 yield _SQLiteDB(conn)
                 conn.execute("COMMIT")
             except BaseException as e:
-                try:
+                with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 if isinstance(e, sqlite3.Error):
                     raise StorageError(f"cannot write to the SQLite ledger {self.path}: {e}") from e
                 raise
@@ -143,7 +141,5 @@ class SQLiteLedger(SQLLedger):
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass

@@ -34,6 +34,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: LLMBudgetError becomes a one-line red message and exit code 1."""
+    from ..store import install_signal_handlers
+
+    install_signal_handlers()  # SIGTERM/SIGINT flush every open ledger before the process ends
     try:
         # without standalone mode click returns a command's `typer.Exit(code)` instead of raising it
         rc = app(args=argv, prog_name="llmbudget", standalone_mode=False)

@@ -356,3 +356,12 @@ def test_migrations_are_recorded_once(ledger_url: str) -> None:
     with open_ledger(ledger_url) as led:
         assert not any(fresh for _, _, fresh in led.migrations_applied_now)  # type: ignore[attr-defined]
         assert [n for n, _ in led.applied_migrations()] == sorted(m.name for m in MIGRATIONS[led.dialect])  # type: ignore[attr-defined]
+
+
+def test_user_and_task_type_spellings(ledger: Ledger) -> None:
+    ledger.record_many([ev(0, user="ann", task_type="code"), ev(1, user="bob", task_type="chat"),
+                        ev(2, user="ann", task_type="chat", cost_usd=Decimal("0.002"))])
+    assert {r.key: r.calls for r in ledger.costs(since=None, until=None, by="user")} == {"ann": 2, "bob": 1}
+    rows = ledger.costs(since=None, until=None, by="task-type", filters={"user": "ann"})
+    assert [(r.key, r.cost_nano) for r in rows] == [("chat", 2_000_000), ("code", 1_000_000)]
+    assert [e.user for e in ledger.query(filters={"task-type": "chat", "user": "bob"})] == ["bob"]

@@ -131,9 +131,8 @@ class _Coalescer:
         self.timer: threading.Timer | None = None
         self.closed = False
 
-    def __call__(self, _update: MeterUpdate) -> None:
-        if self.timer is not None:  # fast path without the lock: a delivery is already due
-            return
+    def poke(self) -> None:
+        """A change happened: deliver now, or schedule a delivery unless one is already due."""
         with self.lock:
             if self.closed or self.timer is not None:
                 return  # a delivery is already scheduled; it will read the newest state
@@ -181,6 +180,7 @@ class Meter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: tuple[Subscriber, ...] = ()
+        self._coalescers: tuple[_Coalescer, ...] = ()
         self._sub_lock = threading.Lock()
         self._reset_state()
 
@@ -275,6 +275,9 @@ class Meter:
                     nano,
                 )
             )
+        for co in self._coalescers:
+            if co.timer is None:  # read without the lock: a due delivery will see this change anyway
+                co.poke()
 
     @staticmethod
     def _group(groups: dict[str | None, list[int]], key: str | None) -> list[int]:
@@ -291,6 +294,8 @@ class Meter:
             version = self._version
         if self._subscribers:
             self._notify(MeterUpdate("reset", version))
+        for co in self._coalescers:
+            co.poke()
 
     # ------------------------------------------------------------------ reads
     def snapshot(self, *, detail: bool = False) -> dict[str, Any]:
@@ -345,17 +350,22 @@ class Meter:
         if coalesce_s is not None and coalesce_s < 0:
             raise ValidationError("coalesce_s", "must not be negative")
         coalescer = _Coalescer(self, callback, coalesce_s, detail) if coalesce_s else None
-        entry: Subscriber = coalescer if coalescer is not None else callback
         with self._sub_lock:
-            # copy-on-write: record() reads the tuple without taking a lock
-            self._subscribers = (*self._subscribers, entry)
+            # copy-on-write: record() reads the tuples without taking a lock
+            if coalescer is not None:
+                self._coalescers = (*self._coalescers, coalescer)
+            else:
+                self._subscribers = (*self._subscribers, callback)
 
         def unsubscribe() -> None:
             with self._sub_lock:
-                subs = list(self._subscribers)
-                if entry in subs:
-                    subs.remove(entry)
-                self._subscribers = tuple(subs)
+                if coalescer is not None:
+                    self._coalescers = tuple(c for c in self._coalescers if c is not coalescer)
+                else:
+                    subs = list(self._subscribers)
+                    if callback in subs:
+                        subs.remove(callback)
+                    self._subscribers = tuple(subs)
             if coalescer is not None:
                 coalescer.close()
 

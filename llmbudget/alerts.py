@@ -124,7 +124,7 @@ class WebhookSender:
         req = urllib.request.Request(job["url"], data=data, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "llmbudget"})
         try:
-            with urllib.request.urlopen(req, timeout=job["timeout"]) as resp:  # noqa: S310 - configured URL
+            with urllib.request.urlopen(req, timeout=job["timeout"]) as resp:
                 return 200 <= resp.status < 300, f"http {resp.status}"
         except urllib.error.HTTPError as e:
             return False, f"http {e.code}"
@@ -184,10 +184,13 @@ class Notifier:
                              timeout_s=hook.timeout_s)
 
     def _prune(self) -> None:
-        items = self.state.list_state(NOTIFICATIONS_NS) if self.state is not None else {}
+        state = self.state
+        if state is None:
+            return
+        items = state.list_state(NOTIFICATIONS_NS)
         if len(items) > self.keep:
             for key in sorted(items)[: len(items) - self.keep]:  # ids are time-ordered (UUIDv7)
-                self.state.set_state(NOTIFICATIONS_NS, key, None)
+                state.set_state(NOTIFICATIONS_NS, key, None)
 
     def close(self) -> None:
         self.sender.close()

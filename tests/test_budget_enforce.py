@@ -7,8 +7,6 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from llmbudget.budget import build_enforcer
 from llmbudget.budget.enforcer import BudgetEnforcer
 from llmbudget.capture.gate import CallInfo

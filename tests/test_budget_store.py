@@ -157,7 +157,7 @@ def test_postgres_store_two_instances_start_together(pg_url: str) -> None:
     def start() -> None:
         try:
             PostgresCounters(pg_url).close()
-        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+        except BaseException as e:
             errors.append(e)
 
     ts = [threading.Thread(target=start) for _ in range(3)]

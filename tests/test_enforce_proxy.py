@@ -141,7 +141,7 @@ def test_two_proxies_200_concurrent_requests_hold_the_daily_limit(
     refused = [r for r in results if r[0] == 429]
     assert len(ok) + len(refused) == 200, sorted({r[0] for r in results})
     assert ok and refused
-    for status, headers, body in refused:
+    for _status, headers, body in refused:
         assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
         msg = body["error"]["message"]
         assert f"budget '{name}'" in msg and "Cloud budget exhausted until" in msg and "UTC" in msg

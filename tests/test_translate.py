@@ -12,7 +12,11 @@ from fakes import upstream as fx
 from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 
-from llmbudget.capture.translate import StreamTranslator, anthropic_request_to_openai, openai_response_to_anthropic
+from llmbudget.capture.translate import (
+    StreamTranslator,
+    anthropic_request_to_openai,
+    openai_response_to_anthropic,
+)
 from llmbudget.config import parse_config
 
 TOOLS = [{"name": "get_weather", "description": "Weather for a city",

@@ -74,7 +74,8 @@ def install(services: Any) -> BudgetGate | None:
         if has_budgets:
             services.extras["gate"] = BudgetGate(enforcer)
             _install_translators(services)
-    return services.extras.get("gate")
+    gate: BudgetGate | None = services.extras.get("gate")
+    return gate
 
 
 def _install_translators(services: Any) -> None:

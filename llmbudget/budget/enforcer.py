@@ -95,10 +95,7 @@ class BudgetEnforcer:
             w = b.window(call, now, self.tz)
             if w is None:
                 continue
-            if b.unit == "usd":
-                amount = cost_nano if cost_nano is not None else 0
-            else:
-                amount = tokens
+            amount = (cost_nano or 0) if b.unit == "usd" else tokens
             prefix = b.counter_prefix(value)
             charge = Charge(b.name, prefix + w.key, tuple(prefix + k for k in w.read_keys),
                             b.limit if b.hard else None, amount, b.unit)

@@ -33,10 +33,16 @@ def context_window(model: str, provider: str | None) -> int | None:
     try:
         from genai_prices import data_snapshot
 
-        _, m = data_snapshot.get_snapshot().find_provider_model(model, provider or None, None, None)
-        return int(m.context_window) if m.context_window else None
-    except Exception:  # unknown model or provider: no bound
+        snap = data_snapshot.get_snapshot()
+        for pid in (provider, None) if provider else (None,):
+            try:
+                _, m = snap.find_provider_model(model, None, pid, None)
+            except LookupError:
+                continue
+            return int(m.context_window) if m.context_window else None
+    except Exception:  # the price data itself unreadable: no bound
         return None
+    return None
 
 
 def max_output_tokens(model: str, provider: str | None, input_tokens: int, default: int) -> int:

@@ -95,7 +95,8 @@ def cycles_from_readings(latest: dict[str, dict[str, Any]], now: datetime, *, wi
     out: list[Cycle] = []
     for account, reading in sorted(latest.items()):
         try:
-            ts = parse_timestamp(reading.get("timestamp")) if reading.get("timestamp") else None
+            raw_ts = reading.get("timestamp")
+            ts = parse_timestamp(raw_ts) if raw_ts else None
         except ValueError:
             continue
         if ts is not None and now - ts > max_age:

@@ -281,7 +281,8 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), *out_headers]})
         await send({"type": "http.response.body", "body": err})
-        event = proxy._record(req, target, http_status=status, status="error", interrupted=False, defer=True)
+        event: UsageEvent | None = proxy._record(req, target, http_status=status, status="error",
+                                                 interrupted=False, defer=True)
         if event is not None:
             proxy._record_now(event)
         return event
@@ -302,7 +303,8 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             answer = json.dumps(openai_response_to_anthropic(data, oai.get("model"))).encode()
             if meter is not None:
                 meter.read_body(answer)
-            event = proxy._record(req, target, http_status=200, status="fallback", interrupted=False, defer=True)
+            event: UsageEvent | None = proxy._record(req, target, http_status=200, status="fallback",
+                                                     interrupted=False, defer=True)
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(answer)).encode()), *out_headers]})
@@ -330,7 +332,8 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
                 meter.feed(tail)
                 meter.end()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-            event = proxy._record(req, target, http_status=200, status="interrupted" if interrupted else "fallback",
+            event = proxy._record(req, target, http_status=200,
+                                  status="interrupted" if interrupted else "fallback",
                                   interrupted=interrupted, ttft_ms=ttft, defer=True)
         if event is not None:
             proxy._record_now(event)

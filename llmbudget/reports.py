@@ -178,6 +178,7 @@ def costs_report(
     until: str | None = None,
     by: str | None = None,
     filters: dict[str, str] | None = None,
+    limit: int | None = None,
     since_option: str = "--since",
     until_option: str = "--until",
     by_option: str = "--by",
@@ -187,6 +188,8 @@ def costs_report(
     With no `by` and no range: the overview — today's spend, this month's spend and this
     month per backend (days and months in `zone`). Otherwise rows grouped by `by`
     (default `backend`) over [since, until); with no range a grouped report covers this month.
+    `limit` keeps the costliest rows (the latest for day/week/month); the total still covers
+    every row and `more_rows` says how many were left out.
     """
     now = now or datetime.now(UTC)
     filters = dict(filters or {})
@@ -216,13 +219,18 @@ def costs_report(
         start, end = month_window(zone, now)
     dim = dim or "backend"
     rows = ledger.costs(since=start, until=end, by=dim, tz=zone, filters=filters)
+    shown = rows
+    if limit is not None and len(rows) > limit:
+        # dimensions come costliest first; time buckets oldest first, and the latest matter most
+        shown = rows[-limit:] if dim in TIME_BY else rows[:limit]
     return {
         **base,
         "view": "grouped",
         "by": dim,
         **_window(start, end),
         "total": cost_row_dict(_total(rows)),
-        "rows": [cost_row_dict(r) for r in rows],
+        "rows": [cost_row_dict(r) for r in shown],
+        "more_rows": len(rows) - len(shown),
     }
 
 

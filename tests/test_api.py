@@ -227,3 +227,11 @@ def test_routes_from_api_modules_are_collected(
         services.close()
     finally:
         sys.modules.pop("llmbudget.web.api_zz_probe", None)
+
+
+def test_costs_limit(client: TestClient) -> None:
+    data = client.get("/api/costs?by=session&since=1d&limit=2").json()
+    assert len(data["rows"]) == 2 and data["more_rows"] == 2
+    assert data["total"]["calls"] == 13
+    resp = client.get("/api/costs?by=session&limit=-1")
+    assert resp.status_code == 400 and resp.json()["error"]["field"] == "limit"

@@ -92,6 +92,8 @@ def test_costs_by_with_filters_and_json(db: str, capsys: pytest.CaptureFixture[s
     assert {r["key"]: r["calls"] for r in data["rows"]} == {"planner": 3, '=HYPERLINK("http://evil")': 1}
     code, out, _ = run(capsys, "costs", "--by", "task-type", "--since", "1d", "--db", db)
     assert code == 0 and "Task type" in out and "chat" in out and "Total" in out
+    code, out, _ = run(capsys, "costs", "--by", "agent", "--since", "1d", "--limit", "1", "--db", db)
+    assert code == 0 and "2 more rows not shown" in out and "coder" not in out
 
 
 def test_costs_csv_is_formula_safe(db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,6 +115,7 @@ def test_costs_csv_is_formula_safe(db: str, capsys: pytest.CaptureFixture[str]) 
         (["costs", "--since", "the other day"], "--since"),
         (["costs", "--json", "--csv"], "--json"),
         (["events", "--limit", "0"], "--limit"),
+        (["costs", "--by", "agent", "--limit", "0"], "--limit"),
         (["events", "--status", "weird"], "--status"),
         (["sessions", "--since", "whenever"], "--since"),
     ],

@@ -253,3 +253,15 @@ def test_bad_range_is_a_validation_error(ledger: Ledger) -> None:
     with pytest.raises(ValidationError) as info:
         costs_report(ledger, zone=BERLIN, now=NOW, since="2025-03-10", until="2025-03-01")
     assert info.value.field == "--until"
+
+
+def test_costs_limit_keeps_costliest_or_latest_and_the_full_total(ledger: Ledger) -> None:
+    full = costs_report(ledger, zone=BERLIN, now=NOW, by="agent", since="2025-01-01")
+    r = costs_report(ledger, zone=BERLIN, now=NOW, by="agent", since="2025-01-01", limit=2)
+    assert [row["key"] for row in r["rows"]] == [row["key"] for row in full["rows"]][:2]
+    assert r["rows"][0]["key"] == "d"  # $16, the costliest agent
+    assert r["more_rows"] == len(full["rows"]) - 2
+    assert r["total"] == full["total"]
+    days = costs_report(ledger, zone=BERLIN, now=NOW, by="day", since="2025-01-01", limit=1)
+    assert [row["key"] for row in days["rows"]] == ["2025-03-31"]  # the latest period
+    assert full["more_rows"] == 0

@@ -221,14 +221,15 @@ def _print_costs(data: dict[str, Any], zone: Any, csv_: bool) -> None:
         return
     by = data["by"]
     header = {"task_type": "Task type"}.get(by, by.capitalize())
-    common.console.print(
-        _cost_table(
-            f"Costs by {by.replace('_', '-')}: {_range_title(data['since'], data['until'], zone)}",
-            header,
-            data["rows"],
-            data["total"],
-        )
+    table = _cost_table(
+        f"Costs by {by.replace('_', '-')}: {_range_title(data['since'], data['until'], zone)}",
+        header,
+        data["rows"],
+        data["total"],
     )
+    if data.get("more_rows"):
+        table.caption = f"{data['more_rows']:,} more rows not shown (--limit); the total covers them all"
+    common.console.print(table)
 
 
 def _win(part: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +241,10 @@ def _win(part: dict[str, Any]) -> dict[str, Any]:
 
 def costs(
     by: ByOpt = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", help="With --by: at most N rows (costliest, or latest periods)."),
+    ] = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
     agent: AgentOpt = None,
@@ -274,9 +279,13 @@ def costs(
         status=status,
     )
     reports.normalize_by(by)  # a bad --by fails before the database is opened
+    if limit is not None:
+        reports.check_limit(limit)
     with _ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
-        data = reports.costs_report(ledger, zone=zone, since=since, until=until, by=by, filters=filters)
+        data = reports.costs_report(
+            ledger, zone=zone, since=since, until=until, by=by, filters=filters, limit=limit
+        )
     if json_:
         common.print_json(data)
         return

@@ -59,15 +59,21 @@ def _params(request: Request, allowed: frozenset[str]) -> dict[str, str]:
     return out
 
 
-def _limit(params: dict[str, str], default: int) -> int:
+def _optional_limit(params: dict[str, str]) -> int | None:
+    """`limit` from the query, None when absent; a 400 naming it when not a whole number in range."""
     raw = params.get("limit")
     if raw is None or raw == "":
-        return default
+        return None
     try:
         value = int(raw)
     except ValueError:
         raise ValidationError("limit", f"must be a positive whole number, got {raw!r}") from None
     return reports.check_limit(value, option="limit", maximum=MAX_LIMIT)
+
+
+def _limit(params: dict[str, str], default: int) -> int:
+    value = _optional_limit(params)
+    return default if value is None else value
 
 
 def _filters(params: dict[str, str]) -> dict[str, str]:
@@ -79,7 +85,8 @@ def _report_routes(services: Services) -> list[BaseRoute]:
     ledger = services.ledger
 
     async def costs(request: Request) -> JSONResponse:
-        p = _params(request, _RANGE | _FILTERS | {"by"})
+        p = _params(request, _RANGE | _FILTERS | {"by", "limit"})
+        limit = _optional_limit(p)
         filters = _filters(p)
         data = await run_in_threadpool(
             reports.costs_report,
@@ -89,6 +96,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
             until=p.get("until"),
             by=p.get("by"),
             filters=filters,
+            limit=limit,
             since_option="since",
             until_option="until",
             by_option="by",

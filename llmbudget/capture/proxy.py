@@ -106,6 +106,7 @@ class Proxy:
                                                    sock_read=b.timeout_s)
                           for n, b in self.backends.items()}
         self._readings: dict[str, tuple[list[tuple[str, str]], Any, int]] = {}
+        self._next_sample: dict[str, float] = {}
         self._reading_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -512,7 +513,12 @@ class Proxy:
 
     # ---------------------------------------------------------------- piggyback quota readings
     def _note_rate_headers(self, backend: str, resp: aiohttp.ClientResponse) -> None:
-        """Keep the newest rate-limit headers per backend; parsed and stored off the request path."""
+        """Sample rate-limit headers: the first response per backend in each READING_INTERVAL_S (and every
+        error status) is kept; parsed and stored off the request path by `_reading_loop`."""
+        now = time.monotonic()
+        if resp.status < 400 and now < self._next_sample.get(backend, 0.0):
+            return
+        self._next_sample[backend] = now + READING_INTERVAL_S
         for k, _ in resp.raw_headers:
             lk = k.lower()
             if lk.startswith((b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")):

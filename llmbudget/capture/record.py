@@ -6,9 +6,11 @@ import contextlib
 import logging
 import time
 import zlib
+from decimal import Decimal
 from typing import Any
 
-from ..events import UsageEvent
+from ..events import UsageEvent, utcnow
+from ..pricing.normalize import TokenUsage
 from .base import CallMeter
 
 log = logging.getLogger("llmbudget.capture")
@@ -42,16 +44,24 @@ def build_event(meter: CallMeter, *, event_id: str, backend: str, provider: str,
         tokens["input_tokens"] = max(tokens.get("input_tokens", 0), meter.est_input_tokens())
         tokens["output_tokens"] = max(tokens.get("output_tokens", 0), meter.est_output_tokens())
     model = meter.model or meter.request_model or ""
-    event = UsageEvent(
-        backend=backend, model=model, id=event_id, provider=provider, request_model=meter.request_model,
-        **tokens, **{k: v for k, v in attribution.items() if k != "tags" and v is not None},
+    now = utcnow()
+    cost: Decimal | None = None
+    price_status = "unpriced"
+    if prices is not None:
+        # priced before the event is built (the same book and rule as `PriceBook.price_event`, without
+        # building and validating the event twice on the request path)
+        usage_now = usage if usage is not None and usage.as_dict() == tokens else TokenUsage.of(**tokens)
+        result = prices.cost(model, usage_now, provider=provider, at=now, local=local or provider == "local")
+        cost, price_status = result.cost_usd, result.status
+    return UsageEvent(
+        backend=backend, model=model, id=event_id, timestamp=now, provider=provider,
+        request_model=meter.request_model, **tokens,
+        **{k: v for k, v in attribution.items() if k != "tags" and v is not None},
         tags=dict(attribution.get("tags") or {}), status=status, http_status=http_status, streamed=meter.stream,
         duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        ttft_ms=None if ttft_ms is None else round(ttft_ms, 3), source=source,
+        ttft_ms=None if ttft_ms is None else round(ttft_ms, 3), source=source, cost_usd=cost,
+        price_status=price_status,
     )
-    if prices is not None:
-        event = prices.price_event(event, local=local)
-    return event
 
 
 def stream_decoder(encoding: str | None) -> Any:

@@ -427,3 +427,21 @@ def test_rate_limit_headers_become_piggyback_readings(proxy: RunningProxy) -> No
     assert latest["anthropic"]["source"] == "piggyback"
     text = json.dumps(latest["anthropic"])
     assert "0.42" in text  # the unified 5h utilization made it into the reading
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_compressed_answers_pass_unchanged_and_are_metered(proxy: RunningProxy, fake: FakeUpstream,
+                                                           stream: bool) -> None:
+    sess = session_id()
+    client = oai(proxy, sess, **{"x-fake": "gzip"})
+    if stream:
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                     stream_options={"include_usage": True},
+                                                     messages=[{"role": "user", "content": "hi"}]))
+        assert chunks[-1].usage is not None
+    else:
+        out = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert out.choices[0].message.content == "".join(fx.TEXT)
+    assert fake.requests[-1]["headers"]["accept-encoding"] == "identity"  # asked for, ignored by this upstream
+    [event] = proxy.wait_events(1, session=sess)
+    expected(proxy, event, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))

@@ -8,15 +8,18 @@ what the "provider" reported.
 Behaviour is chosen per request by the `x-fake` header (forwarded by the proxy like any header):
 `error` (the provider's error shape with 429 + rate-limit headers), `garbage` (200 with broken
 SSE/JSON), `cut` (stream closed mid-way, no terminator), `hold` (first chunk, then wait until
-the test calls `release()`), `slow` (a pause between chunks).
+the test calls `release()`), `slow` (a pause between chunks), `gzip` (OpenAI chat compressed
+whatever the client's Accept-Encoding said).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -150,6 +153,10 @@ class FakeUpstream:
 
     async def _stream(self, request: web.Request, chunks: list[bytes], mode: str, ctype: str,
                       headers: dict[str, str]) -> web.StreamResponse:
+        if mode == "gzip":  # an upstream that compresses whatever the client asked for
+            headers = {**headers, "Content-Encoding": "gzip"}
+            comp = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+            chunks = [comp.compress(c) + comp.flush(zlib.Z_SYNC_FLUSH) for c in chunks] + [comp.flush()]
         resp = web.StreamResponse(status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache",
                                                         **headers})
         await resp.prepare(request)
@@ -201,9 +208,12 @@ class FakeUpstream:
             else:
                 choice = {"index": 0, "text": "".join(TEXT), "logprobs": None, "finish_reason": "stop"}
                 obj = "text_completion"
-            return web.json_response({"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
-                                      "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake"},
-                                     headers=OPENAI_RATE_HEADERS)
+            answer = {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
+                      "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake"}
+            if mode == "gzip":
+                return web.Response(body=gzip.compress(json.dumps(answer).encode()), content_type="application/json",
+                                    headers={**OPENAI_RATE_HEADERS, "Content-Encoding": "gzip"})
+            return web.json_response(answer, headers=OPENAI_RATE_HEADERS)
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         extra = {"usage": None} if include else {}
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",

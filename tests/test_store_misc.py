@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbudget.config import data_dir
 from llmbudget.errors import DatabaseUnreachable, StorageError
 from llmbudget.events import UsageEvent
 from llmbudget.store import Ledger, open_ledger
-from llmbudget.store.jsonl import AuditLog, CorruptLineWarning, read_events
+from llmbudget.store.jsonl import AuditLog, CorruptLineWarning, event_line, read_events
 from llmbudget.store.sqlite import SQLiteLedger, sqlite_path
 
 
@@ -75,3 +80,15 @@ def test_unreachable_postgres_names_masked_url_and_what_to_check() -> None:
 def test_missing_postgres_database_is_reported(pg_url: str) -> None:
     with pytest.raises(DatabaseUnreachable, match="does not exist"):
         open_ledger(pg_url + "_nope")
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(), tags=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+       dur=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 10**6)),
+       cost=st.one_of(st.none(), st.decimals(min_value=0, max_value=10**6, places=9)),
+       tz=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]))
+def test_audit_line_is_exactly_to_dict(text: str, tags: dict[str, str], dur: float | None,
+                                       cost: Decimal | None, tz: timezone) -> None:
+    e = UsageEvent(backend=text or "b", model=text, agent=text, tags=tags, duration_ms=dur, cost_usd=cost,
+                   timestamp=datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=tz), request_model=text, http_status=201)
+    assert json.loads(event_line(e)) == json.loads(json.dumps(e.to_dict()))

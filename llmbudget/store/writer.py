@@ -16,7 +16,6 @@ the batch stays in memory and is retried: an accepted event is never dropped.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..events import UsageEvent
-from .jsonl import log_only, read_events
+from .jsonl import event_line, log_only, read_events
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class Spool:
 
     def append(self, events: list[UsageEvent]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(e.to_dict(), separators=(",", ":")) + "\n" for e in events).encode()
+        data = "".join(event_line(e) + "\n" for e in events).encode()
         with open(self.path, "ab") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:

@@ -272,14 +272,15 @@ def verdict(r: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     """Run the whole benchmark; returns the figures (also printed as JSON when run directly)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter rounds")
     ap.add_argument("--role", choices=["upstream", "bare"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv or [])
+    args.quick = args.quick or quick
     if args.role == "upstream":
         run_upstream(args.port)
         return {}
@@ -334,6 +335,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    figures = main()
+    figures = main(sys.argv[1:])
     if figures:  # the server roles return nothing
         print(json.dumps(figures, indent=2))

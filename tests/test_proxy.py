@@ -445,3 +445,15 @@ def test_compressed_answers_pass_unchanged_and_are_metered(proxy: RunningProxy, 
     assert fake.requests[-1]["headers"]["accept-encoding"] == "identity"  # asked for, ignored by this upstream
     [event] = proxy.wait_events(1, session=sess)
     expected(proxy, event, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))
+
+
+def test_hop_by_hop_headers_are_not_forwarded(proxy: RunningProxy, fake: FakeUpstream) -> None:
+    r = httpx.post(f"{proxy.url}/openai/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"},
+                   headers={"Connection": "keep-alive, X-Hop", "X-Hop": "1", "Proxy-Authorization": "Basic x",
+                            "TE": "trailers", "X-End-To-End": "kept"})
+    assert r.status_code == 200
+    sent = fake.requests[-1]["headers"]
+    assert "x-hop" not in sent and "proxy-authorization" not in sent and "te" not in sent
+    assert sent["x-end-to-end"] == "kept"
+    assert "transfer-encoding" not in r.headers or r.headers["transfer-encoding"] == "chunked"
+    assert int(r.headers["content-length"]) == len(r.content)

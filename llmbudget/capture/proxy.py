@@ -148,8 +148,11 @@ class Proxy:
         attribution: dict[str, Any] = {}
         headers: CIMultiDict[str] = CIMultiDict()
         has_key = False
+        conn_tokens: list[str] = []
         for k, v in scope["headers"]:
             if k in _REQ_DROP:
+                if k == b"connection":
+                    conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
                 continue
             if k.startswith(b"x-llmbudget-"):
                 attr = _ATTR_HEADERS.get(k)
@@ -161,6 +164,9 @@ class Proxy:
             if k in _KEY_HEADERS:
                 has_key = True
             headers.add(k.decode("latin-1"), v.decode("latin-1"))
+        for token in conn_tokens:  # headers the Connection header names are hop-by-hop too
+            if token not in ("keep-alive", "close", ""):
+                headers.popall(token, None)
         query = scope.get("query_string", b"").decode("latin-1")
         if query and ("key=" in query):
             has_key = has_key or any(p.startswith("key=") for p in query.split("&"))
@@ -578,7 +584,10 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in raw if k.lower() not in _HOP]
+    out = [(k.lower(), v) for k, v in raw]
+    named = {t.strip().lower() for k, v in out if k == b"connection" for t in v.split(b",")}
+    drop = _HOP | named if named - {b"keep-alive", b"close"} else _HOP
+    return [(k, v) for k, v in out if k not in drop]
 
 
 async def _send_error(send: Send, protocol: str, status: int, message: str, code: str,

@@ -192,3 +192,18 @@ def test_a_translator_plugs_into_the_fallback_seam(serve: Any) -> None:
         assert msg.content[0].text == "local"
         assert seen == [("anthropic", "local", "claude-sonnet-4-0")]
         wait_for(lambda: gate.settled)
+
+
+class BrokenGate(LimitGate):
+    async def admit(self, call: CallInfo) -> Admission:
+        raise RuntimeError("counter store down")
+
+
+def test_a_failing_gate_fails_closed_in_the_protocol_shape(serve: Any, fake: FakeUpstream) -> None:
+    with serve(BrokenGate(Decimal(1))) as proxy:
+        before = len(fake.requests)
+        with pytest.raises(openai.InternalServerError) as info:
+            chat(proxy)
+        assert info.value.status_code == 503 and "could not check the budget" in info.value.message
+        assert len(fake.requests) == before
+        assert httpx.get(f"{proxy.url}/healthz").status_code == 200

@@ -212,3 +212,22 @@ def test_gate_fallback_uses_the_fallback_client(fake: FakeUpstream, ledger: Ledg
     [ev] = events(ledger)
     assert (ev.backend, ev.price_status, ev.cost_usd) == ("local", "local", Decimal(0))
     assert gate.released == 1
+
+
+def test_async_anthropic_stream_manager_is_gated(fake: FakeUpstream, ledger: Ledger) -> None:
+    async def run(gate: Gate) -> str:
+        client = wrap(anthropic.AsyncAnthropic(api_key="k", base_url=fake.url, max_retries=0), ledger=ledger,
+                      prices=PRICES, provider="anthropic", gate=gate)
+        try:
+            async with client.messages.stream(model="claude-sonnet-4-0", max_tokens=10,
+                                              messages=[{"role": "user", "content": "x"}]) as stream:
+                return "".join([t async for t in stream.text_stream])
+        finally:
+            await client.close()
+
+    ok = Gate(Admission(allowed=True, reservation_id="r"))
+    assert asyncio.run(run(ok)) == "".join(fx.TEXT)
+    [ev] = events(ledger)
+    assert [e.id for e in ok.settled] == [ev.id] and ok.calls[0].streamed
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(run(Gate(Admission(allowed=False, message="no budget left"))))

@@ -206,7 +206,13 @@ class Proxy:
                         max_output_tokens=meter.max_output_tokens, local=backend.local, streamed=meter.stream,
                         **{k: v for k, v in req.attribution.items() if k != "tags"},
                         tags=dict(req.attribution.get("tags") or {}))
-        admission: Admission = await gate.admit(call)
+        try:
+            admission: Admission = await gate.admit(call)
+        except Exception as e:  # fail closed: a budget that cannot be checked does not let spend through
+            log.exception("proxy_gate_failed backend=%s", req.backend)
+            await _send_error(send, req.protocol, 503, f"llmbudget could not check the budget ({type(e).__name__}); "
+                              "try again", "budget_check_failed")
+            return False
         if not admission.allowed:
             message = admission.message or admission.notice or "budget exhausted"
             extra = [(b"x-llmbudget-request-id", req.event_id.encode())]
@@ -406,8 +412,7 @@ class Proxy:
             return
         try:
             self._note_rate_headers(target, resp)
-            out_headers = _response_headers(resp.raw_headers)
-            out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
+            out_headers = _response_headers(resp.raw_headers)  # no request id: nothing is recorded
             await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
             try:
                 async for chunk in resp.content.iter_any():

@@ -408,6 +408,45 @@ def _gate_async(rec: _Recorder, original: Any, name: str, fallback: Any, path: t
     return method
 
 
+class _GatedAsyncStream:
+    """`AsyncAnthropic.messages.stream(...)` is a plain call returning an async context manager: the
+    gate is asked on `async with`, inside the caller's event loop."""
+
+    def __init__(self, rec: _Recorder, original: Any, fallback: Any, path: tuple[str, ...], args: Any,
+                 kwargs: dict[str, Any]) -> None:
+        self._rec, self._original, self._fallback, self._path = rec, original, fallback, path
+        self._args, self._kwargs = args, kwargs
+        self._inner: Any = None
+
+    async def __aenter__(self) -> Any:
+        rec, kwargs = self._rec, self._kwargs
+        admission: Admission = await rec.gate.admit(_call_info(rec, kwargs, "stream"))
+        if not admission.allowed:
+            raise _refused(admission)
+        if admission.fallback_backend:
+            if self._fallback is None:
+                raise BudgetExceeded(admission.notice or admission.message or "budget exhausted",
+                                     retry_after_s=admission.retry_after_s)
+            await rec.gate.release(admission)
+            if admission.fallback_model:
+                kwargs = {**kwargs, "model": admission.fallback_model}
+            self._inner = _resolve(self._fallback, self._path)(*self._args, **kwargs)
+        else:
+            self._inner = self._original(*self._args, **_with_admission(rec, admission, kwargs))
+        return await self._inner.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._inner.__aexit__(*exc)
+
+
+def _gate_async_stream(rec: _Recorder, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
+    @functools.wraps(original)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        return _GatedAsyncStream(rec, original, fallback, path, args, kwargs)
+
+    return method
+
+
 def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         obj = getattr(obj, part)
@@ -465,9 +504,13 @@ def wrap(client: Any, *, agent: str | None = None, session: str | None = None, u
         for path, name in (_OPENAI_METHODS if module == "openai" else _ANTHROPIC_METHODS):
             resource = _resolve(client, path[:-1])
             original = getattr(resource, path[-1])
-            # `messages.stream` is a plain (sync) method returning a manager, even on the async client
-            use_async = is_async and name != "stream"
-            wrapped = (_gate_async if use_async else _gate_sync)(rec, original, name, fallback, path)
+            if not is_async:
+                gated = _gate_sync
+            elif name == "stream":  # a plain method returning an async context manager
+                gated = _gate_async_stream
+            else:
+                gated = _gate_async
+            wrapped = gated(rec, original, name, fallback, path)
             setattr(resource, path[-1], wrapped)
     return client
 

@@ -119,7 +119,7 @@ class SQLLedger(Ledger):
         self.url = url
         self.batch_size = batch_size
         #: record_many's transaction size: bulk loads gain from bigger batches than the live queue
-        self.import_batch_size = max(batch_size, 2000)
+        self.import_batch_size = max(batch_size, 10_000)
         self.flush_interval_s = flush_interval_s
         self._closed = False
         self.audit_path: Path | None = None

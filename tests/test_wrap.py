@@ -231,3 +231,18 @@ def test_async_anthropic_stream_manager_is_gated(fake: FakeUpstream, ledger: Led
     assert [e.id for e in ok.settled] == [ev.id] and ok.calls[0].streamed
     with pytest.raises(BudgetExceeded):
         asyncio.run(run(Gate(Admission(allowed=False, message="no budget left"))))
+
+
+def test_default_ledger_and_prices_come_from_the_configuration(fake: FakeUpstream, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "configured.db"
+    monkeypatch.setenv("LLMBUDGET_DB", f"sqlite:///{db}")
+    client = wrap(openai.OpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0), provider="openai",
+                  agent="default")
+    client.embeddings.create(model="text-embedding-3-small", input="x")
+    from llmbudget.capture import wrap as wrap_module
+
+    wrap_module._ledgers.pop(f"sqlite:///{db}").close()  # flushes
+    with open_ledger(f"sqlite:///{db}") as led:
+        [ev] = led.query()
+    assert ev.agent == "default" and ev.price_status == "priced"

@@ -29,22 +29,54 @@ import time
 from pathlib import Path
 from typing import Any
 
-CHAT_BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi in five words."}],
-                        "max_tokens": 20}).encode()
-STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
-                          "messages": [{"role": "user", "content": "Say hi in five words."}]}).encode()
-ANSWER = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there, how are you?"},
-                 "logprobs": None, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 14, "completion_tokens": 6, "total_tokens": 20,
-              "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}},
-}).encode()
+CHAT_BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hi in five words."}],
+        "max_tokens": 20,
+    }
+).encode()
+STREAM_BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say hi in five words."}],
+    }
+).encode()
+ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hi there, how are you?"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 14,
+            "completion_tokens": 6,
+            "total_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+).encode()
 
 
 def _chunk(content: str | None, usage: bool = False) -> bytes:
-    obj: dict[str, Any] = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
-                           "model": "gpt-4o-mini-2024-07-18", "choices": [], "usage": None}
+    obj: dict[str, Any] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [],
+        "usage": None,
+    }
     if usage:
         obj["usage"] = {"prompt_tokens": 14, "completion_tokens": 6, "total_tokens": 20}
     else:
@@ -58,6 +90,7 @@ STREAM_USAGE = _chunk(None, usage=True)
 
 # ------------------------------------------------------------------ roles (each a subprocess)
 
+
 def run_upstream(port: int) -> None:
     """The fast fake provider: OpenAI chat completions, JSON or SSE; `x-hold` keeps a stream open."""
     import uvloop
@@ -66,8 +99,11 @@ def run_upstream(port: int) -> None:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if not body.get("stream"):
-            return web.Response(body=ANSWER, content_type="application/json",
-                                headers={"x-ratelimit-remaining-requests": "9999", "x-ratelimit-reset-requests": "6ms"})
+            return web.Response(
+                body=ANSWER,
+                content_type="application/json",
+                headers={"x-ratelimit-remaining-requests": "9999", "x-ratelimit-reset-requests": "6ms"},
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(STREAM_CHUNKS[0])
@@ -100,8 +136,9 @@ def run_bare(port: int, upstream: str) -> None:
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
-                    state["s"] = aiohttp.ClientSession(auto_decompress=False,
-                                                       connector=aiohttp.TCPConnector(limit=2000))
+                    state["s"] = aiohttp.ClientSession(
+                        auto_decompress=False, connector=aiohttp.TCPConnector(limit=2000)
+                    )
                     await send({"type": "lifespan.startup.complete"})
                 else:
                     await state["s"].close()
@@ -115,17 +152,33 @@ def run_bare(port: int, upstream: str) -> None:
         path = scope["path"].partition("/openai")[2]
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k not in hop]
         async with state["s"].request(scope["method"], upstream + path, headers=headers, data=body) as r:
-            await send({"type": "http.response.start", "status": r.status,
-                        "headers": [(k, v) for k, v in r.raw_headers if k.lower() not in hop]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": r.status,
+                    "headers": [(k, v) for k, v in r.raw_headers if k.lower() not in hop],
+                }
+            )
             async for chunk in r.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
 
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
-                log_level="warning", server_header=False, date_header=False, backlog=2048)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        backlog=2048,
+    )
 
 
 # ------------------------------------------------------------------ orchestration
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -161,7 +214,9 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-async def load(session: Any, url: str, body: bytes, concurrency: int, seconds: float) -> tuple[list[float], float]:
+async def load(
+    session: Any, url: str, body: bytes, concurrency: int, seconds: float
+) -> tuple[list[float], float]:
     """`concurrency` workers send requests back to back for `seconds`; latencies in ms and requests/s."""
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -216,7 +271,9 @@ async def open_streams(session: Any, url: str, n: int, pid: int) -> float:
     return rss
 
 
-async def measure(targets: dict[str, str], seconds: float, rounds: int, pids: dict[str, int]) -> dict[str, Any]:
+async def measure(
+    targets: dict[str, str], seconds: float, rounds: int, pids: dict[str, int]
+) -> dict[str, Any]:
     import aiohttp
 
     results: dict[str, Any] = {}
@@ -238,12 +295,18 @@ async def measure(targets: dict[str, str], seconds: float, rounds: int, pids: di
             for name in targets:
                 # CPU of the serving process per request: robust to other load on a shared machine
                 # (for "direct" that is the upstream alone; the proxies' figures exclude the upstream)
-                row[name] = {"p50_ms": round(pct(lat[name], 50), 3), "p99_ms": round(pct(lat[name], 99), 3),
-                             "rps": round(statistics.mean(rps[name])), "n": len(lat[name]),
-                             "cpu_us_per_req": round(cpu[name] / len(lat[name]) * 1e6)}
+                row[name] = {
+                    "p50_ms": round(pct(lat[name], 50), 3),
+                    "p99_ms": round(pct(lat[name], 99), 3),
+                    "rps": round(statistics.mean(rps[name])),
+                    "n": len(lat[name]),
+                    "cpu_us_per_req": round(cpu[name] / len(lat[name]) * 1e6),
+                }
             for name in ("bare", "llmbudget"):
-                row[f"added_{name}"] = {"p50_ms": round(row[name]["p50_ms"] - row["direct"]["p50_ms"], 3),
-                                        "p99_ms": round(row[name]["p99_ms"] - row["direct"]["p99_ms"], 3)}
+                row[f"added_{name}"] = {
+                    "p50_ms": round(row[name]["p50_ms"] - row["direct"]["p50_ms"], 3),
+                    "p99_ms": round(row[name]["p99_ms"] - row["direct"]["p99_ms"], 3),
+                }
             results[f"c{c}"] = row
         stream_urls = {k: v for k, v in targets.items()}
         fb: dict[str, list[float]] = {k: [] for k in stream_urls}
@@ -252,8 +315,11 @@ async def measure(targets: dict[str, str], seconds: float, rounds: int, pids: di
                 fb[name].extend(await first_byte(session, url, 100))
         results["first_byte_ms"] = {k: round(pct(v, 50), 3) for k, v in fb.items()}
         results["first_byte_ms"]["added_llmbudget"] = round(
-            results["first_byte_ms"]["llmbudget"] - results["first_byte_ms"]["direct"], 3)
-        results["rss_mb_200_streams"] = round(await open_streams(session, targets["llmbudget"], 200, pids["llmbudget"]), 1)
+            results["first_byte_ms"]["llmbudget"] - results["first_byte_ms"]["direct"], 3
+        )
+        results["rss_mb_200_streams"] = round(
+            await open_streams(session, targets["llmbudget"], 200, pids["llmbudget"]), 1
+        )
         results["rss_mb_idle_after"] = round(rss_mb(pids["llmbudget"]), 1)
     return results
 
@@ -298,19 +364,34 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
         cfg = Path(tmp) / "llmbudget.yaml"
         cfg.write_text(f"backends:\n  openai: {{kind: openai, base_url: {upstream}, provider: openai}}\n")
         env = {**os.environ, "LLMBUDGET_HOME": tmp}
-        llmb_cmd = [str(Path(py).parent / "llmbudget"), "serve", "--config", str(cfg), "--db",
-                    f"sqlite:///{tmp}/bench.db", "--port", str(llmb_port), "--log-level", "warning"]
+        llmb_cmd = [
+            str(Path(py).parent / "llmbudget"),
+            "serve",
+            "--config",
+            str(cfg),
+            "--db",
+            f"sqlite:///{tmp}/bench.db",
+            "--port",
+            str(llmb_port),
+            "--log-level",
+            "warning",
+        ]
         try:
             procs.append(subprocess.Popen([py, here, "--role", "upstream", "--port", str(up_port)]))
             wait_port(up_port)
-            procs.append(subprocess.Popen([py, here, "--role", "bare", "--port", str(bare_port),
-                                           "--upstream", upstream]))
+            procs.append(
+                subprocess.Popen(
+                    [py, here, "--role", "bare", "--port", str(bare_port), "--upstream", upstream]
+                )
+            )
             procs.append(subprocess.Popen(llmb_cmd, env=env, stderr=subprocess.DEVNULL))
             wait_port(bare_port)
             wait_port(llmb_port)
-            targets = {"direct": f"{upstream}/v1/chat/completions",
-                       "bare": f"http://127.0.0.1:{bare_port}/openai/v1/chat/completions",
-                       "llmbudget": f"http://127.0.0.1:{llmb_port}/openai/v1/chat/completions"}
+            targets = {
+                "direct": f"{upstream}/v1/chat/completions",
+                "bare": f"http://127.0.0.1:{bare_port}/openai/v1/chat/completions",
+                "llmbudget": f"http://127.0.0.1:{llmb_port}/openai/v1/chat/completions",
+            }
             import uvloop
 
             pids = {"direct": procs[0].pid, "bare": procs[1].pid, "llmbudget": procs[2].pid}
@@ -327,9 +408,12 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
 
         with open_ledger(f"sqlite:///{tmp}/bench.db", audit=False) as ledger:
             results["events_recorded"] = ledger.count()  # every proxied call was metered
-    results["machine"] = {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
-                          "note": "upstream, both proxies and the load generator share these cores; "
-                                  "the machine is shared with other work"}
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "note": "upstream, both proxies and the load generator share these cores; "
+        "the machine is shared with other work",
+    }
     results["targets_met"] = verdict(results)
     return results
 

@@ -29,13 +29,26 @@ def fake() -> Iterator[FakeUpstream]:
 
 
 def make_config(fake_url: str) -> Config:
-    return Config.model_validate({"backends": {
-        "openai": {"kind": "openai", "base_url": fake_url, "provider": "openai"},
-        "anthropic": {"kind": "anthropic", "base_url": fake_url, "provider": "anthropic"},
-        "gemini": {"kind": "gemini", "base_url": fake_url, "provider": "google"},
-        "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}", "provider": "openai"},
-        "keyed": {"kind": "openai", "base_url": fake_url, "provider": "openai", "api_key_env": "LLMB_TEST_KEY"},
-    }})
+    return Config.model_validate(
+        {
+            "backends": {
+                "openai": {"kind": "openai", "base_url": fake_url, "provider": "openai"},
+                "anthropic": {"kind": "anthropic", "base_url": fake_url, "provider": "anthropic"},
+                "gemini": {"kind": "gemini", "base_url": fake_url, "provider": "google"},
+                "dead": {
+                    "kind": "openai",
+                    "base_url": f"http://127.0.0.1:{free_port()}",
+                    "provider": "openai",
+                },
+                "keyed": {
+                    "kind": "openai",
+                    "base_url": fake_url,
+                    "provider": "openai",
+                    "api_key_env": "LLMB_TEST_KEY",
+                },
+            }
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +63,35 @@ def session_id() -> str:
 
 
 def oai(proxy: RunningProxy, sess: str, backend: str = "openai", **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", base_url=f"{proxy.url}/{backend}/v1", max_retries=0,
-                         default_headers={"X-LLMBudget-Session": sess, "X-LLMBudget-Agent": "tester", **headers})
+    return openai.OpenAI(
+        api_key="sk-test",
+        base_url=f"{proxy.url}/{backend}/v1",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Session": sess, "X-LLMBudget-Agent": "tester", **headers},
+    )
 
 
 def ant(proxy: RunningProxy, sess: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant-test", base_url=f"{proxy.url}/anthropic", max_retries=0,
-                               default_headers={"X-LLMBudget-Session": sess, "X-LLMBudget-Agent": "tester"})
+    return anthropic.Anthropic(
+        api_key="sk-ant-test",
+        base_url=f"{proxy.url}/anthropic",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Session": sess, "X-LLMBudget-Agent": "tester"},
+    )
 
 
 def expected(proxy: RunningProxy, event: UsageEvent, usage: normalize.TokenUsage) -> None:
     """The event's tokens are what the fake provider reported, and its cost is the price book's."""
     assert {k: getattr(event, k) for k in usage.as_dict()} == usage.as_dict()
     priced = proxy.services.prices.price_event(
-        UsageEvent(backend=event.backend, model=event.model, provider=event.provider, timestamp=event.timestamp,
-                   **usage.as_dict()))
+        UsageEvent(
+            backend=event.backend,
+            model=event.model,
+            provider=event.provider,
+            timestamp=event.timestamp,
+            **usage.as_dict(),
+        )
+    )
     assert priced.price_status == "priced"
     assert event.cost_usd == priced.cost_usd and event.cost_usd is not None and event.cost_usd > 0
     assert event.price_status == "priced"
@@ -72,18 +99,26 @@ def expected(proxy: RunningProxy, event: UsageEvent, usage: normalize.TokenUsage
 
 # ---------------------------------------------------------------------------------------------- OpenAI
 
+
 def test_openai_chat_non_streamed(proxy: RunningProxy, fake: FakeUpstream) -> None:
     sess = session_id()
-    client = oai(proxy, sess, **{"X-LLMBudget-Tags": "project=alpha, env=test", "X-LLMBudget-Task-Type": "qa"})
+    client = oai(
+        proxy, sess, **{"X-LLMBudget-Tags": "project=alpha, env=test", "X-LLMBudget-Task-Type": "qa"}
+    )
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
     completion = raw.parse()
     assert completion.choices[0].message.content == "".join(fx.TEXT)
     [event] = proxy.wait_events(1, session=sess)
     assert raw.headers["x-llmbudget-request-id"] == event.id
     assert raw.headers["x-llmbudget-cost-usd"] == format(event.cost_usd.normalize(), "f")
     assert (event.model, event.request_model, event.backend, event.provider) == (
-        fx.OPENAI_CHAT_MODEL, "gpt-4o-mini", "openai", "openai")
+        fx.OPENAI_CHAT_MODEL,
+        "gpt-4o-mini",
+        "openai",
+        "openai",
+    )
     assert (event.status, event.http_status, event.streamed, event.source) == ("ok", 200, False, "proxy")
     assert (event.agent, event.task_type, event.tags) == ("tester", "qa", {"project": "alpha", "env": "test"})
     expected(proxy, event, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))
@@ -93,10 +128,13 @@ def test_openai_chat_non_streamed(proxy: RunningProxy, fake: FakeUpstream) -> No
     assert sent["headers"]["authorization"] == "Bearer sk-test"
 
 
-def test_openai_chat_streamed_hides_the_usage_chunk_it_asked_for(proxy: RunningProxy, fake: FakeUpstream) -> None:
+def test_openai_chat_streamed_hides_the_usage_chunk_it_asked_for(
+    proxy: RunningProxy, fake: FakeUpstream
+) -> None:
     sess = session_id()
     stream = oai(proxy, sess).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     chunks = list(stream)
     assert all(c.choices for c in chunks), "the usage-only chunk must not reach a client that did not ask"
     assert all(c.usage is None for c in chunks)
@@ -109,9 +147,14 @@ def test_openai_chat_streamed_hides_the_usage_chunk_it_asked_for(proxy: RunningP
 
 def test_openai_chat_streamed_client_asked_for_usage(proxy: RunningProxy) -> None:
     sess = session_id()
-    chunks = list(oai(proxy, sess).chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        oai(proxy, sess).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.prompt_tokens == fx.OPENAI_CHAT_USAGE["prompt_tokens"]
     [event] = proxy.wait_events(1, session=sess)
@@ -139,8 +182,11 @@ def test_openai_completions(proxy: RunningProxy, stream: bool) -> None:
     sess = session_id()
     client = oai(proxy, sess)
     if stream:
-        text = "".join(c.choices[0].text for c in client.completions.create(
-            model="gpt-3.5-turbo-instruct", prompt="say hi", stream=True) if c.choices)
+        text = "".join(
+            c.choices[0].text
+            for c in client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi", stream=True)
+            if c.choices
+        )
     else:
         text = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi").choices[0].text
     assert text == "".join(fx.TEXT)
@@ -159,10 +205,12 @@ def test_openai_embeddings(proxy: RunningProxy) -> None:
 
 # ---------------------------------------------------------------------------------------------- Anthropic
 
+
 def test_anthropic_messages_non_streamed(proxy: RunningProxy, fake: FakeUpstream) -> None:
     sess = session_id()
     raw = ant(proxy, sess).messages.with_raw_response.create(
-        model="claude-sonnet-4-0", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+        model="claude-sonnet-4-0", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    )
     msg = raw.parse()
     assert msg.content[0].text == "".join(fx.TEXT)
     [event] = proxy.wait_events(1, session=sess)
@@ -176,8 +224,9 @@ def test_anthropic_messages_non_streamed(proxy: RunningProxy, fake: FakeUpstream
 
 def test_anthropic_messages_stream(proxy: RunningProxy) -> None:
     sess = session_id()
-    with ant(proxy, sess).messages.stream(model="claude-sonnet-4-0", max_tokens=100,
-                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+    with ant(proxy, sess).messages.stream(
+        model="claude-sonnet-4-0", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "".join(fx.TEXT) and final.usage.output_tokens == fx.ANTHROPIC_USAGE["output_tokens"]
@@ -188,20 +237,27 @@ def test_anthropic_messages_stream(proxy: RunningProxy) -> None:
 
 def test_anthropic_count_tokens_is_unmetered(proxy: RunningProxy) -> None:
     sess = session_id()
-    out = ant(proxy, sess).messages.count_tokens(model="claude-sonnet-4-0",
-                                                 messages=[{"role": "user", "content": "hi"}])
+    out = ant(proxy, sess).messages.count_tokens(
+        model="claude-sonnet-4-0", messages=[{"role": "user", "content": "hi"}]
+    )
     assert out.input_tokens == 42
     assert proxy.wait_events(1, timeout=0.3, session=sess) == []
 
 
 # ---------------------------------------------------------------------------------------------- Gemini
 
+
 @pytest.mark.parametrize("form", ["generate", "sse", "json-array"])
 def test_gemini(proxy: RunningProxy, form: str) -> None:
     sess = session_id()
-    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 500}}
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "generationConfig": {"maxOutputTokens": 500},
+    }
     method = "generateContent" if form == "generate" else "streamGenerateContent"
-    url = f"{proxy.url}/gemini/v1beta/models/{fx.GEMINI_MODEL}:{method}" + ("?alt=sse" if form == "sse" else "")
+    url = f"{proxy.url}/gemini/v1beta/models/{fx.GEMINI_MODEL}:{method}" + (
+        "?alt=sse" if form == "sse" else ""
+    )
     r = httpx.post(url, json=body, headers={"x-goog-api-key": "g-test", "X-LLMBudget-Session": sess})
     assert r.status_code == 200
     if form == "json-array":
@@ -213,6 +269,7 @@ def test_gemini(proxy: RunningProxy, form: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- errors
+
 
 def test_upstream_error_passes_through_unchanged(proxy: RunningProxy) -> None:
     sess = session_id()
@@ -229,10 +286,16 @@ def test_upstream_error_passes_through_unchanged(proxy: RunningProxy) -> None:
 
 def test_anthropic_error_passes_through(proxy: RunningProxy) -> None:
     sess = session_id()
-    client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0,
-                                 default_headers={"x-fake": "error", "X-LLMBudget-Session": sess})
+    client = anthropic.Anthropic(
+        api_key="k",
+        base_url=f"{proxy.url}/anthropic",
+        max_retries=0,
+        default_headers={"x-fake": "error", "X-LLMBudget-Session": sess},
+    )
     with pytest.raises(anthropic.RateLimitError) as info:
-        client.messages.create(model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        client.messages.create(
+            model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     [event] = proxy.wait_events(1, session=sess)
     assert event.status == "error" and event.http_status == 429
@@ -242,7 +305,8 @@ def test_connection_failure_is_a_502_in_each_protocol_shape(proxy: RunningProxy)
     sess = session_id()
     with pytest.raises(openai.APIStatusError) as info:
         oai(proxy, sess, backend="dead").chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
     assert info.value.status_code == 502
     body = info.value.body
     assert isinstance(body, dict) and set(body) >= {"message", "type", "param", "code"}
@@ -251,20 +315,31 @@ def test_connection_failure_is_a_502_in_each_protocol_shape(proxy: RunningProxy)
     assert (event.status, event.http_status) == ("error", 502)
 
 
-@pytest.mark.parametrize(("backend", "path", "content", "needle", "shape"), [
-    ("openai", "/v1/chat/completions", b"{not json", "not valid JSON", "openai"),
-    ("openai", "/v1/chat/completions", b'{"messages": []}', "model", "openai"),
-    ("anthropic", "/v1/messages", b"[1, 2]", "JSON object", "anthropic"),
-    ("anthropic", "/v1/messages", b'{"max_tokens": 5}', "model", "anthropic"),
-    ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent", b"", "empty", "gemini"),
-])
-def test_bad_requests_get_the_protocol_error_shape(proxy: RunningProxy, backend: str, path: str,
-                                                   content: bytes, needle: str, shape: str) -> None:
-    r = httpx.post(f"{proxy.url}/{backend}{path}", content=content, headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("backend", "path", "content", "needle", "shape"),
+    [
+        ("openai", "/v1/chat/completions", b"{not json", "not valid JSON", "openai"),
+        ("openai", "/v1/chat/completions", b'{"messages": []}', "model", "openai"),
+        ("anthropic", "/v1/messages", b"[1, 2]", "JSON object", "anthropic"),
+        ("anthropic", "/v1/messages", b'{"max_tokens": 5}', "model", "anthropic"),
+        ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent", b"", "empty", "gemini"),
+    ],
+)
+def test_bad_requests_get_the_protocol_error_shape(
+    proxy: RunningProxy, backend: str, path: str, content: bytes, needle: str, shape: str
+) -> None:
+    r = httpx.post(
+        f"{proxy.url}/{backend}{path}", content=content, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     body = r.json()
     if shape == "openai":
-        assert needle in body["error"]["message"] and set(body["error"]) == {"message", "type", "param", "code"}
+        assert needle in body["error"]["message"] and set(body["error"]) == {
+            "message",
+            "type",
+            "param",
+            "code",
+        }
     elif shape == "anthropic":
         assert body["type"] == "error" and needle in body["error"]["message"]
     else:
@@ -276,7 +351,8 @@ def test_bad_requests_get_the_protocol_error_shape(proxy: RunningProxy, backend:
 def test_unknown_backend_is_a_404_listing_backends(proxy: RunningProxy) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         openai.OpenAI(api_key="x", base_url=f"{proxy.url}/nope/v1", max_retries=0).chat.completions.create(
-            model="m", messages=[])
+            model="m", messages=[]
+        )
     message = info.value.body["message"]  # type: ignore[index]
     assert "nope" in message and "anthropic, dead, gemini, keyed, openai" in message
     r = httpx.post(f"{proxy.url}/nope/v1/messages", json={})
@@ -290,25 +366,33 @@ def test_unknown_paths_pass_through_unmetered(proxy: RunningProxy) -> None:
     assert proxy.wait_events(1, timeout=0.3, session=sess) == []
 
 
-def test_api_key_env_is_injected_only_when_the_client_sends_none(proxy: RunningProxy, fake: FakeUpstream,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_env_is_injected_only_when_the_client_sends_none(
+    proxy: RunningProxy, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLMB_TEST_KEY", "sk-from-env")
     r = httpx.post(f"{proxy.url}/keyed/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"})
     assert r.status_code == 200
     assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-from-env"
-    r = httpx.post(f"{proxy.url}/keyed/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"},
-                   headers={"Authorization": "Bearer sk-own"})
+    r = httpx.post(
+        f"{proxy.url}/keyed/v1/embeddings",
+        json={"model": "text-embedding-3-small", "input": "x"},
+        headers={"Authorization": "Bearer sk-own"},
+    )
     assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-own"
 
 
 # ---------------------------------------------------------------------------------------------- streams cut
 
+
 def test_upstream_cut_mid_stream_is_recorded_interrupted(proxy: RunningProxy) -> None:
     sess = session_id()
     client = oai(proxy, sess, **{"x-fake": "cut"})
     with pytest.raises(Exception):  # noqa: B017 - the SDK's exception for a truncated body varies
-        list(client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            messages=[{"role": "user", "content": "hello " * 40}]))
+        list(
+            client.chat.completions.create(
+                model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hello " * 40}]
+            )
+        )
     [event] = proxy.wait_events(1, session=sess)
     assert event.status == "interrupted" and event.streamed
     assert event.input_tokens > 0, "input is estimated from the request when usage never came"
@@ -320,10 +404,16 @@ def test_upstream_cut_mid_stream_is_recorded_interrupted(proxy: RunningProxy) ->
 
 def test_anthropic_stream_cut_keeps_reported_input(proxy: RunningProxy) -> None:
     sess = session_id()
-    r = httpx.post(f"{proxy.url}/anthropic/v1/messages",
-                   json={"model": "claude-sonnet-4-0", "max_tokens": 50, "stream": True,
-                         "messages": [{"role": "user", "content": "hi"}]},
-                   headers={"x-fake": "cut", "X-LLMBudget-Session": sess, "x-api-key": "k"})
+    r = httpx.post(
+        f"{proxy.url}/anthropic/v1/messages",
+        json={
+            "model": "claude-sonnet-4-0",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"x-fake": "cut", "X-LLMBudget-Session": sess, "x-api-key": "k"},
+    )
     assert b"message_start" in r.content and b"message_stop" not in r.content
     [event] = proxy.wait_events(1, session=sess)
     assert event.status == "interrupted"
@@ -332,28 +422,37 @@ def test_anthropic_stream_cut_keeps_reported_input(proxy: RunningProxy) -> None:
 
 def test_garbage_sse_from_upstream(proxy: RunningProxy) -> None:
     sess = session_id()
-    r = httpx.post(f"{proxy.url}/openai/v1/chat/completions",
-                   json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                   headers={"x-fake": "garbage", "X-LLMBudget-Session": sess})
+    r = httpx.post(
+        f"{proxy.url}/openai/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-fake": "garbage", "X-LLMBudget-Session": sess},
+    )
     assert r.status_code == 200 and b"garbage" in r.content  # passed on as it came
     [event] = proxy.wait_events(1, session=sess)
     assert event.status == "interrupted" and event.input_tokens > 0
-    r = httpx.post(f"{proxy.url}/openai/v1/chat/completions",
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-                   headers={"x-fake": "garbage", "X-LLMBudget-Session": sess})
+    r = httpx.post(
+        f"{proxy.url}/openai/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-fake": "garbage", "X-LLMBudget-Session": sess},
+    )
     assert r.status_code == 200 and r.text.startswith("<html>")
     events = proxy.wait_events(2, session=sess)
     assert [e.status for e in events] == ["interrupted", "error"]
 
 
-def test_first_chunk_reaches_the_client_while_upstream_holds_the_rest(proxy: RunningProxy,
-                                                                    fake: FakeUpstream) -> None:
+def test_first_chunk_reaches_the_client_while_upstream_holds_the_rest(
+    proxy: RunningProxy, fake: FakeUpstream
+) -> None:
     sess = session_id()
     fake._hold.clear()
     fake.held.clear()
-    with httpx.stream("POST", f"{proxy.url}/openai/v1/chat/completions",
-                      json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                      headers={"x-fake": "hold", "X-LLMBudget-Session": sess}, timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        f"{proxy.url}/openai/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-fake": "hold", "X-LLMBudget-Session": sess},
+        timeout=10,
+    ) as r:
         it = r.iter_raw()
         first = next(it)
         # the upstream is still holding every later chunk: nothing can have been buffered
@@ -370,10 +469,18 @@ def test_client_disconnect_mid_stream_is_recorded(proxy: RunningProxy, fake: Fak
     sess = session_id()
     fake._hold.clear()
     fake.held.clear()
-    with httpx.stream("POST", f"{proxy.url}/anthropic/v1/messages",
-                      json={"model": "claude-sonnet-4-0", "max_tokens": 50, "stream": True,
-                            "messages": [{"role": "user", "content": "hi"}]},
-                      headers={"x-fake": "hold", "X-LLMBudget-Session": sess, "x-api-key": "k"}, timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        f"{proxy.url}/anthropic/v1/messages",
+        json={
+            "model": "claude-sonnet-4-0",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"x-fake": "hold", "X-LLMBudget-Session": sess, "x-api-key": "k"},
+        timeout=10,
+    ) as r:
         next(r.iter_raw())
     # the client is gone while the upstream still holds the stream
     [event] = proxy.wait_events(1, session=sess)
@@ -383,21 +490,36 @@ def test_client_disconnect_mid_stream_is_recorded(proxy: RunningProxy, fake: Fak
 
 # ---------------------------------------------------------------------------------------------- keys, quota
 
-def test_keys_are_forwarded_but_never_logged_or_stored(proxy: RunningProxy, fake: FakeUpstream,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+
+def test_keys_are_forwarded_but_never_logged_or_stored(
+    proxy: RunningProxy, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
     sentinel = "sk-SENTINEL-" + uuid.uuid4().hex
     sess = session_id()
     caplog.set_level("DEBUG")
-    client = openai.OpenAI(api_key=sentinel, base_url=f"{proxy.url}/openai/v1", max_retries=0,
-                           default_headers={"X-LLMBudget-Session": sess})
+    client = openai.OpenAI(
+        api_key=sentinel,
+        base_url=f"{proxy.url}/openai/v1",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Session": sess},
+    )
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     client.models.list()  # an unmetered path is logged too
-    r = httpx.post(f"{proxy.url}/gemini/v1beta/models/{fx.GEMINI_MODEL}:generateContent?key={sentinel}",
-                   json={"contents": [{"parts": [{"text": "hi"}]}]}, headers={"X-LLMBudget-Session": sess})
+    r = httpx.post(
+        f"{proxy.url}/gemini/v1beta/models/{fx.GEMINI_MODEL}:generateContent?key={sentinel}",
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+        headers={"X-LLMBudget-Session": sess},
+    )
     assert r.status_code == 200 and fake.requests[-1]["query"] == f"key={sentinel}"
-    ant_client = anthropic.Anthropic(api_key=sentinel, base_url=f"{proxy.url}/anthropic", max_retries=0,
-                                     default_headers={"X-LLMBudget-Session": sess})
-    ant_client.messages.create(model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    ant_client = anthropic.Anthropic(
+        api_key=sentinel,
+        base_url=f"{proxy.url}/anthropic",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Session": sess},
+    )
+    ant_client.messages.create(
+        model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
     assert len(proxy.wait_events(3, session=sess)) == 3
     proxy.services.ledger.flush()
     ours = [r.getMessage() for r in caplog.records if r.name.startswith(("llmbudget", "uvicorn"))]
@@ -412,8 +534,9 @@ def test_keys_are_forwarded_but_never_logged_or_stored(proxy: RunningProxy, fake
 
 def test_rate_limit_headers_become_piggyback_readings(proxy: RunningProxy) -> None:
     oai(proxy, session_id()).embeddings.create(model="text-embedding-3-small", input="x")
-    ant(proxy, session_id()).messages.create(model="claude-sonnet-4-0", max_tokens=5,
-                                             messages=[{"role": "user", "content": "x"}])
+    ant(proxy, session_id()).messages.create(
+        model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
     import time
 
     deadline = time.monotonic() + 5
@@ -430,27 +553,45 @@ def test_rate_limit_headers_become_piggyback_readings(proxy: RunningProxy) -> No
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_compressed_answers_pass_unchanged_and_are_metered(proxy: RunningProxy, fake: FakeUpstream,
-                                                           stream: bool) -> None:
+def test_compressed_answers_pass_unchanged_and_are_metered(
+    proxy: RunningProxy, fake: FakeUpstream, stream: bool
+) -> None:
     sess = session_id()
     client = oai(proxy, sess, **{"x-fake": "gzip"})
     if stream:
-        chunks = list(client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                     stream_options={"include_usage": True},
-                                                     messages=[{"role": "user", "content": "hi"}]))
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                stream=True,
+                stream_options={"include_usage": True},
+                messages=[{"role": "user", "content": "hi"}],
+            )
+        )
         assert chunks[-1].usage is not None
     else:
-        out = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        out = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
         assert out.choices[0].message.content == "".join(fx.TEXT)
-    assert fake.requests[-1]["headers"]["accept-encoding"] == "identity"  # asked for, ignored by this upstream
+    assert (
+        fake.requests[-1]["headers"]["accept-encoding"] == "identity"
+    )  # asked for, ignored by this upstream
     [event] = proxy.wait_events(1, session=sess)
     expected(proxy, event, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))
 
 
 def test_hop_by_hop_headers_are_not_forwarded(proxy: RunningProxy, fake: FakeUpstream) -> None:
-    r = httpx.post(f"{proxy.url}/openai/v1/embeddings", json={"model": "text-embedding-3-small", "input": "x"},
-                   headers={"Connection": "keep-alive, X-Hop", "X-Hop": "1", "Proxy-Authorization": "Basic x",
-                            "TE": "trailers", "X-End-To-End": "kept"})
+    r = httpx.post(
+        f"{proxy.url}/openai/v1/embeddings",
+        json={"model": "text-embedding-3-small", "input": "x"},
+        headers={
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "1",
+            "Proxy-Authorization": "Basic x",
+            "TE": "trailers",
+            "X-End-To-End": "kept",
+        },
+    )
     assert r.status_code == 200
     sent = fake.requests[-1]["headers"]
     assert "x-hop" not in sent and "proxy-authorization" not in sent and "te" not in sent

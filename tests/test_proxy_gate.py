@@ -27,7 +27,9 @@ NOTICE = "Cloud budget exhausted, operating local-only until 2026-12-01"
 class LimitGate:
     """Admits calls while settled spend is under `limit`; then refuses, or falls back when told to."""
 
-    def __init__(self, limit: Decimal, fallback: str | None = None, fallback_model: str | None = None) -> None:
+    def __init__(
+        self, limit: Decimal, fallback: str | None = None, fallback_model: str | None = None
+    ) -> None:
         self.limit = limit
         self.fallback = fallback
         self.fallback_model = fallback_model
@@ -43,8 +45,13 @@ class LimitGate:
             if call.local or self.spent < self.limit:
                 return Admission(allowed=True, reservation_id=uuid.uuid4().hex, budgets=("daily",))
             if self.fallback:
-                return Admission(allowed=True, reservation_id=uuid.uuid4().hex, fallback_backend=self.fallback,
-                                 fallback_model=self.fallback_model, notice=NOTICE)
+                return Admission(
+                    allowed=True,
+                    reservation_id=uuid.uuid4().hex,
+                    fallback_backend=self.fallback,
+                    fallback_model=self.fallback_model,
+                    notice=NOTICE,
+                )
             return Admission(allowed=False, message=NOTICE, notice=NOTICE, retry_after_s=3600)
 
     async def settle(self, admission: Admission, event: UsageEvent) -> None:
@@ -58,13 +65,21 @@ class LimitGate:
 
 
 def config(fake_url: str) -> Config:
-    return Config.model_validate({"backends": {
-        "openai": {"kind": "openai", "base_url": fake_url, "provider": "openai"},
-        "anthropic": {"kind": "anthropic", "base_url": fake_url, "provider": "anthropic"},
-        "gemini": {"kind": "gemini", "base_url": fake_url, "provider": "google"},
-        "local": {"kind": "openai", "base_url": fake_url, "local": True},
-        "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}", "provider": "openai"},
-    }})
+    return Config.model_validate(
+        {
+            "backends": {
+                "openai": {"kind": "openai", "base_url": fake_url, "provider": "openai"},
+                "anthropic": {"kind": "anthropic", "base_url": fake_url, "provider": "anthropic"},
+                "gemini": {"kind": "gemini", "base_url": fake_url, "provider": "google"},
+                "local": {"kind": "openai", "base_url": fake_url, "local": True},
+                "dead": {
+                    "kind": "openai",
+                    "base_url": f"http://127.0.0.1:{free_port()}",
+                    "provider": "openai",
+                },
+            }
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +93,7 @@ def fake() -> Iterator[FakeUpstream]:
 def serve(fake: FakeUpstream, tmp_path: Path) -> Any:
     def start(gate: LimitGate, **extras: Any) -> Any:
         return running_proxy(config(fake.url), tmp_path / "ledger.db", extras={"gate": gate, **extras})
+
     return start
 
 
@@ -91,10 +107,15 @@ def wait_for(pred: Any, timeout: float = 5.0) -> None:
 
 
 def chat(proxy: RunningProxy, backend: str = "openai", **kw: Any) -> Any:
-    client = openai.OpenAI(api_key="sk", base_url=f"{proxy.url}/{backend}/v1", max_retries=0,
-                           default_headers={"X-LLMBudget-Agent": "bot", "X-LLMBudget-Team": "red"})
+    client = openai.OpenAI(
+        api_key="sk",
+        base_url=f"{proxy.url}/{backend}/v1",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Agent": "bot", "X-LLMBudget-Team": "red"},
+    )
     return client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 400}], **kw)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 400}], **kw
+    )
 
 
 def test_admitted_call_is_settled_with_its_event(serve: Any) -> None:
@@ -103,8 +124,12 @@ def test_admitted_call_is_settled_with_its_event(serve: Any) -> None:
         raw = chat(proxy, max_completion_tokens=321)
         wait_for(lambda: gate.settled)
         [call] = gate.calls
-        assert (call.backend, call.protocol, call.model, call.max_output_tokens) == ("openai", "openai",
-                                                                                     "gpt-4o-mini", 321)
+        assert (call.backend, call.protocol, call.model, call.max_output_tokens) == (
+            "openai",
+            "openai",
+            "gpt-4o-mini",
+            321,
+        )
         assert 400 <= call.est_input_tokens <= 800  # "word " * 400 is 2000 characters
         assert (call.agent, call.team, call.streamed) == ("bot", "red", False)
         [(_, event)] = gate.settled
@@ -122,10 +147,14 @@ def test_refused_call_is_a_429_in_the_protocol_shape(serve: Any, fake: FakeUpstr
         assert info.value.response.headers["retry-after"] == "3600"
         client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0)
         with pytest.raises(anthropic.RateLimitError) as ainfo:
-            client.messages.create(model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(
+                model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            )
         assert ainfo.value.body["error"]["message"] == NOTICE  # type: ignore[index]
-        r = httpx.post(f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:generateContent",
-                       json={"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"maxOutputTokens": 7}})
+        r = httpx.post(
+            f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:generateContent",
+            json={"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"maxOutputTokens": 7}},
+        )
         assert r.status_code == 429 and r.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
         assert gate.calls[-1].max_output_tokens == 7 and gate.calls[-1].model == "gemini-2.5-flash"
         assert len(fake.requests) == before, "a refused call never reaches the provider"
@@ -143,7 +172,11 @@ def test_fallback_serves_the_call_elsewhere_with_a_notice(serve: Any, fake: Fake
         assert fake.requests[-1]["json"]["model"] == "llama3.2"
         [event] = proxy.wait_events(1)
         assert (event.status, event.backend, event.request_model, event.price_status) == (
-            "fallback", "local", "llama3.2", "local")
+            "fallback",
+            "local",
+            "llama3.2",
+            "local",
+        )
         wait_for(lambda: gate.settled)
         assert gate.settled[0][1].id == event.id
 
@@ -163,7 +196,9 @@ def test_cross_protocol_fallback_needs_a_translator(serve: Any) -> None:
     with serve(gate) as proxy:
         client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0)
         with pytest.raises(anthropic.APIStatusError) as info:
-            client.messages.create(model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+            client.messages.create(
+                model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            )
         assert info.value.status_code == 502 and "translator" in info.value.message
         wait_for(lambda: gate.released)
 
@@ -174,21 +209,35 @@ def test_a_translator_plugs_into_the_fallback_seam(serve: Any) -> None:
 
     async def translate(proxy: Any, req: Any, target: str, send: Any) -> UsageEvent:
         seen.append((req.protocol, target, req.meter.request_model))
-        body = b'{"type":"message","role":"assistant","content":[{"type":"text","text":"local"}],' \
-               b'"model":"llama3.2","id":"m","stop_reason":"end_turn","stop_sequence":null,' \
-               b'"usage":{"input_tokens":3,"output_tokens":1}}'
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        body = (
+            b'{"type":"message","role":"assistant","content":[{"type":"text","text":"local"}],'
+            b'"model":"llama3.2","id":"m","stop_reason":"end_turn","stop_sequence":null,'
+            b'"usage":{"input_tokens":3,"output_tokens":1}}'
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
-        event = UsageEvent(backend=target, model="llama3.2", input_tokens=3, output_tokens=1, status="fallback",
-                           source="proxy")
+        event = UsageEvent(
+            backend=target,
+            model="llama3.2",
+            input_tokens=3,
+            output_tokens=1,
+            status="fallback",
+            source="proxy",
+        )
         proxy.services.ledger.record(event)
         return event
 
     with serve(gate, translators={("anthropic", "openai"): translate}) as proxy:
         client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0)
-        msg = client.messages.create(model="claude-sonnet-4-0", max_tokens=10,
-                                     messages=[{"role": "user", "content": "x"}])
+        msg = client.messages.create(
+            model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
         assert msg.content[0].text == "local"
         assert seen == [("anthropic", "local", "claude-sonnet-4-0")]
         wait_for(lambda: gate.settled)

@@ -23,25 +23,46 @@ def _sse(obj: Any, event: str | None = None) -> bytes:
 def openai_stream(include_usage: bool) -> bytes:
     base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": fx.OPENAI_CHAT_MODEL}
     extra = {"usage": None} if include_usage else {}
-    out = [_sse({**base, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}], **extra})
-           for t in fx.TEXT]
+    out = [
+        _sse({**base, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}], **extra})
+        for t in fx.TEXT
+    ]
     if include_usage:
         out.append(_sse({**base, "choices": [], "usage": fx.OPENAI_CHAT_USAGE}))
     out.append(b"data: [DONE]\n\n")
     return b"".join(out)
 
 
-ANTHROPIC_STREAM = b"".join([
-    _sse({"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": [],
-                                               "model": fx.ANTHROPIC_MODEL,
-                                               "usage": {**fx.ANTHROPIC_USAGE, "output_tokens": 1}}},
-         "message_start"),
-    *[_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
-           "content_block_delta") for t in fx.TEXT],
-    _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 50}},
-         "message_delta"),
-    _sse({"type": "message_stop"}, "message_stop"),
-])
+ANTHROPIC_STREAM = b"".join(
+    [
+        _sse(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": fx.ANTHROPIC_MODEL,
+                    "usage": {**fx.ANTHROPIC_USAGE, "output_tokens": 1},
+                },
+            },
+            "message_start",
+        ),
+        *[
+            _sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+                "content_block_delta",
+            )
+            for t in fx.TEXT
+        ],
+        _sse(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 50}},
+            "message_delta",
+        ),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]
+)
 
 
 def gemini_parts() -> list[dict[str, Any]]:
@@ -86,8 +107,18 @@ def test_openai_stream_any_split_hides_usage_and_meters(cuts: list[int]) -> None
     assert json.loads(meter.body)["stream_options"] == {"include_usage": True}
     out = run(meter, split(openai_stream(True), cuts))
     assert out == openai_stream(True).replace(
-        _sse({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": fx.OPENAI_CHAT_MODEL,
-              "choices": [], "usage": fx.OPENAI_CHAT_USAGE}), b"")
+        _sse(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": fx.OPENAI_CHAT_MODEL,
+                "choices": [],
+                "usage": fx.OPENAI_CHAT_USAGE,
+            }
+        ),
+        b"",
+    )
     assert meter.complete and meter.model == fx.OPENAI_CHAT_MODEL
     assert meter.usage() == normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE)
 
@@ -108,7 +139,9 @@ def test_openai_stream_any_split_passes_bytes_unchanged(cuts: list[int]) -> None
 @settings(max_examples=60, deadline=None)
 @given(cuts=CUTS)
 def test_anthropic_stream_any_split(cuts: list[int]) -> None:
-    meter = anthropic.make_meter("/v1/messages", "POST", b'{"model": "claude", "max_tokens": 9, "stream": true}')
+    meter = anthropic.make_meter(
+        "/v1/messages", "POST", b'{"model": "claude", "max_tokens": 9, "stream": true}'
+    )
     assert meter is not None and meter.max_output_tokens == 9
     assert run(meter, split(ANTHROPIC_STREAM, cuts)) == ANTHROPIC_STREAM
     assert meter.complete and meter.model == fx.ANTHROPIC_MODEL
@@ -127,10 +160,15 @@ def test_gemini_stream_any_split(cuts: list[int], sse: bool) -> None:
 
 
 def test_responses_stream_and_cut_estimates() -> None:
-    meter = openai.make_meter("/v1/responses", "POST", b'{"model": "o4-mini", "stream": true, "input": "' +
-                              b"x" * 400 + b'", "max_output_tokens": 50}')
+    meter = openai.make_meter(
+        "/v1/responses",
+        "POST",
+        b'{"model": "o4-mini", "stream": true, "input": "' + b"x" * 400 + b'", "max_output_tokens": 50}',
+    )
     assert meter is not None and meter.max_output_tokens == 50
-    meter.feed(_sse({"type": "response.created", "response": {"model": fx.OPENAI_RESPONSES_MODEL, "usage": None}}))
+    meter.feed(
+        _sse({"type": "response.created", "response": {"model": fx.OPENAI_RESPONSES_MODEL, "usage": None}})
+    )
     meter.feed(_sse({"type": "response.output_text.delta", "delta": "y" * 40}))
     meter.end()
     assert meter.usage() is None and not meter.complete
@@ -138,20 +176,30 @@ def test_responses_stream_and_cut_estimates() -> None:
     assert meter.est_input_tokens() == 100 and meter.est_output_tokens() == 10
 
 
-@pytest.mark.parametrize(("maker", "path", "body", "message"), [
-    (openai.make_meter, "/v1/chat/completions", b"", "empty"),
-    (openai.make_meter, "/v1/chat/completions", b"\xff\xfe", "not valid JSON"),
-    (openai.make_meter, "/v1/embeddings", b'{"input": "x"}', "model"),
-    (openai.make_meter, "/v1/embeddings", b'{"model": 5}', "model"),
-    (anthropic.make_meter, "/v1/messages", b"null", "JSON object"),
-])
+@pytest.mark.parametrize(
+    ("maker", "path", "body", "message"),
+    [
+        (openai.make_meter, "/v1/chat/completions", b"", "empty"),
+        (openai.make_meter, "/v1/chat/completions", b"\xff\xfe", "not valid JSON"),
+        (openai.make_meter, "/v1/embeddings", b'{"input": "x"}', "model"),
+        (openai.make_meter, "/v1/embeddings", b'{"model": 5}', "model"),
+        (anthropic.make_meter, "/v1/messages", b"null", "JSON object"),
+    ],
+)
 def test_bad_bodies(maker: Any, path: str, body: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         maker(path, "POST", body)
 
 
-@pytest.mark.parametrize(("path", "method"), [("/v1/models", "GET"), ("/v1/chat/completions", "GET"),
-                                              ("/v1/files", "POST"), ("/v1/messages/count_tokens", "POST")])
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/v1/models", "GET"),
+        ("/v1/chat/completions", "GET"),
+        ("/v1/files", "POST"),
+        ("/v1/messages/count_tokens", "POST"),
+    ],
+)
 def test_unmetered_paths(path: str, method: str) -> None:
     maker = anthropic.make_meter if "messages" in path else openai.make_meter
     assert maker(path, method, b"{}") is None
@@ -166,12 +214,15 @@ def test_gemini_fallback_model_rewrites_the_path() -> None:
 
 def test_estimate_ignores_ids_and_binary() -> None:
     base = estimate_tokens_from_json({"messages": [{"role": "user", "content": "a" * 400}]})
-    with_image = estimate_tokens_from_json({"messages": [{"role": "user", "content": "a" * 400,
-                                                          "data": "QUJD" * 10_000}]})
+    with_image = estimate_tokens_from_json(
+        {"messages": [{"role": "user", "content": "a" * 400, "data": "QUJD" * 10_000}]}
+    )
     assert base == with_image == 100 + 4
 
 
-@pytest.mark.parametrize(("raw", "tags"), [("a=1, b=2", {"a": "1", "b": "2"}), ("solo", {"solo": ""}),
-                                           (" , =x, k=v=w", {"k": "v=w"}), ("", {})])
+@pytest.mark.parametrize(
+    ("raw", "tags"),
+    [("a=1, b=2", {"a": "1", "b": "2"}), ("solo", {"solo": ""}), (" , =x, k=v=w", {"k": "v=w"}), ("", {})],
+)
 def test_parse_tags(raw: str, tags: dict[str, str]) -> None:
     assert parse_tags(raw) == tags

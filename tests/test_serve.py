@@ -21,9 +21,20 @@ from llmbudget.errors import ConfigError
 from llmbudget.store import open_ledger
 
 
-@pytest.mark.parametrize(("host", "loop"), [("127.0.0.1", True), ("127.5.0.1", True), ("::1", True),
-                                            ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
-                                            ("192.168.1.5", False), ("::", False), ("example.com", False)])
+@pytest.mark.parametrize(
+    ("host", "loop"),
+    [
+        ("127.0.0.1", True),
+        ("127.5.0.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.1.5", False),
+        ("::", False),
+        ("example.com", False),
+    ],
+)
 def test_is_loopback(host: str, loop: bool) -> None:
     assert is_loopback(host) is loop
 
@@ -51,16 +62,32 @@ def fake() -> Iterator[FakeUpstream]:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_serve_subprocess_meters_and_flushes_on_shutdown(tmp_path: Path, fake: FakeUpstream, stop: int) -> None:
+def test_serve_subprocess_meters_and_flushes_on_shutdown(
+    tmp_path: Path, fake: FakeUpstream, stop: int
+) -> None:
     cfg = tmp_path / "llmbudget.yaml"
-    cfg.write_text(f"backends:\n  openai: {{kind: openai, base_url: {fake.url}, provider: openai}}\n"
-                   "storage:\n  flush_interval_s: 30\n")  # long interval: only the shutdown flush can save it
+    cfg.write_text(
+        f"backends:\n  openai: {{kind: openai, base_url: {fake.url}, provider: openai}}\n"
+        "storage:\n  flush_interval_s: 30\n"
+    )  # long interval: only the shutdown flush can save it
     db = tmp_path / "ledger.db"
     port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "llmbudget"), "serve", "--config", str(cfg), "--db",
-                             f"sqlite:///{db}", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "llmbudget"),
+            "serve",
+            "--config",
+            str(cfg),
+            "--db",
+            f"sqlite:///{db}",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -72,9 +99,11 @@ def test_serve_subprocess_meters_and_flushes_on_shutdown(tmp_path: Path, fake: F
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "serve did not come up"
             time.sleep(0.1)
-        r = httpx.post(f"{base}/openai/v1/chat/completions?key=QUERYSECRET",
-                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-                       headers={"X-LLMBudget-Agent": "cli-test"})
+        r = httpx.post(
+            f"{base}/openai/v1/chat/completions?key=QUERYSECRET",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"X-LLMBudget-Agent": "cli-test"},
+        )
         assert r.status_code == 200 and "x-llmbudget-request-id" in r.headers
         event_id = r.headers["x-llmbudget-request-id"]
     finally:

@@ -46,36 +46,59 @@ def events(ledger: Ledger) -> list[UsageEvent]:
 
 def check(event: UsageEvent, usage: normalize.TokenUsage) -> None:
     assert {k: getattr(event, k) for k in usage.as_dict()} == usage.as_dict()
-    priced = PRICES.price_event(UsageEvent(backend="x", model=event.model, provider=event.provider,
-                                           timestamp=event.timestamp, **usage.as_dict()))
+    priced = PRICES.price_event(
+        UsageEvent(
+            backend="x",
+            model=event.model,
+            provider=event.provider,
+            timestamp=event.timestamp,
+            **usage.as_dict(),
+        )
+    )
     assert event.cost_usd == priced.cost_usd and event.cost_usd is not None and event.cost_usd > 0
     assert event.source == "sdk"
 
 
 def oai(fake: FakeUpstream, ledger: Ledger, **kw: Any) -> openai.OpenAI:
-    return wrap(openai.OpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0), ledger=ledger,
-                prices=PRICES, provider="openai", **kw)
+    return wrap(
+        openai.OpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0),
+        ledger=ledger,
+        prices=PRICES,
+        provider="openai",
+        **kw,
+    )
 
 
 def test_openai_chat_and_stream(fake: FakeUpstream, ledger: Ledger) -> None:
     client = oai(fake, ledger, agent="writer", session="s1", tags={"project": "alpha"})
     out = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert out.choices[0].message.content == "".join(fx.TEXT)
-    chunks = list(client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                 messages=[{"role": "user", "content": "hi"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
+    )
     assert all(c.choices for c in chunks), "the usage chunk wrap() asked for is hidden"
     assert fake.requests[-1]["json"]["stream_options"] == {"include_usage": True}
     first, second = events(ledger)
     for ev in (first, second):
         check(ev, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))
-        assert (ev.agent, ev.session, ev.tags, ev.backend, ev.status) == ("writer", "s1", {"project": "alpha"},
-                                                                         "openai", "ok")
+        assert (ev.agent, ev.session, ev.tags, ev.backend, ev.status) == (
+            "writer",
+            "s1",
+            {"project": "alpha"},
+            "openai",
+            "ok",
+        )
     assert (first.streamed, second.streamed) == (False, True) and second.ttft_ms is not None
 
 
 def test_openai_responses_and_embeddings(fake: FakeUpstream, ledger: Ledger) -> None:
     client = oai(fake, ledger)
-    assert list(client.responses.create(model="o4-mini", input="hi", stream=True))[-1].type == "response.completed"
+    assert (
+        list(client.responses.create(model="o4-mini", input="hi", stream=True))[-1].type
+        == "response.completed"
+    )
     client.embeddings.create(model="text-embedding-3-small", input="x")
     resp, emb = events(ledger)
     check(resp, normalize.openai_responses_usage(fx.OPENAI_RESPONSES_USAGE))
@@ -84,11 +107,19 @@ def test_openai_responses_and_embeddings(fake: FakeUpstream, ledger: Ledger) -> 
 
 def test_async_openai(fake: FakeUpstream, ledger: Ledger) -> None:
     async def run() -> None:
-        client = wrap(openai.AsyncOpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0), ledger=ledger,
-                      prices=PRICES, provider="openai", session="async")
-        await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        stream = await client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                      messages=[{"role": "user", "content": "hi"}])
+        client = wrap(
+            openai.AsyncOpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0),
+            ledger=ledger,
+            prices=PRICES,
+            provider="openai",
+            session="async",
+        )
+        await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
         assert [c async for c in stream if not c.choices] == []
         await client.close()
 
@@ -100,11 +131,19 @@ def test_async_openai(fake: FakeUpstream, ledger: Ledger) -> None:
 
 
 def test_anthropic_create_and_stream(fake: FakeUpstream, ledger: Ledger) -> None:
-    client = wrap(anthropic.Anthropic(api_key="k", base_url=fake.url, max_retries=0), ledger=ledger, prices=PRICES,
-                  provider="anthropic", agent="claude-bot")
-    client.messages.create(model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}])
-    with client.messages.stream(model="claude-sonnet-4-0", max_tokens=10,
-                                messages=[{"role": "user", "content": "x"}]) as stream:
+    client = wrap(
+        anthropic.Anthropic(api_key="k", base_url=fake.url, max_retries=0),
+        ledger=ledger,
+        prices=PRICES,
+        provider="anthropic",
+        agent="claude-bot",
+    )
+    client.messages.create(
+        model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    )
+    with client.messages.stream(
+        model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    ) as stream:
         assert "".join(stream.text_stream) == "".join(fx.TEXT)
     evs = events(ledger)
     assert [e.streamed for e in evs] == [False, True]
@@ -115,10 +154,15 @@ def test_anthropic_create_and_stream(fake: FakeUpstream, ledger: Ledger) -> None
 
 def test_async_anthropic_stream(fake: FakeUpstream, ledger: Ledger) -> None:
     async def run() -> None:
-        client = wrap(anthropic.AsyncAnthropic(api_key="k", base_url=fake.url, max_retries=0), ledger=ledger,
-                      prices=PRICES, provider="anthropic")
-        stream = await client.messages.create(model="claude-sonnet-4-0", max_tokens=10, stream=True,
-                                              messages=[{"role": "user", "content": "x"}])
+        client = wrap(
+            anthropic.AsyncAnthropic(api_key="k", base_url=fake.url, max_retries=0),
+            ledger=ledger,
+            prices=PRICES,
+            provider="anthropic",
+        )
+        stream = await client.messages.create(
+            model="claude-sonnet-4-0", max_tokens=10, stream=True, messages=[{"role": "user", "content": "x"}]
+        )
         assert [e.type async for e in stream][-1] == "message_stop"
         await client.close()
 
@@ -129,12 +173,14 @@ def test_async_anthropic_stream(fake: FakeUpstream, ledger: Ledger) -> None:
 
 def test_abandoned_streams_are_metered(fake: FakeUpstream, ledger: Ledger) -> None:
     client = oai(fake, ledger)
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            messages=[{"role": "user", "content": "hello " * 100}])
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hello " * 100}]
+    )
     next(iter(stream))
     stream.close()  # closed early
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            messages=[{"role": "user", "content": "hello " * 100}])
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hello " * 100}]
+    )
     next(iter(stream))
     del stream  # dropped without closing
     gc.collect()
@@ -144,8 +190,14 @@ def test_abandoned_streams_are_metered(fake: FakeUpstream, ledger: Ledger) -> No
 
 
 def test_upstream_error_is_recorded(fake: FakeUpstream, ledger: Ledger) -> None:
-    client = wrap(openai.OpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0,
-                                default_headers={"x-fake": "error"}), ledger=ledger, prices=PRICES, provider="openai")
+    client = wrap(
+        openai.OpenAI(
+            api_key="sk", base_url=f"{fake.url}/v1", max_retries=0, default_headers={"x-fake": "error"}
+        ),
+        ledger=ledger,
+        prices=PRICES,
+        provider="openai",
+    )
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     [ev] = events(ledger)
@@ -180,9 +232,16 @@ class Gate:
 def test_gate_admits_and_settles(fake: FakeUpstream, ledger: Ledger) -> None:
     gate = Gate(Admission(allowed=True, reservation_id="r1"))
     client = oai(fake, ledger, gate=gate, team="blue")
-    client.chat.completions.create(model="gpt-4o-mini", max_tokens=77, messages=[{"role": "user", "content": "hi"}])
+    client.chat.completions.create(
+        model="gpt-4o-mini", max_tokens=77, messages=[{"role": "user", "content": "hi"}]
+    )
     [call] = gate.calls
-    assert (call.model, call.max_output_tokens, call.team, call.protocol) == ("gpt-4o-mini", 77, "blue", "openai")
+    assert (call.model, call.max_output_tokens, call.team, call.protocol) == (
+        "gpt-4o-mini",
+        77,
+        "blue",
+        "openai",
+    )
     [ev] = events(ledger)
     assert [e.id for e in gate.settled] == [ev.id]
     assert "x-llmbudget-admission" not in fake.requests[-1]["headers"]
@@ -191,21 +250,36 @@ def test_gate_admits_and_settles(fake: FakeUpstream, ledger: Ledger) -> None:
 def test_gate_refusal_raises_budget_exceeded(fake: FakeUpstream, ledger: Ledger) -> None:
     notice = "Cloud budget exhausted, operating local-only until 2026-12-01"
     gate = Gate(Admission(allowed=False, message=notice, retry_after_s=60))
-    client = wrap(anthropic.Anthropic(api_key="k", base_url=fake.url, max_retries=0), ledger=ledger,
-                  prices=PRICES, gate=gate)
+    client = wrap(
+        anthropic.Anthropic(api_key="k", base_url=fake.url, max_retries=0),
+        ledger=ledger,
+        prices=PRICES,
+        gate=gate,
+    )
     before = len(fake.requests)
     with pytest.raises(BudgetExceeded, match="operating local-only") as info:
-        client.messages.create(model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        client.messages.create(
+            model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.retry_after_s == 60
     with pytest.raises(BudgetExceeded):
-        client.messages.stream(model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        client.messages.stream(
+            model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
     assert len(fake.requests) == before and events(ledger) == []
 
 
 def test_gate_fallback_uses_the_fallback_client(fake: FakeUpstream, ledger: Ledger) -> None:
-    gate = Gate(Admission(allowed=True, fallback_backend="local", fallback_model="llama3.2", notice="local-only"))
-    local = wrap(openai.OpenAI(api_key="none", base_url=f"{fake.url}/v1", max_retries=0), ledger=ledger,
-                 prices=PRICES, backend="local", local=True)
+    gate = Gate(
+        Admission(allowed=True, fallback_backend="local", fallback_model="llama3.2", notice="local-only")
+    )
+    local = wrap(
+        openai.OpenAI(api_key="none", base_url=f"{fake.url}/v1", max_retries=0),
+        ledger=ledger,
+        prices=PRICES,
+        backend="local",
+        local=True,
+    )
     client = oai(fake, ledger, gate=gate, fallback=local)
     client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert fake.requests[-1]["json"]["model"] == "llama3.2"
@@ -216,11 +290,17 @@ def test_gate_fallback_uses_the_fallback_client(fake: FakeUpstream, ledger: Ledg
 
 def test_async_anthropic_stream_manager_is_gated(fake: FakeUpstream, ledger: Ledger) -> None:
     async def run(gate: Gate) -> str:
-        client = wrap(anthropic.AsyncAnthropic(api_key="k", base_url=fake.url, max_retries=0), ledger=ledger,
-                      prices=PRICES, provider="anthropic", gate=gate)
+        client = wrap(
+            anthropic.AsyncAnthropic(api_key="k", base_url=fake.url, max_retries=0),
+            ledger=ledger,
+            prices=PRICES,
+            provider="anthropic",
+            gate=gate,
+        )
         try:
-            async with client.messages.stream(model="claude-sonnet-4-0", max_tokens=10,
-                                              messages=[{"role": "user", "content": "x"}]) as stream:
+            async with client.messages.stream(
+                model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            ) as stream:
                 return "".join([t async for t in stream.text_stream])
         finally:
             await client.close()
@@ -233,12 +313,16 @@ def test_async_anthropic_stream_manager_is_gated(fake: FakeUpstream, ledger: Led
         asyncio.run(run(Gate(Admission(allowed=False, message="no budget left"))))
 
 
-def test_default_ledger_and_prices_come_from_the_configuration(fake: FakeUpstream, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_ledger_and_prices_come_from_the_configuration(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "configured.db"
     monkeypatch.setenv("LLMBUDGET_DB", f"sqlite:///{db}")
-    client = wrap(openai.OpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0), provider="openai",
-                  agent="default")
+    client = wrap(
+        openai.OpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0),
+        provider="openai",
+        agent="default",
+    )
     client.embeddings.create(model="text-embedding-3-small", input="x")
     from llmbudget.capture import wrap as wrap_module
 

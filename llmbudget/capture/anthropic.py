@@ -57,8 +57,9 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     model = req.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
-    meter = AnthropicMeter(protocol="anthropic", endpoint="messages", request=req, body=body,
-                           request_model=model)
+    meter = AnthropicMeter(
+        protocol="anthropic", endpoint="messages", request=req, body=body, request_model=model
+    )
     meter.stream = req.get("stream") is True
     meter.max_output_tokens = int_or_none(req.get("max_tokens"))
     return meter
@@ -66,6 +67,13 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
     """Anthropic's error shape."""
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 429: "rate_limit_error", 502: "api_error", 529: "overloaded_error"}
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        502: "api_error",
+        529: "overloaded_error",
+    }
     return {"type": "error", "error": {"type": kind.get(status, "api_error"), "message": message}}

@@ -16,9 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: request keys whose string values are not text the model reads (ids, enums, base64 payloads)
-_SKIP_KEYS = frozenset({"model", "role", "type", "id", "tool_call_id", "tool_use_id", "data", "url",
-                        "image_url", "mime_type", "mimeType", "media_type", "inline_data", "inlineData",
-                        "source", "signature", "cache_control", "stream", "stream_options"})
+_SKIP_KEYS = frozenset(
+    {
+        "model",
+        "role",
+        "type",
+        "id",
+        "tool_call_id",
+        "tool_use_id",
+        "data",
+        "url",
+        "image_url",
+        "mime_type",
+        "mimeType",
+        "media_type",
+        "inline_data",
+        "inlineData",
+        "source",
+        "signature",
+        "cache_control",
+        "stream",
+        "stream_options",
+    }
+)
 #: tokens charged per message/part for framing (role markers and separators)
 _PER_ITEM = 4
 
@@ -123,7 +143,7 @@ class CallMeter:
         if cut < 0:
             self._carry = data[-65536:]  # a line longer than 64 KiB is text, never usage we need
             return chunk
-        self._carry = data[cut + 1:]
+        self._carry = data[cut + 1 :]
         self.scan_lines(data[:cut])
         return chunk
 

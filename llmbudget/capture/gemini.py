@@ -8,7 +8,9 @@ from typing import Any
 
 from .base import _TEXT_RE, BadRequest, CallMeter, data_lines, int_or_none, parse_json_body
 
-_PATH_RE = re.compile(r"^(?P<head>.*/models/)(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
+_PATH_RE = re.compile(
+    r"^(?P<head>.*/models/)(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+)
 _MODEL_VERSION = re.compile(rb'"modelVersion"\s*:\s*"([^"\\]{1,200})"')
 _USAGE_KEY = b'"usageMetadata"'
 
@@ -31,7 +33,7 @@ class GeminiMeter(CallMeter):
         if i >= 0:
             tail = tail[i:]
         elif not self._tail.startswith(_USAGE_KEY):
-            tail = tail[-(len(_USAGE_KEY) + 256):]  # enough to catch a key split across chunks
+            tail = tail[-(len(_USAGE_KEY) + 256) :]  # enough to catch a key split across chunks
         self._tail = tail
         for m in _MODEL_VERSION.finditer(chunk):
             self.model = m.group(1).decode("utf-8", "replace")
@@ -127,6 +129,13 @@ def make_meter(path: str, method: str, body: bytes, query: str = "") -> CallMete
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
     """Google's error shape."""
-    names = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-             429: "RESOURCE_EXHAUSTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE"}
+    names = {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        429: "RESOURCE_EXHAUSTED",
+        502: "UNAVAILABLE",
+        503: "UNAVAILABLE",
+    }
     return {"error": {"code": status, "message": message, "status": names.get(status, "INTERNAL")}}

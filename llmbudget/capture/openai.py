@@ -58,7 +58,7 @@ class OpenAIMeter(CallMeter):
         if last is None:
             self._pending = data
             return b""
-        out, self._pending = data[: last.end()], data[last.end():]
+        out, self._pending = data[: last.end()], data[last.end() :]
         self.out_chars += _text_chars(out)
         self.scan_lines(out)
         if _USAGE_OBJ.search(out):
@@ -177,7 +177,9 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     if endpoint == "responses":
         meter.max_output_tokens = int_or_none(req.get("max_output_tokens"))
     else:
-        meter.max_output_tokens = int_or_none(req.get("max_completion_tokens")) or int_or_none(req.get("max_tokens"))
+        meter.max_output_tokens = int_or_none(req.get("max_completion_tokens")) or int_or_none(
+            req.get("max_tokens")
+        )
     if meter.stream and endpoint in ("chat", "completions"):
         opts = req.get("stream_options")
         if not (isinstance(opts, dict) and opts.get("include_usage") is True):
@@ -191,6 +193,11 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
     """OpenAI's error shape, so the SDK raises its normal exception."""
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            429: "rate_limit_exceeded", 502: "api_connection_error"}.get(status, "api_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        429: "rate_limit_exceeded",
+        502: "api_connection_error",
+    }.get(status, "api_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}

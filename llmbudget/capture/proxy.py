@@ -41,14 +41,31 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 #: headers that belong to one connection, never forwarded (RFC 9110 7.6.1) plus those we recompute
-_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-                  b"trailer", b"transfer-encoding", b"upgrade", b"proxy-connection"})
+_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+    }
+)
 _REQ_DROP = _HOP | {b"host", b"content-length"}
 _KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
 _ATTR_HEADERS = {
-    b"x-llmbudget-agent": "agent", b"x-llmbudget-session": "session", b"x-llmbudget-user": "user",
-    b"x-llmbudget-team": "team", b"x-llmbudget-task": "task_id", b"x-llmbudget-task-id": "task_id",
-    b"x-llmbudget-task-type": "task_type", b"x-llmbudget-tier": "tier", b"x-llmbudget-tags": "tags",
+    b"x-llmbudget-agent": "agent",
+    b"x-llmbudget-session": "session",
+    b"x-llmbudget-user": "user",
+    b"x-llmbudget-team": "team",
+    b"x-llmbudget-task": "task_id",
+    b"x-llmbudget-task-id": "task_id",
+    b"x-llmbudget-task-type": "task_type",
+    b"x-llmbudget-tier": "tier",
+    b"x-llmbudget-tags": "tags",
 }
 _RATE_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-", "retry-after", "x-llm-cost", "x-litellm-")
 _MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
@@ -102,9 +119,10 @@ class Proxy:
         self.services = services
         self.backends: dict[str, BackendConfig] = dict(services.config.backends)
         self.session: aiohttp.ClientSession | None = None
-        self._timeouts = {n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0),
-                                                   sock_read=b.timeout_s)
-                          for n, b in self.backends.items()}
+        self._timeouts = {
+            n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0), sock_read=b.timeout_s)
+            for n, b in self.backends.items()
+        }
         self._readings: dict[str, tuple[list[tuple[str, str]], Any, int]] = {}
         self._next_sample: dict[str, float] = {}
         self._reading_task: asyncio.Task[None] | None = None
@@ -114,12 +132,16 @@ class Proxy:
     async def startup(self) -> None:
         """Open the shared upstream session (called from the app's lifespan)."""
         if self.session is None:
-            connector = aiohttp.TCPConnector(limit=2000, limit_per_host=0, keepalive_timeout=60,
-                                             ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(
+                limit=2000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
+            )
             # auto_decompress off: bytes pass through exactly as the upstream encoded them
-            self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                                                 timeout=aiohttp.ClientTimeout(total=None))
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
             self._reading_task = asyncio.create_task(self._reading_loop())
 
     async def shutdown(self) -> None:
@@ -182,9 +204,18 @@ class Proxy:
             await _send_error(send, protocol, e.status, str(e), e.code)
             log.info("proxy_bad_request backend=%s path=%s reason=%s", name, rest, e)
             return
-        req = ProxyRequest(method=method, path=rest, query=query, headers=headers,
-                           body=meter.body if meter else body, protocol=protocol, backend=name, meter=meter,
-                           attribution=attribution, has_key=has_key)
+        req = ProxyRequest(
+            method=method,
+            path=rest,
+            query=query,
+            headers=headers,
+            body=meter.body if meter else body,
+            protocol=protocol,
+            backend=name,
+            meter=meter,
+            attribution=attribution,
+            has_key=has_key,
+        )
         if meter is None:
             log.info("proxy_unmetered backend=%s method=%s path=%s", name, method, rest)
             await self.passthrough(req, name, send)
@@ -200,18 +231,29 @@ class Proxy:
         meter = req.meter
         assert meter is not None
         backend = self.backends[req.backend]
-        call = CallInfo(backend=req.backend, protocol=req.protocol,
-                        provider=self._provider(meter.request_model or "", backend),
-                        model=meter.request_model or "", est_input_tokens=meter.est_input_tokens(),
-                        max_output_tokens=meter.max_output_tokens, local=backend.local, streamed=meter.stream,
-                        **{k: v for k, v in req.attribution.items() if k != "tags"},
-                        tags=dict(req.attribution.get("tags") or {}))
+        call = CallInfo(
+            backend=req.backend,
+            protocol=req.protocol,
+            provider=self._provider(meter.request_model or "", backend),
+            model=meter.request_model or "",
+            est_input_tokens=meter.est_input_tokens(),
+            max_output_tokens=meter.max_output_tokens,
+            local=backend.local,
+            streamed=meter.stream,
+            **{k: v for k, v in req.attribution.items() if k != "tags"},
+            tags=dict(req.attribution.get("tags") or {}),
+        )
         try:
             admission: Admission = await gate.admit(call)
         except Exception as e:  # fail closed: a budget that cannot be checked does not let spend through
             log.exception("proxy_gate_failed backend=%s", req.backend)
-            await _send_error(send, req.protocol, 503, f"llmbudget could not check the budget ({type(e).__name__}); "
-                              "try again", "budget_check_failed")
+            await _send_error(
+                send,
+                req.protocol,
+                503,
+                f"llmbudget could not check the budget ({type(e).__name__}); try again",
+                "budget_check_failed",
+            )
             return False
         if not admission.allowed:
             message = admission.message or admission.notice or "budget exhausted"
@@ -221,8 +263,14 @@ class Proxy:
             if admission.notice:
                 extra.append((b"x-llmbudget-notice", _header_safe(admission.notice)))
             await _send_error(send, req.protocol, admission.status or 429, message, "budget_exceeded", extra)
-            self._record(req, req.backend, http_status=admission.status or 429, status="blocked",
-                         interrupted=False, upstream_reached=False)
+            self._record(
+                req,
+                req.backend,
+                http_status=admission.status or 429,
+                status="blocked",
+                interrupted=False,
+                upstream_reached=False,
+            )
             return False
         req.admission = admission
         if admission.fallback_backend:
@@ -235,21 +283,29 @@ class Proxy:
         return True
 
     # ---------------------------------------------------------------- dispatch (the fallback seam)
-    async def dispatch(self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None) -> None:
+    async def dispatch(
+        self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None
+    ) -> None:
         """Serve `req` on backend `target`; a different protocol goes through a registered translator."""
         backend = self.backends.get(target)
         if backend is None:
-            await _send_error(send, req.protocol, 502, f"fallback backend {target!r} is not configured",
-                              "bad_fallback")
+            await _send_error(
+                send, req.protocol, 502, f"fallback backend {target!r} is not configured", "bad_fallback"
+            )
             await self._release(req)
             return
         if backend.kind != req.protocol:
             translators = self.services.extras.get("translators") or {}
             translate: Translator | None = translators.get((req.protocol, backend.kind))
             if translate is None:
-                await _send_error(send, req.protocol, 502,
-                                  f"fallback backend {target!r} speaks {backend.kind}, this call is {req.protocol} "
-                                  "and no translator is installed", "bad_fallback")
+                await _send_error(
+                    send,
+                    req.protocol,
+                    502,
+                    f"fallback backend {target!r} speaks {backend.kind}, this call is {req.protocol} "
+                    "and no translator is installed",
+                    "bad_fallback",
+                )
                 await self._release(req)
                 return
             event = await translate(self, req, target, send)
@@ -279,15 +335,23 @@ class Proxy:
             headers["Accept-Encoding"] = "identity"
         return URL(url, encoded=True), headers
 
-    async def forward(self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None) -> None:
+    async def forward(
+        self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None
+    ) -> None:
         """Send `req` to `target` (same protocol), stream or buffer the answer, meter it."""
         assert self.session is not None, "Proxy.startup() was not called (lifespan off?)"
         meter = req.meter
         assert meter is not None
         url, headers = self._upstream(req, target)
         try:
-            resp = await self.session.request(req.method, url, headers=headers, data=req.body,
-                                              allow_redirects=False, timeout=self._timeouts[target])
+            resp = await self.session.request(
+                req.method,
+                url,
+                headers=headers,
+                data=req.body,
+                allow_redirects=False,
+                timeout=self._timeouts[target],
+            )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             await self._connect_failed(req, target, send, e)
             return
@@ -305,8 +369,14 @@ class Proxy:
         finally:
             resp.release()
 
-    async def _buffered(self, req: ProxyRequest, target: str, resp: aiohttp.ClientResponse,
-                        out_headers: list[tuple[bytes, bytes]], send: Send) -> None:
+    async def _buffered(
+        self,
+        req: ProxyRequest,
+        target: str,
+        resp: aiohttp.ClientResponse,
+        out_headers: list[tuple[bytes, bytes]],
+        send: Send,
+    ) -> None:
         meter = req.meter
         assert meter is not None
         try:
@@ -319,10 +389,15 @@ class Proxy:
             meter.read_body(decode_body(body, resp.headers.get("Content-Encoding")))
             if not meter.complete:  # a 200 whose body is not the protocol's answer: passed on, noted
                 status = "error"
-                log.warning("proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path,
-                            resp.headers.get("Content-Type", ""))
-        event = self._record(req, target, http_status=resp.status, status=status, interrupted=False,
-                             defer=True)
+                log.warning(
+                    "proxy_unreadable_answer backend=%s path=%s content_type=%s",
+                    target,
+                    req.path,
+                    resp.headers.get("Content-Type", ""),
+                )
+        event = self._record(
+            req, target, http_status=resp.status, status=status, interrupted=False, defer=True
+        )
         if event is not None:
             cost = "unpriced" if event.cost_usd is None else _fmt_cost(event.cost_usd)
             out_headers.append((b"x-llmbudget-cost-usd", cost.encode()))
@@ -333,8 +408,15 @@ class Proxy:
         if event is not None:
             self._commit(req, event)
 
-    async def _stream(self, req: ProxyRequest, target: str, resp: aiohttp.ClientResponse,
-                      out_headers: list[tuple[bytes, bytes]], send: Send, receive: Receive | None) -> None:
+    async def _stream(
+        self,
+        req: ProxyRequest,
+        target: str,
+        resp: aiohttp.ClientResponse,
+        out_headers: list[tuple[bytes, bytes]],
+        send: Send,
+        receive: Receive | None,
+    ) -> None:
         meter = req.meter
         assert meter is not None
         encoding = resp.headers.get("Content-Encoding")
@@ -356,7 +438,11 @@ class Proxy:
 
             def _on_disconnect(f: asyncio.Future[Message]) -> None:
                 nonlocal client_gone
-                if not f.cancelled() and f.exception() is None and f.result().get("type") == "http.disconnect":
+                if (
+                    not f.cancelled()
+                    and f.exception() is None
+                    and f.result().get("type") == "http.disconnect"
+                ):
                     client_gone = True
                     task.cancel()
 
@@ -382,8 +468,11 @@ class Proxy:
             meter.end()
             log.warning("proxy_upstream_cut backend=%s path=%s error=%s", target, req.path, type(e).__name__)
             # Tell the client in its protocol: an SSE error event (SDKs raise on it), else a cut connection.
-            note = _stream_error_event(req.protocol, ctype_of(out_headers),
-                                       f"the upstream {target!r} closed the stream early ({type(e).__name__})")
+            note = _stream_error_event(
+                req.protocol,
+                ctype_of(out_headers),
+                f"the upstream {target!r} closed the stream early ({type(e).__name__})",
+            )
             if note is not None:
                 with contextlib.suppress(Exception):
                     await send({"type": "http.response.body", "body": note, "more_body": False})
@@ -393,8 +482,15 @@ class Proxy:
                 watcher.cancel()
             if client_gone and task is not None:
                 task.uncancel()  # so the rest of this request (recording) runs normally
-        event = self._record(req, target, http_status=resp.status, status=None, interrupted=interrupted,
-                             ttft_ms=ttft, defer=True)
+        event = self._record(
+            req,
+            target,
+            http_status=resp.status,
+            status=None,
+            interrupted=interrupted,
+            ttft_ms=ttft,
+            defer=True,
+        )
         if event is not None:
             self._commit(req, event)
 
@@ -403,12 +499,25 @@ class Proxy:
         assert self.session is not None, "Proxy.startup() was not called (lifespan off?)"
         url, headers = self._upstream(req, target)
         try:
-            resp = await self.session.request(req.method, url, headers=headers, data=req.body or None,
-                                              allow_redirects=False, timeout=self._timeouts[target])
+            resp = await self.session.request(
+                req.method,
+                url,
+                headers=headers,
+                data=req.body or None,
+                allow_redirects=False,
+                timeout=self._timeouts[target],
+            )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
-            await _send_error(send, req.protocol, 502, f"cannot reach backend {target!r}: {type(e).__name__}",
-                              "upstream_unreachable")
+            log.warning(
+                "proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__
+            )
+            await _send_error(
+                send,
+                req.protocol,
+                502,
+                f"cannot reach backend {target!r}: {type(e).__name__}",
+                "upstream_unreachable",
+            )
             return
         try:
             self._note_rate_headers(target, resp)
@@ -427,18 +536,33 @@ class Proxy:
         """404 in the (guessed) protocol's shape, naming the configured backends."""
         names = sorted(self.backends)
         first = scope["path"][1:].partition("/")[0]
-        message = (f"no backend named {first!r}; configured backends: {', '.join(names) or '(none)'}. "
-                   "Requests go to /{backend}/{path}.")
+        message = (
+            f"no backend named {first!r}; configured backends: {', '.join(names) or '(none)'}. "
+            "Requests go to /{backend}/{path}."
+        )
         await _send_error(send, guess_protocol(scope["path"]), 404, message, "unknown_backend")
 
-    async def _connect_failed(self, req: ProxyRequest, target: str, send: Send, e: BaseException,
-                              started: bool = False) -> None:
+    async def _connect_failed(
+        self, req: ProxyRequest, target: str, send: Send, e: BaseException, started: bool = False
+    ) -> None:
         log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
-        await _send_error(send, req.protocol, 502,
-                          f"llmbudget could not reach backend {target!r} ({type(e).__name__})",
-                          "upstream_unreachable", [(b"x-llmbudget-request-id", req.event_id.encode())])
-        event = self._record(req, target, http_status=502, status="error", interrupted=False,
-                             upstream_reached=started, defer=True)
+        await _send_error(
+            send,
+            req.protocol,
+            502,
+            f"llmbudget could not reach backend {target!r} ({type(e).__name__})",
+            "upstream_unreachable",
+            [(b"x-llmbudget-request-id", req.event_id.encode())],
+        )
+        event = self._record(
+            req,
+            target,
+            http_status=502,
+            status="error",
+            interrupted=False,
+            upstream_reached=started,
+            defer=True,
+        )
         if event is not None:
             self._record_now(event)
         if started and req.admission is not None and event is not None:
@@ -459,16 +583,32 @@ class Proxy:
         except Exception:  # the price book is optional on this path; fall back to the wire protocol
             return {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}[backend.kind]
 
-    def _record(self, req: ProxyRequest, target: str, *, http_status: int, status: str | None,
-                interrupted: bool, ttft_ms: float | None = None, upstream_reached: bool = True,
-                defer: bool = False) -> UsageEvent | None:
+    def _record(
+        self,
+        req: ProxyRequest,
+        target: str,
+        *,
+        http_status: int,
+        status: str | None,
+        interrupted: bool,
+        ttft_ms: float | None = None,
+        upstream_reached: bool = True,
+        defer: bool = False,
+    ) -> UsageEvent | None:
         """Build (and unless `defer`, record) the call's event. Never raises: a failure is logged."""
         meter = req.meter
         if meter is None:
             return None
         try:
-            event = self._build_event(req, target, http_status=http_status, status=status,
-                                      interrupted=interrupted, ttft_ms=ttft_ms, upstream_reached=upstream_reached)
+            event = self._build_event(
+                req,
+                target,
+                http_status=http_status,
+                status=status,
+                interrupted=interrupted,
+                ttft_ms=ttft_ms,
+                upstream_reached=upstream_reached,
+            )
         except Exception:
             log.exception("proxy_event_failed backend=%s path=%s", target, req.path)
             return None
@@ -476,18 +616,40 @@ class Proxy:
             self._record_now(event)
         return event
 
-    def _build_event(self, req: ProxyRequest, target: str, *, http_status: int, status: str | None,
-                     interrupted: bool, ttft_ms: float | None, upstream_reached: bool) -> UsageEvent:
+    def _build_event(
+        self,
+        req: ProxyRequest,
+        target: str,
+        *,
+        http_status: int,
+        status: str | None,
+        interrupted: bool,
+        ttft_ms: float | None,
+        upstream_reached: bool,
+    ) -> UsageEvent:
         meter = req.meter
         assert meter is not None
         backend = self.backends[target]
         if status is None:
-            status = call_status(meter, http_status=http_status, interrupted=interrupted, fallback=req.fallback)
+            status = call_status(
+                meter, http_status=http_status, interrupted=interrupted, fallback=req.fallback
+            )
         model = meter.model or meter.request_model or ""
-        return build_event(meter, event_id=req.event_id, backend=target, provider=self._provider(model, backend),
-                           prices=self.services.prices, local=backend.local, attribution=req.attribution,
-                           http_status=http_status, status=status, started=req.started, ttft_ms=ttft_ms,
-                           source="proxy", upstream_reached=upstream_reached)
+        return build_event(
+            meter,
+            event_id=req.event_id,
+            backend=target,
+            provider=self._provider(model, backend),
+            prices=self.services.prices,
+            local=backend.local,
+            attribution=req.attribution,
+            http_status=http_status,
+            status=status,
+            started=req.started,
+            ttft_ms=ttft_ms,
+            source="proxy",
+            upstream_reached=upstream_reached,
+        )
 
     def _record_now(self, event: UsageEvent) -> None:
         try:
@@ -533,8 +695,11 @@ class Proxy:
         for k, _ in resp.raw_headers:
             lk = k.lower()
             if lk.startswith((b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")):
-                pairs = [(a.decode("latin-1"), b.decode("latin-1")) for a, b in resp.raw_headers
-                         if a.lower().decode("latin-1").startswith(_RATE_PREFIXES)]
+                pairs = [
+                    (a.decode("latin-1"), b.decode("latin-1"))
+                    for a, b in resp.raw_headers
+                    if a.lower().decode("latin-1").startswith(_RATE_PREFIXES)
+                ]
                 from ..events import utcnow
 
                 self._readings[backend] = (pairs, utcnow(), resp.status)
@@ -562,8 +727,9 @@ def store_piggyback(services: Any, pending: dict[str, tuple[list[tuple[str, str]
 
     stored = 0
     for backend, (pairs, when, http_status) in pending.items():
-        reading = parse_rate_limit_headers(pairs, now=when, backend=backend, source="piggyback",
-                                           http_status=http_status)
+        reading = parse_rate_limit_headers(
+            pairs, now=when, backend=backend, source="piggyback", http_status=http_status
+        )
         if reading is None:
             continue
         try:
@@ -575,6 +741,7 @@ def store_piggyback(services: Any, pending: dict[str, tuple[list[tuple[str, str]
 
 
 # -------------------------------------------------------------------- helpers
+
 
 async def _read_body(receive: Receive) -> bytes:
     msg = await receive()
@@ -595,11 +762,20 @@ def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in out if k not in drop]
 
 
-async def _send_error(send: Send, protocol: str, status: int, message: str, code: str,
-                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_error(
+    send: Send,
+    protocol: str,
+    status: int,
+    message: str,
+    code: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = error_bytes(protocol, status, message, code)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *(extra or [])]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

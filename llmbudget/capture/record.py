@@ -25,9 +25,22 @@ def call_status(meter: CallMeter, *, http_status: int, interrupted: bool, fallba
     return "fallback" if fallback else "ok"
 
 
-def build_event(meter: CallMeter, *, event_id: str, backend: str, provider: str, prices: Any, local: bool,
-                attribution: dict[str, Any], http_status: int, status: str, started: float,
-                ttft_ms: float | None, source: str, upstream_reached: bool = True) -> UsageEvent:
+def build_event(
+    meter: CallMeter,
+    *,
+    event_id: str,
+    backend: str,
+    provider: str,
+    prices: Any,
+    local: bool,
+    attribution: dict[str, Any],
+    http_status: int,
+    status: str,
+    started: float,
+    ttft_ms: float | None,
+    source: str,
+    upstream_reached: bool = True,
+) -> UsageEvent:
     """The call's event: tokens as the provider reported them, estimated only for cut streams, priced.
 
     A cut stream whose provider never reported usage is recorded with input estimated from the
@@ -54,12 +67,22 @@ def build_event(meter: CallMeter, *, event_id: str, backend: str, provider: str,
         result = prices.cost(model, usage_now, provider=provider, at=now, local=local or provider == "local")
         cost, price_status = result.cost_usd, result.status
     return UsageEvent(
-        backend=backend, model=model, id=event_id, timestamp=now, provider=provider,
-        request_model=meter.request_model, **tokens,
+        backend=backend,
+        model=model,
+        id=event_id,
+        timestamp=now,
+        provider=provider,
+        request_model=meter.request_model,
+        **tokens,
         **{k: v for k, v in attribution.items() if k != "tags" and v is not None},
-        tags=dict(attribution.get("tags") or {}), status=status, http_status=http_status, streamed=meter.stream,
+        tags=dict(attribution.get("tags") or {}),
+        status=status,
+        http_status=http_status,
+        streamed=meter.stream,
         duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
-        ttft_ms=None if ttft_ms is None else round(ttft_ms, 3), source=source, cost_usd=cost,
+        ttft_ms=None if ttft_ms is None else round(ttft_ms, 3),
+        source=source,
+        cost_usd=cost,
         price_status=price_status,
     )
 

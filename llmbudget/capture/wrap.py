@@ -41,6 +41,7 @@ _ATTR_KEYS = ("agent", "session", "user", "team", "task_id", "task_type", "tier"
 
 # ------------------------------------------------------------------ a loop for async gates called from sync code
 
+
 class _GateLoop:
     """One background event loop per process, so a sync client can call an async gate (and its locks stay put)."""
 
@@ -59,11 +60,23 @@ class _GateLoop:
 
 # ------------------------------------------------------------------ shared state of one wrapped client
 
+
 class _Recorder:
     """What a wrapped client needs to turn a finished call into an event."""
 
-    def __init__(self, *, protocol: str, backend: str, base_url: str, attribution: dict[str, Any], ledger: Any,
-                 prices: Any, gate: Any, provider: str | None, local: bool) -> None:
+    def __init__(
+        self,
+        *,
+        protocol: str,
+        backend: str,
+        base_url: str,
+        attribution: dict[str, Any],
+        ledger: Any,
+        prices: Any,
+        gate: Any,
+        provider: str | None,
+        local: bool,
+    ) -> None:
         self.protocol = protocol
         self.backend = backend
         self.base_url = base_url
@@ -94,16 +107,36 @@ class _Recorder:
         except Exception:
             return self.protocol
 
-    def event(self, meter: CallMeter, *, event_id: str, http_status: int, interrupted: bool, started: float,
-              ttft_ms: float | None, admission: Admission | None) -> UsageEvent | None:
+    def event(
+        self,
+        meter: CallMeter,
+        *,
+        event_id: str,
+        http_status: int,
+        interrupted: bool,
+        started: float,
+        ttft_ms: float | None,
+        admission: Admission | None,
+    ) -> UsageEvent | None:
         try:
-            status = call_status(meter, http_status=http_status, interrupted=interrupted,
-                                 fallback=self.fallback)
+            status = call_status(
+                meter, http_status=http_status, interrupted=interrupted, fallback=self.fallback
+            )
             model = meter.model or meter.request_model or ""
-            ev = build_event(meter, event_id=event_id, backend=self.backend, provider=self.provider_of(model),
-                             prices=self.prices, local=self.local, attribution=self.attribution,
-                             http_status=http_status, status=status, started=started, ttft_ms=ttft_ms,
-                             source="sdk")
+            ev = build_event(
+                meter,
+                event_id=event_id,
+                backend=self.backend,
+                provider=self.provider_of(model),
+                prices=self.prices,
+                local=self.local,
+                attribution=self.attribution,
+                http_status=http_status,
+                status=status,
+                started=started,
+                ttft_ms=ttft_ms,
+                source="sdk",
+            )
             self.ledger.record(ev)
             return ev
         except Exception:
@@ -114,8 +147,15 @@ class _Recorder:
 class _Call:
     """One metered HTTP exchange: feeds the meter from the response stream and records exactly once."""
 
-    def __init__(self, rec: _Recorder, meter: CallMeter, admission: Admission | None, status: int,
-                 encoding: str | None, streamed: bool) -> None:
+    def __init__(
+        self,
+        rec: _Recorder,
+        meter: CallMeter,
+        admission: Admission | None,
+        status: int,
+        encoding: str | None,
+        streamed: bool,
+    ) -> None:
         self.rec = rec
         self.meter = meter
         self.admission = admission
@@ -152,13 +192,20 @@ class _Call:
             self.meter.end()
         # closed early but after the protocol's end marker (SDKs stop reading at `[DONE]`): complete
         interrupted = self.status < 400 and not self.meter.complete
-        self.event = self.rec.event(self.meter, event_id=new_id(), http_status=self.status,
-                                    interrupted=interrupted, started=self.started,
-                                    ttft_ms=self.ttft if self.streamed else None, admission=self.admission)
+        self.event = self.rec.event(
+            self.meter,
+            event_id=new_id(),
+            http_status=self.status,
+            interrupted=interrupted,
+            started=self.started,
+            ttft_ms=self.ttft if self.streamed else None,
+            admission=self.admission,
+        )
         return self.event
 
 
 # ------------------------------------------------------------------ response streams
+
 
 def _stream_classes(mod: Any) -> tuple[type, type]:
     return mod.SyncByteStream, mod.AsyncByteStream
@@ -252,34 +299,54 @@ def _make_async_stream(base: type) -> type:
 
 # ------------------------------------------------------------------ transports
 
+
 def _prepare(rec: _Recorder, request: Any) -> tuple[Any, CallMeter | None, Admission | None]:
     admission_key = request.headers.get(_ADMISSION_HEADER)
     admission = rec.admissions.pop(admission_key, None) if admission_key else None
-    meter = rec.meter_for(request.url.path, request.method, request.content) if request.method == "POST" else None
+    meter = (
+        rec.meter_for(request.url.path, request.method, request.content) if request.method == "POST" else None
+    )
     if meter is None and admission_key is None:
         return request, None, None
-    headers = [(k, v) for k, v in request.headers.multi_items()
-               if k.lower() not in (_ADMISSION_HEADER, "content-length")]
+    headers = [
+        (k, v)
+        for k, v in request.headers.multi_items()
+        if k.lower() not in (_ADMISSION_HEADER, "content-length")
+    ]
     body = request.content
     if meter is not None:
         body = meter.body
         # usage must be readable: ask for an uncompressed answer
         headers = [(k, "identity" if k.lower() == "accept-encoding" else v) for k, v in headers]
-    new = type(request)(request.method, request.url, headers=headers, content=body,
-                        extensions=request.extensions)
+    new = type(request)(
+        request.method, request.url, headers=headers, content=body, extensions=request.extensions
+    )
     return new, meter, admission
 
 
-def _wrap_response(rec: _Recorder, request: Any, response: Any, meter: CallMeter, admission: Admission | None,
-                   stream_cls: type) -> Any:
+def _wrap_response(
+    rec: _Recorder,
+    request: Any,
+    response: Any,
+    meter: CallMeter,
+    admission: Admission | None,
+    stream_cls: type,
+) -> Any:
     ctype = response.headers.get("content-type", "")
     streamed = response.status_code < 400 and (meter.stream or ctype.startswith("text/event-stream"))
-    call = _Call(rec, meter, admission, response.status_code, response.headers.get("content-encoding"), streamed)
+    call = _Call(
+        rec, meter, admission, response.status_code, response.headers.get("content-encoding"), streamed
+    )
     headers = response.headers
     if streamed and isinstance(meter, openai_proto.OpenAIMeter) and meter.hide_usage:
         headers = [(k, v) for k, v in headers.multi_items() if k.lower() != "content-length"]
-    return type(response)(response.status_code, headers=headers, stream=stream_cls(response.stream, call),
-                          extensions=response.extensions, request=request)
+    return type(response)(
+        response.status_code,
+        headers=headers,
+        stream=stream_cls(response.stream, call),
+        extensions=response.extensions,
+        request=request,
+    )
 
 
 class _SyncTransport:
@@ -340,6 +407,7 @@ class _AsyncTransport:
 
 # ------------------------------------------------------------------ gate at the resource methods
 
+
 def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
     model = kwargs.get("model")
     model = model if isinstance(model, str) else ""
@@ -347,19 +415,30 @@ def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
         max_out = kwargs.get("max_output_tokens")
     else:
         max_out = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
-    text = {k: v for k, v in kwargs.items() if k in ("messages", "input", "prompt", "system", "instructions",
-                                                       "tools")}
+    text = {
+        k: v
+        for k, v in kwargs.items()
+        if k in ("messages", "input", "prompt", "system", "instructions", "tools")
+    }
     attribution = {k: v for k, v in rec.attribution.items() if k != "tags"}
-    return CallInfo(backend=rec.backend, protocol=rec.protocol, provider=rec.provider_of(model), model=model,
-                    est_input_tokens=estimate_tokens_from_json(text),
-                    max_output_tokens=max_out if isinstance(max_out, int) else None, local=rec.local,
-                    streamed=kwargs.get("stream") is True or method == "stream", **attribution,
-                    tags=dict(rec.attribution.get("tags") or {}))
+    return CallInfo(
+        backend=rec.backend,
+        protocol=rec.protocol,
+        provider=rec.provider_of(model),
+        model=model,
+        est_input_tokens=estimate_tokens_from_json(text),
+        max_output_tokens=max_out if isinstance(max_out, int) else None,
+        local=rec.local,
+        streamed=kwargs.get("stream") is True or method == "stream",
+        **attribution,
+        tags=dict(rec.attribution.get("tags") or {}),
+    )
 
 
 def _refused(admission: Admission) -> BudgetExceeded:
-    return BudgetExceeded(admission.message or admission.notice or "budget exhausted",
-                          retry_after_s=admission.retry_after_s)
+    return BudgetExceeded(
+        admission.message or admission.notice or "budget exhausted", retry_after_s=admission.retry_after_s
+    )
 
 
 def _with_admission(rec: _Recorder, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -378,8 +457,10 @@ def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tu
             raise _refused(admission)
         if admission.fallback_backend:
             if fallback is None:
-                raise BudgetExceeded(admission.notice or admission.message or "budget exhausted",
-                                     retry_after_s=admission.retry_after_s)
+                raise BudgetExceeded(
+                    admission.notice or admission.message or "budget exhausted",
+                    retry_after_s=admission.retry_after_s,
+                )
             _GateLoop.run(rec.gate.release(admission))
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
@@ -397,8 +478,10 @@ def _gate_async(rec: _Recorder, original: Any, name: str, fallback: Any, path: t
             raise _refused(admission)
         if admission.fallback_backend:
             if fallback is None:
-                raise BudgetExceeded(admission.notice or admission.message or "budget exhausted",
-                                     retry_after_s=admission.retry_after_s)
+                raise BudgetExceeded(
+                    admission.notice or admission.message or "budget exhausted",
+                    retry_after_s=admission.retry_after_s,
+                )
             await rec.gate.release(admission)
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
@@ -412,8 +495,15 @@ class _GatedAsyncStream:
     """`AsyncAnthropic.messages.stream(...)` is a plain call returning an async context manager: the
     gate is asked on `async with`, inside the caller's event loop."""
 
-    def __init__(self, rec: _Recorder, original: Any, fallback: Any, path: tuple[str, ...], args: Any,
-                 kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        rec: _Recorder,
+        original: Any,
+        fallback: Any,
+        path: tuple[str, ...],
+        args: Any,
+        kwargs: dict[str, Any],
+    ) -> None:
         self._rec, self._original, self._fallback, self._path = rec, original, fallback, path
         self._args, self._kwargs = args, kwargs
         self._inner: Any = None
@@ -425,8 +515,10 @@ class _GatedAsyncStream:
             raise _refused(admission)
         if admission.fallback_backend:
             if self._fallback is None:
-                raise BudgetExceeded(admission.notice or admission.message or "budget exhausted",
-                                     retry_after_s=admission.retry_after_s)
+                raise BudgetExceeded(
+                    admission.notice or admission.message or "budget exhausted",
+                    retry_after_s=admission.retry_after_s,
+                )
             await rec.gate.release(admission)
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
@@ -453,18 +545,37 @@ def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
-_OPENAI_METHODS = [(("chat", "completions", "create"), "chat"), (("responses", "create"), "responses"),
-                   (("completions", "create"), "completions"), (("embeddings", "create"), "embeddings")]
+_OPENAI_METHODS = [
+    (("chat", "completions", "create"), "chat"),
+    (("responses", "create"), "responses"),
+    (("completions", "create"), "completions"),
+    (("embeddings", "create"), "embeddings"),
+]
 _ANTHROPIC_METHODS = [(("messages", "create"), "messages"), (("messages", "stream"), "stream")]
 
 
 # ------------------------------------------------------------------ public API
 
-def wrap(client: Any, *, agent: str | None = None, session: str | None = None, user: str | None = None,
-         team: str | None = None, task_id: str | None = None, task_type: str | None = None,
-         tier: str | None = None, tags: dict[str, str] | None = None, ledger: Any = None, prices: Any = None,
-         gate: Any = None, backend: str | None = None, fallback: Any = None, provider: str | None = None,
-         local: bool = False) -> Any:
+
+def wrap(
+    client: Any,
+    *,
+    agent: str | None = None,
+    session: str | None = None,
+    user: str | None = None,
+    team: str | None = None,
+    task_id: str | None = None,
+    task_type: str | None = None,
+    tier: str | None = None,
+    tags: dict[str, str] | None = None,
+    ledger: Any = None,
+    prices: Any = None,
+    gate: Any = None,
+    backend: str | None = None,
+    fallback: Any = None,
+    provider: str | None = None,
+    local: bool = False,
+) -> Any:
     """Meter every call `client` makes (OpenAI/AsyncOpenAI/Anthropic/AsyncAnthropic); returns the same client.
 
     `ledger` defaults to the configured ledger (config lookup as the CLI), `prices` to its price
@@ -491,17 +602,33 @@ def wrap(client: Any, *, agent: str | None = None, session: str | None = None, u
             from ..pricing import PriceBook
 
             prices = PriceBook.from_config(cfg)
-    attribution: dict[str, Any] = {"agent": agent, "session": session, "user": user, "team": team,
-                                   "task_id": task_id, "task_type": task_type, "tier": tier,
-                                   "tags": dict(tags or {})}
+    attribution: dict[str, Any] = {
+        "agent": agent,
+        "session": session,
+        "user": user,
+        "team": team,
+        "task_id": task_id,
+        "task_type": task_type,
+        "tier": tier,
+        "tags": dict(tags or {}),
+    }
     base_url = str(getattr(client, "base_url", ""))
-    rec = _Recorder(protocol=module, backend=backend or module, base_url=base_url, attribution=attribution,
-                    ledger=ledger, prices=prices, gate=gate, provider=provider, local=local)
+    rec = _Recorder(
+        protocol=module,
+        backend=backend or module,
+        base_url=base_url,
+        attribution=attribution,
+        ledger=ledger,
+        prices=prices,
+        gate=gate,
+        provider=provider,
+        local=local,
+    )
     mod = sys.modules[type(inner).__module__.split(".")[0]]
     is_async = hasattr(inner, "handle_async_request")
     http._transport = (_AsyncTransport if is_async else _SyncTransport)(inner, rec, mod)
     if gate is not None:
-        for path, name in (_OPENAI_METHODS if module == "openai" else _ANTHROPIC_METHODS):
+        for path, name in _OPENAI_METHODS if module == "openai" else _ANTHROPIC_METHODS:
             resource = _resolve(client, path[:-1])
             original = getattr(resource, path[-1])
             if not is_async:

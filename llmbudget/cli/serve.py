@@ -29,18 +29,24 @@ def check_bind(host: str, admin_token_env: str | None) -> None:
     if is_loopback(host):
         return
     if not admin_token_env:
-        raise ConfigError(f"refusing to listen on {host}: a non-loopback address needs an admin token; "
-                          "set server.admin_token_env to the name of an environment variable holding one",
-                          key="server.admin_token_env")
+        raise ConfigError(
+            f"refusing to listen on {host}: a non-loopback address needs an admin token; "
+            "set server.admin_token_env to the name of an environment variable holding one",
+            key="server.admin_token_env",
+        )
     if not os.environ.get(admin_token_env):
-        raise ConfigError(f"refusing to listen on {host}: ${admin_token_env} (server.admin_token_env) is "
-                          "empty or unset", key="server.admin_token_env")
+        raise ConfigError(
+            f"refusing to listen on {host}: ${admin_token_env} (server.admin_token_env) is empty or unset",
+            key="server.admin_token_env",
+        )
 
 
 def serve(
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
-    host: Annotated[str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1 or server.host).")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1 or server.host).")
+    ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default 4141 or server.port).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -59,12 +65,24 @@ def serve(
     try:
         app = build_app(services)
         names = ", ".join(f"/{n}" for n in sorted(cfg.backends)) or "(no backends configured)"
-        common.err_console.print(f"llmbudget serving on http://{host}:{port}  backends: {names}", highlight=False)
+        common.err_console.print(
+            f"llmbudget serving on http://{host}:{port}  backends: {names}", highlight=False
+        )
         # No access log: uvicorn's prints query strings (a Gemini `?key=` would land in it) and
         # costs ~15% CPU; the proxy logs what it does itself, without keys.
-        uv_config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
-                                   lifespan="on", access_log=False, log_level=log_level.lower(),
-                                   server_header=False, date_header=False, timeout_graceful_shutdown=10)
+        uv_config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level=log_level.lower(),
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=10,
+        )
         _run_until_stopped(uvicorn.Server(uv_config))
     finally:
         services.close()  # flush every accepted event before the process ends

@@ -49,23 +49,37 @@ class RunningProxy:
 
 
 @contextlib.contextmanager
-def running_proxy(config: Config, db_path: Path, extras: dict[str, Any] | None = None) -> Iterator[RunningProxy]:
+def running_proxy(
+    config: Config, db_path: Path, extras: dict[str, Any] | None = None
+) -> Iterator[RunningProxy]:
     """Serve `build_app(services)` with uvicorn (uvloop, httptools, no access log) until the block ends."""
     from llmbudget.pricing import PriceBook
 
-    ledger = open_ledger(f"sqlite:///{db_path}", audit_log=str(db_path.with_suffix(".jsonl")),
-                         flush_interval_s=0.05)
-    services = Services(config=config, ledger=ledger, prices=PriceBook.from_config(config),
-                        extras=dict(extras or {}))
+    ledger = open_ledger(
+        f"sqlite:///{db_path}", audit_log=str(db_path.with_suffix(".jsonl")), flush_interval_s=0.05
+    )
+    services = Services(
+        config=config, ledger=ledger, prices=PriceBook.from_config(config), extras=dict(extras or {})
+    )
     app = build_app(services)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    cfg = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                         log_level="warning", server_header=False, date_header=False)
+    cfg = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+    )
     server = uvicorn.Server(cfg)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="llmbudget-uvicorn")
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="llmbudget-uvicorn"
+    )
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:

@@ -29,32 +29,54 @@ from aiohttp import web
 
 OPENAI_CHAT_MODEL = "gpt-4o-mini-2024-07-18"
 OPENAI_CHAT_USAGE = {
-    "prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+    "prompt_tokens": 1200,
+    "completion_tokens": 300,
+    "total_tokens": 1500,
     "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
-    "completion_tokens_details": {"reasoning_tokens": 128, "audio_tokens": 0,
-                                  "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 128,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
 }
 OPENAI_RESPONSES_MODEL = "o4-mini-2025-04-16"
 OPENAI_RESPONSES_USAGE = {
-    "input_tokens": 2000, "input_tokens_details": {"cached_tokens": 512},
-    "output_tokens": 700, "output_tokens_details": {"reasoning_tokens": 448}, "total_tokens": 2700,
+    "input_tokens": 2000,
+    "input_tokens_details": {"cached_tokens": 512},
+    "output_tokens": 700,
+    "output_tokens_details": {"reasoning_tokens": 448},
+    "total_tokens": 2700,
 }
 OPENAI_COMPLETIONS_MODEL = "gpt-3.5-turbo-instruct"
 OPENAI_COMPLETIONS_USAGE = {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}
 OPENAI_EMBEDDINGS_MODEL = "text-embedding-3-small"
 OPENAI_EMBEDDINGS_USAGE = {"prompt_tokens": 8, "total_tokens": 8}
 ANTHROPIC_MODEL = "claude-sonnet-4-20250514"
-ANTHROPIC_USAGE = {"input_tokens": 100, "cache_creation_input_tokens": 200, "cache_read_input_tokens": 1000,
-                   "output_tokens": 50, "service_tier": "standard"}
+ANTHROPIC_USAGE = {
+    "input_tokens": 100,
+    "cache_creation_input_tokens": 200,
+    "cache_read_input_tokens": 1000,
+    "output_tokens": 50,
+    "service_tier": "standard",
+}
 GEMINI_MODEL = "gemini-2.5-flash"
-GEMINI_USAGE = {"promptTokenCount": 1500, "candidatesTokenCount": 200, "totalTokenCount": 1800,
-                "cachedContentTokenCount": 1024, "thoughtsTokenCount": 100,
-                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1500}]}
+GEMINI_USAGE = {
+    "promptTokenCount": 1500,
+    "candidatesTokenCount": 200,
+    "totalTokenCount": 1800,
+    "cachedContentTokenCount": 1024,
+    "thoughtsTokenCount": 100,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1500}],
+}
 
 OPENAI_RATE_HEADERS = {
-    "x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "9999",
-    "x-ratelimit-reset-requests": "6ms", "x-ratelimit-limit-tokens": "200000",
-    "x-ratelimit-remaining-tokens": "199000", "x-ratelimit-reset-tokens": "1m2.5s",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-reset-requests": "6ms",
+    "x-ratelimit-limit-tokens": "200000",
+    "x-ratelimit-remaining-tokens": "199000",
+    "x-ratelimit-reset-tokens": "1m2.5s",
 }
 ANTHROPIC_RATE_HEADERS = {
     "anthropic-ratelimit-unified-status": "allowed",
@@ -63,7 +85,8 @@ ANTHROPIC_RATE_HEADERS = {
     "anthropic-ratelimit-unified-7d-utilization": "0.1",
     "anthropic-ratelimit-unified-7d-reset": str(int(time.time()) + 86400),
     "anthropic-ratelimit-unified-representative-claim": "five_hour",
-    "anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "49",
+    "anthropic-ratelimit-requests-limit": "50",
+    "anthropic-ratelimit-requests-remaining": "49",
     "anthropic-ratelimit-requests-reset": "2030-01-01T00:00:00Z",
 }
 TEXT = ["Hel", "lo", " from", " the", " fake", " upstream", "."]
@@ -134,13 +157,23 @@ class FakeUpstream:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        self.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                              "headers": {k.lower(): v for k, v in request.headers.items()}, "json": body, "raw": raw})
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "json": body,
+                "raw": raw,
+            }
+        )
         mode = request.headers.get("x-fake", "")
         path = request.path
         if path.endswith("/v1/models") and request.method == "GET":
-            return web.json_response({"object": "list", "data": [{"id": OPENAI_CHAT_MODEL, "object": "model"}]},
-                                     headers=OPENAI_RATE_HEADERS)
+            return web.json_response(
+                {"object": "list", "data": [{"id": OPENAI_CHAT_MODEL, "object": "model"}]},
+                headers=OPENAI_RATE_HEADERS,
+            )
         if path.endswith("/messages/count_tokens"):
             return web.json_response({"input_tokens": 42})
         if path.endswith("/messages"):
@@ -151,14 +184,16 @@ class FakeUpstream:
             return await self.openai(request, body or {}, mode)
         return web.json_response({"error": "no such route"}, status=404)
 
-    async def _stream(self, request: web.Request, chunks: list[bytes], mode: str, ctype: str,
-                      headers: dict[str, str]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, chunks: list[bytes], mode: str, ctype: str, headers: dict[str, str]
+    ) -> web.StreamResponse:
         if mode == "gzip":  # an upstream that compresses whatever the client asked for
             headers = {**headers, "Content-Encoding": "gzip"}
             comp = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
             chunks = [comp.compress(c) + comp.flush(zlib.Z_SYNC_FLUSH) for c in chunks] + [comp.flush()]
-        resp = web.StreamResponse(status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache",
-                                                        **headers})
+        resp = web.StreamResponse(
+            status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache", **headers}
+        )
         await resp.prepare(request)
         for i, chunk in enumerate(chunks):
             await resp.write(chunk)
@@ -180,21 +215,45 @@ class FakeUpstream:
         path = request.path
         if mode == "error":
             return web.json_response(
-                {"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "requests",
-                           "param": None, "code": "rate_limit_exceeded"}},
-                status=429, headers={**OPENAI_RATE_HEADERS, "x-ratelimit-remaining-requests": "0",
-                                     "retry-after": "20", "x-request-id": "req_fake"})
+                {
+                    "error": {
+                        "message": "Rate limit reached for gpt-4o-mini",
+                        "type": "requests",
+                        "param": None,
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                status=429,
+                headers={
+                    **OPENAI_RATE_HEADERS,
+                    "x-ratelimit-remaining-requests": "0",
+                    "retry-after": "20",
+                    "x-request-id": "req_fake",
+                },
+            )
         if mode == "garbage":
             if body.get("stream"):
-                return await self._stream(request, [b"data: {not json\n\n", b"\x00\xffgarbage\n\n"], "",
-                                          "text/event-stream", OPENAI_RATE_HEADERS)
-            return web.Response(body=b"<html>upstream proxy error</html>", status=200,
-                                content_type="text/html")
+                return await self._stream(
+                    request,
+                    [b"data: {not json\n\n", b"\x00\xffgarbage\n\n"],
+                    "",
+                    "text/event-stream",
+                    OPENAI_RATE_HEADERS,
+                )
+            return web.Response(
+                body=b"<html>upstream proxy error</html>", status=200, content_type="text/html"
+            )
         created = int(time.time())
         if path.endswith("/embeddings"):
-            return web.json_response({"object": "list", "model": OPENAI_EMBEDDINGS_MODEL,
-                                      "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
-                                      "usage": OPENAI_EMBEDDINGS_USAGE}, headers=OPENAI_RATE_HEADERS)
+            return web.json_response(
+                {
+                    "object": "list",
+                    "model": OPENAI_EMBEDDINGS_MODEL,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    "usage": OPENAI_EMBEDDINGS_USAGE,
+                },
+                headers=OPENAI_RATE_HEADERS,
+            )
         if path.endswith("/responses"):
             return await self.openai_responses(request, body, mode, created)
         chat = path.endswith("/chat/completions")
@@ -202,22 +261,41 @@ class FakeUpstream:
         usage = OPENAI_CHAT_USAGE if chat else OPENAI_COMPLETIONS_USAGE
         if not body.get("stream"):
             if chat:
-                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(TEXT), "refusal": None},
-                          "logprobs": None, "finish_reason": "stop"}
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(TEXT), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
                 obj = "chat.completion"
             else:
                 choice = {"index": 0, "text": "".join(TEXT), "logprobs": None, "finish_reason": "stop"}
                 obj = "text_completion"
-            answer = {"id": "chatcmpl-fake", "object": obj, "created": created, "model": model,
-                      "choices": [choice], "usage": usage, "system_fingerprint": "fp_fake"}
+            answer = {
+                "id": "chatcmpl-fake",
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+                "system_fingerprint": "fp_fake",
+            }
             if mode == "gzip":
-                return web.Response(body=gzip.compress(json.dumps(answer).encode()), content_type="application/json",
-                                    headers={**OPENAI_RATE_HEADERS, "Content-Encoding": "gzip"})
+                return web.Response(
+                    body=gzip.compress(json.dumps(answer).encode()),
+                    content_type="application/json",
+                    headers={**OPENAI_RATE_HEADERS, "Content-Encoding": "gzip"},
+                )
             return web.json_response(answer, headers=OPENAI_RATE_HEADERS)
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         extra = {"usage": None} if include else {}
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": created, "model": model, "system_fingerprint": "fp_fake"}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
         chunks = []
         for i, piece in enumerate(TEXT):
             if chat:
@@ -228,73 +306,166 @@ class FakeUpstream:
             else:
                 choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
             chunks.append(b"data: " + json.dumps({**base, "choices": [choice], **extra}).encode() + b"\n\n")
-        last = ({"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"} if chat
-                else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"})
+        last = (
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+            if chat
+            else {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+        )
         chunks.append(b"data: " + json.dumps({**base, "choices": [last], **extra}).encode() + b"\n\n")
         if include:
             chunks.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         chunks.append(b"data: [DONE]\n\n")
-        return await self._stream(request, chunks, mode, "text/event-stream; charset=utf-8", OPENAI_RATE_HEADERS)
+        return await self._stream(
+            request, chunks, mode, "text/event-stream; charset=utf-8", OPENAI_RATE_HEADERS
+        )
 
-    async def openai_responses(self, request: web.Request, body: dict[str, Any], mode: str,
-                               created: int) -> web.StreamResponse:
+    async def openai_responses(
+        self, request: web.Request, body: dict[str, Any], mode: str, created: int
+    ) -> web.StreamResponse:
         text = "".join(TEXT)
-        item = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}]}
-        response = {"id": "resp_fake", "object": "response", "created_at": created, "status": "completed",
-                    "model": OPENAI_RESPONSES_MODEL, "output": [item], "parallel_tool_calls": True,
-                    "tool_choice": "auto", "tools": [], "usage": OPENAI_RESPONSES_USAGE}
+        item = {
+            "type": "message",
+            "id": "msg_fake",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+        response = {
+            "id": "resp_fake",
+            "object": "response",
+            "created_at": created,
+            "status": "completed",
+            "model": OPENAI_RESPONSES_MODEL,
+            "output": [item],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": OPENAI_RESPONSES_USAGE,
+        }
         if not body.get("stream"):
             return web.json_response(response, headers=OPENAI_RATE_HEADERS)
         seq = iter(range(1000))
         started = {**response, "status": "in_progress", "output": [], "usage": None}
-        chunks = [_sse({"type": "response.created", "sequence_number": next(seq), "response": started},
-                       "response.created")]
+        chunks = [
+            _sse(
+                {"type": "response.created", "sequence_number": next(seq), "response": started},
+                "response.created",
+            )
+        ]
         for piece in TEXT:
-            chunks.append(_sse({"type": "response.output_text.delta", "sequence_number": next(seq),
-                                "item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": piece},
-                               "response.output_text.delta"))
-        chunks.append(_sse({"type": "response.completed", "sequence_number": next(seq), "response": response},
-                           "response.completed"))
-        return await self._stream(request, chunks, mode, "text/event-stream; charset=utf-8", OPENAI_RATE_HEADERS)
+            chunks.append(
+                _sse(
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": next(seq),
+                        "item_id": "msg_fake",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": piece,
+                    },
+                    "response.output_text.delta",
+                )
+            )
+        chunks.append(
+            _sse(
+                {"type": "response.completed", "sequence_number": next(seq), "response": response},
+                "response.completed",
+            )
+        )
+        return await self._stream(
+            request, chunks, mode, "text/event-stream; charset=utf-8", OPENAI_RATE_HEADERS
+        )
 
     # ---------------------------------------------------------------- Anthropic
     async def anthropic(self, request: web.Request, body: dict[str, Any], mode: str) -> web.StreamResponse:
         if mode == "error":
             return web.json_response(
-                {"type": "error", "error": {"type": "rate_limit_error", "message": "Number of requests has "
-                                            "exceeded your rate limit"}, "request_id": "req_fake"},
-                status=429, headers={**ANTHROPIC_RATE_HEADERS, "retry-after": "30",
-                                     "anthropic-ratelimit-unified-status": "rejected"})
-        msg = {"id": "msg_fake", "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL,
-               "content": [{"type": "text", "text": "".join(TEXT)}], "stop_reason": "end_turn",
-               "stop_sequence": None, "usage": ANTHROPIC_USAGE}
+                {
+                    "type": "error",
+                    "error": {
+                        "type": "rate_limit_error",
+                        "message": "Number of requests has exceeded your rate limit",
+                    },
+                    "request_id": "req_fake",
+                },
+                status=429,
+                headers={
+                    **ANTHROPIC_RATE_HEADERS,
+                    "retry-after": "30",
+                    "anthropic-ratelimit-unified-status": "rejected",
+                },
+            )
+        msg = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": ANTHROPIC_MODEL,
+            "content": [{"type": "text", "text": "".join(TEXT)}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": ANTHROPIC_USAGE,
+        }
         if not body.get("stream"):
             return web.json_response(msg, headers=ANTHROPIC_RATE_HEADERS)
         start_usage = {k: v for k, v in ANTHROPIC_USAGE.items()}
         start_usage["output_tokens"] = 1
-        chunks = [_sse({"type": "message_start", "message": {**msg, "content": [], "stop_reason": None,
-                                                              "usage": start_usage}}, "message_start"),
-                  _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                       "content_block_start"),
-                  _sse({"type": "ping"}, "ping")]
+        chunks = [
+            _sse(
+                {
+                    "type": "message_start",
+                    "message": {**msg, "content": [], "stop_reason": None, "usage": start_usage},
+                },
+                "message_start",
+            ),
+            _sse(
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start",
+            ),
+            _sse({"type": "ping"}, "ping"),
+        ]
         for piece in TEXT:
-            chunks.append(_sse({"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": piece}}, "content_block_delta"))
+            chunks.append(
+                _sse(
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                    "content_block_delta",
+                )
+            )
         chunks.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
-        chunks.append(_sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                            "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]}}, "message_delta"))
+        chunks.append(
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]},
+                },
+                "message_delta",
+            )
+        )
         chunks.append(_sse({"type": "message_stop"}, "message_stop"))
-        return await self._stream(request, chunks, mode, "text/event-stream; charset=utf-8",
-                                  ANTHROPIC_RATE_HEADERS)
+        return await self._stream(
+            request, chunks, mode, "text/event-stream; charset=utf-8", ANTHROPIC_RATE_HEADERS
+        )
 
     # ---------------------------------------------------------------- Gemini
     async def gemini(self, request: web.Request, body: dict[str, Any], mode: str) -> web.StreamResponse:
         if mode == "error":
-            return web.json_response({"error": {"code": 429, "message": "Resource has been exhausted",
-                                                "status": "RESOURCE_EXHAUSTED", "details": [
-                                                    {"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                                     "retryDelay": "17s"}]}}, status=429)
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 429,
+                        "message": "Resource has been exhausted",
+                        "status": "RESOURCE_EXHAUSTED",
+                        "details": [
+                            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}
+                        ],
+                    }
+                },
+                status=429,
+            )
         model = request.path.rsplit("/", 1)[-1].split(":")[0]
 
         def chunk(text: str, final: bool) -> dict[str, Any]:
@@ -303,10 +474,16 @@ class FakeUpstream:
             if final:
                 cand["finishReason"] = "STOP"
             else:  # early chunks report the prompt only, the way Gemini does
-                usage = {"promptTokenCount": GEMINI_USAGE["promptTokenCount"],
-                         "totalTokenCount": GEMINI_USAGE["promptTokenCount"]}
-            return {"candidates": [cand], "usageMetadata": usage, "modelVersion": model,
-                    "responseId": "resp_fake"}
+                usage = {
+                    "promptTokenCount": GEMINI_USAGE["promptTokenCount"],
+                    "totalTokenCount": GEMINI_USAGE["promptTokenCount"],
+                }
+            return {
+                "candidates": [cand],
+                "usageMetadata": usage,
+                "modelVersion": model,
+                "responseId": "resp_fake",
+            }
 
         if ":generateContent" in request.path:
             return web.json_response(chunk("".join(TEXT), True))

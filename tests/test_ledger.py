@@ -358,6 +358,20 @@ def test_migrations_are_recorded_once(ledger_url: str) -> None:
         assert [n for n, _ in led.applied_migrations()] == sorted(m.name for m in MIGRATIONS[led.dialect])  # type: ignore[attr-defined]
 
 
+def test_processes_opening_a_fresh_database_at_once_all_migrate(ledger_url: str) -> None:
+    """Several proxies started together on an empty database must not collide creating the schema."""
+    import subprocess
+    import sys
+
+    code = "import sys; from llmbudget.store import open_ledger; open_ledger(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, ledger_url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    with open_ledger(ledger_url) as led:
+        assert not any(fresh for _, _, fresh in led.migrations_applied_now)  # type: ignore[attr-defined]
+
+
 def test_user_and_task_type_spellings(ledger: Ledger) -> None:
     ledger.record_many([ev(0, user="ann", task_type="code"), ev(1, user="bob", task_type="chat"),
                         ev(2, user="ann", task_type="chat", cost_usd=Decimal("0.002"))])

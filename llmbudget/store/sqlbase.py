@@ -165,6 +165,8 @@ class SQLLedger(Ledger):
         """Apply missing migrations; returns (name, applied_at, applied_now) for every migration."""
         migrations = MIGRATIONS[self.dialect]
         with self._tx() as db:
+            # two processes opening a fresh database at once would both try to create the table
+            self._lock_migrations(db)
             db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
         out: list[tuple[str, str, bool]] = []
         for m in migrations:

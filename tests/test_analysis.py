@@ -193,7 +193,8 @@ def test_rotation_ranks_by_headroom_and_puts_blocked_accounts_last() -> None:
     names = [r["backend"] for r in ranked]
     assert names[:2] == ["fresh", "busy"]
     assert names.index("never-probed") < names.index("maxed") < names.index("badkey")
-    assert ranked[0]["headroom"] == pytest.approx(0.8)
+    # weekly headroom (0.8) weighs three times the 5h window's (0.9)
+    assert ranked[0]["headroom"] == pytest.approx(0.825) and ranked[0]["basis"] == "windows"
     assert [r["rank"] for r in ranked] == list(range(1, 6))
 
 

@@ -91,7 +91,9 @@ def test_rank_by_headroom_critical_last() -> None:
     ranked = rank_accounts(readings, NOW)
     assert [r.backend for r in ranked] == ["idle", "busy", "warn", "silent", "maxed", "rejected", "dead"]
     assert [r.rank for r in ranked] == list(range(1, 8))
-    assert ranked[0].headroom == pytest.approx(0.8) and ranked[0].binding == "7d"
+    # weekly headroom 0.8 counts three times the 5h window's 0.9; the 7d window is the more used
+    assert ranked[0].headroom == pytest.approx(0.75 * 0.8 + 0.25 * 0.9) and ranked[0].binding == "7d"
+    assert ranked[0].basis == "windows" and ranked[-1].basis is None
     assert recommendation(ranked) == (["idle"], ["maxed", "rejected", "dead"])
 
 
@@ -104,6 +106,70 @@ def test_stale_maxed_window_ranks_as_free_again() -> None:
     stale = rd("stale", windows={"5h": Window(1.0, NOW - timedelta(minutes=5))}, status="allowed")
     ranked = rank_accounts([stale, rd("half", windows={"5h": win(0.5)})], NOW)
     assert ranked[0].backend == "stale" and ranked[0].headroom == 1.0
+
+
+def minute(limit: int, remaining: int, seconds: float = 40) -> Limit:
+    return Limit(limit, remaining, NOW + timedelta(seconds=seconds))
+
+
+def test_a_per_minute_bucket_never_outranks_a_subscription_window() -> None:
+    """The case that motivated the rule: xAI's per-minute token bucket 99.95% free against a Max seat
+    whose weekly window is half used. The bucket refills in seconds; the seat's quota is paid and
+    lost at its reset."""
+    xai = QuotaReading(timestamp=NOW, backend="grok", provider="xai", key_valid=True,
+                       limits={"tokens": minute(2_000_000, 1_999_000, 360)})
+    seat = rd("max", status="allowed", windows={"5h": win(0.1), "7d": win(0.5, 72)})
+    ranked = rank_accounts([xai, seat], NOW)
+    assert [(r.backend, r.basis) for r in ranked] == [("max", "windows"), ("grok", "per-minute")]
+    assert ranked[1].headroom == pytest.approx(0.9995)
+
+
+def test_the_weekly_window_counts_more_than_the_5h_one() -> None:
+    # fresh 5h window but a weekly one 70% used, against a busy 5h window with most of the week left
+    week_used = rd("week-used", windows={"5h": win(0.0), "7d": win(0.7, 50)})
+    hour_busy = rd("hour-busy", windows={"5h": win(0.6), "7d": win(0.1, 50)})
+    ranked = rank_accounts([week_used, hour_busy], NOW)
+    assert [r.backend for r in ranked] == ["hour-busy", "week-used"]
+    assert ranked[0].headroom == pytest.approx(0.75 * 0.9 + 0.25 * 0.4)
+    assert ranked[0].binding == "5h" and ranked[1].binding == "7d"
+
+
+def test_subscription_windows_then_metered_then_per_minute_then_none() -> None:
+    credit = QuotaReading(timestamp=NOW, backend="or", provider="openrouter", credit_usd=Decimal(19),
+                          limit_usd=Decimal(20))
+    daily = QuotaReading(timestamp=NOW, backend="gpt-daily", provider="openai",
+                         limits={"tokens": minute(1000, 100 + 800, 6 * 3600)})
+    per_min = QuotaReading(timestamp=NOW, backend="grok", provider="xai", limits={"tokens": minute(100, 100)})
+    bare = QuotaReading(timestamp=NOW, backend="gem", provider="gemini", status="allowed", key_valid=True)
+    seat = rd("seat", status="allowed", windows={"5h": win(0.7), "7d": win(0.75, 50)})
+    ranked = rank_accounts([bare, per_min, daily, credit, seat], NOW)
+    assert [r.backend for r in ranked] == ["seat", "or", "gpt-daily", "grok", "gem"]
+    assert [r.basis for r in ranked] == ["windows", "metered", "metered", "per-minute", "none"]
+    assert ranked[2].headroom == pytest.approx(0.9) and ranked[-1].headroom is None
+
+
+def test_a_nearly_full_per_minute_bucket_does_not_demote_but_a_weekly_warning_does() -> None:
+    # 85% of a per-minute bucket used: WARNING on display, refilled in 40 s, so it keeps its place
+    busy_minute = QuotaReading(timestamp=NOW, backend="a-busy-minute", provider="anthropic-unified",
+                               status="allowed", windows={"5h": win(0.2), "7d": win(0.3, 50)},
+                               limits={"requests": minute(100, 15)})
+    calm = rd("b-calm", status="allowed", windows={"5h": win(0.3), "7d": win(0.4, 50)})
+    week_warn = rd("c-week-warn", status="allowed", windows={"5h": win(0.0), "7d": win(0.85, 50)})
+    metered = QuotaReading(timestamp=NOW, backend="d-credit", provider="openrouter", credit_usd=Decimal(5),
+                           limit_usd=Decimal(10))
+    ranked = rank_accounts([week_warn, calm, busy_minute, metered], NOW)
+    assert ranked[0].backend == "a-busy-minute" and ranked[0].severity is Severity.WARNING
+    # a weekly window at 85% yields to a paid account with headroom
+    assert [r.backend for r in ranked] == ["a-busy-minute", "b-calm", "d-credit", "c-week-warn"]
+
+
+def test_window_length_from_its_name() -> None:
+    from llmbudget.quota.rotation import window_length
+
+    assert window_length("5h") == timedelta(hours=5)
+    assert window_length("7d_oi") == timedelta(days=7)
+    assert window_length("7d") == timedelta(days=7) and window_length("30m") == timedelta(minutes=30)
+    assert window_length("overage") is None and window_length("5hours") is None
 
 
 def test_countdown_and_max_age() -> None:
@@ -143,8 +209,9 @@ def test_summary_probes_then_reuses(fake: FakeProviders, cfg_db: tuple[Path, str
     assert main(["summary", "--config", str(cfg), "--db", db]) == 0
     text = capsys.readouterr().out
     lines = text.strip().splitlines()
-    # grok's token bucket is almost untouched (99.95% headroom), max-1 has 50% left of its 7d window
-    assert lines[-1] == "→ Current recommendation: use grok | avoid max-2"
+    # grok's per-minute token bucket is almost untouched, but it refills within minutes and says nothing
+    # about how much work the key has left; max-1's subscription windows (half the week left) go first
+    assert lines[-1] == "→ Current recommendation: use max-1 | avoid max-2"
     assert any(line.startswith("✓ max-1") and "5h 42%" in line and "7d 50%" in line for line in lines)
     assert any(line.startswith("✗ max-2") and "5h 100%" in line for line in lines)
     assert any(line.startswith("✓ grok") for line in lines)
@@ -154,8 +221,9 @@ def test_summary_probes_then_reuses(fake: FakeProviders, cfg_db: tuple[Path, str
     data = json.loads(capsys.readouterr().out)
     assert fake.hits("unified-ok") == before + 1
     assert sorted(data["reused"]) == ["grok", "max-1", "max-2"] and data["probed"] == []
-    assert data["use"] == ["grok"] and data["avoid"] == ["max-2"]
-    assert [a["backend"] for a in data["accounts"]] == ["grok", "max-1", "max-2"]
+    assert data["use"] == ["max-1"] and data["avoid"] == ["max-2"]
+    assert [a["backend"] for a in data["accounts"]] == ["max-1", "grok", "max-2"]
+    assert [a["basis"] for a in data["accounts"]] == ["windows", "per-minute", None]
     assert [a["mark"] for a in data["accounts"]][-1] == "✗"
 
 
@@ -186,7 +254,7 @@ def test_summary_probes_only_stale_accounts(fake: FakeProviders, cfg_db: tuple[P
     by = {a["backend"]: a for a in data["accounts"]}
     assert by["max-1"]["source"] == "piggyback" and by["max-1"]["headroom"] == pytest.approx(0.95)
     assert by["proxy-claude"]["headroom"] == pytest.approx(0.4)
-    assert by["grok"]["rank"] < by["max-1"]["rank"] < by["proxy-claude"]["rank"] < by["max-2"]["rank"]
+    assert by["max-1"]["rank"] < by["proxy-claude"]["rank"] < by["grok"]["rank"] < by["max-2"]["rank"]
 
 
 def test_summary_no_probe_bad_max_age(cfg_db: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -215,7 +283,7 @@ def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:
             r = client.get("/api/quota/summary?max_age=20m")
             assert r.status_code == 200, r.text
             s = r.json()
-            assert s["recommendation"] == "→ Current recommendation: use grok | avoid max-2"
+            assert s["recommendation"] == "→ Current recommendation: use max-1 | avoid max-2"
             assert s["text"].endswith(s["recommendation"])
             latest = client.get("/api/quota").json()
             by = {b["backend"]: b for b in latest["backends"]}

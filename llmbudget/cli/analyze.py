@@ -245,11 +245,11 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
         _print_table(t, out["stagger"])
     if "rotation" in out:
         t = Table(title="Rotation (use the first)", title_justify="left")
-        for col in ("#", "account", "severity", "headroom", "binding", "resets", "why"):
+        for col in ("#", "account", "severity", "basis", "headroom", "binding", "resets", "why"):
             t.add_column(col, justify="right" if col in ("#", "headroom") else "left")
         for r in out["rotation"]:
             room = "-" if r["headroom"] is None else f"{r['headroom'] * 100:.1f}%"
-            t.add_row(str(r["rank"]), r["backend"], r["severity"], room, r["binding"] or "-",
+            t.add_row(str(r["rank"]), r["backend"], r["severity"], r.get("basis") or "-", room, r["binding"] or "-",
                       _when(_dt(r["reset"]), now), "; ".join(r["reasons"]) or "-")
         _print_table(t, out["rotation"])
     if "underspend" in out:

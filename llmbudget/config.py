@@ -20,7 +20,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .budget.config import AlertsConfig, BudgetsConfig, validate_budget_section
 from .errors import ConfigError
-from .quota.settings import ProviderList
+from .quota.settings import ProviderList, QuotaSettings
 
 ENV_CONFIG = "LLMBUDGET_CONFIG"
 ENV_DB = "LLMBUDGET_DB"
@@ -102,7 +102,7 @@ class Config(_Model):
     budgets: BudgetsConfig | None = None
     alerts: AlertsConfig | None = None
     providers: ProviderList = Field(default_factory=list)
-    quota: dict[str, Any] | None = None
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
 
     #: where the file was read from (None: defaults)
     source_path: str | None = Field(default=None, exclude=True)

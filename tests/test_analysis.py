@@ -149,12 +149,32 @@ def test_filter_provider_by_name_or_kind() -> None:
     assert an.filter_provider([a, b], None) == [a, b]
 
 
-@pytest.mark.parametrize("bad", [0, -3, "30", 2.5, True])
-def test_retention_days_validated(bad: object) -> None:
-    with pytest.raises(ConfigError, match=r"quota\.retention_days"):
-        an.retention_days({"retention_days": bad})
-    assert an.retention_days(None) == 30
-    assert an.retention_days({"retention_days": 7}) == 7
+@pytest.mark.parametrize(("text", "line", "fragment"), [
+    ("quota:\n  retention_days: 0\n", 2, "greater than or equal to 1"),
+    ("quota:\n  retention_days: -3\n", 2, "greater than or equal to 1"),
+    ("quota:\n  retention_days: '30'\n", 2, "valid integer"),
+    ("quota:\n  retention_days: 2.5\n", 2, "valid integer"),
+    ("timezone: UTC\nquota:\n  retention_days: true\n", 3, "valid integer"),
+    ("quota:\n  warn_at: 1.5\n", 2, "less than or equal to 1"),
+    ("quota:\n  retention_days: 7\n  keep_days: 7\n", 3, "unknown key; valid keys: retention_days, warn_at"),
+    ("quota: 30\n", 1, "valid dictionary"),
+])
+def test_quota_section_errors_name_file_line_and_key(text: str, line: int, fragment: str) -> None:
+    from llmbudget.config import parse_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "llmbudget.yaml")
+    msg = str(e.value)
+    assert msg.startswith(f"llmbudget.yaml:{line}: quota") and fragment in msg, msg
+
+
+def test_quota_section_defaults_and_values() -> None:
+    from llmbudget.config import parse_config
+
+    assert parse_config("", None)[0].quota.retention_days == an.DEFAULT_RETENTION_DAYS == 30
+    assert parse_config("quota:\n", "c.yaml")[0].quota.warn_at == 0.8
+    q = parse_config("quota:\n  retention_days: 7\n  warn_at: 0.9\n", "c.yaml")[0].quota
+    assert (q.retention_days, q.warn_at) == (7, 0.9)
 
 
 # ---------------------------------------------------------------------------- prune (JSONL log part)

@@ -113,3 +113,14 @@ def test_monitor_bad_config_names_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["monitor", "--no-log", "--config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:3" in err and "unknown provider kind 'claude'" in err
+
+
+def test_monitor_uses_the_configured_warn_at(setup: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _db = setup
+    assert main(["monitor", "--provider", "max-1", "--no-log", "--json", "--config", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"] == "Overall: 1 OK"
+    # max-1's 7d window is at 50%: WARNING once the threshold is 0.5
+    cfg.write_text(cfg.read_text() + "quota:\n  warn_at: 0.5\n")
+    assert main(["monitor", "--provider", "max-1", "--no-log", "--json", "--config", str(cfg)]) == 0
+    (acct,) = json.loads(capsys.readouterr().out)["accounts"]
+    assert acct["severity"] == "WARNING" and "7d window at 50%" in acct["reasons"]

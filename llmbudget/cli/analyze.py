@@ -152,13 +152,13 @@ def analyze(
                 accounts = [_account_name(p) for p in cfg.providers]
                 if provider is not None:
                     accounts = [a for a in accounts if a == provider]
-                out["rotation"] = an.rotation(readings, now=now, accounts=accounts)
+                out["rotation"] = an.rotation(readings, now=now, accounts=accounts, warn_at=cfg.quota.warn_at)
             if "underspend" in chosen:
                 out["underspend"] = [r.to_dict() for r in an.underspend(readings, now=now)]
         if "blocks" in chosen:
             out["blocks"] = _blocks(ledger, cfg, start, now, logs, warnings)
         if prune:
-            days = an.retention_days(cfg.quota)
+            days = cfg.quota.retention_days
             before = parse_since(older_than, zone=zone, now=now, option="--older-than") if older_than \
                 else now - timedelta(days=days)
             log_dir = rdg.default_log_dir()

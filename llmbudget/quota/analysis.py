@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from .readings import QuotaReading
 
 #: windows whose growth is tracked, most important first
@@ -334,7 +333,7 @@ def underspend(readings: Iterable[QuotaReading], *, now: datetime, unused: float
 
 # ---------------------------------------------------------------------------- rotation
 def rotation(readings: Iterable[QuotaReading], *, now: datetime,
-             accounts: Iterable[str] = ()) -> list[dict[str, Any]]:
+             accounts: Iterable[str] = (), warn_at: float | None = None) -> list[dict[str, Any]]:
     """Accounts ranked by headroom, maxed/rejected/invalid-key last (`quota.rotation.rank_accounts`).
 
     `accounts` names configured accounts; one without any reading is ranked UNKNOWN.
@@ -343,7 +342,8 @@ def rotation(readings: Iterable[QuotaReading], *, now: datetime,
 
     newest: dict[str, QuotaReading | None] = {name: None for name in accounts}
     newest.update(latest(readings))
-    return [r.to_dict() for r in rank_accounts(newest, now)]
+    ranked = rank_accounts(newest, now) if warn_at is None else rank_accounts(newest, now, warn_at=warn_at)
+    return [r.to_dict() for r in ranked]
 
 
 # ---------------------------------------------------------------------------- prune
@@ -360,14 +360,6 @@ class PruneResult:
         return {"before": _iso(self.before), "dry_run": self.dry_run, "ledger_readings": self.ledger_readings,
                 "log_files": list(self.log_files), "log_readings": self.log_readings,
                 "archives": list(self.archives)}
-
-
-def retention_days(quota_config: dict[str, Any] | None) -> int:
-    """`quota.retention_days` from the config (default 30); ConfigError when it is not a positive integer."""
-    value = (quota_config or {}).get("retention_days", DEFAULT_RETENTION_DAYS)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"must be a whole number of days ≥ 1, got {value!r}", key="quota.retention_days")
-    return value
 
 
 def _count_lines(path: Path) -> int:

@@ -74,7 +74,7 @@ def run_monitor(cfg: Config, *, ledger: Any = None, names: list[str] | None = No
     result = MonitorResult()
     when = now or datetime.now(UTC)
     for r in readings:
-        result.accounts.append(AccountStatus(r, assess(r, now=when)))
+        result.accounts.append(AccountStatus(r, assess(r, now=when, warn_at=cfg.quota.warn_at)))
         if log_readings:
             try:
                 store_reading(ledger, r, log_dir=log_dir)

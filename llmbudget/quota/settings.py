@@ -81,3 +81,20 @@ def _unique(v: list[ProviderConfig]) -> list[ProviderConfig]:
 
 
 ProviderList = Annotated[list[ProviderConfig], AfterValidator(_unique)]
+
+
+class QuotaSettings(BaseModel):
+    """The `quota:` config section: how quota readings are judged and kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: readings older than this many days are archived and deleted by `analyze --prune`
+    retention_days: int = Field(default=30, ge=1, le=36500, strict=True)
+    #: share of a window, bucket or credit at which an account is WARNING (`monitor`, `summary`, rotation)
+    warn_at: float = Field(default=0.8, gt=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty(cls, v: Any) -> Any:
+        # `quota:` with nothing under it means the defaults
+        return {} if v is None else v

@@ -148,7 +148,7 @@ async def build_summary_async(cfg: Config, ledger: Any, *, max_age: timedelta = 
     # backends seen only in real traffic (piggyback) join when their reading is fresh
     for name, r in fresh.items():
         current.setdefault(name, r)
-    ranked = rank_accounts(current, now)
+    ranked = rank_accounts(current, now, warn_at=cfg.quota.warn_at)
     use, avoid = recommendation(ranked)
     return Summary(now, ranked, use, avoid, probed=[r.backend for r in probed],
                    reused=[n for n in current if n in fresh])

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..errors import ValidationError
 from ..quota.readings import latest_by_backend
-from ..quota.severity import assess, overall
+from ..quota.severity import WARN_AT, assess, overall
 from ..quota.summary import DEFAULT_MAX_AGE, build_summary_async, parse_max_age
 
 _TRUE = ("1", "true", "yes", "on")
@@ -29,17 +29,18 @@ def _check_params(request: Request, allowed: set[str]) -> dict[str, str]:
     return out
 
 
-def quota_latest(ledger: Any, now: datetime | None = None) -> dict[str, Any]:
+def quota_latest(ledger: Any, now: datetime | None = None, *, warn_at: float = WARN_AT) -> dict[str, Any]:
     """The newest reading per backend/account with its severity (what `GET /api/quota` answers)."""
     now = now or datetime.now(UTC)
     latest = latest_by_backend(ledger.latest_readings())
     rows = []
+    severities = []
     for name in sorted(latest):
         r = latest[name]
-        a = assess(r, now=now)
+        a = assess(r, now=now, warn_at=warn_at)
+        severities.append(a.severity)
         rows.append({"backend": name, **a.to_dict(), "mark": a.severity.mark, "reading": r.to_dict()})
-    return {"generated_at": now.isoformat(), "backends": rows,
-            "overall": overall(assess(latest[n], now=now).severity for n in latest)}
+    return {"generated_at": now.isoformat(), "backends": rows, "overall": overall(severities)}
 
 
 def routes(services: Any) -> list[BaseRoute]:
@@ -47,7 +48,8 @@ def routes(services: Any) -> list[BaseRoute]:
 
     async def quota(request: Request) -> JSONResponse:
         _check_params(request, set())
-        return JSONResponse(await run_in_threadpool(quota_latest, services.ledger))
+        return JSONResponse(await run_in_threadpool(quota_latest, services.ledger,
+                                                    warn_at=services.config.quota.warn_at))
 
     async def quota_summary(request: Request) -> JSONResponse:
         params = _check_params(request, {"max_age", "probe"})

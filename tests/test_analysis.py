@@ -85,7 +85,9 @@ def test_weekly_peak_average_and_exhaustion_events() -> None:
           rd("a", mon + 49 * H, u7=1.0, status="rejected"), rd("a", mon + 50 * H, u7=0.40),
           rd("a", mon + 72 * H, status="rejected"),
           rd("a", mon + 7 * 24 * H, u7=0.10),  # next week
-          rd("b", mon, u7=0.50)]
+          rd("b", mon, u7=0.50),
+          # an API key without a 7d window: nothing to show, unless it was exhausted
+          rd("key", mon, status="allowed"), rd("key", mon + 7 * 24 * H, status="rejected")]
     rows = {(r.backend, r.week): r for r in an.weekly(rs)}
     w47 = rows[("a", "2026-W47")]
     assert w47.readings == 6
@@ -98,6 +100,8 @@ def test_weekly_peak_average_and_exhaustion_events() -> None:
     assert rows[("a", "2026-W48")].peak == pytest.approx(0.10)
     assert rows[("a", "2026-W48")].exhaustions == []
     assert rows[("b", "2026-W47")].average == pytest.approx(0.5)
+    assert ("key", "2026-W47") not in rows
+    assert rows[("key", "2026-W48")].peak is None and len(rows[("key", "2026-W48")].exhaustions) == 1
 
 
 def test_iso_week_at_year_boundary() -> None:

@@ -223,8 +223,9 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             runs_out = _when(_dt(r["exhaustion"]), now) if r["exhaustion"] else "-"
             if r["exhausts_before_reset"]:
                 runs_out = f"[red]{runs_out}[/]"
-            per_h = "-" if r["per_hour_pct"] is None else f"{r['per_hour_pct']:+.2f} pts"
-            t.add_row(r["backend"], r["window"], f"{r['utilization_pct']:.1f}%", f"{r['change_pct']:+.1f} pts",
+            # + 0.0 turns a float's -0.0 into 0.0 so a flat window never reads "-0.00"
+            per_h = "-" if r["per_hour_pct"] is None else f"{round(r['per_hour_pct'], 2) + 0.0:+.2f} pts"
+            t.add_row(r["backend"], r["window"], f"{r['utilization_pct']:.1f}%", f"{round(r['change_pct'], 1) + 0.0:+.1f} pts",
                       per_h, runs_out, _when(_dt(r["reset"]), now))
         _print_table(t, out["burn_rate"])
     if "weekly" in out:

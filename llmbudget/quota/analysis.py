@@ -238,7 +238,9 @@ def exhaustion_events(readings: Iterable[QuotaReading]) -> list[ExhaustionEvent]
 
 
 def weekly(readings: Iterable[QuotaReading]) -> list[WeekRow]:
-    """Peak and average 7d utilization per account per ISO week, with the exhaustion events that began in it."""
+    """Peak and average 7d utilization per account per ISO week, with the exhaustion events that began in it.
+
+    Weeks of an account with neither a 7d figure nor an exhaustion event are left out."""
     rs = list(readings)
     rows: dict[tuple[str, str], WeekRow] = {}
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -254,7 +256,8 @@ def weekly(readings: Iterable[QuotaReading]) -> list[WeekRow]:
         rows[key].average = sum(vs) / len(vs)
     for ev in exhaustion_events(rs):
         rows[(ev.backend, iso_week(ev.start))].exhaustions.append(ev)
-    return [rows[k] for k in sorted(rows)]
+    # an account without a 7d window (an API key, credit) has nothing to show here unless it was exhausted
+    return [rows[k] for k in sorted(rows) if rows[k].peak is not None or rows[k].exhaustions]
 
 
 # ---------------------------------------------------------------------------- stagger

@@ -98,8 +98,8 @@ def _figures(reading: QuotaReading, now: datetime | None) -> list[_Figure]:
         if util is None:
             continue
         length = window_length(name)
-        if length is None and w.reset is not None and now is not None:
-            length = w.reset - now
+        if length is None and w.reset is not None:
+            length = w.reset - reading.timestamp
         # a window of unknown length counts as weekly-scale: the cautious reading
         out.append(_Figure(name, util, w.reset, "long" if length is None or length >= LONG else "hours"))
     for name, lim in reading.limits.items():
@@ -108,8 +108,8 @@ def _figures(reading: QuotaReading, now: datetime | None) -> list[_Figure]:
         used = lim.fraction_used
         if used is None:
             continue
-        # request/token buckets are per minute unless their refill time says otherwise
-        slow = lim.reset is not None and now is not None and lim.reset - now > SHORT
+        # request/token buckets are per minute unless their refill time, as read, says otherwise
+        slow = lim.reset is not None and lim.reset - reading.timestamp > SHORT
         out.append(_Figure(name, used, lim.reset, "bucket" if slow else "minute"))
     if reading.credit_usd is not None and reading.limit_usd:
         out.append(_Figure("credit", max(0.0, float(1 - reading.credit_usd / reading.limit_usd)), None, "credit"))
@@ -145,10 +145,10 @@ def headroom(reading: QuotaReading, now: datetime | None = None
     return max(0.0, min(1.0, score)), worst.name, worst.reset, basis
 
 
-def _without_minute_buckets(reading: QuotaReading, now: datetime) -> QuotaReading:
+def _without_minute_buckets(reading: QuotaReading) -> QuotaReading:
     """The reading without buckets that refill within the hour (they do not decide the ranking)."""
     keep = {n: lim for n, lim in reading.limits.items()
-            if lim.remaining == 0 or (lim.reset is not None and lim.reset - now > SHORT)}
+            if lim.remaining == 0 or (lim.reset is not None and lim.reset - reading.timestamp > SHORT)}
     return replace(reading, limits=keep)
 
 
@@ -179,7 +179,7 @@ def rank_accounts(latest_readings: Mapping[str, QuotaReading | None] | Iterable[
         else:
             category = "available"
             assert r is not None
-            warn = assess(_without_minute_buckets(r, now), warn_at=warn_at, now=now).severity is Severity.WARNING
+            warn = assess(_without_minute_buckets(r), warn_at=warn_at, now=now).severity is Severity.WARNING
         rows.append((warn, RankedAccount(0, name, r.provider if r else "unknown", a.severity, category, room,
                                          binding, reset, a.reasons, r, basis)))
 

@@ -184,6 +184,18 @@ def fake_providers() -> Iterator[FakeProviders]:
         if scenario == "hang":
             await state["release"].wait()
             return web.Response(status=200)
+        if scenario.startswith("barrier-"):
+            # `barrier-<group>-<n>`: no answer until n requests of the group are in flight at once,
+            # then each gets unified-ok; probes made one after another would all time out here
+            _, group, n = scenario.split("-")
+            arrived = state.setdefault("barriers", {}).setdefault(group, [0, asyncio.Event()])
+            arrived[0] += 1
+            if arrived[0] >= int(n):
+                arrived[1].set()
+            await arrived[1].wait()
+            status, headers, payload = SCENARIOS["unified-ok"]()
+            return web.Response(status=status, text=json.dumps(payload), headers=headers,
+                                content_type="application/json")
         make = SCENARIOS.get(scenario)
         if make is None:
             return web.json_response({"error": {"message": f"no scenario {scenario}"}}, status=404)

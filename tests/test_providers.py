@@ -159,6 +159,16 @@ def test_hanging_provider_cut_while_others_report(fake: FakeProviders) -> None:
     assert [assess(r).severity for r in rs[1:]] == [Severity.OK, Severity.OK]
 
 
+def test_accounts_are_probed_concurrently(fake: FakeProviders) -> None:
+    """Each barrier answer waits until all three probes are in flight: only concurrent probes get through."""
+    accounts = [acct(fake, "barrier-conc-3", "anthropic-unified", name=f"seat-{i}", probe_timeout_s=5)
+                for i in range(3)]
+    rs = probe(*accounts)
+    assert [r.backend for r in rs] == ["seat-0", "seat-1", "seat-2"]
+    assert [assess(r).severity for r in rs] == [Severity.OK] * 3, [r.reason for r in rs]
+    assert fake.hits("barrier-conc-3") == 3
+
+
 def test_missing_key_and_refused_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAKE_KEY")
     a = ProviderConfig(name="a", kind="openai", base_url="http://127.0.0.1:9", api_key_env="FAKE_KEY")

@@ -14,9 +14,16 @@ if TYPE_CHECKING:
 __all__ = ["build_enforcer", "gate_from_config", "install"]
 
 
-def build_enforcer(cfg: Any, db_url: str, *, state: Any | None = None, prices: Any | None = None,
-                   price_fn: Any | None = None, clock: Any | None = None,
-                   redis_prefix: str = "llmb:budget:") -> BudgetEnforcer:
+def build_enforcer(
+    cfg: Any,
+    db_url: str,
+    *,
+    state: Any | None = None,
+    prices: Any | None = None,
+    price_fn: Any | None = None,
+    clock: Any | None = None,
+    redis_prefix: str = "llmb:budget:",
+) -> BudgetEnforcer:
     """An enforcer for a Config: counters in Redis (`budgets.redis_url`) or the ledger's database."""
     from ..alerts import Notifier
     from ..config import get_zone
@@ -37,14 +44,24 @@ def build_enforcer(cfg: Any, db_url: str, *, state: Any | None = None, prices: A
 
             prices = PriceBook.from_config(cfg)
         price_fn = price_fn_from_book(prices)
-    notifier = Notifier(state, alerts.webhooks if alerts else [], keep=alerts.keep_notifications if alerts else 500)
+    notifier = Notifier(
+        state, alerts.webhooks if alerts else [], keep=alerts.keep_notifications if alerts else 500
+    )
     kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return BudgetEnforcer(
-        budgets_from_config(b), open_counters(db_url, b.redis_url, redis_prefix=redis_prefix),
-        tz=get_zone(b.timezone or cfg.timezone), price=price_fn, fallback=b.fallback,
-        fallback_model=b.fallback_model, ttl_s=b.reservation_ttl_s, default_max_output=b.default_max_output_tokens,
+        budgets_from_config(b),
+        open_counters(db_url, b.redis_url, redis_prefix=redis_prefix),
+        tz=get_zone(b.timezone or cfg.timezone),
+        price=price_fn,
+        fallback=b.fallback,
+        fallback_model=b.fallback_model,
+        ttl_s=b.reservation_ttl_s,
+        default_max_output=b.default_max_output_tokens,
         input_factor=b.input_token_factor,
-        notifier=notifier, state=state, **kw)
+        notifier=notifier,
+        state=state,
+        **kw,
+    )
 
 
 def install(services: Any) -> BudgetGate | None:
@@ -70,7 +87,8 @@ def install(services: Any) -> BudgetGate | None:
         services.extras["budget"] = enforcer
         if watch and (cfg.providers or any(b.committed for b in enforcer.budgets)):
             services.extras["utilization_watcher"] = UtilizationWatcher(
-                enforcer, services.ledger, alerts.utilization).start()
+                enforcer, services.ledger, alerts.utilization
+            ).start()
         if has_budgets:
             services.extras["gate"] = BudgetGate(enforcer)
             _install_translators(services)

@@ -20,8 +20,15 @@ ACTIONS = ("alert", "block", "fallback", "pause")
 VALID_PERIODS_TEXT = "day, week, month, session, or rolling hours/days such as 5h, 24h, 7d"
 _PERIOD_RE = re.compile(r"^(?:day|week|month|session|[1-9][0-9]{0,4}[hd])$")
 #: the periods `per_backend` amounts may name (`20.00/month`)
-CALENDAR_ALIASES = {"daily": "day", "weekly": "week", "monthly": "month", "mo": "month", "d": "day",
-                    "w": "week", "m": "month"}
+CALENDAR_ALIASES = {
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+    "mo": "month",
+    "d": "day",
+    "w": "week",
+    "m": "month",
+}
 
 
 def normalize_period(text: str) -> str:
@@ -40,7 +47,9 @@ def _forbid_unknown(model: type[BaseModel], data: Any) -> Any:
     if isinstance(data, dict):
         unknown = [k for k in data if k not in model.model_fields]
         if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(model.model_fields))}")
+            raise ValueError(
+                f"unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(model.model_fields))}"
+            )
     return data
 
 
@@ -69,8 +78,10 @@ class BackendAmount(BaseModel):
         if isinstance(value, BackendAmount):
             return value
         if isinstance(value, dict):
-            return {"limit_usd": _money(value.get("limit_usd"), "limit_usd"),
-                    "period": normalize_period(value.get("period", "month"))}
+            return {
+                "limit_usd": _money(value.get("limit_usd"), "limit_usd"),
+                "period": normalize_period(value.get("period", "month")),
+            }
         text = str(value).strip()
         if "/" in text:
             amount, _, period = text.partition("/")
@@ -208,8 +219,13 @@ class BudgetsConfig(BaseModel):
         return sorted(set(t)) if isinstance(t, list) else [t]
 
     def has_budgets(self) -> bool:
-        return bool(self.daily_limit_usd is not None or self.weekly_limit_usd is not None
-                    or self.monthly_limit_usd is not None or self.per_backend or self.limits)
+        return bool(
+            self.daily_limit_usd is not None
+            or self.weekly_limit_usd is not None
+            or self.monthly_limit_usd is not None
+            or self.per_backend
+            or self.limits
+        )
 
 
 class WebhookConfig(BaseModel):
@@ -282,22 +298,39 @@ def validate_budget_section(cfg: Any, lm: Any) -> None:
     choices = ", ".join(sorted(backends)) or "(no backends are configured)"
     for name in b.per_backend:
         if name not in backends:
-            raise lm.error(("budgets", "per_backend", name),
-                           f"unknown backend {name!r}; configured backends: {choices}")
+            raise lm.error(
+                ("budgets", "per_backend", name), f"unknown backend {name!r}; configured backends: {choices}"
+            )
     for i, lim in enumerate(b.limits):
-        if lim.scope == "backend" and lim.match and lim.match != "*" and not any(
-                ch in lim.match for ch in "*?[") and lim.match not in backends:
-            raise lm.error(("budgets", "limits", i, "match"),
-                           f"unknown backend {lim.match!r}; configured backends: {choices}")
+        if (
+            lim.scope == "backend"
+            and lim.match
+            and lim.match != "*"
+            and not any(ch in lim.match for ch in "*?[")
+            and lim.match not in backends
+        ):
+            raise lm.error(
+                ("budgets", "limits", i, "match"),
+                f"unknown backend {lim.match!r}; configured backends: {choices}",
+            )
         if lim.action == "fallback" and not b.fallback:
-            raise lm.error(("budgets", "limits", i, "action"),
-                           "action: fallback needs budgets.fallback (a local backend) to be set")
+            raise lm.error(
+                ("budgets", "limits", i, "action"),
+                "action: fallback needs budgets.fallback (a local backend) to be set",
+            )
     if b.fallback is not None:
         if b.fallback not in backends:
-            raise lm.error(("budgets", "fallback"), f"unknown backend {b.fallback!r}; configured backends: {choices}")
+            raise lm.error(
+                ("budgets", "fallback"), f"unknown backend {b.fallback!r}; configured backends: {choices}"
+            )
         if not backends[b.fallback].local:
-            local = ", ".join(sorted(n for n, be in backends.items() if be.local)) or "(none is marked local: true)"
-            raise lm.error(("budgets", "fallback"),
-                           f"fallback backend {b.fallback!r} must be marked `local: true`; local backends: {local}")
+            local = (
+                ", ".join(sorted(n for n, be in backends.items() if be.local))
+                or "(none is marked local: true)"
+            )
+            raise lm.error(
+                ("budgets", "fallback"),
+                f"fallback backend {b.fallback!r} must be marked `local: true`; local backends: {local}",
+            )
     if b.fallback_model is not None and b.fallback is None:
         raise lm.error(("budgets", "fallback_model"), "fallback_model needs budgets.fallback to be set")

@@ -24,6 +24,7 @@ from ..events import UsageEvent, new_id, utcnow
 from ..money import format_usd, from_nano, to_nano
 from .estimate import PriceFn, max_output_tokens
 from .rules import Budget
+from .seed import SeedSpec, spec_for
 from .store import Charge, CounterStore, Refusal
 from .windows import Window, format_reset
 
@@ -42,6 +43,7 @@ class _Booked:
     charge: Charge
     window: Window
     prefix: str
+    value: str
 
 
 @dataclass(slots=True)
@@ -53,10 +55,22 @@ class _Pending:
 class BudgetEnforcer:
     """Checks, books and settles calls against every budget that applies."""
 
-    def __init__(self, budgets: Sequence[Budget], store: CounterStore, *, tz: ZoneInfo, price: PriceFn,
-                 fallback: str | None = None, fallback_model: str | None = None, ttl_s: float = 3600,
-                 default_max_output: int = 32768, input_factor: float = 1.0, notifier: Notifier | None = None, state: Any | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        budgets: Sequence[Budget],
+        store: CounterStore,
+        *,
+        tz: ZoneInfo,
+        price: PriceFn,
+        fallback: str | None = None,
+        fallback_model: str | None = None,
+        ttl_s: float = 3600,
+        default_max_output: int = 32768,
+        input_factor: float = 1.0,
+        notifier: Notifier | None = None,
+        state: Any | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.budgets = list(budgets)
         self.by_name = {b.name: b for b in self.budgets}
         self.store = store
@@ -75,6 +89,8 @@ class BudgetEnforcer:
         self._pauses: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self._memory_pauses: dict[str, dict[str, Any]] = {}
         self._unpriced_logged: set[str] = set()
+        #: counters known to exist (created, seeded from the ledger) in the store
+        self._seeded: set[str] = set()
 
     # ------------------------------------------------------------------ admission
     def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
@@ -97,32 +113,65 @@ class BudgetEnforcer:
                 continue
             amount = (cost_nano or 0) if b.unit == "usd" else tokens
             prefix = b.counter_prefix(value)
-            charge = Charge(b.name, prefix + w.key, tuple(prefix + k for k in w.read_keys),
-                            b.limit if b.hard else None, amount, b.unit)
-            out.append(_Booked(b, charge, w, prefix))
+            charge = Charge(
+                b.name,
+                prefix + w.key,
+                tuple(prefix + k for k in w.read_keys),
+                b.limit if b.hard else None,
+                amount,
+                b.unit,
+            )
+            out.append(_Booked(b, charge, w, prefix, value))
         return out
+
+    def _seeds(self, booked: list[_Booked], call: CallInfo) -> dict[str, SeedSpec] | None:
+        """Seeds of the counters this process has not seen yet (each is created seeded from the ledger)."""
+        out: dict[str, SeedSpec] | None = None
+        for x in booked:
+            for wkey, key in zip(x.window.read_keys, x.charge.read_keys, strict=True):
+                if key not in self._seeded:
+                    if out is None:
+                        out = {}
+                    out[key] = spec_for(x.budget, x.value, x.window, wkey, call.session)
+        return out
+
+    def _remember_seeded(self, seeds: dict[str, SeedSpec] | None) -> None:
+        if seeds:
+            with self._lock:
+                if len(self._seeded) > 100_000:  # keys of windows long gone
+                    self._seeded.clear()
+                self._seeded.update(seeds)
 
     def admit(self, call: CallInfo) -> Admission:
         """Reserve the call's worst case against every applicable budget, atomically; or refuse / divert."""
         if call.agent:
             paused = self.paused().get(call.agent)
             if paused is not None:
-                return Admission(allowed=False, status=429, message=self._pause_message(call.agent, paused),
-                                 notice=f"Agent {call.agent!r} is paused", budgets=tuple(
-                                     [paused["budget"]] if paused.get("budget") else []))
+                return Admission(
+                    allowed=False,
+                    status=429,
+                    message=self._pause_message(call.agent, paused),
+                    notice=f"Agent {call.agent!r} is paused",
+                    budgets=tuple([paused["budget"]] if paused.get("budget") else []),
+                )
         if call.local or call.backend == self.fallback or not self.budgets:
             return Admission(allowed=True)
         now = self.clock()
         tin, tout, cost = self.worst_case(call)
         if cost is None and call.model not in self._unpriced_logged:
             self._unpriced_logged.add(call.model)
-            log.warning("budget unpriced_model model=%s backend=%s: not counted against USD budgets until priced",
-                        call.model, call.backend)
+            log.warning(
+                "budget unpriced_model model=%s backend=%s: not counted against USD budgets until priced",
+                call.model,
+                call.backend,
+            )
         booked = self._charges(call, now, tin + tout, None if cost is None else to_nano(cost))
         if not booked:
             return Admission(allowed=True)
         rid = new_id()
-        refusal = self.store.reserve(rid, [x.charge for x in booked], self.ttl_s)
+        seeds = self._seeds(booked, call)
+        refusal = self.store.reserve(rid, [x.charge for x in booked], self.ttl_s, seeds)
+        self._remember_seeded(seeds)
         if refusal is None:
             with self._lock:
                 self._pending[rid] = _Pending(booked, call)
@@ -134,26 +183,42 @@ class BudgetEnforcer:
         b, w = hit.budget, hit.window
         reset = format_reset(w.reset, self.tz)
         retry = max(1, math.ceil((w.reset - now).total_seconds())) if w.reset is not None else None
-        usage = (f"budget '{b.name}' has spent {_amount_text(b, r.spent)} of its {b.describe_limit()} limit"
-                 + (f" ({_amount_text(b, r.reserved)} reserved by calls in flight)" if r.reserved else "")
-                 + f"; this call needs up to {_amount_text(b, r.amount)}")
+        usage = (
+            f"budget '{b.name}' has spent {_amount_text(b, r.spent)} of its {b.describe_limit()} limit"
+            + (f" ({_amount_text(b, r.reserved)} reserved by calls in flight)" if r.reserved else "")
+            + f"; this call needs up to {_amount_text(b, r.amount)}"
+        )
         self._announce_limit(hit, r, reset)
         if b.action == "fallback" and self.fallback:
             notice = f"Cloud budget exhausted, operating local-only until {reset}"
             log.info("budget fallback budget=%s backend=%s to=%s", b.name, call.backend, self.fallback)
-            return Admission(allowed=True, fallback_backend=self.fallback, fallback_model=self.fallback_model,
-                             notice=notice, message=f"{notice}: {usage}.", budgets=(b.name,))
+            return Admission(
+                allowed=True,
+                fallback_backend=self.fallback,
+                fallback_model=self.fallback_model,
+                notice=notice,
+                message=f"{notice}: {usage}.",
+                budgets=(b.name,),
+            )
         if b.action == "pause" and call.agent:
             self.pause(call.agent, reason=f"{usage} (window until {reset})", budget=b.name)
             msg = self._pause_message(call.agent, self.paused().get(call.agent) or {"budget": b.name})
-            return Admission(allowed=False, status=429, message=msg, notice=f"Agent {call.agent!r} is paused",
-                             budgets=(b.name,))
+            return Admission(
+                allowed=False,
+                status=429,
+                message=msg,
+                notice=f"Agent {call.agent!r} is paused",
+                budgets=(b.name,),
+            )
         notice = f"Cloud budget exhausted until {reset}"
-        hint = "" if self.fallback else "; set budgets.fallback to a local backend to keep operating local-only"
+        hint = (
+            "" if self.fallback else "; set budgets.fallback to a local backend to keep operating local-only"
+        )
         msg = f"{notice}: {usage}. Calls resume by themselves at {reset}{hint}."
         log.info("budget refused budget=%s backend=%s agent=%s", b.name, call.backend, call.agent)
-        return Admission(allowed=False, status=429, message=msg, notice=notice, retry_after_s=retry,
-                         budgets=(b.name,))
+        return Admission(
+            allowed=False, status=429, message=msg, notice=notice, retry_after_s=retry, budgets=(b.name,)
+        )
 
     # ------------------------------------------------------------------ settle / release
     def settle(self, admission: Admission, event: UsageEvent) -> None:
@@ -199,38 +264,67 @@ class BudgetEnforcer:
                 if spent < t * b.limit:
                     continue
                 if t >= 1.0:
-                    self._announce_limit(x, Refusal(b.name, spent, 0, b.limit, 0), format_reset(x.window.reset, self.tz))
+                    self._announce_limit(
+                        x, Refusal(b.name, spent, 0, b.limit, 0), format_reset(x.window.reset, self.tz)
+                    )
                     continue
                 if not self.store.claim_once(f"warn|{x.charge.key}|{t}"):
                     continue
                 scope = self._scope_text(x)
                 reset = format_reset(x.window.reset, self.tz)
-                self.notifier.notify(Notice(
-                    kind="budget_warning", level="warning", budget=b.name, scope=scope,
-                    spent_usd=from_nano(spent) if b.unit == "usd" else None,
-                    limit_usd=from_nano(b.limit) if b.unit == "usd" else None, threshold=t, reset=reset,
-                    message=(f"Budget '{b.name}'{' for ' + scope if scope else ''} is at {spent / b.limit:.0%}: "
-                             f"{_amount_text(b, spent)} of {b.describe_limit()} (warning at {t:.0%}); "
-                             f"resets {reset}.")))
+                self.notifier.notify(
+                    Notice(
+                        kind="budget_warning",
+                        level="warning",
+                        budget=b.name,
+                        scope=scope,
+                        spent_usd=from_nano(spent) if b.unit == "usd" else None,
+                        limit_usd=from_nano(b.limit) if b.unit == "usd" else None,
+                        threshold=t,
+                        reset=reset,
+                        message=(
+                            f"Budget '{b.name}'{' for ' + scope if scope else ''} is at {spent / b.limit:.0%}: "
+                            f"{_amount_text(b, spent)} of {b.describe_limit()} (warning at {t:.0%}); "
+                            f"resets {reset}."
+                        ),
+                    )
+                )
 
     def _announce_limit(self, x: _Booked, r: Refusal, reset: str) -> None:
         if self.notifier is None or not self.store.claim_once(f"limit|{x.charge.key}"):
             return
         b = x.budget
         scope = self._scope_text(x)
-        what = {"alert": "calls continue (action: alert)",
-                "fallback": f"calls go to {self.fallback}" if self.fallback else "calls are refused",
-                "block": "calls are refused", "pause": "the agent is paused"}[b.action]
+        what = {
+            "alert": "calls continue (action: alert)",
+            "fallback": f"calls go to {self.fallback}" if self.fallback else "calls are refused",
+            "block": "calls are refused",
+            "pause": "the agent is paused",
+        }[b.action]
         if b.action == "fallback" and not self.fallback:
             what = "calls are refused"
-        self.notifier.notify(Notice(
-            kind="budget_exhausted", level="critical", budget=b.name, scope=scope,
-            spent_usd=from_nano(r.spent) if b.unit == "usd" else None,
-            limit_usd=from_nano(b.limit) if b.unit == "usd" else None, threshold=1.0, reset=reset,
-            message=(f"Budget '{b.name}'{' for ' + scope if scope else ''} reached its limit: "
-                     f"{_amount_text(b, r.spent)} spent"
-                     + (f" and {_amount_text(b, r.reserved)} reserved by calls in flight" if r.reserved else "")
-                     + f" of {b.describe_limit()}; {what} until {reset}.")))
+        self.notifier.notify(
+            Notice(
+                kind="budget_exhausted",
+                level="critical",
+                budget=b.name,
+                scope=scope,
+                spent_usd=from_nano(r.spent) if b.unit == "usd" else None,
+                limit_usd=from_nano(b.limit) if b.unit == "usd" else None,
+                threshold=1.0,
+                reset=reset,
+                message=(
+                    f"Budget '{b.name}'{' for ' + scope if scope else ''} reached its limit: "
+                    f"{_amount_text(b, r.spent)} spent"
+                    + (
+                        f" and {_amount_text(b, r.reserved)} reserved by calls in flight"
+                        if r.reserved
+                        else ""
+                    )
+                    + f" of {b.describe_limit()}; {what} until {reset}."
+                ),
+            )
+        )
 
     @staticmethod
     def _scope_text(x: _Booked) -> str | None:
@@ -254,14 +348,28 @@ class BudgetEnforcer:
 
     def pause(self, agent: str, *, reason: str, budget: str | None = None, by: str = "budget") -> None:
         """Pause an agent: its calls get 429 until resumed. Stored in the ledger, survives restarts."""
-        value = {"agent": agent, "paused_at": utcnow().isoformat(), "reason": reason, "budget": budget, "by": by}
+        value = {
+            "agent": agent,
+            "paused_at": utcnow().isoformat(),
+            "reason": reason,
+            "budget": budget,
+            "by": by,
+        }
         set_pause(self.state, agent, value, memory=self._memory_pauses)
         self._pauses = (0.0, {})
-        if self.notifier is not None and (budget is None or self.store.claim_once(f"pause|{agent}|{budget}|{reason}")):
-            self.notifier.notify(Notice(kind="agent_paused", level="critical" if by == "budget" else "info",
-                                        budget=budget, scope=f"agent {agent}",
-                                        message=f"Agent '{agent}' paused: {reason}. Resume with "
-                                                f"`llmbudget agents resume {agent}`."))
+        if self.notifier is not None and (
+            budget is None or self.store.claim_once(f"pause|{agent}|{budget}|{reason}")
+        ):
+            self.notifier.notify(
+                Notice(
+                    kind="agent_paused",
+                    level="critical" if by == "budget" else "info",
+                    budget=budget,
+                    scope=f"agent {agent}",
+                    message=f"Agent '{agent}' paused: {reason}. Resume with "
+                    f"`llmbudget agents resume {agent}`.",
+                )
+            )
 
     def resume(self, agent: str) -> bool:
         """Resume a paused agent; False when it was not paused."""
@@ -273,8 +381,10 @@ class BudgetEnforcer:
     def _pause_message(agent: str, info: dict[str, Any]) -> str:
         why = f" by budget '{info['budget']}'" if info.get("budget") else ""
         reason = f" ({info['reason']})" if info.get("reason") else ""
-        return (f"Agent '{agent}' is paused{why}{reason}. Resume it with `llmbudget agents resume {agent}` "
-                f"or POST /api/agents/{agent}/resume.")
+        return (
+            f"Agent '{agent}' is paused{why}{reason}. Resume it with `llmbudget agents resume {agent}` "
+            f"or POST /api/agents/{agent}/resume."
+        )
 
     def close(self) -> None:
         self.store.close()
@@ -282,8 +392,13 @@ class BudgetEnforcer:
             self.notifier.close()
 
 
-def set_pause(state: Any | None, agent: str, value: dict[str, Any] | None, *,
-              memory: dict[str, dict[str, Any]] | None = None) -> bool:
+def set_pause(
+    state: Any | None,
+    agent: str,
+    value: dict[str, Any] | None,
+    *,
+    memory: dict[str, dict[str, Any]] | None = None,
+) -> bool:
     """Store (or clear with None) an agent's pause; returns whether it was paused before."""
     if state is None:
         mem = memory if memory is not None else {}

@@ -15,12 +15,26 @@ from typing import Any
 
 #: published maximum output tokens by model-name prefix (longest prefix wins)
 MAX_OUTPUT_BY_PREFIX: dict[str, int] = {
-    "claude-opus-4": 32_000, "claude-sonnet-4": 64_000, "claude-3-7-sonnet": 64_000,
-    "claude-haiku-4": 64_000, "claude-3-5": 8_192, "claude-3": 4_096,
-    "gpt-4o": 16_384, "gpt-4.1": 32_768, "gpt-4-turbo": 4_096, "gpt-4": 8_192, "gpt-3.5": 4_096,
-    "gpt-5": 128_000, "o1": 100_000, "o3": 100_000, "o4": 100_000,
-    "gemini-2.5": 65_536, "gemini-2.0": 8_192, "gemini-1.5": 8_192,
-    "grok": 131_072, "deepseek": 8_192,
+    "claude-opus-4": 32_000,
+    "claude-sonnet-4": 64_000,
+    "claude-3-7-sonnet": 64_000,
+    "claude-haiku-4": 64_000,
+    "claude-3-5": 8_192,
+    "claude-3": 4_096,
+    "gpt-4o": 16_384,
+    "gpt-4.1": 32_768,
+    "gpt-4-turbo": 4_096,
+    "gpt-4": 8_192,
+    "gpt-3.5": 4_096,
+    "gpt-5": 128_000,
+    "o1": 100_000,
+    "o3": 100_000,
+    "o4": 100_000,
+    "gemini-2.5": 65_536,
+    "gemini-2.0": 8_192,
+    "gemini-1.5": 8_192,
+    "grok": 131_072,
+    "deepseek": 8_192,
 }
 
 #: price a call: (model, provider, input_tokens, output_tokens, at) -> Decimal USD, None when unpriced
@@ -63,7 +77,9 @@ def price_fn_from_book(book: Any) -> PriceFn:
     """Adapt the price book (`PriceBook.cost(model, TokenUsage, provider=, at=)`) to a PriceFn."""
     from ..pricing import TokenUsage
 
-    def price(model: str, provider: str, input_tokens: int, output_tokens: int, at: datetime) -> Decimal | None:
+    def price(
+        model: str, provider: str, input_tokens: int, output_tokens: int, at: datetime
+    ) -> Decimal | None:
         usage = TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens)
         # a provider we cannot match (a custom base URL) should not make a known model free to reserve:
         # retry by model name alone

@@ -18,8 +18,15 @@ from .config import BudgetsConfig
 from .windows import Window, window_for
 
 #: CallInfo / UsageEvent attribute read for each scope
-SCOPE_FIELD = {"backend": "backend", "model": "model", "agent": "agent", "session": "session",
-               "user": "user", "team": "team", "task_type": "task_type"}
+SCOPE_FIELD = {
+    "backend": "backend",
+    "model": "model",
+    "agent": "agent",
+    "session": "session",
+    "user": "user",
+    "team": "team",
+    "task_type": "task_type",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +86,44 @@ def budgets_from_config(cfg: BudgetsConfig) -> list[Budget]:
     legacy_action = ("fallback" if cfg.fallback else "block") if cfg.hard_stop else "alert"
     warn = tuple(cfg.warn_thresholds)
     out: list[Budget] = []
-    for name, period, amount in (("daily", "day", cfg.daily_limit_usd), ("weekly", "week", cfg.weekly_limit_usd),
-                                 ("monthly", "month", cfg.monthly_limit_usd)):
+    for name, period, amount in (
+        ("daily", "day", cfg.daily_limit_usd),
+        ("weekly", "week", cfg.weekly_limit_usd),
+        ("monthly", "month", cfg.monthly_limit_usd),
+    ):
         if amount is not None:
-            out.append(Budget(name, "global", None, "usd", to_nano(Decimal(amount)), period, warn, legacy_action))
+            out.append(
+                Budget(name, "global", None, "usd", to_nano(Decimal(amount)), period, warn, legacy_action)
+            )
     for backend, ba in cfg.per_backend.items():
-        out.append(Budget(f"backend:{backend}/{ba.period}", "backend", backend, "usd", to_nano(ba.limit_usd),
-                          ba.period, warn, legacy_action))
+        out.append(
+            Budget(
+                f"backend:{backend}/{ba.period}",
+                "backend",
+                backend,
+                "usd",
+                to_nano(ba.limit_usd),
+                ba.period,
+                warn,
+                legacy_action,
+            )
+        )
     for lim in cfg.limits:
         unit = "usd" if lim.limit_usd is not None else "tokens"
         limit = to_nano(lim.limit_usd) if lim.limit_usd is not None else int(lim.limit_tokens or 0)
-        out.append(Budget(lim.name or _limit_name(lim), lim.scope, lim.match, unit, limit, lim.period,
-                          tuple(lim.warn) if lim.warn is not None else warn, lim.action, lim.committed))
+        out.append(
+            Budget(
+                lim.name or _limit_name(lim),
+                lim.scope,
+                lim.match,
+                unit,
+                limit,
+                lim.period,
+                tuple(lim.warn) if lim.warn is not None else warn,
+                lim.action,
+                lim.committed,
+            )
+        )
     seen: dict[str, int] = {}
     unique: list[Budget] = []
     for b in out:  # two limits may generate the same name: number the later ones

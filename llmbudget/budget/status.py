@@ -9,7 +9,9 @@ from zoneinfo import ZoneInfo
 
 from ..events import utcnow
 from ..money import from_nano
+from ..store.buckets import to_us
 from .rules import Budget
+from .seed import SCOPE_COLUMN, spec_for
 from .store import CounterStore
 from .windows import Window, format_reset, window_for
 
@@ -53,26 +55,64 @@ class BudgetStatus:
 
         w = self.window
         return {
-            "name": b.name, "scope": b.scope, "match": b.match,
-            "value": None if b.scope == "global" else self.value, "unit": b.unit, "period": b.period,
-            "action": b.action, "committed": b.committed,
-            "limit": amount(b.limit), "spent": amount(self.spent), "reserved": amount(self.reserved),
-            "remaining": amount(self.remaining), "percent": round(self.percent, 2),
+            "name": b.name,
+            "scope": b.scope,
+            "match": b.match,
+            "value": None if b.scope == "global" else self.value,
+            "unit": b.unit,
+            "period": b.period,
+            "action": b.action,
+            "committed": b.committed,
+            "limit": amount(b.limit),
+            "spent": amount(self.spent),
+            "reserved": amount(self.reserved),
+            "remaining": amount(self.remaining),
+            "percent": round(self.percent, 2),
             "window_start": w.start.isoformat() if w and w.start else None,
             "reset": w.reset.isoformat() if w and w.reset else None,
             "reset_local": format_reset(w.reset if w else None, self.tz),
             "status": self.state,
-            **({"limit_nano": b.limit, "spent_nano": self.spent, "reserved_nano": self.reserved} if money else {}),
+            **(
+                {"limit_nano": b.limit, "spent_nano": self.spent, "reserved_nano": self.reserved}
+                if money
+                else {}
+            ),
         }
+
+
+class _Attr:
+    """A stand-in call carrying one attribution field, for `Budget.scope_value`."""
+
+    def __init__(self, scope: str, value: str) -> None:
+        from .rules import SCOPE_FIELD
+
+        setattr(self, SCOPE_FIELD[scope], value)
 
 
 def _literal(match: str | None) -> bool:
     return bool(match) and match != "*" and not any(ch in str(match) for ch in "*?[")
 
 
-def budget_status(budgets: list[Budget], store: CounterStore, tz: ZoneInfo,
-                  now: datetime | None = None, *, max_values: int = 50) -> list[BudgetStatus]:
-    """Every budget in its current window; per-value budgets list each value seen (most spent first)."""
+def _ensure(store: CounterStore, b: Budget, value: str, w: Window) -> list[str]:
+    """The counters of one budget value in window `w`, created seeded from the ledger when missing."""
+    prefix = b.counter_prefix(value)
+    store.ensure({prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys})
+    return [prefix + k for k in w.read_keys]
+
+
+def budget_status(
+    budgets: list[Budget],
+    store: CounterStore,
+    tz: ZoneInfo,
+    now: datetime | None = None,
+    *,
+    max_values: int = 50,
+) -> list[BudgetStatus]:
+    """Every budget in its current window; per-value budgets list each value seen (most spent first).
+
+    Spend is what the counters hold; a counter not created yet is created now, seeded from the
+    ledger, so the figures agree with `llmbudget costs` over the same window (DESIGN.md section 5).
+    """
     now = now or utcnow()
     out: list[BudgetStatus] = []
     for b in budgets:
@@ -80,10 +120,19 @@ def budget_status(budgets: list[Budget], store: CounterStore, tz: ZoneInfo,
             value = "*" if b.scope == "global" else str(b.match)
             w = window_for(b.period, now, tz)
             assert w is not None
-            keys = [b.counter_prefix(value) + k for k in w.read_keys]
+            keys = _ensure(store, b, value, w)
             t = store.totals(keys)
-            out.append(BudgetStatus(b, value, w, sum(v[0] for v in t.values()), sum(v[1] for v in t.values()), tz))
+            out.append(
+                BudgetStatus(b, value, w, sum(v[0] for v in t.values()), sum(v[1] for v in t.values()), tz)
+            )
             continue
+        if b.period != "session" and b.scope != "session":
+            # values with ledger spend in this window but no counter yet (usage that never met the gate)
+            w = window_for(b.period, now, tz)
+            assert w is not None and w.start is not None
+            for value in store.ledger_values(SCOPE_COLUMN[b.scope], to_us(w.start), to_us(now) + 1):
+                if b.scope_value(_Attr(b.scope, value)) is not None:
+                    _ensure(store, b, value, w)
         rows = store.scan(f"{b.name}|")
         grouped: dict[str, list[int]] = {}
         windows: dict[str, Window | None] = {}

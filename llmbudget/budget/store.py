@@ -16,11 +16,12 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StorageError
+from .seed import LedgerSeeder, SeedSpec, has_ledger_tables, seed_sql, values_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,22 @@ class CounterStore(ABC):
     """Atomic budget counters. Every method is safe to call from many threads."""
 
     @abstractmethod
-    def reserve(self, rid: str, charges: Sequence[Charge], ttl_s: float) -> Refusal | None:
-        """Book every charge or none; returns the first that would cross its limit."""
+    def reserve(
+        self, rid: str, charges: Sequence[Charge], ttl_s: float, seeds: Mapping[str, SeedSpec] | None = None
+    ) -> Refusal | None:
+        """Book every charge or none; returns the first that would cross its limit.
+
+        `seeds`: counters that may not exist yet; any that does not is created, in the same atomic
+        step, with the spend the ledger holds for it (`llmbudget.budget.seed`).
+        """
+
+    @abstractmethod
+    def ensure(self, seeds: Mapping[str, SeedSpec]) -> None:
+        """Create each missing counter of `seeds`, seeded from the ledger (existing ones are untouched)."""
+
+    def ledger_values(self, column: str, start_us: int, end_us: int) -> list[str]:
+        """Values of a ledger column with spend in a time range (budget status of per-value budgets)."""
+        return []
 
     @abstractmethod
     def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
@@ -139,6 +154,8 @@ class SQLiteCounters(CounterStore):
         except sqlite3.Error as e:
             raise StorageError(f"cannot open budget counters in {path}: {e}") from e
         self._next_sweep = 0.0
+        #: counters known to exist (created and seeded): not checked again by this process
+        self._known: set[str] = set()
 
     def _tx(self) -> _SQLiteTx:
         return _SQLiteTx(self._db)
@@ -147,8 +164,9 @@ class SQLiteCounters(CounterStore):
         if not keys:
             return {}
         marks = ",".join("?" * len(keys))
-        rows = self._db.execute(f"SELECT counter, spent, reserved FROM budget_counters WHERE counter IN ({marks})",
-                                list(keys)).fetchall()
+        rows = self._db.execute(
+            f"SELECT counter, spent, reserved FROM budget_counters WHERE counter IN ({marks})", list(keys)
+        ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def _add(self, key: str, spent: int, reserved: int, now: float) -> None:
@@ -156,31 +174,76 @@ class SQLiteCounters(CounterStore):
             "INSERT INTO budget_counters(counter, spent, reserved, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(counter) DO UPDATE SET spent = spent + excluded.spent, "
             "reserved = MAX(0, reserved + excluded.reserved), updated_at = excluded.updated_at",
-            (key, spent, reserved, now))
+            (key, spent, reserved, now),
+        )
 
     def _sweep_locked(self, now: float) -> int:
-        rows = self._db.execute("SELECT id, items FROM budget_reservations WHERE expires_at < ?", (now,)).fetchall()
+        rows = self._db.execute(
+            "SELECT id, items FROM budget_reservations WHERE expires_at < ?", (now,)
+        ).fetchall()
         for rid, items in rows:
             for key, amount in json.loads(items):
                 self._add(key, 0, -int(amount), now)
             self._db.execute("DELETE FROM budget_reservations WHERE id = ?", (rid,))
         return len(rows)
 
-    def reserve(self, rid: str, charges: Sequence[Charge], ttl_s: float) -> Refusal | None:
+    def _ensure_locked(self, seeds: Mapping[str, SeedSpec], now: float) -> list[str]:
+        """Create missing counters seeded from the ledger; returns the keys to remember after COMMIT."""
+        if not seeds:
+            return []
+        fresh = [k for k in sorted(seeds) if k not in self._known]
+        if not fresh:
+            return []
+        ledger = has_ledger_tables(lambda sql, params: self._db.execute(sql, params).fetchall())
+        for key in fresh:
+            # inside BEGIN IMMEDIATE: no ledger write can land between the read and the insert
+            expr, params = seed_sql(seeds[key]) if ledger else ("0", [])
+            self._db.execute(
+                f"INSERT INTO budget_counters(counter, spent, reserved, updated_at) SELECT ?, {expr}, 0, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM budget_counters WHERE counter = ?)",
+                [key, *params, now, key],
+            )
+        return fresh
+
+    def _remember(self, keys: Sequence[str]) -> None:
+        if len(self._known) > 100_000:  # old windows' keys: forget them all, re-checked once if used again
+            self._known.clear()
+        self._known.update(keys)
+
+    def ensure(self, seeds: Mapping[str, SeedSpec]) -> None:
+        with self._lock:
+            with self._tx():
+                fresh = self._ensure_locked(seeds, time.time())
+            self._remember(fresh)
+
+    def ledger_values(self, column: str, start_us: int, end_us: int) -> list[str]:
+        with self._lock:
+            if not has_ledger_tables(lambda sql, params: self._db.execute(sql, params).fetchall()):
+                return []
+            sql, params = values_sql(column, start_us, end_us)
+            return [str(r[0]) for r in self._db.execute(sql, params).fetchall()]
+
+    def reserve(
+        self, rid: str, charges: Sequence[Charge], ttl_s: float, seeds: Mapping[str, SeedSpec] | None = None
+    ) -> Refusal | None:
         now = time.time()
-        with self._lock, self._tx():
-            if now >= self._next_sweep:
-                self._sweep_locked(now)
-                self._next_sweep = now + 30
-            refusal = _check(charges, self._used(_all_keys(charges)))
-            if refusal is not None:
-                return refusal
-            items = _items(charges)
-            for key, amount in items:
-                self._add(key, 0, amount, now)
-            self._db.execute("INSERT INTO budget_reservations(id, items, expires_at) VALUES (?, ?, ?)",
-                             (rid, json.dumps(items), now + ttl_s))
-        return None
+        with self._lock:
+            with self._tx():
+                fresh = self._ensure_locked(seeds or {}, now)
+                if now >= self._next_sweep:
+                    self._sweep_locked(now)
+                    self._next_sweep = now + 30
+                refusal = _check(charges, self._used(_all_keys(charges)))
+                if refusal is None:
+                    items = _items(charges)
+                    for key, amount in items:
+                        self._add(key, 0, amount, now)
+                    self._db.execute(
+                        "INSERT INTO budget_reservations(id, items, expires_at) VALUES (?, ?, ?)",
+                        (rid, json.dumps(items), now + ttl_s),
+                    )
+            self._remember(fresh)  # committed (a refusal commits the seeded counters too)
+        return refusal
 
     def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
         now = time.time()
@@ -206,14 +269,17 @@ class SQLiteCounters(CounterStore):
 
     def scan(self, prefix: str) -> dict[str, tuple[int, int]]:
         with self._lock:
-            rows = self._db.execute("SELECT counter, spent, reserved FROM budget_counters "
-                                    "WHERE substr(counter, 1, ?) = ?", (len(prefix), prefix)).fetchall()
+            rows = self._db.execute(
+                "SELECT counter, spent, reserved FROM budget_counters WHERE substr(counter, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def claim_once(self, key: str) -> bool:
         with self._lock, self._tx():
-            cur = self._db.execute("INSERT OR IGNORE INTO budget_claims(key, claimed_at) VALUES (?, ?)",
-                                   (key, time.time()))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO budget_claims(key, claimed_at) VALUES (?, ?)", (key, time.time())
+            )
             return cur.rowcount == 1
 
     def sweep(self, now: float | None = None) -> int:
@@ -247,12 +313,67 @@ _PG_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations(expires_at)",
     "CREATE TABLE IF NOT EXISTS budget_claims (key TEXT PRIMARY KEY, claimed_at DOUBLE PRECISION NOT NULL)",
 ]
+# One round trip per reservation and per settlement: the check-and-book runs inside the server as
+# one function call (autocommit: the call is its own transaction). Versioned names: a changed body
+# gets a new name, so processes of two versions can share a database.
+_PG_FUNCTIONS = {
+    "llmb_budget_reserve_v1": """
+CREATE OR REPLACE FUNCTION llmb_budget_reserve_v1(p_rid text, p_keys text[], p_items text[], p_amounts bigint[],
+    p_items_json text, p_charges jsonb, p_now double precision, p_ttl double precision) RETURNS bigint[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  c jsonb;
+  i integer := 0;
+  s bigint;
+  r bigint;
+BEGIN
+  -- every counter written must exist to be row-locked; sorted, so two calls never deadlock
+  INSERT INTO budget_counters(counter) SELECT k FROM unnest(p_items) AS k ORDER BY 1 ON CONFLICT DO NOTHING;
+  PERFORM 1 FROM budget_counters WHERE counter = ANY(p_keys) ORDER BY counter FOR UPDATE;
+  FOR c IN SELECT value FROM jsonb_array_elements(p_charges) LOOP
+    i := i + 1;
+    IF (c->>'l')::bigint >= 0 THEN
+      SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved), 0) INTO s, r FROM budget_counters
+        WHERE counter IN (SELECT jsonb_array_elements_text(c->'r'));
+      IF s + r + (c->>'a')::bigint > (c->>'l')::bigint THEN
+        RETURN ARRAY[i, s, r]::bigint[];
+      END IF;
+    END IF;
+  END LOOP;
+  UPDATE budget_counters AS b SET reserved = b.reserved + x.a, updated_at = p_now
+    FROM unnest(p_items, p_amounts) AS x(k, a) WHERE b.counter = x.k;
+  INSERT INTO budget_reservations(id, items, expires_at) VALUES (p_rid, p_items_json, p_now + p_ttl);
+  RETURN ARRAY[0, 0, 0]::bigint[];
+END
+$fn$""",
+    "llmb_budget_settle_v1": """
+CREATE OR REPLACE FUNCTION llmb_budget_settle_v1(p_rid text, p_keys text[], p_amounts bigint[],
+    p_now double precision) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_items text;
+BEGIN
+  DELETE FROM budget_reservations WHERE id = p_rid RETURNING items INTO v_items;
+  -- the reservation released and the real spend added in one upsert per counter, in key order
+  INSERT INTO budget_counters AS b (counter, spent, reserved, updated_at)
+    SELECT k, SUM(sp), SUM(rs), p_now FROM (
+      SELECT x->>0 AS k, 0::bigint AS sp, -((x->>1)::bigint) AS rs
+        FROM jsonb_array_elements(COALESCE(v_items, '[]')::jsonb) AS x
+      UNION ALL
+      SELECT u.k, u.a, 0 FROM unnest(p_keys, p_amounts) AS u(k, a)
+    ) AS parts GROUP BY k ORDER BY k
+  ON CONFLICT (counter) DO UPDATE SET spent = b.spent + excluded.spent,
+    reserved = GREATEST(0, b.reserved + excluded.reserved), updated_at = excluded.updated_at;
+  RETURN CASE WHEN v_items IS NULL THEN 0 ELSE 1 END;
+END
+$fn$""",
+}
 #: advisory lock id serializing the CREATE TABLEs of concurrent first starts
 _PG_DDL_LOCK = 0x6C6D6231
 
 
 class PostgresCounters(CounterStore):
-    """Counters in PostgreSQL; rows locked with `SELECT ... FOR UPDATE` in key order."""
+    """Counters in PostgreSQL: a reservation is one call of a server-side function that row-locks in key order."""
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         try:
@@ -260,14 +381,22 @@ class PostgresCounters(CounterStore):
         except ImportError as e:  # pragma: no cover - extra not installed
             raise StorageError("PostgreSQL budgets need `pip install 'llmbudget[postgres]'`") from e
         self.url = url
-        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, timeout=30,
-                                    kwargs={"autocommit": False})
-        with self._pool.connection() as conn:
+        # autocommit: the hot path is one statement (a function call), its own transaction;
+        # multi-statement work opens `conn.transaction()` explicitly
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=True, timeout=30, kwargs={"autocommit": True}
+        )
+        with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_DDL_LOCK,))
             for stmt in _PG_SCHEMA:
                 conn.execute(stmt)
+            for name, body in _PG_FUNCTIONS.items():
+                if conn.execute("SELECT to_regproc(%s)", (name,)).fetchone()[0] is None:  # type: ignore[index]
+                    conn.execute(body)
         self._next_sweep = 0.0
         self._sweep_lock = threading.Lock()
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
 
     @staticmethod
     def _add(conn: Any, key: str, spent: int, reserved: int, now: float) -> None:
@@ -275,9 +404,47 @@ class PostgresCounters(CounterStore):
             "INSERT INTO budget_counters(counter, spent, reserved, updated_at) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT(counter) DO UPDATE SET spent = budget_counters.spent + excluded.spent, "
             "reserved = GREATEST(0, budget_counters.reserved + excluded.reserved), updated_at = excluded.updated_at",
-            (key, spent, reserved, now))
+            (key, spent, reserved, now),
+        )
 
-    def reserve(self, rid: str, charges: Sequence[Charge], ttl_s: float) -> Refusal | None:
+    def _has_ledger(self, conn: Any) -> bool:
+        row = conn.execute(
+            "SELECT to_regclass('rollup_hourly') IS NOT NULL AND to_regclass('events') IS NOT NULL"
+        ).fetchone()
+        return bool(row[0])
+
+    def ensure(self, seeds: Mapping[str, SeedSpec]) -> None:
+        with self._known_lock:
+            fresh = [k for k in sorted(seeds) if k not in self._known]
+        if not fresh:
+            return
+        now = time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            ledger = self._has_ledger(conn)
+            for key in fresh:
+                expr, params = seed_sql(seeds[key]) if ledger else ("0", [])
+                # one statement: the seed is read and the row created together; a concurrent creator
+                # wins the conflict and this one does nothing (never seeded twice)
+                conn.execute(
+                    f"INSERT INTO budget_counters(counter, spent, reserved, updated_at) SELECT %s, {expr.replace('?', '%s')}, 0, %s "
+                    "WHERE NOT EXISTS (SELECT 1 FROM budget_counters WHERE counter = %s) ON CONFLICT DO NOTHING",
+                    [key, *params, now, key],
+                )
+        with self._known_lock:
+            if len(self._known) > 100_000:
+                self._known.clear()
+            self._known.update(fresh)
+
+    def ledger_values(self, column: str, start_us: int, end_us: int) -> list[str]:
+        with self._pool.connection() as conn:
+            if not self._has_ledger(conn):
+                return []
+            sql, params = values_sql(column, start_us, end_us)
+            return [str(r[0]) for r in conn.execute(sql.replace("?", "%s"), params).fetchall()]
+
+    def reserve(
+        self, rid: str, charges: Sequence[Charge], ttl_s: float, seeds: Mapping[str, SeedSpec] | None = None
+    ) -> Refusal | None:
         now = time.time()
         if now >= self._next_sweep and self._sweep_lock.acquire(blocking=False):
             try:
@@ -285,67 +452,78 @@ class PostgresCounters(CounterStore):
                 self.sweep(now)
             finally:
                 self._sweep_lock.release()
-        keys = _all_keys(charges)
+        if seeds:
+            self.ensure(seeds)
         items = _items(charges)
+        spec = json.dumps(
+            [
+                {"r": list(c.read_keys), "l": -1 if c.limit is None else c.limit, "a": c.amount}
+                for c in charges
+            ]
+        )
         with self._pool.connection() as conn:
-            # make sure every written counter exists so it can be row-locked; sorted: no deadlocks
-            conn.execute(
-                "INSERT INTO budget_counters(counter) SELECT unnest(%s::text[]) ORDER BY 1 ON CONFLICT DO NOTHING",
-                ([k for k, _ in items],))
-            rows = conn.execute(
-                "SELECT counter, spent, reserved FROM budget_counters WHERE counter = ANY(%s) "
-                "ORDER BY counter FOR UPDATE", (keys,)).fetchall()
-            refusal = _check(charges, {r[0]: (int(r[1]), int(r[2])) for r in rows})
-            if refusal is not None:
-                conn.rollback()
-                return refusal
-            for key, amount in items:
-                conn.execute("UPDATE budget_counters SET reserved = reserved + %s, updated_at = %s WHERE counter = %s",
-                             (amount, now, key))
-            conn.execute("INSERT INTO budget_reservations(id, items, expires_at) VALUES (%s, %s, %s)",
-                         (rid, json.dumps(items), now + ttl_s))
-        return None
-
-    def _drop(self, conn: Any, rid: str, now: float) -> None:
-        row = conn.execute("DELETE FROM budget_reservations WHERE id = %s RETURNING items", (rid,)).fetchone()
-        if row is not None:
-            for key, amount in sorted(json.loads(row[0])):
-                self._add(conn, key, 0, -int(amount), now)
+            row = conn.execute(
+                "SELECT llmb_budget_reserve_v1(%s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+                (
+                    rid,
+                    _all_keys(charges),
+                    [k for k, _ in items],
+                    [int(v) for _, v in items],
+                    json.dumps(items),
+                    spec,
+                    now,
+                    ttl_s,
+                ),
+            ).fetchone()
+        idx, spent, reserved = (int(x) for x in row[0])  # type: ignore[index]
+        if idx == 0:
+            return None
+        c = charges[idx - 1]
+        return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
 
     def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
-        now = time.time()
+        merged: dict[str, int] = {}
+        for key, amount in actual:
+            merged[key] = merged.get(key, 0) + int(amount)
+        keys = sorted(merged)
         with self._pool.connection() as conn:
-            self._drop(conn, rid, now)
-            for key, amount in sorted(actual):
-                self._add(conn, key, int(amount), 0, now)
+            conn.execute(
+                "SELECT llmb_budget_settle_v1(%s, %s, %s, %s)",
+                (rid, keys, [merged[k] for k in keys], time.time()),
+            )
 
     def release(self, rid: str) -> None:
-        with self._pool.connection() as conn:
-            self._drop(conn, rid, time.time())
+        self.settle(rid, [])
 
     def totals(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
         with self._pool.connection() as conn:
-            rows = conn.execute("SELECT counter, spent, reserved FROM budget_counters WHERE counter = ANY(%s)",
-                                (list(keys),)).fetchall()
+            rows = conn.execute(
+                "SELECT counter, spent, reserved FROM budget_counters WHERE counter = ANY(%s)", (list(keys),)
+            ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def scan(self, prefix: str) -> dict[str, tuple[int, int]]:
         with self._pool.connection() as conn:
-            rows = conn.execute("SELECT counter, spent, reserved FROM budget_counters WHERE left(counter, %s) = %s",
-                                (len(prefix), prefix)).fetchall()
+            rows = conn.execute(
+                "SELECT counter, spent, reserved FROM budget_counters WHERE left(counter, %s) = %s",
+                (len(prefix), prefix),
+            ).fetchall()
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
     def claim_once(self, key: str) -> bool:
         with self._pool.connection() as conn:
-            cur = conn.execute("INSERT INTO budget_claims(key, claimed_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                               (key, time.time()))
+            cur = conn.execute(
+                "INSERT INTO budget_claims(key, claimed_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (key, time.time()),
+            )
             return cur.rowcount == 1
 
     def sweep(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        with self._pool.connection() as conn:
-            rows = conn.execute("DELETE FROM budget_reservations WHERE expires_at < %s RETURNING items",
-                                (now,)).fetchall()
+        with self._pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "DELETE FROM budget_reservations WHERE expires_at < %s RETURNING items", (now,)
+            ).fetchall()
             merged: dict[str, int] = {}
             for (items,) in rows:
                 for key, amount in json.loads(items):
@@ -384,7 +562,31 @@ sweep()
 return 1
 """
 
-_LUA_RESERVE = _LUA_SWEEP.replace("sweep()\nreturn 1\n", "sweep()\n") + """local charges = cjson.decode(ARGV[4])
+_LUA_SEED = """
+-- counters that do not exist yet start from the ledger's spend (read just before by the caller);
+-- one that exists is never re-seeded
+for _, it in ipairs(cjson.decode(ARGV[7])) do
+  local ck = p .. 'c:' .. it[1]
+  if redis.call('EXISTS', ck) == 0 then
+    redis.call('HSET', ck, 's', n(it[2]), 'r', 0)
+    redis.call('EXPIRE', ck, 3456000)
+  end
+end
+"""
+
+_LUA_ENSURE = (
+    """
+local p = ARGV[1]
+local function n(x) return string.format('%.0f', x) end
+"""
+    + _LUA_SEED
+    + "return 1\n"
+)
+
+_LUA_RESERVE = (
+    _LUA_SWEEP.replace("sweep()\nreturn 1\n", "sweep()\n")
+    + _LUA_SEED
+    + """local charges = cjson.decode(ARGV[4])
 for i, c in ipairs(charges) do
   if c.l >= 0 then
     local s, r = 0, 0
@@ -408,6 +610,7 @@ redis.call('SET', p .. 'r:' .. ARGV[2], ARGV[5])
 redis.call('ZADD', p .. 'rexp', now + tonumber(ARGV[6]), ARGV[2])
 return {0, 0, 0}
 """
+)
 
 _LUA_SETTLE = """
 local p = ARGV[1]
@@ -434,23 +637,72 @@ return 1
 class RedisCounters(CounterStore):
     """Counters in Redis hashes; check-and-book is one Lua script, so it is atomic across replicas."""
 
-    def __init__(self, url: str, *, prefix: str = "llmb:budget:") -> None:
+    def __init__(self, url: str, *, prefix: str = "llmb:budget:", seeder: LedgerSeeder | None = None) -> None:
         try:
             import redis
         except ImportError as e:  # pragma: no cover - extra not installed
             raise StorageError("Redis budgets need `pip install 'llmbudget[redis]'`") from e
         self.url = url
         self.prefix = prefix
-        self._r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                       max_connections=64, health_check_interval=30)
+        self._r = redis.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=5, max_connections=64, health_check_interval=30
+        )
         self._reserve = self._r.register_script(_LUA_RESERVE)
         self._settle = self._r.register_script(_LUA_SETTLE)
         self._sweep = self._r.register_script(_LUA_SWEEP)
+        self._ensure = self._r.register_script(_LUA_ENSURE)
+        #: reads seeds from the ledger's database (None: counters start at 0)
+        self.seeder = seeder
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
 
-    def reserve(self, rid: str, charges: Sequence[Charge], ttl_s: float) -> Refusal | None:
-        spec = [{"r": list(c.read_keys), "l": -1 if c.limit is None else c.limit, "a": c.amount} for c in charges]
-        res = self._reserve(args=[self.prefix, rid, time.time(), json.dumps(spec), json.dumps(_items(charges)),
-                                  ttl_s])
+    def _seed_args(self, seeds: Mapping[str, SeedSpec] | None) -> tuple[str, list[str]]:
+        if not seeds:
+            return "[]", []
+        with self._known_lock:
+            fresh = [k for k in sorted(seeds) if k not in self._known]
+        if not fresh:
+            return "[]", []
+        amounts = (
+            self.seeder.amounts({k: seeds[k] for k in fresh}) if self.seeder else dict.fromkeys(fresh, 0)
+        )
+        return json.dumps([[k, amounts[k]] for k in fresh]), fresh
+
+    def _remember(self, keys: list[str]) -> None:
+        if keys:
+            with self._known_lock:
+                if len(self._known) > 100_000:
+                    self._known.clear()
+                self._known.update(keys)
+
+    def ensure(self, seeds: Mapping[str, SeedSpec]) -> None:
+        arg, fresh = self._seed_args(seeds)
+        if fresh:
+            self._ensure(args=[self.prefix, "", 0, "", "", 0, arg])
+            self._remember(fresh)
+
+    def ledger_values(self, column: str, start_us: int, end_us: int) -> list[str]:
+        return self.seeder.values(column, start_us, end_us) if self.seeder else []
+
+    def reserve(
+        self, rid: str, charges: Sequence[Charge], ttl_s: float, seeds: Mapping[str, SeedSpec] | None = None
+    ) -> Refusal | None:
+        spec = [
+            {"r": list(c.read_keys), "l": -1 if c.limit is None else c.limit, "a": c.amount} for c in charges
+        ]
+        seed_arg, fresh = self._seed_args(seeds)
+        res = self._reserve(
+            args=[
+                self.prefix,
+                rid,
+                time.time(),
+                json.dumps(spec),
+                json.dumps(_items(charges)),
+                ttl_s,
+                seed_arg,
+            ]
+        )
+        self._remember(fresh)
         idx, spent, reserved = (int(x) for x in res)
         if idx == 0:
             return None
@@ -478,8 +730,10 @@ class RedisCounters(CounterStore):
         import re
 
         pattern = self.prefix + "c:" + re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-        keys = [k.decode() if isinstance(k, bytes) else k for k in self._r.scan_iter(match=pattern, count=500)]
-        return self.totals([k[len(self.prefix) + 2:] for k in keys])
+        keys = [
+            k.decode() if isinstance(k, bytes) else k for k in self._r.scan_iter(match=pattern, count=500)
+        ]
+        return self.totals([k[len(self.prefix) + 2 :] for k in keys])
 
     def claim_once(self, key: str) -> bool:
         return bool(self._r.set(self.prefix + "claim:" + key, "1", nx=True, ex=3600 * 24 * 400))
@@ -492,17 +746,21 @@ class RedisCounters(CounterStore):
 
     def close(self) -> None:
         self._r.close()
+        if self.seeder is not None:
+            self.seeder.close()
 
 
-def open_counters(db_url: str, redis_url: str | None = None, *, redis_prefix: str = "llmb:budget:") -> CounterStore:
-    """Counters in Redis when `redis_url` is set, else in the ledger's database (`db_url`)."""
+def open_counters(
+    db_url: str, redis_url: str | None = None, *, redis_prefix: str = "llmb:budget:"
+) -> CounterStore:
+    """Counters in Redis when `redis_url` is set (seeded from the ledger at `db_url`), else in the ledger's database."""
     if redis_url:
-        return RedisCounters(redis_url, prefix=redis_prefix)
+        return RedisCounters(redis_url, prefix=redis_prefix, seeder=LedgerSeeder(db_url))
     if db_url.startswith(("postgresql://", "postgres://")):
         return PostgresCounters(db_url)
-    path = db_url[len("sqlite:///"):] if db_url.startswith("sqlite:///") else db_url
+    path = db_url[len("sqlite:///") :] if db_url.startswith("sqlite:///") else db_url
     if path.startswith("sqlite://"):
-        path = path[len("sqlite://"):]
+        path = path[len("sqlite://") :]
     from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)

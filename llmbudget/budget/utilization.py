@@ -47,12 +47,17 @@ class Cycle:
         return None if p is None else min(1.0, p)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "used": round(self.used, 4),
-                "elapsed": round(self.elapsed, 4), "pace": None if self.pace is None else round(self.pace, 4),
-                "projected": None if self.projected is None else round(self.projected, 4),
-                "remaining": round(self.remaining, 4),
-                "start": self.start.isoformat() if self.start else None,
-                "reset": self.end.isoformat() if self.end else None}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "used": round(self.used, 4),
+            "elapsed": round(self.elapsed, 4),
+            "pace": None if self.pace is None else round(self.pace, 4),
+            "projected": None if self.projected is None else round(self.projected, 4),
+            "remaining": round(self.remaining, 4),
+            "start": self.start.isoformat() if self.start else None,
+            "reset": self.end.isoformat() if self.end else None,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +94,13 @@ def window_length(name: str) -> timedelta | None:
     return timedelta(hours=n) if m.group(2) == "h" else timedelta(days=n)
 
 
-def cycles_from_readings(latest: dict[str, dict[str, Any]], now: datetime, *, windows: tuple[str, ...] = ("7d",),
-                         max_age: timedelta = timedelta(days=2)) -> list[Cycle]:
+def cycles_from_readings(
+    latest: dict[str, dict[str, Any]],
+    now: datetime,
+    *,
+    windows: tuple[str, ...] = ("7d",),
+    max_age: timedelta = timedelta(days=2),
+) -> list[Cycle]:
     """Quota cycles from the newest reading per account: each window with a utilization and a reset."""
     out: list[Cycle] = []
     for account, reading in sorted(latest.items()):
@@ -126,25 +136,46 @@ def findings(cycles: list[Cycle], cfg: UtilizationConfig) -> list[Finding]:
     for c in cycles:
         end = c.end.isoformat() if c.end else "-"
         if c.elapsed >= cfg.midcycle and c.used < cfg.min_used:
-            out.append(Finding("utilization_low", c.name,
-                               f"{c.name} has used {c.used:.0%} with {c.elapsed:.0%} of its cycle gone: "
-                               "route more work there.", f"util|low|{c.name}|{end}"))
+            out.append(
+                Finding(
+                    "utilization_low",
+                    c.name,
+                    f"{c.name} has used {c.used:.0%} with {c.elapsed:.0%} of its cycle gone: "
+                    "route more work there.",
+                    f"util|low|{c.name}|{end}",
+                )
+            )
         if c.remaining <= cfg.near_exhausted_remaining:
-            others = [o.name for o in sorted(cycles, key=lambda o: -_headroom(o)) if o is not c
-                      and o.remaining > cfg.near_exhausted_remaining]
+            others = [
+                o.name
+                for o in sorted(cycles, key=lambda o: -_headroom(o))
+                if o is not c and o.remaining > cfg.near_exhausted_remaining
+            ]
             to = f" to {others[0]}" if others else ""
-            out.append(Finding("utilization_exhausted", c.name,
-                               f"{c.name} has {c.remaining:.0%} left until its reset: shift load{to}.",
-                               f"util|exhausted|{c.name}|{end}"))
-    projected = [c.projected for c in cycles if c.projected is not None and c.elapsed >= MIN_ELAPSED_FOR_PROJECTION]
+            out.append(
+                Finding(
+                    "utilization_exhausted",
+                    c.name,
+                    f"{c.name} has {c.remaining:.0%} left until its reset: shift load{to}.",
+                    f"util|exhausted|{c.name}|{end}",
+                )
+            )
+    projected = [
+        c.projected for c in cycles if c.projected is not None and c.elapsed >= MIN_ELAPSED_FOR_PROJECTION
+    ]
     if projected:
         total = sum(projected) / len(projected)
         if total < cfg.min_projected_total:
             ends = sorted(c.end.isoformat() for c in cycles if c.end)
-            out.append(Finding("utilization_conservative", None,
-                               f"Projected use across backends is {total:.0%} at cycle end (floor "
-                               f"{cfg.min_projected_total:.0%}): limits or routing are too conservative.",
-                               f"util|conservative|{ends[-1] if ends else '-'}"))
+            out.append(
+                Finding(
+                    "utilization_conservative",
+                    None,
+                    f"Projected use across backends is {total:.0%} at cycle end (floor "
+                    f"{cfg.min_projected_total:.0%}): limits or routing are too conservative.",
+                    f"util|conservative|{ends[-1] if ends else '-'}",
+                )
+            )
     return out
 
 

@@ -34,8 +34,9 @@ def current_cycles(enforcer: Any, ledger: Any | None, cfg: UtilizationConfig, no
     return cycles
 
 
-def check_utilization(enforcer: Any, ledger: Any | None, cfg: UtilizationConfig,
-                      now: datetime | None = None) -> list[Finding]:
+def check_utilization(
+    enforcer: Any, ledger: Any | None, cfg: UtilizationConfig, now: datetime | None = None
+) -> list[Finding]:
     """Announce new findings (each once per cycle, across processes); returns the ones announced."""
     now = now or utcnow()
     announced: list[Finding] = []
@@ -43,8 +44,14 @@ def check_utilization(enforcer: Any, ledger: Any | None, cfg: UtilizationConfig,
         if enforcer.store.claim_once(f.key):
             announced.append(f)
             if enforcer.notifier is not None:
-                enforcer.notifier.notify(Notice(kind=f.kind, level="info" if f.kind == "utilization_low" else "warning",
-                                                scope=f.cycle, message=f.message))
+                enforcer.notifier.notify(
+                    Notice(
+                        kind=f.kind,
+                        level="info" if f.kind == "utilization_low" else "warning",
+                        scope=f.cycle,
+                        message=f.message,
+                    )
+                )
     return announced
 
 

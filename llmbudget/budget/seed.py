@@ -1,0 +1,208 @@
+"""A new budget counter starts from what the ledger already says was spent in its window.
+
+Usage can reach the ledger without the gate: imports (Claude Code logs, JSONL), `wrap()` without
+a gate, events recorded before budgets were configured or before a limit was added. So when a
+(budget, scope value, window) counter is first created, its `spent` is seeded from the ledger,
+exactly (nano-USD or tokens), in the same atomic step that creates it:
+
+- SQLite and PostgreSQL counters live in the ledger's database: the seed is a scalar SQL
+  expression evaluated inside the `INSERT` that creates the row (`WHERE NOT EXISTS`, and `ON
+  CONFLICT DO NOTHING` on PostgreSQL), so exactly one process seeds and the row is never
+  re-seeded;
+- Redis counters are seeded by the reservation script only when the counter hash does not exist
+  yet (`LedgerSeeder` reads the amount from the ledger's database just before).
+
+Gated calls are never counted twice: they settle into a counter that exists already (the
+reservation created it), and a counter is seeded once, when it is created, never again.
+
+Where the spend is read from: the hourly and daily rollups (backend, model, agent, user, team,
+task type scopes and the global one), cut exactly at the window's edges with the same planner
+as `llmbudget costs` (raw events for partial hours); session-scoped counters from the raw events
+(indexed by session). Local calls (`price_status = 'local'`) never count, as in enforcement.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..store.buckets import merge_ranges, plan, to_us
+
+log = logging.getLogger("llmbudget.budget")
+
+#: ledger column of each budget scope (the rollups store `user` as `user_name`)
+SCOPE_COLUMN = {
+    "backend": "backend",
+    "model": "model",
+    "agent": "agent",
+    "user": "user_name",
+    "team": "team",
+    "task_type": "task_type",
+    "session": "session",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SeedSpec:
+    """Where one counter's starting spend is read from: a time range and exact column filters."""
+
+    #: usd (sum of cost_nano) | tokens (sum of input + output tokens)
+    unit: str
+    #: [start_us, end_us) in epoch microseconds; None: all time (session windows)
+    start_us: int | None
+    end_us: int | None
+    #: (ledger column, value) pairs that must all match
+    filters: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def raw(self) -> bool:
+        """Session filters are not in the rollups: read raw events (indexed by session)."""
+        return self.start_us is None or any(c == "session" for c, _ in self.filters)
+
+
+def spec_for(budget: Any, value: str, window: Any, read_key: str, session: str | None) -> SeedSpec:
+    """The seed of the counter of `budget` for scope `value` and one of `window`'s read keys."""
+    filters: list[tuple[str, str]] = []
+    if budget.scope != "global":
+        filters.append((SCOPE_COLUMN[budget.scope], value))
+    if window.period == "session":
+        if budget.scope != "session" and session:
+            filters.append(("session", session))
+        return SeedSpec(budget.unit, None, None, tuple(filters))
+    if (
+        window.period.endswith("h") and window.period[:-1].isdigit()
+    ):  # rolling: one bucket per read key, "5h:<epoch seconds>"
+        from .windows import rolling_bucket_seconds
+
+        start = int(read_key.rsplit(":", 1)[1])
+        size = rolling_bucket_seconds(int(window.period[:-1]))
+        return SeedSpec(budget.unit, start * 1_000_000, (start + size) * 1_000_000, tuple(filters))
+    return SeedSpec(budget.unit, to_us(window.start), to_us(window.end), tuple(filters))
+
+
+def _measure(unit: str) -> str:
+    return "cost_nano" if unit == "usd" else "input_tokens + output_tokens"
+
+
+def seed_sql(spec: SeedSpec) -> tuple[str, list[Any]]:
+    """A scalar SQL expression (`?` placeholders) worth the spend the ledger holds for `spec`."""
+    measure = _measure(spec.unit)
+    cond = "price_status <> 'local'"
+    fparams: list[Any] = []
+    for col, val in spec.filters:
+        cond += f" AND {col} = ?"
+        fparams.append(val)
+    if spec.raw:
+        sql = f"SELECT COALESCE(SUM({measure}), 0) FROM events WHERE {cond}"
+        params = list(fparams)
+        if spec.start_us is not None and spec.end_us is not None:
+            sql += " AND ts_us >= ? AND ts_us < ?"
+            params += [spec.start_us, spec.end_us]
+        return f"({sql})", params
+    assert spec.start_us is not None and spec.end_us is not None
+    p = plan(spec.start_us, spec.end_us, None, ZoneInfo("UTC"))
+    parts: list[str] = []
+    params = []
+    for table, bucket, ranges in (("rollup_daily", "day", p.days), ("rollup_hourly", "hour", p.hours)):
+        for lo, hi in merge_ranges(ranges):
+            parts.append(
+                f"(SELECT COALESCE(SUM({measure}), 0) FROM {table} WHERE {bucket} >= ? AND {bucket} < ? "
+                f"AND {cond})"
+            )
+            params += [lo, hi, *fparams]
+    for a, b, _ in p.raw:
+        parts.append(
+            f"(SELECT COALESCE(SUM({measure}), 0) FROM events WHERE ts_us >= ? AND ts_us < ? AND {cond})"
+        )
+        params += [a, b, *fparams]
+    return ("(" + " + ".join(parts) + ")") if parts else "0", params
+
+
+def values_sql(column: str, start_us: int, end_us: int) -> tuple[str, list[Any]]:
+    """Distinct non-empty values of a ledger column with non-local calls in [start_us, end_us) (status listing)."""
+    p = plan(start_us, end_us, None, ZoneInfo("UTC"))
+    parts: list[str] = []
+    params: list[Any] = []
+    cond = f"{column} <> '' AND price_status <> 'local'"
+    for table, bucket, ranges in (("rollup_daily", "day", p.days), ("rollup_hourly", "hour", p.hours)):
+        for lo, hi in merge_ranges(ranges):
+            parts.append(
+                f"SELECT DISTINCT {column} FROM {table} WHERE {bucket} >= ? AND {bucket} < ? AND {cond}"
+            )
+            params += [lo, hi]
+    for a, b, _ in p.raw:
+        parts.append(f"SELECT DISTINCT {column} FROM events WHERE ts_us >= ? AND ts_us < ? AND {cond}")
+        params += [a, b]
+    return " UNION ".join(parts) or f"SELECT {column} FROM events WHERE 1 = 0", params
+
+
+def has_ledger_tables(execute: Any) -> bool:
+    """True when the database holds the ledger's tables (a counters-only file seeds nothing)."""
+    try:
+        execute("SELECT 1 FROM rollup_hourly WHERE 1 = 0", [])
+        execute("SELECT 1 FROM events WHERE 1 = 0", [])
+    except Exception:
+        return False
+    return True
+
+
+class LedgerSeeder:
+    """Reads seeds from a ledger in another database than the counters (Redis counters)."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self._conn: Any = None
+        self._pg = db_url.startswith(("postgresql://", "postgres://"))
+        self._ok: bool | None = None
+        self._lock = threading.Lock()
+
+    def _execute(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:  # one connection shared by the gate's worker threads
+            return self._execute_locked(sql, params)
+
+    def _execute_locked(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        if self._conn is None:
+            if self._pg:
+                import psycopg
+
+                self._conn = psycopg.connect(self.db_url, autocommit=True, connect_timeout=10)
+            else:
+                import sqlite3
+
+                path = (
+                    self.db_url[len("sqlite:///") :] if self.db_url.startswith("sqlite:///") else self.db_url
+                )
+                self._conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
+        if self._pg:
+            return list(self._conn.execute(sql.replace("?", "%s"), params).fetchall())
+        return list(self._conn.execute(sql, params).fetchall())
+
+    def amounts(self, specs: dict[str, SeedSpec]) -> dict[str, int]:
+        """The seed of each counter key (0 when the database holds no ledger)."""
+        if not specs:
+            return {}
+        if self._ok is None:
+            self._ok = has_ledger_tables(self._execute)
+        if not self._ok:
+            return dict.fromkeys(specs, 0)
+        out: dict[str, int] = {}
+        for key, spec in specs.items():
+            expr, params = seed_sql(spec)
+            out[key] = int(self._execute(f"SELECT {expr}", params)[0][0])
+        return out
+
+    def values(self, column: str, start_us: int, end_us: int) -> list[str]:
+        if self._ok is None:
+            self._ok = has_ledger_tables(self._execute)
+        if not self._ok:
+            return []
+        sql, params = values_sql(column, start_us, end_us)
+        return [str(r[0]) for r in self._execute(sql, params)]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def test_monitor_json_and_storage(setup: tuple[Path, str], capsys: pytest.Captur
     assert by["max-1"]["reading"]["windows"]["5h"]["utilization"] == pytest.approx(0.42)
     assert by["dead"]["blocker"] == "invalid_key" and by["dead"]["reading"]["key_valid"] is False
     assert by["gem"]["reading"]["retry_delay_s"] == 43
+    # one reason for Gemini's refusal: the violated quota and its limit (not also a bare "HTTP 429")
+    assert by["gem"]["reasons"] == ["quota exceeded: GenerateRequestsPerDayPerProjectPerModel-FreeTier (limit 1000)"]
     assert by["or"]["reading"]["credit_usd"] == "15.5"
     assert by["slow"]["reasons"] == ["timed out after 0.5s"]
     assert by["blank"]["severity"] == "UNKNOWN" and "no rate-limit headers" in by["blank"]["reasons"][0]
@@ -124,3 +127,19 @@ def test_monitor_uses_the_configured_warn_at(setup: tuple[Path, str], capsys: py
     assert main(["monitor", "--provider", "max-1", "--no-log", "--json", "--config", str(cfg)]) == 0
     (acct,) = json.loads(capsys.readouterr().out)["accounts"]
     assert acct["severity"] == "WARNING" and "7d window at 50%" in acct["reasons"]
+
+
+def test_monitor_on_a_narrow_terminal_prints_one_block_per_account(
+        setup: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmbudget.cli import common
+
+    cfg, _db = setup
+    monkeypatch.setattr(common.console, "width", 80)
+    assert main(["monitor", "--provider", "max-1", "--provider", "dead", "--provider", "slow", "--no-log",
+                 "--config", str(cfg)]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["OK", "max-1", "anthropic-unified"]
+    assert re.fullmatch(r"5h 42% \(\dh\d\dm\) · 7d 50% \(2d2\dh\) · key valid", lines[1].strip()), lines[1]
+    assert lines[2].split()[:2] == ["CRITICAL", "dead"] and "key INVALID" in lines[3]
+    assert ["UNKNOWN", "slow", "openai"] in [line.split() for line in lines]
+    assert "timed out after 0.5s" in lines[-2] and lines[-1] == "Overall: 1 CRITICAL, 1 OK, 1 UNKNOWN"

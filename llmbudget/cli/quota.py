@@ -66,8 +66,6 @@ def _notes(a: AccountStatus, now: datetime) -> str:
     notes = list(a.assessment.reasons)
     if r.reset is not None and "5h" not in r.windows and "7d" not in r.windows:
         notes.append(f"resets in {countdown(r.reset, now)}")
-    for v in r.violations:
-        notes.append(f"violation {v.get('quota_id') or v.get('quota_metric')} (limit {v.get('quota_value')})")
     if r.retry_delay_s is not None:
         notes.append(f"retry in {r.retry_delay_s:g}s")
     if r.retry_after_s is not None:
@@ -82,7 +80,39 @@ def _key_cell(v: bool | None) -> str:
     return {True: "valid", False: "[bold red]INVALID[/]", None: "-"}[v]
 
 
+#: below this console width nine columns no longer fit: one block of lines per account instead
+WIDE = 130
+
+
+def _print_narrow(result: MonitorResult, now: datetime) -> None:
+    con = common.console
+    width = max((len(a.reading.backend) for a in result.accounts), default=0)
+    for a in result.accounts:
+        sev = a.assessment.severity
+        r = a.reading
+        figures = [f"{name} {_window_cell(a, name, now)}" for name in ("5h", "7d") if name in r.windows]
+        figures += [p for p in _headroom_cell(a, now).split("\n") if p != "-"]
+        if r.cost_usd is not None:
+            figures.append(f"${r.cost_usd}/call")
+        if r.key_valid is not None:
+            figures.append("key " + ("valid" if r.key_valid else "[bold red]INVALID[/]"))
+        con.print(f"[{_STYLE[sev]}]{sev.value:<8}[/] {escape(r.backend).ljust(width)}  {escape(r.provider)}",
+                  highlight=False, soft_wrap=True)
+        pad = " " * 11
+        if figures:
+            con.print(pad + " · ".join(f if f.startswith("key ") else escape(f) for f in figures),
+                      highlight=False)
+        for note in filter(None, _notes(a, now).split("\n")):
+            con.print(pad + escape(note), highlight=False)
+
+
 def print_monitor(result: MonitorResult, now: datetime) -> None:
+    if common.console.width < WIDE:
+        _print_narrow(result, now)
+        for err in result.storage_errors:
+            common.err_console.print(f"[yellow]warning:[/] reading not stored: {err}", highlight=False)
+        common.console.print(result.overall, highlight=False)
+        return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
     for col in ("Account", "Kind", "Status", "5h", "7d", "Headroom", "Cost/call", "Key", "Notes"):
         table.add_column(col, overflow="fold")

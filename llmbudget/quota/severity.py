@@ -55,6 +55,11 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
+def _violation(v: dict[str, Any]) -> str:
+    name = str(v.get("quota_id") or v.get("quota_metric") or "?")
+    return name + (f" (limit {v['quota_value']})" if v.get("quota_value") not in (None, "") else "")
+
+
 def effective_utilization(reading: QuotaReading, name: str, now: datetime | None = None) -> float | None:
     """A window's utilization, or 0 when its reset has already passed at `now` (the reading is stale)."""
     w = reading.windows.get(name)
@@ -81,7 +86,8 @@ def assess(reading: QuotaReading | None, *, warn_at: float = WARN_AT, now: datet
         warn.append("provider warns (allowed_warning)")
     elif status and status != "allowed":
         warn.append(f"unrecognized status {reading.status!r}")
-    if reading.http_status == 429 and status != "rejected":
+    # with Gemini's violations the "quota exceeded" reason below already says why the call was refused
+    if reading.http_status == 429 and status != "rejected" and not reading.violations:
         crit.append(("rejected", "rate-limited (HTTP 429)"))
 
     for name, w in reading.windows.items():
@@ -115,8 +121,7 @@ def assess(reading: QuotaReading | None, *, warn_at: float = WARN_AT, now: datet
             warn.append(f"credit at {_pct(used_frac)} (${reading.credit_usd} of ${reading.limit_usd} left)")
 
     if reading.violations:
-        crit.append(("rejected", "quota exceeded: " + ", ".join(
-            str(v.get("quota_id") or v.get("quota_metric") or "?") for v in reading.violations)))
+        crit.append(("rejected", "quota exceeded: " + ", ".join(_violation(v) for v in reading.violations)))
 
     if crit:
         # invalid key outranks rejected outranks out of credit outranks maxed: it is the harder blocker

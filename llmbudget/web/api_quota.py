@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from ..errors import ValidationError
 from ..quota.readings import latest_by_backend
 from ..quota.severity import WARN_AT, assess, overall
-from ..quota.summary import DEFAULT_MAX_AGE, build_summary_async, parse_max_age
+from ..quota.summary import DEFAULT_MAX_AGE, build_summary, parse_max_age
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -57,7 +58,9 @@ def routes(services: Any) -> list[BaseRoute]:
         probe_text = params.get("probe", "true").lower()
         if probe_text not in _TRUE + _FALSE:
             raise ValidationError("probe", f"must be true or false, got {params['probe']!r}")
-        s = await build_summary_async(services.config, services.ledger, max_age=age, probe=probe_text in _TRUE)
+        # the ledger reads and writes are blocking: run the whole summary (probes too) off the event loop
+        s = await run_in_threadpool(partial(build_summary, services.config, services.ledger, max_age=age,
+                                            probe=probe_text in _TRUE))
         return JSONResponse(s.to_dict())
 
     return [Route("/api/quota", quota), Route("/api/quota/summary", quota_summary)]

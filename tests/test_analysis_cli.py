@@ -124,6 +124,12 @@ def test_prune_uses_configured_retention(db: str, tmp_path: Path, capsys: pytest
     assert code == 1 and "quota.retention_days" in err
 
 
+def test_an_unknown_provider_is_named_with_the_known_accounts(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "analyze", "--burn-rate", "--provider", "seat-z", "--db", db, "--now", NOW_S)
+    assert code == 0 and "nothing to show" in out
+    assert "no readings of an account or kind named 'seat-z'" in err and "accounts: seat-a, seat-b" in err
+
+
 def test_dry_run_needs_prune(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "analyze", "--dry-run", "--db", db)
     assert code == 1 and "--prune" in err

@@ -266,6 +266,26 @@ def test_summary_no_probe_bad_max_age(cfg_db: tuple[Path, str], capsys: pytest.C
     assert "max_age" in capsys.readouterr().err
 
 
+def test_summary_without_providers_or_fresh_readings_says_so(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "none.yaml"
+    cfg.write_text("timezone: UTC\n")
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    assert main(["summary", "--config", str(cfg), "--db", db]) == 1
+    err = capsys.readouterr().err
+    assert "no providers configured and no quota reading younger than 20m" in err
+    # a fresh reading taken from real traffic is enough: the block shows it
+    ledger = open_ledger(db)
+    try:
+        store_reading(ledger, QuotaReading(timestamp=datetime.now(UTC), backend="proxy-claude",
+                                           provider="anthropic-unified", source="piggyback", status="allowed",
+                                           windows={"5h": Window(0.25, None)}))
+    finally:
+        ledger.close()
+    assert main(["summary", "--config", str(cfg), "--db", db]) == 0
+    assert capsys.readouterr().out.strip().endswith("use proxy-claude | avoid none")
+
+
 # ------------------------------------------------------------------ HTTP API
 
 def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:

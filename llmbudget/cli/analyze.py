@@ -140,8 +140,13 @@ def analyze(
                 else:
                     readings = _ledger_readings(ledger, start)
             warnings.extend(caught)
+            everything = readings
             readings = an.filter_provider(readings, provider)
             out["readings"] = len(readings)
+            if provider is not None and not readings:
+                known = sorted({r.backend for r in everything} | {_account_name(p) for p in cfg.providers})
+                warnings.append(f"no readings of an account or kind named {provider!r} since {an._iso(start)}"
+                                + (f"; accounts: {', '.join(known)}" if known else ""))
             if "burn_rate" in chosen:
                 out["burn_rate"] = [r.to_dict() for r in an.burn_rates(readings, now=now)]
             if "weekly" in chosen:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import StorageError, ValidationError
+from ..errors import ConfigError, StorageError, ValidationError
 from .probe import probe_all
 from .readings import QuotaReading, latest_by_backend, read_log, store_reading
 from .rotation import RankedAccount, rank_accounts, recommendation
@@ -70,6 +70,11 @@ def parse_max_age(text: str) -> timedelta:
         raise ValidationError("max_age", f"expected a duration such as 20m, 1h or 90s, got {text!r}")
     h, mi, s = (int(g) if g else 0 for g in m.groups())
     return timedelta(hours=h, minutes=mi, seconds=s)
+
+
+def _span(d: timedelta) -> str:
+    secs = int(d.total_seconds())
+    return f"{secs // 60}m" if secs % 60 == 0 else f"{secs}s"
 
 
 def recommendation_line(use: list[str], avoid: list[str]) -> str:
@@ -134,6 +139,11 @@ async def build_summary_async(cfg: Config, ledger: Any, *, max_age: timedelta = 
     now = now or datetime.now(UTC)
     latest = stored_latest(ledger, log_dir)
     fresh = {name: r for name, r in latest.items() if now - r.timestamp <= max_age}
+    if not cfg.providers and not fresh:
+        # an empty block would read as "all fine" to an agent
+        raise ConfigError("no providers configured and no quota reading younger than "
+                          f"{_span(max_age)}: add a `providers:` section (README, 'Quota watch') "
+                          "or serve traffic through the proxy", path=cfg.source_path)
     configured = [p.name for p in cfg.providers]
     stale = [p for p in cfg.providers if p.name not in fresh]
     probed: list[QuotaReading] = await probe_all(stale) if probe else []

@@ -317,8 +317,8 @@ _PG_SCHEMA = [
 # one function call (autocommit: the call is its own transaction). Versioned names: a changed body
 # gets a new name, so processes of two versions can share a database.
 _PG_FUNCTIONS = {
-    "llmb_budget_reserve_v1": """
-CREATE OR REPLACE FUNCTION llmb_budget_reserve_v1(p_rid text, p_keys text[], p_items text[], p_amounts bigint[],
+    "llmb_budget_reserve_v2": """
+CREATE OR REPLACE FUNCTION llmb_budget_reserve_v2(p_rid text, p_keys text[], p_items text[], p_amounts bigint[],
     p_items_json text, p_charges jsonb, p_now double precision, p_ttl double precision) RETURNS bigint[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -327,6 +327,9 @@ DECLARE
   s bigint;
   r bigint;
 BEGIN
+  -- A reservation need not survive a server crash: if lost, the settlement simply adds the real
+  -- spend. Not waiting for its WAL flush halves a call's disk waits; settlements stay durable.
+  PERFORM set_config('synchronous_commit', 'off', true);
   -- every counter written must exist to be row-locked; sorted, so two calls never deadlock
   INSERT INTO budget_counters(counter) SELECT k FROM unnest(p_items) AS k ORDER BY 1 ON CONFLICT DO NOTHING;
   PERFORM 1 FROM budget_counters WHERE counter = ANY(p_keys) ORDER BY counter FOR UPDATE;
@@ -463,7 +466,7 @@ class PostgresCounters(CounterStore):
         )
         with self._pool.connection() as conn:
             row = conn.execute(
-                "SELECT llmb_budget_reserve_v1(%s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+                "SELECT llmb_budget_reserve_v2(%s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
                 (
                     rid,
                     _all_keys(charges),

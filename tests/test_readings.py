@@ -93,3 +93,18 @@ def test_latest_by_backend_from_ledger_shape() -> None:
     got = latest_by_backend({"max1": new.to_dict(), "grok": other.to_dict(), "broken": {"x": 1}})
     assert got == {"max1": new, "grok": other}
     assert latest_by_backend([new, old, other])["max1"] == new
+
+
+def test_an_unwritable_log_still_stores_in_the_ledger(tmp_path: Path) -> None:
+    from llmbudget.store import open_ledger
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'l.db'}", audit=False)
+    try:
+        with pytest.raises(OSError):
+            store_reading(ledger, sample(), log_dir=blocker / "quota")
+        stored = ledger.latest_readings()
+    finally:
+        ledger.close()
+    assert stored["max1"]["windows"]["5h"]["utilization"] == pytest.approx(0.81)

@@ -110,7 +110,8 @@ def print_monitor(result: MonitorResult, now: datetime) -> None:
     if common.console.width < WIDE:
         _print_narrow(result, now)
         for err in result.storage_errors:
-            common.err_console.print(f"[yellow]warning:[/] reading not stored: {err}", highlight=False)
+            common.err_console.print(f"[yellow]warning:[/] reading not stored: {escape(err)}", highlight=False,
+                                     soft_wrap=True)
         common.console.print(result.overall, highlight=False)
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
@@ -126,7 +127,8 @@ def print_monitor(result: MonitorResult, now: datetime) -> None:
                       escape(_notes(a, now)))
     common.console.print(table)
     for err in result.storage_errors:
-        common.err_console.print(f"[yellow]warning:[/] reading not stored: {err}", highlight=False)
+        common.err_console.print(f"[yellow]warning:[/] reading not stored: {escape(err)}", highlight=False,
+                                 soft_wrap=True)
     common.console.print(result.overall, highlight=False)
 
 
@@ -171,6 +173,11 @@ def register(app: typer.Typer) -> None:
             s = build_summary(cfg, ledger, max_age=age, probe=not no_probe, log_readings=not no_log)
         finally:
             ledger.close()
+        if s.storage_errors:
+            # on stderr: stdout is the block an agent reads
+            more = f" (and {len(s.storage_errors) - 1} more)" if len(s.storage_errors) > 1 else ""
+            common.err_console.print(f"[yellow]warning:[/] reading not stored: {escape(s.storage_errors[0])}{more}",
+                                     highlight=False, soft_wrap=True)
         if json_:
             common.print_json(s.to_dict())
         else:

@@ -80,5 +80,6 @@ def run_monitor(cfg: Config, *, ledger: Any = None, names: list[str] | None = No
                 store_reading(ledger, r, log_dir=log_dir)
             except (StorageError, OSError) as e:
                 result.storage_errors.append(f"{r.backend}: {e}")
-                log.warning("quota reading not stored account=%s error=%s", r.backend, e)
+                # the result carries it and the CLI shows it once
+                log.info("quota reading not stored account=%s error=%s", r.backend, e)
     return result

@@ -218,12 +218,20 @@ def store_reading(services_or_ledger: Any, reading: QuotaReading, *,
 
     `services_or_ledger` is a `Services` (its `.ledger` is used), a `Ledger`, or None (log only).
     The log is written first: it is local and cheap, and keeps the reading if the database fails.
+    A log that cannot be written (a read-only or full disk) does not keep the reading from the
+    ledger: the ledger is written, then the log's OSError is raised.
     """
+    log_error: OSError | None = None
     if log:
-        append_log(reading, log_dir=log_dir)
+        try:
+            append_log(reading, log_dir=log_dir)
+        except OSError as e:
+            log_error = e
     ledger = getattr(services_or_ledger, "ledger", services_or_ledger)
     if ledger is not None:
         ledger.record_reading(reading.to_dict())
+    if log_error is not None:
+        raise log_error
 
 
 def iter_log(log_dir: Path | str | None = None, *, since: datetime | None = None,

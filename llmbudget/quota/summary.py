@@ -35,6 +35,8 @@ class Summary:
     avoid: list[str]
     probed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    #: readings that could not be stored (`account: reason`); the block is still complete
+    storage_errors: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """One line per account (in configured-then-seen order is less useful than ranked: best first)."""
@@ -56,7 +58,8 @@ class Summary:
                  "reading_at": r.reading.timestamp.isoformat() if r.reading else None,
                  "source": r.reading.source if r.reading else None} for r in self.ranked],
             "use": list(self.use), "avoid": list(self.avoid), "recommendation": recommendation_line(self.use, self.avoid),
-            "probed": list(self.probed), "reused": list(self.reused), "text": self.text(),
+            "probed": list(self.probed), "reused": list(self.reused), "storage_errors": list(self.storage_errors),
+            "text": self.text(),
         }
 
 
@@ -147,12 +150,14 @@ async def build_summary_async(cfg: Config, ledger: Any, *, max_age: timedelta = 
     configured = [p.name for p in cfg.providers]
     stale = [p for p in cfg.providers if p.name not in fresh]
     probed: list[QuotaReading] = await probe_all(stale) if probe else []
+    storage_errors: list[str] = []
     for r in probed:
         if log_readings:
             try:
                 store_reading(ledger, r, log_dir=log_dir)
             except (StorageError, OSError) as e:
-                log.warning("quota reading not stored account=%s error=%s", r.backend, e)
+                storage_errors.append(f"{r.backend}: {e}")
+                log.info("quota reading not stored account=%s error=%s", r.backend, e)
     current: dict[str, QuotaReading | None] = {name: fresh.get(name) for name in configured}
     current.update({r.backend: r for r in probed})
     # backends seen only in real traffic (piggyback) join when their reading is fresh
@@ -161,7 +166,7 @@ async def build_summary_async(cfg: Config, ledger: Any, *, max_age: timedelta = 
     ranked = rank_accounts(current, now, warn_at=cfg.quota.warn_at)
     use, avoid = recommendation(ranked)
     return Summary(now, ranked, use, avoid, probed=[r.backend for r in probed],
-                   reused=[n for n in current if n in fresh])
+                   reused=[n for n in current if n in fresh], storage_errors=storage_errors)
 
 
 def build_summary(cfg: Config, ledger: Any, **kw: Any) -> Summary:

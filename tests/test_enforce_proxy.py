@@ -144,7 +144,7 @@ def test_two_proxies_200_concurrent_requests_hold_the_daily_limit(
     for _status, headers, body in refused:
         assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
         msg = body["error"]["message"]
-        assert f"budget '{name}'" in msg and "Cloud budget exhausted until" in msg and "UTC" in msg
+        assert f"budget '{name}'" in msg and "Cloud budget exhausted, operating local-only until" in msg and "UTC" in msg
         assert int(headers["retry-after"]) > 0
     # the counters, read by a third party, hold the settled spend
     cfg, _ = parse_config(text, "x.yaml")

@@ -36,7 +36,7 @@ def test_wrapped_client_is_stopped_at_the_limit(fake: FakeUpstream, tmp_path: Pa
     with pytest.raises(llmbudget.BudgetExceeded) as e:
         client.chat.completions.create(model="gpt-4o-mini", max_tokens=200_000,
                                        messages=[{"role": "user", "content": "hi"}])
-    assert "Cloud budget exhausted until" in str(e.value) and "budget 'daily'" in str(e.value)
+    assert "Cloud budget exhausted, operating local-only until" in str(e.value) and "budget 'daily'" in str(e.value)
     assert e.value.retry_after_s is not None and e.value.retry_after_s > 0
     ledger.close()
     gate.enforcer.close()

@@ -38,8 +38,17 @@ def setup(tmp_path: Path) -> tuple[str, str]:
     with open_ledger(db, audit=False) as ledger:
         enf = build_enforcer(cfg, db, state=ledger, price_fn=lambda *a: Decimal("0.5"))
         a = enf.admit(CallInfo("claude", "anthropic", "anthropic", "m", 100, 100, agent="coder"))
-        enf.settle(a, UsageEvent(backend="claude", model="m", input_tokens=100, output_tokens=50,
-                                 cost_usd=Decimal("1.25"), price_status="priced"))
+        enf.settle(
+            a,
+            UsageEvent(
+                backend="claude",
+                model="m",
+                input_tokens=100,
+                output_tokens=50,
+                cost_usd=Decimal("1.25"),
+                price_status="priced",
+            ),
+        )
         enf.close()
     return str(cfg_path), db
 
@@ -56,7 +65,12 @@ def test_budget_json_shows_every_budget(setup: tuple[str, str], capsys: pytest.C
     assert code == 0
     data = json.loads(out)
     daily = next(b for b in data["budgets"] if b["name"] == "daily")
-    assert (daily["limit"], daily["spent"], daily["reserved"], daily["remaining"]) == ("5", "1.25", "0", "3.75")
+    assert (daily["limit"], daily["spent"], daily["reserved"], daily["remaining"]) == (
+        "5",
+        "1.25",
+        "0",
+        "3.75",
+    )
     assert daily["percent"] == 25.0 and daily["status"] == "ok" and daily["reset_local"].endswith("00:00 UTC")
     agent = next(b for b in data["budgets"] if b["scope"] == "agent")
     assert (agent["value"], agent["spent"], agent["limit"]) == ("coder", 150, 1000)
@@ -73,7 +87,9 @@ def test_budget_utilization_json(setup: tuple[str, str], capsys: pytest.CaptureF
 
 def test_agents_pause_resume_and_alerts(setup: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     cfg, db = setup
-    code, out, _ = run(capsys, "agents", "pause", "coder", "--reason", "runaway loop", "--config", cfg, "--db", db)
+    code, out, _ = run(
+        capsys, "agents", "pause", "coder", "--reason", "runaway loop", "--config", cfg, "--db", db
+    )
     assert code == 0 and "agent coder paused" in out
     code, out, _ = run(capsys, "agents", "list", "--config", cfg, "--db", db, "--json")
     assert [p["agent"] for p in json.loads(out)["paused_agents"]] == ["coder"]
@@ -116,3 +132,44 @@ def test_budget_api_routes(setup: tuple[str, str]) -> None:
             assert "gate" in services.extras  # serving installs the budget gate
     finally:
         services.close()
+
+
+def test_imported_usage_fills_budgets_and_agrees_with_costs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Usage that never met the gate (an import) counts, and `budget` agrees with `costs` for today."""
+    from datetime import UTC, datetime, timedelta
+
+    cfg = tmp_path / "llmbudget.yaml"
+    cfg.write_text(CONFIG + "  per_backend:\n    claude: 20.00/month\n")
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    now = datetime.now(UTC)
+    lines = [
+        {
+            "timestamp": (now - timedelta(seconds=5 + i)).isoformat(),
+            "backend": "claude",
+            "model": "m",
+            "prompt_tokens": 100,
+            "completion_tokens": 10,
+            "cost_usd": usd,
+            "agent": agent,
+        }
+        for i, (usd, agent) in enumerate([(1.5, "coder"), (0.75, "coder"), (0.1, "planner")])
+    ]
+    usage = tmp_path / "u.jsonl"
+    usage.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert run(capsys, "import", str(usage), "--config", str(cfg), "--db", db)[0] == 0
+    code, out, _ = run(capsys, "costs", "--since", "today", "--config", str(cfg), "--db", db, "--json")
+    assert code == 0
+    total = Decimal(json.loads(out)["total"]["cost_usd"])
+    code, out, _ = run(capsys, "budget", "--config", str(cfg), "--db", db, "--json")
+    assert code == 0
+    rows = {(b["name"], b["value"]): b for b in json.loads(out)["budgets"]}
+    assert Decimal(rows[("daily", None)]["spent"]) == total == Decimal("2.35")
+    assert Decimal(rows[("backend:claude/month", "claude")]["spent"]) == Decimal("2.35")
+    # the per-agent token budget lists agents seen only in the ledger, with their tokens
+    assert rows[("agent:each:day", "coder")]["spent"] == 220
+    assert rows[("agent:each:day", "planner")]["spent"] == 110
+    # and the text table shows the same spend
+    code, out, _ = run(capsys, "budget", "--config", str(cfg), "--db", db)
+    assert code == 0 and "$2.35" in out

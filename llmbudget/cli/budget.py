@@ -16,8 +16,9 @@ from ..events import utcnow
 from ..money import format_usd
 from . import common
 
-agents_app = typer.Typer(help="Pause or resume an agent (its calls get HTTP 429 while paused).",
-                         no_args_is_help=True)
+agents_app = typer.Typer(
+    help="Pause or resume an agent (its calls get HTTP 429 while paused).", no_args_is_help=True
+)
 
 
 @contextmanager
@@ -45,7 +46,8 @@ def budget_report(enf: Any, ledger: Any, cfg: Any, *, utilization: bool = False)
 
     now = utcnow()
     out: dict[str, Any] = {
-        "timezone": str(enf.tz.key), "generated_at": now.isoformat(),
+        "timezone": str(enf.tz.key),
+        "generated_at": now.isoformat(),
         "budgets": [s.to_dict() for s in budget_status(enf.budgets, enf.store, enf.tz, now)],
         "paused_agents": sorted(enf.paused().values(), key=lambda p: p.get("agent", "")),
         "fallback": enf.fallback,
@@ -64,8 +66,13 @@ def _pct(v: float | None) -> str:
 def budget(
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
-    utilization: Annotated[bool, typer.Option("--utilization", help="Show use, elapsed cycle, pace and projection "
-                                                                    "per backend, and where to send work.")] = False,
+    utilization: Annotated[
+        bool,
+        typer.Option(
+            "--utilization",
+            help="Show use, elapsed cycle, pace and projection per backend, and where to send work.",
+        ),
+    ] = False,
     json_: common.JsonOpt = False,
 ) -> None:
     """Every budget: limit, spent, reserved, remaining, percent, reset and status."""
@@ -75,39 +82,75 @@ def budget(
         common.print_json(data)
         return
     if not data["budgets"] and not utilization:
-        common.console.print("No budgets configured. Add a `budgets:` block to the config (see README, Budgets).")
+        common.console.print(
+            "No budgets configured. Add a `budgets:` block to the config (see README, Budgets)."
+        )
         return
     if data["budgets"]:
-        t = Table(box=box.SIMPLE_HEAVY, title=f"Budgets ({data['timezone']})")
+        t = Table(box=box.SIMPLE_HEAVY, title=f"Budgets ({data['timezone']})", padding=0)
+        # amounts, dates and statuses never wrap (a split "$46.79|00" misreads); names fold instead
         for col in ("budget", "scope", "limit", "spent", "reserved", "remaining", "%", "resets", "status"):
-            t.add_column(col, justify="right" if col in ("limit", "spent", "reserved", "remaining", "%") else "left",
-                         overflow="fold")
+            numeric = col in ("limit", "spent", "reserved", "remaining", "%")
+            t.add_column(
+                col,
+                justify="right" if numeric else "left",
+                overflow="fold",
+                no_wrap=col not in ("budget", "scope"),
+                min_width={"budget": 6, "scope": 6, "status": 9}.get(col),
+            )
         colour = {"ok": "green", "warning": "yellow", "exhausted": "red"}
         for b in data["budgets"]:
             money = b["unit"] == "usd"
 
-            def fmt(v: Any, money: bool = money, places: int = 4) -> str:
-                return format_usd(Decimal(v), places) if money else f"{int(v):,} tok"
+            def fmt(v: Any, money: bool = money, places: int | None = None) -> str:
+                if not money:
+                    return f"{int(v):,} tok"
+                d = Decimal(v)
+                # cents once a dollar is reached, four places below it (small budgets stay readable)
+                return format_usd(d, places if places is not None else (2 if abs(d) >= 1 or d == 0 else 4))
 
             scope = "global" if b["scope"] == "global" else f"{b['scope']} {b['value']}"
             reset = b["reset_local"].rsplit(" ", 1)[0] if b["reset"] else b["reset_local"]
-            t.add_row(b["name"], scope, fmt(b["limit"], places=2), fmt(b["spent"]), fmt(b["reserved"]),
-                      fmt(b["remaining"]), f"{b['percent']:.1f}", reset, f"[{colour[b['status']]}]{b['status']}[/]")
+            if reset.endswith(" 00:00"):  # calendar windows reset at midnight: the date says it
+                reset = reset[: -len(" 00:00")]
+            t.add_row(
+                b["name"],
+                scope,
+                fmt(b["limit"], places=2),
+                fmt(b["spent"]),
+                fmt(b["reserved"]),
+                fmt(b["remaining"]),
+                f"{b['percent']:.1f}",
+                reset,
+                f"[{colour[b['status']]}]{b['status']}[/]",
+            )
         common.console.print(t)
     for p in data["paused_agents"]:
-        common.console.print(f"[red]paused[/] agent {p.get('agent')}: {p.get('reason') or ''} "
-                             f"(resume: llmbudget agents resume {p.get('agent')})", highlight=False)
+        common.console.print(
+            f"[red]paused[/] agent {p.get('agent')}: {p.get('reason') or ''} "
+            f"(resume: llmbudget agents resume {p.get('agent')})",
+            highlight=False,
+        )
     if utilization:
         u = data["utilization"]
         if not u["cycles"]:
-            common.console.print("No committed budgets (`committed: true`) and no recent quota readings to judge.")
+            common.console.print(
+                "No committed budgets (`committed: true`) and no recent quota readings to judge."
+            )
             return
         t = Table(box=box.SIMPLE_HEAVY, title="Utilization")
         for col in ("backend", "source", "used", "elapsed", "pace", "projected", "resets"):
             t.add_column(col, justify="left" if col in ("backend", "source", "resets") else "right")
         for c in u["cycles"]:
-            t.add_row(c["name"], c["source"], _pct(c["used"]), _pct(c["elapsed"]),
-                      "-" if c["pace"] is None else f"{c['pace']:.2f}x", _pct(c["projected"]), c["reset"] or "-")
+            t.add_row(
+                c["name"],
+                c["source"],
+                _pct(c["used"]),
+                _pct(c["elapsed"]),
+                "-" if c["pace"] is None else f"{c['pace']:.2f}x",
+                _pct(c["projected"]),
+                c["reset"] or "-",
+            )
         common.console.print(t)
         if u["recommendation"]:
             common.console.print(u["recommendation"], highlight=False)
@@ -117,8 +160,13 @@ def alerts(
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
     limit: Annotated[int, typer.Option("--limit", help="Newest N notifications.")] = 50,
-    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind (budget_warning, budget_exhausted, "
-                                                              "agent_paused, utilization_low, ...).")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="Only this kind (budget_warning, budget_exhausted, agent_paused, utilization_low, ...).",
+        ),
+    ] = None,
     json_: common.JsonOpt = False,
 ) -> None:
     """Budget warnings, exhausted budgets, pauses and utilization alerts, newest first."""
@@ -147,8 +195,9 @@ def alerts(
     common.console.print(t)
 
 
-def _pause_or_resume(name: str, config: str | None, db: str | None, *, pause: bool, reason: str | None,
-                     json_: bool) -> None:
+def _pause_or_resume(
+    name: str, config: str | None, db: str | None, *, pause: bool, reason: str | None, json_: bool
+) -> None:
     from ..alerts import Notice
 
     if not name.strip():
@@ -161,14 +210,22 @@ def _pause_or_resume(name: str, config: str | None, db: str | None, *, pause: bo
         else:
             changed = enf.resume(name)
             if changed and enf.notifier is not None:
-                enf.notifier.notify(Notice(kind="agent_resumed", level="info", scope=f"agent {name}",
-                                           message=f"Agent '{name}' resumed."))
+                enf.notifier.notify(
+                    Notice(
+                        kind="agent_resumed",
+                        level="info",
+                        scope=f"agent {name}",
+                        message=f"Agent '{name}' resumed.",
+                    )
+                )
     if json_:
         common.print_json({"agent": name, "paused": pause, "changed": changed})
         return
     verb = "paused" if pause else "resumed"
-    common.console.print(f"agent {name} {verb}" if changed else f"agent {name} was already "
-                         f"{'paused' if pause else 'running'}", highlight=False)
+    common.console.print(
+        f"agent {name} {verb}" if changed else f"agent {name} was already {'paused' if pause else 'running'}",
+        highlight=False,
+    )
 
 
 @agents_app.command("pause")
@@ -195,7 +252,9 @@ def agents_resume(
 
 
 @agents_app.command("list")
-def agents_list(config: common.ConfigOpt = None, db: common.DbOpt = None, json_: common.JsonOpt = False) -> None:
+def agents_list(
+    config: common.ConfigOpt = None, db: common.DbOpt = None, json_: common.JsonOpt = False
+) -> None:
     """Paused agents."""
     with _enforcer(config, db) as (_, _ledger, enf):
         paused = sorted(enf.paused().values(), key=lambda p: p.get("agent", ""))
@@ -205,8 +264,10 @@ def agents_list(config: common.ConfigOpt = None, db: common.DbOpt = None, json_:
     if not paused:
         common.console.print("No agent is paused.")
     for p in paused:
-        common.console.print(f"{p.get('agent')}: paused {p.get('paused_at', '')[:19]} — {p.get('reason') or ''}",
-                             highlight=False)
+        common.console.print(
+            f"{p.get('agent')}: paused {p.get('paused_at', '')[:19]} — {p.get('reason') or ''}",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

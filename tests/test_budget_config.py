@@ -71,6 +71,8 @@ def test_hard_stop_false_makes_the_short_form_alert_only() -> None:
     (("20.00/month", "20.00/mnth"), 9, ["budgets.per_backend.claude", "'mnth'", "day, week, month, session", "5h"]),
     (("gpt: 10.00", "gtp: 10.00"), 10, ["budgets.per_backend.gtp", "unknown backend 'gtp'", "claude, gpt, ollama"]),
     (("20.00/month", "twenty/month"), 9, ["budgets.per_backend.claude", "amount"]),
+    (("daily_limit_usd: 5.00", "daily_limit_usd: -5"), 6, ["budgets.daily_limit_usd", "non-negative"]),
+    (("monthly_limit_usd: 50.00", "monthly_limit_usd: fifty"), 7, ["budgets.monthly_limit_usd", "20.00"]),
     (("warning_threshold: 0.8", "warning_threshold: 80"), 11, ["warning_threshold", "(0, 1]"]),
     (("hard_stop: true", "hard_stop: true\n  fallback: gpt"), 13, ["budgets.fallback", "local: true", "ollama"]),
     (("hard_stop: true", "hard_stop: true\n  fallback: nope"), 13, ["unknown backend 'nope'", "claude, gpt, ollama"]),

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SCOPES = ("global", "backend", "model", "agent", "session", "user", "team", "task_type")
 ACTIONS = ("alert", "block", "fallback", "pause")
@@ -171,13 +171,13 @@ class BudgetsConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _keys(cls, data: Any) -> Any:
-        data = _forbid_unknown(cls, data)
-        if isinstance(data, dict):
-            data = dict(data)
-            for key in ("daily_limit_usd", "weekly_limit_usd", "monthly_limit_usd"):
-                if data.get(key) is not None:
-                    data[key] = _money(data[key], key)
-        return data
+        return _forbid_unknown(cls, data)
+
+    @field_validator("daily_limit_usd", "weekly_limit_usd", "monthly_limit_usd", mode="before")
+    @classmethod
+    def _limits_usd(cls, v: Any, info: ValidationInfo) -> Any:
+        # a field validator, so an error points at the key's own line
+        return None if v is None else _money(v, str(info.field_name))
 
     @field_validator("per_backend", mode="before")
     @classmethod

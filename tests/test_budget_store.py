@@ -47,9 +47,15 @@ def test_two_processes_200_reservations_never_exceed_limit(store_spec: tuple[str
     store = _open(store_spec)  # creates the schema before the workers race
     limit, amount = 1_000, 10  # room for exactly 100 of the 200 calls
     start_at = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, str(WORKER), *store_spec, "10", "100", str(limit), str(amount),
-                               str(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), *store_spec, "10", "100", str(limit), str(amount), str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -166,3 +172,14 @@ def test_postgres_store_two_instances_start_together(pg_url: str) -> None:
     for t in ts:
         t.join()
     assert errors == []
+
+
+def test_unreachable_redis_is_one_clear_error() -> None:
+    from llmbudget.errors import DatabaseUnreachable
+
+    store = RedisCounters("redis://127.0.0.1:1/0", prefix="llmbtest:down:")
+    key = "daily|*|day:2025-01-01"
+    with pytest.raises(DatabaseUnreachable) as info:
+        store.reserve("r1", [Charge("daily", key, (key,), 10, 1)], 60)
+    assert "redis://127.0.0.1:1/0" in str(info.value) and "budgets.redis_url" in str(info.value)
+    store.close()

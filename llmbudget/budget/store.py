@@ -99,6 +99,45 @@ class CounterStore(ABC):
         """Release connections."""
 
 
+def _guard(method: Any) -> Any:
+    """Turn a store's driver errors (server down, connection lost) into one clear `DatabaseUnreachable`."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StorageError:
+            raise
+        except self._driver_errors as e:
+            from ..config import mask_url
+            from ..errors import DatabaseUnreachable
+
+            raise DatabaseUnreachable(
+                f"budget counters at {mask_url(self.url)} are unavailable ({type(e).__name__}: {e}). Check that "
+                "the server is running and the URL (budgets.redis_url or --db) is right; the proxy refuses "
+                "budgeted calls with a 503 until it answers."
+            ) from e
+
+    return wrapper
+
+
+def _guard_all(cls: Any) -> Any:
+    for name in (
+        "reserve",
+        "ensure",
+        "ledger_values",
+        "settle",
+        "release",
+        "totals",
+        "scan",
+        "claim_once",
+        "sweep",
+    ):
+        setattr(cls, name, _guard(cls.__dict__[name]))
+    return cls
+
+
 def _check(charges: Sequence[Charge], used: dict[str, tuple[int, int]]) -> Refusal | None:
     for c in charges:
         if c.limit is None:
@@ -375,6 +414,7 @@ $fn$""",
 _PG_DDL_LOCK = 0x6C6D6231
 
 
+@_guard_all
 class PostgresCounters(CounterStore):
     """Counters in PostgreSQL: a reservation is one call of a server-side function that row-locks in key order."""
 
@@ -384,22 +424,37 @@ class PostgresCounters(CounterStore):
         except ImportError as e:  # pragma: no cover - extra not installed
             raise StorageError("PostgreSQL budgets need `pip install 'llmbudget[postgres]'`") from e
         self.url = url
+        import psycopg
+        import psycopg_pool
+
+        self._driver_errors: tuple[type[BaseException], ...] = (
+            psycopg.OperationalError,
+            psycopg_pool.PoolTimeout,
+        )
         # autocommit: the hot path is one statement (a function call), its own transaction;
         # multi-statement work opens `conn.transaction()` explicitly
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, timeout=30, kwargs={"autocommit": True}
         )
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_DDL_LOCK,))
-            for stmt in _PG_SCHEMA:
-                conn.execute(stmt)
-            for name, body in _PG_FUNCTIONS.items():
-                if conn.execute("SELECT to_regproc(%s)", (name,)).fetchone()[0] is None:  # type: ignore[index]
-                    conn.execute(body)
+        self._create_schema()
         self._next_sweep = 0.0
         self._sweep_lock = threading.Lock()
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
+
+    @_guard
+    def _create_schema(self) -> None:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_DDL_LOCK,))
+                for stmt in _PG_SCHEMA:
+                    conn.execute(stmt)
+                for name, body in _PG_FUNCTIONS.items():
+                    if conn.execute("SELECT to_regproc(%s)", (name,)).fetchone()[0] is None:  # type: ignore[index]
+                        conn.execute(body)
+        except BaseException:
+            self._pool.close()
+            raise
 
     @staticmethod
     def _add(conn: Any, key: str, spent: int, reserved: int, now: float) -> None:
@@ -637,6 +692,7 @@ return 1
 """
 
 
+@_guard_all
 class RedisCounters(CounterStore):
     """Counters in Redis hashes; check-and-book is one Lua script, so it is atomic across replicas."""
 
@@ -647,6 +703,7 @@ class RedisCounters(CounterStore):
             raise StorageError("Redis budgets need `pip install 'llmbudget[redis]'`") from e
         self.url = url
         self.prefix = prefix
+        self._driver_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._r = redis.Redis.from_url(
             url, socket_timeout=10, socket_connect_timeout=5, max_connections=64, health_check_interval=30
         )

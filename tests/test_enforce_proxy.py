@@ -40,28 +40,54 @@ def fake() -> Iterator[FakeUpstream]:
 def real_cost() -> Decimal:
     """What one fake Anthropic answer costs (the price book's figure, as the proxy records it)."""
     u = fx.ANTHROPIC_USAGE
-    usage = TokenUsage.of(u["input_tokens"] + u["cache_creation_input_tokens"] + u["cache_read_input_tokens"],
-                          u["cache_read_input_tokens"], u["cache_creation_input_tokens"], u["output_tokens"], 0)
+    usage = TokenUsage.of(
+        u["input_tokens"] + u["cache_creation_input_tokens"] + u["cache_read_input_tokens"],
+        u["cache_read_input_tokens"],
+        u["cache_creation_input_tokens"],
+        u["output_tokens"],
+        0,
+    )
     c = PriceBook().cost(fx.ANTHROPIC_MODEL, usage, provider="anthropic").cost_usd
     assert c is not None
     return c
 
 
 def config_text(fake_url: str, limit: Decimal, extra: str = "") -> str:
-    return (f"backends:\n  anthropic: {{kind: anthropic, base_url: {fake_url}, provider: anthropic}}\n"
-            f"budgets:\n  daily_limit_usd: {limit}\n  timezone: UTC\n{extra}")
+    return (
+        f"backends:\n  anthropic: {{kind: anthropic, base_url: {fake_url}, provider: anthropic}}\n"
+        f"budgets:\n  daily_limit_usd: {limit}\n  timezone: UTC\n{extra}"
+    )
 
 
-def start_servers(tmp_path: Path, cfg_text: str, db_url: str, n: int = 2) -> list[tuple[subprocess.Popen[str], str]]:
+def start_servers(
+    tmp_path: Path, cfg_text: str, db_url: str, n: int = 2
+) -> list[tuple[subprocess.Popen[str], str]]:
     cfg = tmp_path / "llmbudget.yaml"
     cfg.write_text(cfg_text)
     procs = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for _ in range(n):
         port = free_port()
-        p = subprocess.Popen([sys.executable, "-c", "import sys; from llmbudget.cli import main; sys.exit(main(sys.argv[1:]))", "serve", "--config", str(cfg), "--db", db_url,
-                              "--port", str(port), "--log-level", "warning"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from llmbudget.cli import main; sys.exit(main(sys.argv[1:]))",
+                "serve",
+                "--config",
+                str(cfg),
+                "--db",
+                db_url,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         procs.append((p, f"http://127.0.0.1:{port}"))
     deadline = time.monotonic() + 30
     import urllib.request
@@ -102,30 +128,46 @@ PROMPT = "Summarize the budget rules in one line. " * 40
 
 async def hammer(urls: list[str], n: int) -> list[tuple[int, dict[str, str], Any]]:
     body = {"model": fx.ANTHROPIC_MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": PROMPT}]}
-    headers = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    headers = {
+        "x-api-key": "sk-ant-test",
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
+    }
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
+
         async def one(i: int) -> tuple[int, dict[str, str], Any]:
-            async with s.post(f"{urls[i % len(urls)]}/anthropic/v1/messages", json=body, headers=headers) as r:
+            async with s.post(
+                f"{urls[i % len(urls)]}/anthropic/v1/messages", json=body, headers=headers
+            ) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.json(content_type=None)
 
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
-def store_setup(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+def store_setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(ledger db url, extra budgets config) for each counter store."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}", ""
+        yield f"sqlite:///{tmp_path / 'shared.db'}", ""
+        return
     if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url")), ""
-    request.getfixturevalue("redis_url")
-    # a unique Redis database key space is not available per test: the counters' window key is
-    # per day and the config names a fresh budget, so runs never collide
-    return f"sqlite:///{tmp_path / 'shared.db'}", f"  redis_url: {request.getfixturevalue('redis_url')}\n"
+        yield str(request.getfixturevalue("pg_url")), ""
+        return
+    # a fresh key prefix: runs never collide, and nothing lands in the default key space
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    prefix = f"llmbtest:{uuid.uuid4().hex[:8]}:"
+    yield f"sqlite:///{tmp_path / 'shared.db'}", f"  redis_url: {url}\n  redis_prefix: '{prefix}'\n"
+    client = redis.Redis.from_url(url)
+    for k in client.scan_iter(match=prefix + "*"):
+        client.delete(k)
+    client.close()
 
 
 def test_two_proxies_200_concurrent_requests_hold_the_daily_limit(
-        fake: FakeUpstream, tmp_path: Path, store_setup: tuple[str, str]) -> None:
+    fake: FakeUpstream, tmp_path: Path, store_setup: tuple[str, str]
+) -> None:
     db_url, extra = store_setup
     per_call = real_cost()
     limit = (per_call * 25).quantize(Decimal("0.000001"))
@@ -144,7 +186,11 @@ def test_two_proxies_200_concurrent_requests_hold_the_daily_limit(
     for _status, headers, body in refused:
         assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
         msg = body["error"]["message"]
-        assert f"budget '{name}'" in msg and "Cloud budget exhausted, operating local-only until" in msg and "UTC" in msg
+        assert (
+            f"budget '{name}'" in msg
+            and "Cloud budget exhausted, operating local-only until" in msg
+            and "UTC" in msg
+        )
         assert int(headers["retry-after"]) > 0
     # the counters, read by a third party, hold the settled spend
     cfg, _ = parse_config(text, "x.yaml")
@@ -159,9 +205,11 @@ def test_two_proxies_200_concurrent_requests_hold_the_daily_limit(
 
 
 def test_fallback_serves_on_the_local_backend_with_the_notice(fake: FakeUpstream, tmp_path: Path) -> None:
-    text = (f"backends:\n  anthropic: {{kind: anthropic, base_url: {fake.url}, provider: anthropic}}\n"
-            f"  local: {{kind: anthropic, base_url: {fake.url}, local: true}}\n"
-            "budgets:\n  daily_limit_usd: 0.000001\n  timezone: UTC\n  fallback: local\n  fallback_model: llama3.2\n")
+    text = (
+        f"backends:\n  anthropic: {{kind: anthropic, base_url: {fake.url}, provider: anthropic}}\n"
+        f"  local: {{kind: anthropic, base_url: {fake.url}, local: true}}\n"
+        "budgets:\n  daily_limit_usd: 0.000001\n  timezone: UTC\n  fallback: local\n  fallback_model: llama3.2\n"
+    )
     db = f"sqlite:///{tmp_path / 'fb.db'}"
     procs = start_servers(tmp_path, text, db, n=1)
     try:
@@ -180,8 +228,10 @@ def test_fallback_serves_on_the_local_backend_with_the_notice(fake: FakeUpstream
 
 def test_upstream_connection_failure_releases_the_reservation(fake: FakeUpstream, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    text = (f"backends:\n  anthropic: {{kind: anthropic, base_url: {dead}, provider: anthropic}}\n"
-            "budgets:\n  daily_limit_usd: 1.00\n  timezone: UTC\n")
+    text = (
+        f"backends:\n  anthropic: {{kind: anthropic, base_url: {dead}, provider: anthropic}}\n"
+        "budgets:\n  daily_limit_usd: 1.00\n  timezone: UTC\n"
+    )
     db = f"sqlite:///{tmp_path / 'rel.db'}"
     procs = start_servers(tmp_path, text, db, n=1)
     try:

@@ -22,7 +22,7 @@ def build_enforcer(
     prices: Any | None = None,
     price_fn: Any | None = None,
     clock: Any | None = None,
-    redis_prefix: str = "llmb:budget:",
+    redis_prefix: str | None = None,
 ) -> BudgetEnforcer:
     """An enforcer for a Config: counters in Redis (`budgets.redis_url`) or the ledger's database."""
     from ..alerts import Notifier
@@ -50,7 +50,7 @@ def build_enforcer(
     kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return BudgetEnforcer(
         budgets_from_config(b),
-        open_counters(db_url, b.redis_url, redis_prefix=redis_prefix),
+        open_counters(db_url, b.redis_url, redis_prefix=redis_prefix or b.redis_prefix),
         tz=get_zone(b.timezone or cfg.timezone),
         price=price_fn,
         fallback=b.fallback,

@@ -160,6 +160,8 @@ class BudgetsConfig(BaseModel):
     limits: list[LimitConfig] = Field(default_factory=list)
     #: keep counters in Redis (atomic Lua script) instead of the ledger's database
     redis_url: str | None = None
+    #: key prefix of the counters in Redis: deployments sharing one Redis keep separate budgets
+    redis_prefix: str = Field(default="llmb:budget:", min_length=1, max_length=100)
     #: a reservation not settled within this time (crashed process) is released
     reservation_ttl_s: int = Field(default=3600, ge=10)
     #: worst-case output tokens when the request sets no max_tokens and the model's maximum is unknown

@@ -89,14 +89,17 @@ def budget(
     if data["budgets"]:
         t = Table(box=box.SIMPLE_HEAVY, title=f"Budgets ({data['timezone']})", padding=0)
         # amounts, dates and statuses never wrap (a split "$46.79|00" misreads); names fold instead
-        for col in ("budget", "scope", "limit", "spent", "reserved", "remaining", "%", "resets", "status"):
+        # the scope goes under the budget's name (one flexible column); amounts, dates and statuses
+        # never wrap (a split "$46.79|00" misreads)
+        for col in ("budget", "limit", "spent", "reserved", "remaining", "%", "resets", "status"):
             numeric = col in ("limit", "spent", "reserved", "remaining", "%")
             t.add_column(
                 col,
                 justify="right" if numeric else "left",
                 overflow="fold",
-                no_wrap=col not in ("budget", "scope"),
-                min_width={"budget": 6, "scope": 6, "status": 9}.get(col),
+                no_wrap=col not in ("budget", "resets"),  # a reset time may go under its date
+                ratio=1 if col == "budget" else None,
+                min_width=12 if col == "budget" else None,
             )
         colour = {"ok": "green", "warning": "yellow", "exhausted": "red"}
         for b in data["budgets"]:
@@ -104,18 +107,19 @@ def budget(
 
             def fmt(v: Any, money: bool = money, places: int | None = None) -> str:
                 if not money:
-                    return f"{int(v):,} tok"
+                    n = int(v)
+                    # millions compactly: the exact count is in --json
+                    return f"{n / 1e6:.2f}M tok" if abs(n) >= 1_000_000 else f"{n:,} tok"
                 d = Decimal(v)
                 # cents once a dollar is reached, four places below it (small budgets stay readable)
                 return format_usd(d, places if places is not None else (2 if abs(d) >= 1 or d == 0 else 4))
 
-            scope = "global" if b["scope"] == "global" else f"{b['scope']} {b['value']}"
+            scope = "" if b["scope"] == "global" else f"\n[dim]{b['scope']} {b['value']}[/]"
             reset = b["reset_local"].rsplit(" ", 1)[0] if b["reset"] else b["reset_local"]
             if reset.endswith(" 00:00"):  # calendar windows reset at midnight: the date says it
                 reset = reset[: -len(" 00:00")]
             t.add_row(
-                b["name"],
-                scope,
+                f"{b['name']}{scope}",
                 fmt(b["limit"], places=2),
                 fmt(b["spent"]),
                 fmt(b["reserved"]),

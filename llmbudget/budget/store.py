@@ -251,6 +251,8 @@ class SQLiteCounters(CounterStore):
 
     def ensure(self, seeds: Mapping[str, SeedSpec]) -> None:
         with self._lock:
+            if all(k in self._known for k in seeds):  # nothing to create: no write transaction
+                return
             with self._tx():
                 fresh = self._ensure_locked(seeds, time.time())
             self._remember(fresh)

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,45 @@ def test_upstream_connection_failure_releases_the_reservation(fake: FakeUpstream
         assert (st.spent, st.reserved) == (0, 0)
     finally:
         enf.close()
+
+
+def test_sdk_gets_rate_limit_error_when_imported_usage_filled_the_budget(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """Usage recorded without the proxy (an import) counts: the SDK's next call is refused, clearly."""
+    import anthropic
+
+    from llmbudget.events import UsageEvent, utcnow
+    from llmbudget.store import open_ledger
+
+    db = f"sqlite:///{tmp_path / 'imp.db'}"
+    with open_ledger(db, audit=False) as ledger:
+        ledger.record_many(
+            [
+                UsageEvent(
+                    backend="anthropic",
+                    model=fx.ANTHROPIC_MODEL,
+                    provider="anthropic",
+                    timestamp=utcnow(),
+                    cost_usd=Decimal("0.99"),
+                    price_status="priced",
+                    source="import",
+                )
+            ]
+        )
+    procs = start_servers(tmp_path, config_text(fake.url, Decimal("1.00")), db, n=1)
+    try:
+        before = len(fake.requests)
+        client = anthropic.Anthropic(api_key="k", base_url=f"{procs[0][1]}/anthropic", max_retries=0)
+        with pytest.raises(anthropic.RateLimitError) as info:
+            client.messages.create(
+                model=fx.ANTHROPIC_MODEL, max_tokens=4000, messages=[{"role": "user", "content": "hello"}]
+            )
+        assert len(fake.requests) == before, "a refused call never reaches the provider"
+    finally:
+        stop_servers(procs)
+    msg = info.value.body["error"]["message"]  # type: ignore[index]
+    tomorrow = (utcnow() + timedelta(days=1)).date().isoformat()
+    assert msg.startswith(f"Cloud budget exhausted, operating local-only until {tomorrow} 00:00 UTC: ")
+    assert "budget 'daily' has spent $0.9900 of its $1.00 limit" in msg
+    assert 0 < int(info.value.response.headers["retry-after"]) <= 86400

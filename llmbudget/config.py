@@ -80,7 +80,7 @@ class StorageConfig(_Model):
     audit_log: str | None = None
     #: set false to turn the audit log off
     audit: bool = True
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=2000, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 

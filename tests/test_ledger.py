@@ -25,8 +25,15 @@ T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
 
 def ev(minutes: float = 0, **kw: Any) -> UsageEvent:
-    base: dict[str, Any] = {"backend": "openai", "model": "gpt-4o", "provider": "openai", "input_tokens": 100,
-                            "output_tokens": 10, "cost_usd": Decimal("0.001"), "price_status": "priced"}
+    base: dict[str, Any] = {
+        "backend": "openai",
+        "model": "gpt-4o",
+        "provider": "openai",
+        "input_tokens": 100,
+        "output_tokens": 10,
+        "cost_usd": Decimal("0.001"),
+        "price_status": "priced",
+    }
     base.update(kw)
     base.setdefault("timestamp", T0 + timedelta(minutes=minutes))
     return UsageEvent(**base)
@@ -42,13 +49,34 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
 
 
 def test_roundtrip_every_field(ledger: Ledger) -> None:
-    e = UsageEvent(backend="anthropic", model="claude-sonnet-4-5", provider="anthropic", request_model="sonnet",
-                   input_tokens=1200, cached_input_tokens=300, cache_write_tokens=100, output_tokens=500,
-                   reasoning_tokens=120, cost_usd=Decimal("0.012345678"), price_status="override", agent="a1",
-                   session="s1", user="ann", team="core", task_id="T-1", task_type="code", tier="deep",
-                   tags={"project": "x", "env": "ci"}, status="interrupted", http_status=200, streamed=True,
-                   duration_ms=1234.5, ttft_ms=88.25, source="proxy",
-                   timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC))
+    e = UsageEvent(
+        backend="anthropic",
+        model="claude-sonnet-4-5",
+        provider="anthropic",
+        request_model="sonnet",
+        input_tokens=1200,
+        cached_input_tokens=300,
+        cache_write_tokens=100,
+        output_tokens=500,
+        reasoning_tokens=120,
+        cost_usd=Decimal("0.012345678"),
+        price_status="override",
+        agent="a1",
+        session="s1",
+        user="ann",
+        team="core",
+        task_id="T-1",
+        task_type="code",
+        tier="deep",
+        tags={"project": "x", "env": "ci"},
+        status="interrupted",
+        http_status=200,
+        streamed=True,
+        duration_ms=1234.5,
+        ttft_ms=88.25,
+        source="proxy",
+        timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+    )
     unpriced = ev(model="mystery", cost_usd=None, price_status="unpriced")
     assert ledger.record_many([e, unpriced]) == 2
     got = ledger.get(e.id)
@@ -121,19 +149,23 @@ def test_query_filters_limit_and_order(ledger: Ledger) -> None:
     assert [e.id for e in newest] == [e.id for e in events[::-1][:3]]
     only_a = ledger.query(filters={"agent": "a"}, limit=None)
     assert {e.id for e in only_a} == {e.id for e in events if e.agent == "a"}
-    ranged = ledger.query(since=T0 + timedelta(minutes=2), until=T0 + timedelta(minutes=5), newest_first=False)
+    ranged = ledger.query(
+        since=T0 + timedelta(minutes=2), until=T0 + timedelta(minutes=5), newest_first=False
+    )
     assert [e.id for e in ranged] == [e.id for e in events[2:5]]
     assert ledger.count(filters={"team": "t1", "agent": "b"}) == 3
     assert ledger.count(since=T0 + timedelta(minutes=8)) == 2
     assert [e.id for e in ledger.iter_events(batch=3)] == [e.id for e in events]
     assert [e.id for e in ledger.iter_events(filters={"agent": "b"}, batch=2)] == [
-        e.id for e in events if e.agent == "b"]
+        e.id for e in events if e.agent == "b"
+    ]
     with pytest.raises(ValidationError, match="nope"):
         ledger.query(filters={"nope": "x"})
 
 
-def _expected(events: list[UsageEvent], since: datetime, until: datetime, by: str | None,
-              tz: ZoneInfo) -> dict[Any, tuple[int, int, int, int]]:
+def _expected(
+    events: list[UsageEvent], since: datetime, until: datetime, by: str | None, tz: ZoneInfo
+) -> dict[Any, tuple[int, int, int, int]]:
     out: dict[Any, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for e in events:
         if not since <= e.timestamp < until:
@@ -162,10 +194,18 @@ def _spread_events(n: int, start: datetime, days: float, seed: int) -> list[Usag
     for _ in range(n):
         ts = start + timedelta(seconds=rng.uniform(0, days * 86400))
         priced = rng.random() < 0.8
-        out.append(ev(0, timestamp=ts, agent=rng.choice(["a", "b", None]), session=rng.choice(["s1", "s2"]),
-                      backend=rng.choice(["openai", "claude"]), input_tokens=rng.randrange(1, 1000),
-                      cost_usd=Decimal(rng.randrange(0, 10**6)) / 10**9 if priced else None,
-                      price_status="priced" if priced else "unpriced"))
+        out.append(
+            ev(
+                0,
+                timestamp=ts,
+                agent=rng.choice(["a", "b", None]),
+                session=rng.choice(["s1", "s2"]),
+                backend=rng.choice(["openai", "claude"]),
+                input_tokens=rng.randrange(1, 1000),
+                cost_usd=Decimal(rng.randrange(0, 10**6)) / 10**9 if priced else None,
+                price_status="priced" if priced else "unpriced",
+            )
+        )
     return out
 
 
@@ -178,15 +218,19 @@ def test_costs_match_raw_events_in_every_bucket(ledger: Ledger, tzname: str) -> 
     ledger.record_many(events)
     ranges = [
         (datetime(2026, 2, 25, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC)),
-        (datetime(2026, 3, 1, 7, 17, 3, tzinfo=UTC), datetime(2026, 3, 30, 22, 41, tzinfo=UTC)),  # ragged edges
+        (
+            datetime(2026, 3, 1, 7, 17, 3, tzinfo=UTC),
+            datetime(2026, 3, 30, 22, 41, tzinfo=UTC),
+        ),  # ragged edges
         (datetime(2026, 3, 1, tzinfo=tz), datetime(2026, 4, 1, tzinfo=tz)),  # one local month
     ]
     for since, until in ranges:
         for by in (None, "backend", "agent", "session", "day", "week", "month", "hour"):
             got = _got(ledger.costs(since=since, until=until, by=by, tz=tz))
             assert got == _expected(events, since, until, by, tz), (tzname, since, until, by)
-    filtered = _got(ledger.costs(since=ranges[1][0], until=ranges[1][1], by="day", tz=tz,
-                                 filters={"backend": "claude"}))
+    filtered = _got(
+        ledger.costs(since=ranges[1][0], until=ranges[1][1], by="day", tz=tz, filters={"backend": "claude"})
+    )
     assert filtered == _expected([e for e in events if e.backend == "claude"], *ranges[1], "day", tz)
 
 
@@ -221,12 +265,12 @@ def test_costs_dst_days_and_month_boundaries_berlin(ledger: Ledger) -> None:
 def test_costs_new_york_midnight_and_kolkata_half_hours(ledger: Ledger) -> None:
     ny, kol = ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata")
     events = [
-        ev(0, timestamp=datetime(2026, 3, 8, 4, 59, tzinfo=UTC)),   # 23:59 EST Mar 7
-        ev(0, timestamp=datetime(2026, 3, 8, 5, 0, tzinfo=UTC)),    # 00:00 EST Mar 8 (DST starts 02:00)
-        ev(0, timestamp=datetime(2026, 3, 9, 3, 59, tzinfo=UTC)),   # 23:59 EDT Mar 8
-        ev(0, timestamp=datetime(2026, 3, 9, 4, 0, tzinfo=UTC)),    # 00:00 EDT Mar 9
+        ev(0, timestamp=datetime(2026, 3, 8, 4, 59, tzinfo=UTC)),  # 23:59 EST Mar 7
+        ev(0, timestamp=datetime(2026, 3, 8, 5, 0, tzinfo=UTC)),  # 00:00 EST Mar 8 (DST starts 02:00)
+        ev(0, timestamp=datetime(2026, 3, 9, 3, 59, tzinfo=UTC)),  # 23:59 EDT Mar 8
+        ev(0, timestamp=datetime(2026, 3, 9, 4, 0, tzinfo=UTC)),  # 00:00 EDT Mar 9
         ev(0, timestamp=datetime(2026, 3, 31, 18, 29, 59, tzinfo=UTC)),  # 23:59:59 IST Mar 31
-        ev(0, timestamp=datetime(2026, 3, 31, 18, 30, tzinfo=UTC)),      # 00:00 IST Apr 1
+        ev(0, timestamp=datetime(2026, 3, 31, 18, 30, tzinfo=UTC)),  # 00:00 IST Apr 1
     ]
     ledger.record_many(events)
     since, until = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 5, tzinfo=UTC)
@@ -239,9 +283,13 @@ def test_costs_new_york_midnight_and_kolkata_half_hours(ledger: Ledger) -> None:
 
 
 def test_costs_by_dimension_sorted_and_validated(ledger: Ledger) -> None:
-    ledger.record_many([ev(0, agent="cheap", cost_usd=Decimal("0.001")),
-                        ev(1, agent="dear", cost_usd=Decimal("0.5")),
-                        ev(2, agent=None, cost_usd=None, price_status="unpriced")])
+    ledger.record_many(
+        [
+            ev(0, agent="cheap", cost_usd=Decimal("0.001")),
+            ev(1, agent="dear", cost_usd=Decimal("0.5")),
+            ev(2, agent=None, cost_usd=None, price_status="unpriced"),
+        ]
+    )
     rows = ledger.costs(since=None, until=None, by="agent")
     assert [r.key for r in rows] == ["dear", "cheap", None]
     assert rows[2].unpriced_calls == 1 and rows[2].cost_nano == 0
@@ -252,12 +300,16 @@ def test_costs_by_dimension_sorted_and_validated(ledger: Ledger) -> None:
 
 
 def test_update_costs_adjusts_rollups_and_sessions_exactly(ledger: Ledger) -> None:
-    events = [ev(i, model="mystery", cost_usd=None, price_status="unpriced", session="s", agent="x")
-              for i in range(5)] + [ev(10, session="s")]
+    events = [
+        ev(i, model="mystery", cost_usd=None, price_status="unpriced", session="s", agent="x")
+        for i in range(5)
+    ] + [ev(10, session="s")]
     ledger.record_many(events)
     [m] = ledger.unpriced_models()
     assert (m.model, m.calls, m.input_tokens) == ("mystery", 5, 500)
-    changed = ledger.update_costs([(e.id, 2_000_000, "override") for e in events[:5]] + [("missing", 1, "priced")])
+    changed = ledger.update_costs(
+        [(e.id, 2_000_000, "override") for e in events[:5]] + [("missing", 1, "priced")]
+    )
     assert changed == 5
     assert ledger.update_costs([(events[0].id, 2_000_000, "override")]) == 0  # nothing changes
     assert ledger.unpriced_models() == []
@@ -280,9 +332,14 @@ def test_update_costs_adjusts_rollups_and_sessions_exactly(ledger: Ledger) -> No
 
 
 def test_sessions_table(ledger: Ledger) -> None:
-    ledger.record_many([ev(0, session="old", agent="a"), ev(5, session="old", agent="b"),
-                        ev(30, session="new", agent="a", cost_usd=None, price_status="unpriced"),
-                        ev(40, session=None)])
+    ledger.record_many(
+        [
+            ev(0, session="old", agent="a"),
+            ev(5, session="old", agent="b"),
+            ev(30, session="new", agent="a", cost_usd=None, price_status="unpriced"),
+            ev(40, session=None),
+        ]
+    )
     rows = ledger.sessions()
     assert [r.session for r in rows] == ["new", "old"]
     old = rows[1]
@@ -296,8 +353,14 @@ def test_sessions_table(ledger: Ledger) -> None:
 
 def test_quota_readings(ledger: Ledger) -> None:
     for i, util in enumerate((0.1, 0.5, 0.9)):
-        ledger.record_reading({"timestamp": (T0 + timedelta(hours=i)).isoformat(), "backend": "claude",
-                               "source": "probe", "utilization": util})
+        ledger.record_reading(
+            {
+                "timestamp": (T0 + timedelta(hours=i)).isoformat(),
+                "backend": "claude",
+                "source": "probe",
+                "utilization": util,
+            }
+        )
     ledger.record_reading({"timestamp": T0.isoformat(), "backend": "gpt", "source": "piggyback"})
     assert [r["utilization"] for r in ledger.readings(backend="claude")] == [0.1, 0.5, 0.9]
     assert [r["utilization"] for r in ledger.readings(backend="claude", limit=2)] == [0.5, 0.9]
@@ -364,8 +427,10 @@ def test_processes_opening_a_fresh_database_at_once_all_migrate(ledger_url: str)
     import sys
 
     code = "import sys; from llmbudget.store import open_ledger; open_ledger(sys.argv[1]).close()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, ledger_url], stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, ledger_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     errors = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     with open_ledger(ledger_url) as led:
@@ -373,9 +438,98 @@ def test_processes_opening_a_fresh_database_at_once_all_migrate(ledger_url: str)
 
 
 def test_user_and_task_type_spellings(ledger: Ledger) -> None:
-    ledger.record_many([ev(0, user="ann", task_type="code"), ev(1, user="bob", task_type="chat"),
-                        ev(2, user="ann", task_type="chat", cost_usd=Decimal("0.002"))])
+    ledger.record_many(
+        [
+            ev(0, user="ann", task_type="code"),
+            ev(1, user="bob", task_type="chat"),
+            ev(2, user="ann", task_type="chat", cost_usd=Decimal("0.002")),
+        ]
+    )
     assert {r.key: r.calls for r in ledger.costs(since=None, until=None, by="user")} == {"ann": 2, "bob": 1}
     rows = ledger.costs(since=None, until=None, by="task-type", filters={"user": "ann"})
     assert [(r.key, r.cost_nano) for r in rows] == [("chat", 2_000_000), ("code", 1_000_000)]
     assert [e.user for e in ledger.query(filters={"task-type": "chat", "user": "bob"})] == ["bob"]
+
+
+def test_dimension_filters_read_through_the_rollups_match_a_plain_filter(ledger: Ledger) -> None:
+    # attribution filters are narrowed to matching hours through the rollups (no per-field index):
+    # every answer must equal filtering all events in Python, at ragged since/until and across days
+    rng = random.Random(11)
+    start = datetime(2026, 3, 28, 22, 13, tzinfo=UTC)
+    events = []
+    for i in range(600):
+        events.append(
+            ev(
+                timestamp=start + timedelta(minutes=rng.uniform(0, 3 * 24 * 60)),
+                agent=rng.choice(["a1", "a2", None]),
+                user=rng.choice(["ann", "bob"]),
+                team=rng.choice(["core", "ml"]),
+                task_type=rng.choice(["code", "chat"]),
+                tier=rng.choice(["fast", "deep"]),
+                model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
+                session=f"s{i % 7}",
+            )
+        )
+    rare = ev(timestamp=start + timedelta(hours=30, minutes=7), user="rare-user", agent="a9", team="solo")
+    events.append(rare)
+    assert ledger.record_many(events) == len(events)
+
+    def want(since: datetime | None, until: datetime | None, f: dict[str, str]) -> list[str]:
+        keep = [
+            e
+            for e in events
+            if (since is None or e.timestamp >= since)
+            and (until is None or e.timestamp < until)
+            and all(getattr(e, k.replace("-", "_")) == v for k, v in f.items())
+        ]
+        keep.sort(key=lambda e: (e.timestamp, e.id), reverse=True)
+        return [e.id for e in keep]
+
+    windows = [
+        (None, None),
+        (start + timedelta(hours=5, minutes=41), start + timedelta(hours=53, minutes=2)),
+        (start + timedelta(minutes=47), None),
+        (None, start + timedelta(days=1, minutes=5)),
+    ]
+    filters: list[dict[str, str]] = [
+        {"user": "ann"},
+        {"agent": "a1", "tier": "deep"},
+        {"task-type": "chat"},
+        {"user": "rare-user"},
+        {"user": "nobody"},
+        {"model": "gpt-4o-mini", "team": "ml"},
+        {"user": "bob", "session": "s3"},
+    ]
+    for since, until in windows:
+        for f in filters:
+            expected = want(since, until, f)
+            assert [
+                e.id for e in ledger.query(since=since, until=until, filters=f, limit=None)
+            ] == expected, f
+            assert [e.id for e in ledger.query(since=since, until=until, filters=f, limit=13)] == expected[
+                :13
+            ], f
+            oldest = ledger.query(since=since, until=until, filters=f, limit=5, newest_first=False)
+            assert [e.id for e in oldest] == expected[::-1][:5], f
+            assert ledger.count(since=since, until=until, filters=f) == len(expected), f
+            assert [
+                e.id for e in ledger.iter_events(since=since, until=until, filters=f, batch=17)
+            ] == expected[::-1]
+    assert [e.id for e in ledger.query(filters={"user": "rare-user"})] == [rare.id]
+
+
+def test_events_carry_only_the_indexes_the_filters_need(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "idx.db"
+    with open_ledger(f"sqlite:///{path}"):
+        pass
+    conn = sqlite3.connect(path)
+    names = {
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL"
+        )
+    }
+    conn.close()
+    assert names == {"events_ts", "events_session_ts", "events_task_id_ts", "events_unpriced"}

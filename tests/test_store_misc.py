@@ -23,13 +23,13 @@ from llmbudget.store.sqlite import SQLiteLedger, sqlite_path
 def test_corrupted_audit_lines_are_reported_and_skipped(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     good = [UsageEvent(backend="b", model="m") for _ in range(3)]
-    log = AuditLog(path)
-    log.append(good[:2])
-    with open(path, "ab") as f:
-        f.write(b'{"backend": "b", "model": "m", "id": "x", "input_tokens": -1}\n')
-        f.write(b"\x00\x01garbage{\n")
-        f.write(b'{"truncated": \n')
-    log.append(good[2:])
+    with AuditLog(path) as log:
+        log.append(good[:2])
+        with open(path, "ab") as f:
+            f.write(b'{"backend": "b", "model": "m", "id": "x", "input_tokens": -1}\n')
+            f.write(b"\x00\x01garbage{\n")
+            f.write(b'{"truncated": \n')
+        log.append(good[2:])
     with pytest.warns(CorruptLineWarning) as caught:
         ids = [e.id for e in read_events(path)]
     assert ids == [e.id for e in good]
@@ -49,12 +49,15 @@ def test_default_location_is_created_and_in_wal_mode(tmp_path: Path) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("sqlite:////abs/x.db", "/abs/x.db"),
-    ("/abs/y.db", "/abs/y.db"),
-    ("sqlite:///rel.db", "{cwd}/rel.db"),
-    ("~/z.db", "{home}/z.db"),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+        ("/abs/y.db", "/abs/y.db"),
+        ("sqlite:///rel.db", "{cwd}/rel.db"),
+        ("~/z.db", "{home}/z.db"),
+    ],
+)
 def test_sqlite_urls_and_paths(given: str, expected: str, tmp_path: Path) -> None:
     want = expected.format(cwd=Path.cwd(), home=Path.home())
     assert sqlite_path(given) == Path(want)
@@ -83,12 +86,39 @@ def test_missing_postgres_database_is_reported(pg_url: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(), tags=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
-       dur=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 10**6)),
-       cost=st.one_of(st.none(), st.decimals(min_value=0, max_value=10**6, places=9)),
-       tz=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]))
-def test_audit_line_is_exactly_to_dict(text: str, tags: dict[str, str], dur: float | None,
-                                       cost: Decimal | None, tz: timezone) -> None:
-    e = UsageEvent(backend=text or "b", model=text, agent=text, tags=tags, duration_ms=dur, cost_usd=cost,
-                   timestamp=datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=tz), request_model=text, http_status=201)
+@given(
+    text=st.text(),
+    tags=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+    dur=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 10**6)),
+    cost=st.one_of(st.none(), st.decimals(min_value=0, max_value=10**6, places=9)),
+    tz=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+)
+def test_audit_line_is_exactly_to_dict(
+    text: str, tags: dict[str, str], dur: float | None, cost: Decimal | None, tz: timezone
+) -> None:
+    e = UsageEvent(
+        backend=text or "b",
+        model=text,
+        agent=text,
+        tags=tags,
+        duration_ms=dur,
+        cost_usd=cost,
+        timestamp=datetime(2026, 3, 1, 12, 0, 0, 5, tzinfo=tz),
+        request_model=text,
+        http_status=201,
+    )
     assert json.loads(event_line(e)) == json.loads(json.dumps(e.to_dict()))
+
+
+def test_audit_log_follows_rotation_and_deletion(tmp_path: Path) -> None:
+    # the file stays open between appends; a rotated or deleted file must not swallow later lines
+    path = tmp_path / "audit.jsonl"
+    evs = [UsageEvent(backend="b", model="m") for _ in range(3)]
+    with AuditLog(path) as log:
+        log.append(evs[:1])
+        path.rename(tmp_path / "audit.jsonl.1")
+        log.append(evs[1:2])
+        path.unlink()
+        log.append(evs[2:])
+    assert [e.id for e in read_events(tmp_path / "audit.jsonl.1")] == [evs[0].id]
+    assert [e.id for e in read_events(path)] == [evs[2].id]

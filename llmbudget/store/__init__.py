@@ -7,8 +7,15 @@ from typing import Any
 from .base import CostRow, Ledger, SessionRow, UnpricedModel
 from .shutdown import flush_all, install_signal_handlers
 
-__all__ = ["CostRow", "Ledger", "SessionRow", "UnpricedModel", "flush_all", "install_signal_handlers",
-           "open_ledger"]
+__all__ = [
+    "CostRow",
+    "Ledger",
+    "SessionRow",
+    "UnpricedModel",
+    "flush_all",
+    "install_signal_handlers",
+    "open_ledger",
+]
 
 
 def open_ledger(url: str | None = None, **options: Any) -> Ledger:

@@ -19,13 +19,37 @@ from ..events import UsageEvent
 from ..money import from_nano
 
 #: report dimensions accepted by `costs(by=...)` (CLI spelling `task-type` maps to `task_type`)
-DIMENSIONS = ("agent", "session", "user", "team", "model", "backend", "provider", "task_type", "tier",
-              "price_status", "status")
+DIMENSIONS = (
+    "agent",
+    "session",
+    "user",
+    "team",
+    "model",
+    "backend",
+    "provider",
+    "task_type",
+    "tier",
+    "price_status",
+    "status",
+)
 #: time buckets accepted by `costs(by=...)`, in the configured timezone
 TIME_BUCKETS = ("hour", "day", "week", "month")
 #: fields `query()` and the reports can filter on (exact match)
-FILTER_FIELDS = ("backend", "provider", "model", "agent", "session", "user", "team", "task_id",
-                 "task_type", "tier", "status", "price_status", "source")
+FILTER_FIELDS = (
+    "backend",
+    "provider",
+    "model",
+    "agent",
+    "session",
+    "user",
+    "team",
+    "task_id",
+    "task_type",
+    "tier",
+    "status",
+    "price_status",
+    "source",
+)
 
 
 @dataclass(slots=True)
@@ -49,10 +73,16 @@ class CostRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "key": self.key, "calls": self.calls, "input_tokens": self.input_tokens,
-            "cached_input_tokens": self.cached_input_tokens, "cache_write_tokens": self.cache_write_tokens,
-            "output_tokens": self.output_tokens, "reasoning_tokens": self.reasoning_tokens,
-            "cost_usd": str(self.cost_usd), "cost_nano": self.cost_nano, "unpriced_calls": self.unpriced_calls,
+            "key": self.key,
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": str(self.cost_usd),
+            "cost_nano": self.cost_nano,
+            "unpriced_calls": self.unpriced_calls,
         }
 
 
@@ -74,10 +104,17 @@ class SessionRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "session": self.session, "start": self.start.isoformat(), "end": self.end.isoformat(),
-            "calls": self.calls, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "tokens": self.tokens, "cost_usd": str(from_nano(self.cost_nano)), "cost_nano": self.cost_nano,
-            "unpriced_calls": self.unpriced_calls, "agents": list(self.agents),
+            "session": self.session,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens": self.tokens,
+            "cost_usd": str(from_nano(self.cost_nano)),
+            "cost_nano": self.cost_nano,
+            "unpriced_calls": self.unpriced_calls,
+            "agents": list(self.agents),
         }
 
 
@@ -131,24 +168,48 @@ class Ledger(ABC):
         """One event by id."""
 
     @abstractmethod
-    def query(self, *, since: datetime | None = None, until: datetime | None = None,
-              filters: dict[str, str] | None = None, limit: int | None = 100,
-              newest_first: bool = True) -> list[UsageEvent]:
+    def query(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: dict[str, str] | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> list[UsageEvent]:
         """Raw events in [since, until), exact-match filters on FILTER_FIELDS."""
 
     @abstractmethod
-    def iter_events(self, *, since: datetime | None = None, until: datetime | None = None,
-                    filters: dict[str, str] | None = None, batch: int = 5000) -> Iterable[UsageEvent]:
+    def iter_events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: dict[str, str] | None = None,
+        batch: int = 5000,
+    ) -> Iterable[UsageEvent]:
         """Stream events oldest first without loading them all (exports, reprice)."""
 
     @abstractmethod
-    def count(self, *, since: datetime | None = None, until: datetime | None = None,
-              filters: dict[str, str] | None = None) -> int:
+    def count(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: dict[str, str] | None = None,
+    ) -> int:
         """Number of events matching, for progress bars."""
 
     @abstractmethod
-    def costs(self, *, since: datetime | None, until: datetime | None, by: str | None = None,
-              tz: ZoneInfo | None = None, filters: dict[str, str] | None = None) -> list[CostRow]:
+    def costs(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        by: str | None = None,
+        tz: ZoneInfo | None = None,
+        filters: dict[str, str] | None = None,
+    ) -> list[CostRow]:
         """Totals from the rollups, grouped by a DIMENSION or TIME_BUCKET (None: one total row, key None).
 
         Time buckets are computed in `tz`; keys are `YYYY-MM-DD` (day), `YYYY-Www` (ISO week),
@@ -170,8 +231,14 @@ class Ledger(ABC):
         """Store a quota reading (a JSON-ready dict with at least `timestamp`, `backend`, `source`)."""
 
     @abstractmethod
-    def readings(self, *, since: datetime | None = None, until: datetime | None = None,
-                 backend: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def readings(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        backend: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Stored quota readings, oldest first."""
 
     @abstractmethod

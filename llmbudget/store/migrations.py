@@ -51,11 +51,18 @@ class Migration:
 MIGRATIONS: dict[str, list[Migration]] = {d: [] for d in DIALECTS}
 
 
-def migration(name: str, common: MigrationBody | None = None, *, sqlite: MigrationBody | None = None,
-              postgres: MigrationBody | None = None) -> None:
+def migration(
+    name: str,
+    common: MigrationBody | None = None,
+    *,
+    sqlite: MigrationBody | None = None,
+    postgres: MigrationBody | None = None,
+) -> None:
     """Append a migration: `common` for both dialects, or `sqlite=` and `postgres=` separately."""
-    bodies = {"sqlite": sqlite if sqlite is not None else common,
-              "postgres": postgres if postgres is not None else common}
+    bodies = {
+        "sqlite": sqlite if sqlite is not None else common,
+        "postgres": postgres if postgres is not None else common,
+    }
     for dialect, body in bodies.items():
         if body is None:
             raise ValueError(f"migration {name!r} has no body for {dialect}")
@@ -82,8 +89,18 @@ def split_statements(sql: str) -> list[str]:
 
 
 # Rollup dimensions, in key order. Changing this list needs a new migration.
-ROLLUP_DIMS = ("backend", "provider", "model", "agent", "user_name", "team", "task_type", "tier",
-               "price_status", "status")
+ROLLUP_DIMS = (
+    "backend",
+    "provider",
+    "model",
+    "agent",
+    "user_name",
+    "team",
+    "task_type",
+    "tier",
+    "price_status",
+    "status",
+)
 
 _SUMS = """
     calls BIGINT NOT NULL DEFAULT 0,
@@ -98,7 +115,9 @@ _SUMS = """
 _DIM_COLS = ",\n".join(f"    {d} TEXT NOT NULL DEFAULT ''" for d in ROLLUP_DIMS)
 _DIM_KEY = ", ".join(ROLLUP_DIMS)
 
-migration("0001_events", """
+migration(
+    "0001_events",
+    """
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     ts_us BIGINT NOT NULL,
@@ -137,7 +156,8 @@ CREATE INDEX events_task_id_ts ON events (task_id, ts_us) WHERE task_id IS NOT N
 CREATE INDEX events_task_type_ts ON events (task_type, ts_us) WHERE task_type IS NOT NULL;
 CREATE INDEX events_tier_ts ON events (tier, ts_us) WHERE tier IS NOT NULL;
 CREATE INDEX events_unpriced ON events (provider, model) WHERE cost_nano IS NULL;
-""")
+""",
+)
 
 _ROLLUPS = f"""
 CREATE TABLE rollup_hourly (
@@ -154,10 +174,15 @@ CREATE TABLE rollup_daily (
 ){{without_rowid}};
 """
 # SQLite: WITHOUT ROWID clusters the rollups on (bucket, dims): one B-tree per upsert, range scans in order
-migration("0002_rollups", sqlite=_ROLLUPS.format(without_rowid=" WITHOUT ROWID"),
-          postgres=_ROLLUPS.format(without_rowid=""))
+migration(
+    "0002_rollups",
+    sqlite=_ROLLUPS.format(without_rowid=" WITHOUT ROWID"),
+    postgres=_ROLLUPS.format(without_rowid=""),
+)
 
-migration("0003_sessions", """
+migration(
+    "0003_sessions",
+    """
 CREATE TABLE sessions (
     session TEXT PRIMARY KEY,
     first_us BIGINT NOT NULL,
@@ -174,7 +199,8 @@ CREATE TABLE session_agents (
     agent TEXT NOT NULL,
     PRIMARY KEY (session, agent)
 );
-""")
+""",
+)
 
 migration(
     "0004_quota_readings",
@@ -202,7 +228,9 @@ CREATE INDEX quota_readings_backend_ts ON quota_readings (backend, ts_us);
 """,
 )
 
-migration("0005_state", """
+migration(
+    "0005_state",
+    """
 CREATE TABLE state (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -210,14 +238,17 @@ CREATE TABLE state (
     updated_us BIGINT NOT NULL,
     PRIMARY KEY (namespace, key)
 );
-""")
+""",
+)
 
 # ---- append new migrations below this line (see the module docstring) ----
 
 # budgets (llmbudget.budget.store): counters per (budget, scope value, window), reservations in
 # flight, and one-time claims (alert de-duplication). IF NOT EXISTS: the counter store also
 # creates them when it opens a database the ledger has not migrated yet.
-migration("0006_budget_counters", """
+migration(
+    "0006_budget_counters",
+    """
 CREATE TABLE IF NOT EXISTS budget_counters (
     counter TEXT PRIMARY KEY,
     spent BIGINT NOT NULL DEFAULT 0,
@@ -234,4 +265,20 @@ CREATE TABLE IF NOT EXISTS budget_claims (
     key TEXT PRIMARY KEY,
     claimed_at DOUBLE PRECISION NOT NULL
 );
-""")
+""",
+)
+
+# Ingest speed: every index on `events` is paid on each insert. Low-cardinality attribution
+# fields do not need their own: a filter on them is narrowed through the rollups to the hours
+# that hold matches (SQLLedger._hour_ranges), then read with the time index. Session and task id
+# (not rollup dimensions, many distinct values) keep theirs.
+migration(
+    "0007_events_drop_dimension_indexes",
+    """
+DROP INDEX IF EXISTS events_agent_ts;
+DROP INDEX IF EXISTS events_user_ts;
+DROP INDEX IF EXISTS events_team_ts;
+DROP INDEX IF EXISTS events_task_type_ts;
+DROP INDEX IF EXISTS events_tier_ts;
+""",
+)

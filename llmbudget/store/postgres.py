@@ -17,13 +17,24 @@ from ..config import data_dir, mask_url
 from ..errors import DatabaseUnreachable, StorageError
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
-_PG_TYPES = {"ts_us": "bigint", "input_tokens": "bigint", "cached_input_tokens": "bigint",
-             "cache_write_tokens": "bigint", "output_tokens": "bigint", "reasoning_tokens": "bigint",
-             "cost_nano": "bigint", "http_status": "integer", "streamed": "integer",
-             "duration_ms": "double precision", "ttft_ms": "double precision"}
-_INSERT = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("
-           + ", ".join(f"%s::{_PG_TYPES.get(c, 'text')}[]" for c in EVENT_COLUMNS)
-           + ") ON CONFLICT (id) DO NOTHING RETURNING id")
+_PG_TYPES = {
+    "ts_us": "bigint",
+    "input_tokens": "bigint",
+    "cached_input_tokens": "bigint",
+    "cache_write_tokens": "bigint",
+    "output_tokens": "bigint",
+    "reasoning_tokens": "bigint",
+    "cost_nano": "bigint",
+    "http_status": "integer",
+    "streamed": "integer",
+    "duration_ms": "double precision",
+    "ttft_ms": "double precision",
+}
+_INSERT = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{_PG_TYPES.get(c, 'text')}[]" for c in EVENT_COLUMNS)
+    + ") ON CONFLICT (id) DO NOTHING RETURNING id"
+)
 _QMARK = re.compile(r"\?")
 _sql_cache: dict[str, str] = {}
 
@@ -68,8 +79,17 @@ class PostgresLedger(SQLLedger):
     _least = "LEAST"
     _greatest = "GREATEST"
 
-    def __init__(self, url: str, *, audit_log: str | None = None, audit: bool = True, batch_size: int = 500,
-                 flush_interval_s: float = 0.2, pool_size: int = 4, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        audit_log: str | None = None,
+        audit: bool = True,
+        batch_size: int = 2000,
+        flush_interval_s: float = 0.2,
+        pool_size: int = 4,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
@@ -81,11 +101,24 @@ class PostgresLedger(SQLLedger):
             psycopg.connect(url, connect_timeout=timeout, autocommit=True).close()
         except psycopg.Error as e:
             raise unreachable(url, e) from e
-        super().__init__(url, audit_log=audit_log, audit=audit, batch_size=batch_size,
-                         flush_interval_s=flush_interval_s, spool_dir=data_dir())
-        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
-                                    kwargs={"autocommit": True, "connect_timeout": timeout},
-                                    check=ConnectionPool.check_connection, name="llmbudget-ledger")
+        super().__init__(
+            url,
+            audit_log=audit_log,
+            audit=audit,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            spool_dir=data_dir(),
+        )
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=connect_timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": timeout},
+            check=ConnectionPool.check_connection,
+            name="llmbudget-ledger",
+        )
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
         except Exception as e:

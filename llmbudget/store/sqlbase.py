@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from ..errors import StorageError, ValidationError
 from ..events import PRICE_STATUSES, UsageEvent, parse_timestamp
-from ..money import from_nano
+from ..money import from_nano, to_nano
 from . import shutdown
 from .base import DIMENSIONS, FILTER_FIELDS, TIME_BUCKETS, CostRow, Ledger, SessionRow, UnpricedModel
 from .buckets import EPOCH, US_PER_DAY, US_PER_HOUR, Plan, from_us, merge_ranges, plan, to_us
@@ -45,20 +45,54 @@ class DB(Protocol):
 
 
 #: event columns in storage order; `user` is stored as `user_name`
-EVENT_COLUMNS = ("id", "ts_us", "backend", "provider", "model", "request_model", "input_tokens",
-                 "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-                 "cost_nano", "price_status", "agent", "session", "user_name", "team", "task_id",
-                 "task_type", "tier", "tags", "status", "http_status", "streamed", "duration_ms",
-                 "ttft_ms", "source")
+EVENT_COLUMNS = (
+    "id",
+    "ts_us",
+    "backend",
+    "provider",
+    "model",
+    "request_model",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_nano",
+    "price_status",
+    "agent",
+    "session",
+    "user_name",
+    "team",
+    "task_id",
+    "task_type",
+    "tier",
+    "tags",
+    "status",
+    "http_status",
+    "streamed",
+    "duration_ms",
+    "ttft_ms",
+    "source",
+)
 COLUMN_OF = {"user": "user_name"}
 #: the dimension fields kept in the rollups (event attribute names)
 ROLLUP_FIELDS = tuple("user" if c == "user_name" else c for c in ROLLUP_DIMS)
-SUM_COLUMNS = ("calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-               "reasoning_tokens", "cost_nano", "unpriced_calls")
+SUM_COLUMNS = (
+    "calls",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_nano",
+    "unpriced_calls",
+)
 _ROLLUP_SUMS_SQL = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
-_RAW_SUMS_SQL = ("COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), SUM(cache_write_tokens), "
-                 "SUM(output_tokens), SUM(reasoning_tokens), SUM(cost_nano), "
-                 "SUM(CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END)")
+_RAW_SUMS_SQL = (
+    "COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), SUM(cache_write_tokens), "
+    "SUM(output_tokens), SUM(reasoning_tokens), SUM(cost_nano), "
+    "SUM(CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END)"
+)
 _CHUNK = 500  # ids per IN (...) list
 _ONE_US = timedelta(microseconds=1)
 
@@ -70,24 +104,79 @@ def column(field: str) -> str:
 
 def event_to_row(ev: UsageEvent) -> tuple[Any, ...]:
     """A UsageEvent as a row in EVENT_COLUMNS order."""
-    tags = json.dumps(ev.tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if ev.tags else "{}"
-    return (ev.id, (ev.timestamp - EPOCH) // _ONE_US, ev.backend, ev.provider, ev.model, ev.request_model,
-            ev.input_tokens, ev.cached_input_tokens, ev.cache_write_tokens, ev.output_tokens,
-            ev.reasoning_tokens, ev.cost_nano, ev.price_status, ev.agent, ev.session, ev.user, ev.team,
-            ev.task_id, ev.task_type, ev.tier,
-            tags, ev.status, ev.http_status, 1 if ev.streamed else 0, ev.duration_ms, ev.ttft_ms, ev.source)
+    c = ev.cost_usd
+    if c is None:
+        nano = None
+    else:  # to_nano() without its type checks: the event was validated; exact unless finer than 1e-9
+        scaled = c.scaleb(9)
+        nano = int(scaled)
+        if nano != scaled:
+            nano = to_nano(c)
+    return (
+        ev.id,
+        (ev.timestamp - EPOCH) // _ONE_US,
+        ev.backend,
+        ev.provider,
+        ev.model,
+        ev.request_model,
+        ev.input_tokens,
+        ev.cached_input_tokens,
+        ev.cache_write_tokens,
+        ev.output_tokens,
+        ev.reasoning_tokens,
+        nano,
+        ev.price_status,
+        ev.agent,
+        ev.session,
+        ev.user,
+        ev.team,
+        ev.task_id,
+        ev.task_type,
+        ev.tier,
+        _tags_json(ev.tags) if ev.tags else "{}",
+        ev.status,
+        ev.http_status,
+        1 if ev.streamed else 0,
+        ev.duration_ms,
+        ev.ttft_ms,
+        ev.source,
+    )
+
+
+def _tags_json(tags: dict[str, str]) -> str:
+    return json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def row_to_event(r: Sequence[Any]) -> UsageEvent:
     """A row in EVENT_COLUMNS order back to a UsageEvent."""
     return UsageEvent(
-        id=r[0], timestamp=from_us(int(r[1])), backend=r[2], provider=r[3], model=r[4], request_model=r[5],
-        input_tokens=int(r[6]), cached_input_tokens=int(r[7]), cache_write_tokens=int(r[8]),
-        output_tokens=int(r[9]), reasoning_tokens=int(r[10]),
-        cost_usd=None if r[11] is None else from_nano(int(r[11])), price_status=r[12], agent=r[13],
-        session=r[14], user=r[15], team=r[16], task_id=r[17], task_type=r[18], tier=r[19],
-        tags=json.loads(r[20]) if r[20] else {}, status=r[21], http_status=r[22], streamed=bool(r[23]),
-        duration_ms=r[24], ttft_ms=r[25], source=r[26],
+        id=r[0],
+        timestamp=from_us(int(r[1])),
+        backend=r[2],
+        provider=r[3],
+        model=r[4],
+        request_model=r[5],
+        input_tokens=int(r[6]),
+        cached_input_tokens=int(r[7]),
+        cache_write_tokens=int(r[8]),
+        output_tokens=int(r[9]),
+        reasoning_tokens=int(r[10]),
+        cost_usd=None if r[11] is None else from_nano(int(r[11])),
+        price_status=r[12],
+        agent=r[13],
+        session=r[14],
+        user=r[15],
+        team=r[16],
+        task_id=r[17],
+        task_type=r[18],
+        tier=r[19],
+        tags=json.loads(r[20]) if r[20] else {},
+        status=r[21],
+        http_status=r[22],
+        streamed=bool(r[23]),
+        duration_ms=r[24],
+        ttft_ms=r[25],
+        source=r[26],
     )
 
 
@@ -104,6 +193,57 @@ def _dims_of(ev_row: Sequence[Any]) -> tuple[str, ...]:
     return tuple([v or "" for v in _dim_values(ev_row)])
 
 
+def _hourly_of(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[int]]:
+    """Hourly rollup sums of new event rows, keyed by (hour, *dims): one pass, no per-event lists."""
+    raw: dict[tuple[Any, ...], list[int]] = {}
+    for r in rows:
+        key = (r[1] // US_PER_HOUR, _dim_values(r))
+        acc = raw.get(key)
+        cost = r[11]
+        if acc is None:
+            raw[key] = [1, r[6], r[7], r[8], r[9], r[10], cost or 0, 1 if cost is None else 0]
+        else:
+            acc[0] += 1
+            acc[1] += r[6]
+            acc[2] += r[7]
+            acc[3] += r[8]
+            acc[4] += r[9]
+            acc[5] += r[10]
+            if cost is None:
+                acc[7] += 1
+            else:
+                acc[6] += cost
+    # rollup keys hold '' for "not set"; two raw keys differing only in None vs '' share a row
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for (hour, dims), sums in raw.items():
+        key = (hour, *[v or "" for v in dims])
+        acc = out.get(key)
+        if acc is None:
+            out[key] = sums
+        else:
+            for i, v in enumerate(sums):
+                acc[i] += v
+    return out
+
+
+def _rollup_sql(name: str, bucket: str) -> tuple[str, str]:
+    cols = (bucket, *ROLLUP_DIMS, *SUM_COLUMNS)
+    upsert = (
+        f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT ({bucket}, {', '.join(ROLLUP_DIMS)}) DO UPDATE SET "
+        + ", ".join(f"{c} = {name}.{c} + excluded.{c}" for c in SUM_COLUMNS)
+    )
+    cond = " AND ".join(f"{c} = ?" for c in (bucket, *ROLLUP_DIMS))
+    return upsert, f"DELETE FROM {name} WHERE {cond} AND calls = 0"
+
+
+#: the same statement text every batch, so the driver's prepared-statement cache is hit
+_ROLLUP_SQL = {
+    "rollup_hourly": _rollup_sql("rollup_hourly", "hour"),
+    "rollup_daily": _rollup_sql("rollup_daily", "day"),
+}
+
+
 class SQLLedger(Ledger):
     """The shared implementation; subclasses provide connections and the dialect's insert."""
 
@@ -112,8 +252,16 @@ class SQLLedger(Ledger):
     _least = "MIN"
     _greatest = "MAX"
 
-    def __init__(self, url: str, *, audit_log: str | None, audit: bool, batch_size: int,
-                 flush_interval_s: float, spool_dir: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        audit_log: str | None,
+        audit: bool,
+        batch_size: int,
+        flush_interval_s: float,
+        spool_dir: Path,
+    ) -> None:
         if batch_size < 1:
             raise ValidationError("batch_size", "must be at least 1")
         self.url = url
@@ -129,8 +277,12 @@ class SQLLedger(Ledger):
             self._audit = AuditLog(self.audit_path)
         digest = hashlib.sha256(url.encode()).hexdigest()[:12]
         self.spool_path = spool_dir / f"spool-{digest}.jsonl"
-        self._writer = BatchWriter(self._commit, batch_size=batch_size, flush_interval_s=flush_interval_s,
-                                   spool=Spool(self.spool_path))
+        self._writer = BatchWriter(
+            self._commit,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            spool=Spool(self.spool_path),
+        )
 
     def _start(self) -> None:
         """Migrate, register for shutdown flushing, replay a spool left from an earlier outage."""
@@ -167,7 +319,9 @@ class SQLLedger(Ledger):
         with self._tx() as db:
             # two processes opening a fresh database at once would both try to create the table
             self._lock_migrations(db)
-            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
         out: list[tuple[str, str, bool]] = []
         for m in migrations:
             with self._tx() as db:
@@ -190,7 +344,9 @@ class SQLLedger(Ledger):
     def applied_migrations(self) -> list[tuple[str, str]]:
         """(name, applied_at) of every migration recorded in the database."""
         with self._read() as db:
-            return [(r[0], str(r[1])) for r in db.execute("SELECT name, applied_at FROM migrations ORDER BY name")]
+            return [
+                (r[0], str(r[1])) for r in db.execute("SELECT name, applied_at FROM migrations ORDER BY name")
+            ]
 
     # ------------------------------------------------------------------ writes
     def record(self, event: UsageEvent) -> None:
@@ -219,12 +375,18 @@ class SQLLedger(Ledger):
     def flush(self) -> None:
         self._writer.flush()
 
+    def writer_stats(self) -> dict[str, float]:
+        """CPU spent by the background writer behind `record()`: batches, events, CPU µs per event."""
+        return self._writer.stats()
+
     def close(self) -> None:
         if self._closed:
             return
         self._writer.close()
         self._closed = True
         shutdown.unregister(self)
+        if self._audit is not None:
+            self._audit.close()
         self._close_connections()
 
     def _close_connections(self) -> None:
@@ -232,24 +394,22 @@ class SQLLedger(Ledger):
 
     def _commit(self, events: list[UsageEvent]) -> int:
         """One transaction: new events, their rollups and sessions; then the audit log. Returns rows added."""
-        seen: set[str] = set()
-        rows: list[tuple[Any, ...]] = []
-        for ev in events:
-            if ev.id not in seen:
-                seen.add(ev.id)
-                rows.append(event_to_row(ev))
+        rows = [event_to_row(ev) for ev in events]
+        if len({r[0] for r in rows}) != len(rows):  # a repeated id in one batch is stored and logged once
+            first: dict[str, int] = {}
+            for i, r in enumerate(rows):
+                first.setdefault(r[0], i)
+            keep = sorted(first.values())
+            rows, events = [rows[i] for i in keep], [events[i] for i in keep]
         with self._tx() as db:
             new_ids = self._insert_new(db, rows)
-            new_rows = [r for r in rows if r[0] in new_ids]
+            all_new = len(new_ids) == len(rows)
+            new_rows = rows if all_new else [r for r in rows if r[0] in new_ids]
             if new_rows:
-                self._apply_rollups(db, [(r[1], _dims_of(r), _sums_of(r)) for r in new_rows])
+                self._upsert_rollups(db, _hourly_of(new_rows))
                 self._apply_sessions(db, new_rows)
         if new_rows and self._audit is not None:
-            fresh: list[UsageEvent] = []
-            for ev in events:
-                if ev.id in new_ids:
-                    fresh.append(ev)
-                    new_ids.discard(ev.id)  # a repeated id in one batch is logged once
+            fresh = events if all_new else [ev for ev in events if ev.id in new_ids]
             try:
                 self._audit.append(fresh)
             except OSError as e:  # the database has the events; a failing audit file must not lose them
@@ -267,6 +427,10 @@ class SQLLedger(Ledger):
             else:
                 for i, v in enumerate(sums):
                     acc[i] += v
+        self._upsert_rollups(db, hourly)
+
+    def _upsert_rollups(self, db: DB, hourly: dict[tuple[Any, ...], list[int]]) -> None:
+        """Add hourly sums (keyed by (hour, *dims)) to both rollups; rows summing to no calls are removed."""
         daily: dict[tuple[Any, ...], list[int]] = {}
         hours_per_day = US_PER_DAY // US_PER_HOUR
         for hkey, sums in hourly.items():
@@ -277,18 +441,14 @@ class SQLLedger(Ledger):
             else:
                 for i, v in enumerate(sums):
                     acc[i] += v
-        for name, bucket, table in (("rollup_hourly", "hour", hourly), ("rollup_daily", "day", daily)):
-            cols = (bucket, *ROLLUP_DIMS, *SUM_COLUMNS)
-            sql = (f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                   f"ON CONFLICT ({bucket}, {', '.join(ROLLUP_DIMS)}) DO UPDATE SET "
-                   + ", ".join(f"{c} = {name}.{c} + excluded.{c}" for c in SUM_COLUMNS))
+        for name, table in (("rollup_hourly", hourly), ("rollup_daily", daily)):
+            upsert, delete = _ROLLUP_SQL[name]
             # a fixed order keeps concurrent PostgreSQL writers from deadlocking on these rows
             keys = sorted(table)
-            db.executemany(sql, [(*k, *table[k]) for k in keys])
+            db.executemany(upsert, [(*k, *table[k]) for k in keys])
             emptied = [k for k in keys if table[k][0] < 0]
             if emptied:
-                cond = " AND ".join(f"{c} = ?" for c in (bucket, *ROLLUP_DIMS))
-                db.executemany(f"DELETE FROM {name} WHERE {cond} AND calls = 0", emptied)
+                db.executemany(delete, emptied)
 
     def _apply_sessions(self, db: DB, rows: list[tuple[Any, ...]]) -> None:
         per: dict[str, list[int]] = {}
@@ -325,21 +485,25 @@ class SQLLedger(Ledger):
                 [(s, *per[s]) for s in sorted(per)],
             )
         if agents:
-            db.executemany("INSERT INTO session_agents (session, agent) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                           sorted(agents))
+            db.executemany(
+                "INSERT INTO session_agents (session, agent) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                sorted(agents),
+            )
 
     def update_costs(self, changes: Sequence[tuple[str, int | None, str]]) -> int:
         for event_id, nano, status in changes:
             if status not in PRICE_STATUSES:
                 raise ValidationError("price_status", f"unknown price status {status!r} for event {event_id}")
             if nano is None and status in ("priced", "override"):
-                raise ValidationError("cost_nano", f"is missing but price_status is {status!r} (event {event_id})")
+                raise ValidationError(
+                    "cost_nano", f"is missing but price_status is {status!r} (event {event_id})"
+                )
             if nano is not None and (not isinstance(nano, int) or nano < 0):
                 raise ValidationError("cost_nano", f"must be a non-negative integer, got {nano!r}")
         changed = 0
         cols = ", ".join(EVENT_COLUMNS)
         for i in range(0, len(changes), _CHUNK):
-            chunk = {c[0]: c for c in changes[i:i + _CHUNK]}
+            chunk = {c[0]: c for c in changes[i : i + _CHUNK]}
             with self._tx() as db:
                 marks = ", ".join("?" * len(chunk))
                 old = db.execute(f"SELECT {cols} FROM events WHERE id IN ({marks})", list(chunk))
@@ -362,8 +526,11 @@ class SQLLedger(Ledger):
                 if updates:
                     db.executemany("UPDATE events SET cost_nano = ?, price_status = ? WHERE id = ?", updates)
                     self._apply_rollups(db, items)
-                    db.executemany("UPDATE sessions SET cost_nano = cost_nano + ?, unpriced_calls = unpriced_calls + ? "
-                                   "WHERE session = ?", [(d[0], d[1], s) for s, d in sorted(sess.items())])
+                    db.executemany(
+                        "UPDATE sessions SET cost_nano = cost_nano + ?, unpriced_calls = unpriced_calls + ? "
+                        "WHERE session = ?",
+                        [(d[0], d[1], s) for s, d in sorted(sess.items())],
+                    )
                 changed += len(updates)
         return changed
 
@@ -374,8 +541,9 @@ class SQLLedger(Ledger):
         return row_to_event(rows[0]) if rows else None
 
     @staticmethod
-    def _where(since: datetime | None, until: datetime | None,
-               filters: dict[str, str] | None) -> tuple[str, list[Any]]:
+    def _where(
+        since: datetime | None, until: datetime | None, filters: dict[str, str] | None
+    ) -> tuple[str, list[Any]]:
         conds: list[str] = []
         params: list[Any] = []
         if since is not None:
@@ -393,22 +561,115 @@ class SQLLedger(Ledger):
                 params.append(v)
         return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
-    def query(self, *, since: datetime | None = None, until: datetime | None = None,
-              filters: dict[str, str] | None = None, limit: int | None = 100,
-              newest_first: bool = True) -> list[UsageEvent]:
+    def _hour_ranges(
+        self,
+        db: DB,
+        since: datetime | None,
+        until: datetime | None,
+        filters: dict[str, str] | None,
+        newest_first: bool,
+    ) -> Iterator[tuple[int, int]] | None:
+        """Event-time ranges that can hold matches, from the rollups; None when the filters cannot narrow.
+
+        The events table is indexed on time (and on session and task id), not on every attribution
+        field: each index costs ingest speed. A filter on a rollup dimension (agent, user, team,
+        model, ...) instead asks `rollup_daily` which UTC days have matching events, then
+        `rollup_hourly` which hours of those days, so a rare or misspelt value never scans months
+        of raw events. Ranges are clipped to [since, until) and yielded lazily, day by day.
+        """
+        named = ((_check_filter(k), v) for k, v in (filters or {}).items())
+        dims = [(column(k), v) for k, v in named if v is not None and k in ROLLUP_FIELDS]
+        if not dims:
+            return None
+        lo = to_us(since) if since is not None else None
+        hi = to_us(until) if until is not None else None
+        cond = "".join(f" AND {c} = ?" for c, _ in dims)
+        vals = [v for _, v in dims]
+        day_sql = f"SELECT DISTINCT day FROM rollup_daily WHERE day >= ? AND day <= ?{cond}"
+        day_params = [
+            -(1 << 62) if lo is None else lo // US_PER_DAY,
+            (1 << 62) if hi is None else (hi - 1) // US_PER_DAY,
+            *vals,
+        ]
+        days = sorted((int(r[0]) for r in db.execute(day_sql, day_params)), reverse=newest_first)
+        hour_sql = f"SELECT DISTINCT hour FROM rollup_hourly WHERE hour >= ? AND hour < ?{cond}"
+        hours_per_day = US_PER_DAY // US_PER_HOUR
+
+        def ranges() -> Iterator[tuple[int, int]]:
+            for day in days:
+                hours = sorted(
+                    int(r[0])
+                    for r in db.execute(hour_sql, [day * hours_per_day, (day + 1) * hours_per_day, *vals])
+                )
+                merged: list[list[int]] = []
+                for h in hours:  # consecutive hours become one range
+                    if merged and merged[-1][1] == h * US_PER_HOUR:
+                        merged[-1][1] = (h + 1) * US_PER_HOUR
+                    else:
+                        merged.append([h * US_PER_HOUR, (h + 1) * US_PER_HOUR])
+                for a, b in reversed(merged) if newest_first else merged:
+                    a = a if lo is None else max(a, lo)
+                    b = b if hi is None else min(b, hi)
+                    if a < b:
+                        yield a, b
+
+        return ranges()
+
+    def query(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: dict[str, str] | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> list[UsageEvent]:
+        if limit is not None and limit < 0:
+            raise ValidationError("limit", "must not be negative")
         where, params = self._where(since, until, filters)
         order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events{where} ORDER BY ts_us {order}, id {order}"
-        if limit is not None:
-            if limit < 0:
-                raise ValidationError("limit", "must not be negative")
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        cols = ", ".join(EVENT_COLUMNS)
         with self._read() as db:
-            return [row_to_event(r) for r in db.execute(sql, params)]
+            ranges = self._hour_ranges(db, since, until, filters, newest_first)
+            if ranges is None:
+                sql = f"SELECT {cols} FROM events{where} ORDER BY ts_us {order}, id {order}"
+                if limit is not None:
+                    sql += " LIMIT ?"
+                    params.append(int(limit))
+                return [row_to_event(r) for r in db.execute(sql, params)]
+            fwhere, fparams = self._where(None, None, filters)
+            sql = f"SELECT {cols} FROM events{fwhere} AND ts_us >= ? AND ts_us < ? ORDER BY ts_us {order}, id {order}"
+            out: list[UsageEvent] = []
+            for a, b in ranges:
+                if limit is None:
+                    rows = db.execute(sql, [*fparams, a, b])
+                elif len(out) < limit:
+                    rows = db.execute(sql + " LIMIT ?", [*fparams, a, b, int(limit) - len(out)])
+                else:
+                    break
+                out.extend(row_to_event(r) for r in rows)
+            return out
 
-    def iter_events(self, *, since: datetime | None = None, until: datetime | None = None,
-                    filters: dict[str, str] | None = None, batch: int = 5000) -> Iterator[UsageEvent]:
+    def iter_events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: dict[str, str] | None = None,
+        batch: int = 5000,
+    ) -> Iterator[UsageEvent]:
+        with self._read() as db:
+            ranges = self._hour_ranges(db, since, until, filters, False)
+            spans = None if ranges is None else list(ranges)
+        if spans is None:
+            yield from self._iter_range(since, until, filters, batch)
+            return
+        for a, b in spans:
+            yield from self._iter_range(from_us(a), from_us(b), filters, batch)
+
+    def _iter_range(
+        self, since: datetime | None, until: datetime | None, filters: dict[str, str] | None, batch: int
+    ) -> Iterator[UsageEvent]:
         where, params = self._where(since, until, filters)
         cols = ", ".join(EVENT_COLUMNS)
         last: tuple[int, str] | None = None
@@ -417,8 +678,10 @@ class SQLLedger(Ledger):
                 sql, p = f"SELECT {cols} FROM events{where} ORDER BY ts_us, id LIMIT ?", [*params, batch]
             else:
                 joiner = " AND " if where else " WHERE "
-                sql = (f"SELECT {cols} FROM events{where}{joiner}(ts_us > ? OR (ts_us = ? AND id > ?)) "
-                       "ORDER BY ts_us, id LIMIT ?")
+                sql = (
+                    f"SELECT {cols} FROM events{where}{joiner}(ts_us > ? OR (ts_us = ? AND id > ?)) "
+                    "ORDER BY ts_us, id LIMIT ?"
+                )
                 p = [*params, last[0], last[0], last[1], batch]
             with self._read() as db:
                 rows = db.execute(sql, p)
@@ -428,26 +691,48 @@ class SQLLedger(Ledger):
                 return
             last = (int(rows[-1][1]), rows[-1][0])
 
-    def count(self, *, since: datetime | None = None, until: datetime | None = None,
-              filters: dict[str, str] | None = None) -> int:
+    def count(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        filters: dict[str, str] | None = None,
+    ) -> int:
         where, params = self._where(since, until, filters)
         with self._read() as db:
-            return int(db.execute(f"SELECT COUNT(*) FROM events{where}", params)[0][0])
+            ranges = self._hour_ranges(db, since, until, filters, False)
+            if ranges is None:
+                return int(db.execute(f"SELECT COUNT(*) FROM events{where}", params)[0][0])
+            fwhere, fparams = self._where(None, None, filters)
+            sql = f"SELECT COUNT(*) FROM events{fwhere} AND ts_us >= ? AND ts_us < ?"
+            return sum(int(db.execute(sql, [*fparams, a, b])[0][0]) for a, b in ranges)
 
-    def costs(self, *, since: datetime | None, until: datetime | None, by: str | None = None,
-              tz: ZoneInfo | None = None, filters: dict[str, str] | None = None) -> list[CostRow]:
+    def costs(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        by: str | None = None,
+        tz: ZoneInfo | None = None,
+        filters: dict[str, str] | None = None,
+    ) -> list[CostRow]:
         tz = tz or ZoneInfo("UTC")
         by = by.replace("-", "_") if by else None
         if by is not None and by not in DIMENSIONS and by not in TIME_BUCKETS:
-            raise ValidationError("by", f"cannot group by {by!r}; one of {', '.join((*DIMENSIONS, *TIME_BUCKETS))}")
+            raise ValidationError(
+                "by", f"cannot group by {by!r}; one of {', '.join((*DIMENSIONS, *TIME_BUCKETS))}"
+            )
         filters = {_check_filter(k): v for k, v in (filters or {}).items()}
         unit = by if by in TIME_BUCKETS else None
         dim = by if by in DIMENSIONS else None
         use_rollups = (dim is None or dim in ROLLUP_FIELDS) and all(
-            k in ROLLUP_FIELDS and v is not None for k, v in filters.items())
+            k in ROLLUP_FIELDS and v is not None for k, v in filters.items()
+        )
         with self._read() as db:
             if since is None or until is None:
-                lo, hi = db.execute("SELECT (SELECT MIN(ts_us) FROM events), (SELECT MAX(ts_us) FROM events)")[0]
+                lo, hi = db.execute(
+                    "SELECT (SELECT MIN(ts_us) FROM events), (SELECT MAX(ts_us) FROM events)"
+                )[0]
                 if lo is None:
                     return []
             start = to_us(since) if since is not None else int(lo) // US_PER_HOUR * US_PER_HOUR
@@ -478,9 +763,18 @@ class SQLLedger(Ledger):
             out.sort(key=lambda r: (-r.cost_nano, -r.calls, r.key is None, r.key or ""))
         return out
 
-    def _costs_rollup(self, db: DB, p: Plan, table: str, bucket: str, ranges: list[tuple[int, int, int]],
-                      dim: str | None, filters: dict[str, str], totals: dict[tuple[int, Any], list[int]],
-                      piece_of: Any) -> None:
+    def _costs_rollup(
+        self,
+        db: DB,
+        p: Plan,
+        table: str,
+        bucket: str,
+        ranges: list[tuple[int, int, int]],
+        dim: str | None,
+        filters: dict[str, str],
+        totals: dict[tuple[int, Any], list[int]],
+        piece_of: Any,
+    ) -> None:
         if not ranges:
             return
         merged = merge_ranges(ranges)
@@ -495,12 +789,20 @@ class SQLLedger(Ledger):
             for r in db.execute(sql, params):
                 _add(totals, (piece_of(int(r[0])), None), r[1:])
         else:  # one piece: group by the dimension only
-            sql = f"SELECT {column(dim)}, {_ROLLUP_SUMS_SQL} FROM {table} WHERE {where} GROUP BY {column(dim)}"
+            sql = (
+                f"SELECT {column(dim)}, {_ROLLUP_SUMS_SQL} FROM {table} WHERE {where} GROUP BY {column(dim)}"
+            )
             for r in db.execute(sql, params):
                 _add(totals, (0, r[0]), r[1:])
 
-    def _costs_raw(self, db: DB, p: Plan, dim: str | None, filters: dict[str, str],
-                   totals: dict[tuple[int, Any], list[int]]) -> None:
+    def _costs_raw(
+        self,
+        db: DB,
+        p: Plan,
+        dim: str | None,
+        filters: dict[str, str],
+        totals: dict[tuple[int, Any], list[int]],
+    ) -> None:
         extra = ""
         fparams: list[Any] = []
         for k, v in filters.items():
@@ -514,17 +816,21 @@ class SQLLedger(Ledger):
         for i in range(0, len(p.raw), 100):
             parts: list[str] = []
             params: list[Any] = []
-            for a, b, piece in p.raw[i:i + 100]:
-                parts.append(f"SELECT {int(piece)}, {key_sql}, {_RAW_SUMS_SQL} FROM events "
-                             f"WHERE ts_us >= ? AND ts_us < ?{extra}{group}")
+            for a, b, piece in p.raw[i : i + 100]:
+                parts.append(
+                    f"SELECT {int(piece)}, {key_sql}, {_RAW_SUMS_SQL} FROM events "
+                    f"WHERE ts_us >= ? AND ts_us < ?{extra}{group}"
+                )
                 params += [a, b, *fparams]
             for r in db.execute(" UNION ALL ".join(parts), params):
                 if r[2]:
                     _add(totals, (int(r[0]), r[1]), r[2:])
 
     def sessions(self, *, limit: int = 30, since: datetime | None = None) -> list[SessionRow]:
-        sql = ("SELECT session, first_us, last_us, calls, input_tokens, output_tokens, cost_nano, unpriced_calls "
-               "FROM sessions")
+        sql = (
+            "SELECT session, first_us, last_us, calls, input_tokens, output_tokens, cost_nano, unpriced_calls "
+            "FROM sessions"
+        )
         params: list[Any] = []
         if since is not None:
             sql += " WHERE last_us >= ?"
@@ -536,22 +842,47 @@ class SQLLedger(Ledger):
             agents: dict[str, list[str]] = {}
             names = [r[0] for r in rows]
             for i in range(0, len(names), _CHUNK):
-                chunk = names[i:i + _CHUNK]
-                for s, a in db.execute(f"SELECT session, agent FROM session_agents WHERE session IN "
-                                       f"({', '.join('?' * len(chunk))}) ORDER BY session, agent", chunk):
+                chunk = names[i : i + _CHUNK]
+                for s, a in db.execute(
+                    f"SELECT session, agent FROM session_agents WHERE session IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY session, agent",
+                    chunk,
+                ):
                     agents.setdefault(s, []).append(a)
-        return [SessionRow(session=r[0], start=from_us(int(r[1])), end=from_us(int(r[2])), calls=int(r[3]),
-                           input_tokens=int(r[4]), output_tokens=int(r[5]), cost_nano=int(r[6]),
-                           unpriced_calls=int(r[7]), agents=agents.get(r[0], [])) for r in rows]
+        return [
+            SessionRow(
+                session=r[0],
+                start=from_us(int(r[1])),
+                end=from_us(int(r[2])),
+                calls=int(r[3]),
+                input_tokens=int(r[4]),
+                output_tokens=int(r[5]),
+                cost_nano=int(r[6]),
+                unpriced_calls=int(r[7]),
+                agents=agents.get(r[0], []),
+            )
+            for r in rows
+        ]
 
     def unpriced_models(self) -> list[UnpricedModel]:
-        sql = ("SELECT provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), MIN(ts_us), MAX(ts_us) "
-               "FROM events WHERE cost_nano IS NULL GROUP BY provider, model")
+        sql = (
+            "SELECT provider, model, COUNT(*), SUM(input_tokens), SUM(output_tokens), MIN(ts_us), MAX(ts_us) "
+            "FROM events WHERE cost_nano IS NULL GROUP BY provider, model"
+        )
         with self._read() as db:
             rows = db.execute(sql)
-        out = [UnpricedModel(provider=r[0], model=r[1], calls=int(r[2]), input_tokens=int(r[3]),
-                             output_tokens=int(r[4]), first_seen=from_us(int(r[5])), last_seen=from_us(int(r[6])))
-               for r in rows]
+        out = [
+            UnpricedModel(
+                provider=r[0],
+                model=r[1],
+                calls=int(r[2]),
+                input_tokens=int(r[3]),
+                output_tokens=int(r[4]),
+                first_seen=from_us(int(r[5])),
+                last_seen=from_us(int(r[6])),
+            )
+            for r in rows
+        ]
         out.sort(key=lambda m: (-m.calls, m.provider, m.model))
         return out
 
@@ -563,11 +894,19 @@ class SQLLedger(Ledger):
         ts = to_us(parse_timestamp(reading["timestamp"]))
         payload = json.dumps(reading, default=str, sort_keys=True)
         with self._tx() as db:
-            db.execute("INSERT INTO quota_readings (ts_us, backend, source, payload) VALUES (?, ?, ?, ?)",
-                       (ts, str(reading["backend"]), str(reading["source"]), payload))
+            db.execute(
+                "INSERT INTO quota_readings (ts_us, backend, source, payload) VALUES (?, ?, ?, ?)",
+                (ts, str(reading["backend"]), str(reading["source"]), payload),
+            )
 
-    def readings(self, *, since: datetime | None = None, until: datetime | None = None,
-                 backend: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def readings(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        backend: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
         conds: list[str] = []
         params: list[Any] = []
         if since is not None:
@@ -581,8 +920,10 @@ class SQLLedger(Ledger):
             params.append(backend)
         where = (" WHERE " + " AND ".join(conds)) if conds else ""
         if limit is not None:  # the newest `limit`, returned oldest first
-            sql = (f"SELECT payload FROM (SELECT payload, ts_us, id FROM quota_readings{where} "
-                   "ORDER BY ts_us DESC, id DESC LIMIT ?) AS t ORDER BY ts_us, id")
+            sql = (
+                f"SELECT payload FROM (SELECT payload, ts_us, id FROM quota_readings{where} "
+                "ORDER BY ts_us DESC, id DESC LIMIT ?) AS t ORDER BY ts_us, id"
+            )
             params.append(int(limit))
         else:
             sql = f"SELECT payload FROM quota_readings{where} ORDER BY ts_us, id"
@@ -590,9 +931,11 @@ class SQLLedger(Ledger):
             return [json.loads(r[0]) for r in db.execute(sql, params)]
 
     def latest_readings(self) -> dict[str, dict[str, Any]]:
-        sql = ("SELECT q.backend, q.payload FROM quota_readings q JOIN (SELECT backend, MAX(id) AS id FROM "
-               "quota_readings q2 WHERE ts_us = (SELECT MAX(ts_us) FROM quota_readings q3 WHERE q3.backend = q2.backend) "
-               "GROUP BY backend) m ON q.id = m.id")
+        sql = (
+            "SELECT q.backend, q.payload FROM quota_readings q JOIN (SELECT backend, MAX(id) AS id FROM "
+            "quota_readings q2 WHERE ts_us = (SELECT MAX(ts_us) FROM quota_readings q3 WHERE q3.backend = q2.backend) "
+            "GROUP BY backend) m ON q.id = m.id"
+        )
         with self._read() as db:
             return {r[0]: json.loads(r[1]) for r in db.execute(sql)}
 
@@ -617,10 +960,12 @@ class SQLLedger(Ledger):
             if value is None:
                 db.execute("DELETE FROM state WHERE namespace = ? AND key = ?", (namespace, key))
             else:
-                db.execute("INSERT INTO state (namespace, key, value, updated_us) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-                           "updated_us = excluded.updated_us",
-                           (namespace, key, json.dumps(value, default=str, sort_keys=True), time.time_ns() // 1000))
+                db.execute(
+                    "INSERT INTO state (namespace, key, value, updated_us) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+                    "updated_us = excluded.updated_us",
+                    (namespace, key, json.dumps(value, default=str, sort_keys=True), time.time_ns() // 1000),
+                )
 
     def list_state(self, namespace: str) -> dict[str, dict[str, Any]]:
         with self._read() as db:

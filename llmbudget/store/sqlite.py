@@ -26,7 +26,7 @@ def sqlite_path(url_or_path: str) -> Path:
     """`sqlite:///relative.db`, `sqlite:////abs/path.db` or a plain path, as a Path (`~` expanded)."""
     s = url_or_path
     if s.startswith("sqlite:///"):
-        s = s[len("sqlite:///"):]
+        s = s[len("sqlite:///") :]
     elif s.startswith("sqlite://"):
         raise StorageError(f"unsupported SQLite URL {url_or_path!r}; use sqlite:///path/to/file.db")
     if not s or s == ":memory:":
@@ -53,8 +53,16 @@ class SQLiteLedger(SQLLedger):
 
     dialect = "sqlite"
 
-    def __init__(self, url_or_path: str | None = None, *, audit_log: str | None = None, audit: bool = True,
-                 batch_size: int = 500, flush_interval_s: float = 0.2, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        url_or_path: str | None = None,
+        *,
+        audit_log: str | None = None,
+        audit: bool = True,
+        batch_size: int = 2000,
+        flush_interval_s: float = 0.2,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
         self.path = sqlite_path(url_or_path or default_db_url())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +73,14 @@ class SQLiteLedger(SQLLedger):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._local = threading.local()
-        super().__init__(f"sqlite:///{self.path}", audit_log=audit_log, audit=audit, batch_size=batch_size,
-                         flush_interval_s=flush_interval_s, spool_dir=self.path.parent)
+        super().__init__(
+            f"sqlite:///{self.path}",
+            audit_log=audit_log,
+            audit=audit,
+            batch_size=batch_size,
+            flush_interval_s=flush_interval_s,
+            spool_dir=self.path.parent,
+        )
         self._wconn = self._connect()
         try:
             mode = self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -78,8 +92,9 @@ class SQLiteLedger(SQLLedger):
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: rollup pages stay hot
             conn.execute("PRAGMA temp_store=MEMORY")
@@ -123,14 +138,35 @@ class SQLiteLedger(SQLLedger):
                 conn.execute("COMMIT")
 
     def _insert_new(self, db: DB, rows: list[tuple[Any, ...]]) -> set[str]:
-        # under BEGIN IMMEDIATE no other writer can add an id between this check and the insert
+        # Fast path: a batch is nearly always all new, so insert it whole inside a savepoint. A
+        # repeated id (spool replay, re-import) fails the primary key; then undo the savepoint and
+        # insert only the ids not stored yet. Under BEGIN IMMEDIATE no other writer can add an id
+        # in between. (A pre-check SELECT per batch cost a statement prepare for every batch size.)
+        if not rows:
+            return set()
+        conn = db.conn  # type: ignore[attr-defined]
+        conn.execute("SAVEPOINT new_events")
+        try:
+            conn.executemany(_INSERT, rows)
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO new_events")
+            conn.execute("RELEASE new_events")
+            return self._insert_missing(db, rows)
+        conn.execute("RELEASE new_events")
+        return {r[0] for r in rows}
+
+    def _insert_missing(self, db: DB, rows: list[tuple[Any, ...]]) -> set[str]:
         ids = [r[0] for r in rows]
         existing: set[str] = set()
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            existing.update(r[0] for r in db.execute(
-                f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk))
-        new = [r for r in rows if r[0] not in existing] if existing else rows
+            chunk = ids[i : i + 500]
+            existing.update(
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM events WHERE id IN ({', '.join('?' * len(chunk))})", chunk
+                )
+            )
+        new = [r for r in rows if r[0] not in existing]
         db.executemany(_INSERT, new)
         return {r[0] for r in new}
 

@@ -84,8 +84,15 @@ class Spool:
 class BatchWriter:
     """Queue + daemon thread; `flush()` waits until every submitted event is committed or spooled."""
 
-    def __init__(self, commit: Commit, *, batch_size: int, flush_interval_s: float, spool: Spool,
-                 name: str = "llmbudget-ledger-writer") -> None:
+    def __init__(
+        self,
+        commit: Commit,
+        *,
+        batch_size: int,
+        flush_interval_s: float,
+        spool: Spool,
+        name: str = "llmbudget-ledger-writer",
+    ) -> None:
         self._commit = commit
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -102,6 +109,10 @@ class BatchWriter:
         self._failing = False
         self._backoff = 0.5
         self._next_retry = 0.0 if spool.pending() else float("inf")
+        #: CPU seconds the writer thread spent writing batches, and the events in them (see `stats`)
+        self.cpu_s = 0.0
+        self.written = 0
+        self.batches = 0
 
     # ------------------------------------------------------------------ producer side
     def submit(self, event: UsageEvent) -> None:
@@ -146,6 +157,16 @@ class BatchWriter:
         if self.spool.pending():
             self._try_replay()
 
+    def stats(self) -> dict[str, float]:
+        """The writer thread's CPU cost: batches, events and CPU seconds spent writing them."""
+        per = self.cpu_s / self.written * 1e6 if self.written else 0.0
+        return {
+            "batches": self.batches,
+            "events": self.written,
+            "cpu_s": round(self.cpu_s, 4),
+            "cpu_us_per_event": round(per, 2),
+        }
+
     def _drain_inline(self) -> None:
         # the thread is gone (interpreter shutting down): write what is left from this thread
         while self._queue:
@@ -172,7 +193,11 @@ class BatchWriter:
             if time.monotonic() >= self._next_retry:
                 self._try_replay()
             if batch:
+                cpu0 = time.thread_time()
                 ok = self._write(batch)
+                self.cpu_s += time.thread_time() - cpu0
+                self.batches += 1
+                self.written += len(batch)
                 with self._cond:
                     if ok:
                         self._done += len(batch)
@@ -190,8 +215,12 @@ class BatchWriter:
             except Exception as e:
                 self._failing = True
                 self._next_retry = time.monotonic() + self._backoff
-                log.warning("ledger_write_failed events=%d error=%s spool=%s", len(batch),
-                            _one_line(e), self.spool.path)
+                log.warning(
+                    "ledger_write_failed events=%d error=%s spool=%s",
+                    len(batch),
+                    _one_line(e),
+                    self.spool.path,
+                )
         try:
             self.spool.append(batch)
             return True

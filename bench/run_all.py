@@ -1,4 +1,4 @@
-"""Run every `bench/bench_*.py`: each module's `main()` returns a dict of figures.
+"""Run every `bench/bench_*.py` and `bench/proxy_overhead.py`: each module's `main()` returns a dict of figures.
 
     python bench/run_all.py [--quick] [NAME ...]     (make bench BENCH_ARGS=--quick)
 
@@ -34,9 +34,18 @@ def _load(path: Path) -> Any:
     return mod
 
 
+#: benchmarks whose file is not named bench_*.py (each has `main(quick=...)` returning a dict)
+EXTRA = ("proxy_overhead.py",)
+
+
+def _collect() -> list[Path]:
+    """Every `bench_*.py` and the EXTRA modules, in name order."""
+    return sorted([*HERE.glob("bench_*.py"), *(HERE / name for name in EXTRA if (HERE / name).exists())])
+
+
 def run(quick: bool, only: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for path in sorted(HERE.glob("bench_*.py")):
+    for path in _collect():
         name = path.stem.removeprefix("bench_")
         if only and name not in only and path.stem not in only:
             continue
@@ -49,7 +58,10 @@ def run(quick: bool, only: list[str]) -> dict[str, Any]:
             results[name] = {"figures": figures, "seconds": round(time.perf_counter() - t0, 1)}
         except Exception as e:  # one broken benchmark must not hide the others
             traceback.print_exc()
-            results[name] = {"error": f"{type(e).__name__}: {e}", "seconds": round(time.perf_counter() - t0, 1)}
+            results[name] = {
+                "error": f"{type(e).__name__}: {e}",
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
     return results
 
 
@@ -84,8 +96,15 @@ def main() -> int:
     _table(results)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    doc = {"started": started, "quick": quick, "python": platform.python_version(), "machine": platform.machine(),
-           "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "results": results}
+    doc = {
+        "started": started,
+        "quick": quick,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),
+        "results": results,
+    }
     (out / "latest.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {out / 'latest.json'}")
     return 1 if any("error" in r for r in results.values()) else 0

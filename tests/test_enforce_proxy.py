@@ -289,3 +289,42 @@ def test_sdk_gets_rate_limit_error_when_imported_usage_filled_the_budget(
     assert msg.startswith(f"Cloud budget exhausted, operating local-only until {tomorrow} 00:00 UTC: ")
     assert "budget 'daily' has spent $0.9900 of its $1.00 limit" in msg
     assert 0 < int(info.value.response.headers["retry-after"]) <= 86400
+
+
+def test_cut_stream_is_settled_and_upstream_error_releases(fake: FakeUpstream, tmp_path: Path) -> None:
+    """A stream the provider cuts is settled to what it used; an error answer spends nothing."""
+    import httpx
+
+    from llmbudget.store import open_ledger
+
+    text = config_text(fake.url, Decimal("5.00"))
+    db = f"sqlite:///{tmp_path / 'cut.db'}"
+    procs = start_servers(tmp_path, text, db, n=1)
+    body = {
+        "model": fx.ANTHROPIC_MODEL,
+        "max_tokens": 2000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    try:
+        url = f"{procs[0][1]}/anthropic/v1/messages"
+        with httpx.Client(timeout=10) as client:
+            cut = client.post(url, json=body, headers={"x-api-key": "k", "x-fake": "cut"})
+            err = client.post(
+                url, json={**body, "stream": False}, headers={"x-api-key": "k", "x-fake": "error"}
+            )
+        assert cut.status_code == 200 and err.status_code == 429
+    finally:
+        stop_servers(procs)  # flushes the ledger
+    with open_ledger(db, audit=False) as ledger:
+        events = {e.status: e for e in ledger.query(limit=None)}
+    assert events["interrupted"].cost_nano and events["interrupted"].cost_nano > 0
+    assert events["error"].cost_nano in (0, None)
+    cfg, _ = parse_config(text, "x.yaml")
+    enf = build_enforcer(cfg, db, prices=PriceBook.from_config(cfg))
+    try:
+        [st] = budget_status(enf.budgets, enf.store, enf.tz)
+        assert st.reserved == 0  # nothing left booked: one settled, one released
+        assert st.spent == events["interrupted"].cost_nano  # the cut stream's tokens, counted once
+    finally:
+        enf.close()

@@ -2,6 +2,11 @@
 
 usage: .venv/bin/python bench/bench_budget.py [--calls N] [--threads T] [--pg URL] [--redis URL]
 Prints one line per store: calls/s and p50/p99 of admit (reserve) and settle, in microseconds.
+`main()` returns the same figures as a dict (bench/run_all.py); `main(quick=True)` runs 400 calls.
+
+Admit is what a call waits for before it is forwarded; settle runs after the answer. On
+PostgreSQL each is one function call; settle waits for the WAL flush (durable), admit does not,
+so on a busy disk settle dominates.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ budgets:
 """
 
 
-def run(name: str, db_url: str, extra: str, calls: int, threads: int) -> None:
+def run(name: str, db_url: str, extra: str, calls: int, threads: int) -> dict[str, float]:
     cfg, _ = parse_config(CONFIG + extra, "bench.yaml")
-    enf = build_enforcer(cfg, db_url, price_fn=lambda *a: Decimal("0.001"),
-                         redis_prefix=f"llmbbench:{uuid.uuid4().hex[:6]}:")
+    enf = build_enforcer(
+        cfg, db_url, price_fn=lambda *a: Decimal("0.001"), redis_prefix=f"llmbbench:{uuid.uuid4().hex[:6]}:"
+    )
     admit_us: list[float] = []
     settle_us: list[float] = []
     lock = threading.Lock()
@@ -65,33 +71,58 @@ def run(name: str, db_url: str, extra: str, calls: int, threads: int) -> None:
     def pct(xs: list[float], q: float) -> float:
         return statistics.quantiles(xs, n=100)[int(q) - 1]
 
-    print(f"{name:9s} threads={threads} calls={len(admit_us)} {len(admit_us) / wall:8.0f} calls/s  "
-          f"admit p50={pct(admit_us, 50):7.0f}us p99={pct(admit_us, 99):7.0f}us  "
-          f"settle p50={pct(settle_us, 50):7.0f}us p99={pct(settle_us, 99):7.0f}us")
+    print(
+        f"{name:9s} threads={threads} calls={len(admit_us)} {len(admit_us) / wall:8.0f} calls/s  "
+        f"admit p50={pct(admit_us, 50):7.0f}us p99={pct(admit_us, 99):7.0f}us  "
+        f"settle p50={pct(settle_us, 50):7.0f}us p99={pct(settle_us, 99):7.0f}us"
+    )
     enf.close()
+    return {
+        "calls_per_s": round(len(admit_us) / wall),
+        "admit_p50_us": round(pct(admit_us, 50)),
+        "admit_p99_us": round(pct(admit_us, 99)),
+        "settle_p50_us": round(pct(settle_us, 50)),
+        "settle_p99_us": round(pct(settle_us, 99)),
+    }
 
 
-def main() -> None:
+def main(
+    quick: bool = False,
+    *,
+    calls: int | None = None,
+    threads: int = 4,
+    pg: str = "postgresql://postgres@127.0.0.1:5432/postgres",
+    redis: str = "redis://127.0.0.1:6379/0",
+) -> dict[str, float]:
+    """Every store's figures, flattened: `{"postgres_admit_p50_us": ..., ...}`."""
+    n = calls or (400 if quick else 2000)
+    out: dict[str, float] = {}
+
+    def keep(store: str, figures: dict[str, float]) -> None:
+        out.update({f"{store}_{k}": v for k, v in figures.items()})
+
+    with tempfile.TemporaryDirectory() as d:
+        keep("sqlite", run("sqlite", f"sqlite:///{Path(d) / 'b.db'}", "", n, threads))
+    import psycopg
+
+    name = f"llmb_bench_{uuid.uuid4().hex[:8]}"  # a scratch database, dropped afterwards
+    with psycopg.connect(pg, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        keep("postgres", run("postgres", pg.rsplit("/", 1)[0] + "/" + name, "", n, threads))
+    finally:
+        with psycopg.connect(pg, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with tempfile.TemporaryDirectory() as d:
+        keep("redis", run("redis", f"sqlite:///{Path(d) / 'r.db'}", f"  redis_url: {redis}\n", n, threads))
+    return out
+
+
+if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        run("sqlite", f"sqlite:///{Path(d) / 'b.db'}", "", args.calls, args.threads)
-    import psycopg
-
-    name = f"llmb_bench_{uuid.uuid4().hex[:8]}"  # a scratch database, dropped afterwards
-    with psycopg.connect(args.pg, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        run("postgres", args.pg.rsplit("/", 1)[0] + "/" + name, "", args.calls, args.threads)
-    finally:
-        with psycopg.connect(args.pg, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    run("redis", f"sqlite:///{tempfile.mkdtemp()}/r.db", f"  redis_url: {args.redis}\n", args.calls, args.threads)
-
-
-if __name__ == "__main__":
-    main()
+    main(calls=args.calls, threads=args.threads, pg=args.pg, redis=args.redis)

@@ -40,6 +40,11 @@ def make_config(fake_url: str) -> Config:
                     "base_url": f"http://127.0.0.1:{free_port()}",
                     "provider": "openai",
                 },
+                "dead-anthropic": {"kind": "anthropic", "base_url": f"http://127.0.0.1:{free_port()}"},
+                "dead-gemini": {"kind": "gemini", "base_url": f"http://127.0.0.1:{free_port()}"},
+                # backends of their own, so quota readings of other tests do not mix in
+                "burst": {"kind": "openai", "base_url": fake_url, "provider": "openai"},
+                "gemq": {"kind": "gemini", "base_url": fake_url, "provider": "google"},
                 "keyed": {
                     "kind": "openai",
                     "base_url": fake_url,
@@ -58,26 +63,41 @@ def proxy(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield running
 
 
+_open_clients: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close the SDK clients a test made: an unclosed socket warns (an error here) in a later test."""
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
+
+
 def session_id() -> str:
     return "s-" + uuid.uuid4().hex[:10]
 
 
 def oai(proxy: RunningProxy, sess: str, backend: str = "openai", **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(
+    client = openai.OpenAI(
         api_key="sk-test",
         base_url=f"{proxy.url}/{backend}/v1",
         max_retries=0,
         default_headers={"X-LLMBudget-Session": sess, "X-LLMBudget-Agent": "tester", **headers},
     )
+    _open_clients.append(client)
+    return client
 
 
 def ant(proxy: RunningProxy, sess: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
+    client = anthropic.Anthropic(
         api_key="sk-ant-test",
         base_url=f"{proxy.url}/anthropic",
         max_retries=0,
         default_headers={"X-LLMBudget-Session": sess, "X-LLMBudget-Agent": "tester"},
     )
+    _open_clients.append(client)
+    return client
 
 
 def expected(proxy: RunningProxy, event: UsageEvent, usage: normalize.TokenUsage) -> None:
@@ -292,6 +312,7 @@ def test_anthropic_error_passes_through(proxy: RunningProxy) -> None:
         max_retries=0,
         default_headers={"x-fake": "error", "X-LLMBudget-Session": sess},
     )
+    _open_clients.append(client)
     with pytest.raises(anthropic.RateLimitError) as info:
         client.messages.create(
             model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
@@ -303,16 +324,40 @@ def test_anthropic_error_passes_through(proxy: RunningProxy) -> None:
 
 def test_connection_failure_is_a_502_in_each_protocol_shape(proxy: RunningProxy) -> None:
     sess = session_id()
-    with pytest.raises(openai.APIStatusError) as info:
-        oai(proxy, sess, backend="dead").chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-        )
+    with oai(proxy, sess, backend="dead") as client, pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 502
     body = info.value.body
     assert isinstance(body, dict) and set(body) >= {"message", "type", "param", "code"}
     assert "dead" in body["message"]
-    [event] = proxy.wait_events(1, session=sess)
-    assert (event.status, event.http_status) == ("error", 502)
+    with (
+        anthropic.Anthropic(
+            api_key="k",
+            base_url=f"{proxy.url}/dead-anthropic",
+            max_retries=0,
+            default_headers={"X-LLMBudget-Session": sess},
+        ) as claude,
+        pytest.raises(anthropic.APIStatusError) as ainfo,
+        claude.messages.stream(
+            model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        ) as stream,
+    ):
+        list(stream.text_stream)
+    assert ainfo.value.status_code == 502
+    abody = ainfo.value.body
+    assert isinstance(abody, dict) and abody["type"] == "error" and abody["error"]["type"] == "api_error"
+    assert "dead-anthropic" in abody["error"]["message"]
+    r = httpx.post(
+        f"{proxy.url}/dead-gemini/v1beta/models/{fx.GEMINI_MODEL}:streamGenerateContent?alt=sse",
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+        headers={"X-LLMBudget-Session": sess},
+    )
+    assert r.status_code == 502 and r.json()["error"]["status"] == "UNAVAILABLE"
+    assert r.json()["error"]["code"] == 502 and "dead-gemini" in r.json()["error"]["message"]
+    events = proxy.wait_events(3, session=sess)
+    assert sorted(e.backend for e in events) == ["dead", "dead-anthropic", "dead-gemini"]
+    assert {(e.status, e.http_status) for e in events} == {("error", 502)}
+    assert r.headers["x-llmbudget-request-id"] in {e.id for e in events}
 
 
 @pytest.mark.parametrize(
@@ -323,6 +368,8 @@ def test_connection_failure_is_a_502_in_each_protocol_shape(proxy: RunningProxy)
         ("anthropic", "/v1/messages", b"[1, 2]", "JSON object", "anthropic"),
         ("anthropic", "/v1/messages", b'{"max_tokens": 5}', "model", "anthropic"),
         ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent", b"", "empty", "gemini"),
+        ("gemini", "/v1beta/models/:generateContent", b'{"contents": []}', "model", "gemini"),
+        ("gemini", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", b"\xff\xfe", "JSON", "gemini"),
     ],
 )
 def test_bad_requests_get_the_protocol_error_shape(
@@ -349,12 +396,14 @@ def test_bad_requests_get_the_protocol_error_shape(
 
 
 def test_unknown_backend_is_a_404_listing_backends(proxy: RunningProxy) -> None:
-    with pytest.raises(openai.NotFoundError) as info:
-        openai.OpenAI(api_key="x", base_url=f"{proxy.url}/nope/v1", max_retries=0).chat.completions.create(
-            model="m", messages=[]
-        )
+    with (
+        openai.OpenAI(api_key="x", base_url=f"{proxy.url}/nope/v1", max_retries=0) as client,
+        pytest.raises(openai.NotFoundError) as info,
+    ):
+        client.chat.completions.create(model="m", messages=[])
     message = info.value.body["message"]  # type: ignore[index]
-    assert "nope" in message and "anthropic, dead, gemini, keyed, openai" in message
+    assert "nope" in message
+    assert "anthropic, burst, dead, dead-anthropic, dead-gemini, gemini, gemq, keyed, openai" in message
     r = httpx.post(f"{proxy.url}/nope/v1/messages", json={})
     assert r.status_code == 404 and r.json()["type"] == "error"
 
@@ -456,7 +505,7 @@ def test_first_chunk_reaches_the_client_while_upstream_holds_the_rest(
         it = r.iter_raw()
         first = next(it)
         # the upstream is still holding every later chunk: nothing can have been buffered
-        assert fake.held.is_set() and not fake._hold.is_set()
+        assert fake.held.wait(5) and not fake._hold.is_set()
         assert first.startswith(b"data: ") and b'"role": "assistant"' in first
         fake.release()
         rest = b"".join(it)
@@ -503,6 +552,7 @@ def test_keys_are_forwarded_but_never_logged_or_stored(
         max_retries=0,
         default_headers={"X-LLMBudget-Session": sess},
     )
+    _open_clients.append(client)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     client.models.list()  # an unmetered path is logged too
     r = httpx.post(
@@ -517,6 +567,7 @@ def test_keys_are_forwarded_but_never_logged_or_stored(
         max_retries=0,
         default_headers={"X-LLMBudget-Session": sess},
     )
+    _open_clients.append(ant_client)
     ant_client.messages.create(
         model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}]
     )
@@ -598,3 +649,155 @@ def test_hop_by_hop_headers_are_not_forwarded(proxy: RunningProxy, fake: FakeUps
     assert sent["x-end-to-end"] == "kept"
     assert "transfer-encoding" not in r.headers or r.headers["transfer-encoding"] == "chunked"
     assert int(r.headers["content-length"]) == len(r.content)
+
+
+def test_every_attribution_header_is_read_and_none_is_forwarded(
+    proxy: RunningProxy, fake: FakeUpstream
+) -> None:
+    sess = session_id()
+    attribution = {
+        "X-LLMBudget-Agent": "planner",
+        "X-LLMBudget-Session": sess,
+        "X-LLMBudget-User": "ana",
+        "X-LLMBudget-Team": "search",
+        "X-LLMBudget-Task": "T-7",
+        "X-LLMBudget-Task-Type": "triage",
+        "X-LLMBudget-Tier": "premium",
+        "X-LLMBudget-Tags": "project=alpha,env=ci",
+    }
+    claude = anthropic.Anthropic(
+        api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0, default_headers=attribution
+    )
+    _open_clients.append(claude)
+    claude.messages.create(
+        model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
+    sent = [fake.requests[-1]["headers"]]
+    r = httpx.post(
+        f"{proxy.url}/gemini/v1beta/models/{fx.GEMINI_MODEL}:streamGenerateContent?alt=sse",
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+        headers={"x-goog-api-key": "g", **attribution},
+    )
+    assert r.status_code == 200
+    sent.append(fake.requests[-1]["headers"])
+    for headers in sent:
+        assert not [k for k in headers if k.startswith("x-llmbudget")], headers
+    events = proxy.wait_events(2, session=sess)
+    assert len(events) == 2
+    for e in events:
+        assert (e.agent, e.session, e.user, e.team, e.task_id, e.task_type, e.tier) == (
+            "planner",
+            sess,
+            "ana",
+            "search",
+            "T-7",
+            "triage",
+            "premium",
+        )
+        assert e.tags == {"project": "alpha", "env": "ci"}
+
+
+def test_bad_input_keeps_the_proxy_serving_and_loses_nothing(proxy: RunningProxy) -> None:
+    sess = session_id()
+    client = oai(proxy, sess)
+    client.embeddings.create(model="text-embedding-3-small", input="before")
+    before = {e.id for e in proxy.wait_events(1, session=sess)}
+    assert len(before) == 1
+    bad = [
+        ("openai/v1/chat/completions", b"{nope", {}),
+        ("openai/v1/chat/completions", b'{"messages": []}', {}),
+        ("anthropic/v1/messages", b"not json", {}),
+        ("gemini/v1beta/models/:generateContent", b"{}", {}),
+        ("nope/v1/chat/completions", b"{}", {}),
+        (
+            "openai/v1/chat/completions",
+            b'{"model": "m", "stream": true, "messages": []}',
+            {"x-fake": "garbage"},
+        ),
+        ("openai/v1/chat/completions", b'{"model": "m", "stream": true, "messages": []}', {"x-fake": "cut"}),
+    ]
+    for path, body, extra in bad:
+        r = httpx.post(
+            f"{proxy.url}/{path}",
+            content=body,
+            headers={"content-type": "application/json", "X-LLMBudget-Session": sess, **extra},
+        )
+        assert r.status_code in (200, 400, 404), (path, r.status_code)
+    client.embeddings.create(model="text-embedding-3-small", input="after")
+    events = proxy.wait_events(4, session=sess)
+    ids = {e.id for e in events}
+    assert before <= ids, "an event recorded before the bad input is gone"
+    assert sorted(e.status for e in events) == ["interrupted", "interrupted", "ok", "ok"]
+
+
+def _quota_row(proxy: RunningProxy, backend: str) -> dict[str, Any] | None:
+    r = httpx.get(f"{proxy.url}/api/quota")
+    assert r.status_code == 200
+    rows = [row for row in r.json()["backends"] if row["backend"] == backend]
+    return rows[0] if rows else None
+
+
+def _wait_quota(proxy: RunningProxy, backend: str, check: Any, timeout: float = 5.0) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        row = _quota_row(proxy, backend)
+        if (row is not None and check(row)) or time.monotonic() > deadline:
+            assert row is not None, f"no quota reading for {backend}"
+            return row
+        time.sleep(0.05)
+
+
+def test_the_last_reading_of_a_burst_is_the_one_stored(proxy: RunningProxy) -> None:
+    """Readings are coalesced per backend per interval: the newest wins, never an older one."""
+    client = oai(proxy, session_id(), backend="burst")
+    last = 0
+    for remaining in range(9000, 8960, -1):  # 40 answers, each with its own remaining count
+        client.embeddings.create(
+            model="text-embedding-3-small",
+            input="x",
+            extra_headers={"x-fake-remaining": str(remaining)},
+        )
+        last = remaining
+    row = _wait_quota(proxy, "burst", lambda row: row["reading"]["limits"]["requests"]["remaining"] == last)
+    reading = row["reading"]
+    assert reading["limits"]["requests"]["remaining"] == last == 8961
+    assert reading["source"] == "piggyback" and reading["provider"] == "openai"
+    stored = proxy.services.ledger.readings(backend="burst")
+    assert stored[-1]["limits"]["requests"]["remaining"] == last
+    assert len(stored) < 40, "readings are coalesced, not stored one per call"
+
+
+def test_gemini_429_body_becomes_a_piggyback_reading(proxy: RunningProxy) -> None:
+    url = f"{proxy.url}/gemq/v1beta/models/{fx.GEMINI_MODEL}:generateContent"
+    body = {"contents": [{"parts": [{"text": "hi"}]}]}
+    r = httpx.post(url, json=body, headers={"x-goog-api-key": "g", "x-fake": "error"})
+    assert r.status_code == 429 and r.json()["error"]["status"] == "RESOURCE_EXHAUSTED"  # unchanged
+    row = _wait_quota(proxy, "gemq", lambda row: row["reading"]["http_status"] == 429)
+    reading = row["reading"]
+    assert (reading["source"], reading["provider"], reading["retry_delay_s"]) == ("piggyback", "gemini", 17.0)
+    assert [v["quota_id"] for v in reading["violations"]] == [fx.GEMINI_QUOTA_ID]
+    assert row["severity"] == "CRITICAL"
+    # the next call goes through: the latest state says so
+    assert httpx.post(url, json=body, headers={"x-goog-api-key": "g"}).status_code == 200
+    row = _wait_quota(proxy, "gemq", lambda row: row["reading"]["http_status"] == 200)
+    assert row["reading"]["status"] == "allowed" and row["severity"] == "OK"
+
+
+def test_compressed_stream_still_hides_the_usage_chunk(proxy: RunningProxy, fake: FakeUpstream) -> None:
+    """An upstream that gzips a stream although asked for identity: the client gets it decompressed,
+    without the usage chunk it never asked for."""
+    sess = session_id()
+    client = oai(proxy, sess, **{"x-fake": "gzip"})
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert "content-encoding" not in raw.headers
+    chunks = list(raw.parse())
+    assert chunks and all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(fx.TEXT)
+    assert fake.requests[-1]["json"]["stream_options"] == {"include_usage": True}
+    [event] = proxy.wait_events(1, session=sess)
+    assert event.status == "ok"
+    expected(proxy, event, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))

@@ -107,15 +107,15 @@ def wait_for(pred: Any, timeout: float = 5.0) -> None:
 
 
 def chat(proxy: RunningProxy, backend: str = "openai", **kw: Any) -> Any:
-    client = openai.OpenAI(
+    with openai.OpenAI(  # closed here: an unclosed client's socket warns (errors) in a later test
         api_key="sk",
         base_url=f"{proxy.url}/{backend}/v1",
         max_retries=0,
         default_headers={"X-LLMBudget-Agent": "bot", "X-LLMBudget-Team": "red"},
-    )
-    return client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 400}], **kw
-    )
+    ) as client:
+        return client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 400}], **kw
+        )
 
 
 def test_admitted_call_is_settled_with_its_event(serve: Any) -> None:
@@ -145,8 +145,10 @@ def test_refused_call_is_a_429_in_the_protocol_shape(serve: Any, fake: FakeUpstr
             chat(proxy)
         assert NOTICE in info.value.message
         assert info.value.response.headers["retry-after"] == "3600"
-        client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0)
-        with pytest.raises(anthropic.RateLimitError) as ainfo:
+        with (
+            anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0) as client,
+            pytest.raises(anthropic.RateLimitError) as ainfo,
+        ):
             client.messages.create(
                 model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
             )
@@ -194,8 +196,10 @@ def test_connection_failure_releases_the_reservation(serve: Any) -> None:
 def test_cross_protocol_fallback_needs_a_translator(serve: Any) -> None:
     gate = LimitGate(Decimal("0"), fallback="local")
     with serve(gate) as proxy:
-        client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0)
-        with pytest.raises(anthropic.APIStatusError) as info:
+        with (
+            anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0) as client,
+            pytest.raises(anthropic.APIStatusError) as info,
+        ):
             client.messages.create(
                 model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
             )
@@ -234,10 +238,10 @@ def test_a_translator_plugs_into_the_fallback_seam(serve: Any) -> None:
         return event
 
     with serve(gate, translators={("anthropic", "openai"): translate}) as proxy:
-        client = anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0)
-        msg = client.messages.create(
-            model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
-        )
+        with anthropic.Anthropic(api_key="k", base_url=f"{proxy.url}/anthropic", max_retries=0) as client:
+            msg = client.messages.create(
+                model="claude-sonnet-4-0", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+            )
         assert msg.content[0].text == "local"
         assert seen == [("anthropic", "local", "claude-sonnet-4-0")]
         wait_for(lambda: gate.settled)

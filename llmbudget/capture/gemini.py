@@ -9,7 +9,7 @@ from typing import Any
 from .base import _TEXT_RE, BadRequest, CallMeter, data_lines, int_or_none, parse_json_body
 
 _PATH_RE = re.compile(
-    r"^(?P<head>.*/models/)(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+    r"^(?P<head>.*/models/)(?P<model>[^/:]*):(?P<method>generateContent|streamGenerateContent)$"
 )
 _MODEL_VERSION = re.compile(rb'"modelVersion"\s*:\s*"([^"\\]{1,200})"')
 _USAGE_KEY = b'"usageMetadata"'

@@ -16,22 +16,27 @@ import contextlib
 import logging
 import os
 import time
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
-from ..events import UsageEvent, new_id
+from ..events import UsageEvent, new_id, utcnow
 from . import anthropic, gemini, openai
 from .base import BadRequest, CallMeter
 from .errors import error_bytes, guess_protocol
 from .gate import Admission, CallInfo
 from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
+
+if TYPE_CHECKING:
+    from ..quota.readings import QuotaReading
 
 log = logging.getLogger("llmbudget.proxy")
 
@@ -67,9 +72,18 @@ _ATTR_HEADERS = {
     b"x-llmbudget-tier": "tier",
     b"x-llmbudget-tags": "tags",
 }
-_RATE_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-", "retry-after", "x-llm-cost", "x-litellm-")
+#: response headers that carry quota signals (parsed by `llmbudget.quota.headers`)
+_RATE_PREFIXES_B = (
+    b"anthropic-ratelimit-",
+    b"x-ratelimit-",
+    b"retry-after",
+    b"x-litellm-",
+    b"x-llmbudget-cost-usd",
+    b"x-request-cost",
+    b"x-cost-usd",
+)
 _MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
-#: at most one piggyback quota reading per backend per this many seconds (the newest wins)
+#: pending piggyback quota readings are parsed and stored this often (the newest per backend wins)
 READING_INTERVAL_S = 1.0
 
 
@@ -123,8 +137,10 @@ class Proxy:
             n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0), sock_read=b.timeout_s)
             for n, b in self.backends.items()
         }
-        self._readings: dict[str, tuple[list[tuple[str, str]], Any, int]] = {}
-        self._next_sample: dict[str, float] = {}
+        #: backend -> [newest error, newest response] seen since the last store
+        self._readings: dict[str, list[_PendingReading | None]] = {}
+        #: Gemini backends: "ok" or "error", the state the last pending reading said
+        self._gemini_state: dict[str, str] = {}
         self._reading_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -356,7 +372,8 @@ class Proxy:
             await self._connect_failed(req, target, send, e)
             return
         try:
-            self._note_rate_headers(target, resp)
+            if resp.status < 400 or req.protocol != "gemini":  # a Gemini error is noted with its body
+                self._note_rate_headers(target, resp)
             out_headers = _response_headers(resp.raw_headers)
             out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
             if req.notice:
@@ -385,6 +402,10 @@ class Proxy:
             await self._connect_failed(req, target, send, e, started=True)
             return
         status: str | None = None
+        if resp.status >= 400 and req.protocol == "gemini":
+            # Gemini's quota is in the error body (QuotaFailure, RetryInfo): parsed later, off this path
+            plain = decode_body(body, resp.headers.get("Content-Encoding"))
+            self._note_rate_headers(target, resp, plain[:65536])
         if resp.status < 400:
             meter.read_body(decode_body(body, resp.headers.get("Content-Encoding")))
             if not meter.complete:  # a 200 whose body is not the protocol's answer: passed on, noted
@@ -421,11 +442,18 @@ class Proxy:
         assert meter is not None
         encoding = resp.headers.get("Content-Encoding")
         decoder = stream_decoder(encoding)
+        #: a compressed stream we must filter is decompressed and passed on as identity
+        inflate: Any = None
         if isinstance(meter, openai.OpenAIMeter) and meter.hide_usage:
-            if encoding and encoding != "identity":
-                meter.hide_usage = False  # cannot filter a compressed stream: pass it unchanged
-            else:
-                out_headers = [(k, v) for k, v in out_headers if k != b"content-length"]
+            out_headers = [(k, v) for k, v in out_headers if k != b"content-length"]
+            if decoder is False:
+                meter.hide_usage = False  # an encoding we cannot read: pass it unchanged, usage unknown
+            elif decoder is not None:
+                # The upstream compressed although we asked for identity. The client did not ask for
+                # usage, so it must not see the usage chunk: send it the stream decompressed (every
+                # client accepts identity) with that chunk removed.
+                inflate, decoder = decoder, None
+                out_headers = [(k, v) for k, v in out_headers if k != b"content-encoding"]
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         ttft: float | None = None
         interrupted = False
@@ -449,12 +477,15 @@ class Proxy:
             watcher.add_done_callback(_on_disconnect)
         try:
             async for chunk in resp.content.iter_any():
+                if inflate is not None:
+                    chunk = inflate.decompress(chunk)
                 out = meter.feed(chunk) if decoder is None else feed_encoded(meter, decoder, chunk)
                 if out:
                     if ttft is None:
                         ttft = (time.perf_counter() - req.started) * 1000.0
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            tail = meter.end()
+            tail = meter.feed(inflate.flush()) if inflate is not None else b""
+            tail += meter.end()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             interrupted = not meter.complete
         except asyncio.CancelledError:
@@ -463,7 +494,7 @@ class Proxy:
             meter.end()
             interrupted = not meter.complete  # gone after the end marker: the call completed
             log.info("proxy_client_disconnected backend=%s path=%s", target, req.path)
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, OSError, zlib.error) as e:
             interrupted = True
             meter.end()
             log.warning("proxy_upstream_cut backend=%s path=%s error=%s", target, req.path, type(e).__name__)
@@ -685,25 +716,44 @@ class Proxy:
         t.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------- piggyback quota readings
-    def _note_rate_headers(self, backend: str, resp: aiohttp.ClientResponse) -> None:
-        """Sample rate-limit headers: the first response per backend in each READING_INTERVAL_S (and every
-        error status) is kept; parsed and stored off the request path by `_reading_loop`."""
-        now = time.monotonic()
-        if resp.status < 400 and now < self._next_sample.get(backend, 0.0):
-            return
-        self._next_sample[backend] = now + READING_INTERVAL_S
+    def _note_rate_headers(
+        self, backend: str, resp: aiohttp.ClientResponse, body: bytes | None = None
+    ) -> None:
+        """Keep this response's rate-limit headers as the backend's newest pending quota reading.
+
+        Every response is looked at (a scan of its raw headers, a few microseconds); parsing and
+        storing happen off the request path in `_reading_loop`, once per READING_INTERVAL_S, for
+        the newest response of each backend (and its newest error), so the latest state is never
+        lost while a busy proxy writes at most two readings per backend per interval.
+        `body` is a Gemini error body: Gemini sends no rate-limit headers, its 429 carries the quota.
+        """
+        pairs: list[tuple[str, str]] | None = None
         for k, _ in resp.raw_headers:
-            lk = k.lower()
-            if lk.startswith((b"anthropic-ratelimit-", b"x-ratelimit-", b"retry-after")):
+            if k.lower().startswith(_RATE_PREFIXES_B):
                 pairs = [
                     (a.decode("latin-1"), b.decode("latin-1"))
                     for a, b in resp.raw_headers
-                    if a.lower().decode("latin-1").startswith(_RATE_PREFIXES)
+                    if a.lower().startswith(_RATE_PREFIXES_B)
                 ]
-                from ..events import utcnow
-
-                self._readings[backend] = (pairs, utcnow(), resp.status)
+                break
+        status = resp.status
+        if pairs is None and body is None:
+            if self.backends[backend].kind != "gemini":
                 return
+            # Gemini: a success after nothing or an error says "allowed"; store that state change
+            last = self._gemini_state.get(backend)
+            if last == "ok":
+                return
+            self._gemini_state[backend] = "ok"
+        elif body is not None:
+            self._gemini_state[backend] = "error"
+        pending = _PendingReading(pairs or [], utcnow(), status, body)
+        slot = self._readings.get(backend)
+        if slot is None:
+            self._readings[backend] = slot = [None, None]
+        slot[1] = pending
+        if status >= 400:
+            slot[0] = pending  # the newest error of the interval is kept even if a success follows
 
     async def _reading_loop(self) -> None:
         while True:
@@ -717,22 +767,70 @@ class Proxy:
         if not self._readings:
             return
         pending, self._readings = self._readings, {}
-        await asyncio.to_thread(store_piggyback, self.services, pending)
+        batch: list[tuple[str, _PendingReading]] = []
+        for backend, (error, newest) in pending.items():
+            if error is not None and error is not newest:
+                batch.append((backend, error))
+            if newest is not None:
+                batch.append((backend, newest))
+        await asyncio.to_thread(store_piggyback, self.services, batch, self.backends)
 
 
-def store_piggyback(services: Any, pending: dict[str, tuple[list[tuple[str, str]], Any, int]]) -> int:
-    """Parse and store the newest rate-limit headers of each backend as `piggyback` quota readings."""
+@dataclass(slots=True)
+class _PendingReading:
+    """A response's quota signals, kept raw on the request path and parsed later."""
+
+    pairs: list[tuple[str, str]]
+    when: datetime
+    http_status: int
+    #: a Gemini error body (Gemini's quota is in the 429 body, not in headers)
+    body: bytes | None = None
+
+
+def piggyback_reading(backend: str, kind: str, pending: _PendingReading) -> QuotaReading | None:
+    """Parse one response's quota signals into a `piggyback` reading (None when it carries none)."""
     from ..quota.headers import parse_rate_limit_headers
+    from ..quota.readings import QuotaReading
+
+    reading = parse_rate_limit_headers(
+        pending.pairs, now=pending.when, backend=backend, source="piggyback", http_status=pending.http_status
+    )
+    if kind != "gemini":
+        return reading
+    if reading is None:
+        reading = QuotaReading(
+            timestamp=pending.when,
+            backend=backend,
+            provider="gemini",
+            source="piggyback",
+            http_status=pending.http_status,
+        )
+    else:
+        reading.provider = "gemini"
+    if pending.body is not None:
+        from ..quota.providers.builtin import parse_google_error
+
+        parse_google_error(pending.body, reading)
+    elif pending.http_status < 400:
+        reading.status = "allowed"  # the call went through: under quota (as the Gemini probe says)
+    return reading if reading.has_data or pending.http_status == 429 else None
+
+
+def store_piggyback(
+    services: Any,
+    pending: list[tuple[str, _PendingReading]],
+    backends: dict[str, BackendConfig] | None = None,
+) -> int:
+    """Parse and store pending rate-limit signals as `piggyback` quota readings, oldest first."""
     from ..quota.readings import store_reading
 
     stored = 0
-    for backend, (pairs, when, http_status) in pending.items():
-        reading = parse_rate_limit_headers(
-            pairs, now=when, backend=backend, source="piggyback", http_status=http_status
-        )
-        if reading is None:
-            continue
+    for backend, item in pending:
+        kind = backends[backend].kind if backends and backend in backends else "openai"
         try:
+            reading = piggyback_reading(backend, kind, item)
+            if reading is None:
+                continue
             store_reading(services, reading)
             stored += 1
         except Exception:

@@ -9,7 +9,8 @@ Behaviour is chosen per request by the `x-fake` header (forwarded by the proxy l
 `error` (the provider's error shape with 429 + rate-limit headers), `garbage` (200 with broken
 SSE/JSON), `cut` (stream closed mid-way, no terminator), `hold` (first chunk, then wait until
 the test calls `release()`), `slow` (a pause between chunks), `gzip` (OpenAI chat compressed
-whatever the client's Accept-Encoding said).
+whatever the client's Accept-Encoding said). `x-fake-remaining: N` sets the OpenAI
+`x-ratelimit-remaining-requests` header of the answer (quota readings from a burst).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ ANTHROPIC_RATE_HEADERS = {
     "anthropic-ratelimit-requests-remaining": "49",
     "anthropic-ratelimit-requests-reset": "2030-01-01T00:00:00Z",
 }
+GEMINI_QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+GEMINI_QUOTA_ID = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
 TEXT = ["Hel", "lo", " from", " the", " fake", " upstream", "."]
 
 
@@ -169,6 +172,9 @@ class FakeUpstream:
         )
         mode = request.headers.get("x-fake", "")
         path = request.path
+        remaining = request.headers.get("x-fake-remaining")
+        if remaining is not None:
+            return await self.openai_remaining(request, body or {}, remaining)
         if path.endswith("/v1/models") and request.method == "GET":
             return web.json_response(
                 {"object": "list", "data": [{"id": OPENAI_CHAT_MODEL, "object": "model"}]},
@@ -211,6 +217,20 @@ class FakeUpstream:
         return resp
 
     # ---------------------------------------------------------------- OpenAI
+    async def openai_remaining(
+        self, request: web.Request, body: dict[str, Any], remaining: str
+    ) -> web.StreamResponse:
+        """An embeddings answer whose rate-limit headers say `remaining` requests are left."""
+        return web.json_response(
+            {
+                "object": "list",
+                "model": OPENAI_EMBEDDINGS_MODEL,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                "usage": OPENAI_EMBEDDINGS_USAGE,
+            },
+            headers={**OPENAI_RATE_HEADERS, "x-ratelimit-remaining-requests": remaining},
+        )
+
     async def openai(self, request: web.Request, body: dict[str, Any], mode: str) -> web.StreamResponse:
         path = request.path
         if mode == "error":
@@ -460,7 +480,30 @@ class FakeUpstream:
                         "message": "Resource has been exhausted",
                         "status": "RESOURCE_EXHAUSTED",
                         "details": [
-                            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}
+                            {
+                                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                                "violations": [
+                                    {
+                                        "quotaMetric": GEMINI_QUOTA_METRIC,
+                                        "quotaId": GEMINI_QUOTA_ID,
+                                        "quotaDimensions": {
+                                            "location": "global",
+                                            "model": "gemini-2.5-flash",
+                                        },
+                                        "quotaValue": "10",
+                                    }
+                                ],
+                            },
+                            {
+                                "@type": "type.googleapis.com/google.rpc.Help",
+                                "links": [
+                                    {
+                                        "description": "Learn more",
+                                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                                    }
+                                ],
+                            },
+                            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"},
                         ],
                     }
                 },

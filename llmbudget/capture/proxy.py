@@ -6,7 +6,11 @@ after the answer has gone out; everything else passes through unmetered and is l
 
 Streams pass chunk by chunk as they arrive (`iter_any()`): the only exception is OpenAI chat when
 llmbudget asked for usage on the client's behalf, where a partial SSE event is held until its end
-so that the usage-only chunk can be removed.
+so that the usage-only chunk can be removed (and a stream compressed against our asking is passed
+on decompressed, so that chunk can be found).
+
+Rate-limit headers of every answer become piggyback quota readings, coalesced to the newest per
+backend (and its newest error) and stored once a second off the request path.
 """
 
 from __future__ import annotations

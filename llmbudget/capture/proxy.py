@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
-from ..events import UsageEvent, new_id, utcnow
+from ..events import UsageEvent, new_id
 from . import anthropic, gemini, openai
 from .base import BadRequest, CallMeter
 from .errors import error_bytes, guess_protocol
@@ -731,27 +731,24 @@ class Proxy:
         lost while a busy proxy writes at most two readings per backend per interval.
         `body` is a Gemini error body: Gemini sends no rate-limit headers, its 429 carries the quota.
         """
-        pairs: list[tuple[str, str]] | None = None
-        for k, _ in resp.raw_headers:
+        raw = resp.raw_headers
+        found = False
+        for k, _ in raw:
             if k.lower().startswith(_RATE_PREFIXES_B):
-                pairs = [
-                    (a.decode("latin-1"), b.decode("latin-1"))
-                    for a, b in resp.raw_headers
-                    if a.lower().startswith(_RATE_PREFIXES_B)
-                ]
+                found = True
                 break
         status = resp.status
-        if pairs is None and body is None:
+        if not found and body is None:
             if self.backends[backend].kind != "gemini":
                 return
             # Gemini: a success after nothing or an error says "allowed"; store that state change
-            last = self._gemini_state.get(backend)
-            if last == "ok":
+            if self._gemini_state.get(backend) == "ok":
                 return
             self._gemini_state[backend] = "ok"
         elif body is not None:
             self._gemini_state[backend] = "error"
-        pending = _PendingReading(pairs or [], utcnow(), status, body)
+        # the raw header tuple is immutable: kept as is, decoded and parsed later off this path
+        pending = _PendingReading(raw if found else (), time.time(), status, body)
         slot = self._readings.get(backend)
         if slot is None:
             self._readings[backend] = slot = [None, None]
@@ -784,8 +781,10 @@ class Proxy:
 class _PendingReading:
     """A response's quota signals, kept raw on the request path and parsed later."""
 
-    pairs: list[tuple[str, str]]
-    when: datetime
+    #: the response's raw headers (bytes pairs, as aiohttp keeps them)
+    raw: Any
+    #: when the answer came (unix seconds)
+    when: float
     http_status: int
     #: a Gemini error body (Gemini's quota is in the 429 body, not in headers)
     body: bytes | None = None
@@ -796,14 +795,20 @@ def piggyback_reading(backend: str, kind: str, pending: _PendingReading) -> Quot
     from ..quota.headers import parse_rate_limit_headers
     from ..quota.readings import QuotaReading
 
+    pairs = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in pending.raw
+        if k.lower().startswith(_RATE_PREFIXES_B)
+    ]
+    when = datetime.fromtimestamp(pending.when, UTC)
     reading = parse_rate_limit_headers(
-        pending.pairs, now=pending.when, backend=backend, source="piggyback", http_status=pending.http_status
+        pairs, now=when, backend=backend, source="piggyback", http_status=pending.http_status
     )
     if kind != "gemini":
         return reading
     if reading is None:
         reading = QuotaReading(
-            timestamp=pending.when,
+            timestamp=when,
             backend=backend,
             provider="gemini",
             source="piggyback",

@@ -80,7 +80,10 @@ class ImportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "lines": self.lines, "loaded": self.loaded, "duplicates": self.duplicates,
-                "bad_lines": len(self.bad), "unpriced": self.unpriced, "cost_usd": str(from_nano(self.cost_nano)),
+                "bad_lines": len(self.bad), "unpriced": self.unpriced,
+                # cost of the file's priced calls (duplicates included); unpriced ones are counted, never $0
+                "cost_usd": None if self.unpriced == self.loaded + self.duplicates else format(
+                    from_nano(self.cost_nano), "f"),
                 "cost_nano": self.cost_nano, "errors": [b.to_dict() for b in self.bad],
                 "seconds": round(self.seconds, 3)}
 

@@ -117,10 +117,22 @@ def test_cli_import_json_summary_and_warnings(tmp_path: Path, capsys: pytest.Cap
     assert out["errors"][0]["line"] == 2
     assert main(["import", str(f), "--db", db]) == 0
     cap = capsys.readouterr()
-    assert "loaded 0 events, 2 duplicates, 1 bad lines" in " ".join(cap.out.split())
+    assert "loaded 0 events of 3 lines (skipped 2 duplicates, 1 bad line)" in " ".join(cap.out.split())
     assert "line 2" in cap.err
     assert main(["import", str(tmp_path / "missing.jsonl"), "--db", db]) == 1
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_cli_import_summary_never_shows_unpriced_as_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unknown = {**LOGGED, "model": "no-such-model-xyz", "cost_usd": None}
+    f = _write(tmp_path / "u.jsonl", [unknown])
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["import", str(f), "--db", db]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 unpriced call in the file, cost unknown" in out and "$0" not in out
+    assert main(["import", str(f), "--db", db, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cost_usd"] is None and summary["unpriced"] == 1
 
 
 def test_cli_import_claude_code_dispatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -162,6 +162,25 @@ def test_missing_lists_unpriced_models_with_counts(
     assert [r["price_now_available"] for r in json.loads(out)] == [True, False]
     code, out, _ = run(capsys, "prices", "--missing", "--db", sqlite_url)
     assert code == 0 and "acme-llm" in out and "mystery-9" in out and "gpt-4o" not in out
+    code, out, _ = run(capsys, "prices", "--missing", "--db", sqlite_url, "--csv")
+    import csv
+
+    table = list(csv.DictReader(out.splitlines()))
+    assert code == 0 and [(r["model"], r["calls"]) for r in table] == [("acme-llm", "3"), ("mystery-9", "1")]
+
+
+def test_prices_model_as_csv(capsys: pytest.CaptureFixture[str], cfg_path: Path) -> None:
+    import csv
+
+    code, out, _ = run(capsys, "prices", "gpt-4o", "--csv")
+    [row] = list(csv.DictReader(out.splitlines()))
+    assert code == 0 and row["model"] == "gpt-4o" and row["status"] == "priced"
+    assert Decimal(row["input_mtok"]) > 0 and row["source"].startswith("genai-prices")
+    code, out, _ = run(capsys, "prices", "no-such-model-xyz", "--csv")
+    [row] = list(csv.DictReader(out.splitlines()))
+    assert code == 1 and row["status"] == "unpriced" and "no-such-model-xyz" in row["add_override"]
+    code, _, err = run(capsys, "prices", "gpt-4o", "--csv", "--json")
+    assert code == 1 and "--csv" in err
 
 
 def test_missing_on_an_empty_ledger(capsys: pytest.CaptureFixture[str], sqlite_url: str) -> None:

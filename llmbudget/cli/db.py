@@ -115,11 +115,30 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
             common.err_console.print(f"[yellow]warning:[/] {r.path}: {bad}", highlight=False, soft_wrap=True)
         if len(r.bad) > 50:
             common.err_console.print(f"[yellow]warning:[/] {r.path}: {len(r.bad) - 50} more bad lines", highlight=False)
-        unpriced = f", {r.unpriced} unpriced" if r.unpriced else ""
-        common.console.print(
-            f"{r.path}: loaded {r.loaded} events, {r.duplicates} duplicates, {len(r.bad)} bad lines "
-            f"({r.lines} lines, {format_usd(from_nano(r.cost_nano), 2)}{unpriced}) in {r.seconds:.1f} s.",
-            highlight=False)
+        common.console.print(_import_summary(r, format_usd(from_nano(r.cost_nano), 4)), highlight=False)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def _import_summary(r: Any, cost: str) -> str:
+    """One line: what was loaded and skipped, and what the file's calls cost (unpriced counted, never $0)."""
+    skipped = [p for p in (_plural(r.duplicates, "duplicate") if r.duplicates else "",
+                           _plural(len(r.bad), "bad line") if r.bad else "") if p]
+    valid = r.loaded + r.duplicates  # cost and unpriced cover every valid line, duplicates included
+    priced = valid - r.unpriced
+    if not valid:
+        money = ""
+    elif not r.unpriced:
+        money = f"; the file's calls cost {cost}"
+    elif not priced:
+        money = f"; {_plural(r.unpriced, 'unpriced call')} in the file, cost unknown (`llmbudget prices --missing`)"
+    else:
+        money = (f"; the file's calls cost {cost} for {_plural(priced, 'priced call')} plus "
+                 f"{_plural(r.unpriced, 'unpriced call')} of unknown cost (`llmbudget prices --missing`)")
+    skip = f" (skipped {', '.join(skipped)})" if skipped else ""
+    return f"{r.path}: loaded {_plural(r.loaded, 'event')} of {_plural(r.lines, 'line')}{skip}{money}; {r.seconds:.1f} s."
 
 
 class _Progress:

@@ -105,14 +105,17 @@ def prices(
         ),
     ] = False,
     json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
 ) -> None:
     """Show the price in force for MODEL and where it comes from, or the models still unpriced (--missing)."""
+    if json_ and csv_:
+        raise ValidationError("--json", "choose one of --json and --csv")
     if missing:
         if model is not None:
             raise ValidationError("--missing", "lists every unpriced model; give no MODEL with it")
-        _missing(json_, config, db)
+        _missing(json_, config, db, csv_=csv_)
         return
     if model is None:
         raise ValidationError("MODEL", "give a model name (e.g. `llmbudget prices gpt-4o`) or --missing")
@@ -126,17 +129,12 @@ def prices(
     if info is None:
         reason = book.why_unpriced(model, provider=provider, at=when) or "no price known"
         snippet = _yaml_snippet(model, provider)
+        doc = {"model": model, "provider": provider, "at": when_s, "status": "unpriced", "reason": reason,
+               "add_override": snippet}
         if json_:
-            common.print_json(
-                {
-                    "model": model,
-                    "provider": provider,
-                    "at": when_s,
-                    "status": "unpriced",
-                    "reason": reason,
-                    "add_override": snippet,
-                }
-            )
+            common.print_json(doc)
+        elif csv_:
+            _csv([doc])
         else:
             common.console.print(f"[bold yellow]{model}[/] is [bold]unpriced[/]: {reason}.", highlight=False)
             common.console.print(
@@ -149,6 +147,9 @@ def prices(
         raise SystemExit(1)
     if json_:
         common.print_json({"at": when_s, **info.to_dict()})
+        return
+    if csv_:
+        _csv([{"at": when_s, **info.to_dict()}])
         return
     t = Table(
         title=f"{model}" + (f" ({provider})" if provider else ""),
@@ -177,7 +178,24 @@ def prices(
     common.console.print(t)
 
 
-def _missing(json_: bool, config: str | None, db: str | None) -> None:
+def _csv(rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV on stdout (formula-safe); lists and maps become compact JSON in one cell."""
+    import json
+    import sys
+
+    from .. import export
+
+    flat = [{k: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v for k, v in r.items()}
+            for r in rows]
+    columns = list(rows[0]) if rows else []
+    export.write_rows_csv(flat, columns, sys.stdout)
+
+
+MISSING_COLUMNS = ("provider", "model", "calls", "input_tokens", "output_tokens", "first_seen", "last_seen",
+                   "price_now_available")
+
+
+def _missing(json_: bool, config: str | None, db: str | None, *, csv_: bool = False) -> None:
     from ..pricing import PriceBook
 
     cfg, ledger = common.open_ledger_for(config, db)
@@ -204,6 +222,13 @@ def _missing(json_: bool, config: str | None, db: str | None) -> None:
         )
     if json_:
         common.print_json(out)
+        return
+    if csv_:
+        import sys
+
+        from .. import export
+
+        export.write_rows_csv(out, MISSING_COLUMNS, sys.stdout)
         return
     if not out:
         common.console.print("Every recorded call is priced.")

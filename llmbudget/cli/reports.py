@@ -91,10 +91,19 @@ def _int(n: int | None) -> str:
 
 
 def _cost_cell(row: dict[str, Any]) -> str:
-    """Cost for a table: `unpriced` when every call was, never `$0`."""
+    """Cost for a table: `unpriced` when every call was, never `$0`; `*` when some calls are not in it."""
     if row.get("cost_usd") is None:
         return "unpriced" if row.get("unpriced_calls") else "-"
-    return format_usd(Decimal(row["cost_usd"]))
+    return format_usd(Decimal(row["cost_usd"])) + ("*" if row.get("unpriced_calls") else "")
+
+
+#: caption of a table with a `*` cost: the known part only
+PARTIAL_NOTE = "* known cost only: unpriced calls are not in it (`llmbudget prices --missing` lists their models)"
+
+
+def _note_partial(table: Table, rows: list[dict[str, Any]]) -> None:
+    if any(r.get("cost_usd") is not None and r.get("unpriced_calls") for r in rows):
+        table.caption = PARTIAL_NOTE if not table.caption else f"{table.caption}\n{PARTIAL_NOTE}"
 
 
 def _unpriced_cell(row: dict[str, Any]) -> str:
@@ -144,6 +153,7 @@ def _cost_table(
         t.add_row("Total", *cells(total), style="bold")
     if not rows:
         t.caption = "no calls recorded in this range"
+    _note_partial(t, [*rows, *([total] if total is not None else [])])
     return t
 
 
@@ -211,6 +221,7 @@ def _print_costs(data: dict[str, Any], zone: Any, csv_: bool) -> None:
             spend.add_row(
                 label, _int(tot["calls"]), _int(tot["total_tokens"]), _cost_cell(tot), _unpriced_cell(tot)
             )
+        _note_partial(spend, [data["today"]["total"], data["this_month"]["total"]])
         common.console.print(spend)
         common.console.print(
             _cost_table("This month by backend", "Backend", data["by_backend"]["rows"], None)
@@ -228,7 +239,8 @@ def _print_costs(data: dict[str, Any], zone: Any, csv_: bool) -> None:
         data["total"],
     )
     if data.get("more_rows"):
-        table.caption = f"{data['more_rows']:,} more rows not shown (--limit); the total covers them all"
+        more = f"{data['more_rows']:,} more rows not shown (--limit); the total covers them all"
+        table.caption = more if not table.caption else f"{more}\n{table.caption}"
     common.console.print(table)
 
 

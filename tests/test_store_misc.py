@@ -122,3 +122,10 @@ def test_audit_log_follows_rotation_and_deletion(tmp_path: Path) -> None:
         log.append(evs[2:])
     assert [e.id for e in read_events(tmp_path / "audit.jsonl.1")] == [evs[0].id]
     assert [e.id for e in read_events(path)] == [evs[2].id]
+
+
+def test_a_file_that_is_not_a_database_is_named_with_what_to_check(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.db"
+    bad.write_text("not sqlite at all\n" * 100)
+    with pytest.raises(StorageError, match=r"notes\.db.*not a database.*Check that the path is right"):
+        open_ledger(f"sqlite:///{bad}")

@@ -19,6 +19,10 @@ from ..config import default_db_url
 from ..errors import StorageError
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
+#: what to check when the file cannot be opened
+_CHECK = ("Check that the path is right, that its directory is writable and that it is an llmbudget database "
+          "(set by --db, $LLMBUDGET_DB or storage.url in the config).")
+
 _INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 
 
@@ -85,7 +89,7 @@ class SQLiteLedger(SQLLedger):
         try:
             mode = self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.Error as e:
-            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}") from e
+            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
         if str(mode).lower() != "wal":
             raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
         self._start()
@@ -100,7 +104,7 @@ class SQLiteLedger(SQLLedger):
             conn.execute("PRAGMA temp_store=MEMORY")
             conn.execute("PRAGMA mmap_size=268435456")  # reports read rollup pages without copies
         except sqlite3.Error as e:
-            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}") from e
+            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
         with self._conns_lock:
             self._conns.append(conn)
         return conn

@@ -46,8 +46,24 @@ from .store.base import Ledger
 #: namespace of the ids derived from line content
 ID_NAMESPACE = uuid.UUID("6f1d2c3e-8b7a-4c1e-9d0a-4c6c5b9f3a10")
 _OURS_MARKERS = ("input_tokens", "output_tokens", "price_status", "provider", "source")
-_LOGGED_KEYS = ("timestamp", "backend", "model", "prompt_tokens", "completion_tokens", "cost_usd", "task_id",
-                "task_type", "duration_ms", "agent", "session", "user", "team", "tier", "provider", "id")
+_LOGGED_KEYS = (
+    "timestamp",
+    "backend",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "task_id",
+    "task_type",
+    "duration_ms",
+    "agent",
+    "session",
+    "user",
+    "team",
+    "tier",
+    "provider",
+    "id",
+)
 
 #: progress callback: (bytes read, file size)
 Progress = Callable[[int, int], None]
@@ -79,13 +95,21 @@ class ImportResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "lines": self.lines, "loaded": self.loaded, "duplicates": self.duplicates,
-                "bad_lines": len(self.bad), "unpriced": self.unpriced,
-                # cost of the file's priced calls (duplicates included); unpriced ones are counted, never $0
-                "cost_usd": None if self.unpriced == self.loaded + self.duplicates else format(
-                    from_nano(self.cost_nano), "f"),
-                "cost_nano": self.cost_nano, "errors": [b.to_dict() for b in self.bad],
-                "seconds": round(self.seconds, 3)}
+        return {
+            "path": self.path,
+            "lines": self.lines,
+            "loaded": self.loaded,
+            "duplicates": self.duplicates,
+            "bad_lines": len(self.bad),
+            "unpriced": self.unpriced,
+            # cost of the file's priced calls (duplicates included); unpriced ones are counted, never $0
+            "cost_usd": None
+            if self.unpriced == self.loaded + self.duplicates
+            else format(from_nano(self.cost_nano), "f"),
+            "cost_nano": self.cost_nano,
+            "errors": [b.to_dict() for b in self.bad],
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def line_id(raw: bytes) -> str:
@@ -136,8 +160,9 @@ def _str_field(obj: dict[str, Any], name: str) -> str | None:
     return str(v)
 
 
-def parse_logged(obj: dict[str, Any], raw: bytes, *, provider_of: Callable[[str, str], str] | None = None
-                 ) -> UsageEvent:
+def parse_logged(
+    obj: dict[str, Any], raw: bytes, *, provider_of: Callable[[str, str], str] | None = None
+) -> UsageEvent:
     """An event from the commonly logged shape; ValidationError names the field."""
     for name in ("timestamp", "backend", "model"):
         if obj.get(name) in (None, ""):
@@ -154,11 +179,24 @@ def parse_logged(obj: dict[str, Any], raw: bytes, *, provider_of: Callable[[str,
     provider = _str_field(obj, "provider") or (provider_of(backend, model) if provider_of else "unknown")
     attribution = {k: _str_field(obj, k) for k in ATTRIBUTION}
     return UsageEvent(
-        id=_str_field(obj, "id") or line_id(raw), timestamp=ts, backend=backend, model=model, provider=provider,
-        input_tokens=inp, output_tokens=out, cost_usd=cost, price_status="priced" if cost is not None else "unpriced",
-        duration_ms=None if dur is None else float(dur), source="import", agent=attribution["agent"],
-        session=attribution["session"], user=attribution["user"], team=attribution["team"],
-        task_id=attribution["task_id"], task_type=attribution["task_type"], tier=attribution["tier"],
+        id=_str_field(obj, "id") or line_id(raw),
+        timestamp=ts,
+        backend=backend,
+        model=model,
+        provider=provider,
+        input_tokens=inp,
+        output_tokens=out,
+        cost_usd=cost,
+        price_status="priced" if cost is not None else "unpriced",
+        duration_ms=None if dur is None else float(dur),
+        source="import",
+        agent=attribution["agent"],
+        session=attribution["session"],
+        user=attribution["user"],
+        team=attribution["team"],
+        task_id=attribution["task_id"],
+        task_type=attribution["task_type"],
+        tier=attribution["tier"],
     )
 
 
@@ -169,17 +207,24 @@ def parse_ours(obj: dict[str, Any], raw: bytes) -> UsageEvent:
     return UsageEvent.from_dict(obj)
 
 
-def parse_line(obj: dict[str, Any], raw: bytes, *, provider_of: Callable[[str, str], str] | None = None
-               ) -> UsageEvent:
+def parse_line(
+    obj: dict[str, Any], raw: bytes, *, provider_of: Callable[[str, str], str] | None = None
+) -> UsageEvent:
     """Either shape, chosen by the keys present."""
     if "prompt_tokens" not in obj and "completion_tokens" not in obj and any(k in obj for k in _OURS_MARKERS):
         return parse_ours(obj, raw)
     return parse_logged(obj, raw, provider_of=provider_of)
 
 
-def import_jsonl(ledger: Ledger, path: str | Path, *, prices: Any = None,
-                 provider_of: Callable[[str, str], str] | None = None, progress: Progress | None = None,
-                 batch: int = 5000) -> ImportResult:
+def import_jsonl(
+    ledger: Ledger,
+    path: str | Path,
+    *,
+    prices: Any = None,
+    provider_of: Callable[[str, str], str] | None = None,
+    progress: Progress | None = None,
+    batch: int = 5000,
+) -> ImportResult:
     """Load a JSONL file into the ledger (idempotent). `prices` is a PriceBook used for lines without a cost."""
     p = Path(path)
     if not p.is_file():
@@ -214,8 +259,13 @@ def import_jsonl(ledger: Ledger, path: str | Path, *, prices: Any = None,
                 if ev.cost_usd is None and ev.price_status == "unpriced" and prices is not None:
                     ev = prices.price_event(ev)
             except ValidationError as e:
-                res.bad.append(BadLine(lineno, e.field if e.field not in ("json", "event") else None,
-                                       str(e).split(": ", 1)[1] if ": " in str(e) else str(e)))
+                res.bad.append(
+                    BadLine(
+                        lineno,
+                        e.field if e.field not in ("json", "event") else None,
+                        str(e).split(": ", 1)[1] if ": " in str(e) else str(e),
+                    )
+                )
                 continue
             except LLMBudgetError as e:
                 res.bad.append(BadLine(lineno, None, str(e)))

@@ -17,19 +17,40 @@ from llmbudget.importer import import_jsonl, line_id
 from llmbudget.pricing import PriceBook
 from llmbudget.store import open_ledger
 
-LOGGED = {"timestamp": "2026-03-01T12:00:00Z", "backend": "openai", "model": "gpt-4o", "prompt_tokens": 1000,
-          "completion_tokens": 200, "cost_usd": 0.0042, "task_id": "T-1", "task_type": "code", "duration_ms": 850}
+LOGGED = {
+    "timestamp": "2026-03-01T12:00:00Z",
+    "backend": "openai",
+    "model": "gpt-4o",
+    "prompt_tokens": 1000,
+    "completion_tokens": 200,
+    "cost_usd": 0.0042,
+    "task_id": "T-1",
+    "task_type": "code",
+    "duration_ms": 850,
+}
 
 
 def _write(path: Path, lines: list[Any]) -> Path:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    path.write_text(
+        "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8"
+    )
     return path
 
 
 def test_logged_shape_and_our_shape(ledger_url: str, tmp_path: Path) -> None:
-    ours = UsageEvent(backend="anthropic", model="claude-sonnet-4-5", provider="anthropic", input_tokens=10,
-                      output_tokens=5, cost_usd=Decimal("0.000105"), price_status="priced", agent="bot",
-                      timestamp=datetime(2026, 3, 1, 13, tzinfo=UTC), tags={"k": "v"}, source="proxy")
+    ours = UsageEvent(
+        backend="anthropic",
+        model="claude-sonnet-4-5",
+        provider="anthropic",
+        input_tokens=10,
+        output_tokens=5,
+        cost_usd=Decimal("0.000105"),
+        price_status="priced",
+        agent="bot",
+        timestamp=datetime(2026, 3, 1, 13, tzinfo=UTC),
+        tags={"k": "v"},
+        source="proxy",
+    )
     f = _write(tmp_path / "usage.jsonl", [LOGGED, ours.to_dict()])
     with open_ledger(ledger_url) as led:
         res = import_jsonl(led, f)
@@ -95,8 +116,16 @@ def test_missing_cost_is_priced_with_the_book_or_left_unpriced(tmp_path: Path) -
         res = import_jsonl(led, f, prices=book, provider_of=lambda backend, model: "openai")
         assert res.unpriced == 1
         events = {e.model: e for e in led.query()}
-    expected = book.price_event(UsageEvent(backend="openai", model="gpt-4o", provider="openai", input_tokens=1000,
-                                           output_tokens=200, timestamp=datetime(2026, 3, 1, 12, tzinfo=UTC)))
+    expected = book.price_event(
+        UsageEvent(
+            backend="openai",
+            model="gpt-4o",
+            provider="openai",
+            input_tokens=1000,
+            output_tokens=200,
+            timestamp=datetime(2026, 3, 1, 12, tzinfo=UTC),
+        )
+    )
     assert expected.cost_usd is not None and expected.cost_usd > 0
     assert events["gpt-4o"].cost_usd == expected.cost_usd
     assert events["no-such-model-xyz"].cost_usd is None
@@ -123,7 +152,9 @@ def test_cli_import_json_summary_and_warnings(tmp_path: Path, capsys: pytest.Cap
     assert "missing.jsonl" in capsys.readouterr().err
 
 
-def test_cli_import_summary_never_shows_unpriced_as_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_import_summary_never_shows_unpriced_as_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     unknown = {**LOGGED, "model": "no-such-model-xyz", "cost_usd": None}
     f = _write(tmp_path / "u.jsonl", [unknown])
     db = f"sqlite:///{tmp_path / 'cli.db'}"

@@ -34,7 +34,9 @@ def register(app: typer.Typer) -> None:
     db_app = typer.Typer(name="db", help="The ledger database: schema migrations.", no_args_is_help=True)
 
     @db_app.command("migrate")
-    def migrate(db: common.DbOpt = None, config: common.ConfigOpt = None, json_out: common.JsonOpt = False) -> None:
+    def migrate(
+        db: common.DbOpt = None, config: common.ConfigOpt = None, json_out: common.JsonOpt = False
+    ) -> None:
         """Apply pending schema migrations and list every migration with when it was applied."""
         _, ledger = common.open_ledger_for(config, db)
         try:
@@ -44,8 +46,12 @@ def register(app: typer.Typer) -> None:
         finally:
             ledger.close()
         if json_out:
-            common.print_json({"database": url, "migrations": [
-                {"name": n, "applied_at": at, "applied_now": n in now} for n, at in rows]})
+            common.print_json(
+                {
+                    "database": url,
+                    "migrations": [{"name": n, "applied_at": at, "applied_now": n in now} for n, at in rows],
+                }
+            )
             return
         from rich.table import Table
 
@@ -63,7 +69,9 @@ def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_cmd(
         source: Annotated[str, typer.Argument(help="A JSONL file of events, or a log format: claude-code.")],
-        paths: Annotated[list[str] | None, typer.Argument(help="More files (or, for claude-code, its log paths).")] = None,
+        paths: Annotated[
+            list[str] | None, typer.Argument(help="More files (or, for claude-code, its log paths).")
+        ] = None,
         db: common.DbOpt = None,
         config: common.ConfigOpt = None,
         json_out: common.JsonOpt = False,
@@ -95,14 +103,19 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
         if b is not None:
             return b.provider or ("local" if b.local else provider_for(model, b.base_url, b.kind))
         guess = provider_for(model)
-        return guess if guess != "unknown" else provider_for(model, kind=backend if backend in (
-            "anthropic", "gemini") else None)
+        return (
+            guess
+            if guess != "unknown"
+            else provider_for(model, kind=backend if backend in ("anthropic", "gemini") else None)
+        )
 
     results = []
     try:
         for f in files:
             with _Progress(Path(f).name, enabled=not json_out) as progress:
-                results.append(import_jsonl(ledger, f, prices=prices, provider_of=provider_of, progress=progress))
+                results.append(
+                    import_jsonl(ledger, f, prices=prices, provider_of=provider_of, progress=progress)
+                )
     finally:
         ledger.close()
     if json_out:
@@ -114,7 +127,9 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
         for bad in r.bad[:50]:
             common.err_console.print(f"[yellow]warning:[/] {r.path}: {bad}", highlight=False, soft_wrap=True)
         if len(r.bad) > 50:
-            common.err_console.print(f"[yellow]warning:[/] {r.path}: {len(r.bad) - 50} more bad lines", highlight=False)
+            common.err_console.print(
+                f"[yellow]warning:[/] {r.path}: {len(r.bad) - 50} more bad lines", highlight=False
+            )
         common.console.print(_import_summary(r, format_usd(from_nano(r.cost_nano), 4)), highlight=False)
 
 
@@ -124,8 +139,14 @@ def _plural(n: int, word: str) -> str:
 
 def _import_summary(r: Any, cost: str) -> str:
     """One line: what was loaded and skipped, and what the file's calls cost (unpriced counted, never $0)."""
-    skipped = [p for p in (_plural(r.duplicates, "duplicate") if r.duplicates else "",
-                           _plural(len(r.bad), "bad line") if r.bad else "") if p]
+    skipped = [
+        p
+        for p in (
+            _plural(r.duplicates, "duplicate") if r.duplicates else "",
+            _plural(len(r.bad), "bad line") if r.bad else "",
+        )
+        if p
+    ]
     valid = r.loaded + r.duplicates  # cost and unpriced cover every valid line, duplicates included
     priced = valid - r.unpriced
     if not valid:
@@ -135,8 +156,10 @@ def _import_summary(r: Any, cost: str) -> str:
     elif not priced:
         money = f"; {_plural(r.unpriced, 'unpriced call')} in the file, cost unknown (`llmbudget prices --missing`)"
     else:
-        money = (f"; the file's calls cost {cost} for {_plural(priced, 'priced call')} plus "
-                 f"{_plural(r.unpriced, 'unpriced call')} of unknown cost (`llmbudget prices --missing`)")
+        money = (
+            f"; the file's calls cost {cost} for {_plural(priced, 'priced call')} plus "
+            f"{_plural(r.unpriced, 'unpriced call')} of unknown cost (`llmbudget prices --missing`)"
+        )
     skip = f" (skipped {', '.join(skipped)})" if skipped else ""
     return f"{r.path}: loaded {_plural(r.loaded, 'event')} of {_plural(r.lines, 'line')}{skip}{money}; {r.seconds:.1f} s."
 
@@ -162,8 +185,14 @@ class _Progress:
                 return
             from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-            self._bar = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                                 TimeRemainingColumn(), console=common.err_console, transient=True)
+            self._bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=common.err_console,
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task(f"importing {self.label}", total=total)
         self._bar.update(self._task, completed=done)

@@ -129,8 +129,14 @@ def prices(
     if info is None:
         reason = book.why_unpriced(model, provider=provider, at=when) or "no price known"
         snippet = _yaml_snippet(model, provider)
-        doc = {"model": model, "provider": provider, "at": when_s, "status": "unpriced", "reason": reason,
-               "add_override": snippet}
+        doc = {
+            "model": model,
+            "provider": provider,
+            "at": when_s,
+            "status": "unpriced",
+            "reason": reason,
+            "add_override": snippet,
+        }
         if json_:
             common.print_json(doc)
         elif csv_:
@@ -185,14 +191,24 @@ def _csv(rows: list[dict[str, Any]]) -> None:
 
     from .. import export
 
-    flat = [{k: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v for k, v in r.items()}
-            for r in rows]
+    flat = [
+        {k: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v for k, v in r.items()}
+        for r in rows
+    ]
     columns = list(rows[0]) if rows else []
     export.write_rows_csv(flat, columns, sys.stdout)
 
 
-MISSING_COLUMNS = ("provider", "model", "calls", "input_tokens", "output_tokens", "first_seen", "last_seen",
-                   "price_now_available")
+MISSING_COLUMNS = (
+    "provider",
+    "model",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "first_seen",
+    "last_seen",
+    "price_now_available",
+)
 
 
 def _missing(json_: bool, config: str | None, db: str | None, *, csv_: bool = False) -> None:

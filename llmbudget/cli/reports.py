@@ -98,7 +98,9 @@ def _cost_cell(row: dict[str, Any]) -> str:
 
 
 #: caption of a table with a `*` cost: the known part only
-PARTIAL_NOTE = "* known cost only: unpriced calls are not in it (`llmbudget prices --missing` lists their models)"
+PARTIAL_NOTE = (
+    "* known cost only: unpriced calls are not in it (`llmbudget prices --missing` lists their models)"
+)
 
 
 def _note_partial(table: Table, rows: list[dict[str, Any]]) -> None:

@@ -20,8 +20,10 @@ from ..errors import StorageError
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
 #: what to check when the file cannot be opened
-_CHECK = ("Check that the path is right, that its directory is writable and that it is an llmbudget database "
-          "(set by --db, $LLMBUDGET_DB or storage.url in the config).")
+_CHECK = (
+    "Check that the path is right, that its directory is writable and that it is an llmbudget database "
+    "(set by --db, $LLMBUDGET_DB or storage.url in the config)."
+)
 
 _INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 

@@ -26,8 +26,15 @@ from .events import new_id, utcnow
 log = logging.getLogger("llmbudget.alerts")
 
 NOTIFICATIONS_NS = "notifications"
-KINDS = ("budget_warning", "budget_exhausted", "agent_paused", "agent_resumed", "utilization_low",
-         "utilization_exhausted", "utilization_conservative")
+KINDS = (
+    "budget_warning",
+    "budget_exhausted",
+    "agent_paused",
+    "agent_resumed",
+    "utilization_low",
+    "utilization_exhausted",
+    "utilization_conservative",
+)
 
 
 @dataclass(slots=True)
@@ -48,19 +55,29 @@ class Notice:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: money as decimal strings, time as RFC 3339."""
-        return {"id": self.id, "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
-                "kind": self.kind, "level": self.level, "budget": self.budget, "scope": self.scope,
-                "spent_usd": None if self.spent_usd is None else str(self.spent_usd),
-                "limit_usd": None if self.limit_usd is None else str(self.limit_usd),
-                "threshold": self.threshold, "reset": self.reset, "message": self.message}
+        return {
+            "id": self.id,
+            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            "kind": self.kind,
+            "level": self.level,
+            "budget": self.budget,
+            "scope": self.scope,
+            "spent_usd": None if self.spent_usd is None else str(self.spent_usd),
+            "limit_usd": None if self.limit_usd is None else str(self.limit_usd),
+            "threshold": self.threshold,
+            "reset": self.reset,
+            "message": self.message,
+        }
 
     def webhook_body(self, fmt: str) -> dict[str, Any]:
         """The generic JSON body of DESIGN.md section 5, or Slack's `{"text": ...}`."""
         if fmt == "slack":
             return {"text": self.message}
         d = self.to_dict()
-        return {k: d[k] for k in ("kind", "budget", "scope", "spent_usd", "limit_usd", "threshold", "reset",
-                                  "message")}
+        return {
+            k: d[k]
+            for k in ("kind", "budget", "scope", "spent_usd", "limit_usd", "threshold", "reset", "message")
+        }
 
 
 class WebhookSender:
@@ -110,8 +127,13 @@ class WebhookSender:
                     job["left"] -= 1
                     job["attempt"] += 1
                     delay = min(self.max_backoff_s, self.backoff_s * 2 ** (job["attempt"] - 1))
-                    log.info("webhook retry host=%s attempt=%d in_s=%.1f reason=%s", _host(job["url"]),
-                             job["attempt"], delay, why)
+                    log.info(
+                        "webhook retry host=%s attempt=%d in_s=%.1f reason=%s",
+                        _host(job["url"]),
+                        job["attempt"],
+                        delay,
+                        why,
+                    )
                     heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), job))
                 else:
                     self.failed += 1
@@ -121,8 +143,12 @@ class WebhookSender:
     @staticmethod
     def _post(job: dict[str, Any]) -> tuple[bool, str]:
         data = json.dumps(job["body"], default=str).encode()
-        req = urllib.request.Request(job["url"], data=data, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "llmbudget"})
+        req = urllib.request.Request(
+            job["url"],
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "llmbudget"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=job["timeout"]) as resp:
                 return 200 <= resp.status < 300, f"http {resp.status}"
@@ -161,8 +187,14 @@ def _host(url: str) -> str:
 class Notifier:
     """Sends a notice everywhere it goes: log, in-app list (ledger state) and webhooks."""
 
-    def __init__(self, state: Any | None, webhooks: list[Any] | None = None, *, keep: int = 500,
-                 sender: WebhookSender | None = None) -> None:
+    def __init__(
+        self,
+        state: Any | None,
+        webhooks: list[Any] | None = None,
+        *,
+        keep: int = 500,
+        sender: WebhookSender | None = None,
+    ) -> None:
         self.state = state
         self.webhooks = list(webhooks or [])
         self.keep = keep
@@ -171,8 +203,14 @@ class Notifier:
     def notify(self, notice: Notice) -> None:
         """Log, store and post a notice. Never raises: alerting must not break a request."""
         level = logging.WARNING if notice.level in ("warning", "critical") else logging.INFO
-        log.log(level, "notice kind=%s budget=%s scope=%s message=%r", notice.kind, notice.budget, notice.scope,
-                notice.message)
+        log.log(
+            level,
+            "notice kind=%s budget=%s scope=%s message=%r",
+            notice.kind,
+            notice.budget,
+            notice.scope,
+            notice.message,
+        )
         if self.state is not None:
             try:
                 self.state.set_state(NOTIFICATIONS_NS, notice.id, notice.to_dict())
@@ -180,8 +218,9 @@ class Notifier:
             except Exception as e:  # a full disk must not fail the request that crossed a threshold
                 log.error("notice store_failed kind=%s error=%s", notice.kind, type(e).__name__)
         for hook in self.webhooks:
-            self.sender.send(hook.url, notice.webhook_body(hook.format), retries=hook.retries,
-                             timeout_s=hook.timeout_s)
+            self.sender.send(
+                hook.url, notice.webhook_body(hook.format), retries=hook.retries, timeout_s=hook.timeout_s
+            )
 
     def _prune(self) -> None:
         state = self.state

@@ -19,8 +19,11 @@ def main() -> None:
     kind, url, prefix = sys.argv[1:4]
     threads, calls, limit, amount = (int(x) for x in sys.argv[4:8])
     start_at = float(sys.argv[8])
-    store = {"sqlite": lambda: SQLiteCounters(url), "postgres": lambda: PostgresCounters(url, pool_size=threads),
-             "redis": lambda: RedisCounters(url, prefix=prefix)}[kind]()
+    store = {
+        "sqlite": lambda: SQLiteCounters(url),
+        "postgres": lambda: PostgresCounters(url, pool_size=threads),
+        "redis": lambda: RedisCounters(url, prefix=prefix),
+    }[kind]()
     key = "daily|*|day:2025-01-01"
     results = {"ok": 0, "refused": 0, "bad": []}
     lock = threading.Lock()

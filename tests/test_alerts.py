@@ -70,15 +70,25 @@ def hook() -> Iterator[FlakyHook]:
 
 
 def notice() -> Notice:
-    return Notice(kind="budget_warning", budget="daily", scope=None, spent_usd=Decimal("4.00"),
-                  limit_usd=Decimal("5.00"), threshold=0.8, reset="2025-06-02 00:00 UTC",
-                  message="Budget 'daily' is at 80%: $4.0000 of $5.00 (warning at 80%); resets 2025-06-02 00:00 UTC.")
+    return Notice(
+        kind="budget_warning",
+        budget="daily",
+        scope=None,
+        spent_usd=Decimal("4.00"),
+        limit_usd=Decimal("5.00"),
+        threshold=0.8,
+        reset="2025-06-02 00:00 UTC",
+        message="Budget 'daily' is at 80%: $4.0000 of $5.00 (warning at 80%); resets 2025-06-02 00:00 UTC.",
+    )
 
 
 def test_webhooks_json_and_slack_are_retried_after_a_failure(hook: FlakyHook, tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{hook.port}"
     sender = WebhookSender(backoff_s=0.05)
-    hooks = [WebhookConfig(url=f"{base}/generic", format="json"), WebhookConfig(url=f"{base}/slack", format="slack")]
+    hooks = [
+        WebhookConfig(url=f"{base}/generic", format="json"),
+        WebhookConfig(url=f"{base}/slack", format="slack"),
+    ]
     with open_ledger(f"sqlite:///{tmp_path / 'l.db'}", audit=False) as ledger:
         n = Notifier(ledger, hooks, sender=sender)
         n.notify(notice())
@@ -87,9 +97,16 @@ def test_webhooks_json_and_slack_are_retried_after_a_failure(hook: FlakyHook, tm
     sender.close()
     assert hook.attempts == {"/generic": 2, "/slack": 2}
     bodies = dict(hook.received)
-    assert bodies["/generic"] == {"kind": "budget_warning", "budget": "daily", "scope": None, "spent_usd": "4.00",
-                                  "limit_usd": "5.00", "threshold": 0.8, "reset": "2025-06-02 00:00 UTC",
-                                  "message": notice().message}
+    assert bodies["/generic"] == {
+        "kind": "budget_warning",
+        "budget": "daily",
+        "scope": None,
+        "spent_usd": "4.00",
+        "limit_usd": "5.00",
+        "threshold": 0.8,
+        "reset": "2025-06-02 00:00 UTC",
+        "message": notice().message,
+    }
     assert bodies["/slack"] == {"text": notice().message}
     assert sender.delivered == 2 and sender.failed == 0
     assert [s["kind"] for s in stored] == ["budget_warning"]
@@ -99,8 +116,9 @@ def test_a_dead_webhook_gives_up_and_never_raises(tmp_path: Path) -> None:
     from fakes.servers import free_port
 
     sender = WebhookSender(backoff_s=0.01)
-    n = Notifier(None, [WebhookConfig(url=f"http://127.0.0.1:{free_port()}/x", retries=2, timeout_s=1)],
-                 sender=sender)
+    n = Notifier(
+        None, [WebhookConfig(url=f"http://127.0.0.1:{free_port()}/x", retries=2, timeout_s=1)], sender=sender
+    )
     n.notify(notice())  # returns at once; delivery happens in the background
     assert sender.wait_idle(20)
     sender.close()

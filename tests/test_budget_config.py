@@ -32,7 +32,10 @@ VERBATIM = """budgets:
 def test_the_verbatim_block_is_accepted() -> None:
     cfg, _ = parse_config(BACKENDS + VERBATIM, "llmbudget.yaml")
     assert cfg.budgets is not None
-    got = {(b.name, b.scope, b.match, b.limit, b.period, b.warn, b.action) for b in budgets_from_config(cfg.budgets)}
+    got = {
+        (b.name, b.scope, b.match, b.limit, b.period, b.warn, b.action)
+        for b in budgets_from_config(cfg.budgets)
+    }
     assert got == {
         ("daily", "global", None, 5_000_000_000, "day", (0.8,), "block"),
         ("monthly", "global", None, 50_000_000_000, "month", (0.8,), "block"),
@@ -42,7 +45,10 @@ def test_the_verbatim_block_is_accepted() -> None:
 
 
 def test_full_form_with_limits_fallback_and_timezone() -> None:
-    text = BACKENDS + VERBATIM + """  timezone: Europe/Berlin
+    text = (
+        BACKENDS
+        + VERBATIM
+        + """  timezone: Europe/Berlin
   fallback: ollama
   fallback_model: llama3.2
   limits:
@@ -50,12 +56,16 @@ def test_full_form_with_limits_fallback_and_timezone() -> None:
     - {scope: team, limit_tokens: 2000000, period: 7d, action: alert, committed: true}
     - {name: per-session, scope: session, limit_usd: 0.25, period: session}
 """
+    )
     cfg, _ = parse_config(text, "llmbudget.yaml")
     b = cfg.budgets
     assert b is not None and b.fallback == "ollama" and b.timezone == "Europe/Berlin"
     budgets = {x.name: x for x in budgets_from_config(b)}
     assert budgets["daily"].action == "fallback"  # hard_stop with a fallback backend
-    assert budgets["agent:planner:5h"].limit == 1_500_000_000 and budgets["agent:planner:5h"].warn == (0.5, 0.8)
+    assert budgets["agent:planner:5h"].limit == 1_500_000_000 and budgets["agent:planner:5h"].warn == (
+        0.5,
+        0.8,
+    )
     team = budgets["team:each:168h"]
     assert team.unit == "tokens" and team.limit == 2_000_000 and team.committed and not team.hard
     assert budgets["per-session"].period == "session"
@@ -67,30 +77,81 @@ def test_hard_stop_false_makes_the_short_form_alert_only() -> None:
     assert {b.action for b in budgets_from_config(cfg.budgets)} == {"alert"}
 
 
-@pytest.mark.parametrize(("edit", "line", "needles"), [
-    (("20.00/month", "20.00/mnth"), 9, ["budgets.per_backend.claude", "'mnth'", "day, week, month, session", "5h"]),
-    (("gpt: 10.00", "gtp: 10.00"), 10, ["budgets.per_backend.gtp", "unknown backend 'gtp'", "claude, gpt, ollama"]),
-    (("20.00/month", "twenty/month"), 9, ["budgets.per_backend.claude", "amount"]),
-    (("daily_limit_usd: 5.00", "daily_limit_usd: -5"), 6, ["budgets.daily_limit_usd", "non-negative"]),
-    (("monthly_limit_usd: 50.00", "monthly_limit_usd: fifty"), 7, ["budgets.monthly_limit_usd", "20.00"]),
-    (("warning_threshold: 0.8", "warning_threshold: 80"), 11, ["warning_threshold", "(0, 1]"]),
-    (("hard_stop: true", "hard_stop: true\n  fallback: gpt"), 13, ["budgets.fallback", "local: true", "ollama"]),
-    (("hard_stop: true", "hard_stop: true\n  fallback: nope"), 13, ["unknown backend 'nope'", "claude, gpt, ollama"]),
-    (("hard_stop: true", "hard_stop: true\n  timezone: Mars/Olympus"), 13, ["budgets.timezone", "IANA"]),
-    (("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: agent, limit_usd: 1, period: fortnight}"), 14,
-     ["budgets.limits.0.period", "'fortnight'", "day, week, month"]),
-    (("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: planet, limit_usd: 1}"), 14,
-     ["budgets.limits.0.scope", "'global'", "'task_type'"]),
-    (("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: agent, period: day}"), 14,
-     ["budgets.limits.0", "exactly one of limit_usd or limit_tokens"]),
-    (("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: backend, match: gtp, limit_usd: 1}"), 14,
-     ["budgets.limits.0.match", "unknown backend 'gtp'"]),
-    (("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: agent, limit_usd: 1, action: fallback}"), 14,
-     ["budgets.limits.0.action", "budgets.fallback"]),
-    (("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: agent, limit_usd: 1, colour: red}"), 14,
-     ["unknown key 'colour'", "valid keys: action, committed"]),
-])
-def test_errors_name_file_line_key_and_the_valid_choices(edit: tuple[str, str], line: int, needles: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("edit", "line", "needles"),
+    [
+        (
+            ("20.00/month", "20.00/mnth"),
+            9,
+            ["budgets.per_backend.claude", "'mnth'", "day, week, month, session", "5h"],
+        ),
+        (
+            ("gpt: 10.00", "gtp: 10.00"),
+            10,
+            ["budgets.per_backend.gtp", "unknown backend 'gtp'", "claude, gpt, ollama"],
+        ),
+        (("20.00/month", "twenty/month"), 9, ["budgets.per_backend.claude", "amount"]),
+        (("daily_limit_usd: 5.00", "daily_limit_usd: -5"), 6, ["budgets.daily_limit_usd", "non-negative"]),
+        (("monthly_limit_usd: 50.00", "monthly_limit_usd: fifty"), 7, ["budgets.monthly_limit_usd", "20.00"]),
+        (("warning_threshold: 0.8", "warning_threshold: 80"), 11, ["warning_threshold", "(0, 1]"]),
+        (
+            ("hard_stop: true", "hard_stop: true\n  fallback: gpt"),
+            13,
+            ["budgets.fallback", "local: true", "ollama"],
+        ),
+        (
+            ("hard_stop: true", "hard_stop: true\n  fallback: nope"),
+            13,
+            ["unknown backend 'nope'", "claude, gpt, ollama"],
+        ),
+        (("hard_stop: true", "hard_stop: true\n  timezone: Mars/Olympus"), 13, ["budgets.timezone", "IANA"]),
+        (
+            (
+                "hard_stop: true",
+                "hard_stop: true\n  limits:\n    - {scope: agent, limit_usd: 1, period: fortnight}",
+            ),
+            14,
+            ["budgets.limits.0.period", "'fortnight'", "day, week, month"],
+        ),
+        (
+            ("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: planet, limit_usd: 1}"),
+            14,
+            ["budgets.limits.0.scope", "'global'", "'task_type'"],
+        ),
+        (
+            ("hard_stop: true", "hard_stop: true\n  limits:\n    - {scope: agent, period: day}"),
+            14,
+            ["budgets.limits.0", "exactly one of limit_usd or limit_tokens"],
+        ),
+        (
+            (
+                "hard_stop: true",
+                "hard_stop: true\n  limits:\n    - {scope: backend, match: gtp, limit_usd: 1}",
+            ),
+            14,
+            ["budgets.limits.0.match", "unknown backend 'gtp'"],
+        ),
+        (
+            (
+                "hard_stop: true",
+                "hard_stop: true\n  limits:\n    - {scope: agent, limit_usd: 1, action: fallback}",
+            ),
+            14,
+            ["budgets.limits.0.action", "budgets.fallback"],
+        ),
+        (
+            (
+                "hard_stop: true",
+                "hard_stop: true\n  limits:\n    - {scope: agent, limit_usd: 1, colour: red}",
+            ),
+            14,
+            ["unknown key 'colour'", "valid keys: action, committed"],
+        ),
+    ],
+)
+def test_errors_name_file_line_key_and_the_valid_choices(
+    edit: tuple[str, str], line: int, needles: list[str]
+) -> None:
     text = BACKENDS + VERBATIM.replace(*edit)
     with pytest.raises(ConfigError) as e:
         parse_config(text, "llmbudget.yaml")
@@ -101,12 +162,16 @@ def test_errors_name_file_line_key_and_the_valid_choices(edit: tuple[str, str], 
 
 
 def test_alerts_block_with_webhooks_and_utilization() -> None:
-    text = BACKENDS + VERBATIM + """alerts:
+    text = (
+        BACKENDS
+        + VERBATIM
+        + """alerts:
   webhooks:
     - {url: https://hooks.example.com/llm, format: json}
     - {url: https://hooks.slack.com/services/T/B/X, format: slack}
   utilization: {midcycle: 0.6, min_used: 0.4, min_projected_total: 0.8}
 """
+    )
     cfg, _ = parse_config(text, "x.yaml")
     assert cfg.alerts is not None
     assert [w.format for w in cfg.alerts.webhooks] == ["json", "slack"]
@@ -119,24 +184,48 @@ def test_alerts_block_with_webhooks_and_utilization() -> None:
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-@pytest.mark.parametrize(("now", "period", "start", "end"), [
-    # spring forward: the day of 2025-03-30 has 23 hours in Berlin
-    (datetime(2025, 3, 30, 12, tzinfo=UTC), "day", datetime(2025, 3, 29, 23, tzinfo=UTC),
-     datetime(2025, 3, 30, 22, tzinfo=UTC)),
-    # fall back: 2025-10-26 has 25 hours
-    (datetime(2025, 10, 26, 12, tzinfo=UTC), "day", datetime(2025, 10, 25, 22, tzinfo=UTC),
-     datetime(2025, 10, 26, 23, tzinfo=UTC)),
-    # 23:30 UTC on the 31st is already April 1st in Berlin
-    (datetime(2025, 3, 31, 22, 30, tzinfo=UTC), "month", datetime(2025, 3, 31, 22, tzinfo=UTC),
-     datetime(2025, 4, 30, 22, tzinfo=UTC)),
-    (datetime(2024, 12, 31, 23, 30, tzinfo=UTC), "month", datetime(2024, 12, 31, 23, tzinfo=UTC),
-     datetime(2025, 1, 31, 23, tzinfo=UTC)),
-    # ISO week, Monday start, across the DST change
-    (datetime(2025, 3, 30, 12, tzinfo=UTC), "week", datetime(2025, 3, 23, 23, tzinfo=UTC),
-     datetime(2025, 3, 30, 22, tzinfo=UTC)),
-])
-def test_calendar_windows_in_the_configured_timezone(now: datetime, period: str, start: datetime,
-                                                     end: datetime) -> None:
+@pytest.mark.parametrize(
+    ("now", "period", "start", "end"),
+    [
+        # spring forward: the day of 2025-03-30 has 23 hours in Berlin
+        (
+            datetime(2025, 3, 30, 12, tzinfo=UTC),
+            "day",
+            datetime(2025, 3, 29, 23, tzinfo=UTC),
+            datetime(2025, 3, 30, 22, tzinfo=UTC),
+        ),
+        # fall back: 2025-10-26 has 25 hours
+        (
+            datetime(2025, 10, 26, 12, tzinfo=UTC),
+            "day",
+            datetime(2025, 10, 25, 22, tzinfo=UTC),
+            datetime(2025, 10, 26, 23, tzinfo=UTC),
+        ),
+        # 23:30 UTC on the 31st is already April 1st in Berlin
+        (
+            datetime(2025, 3, 31, 22, 30, tzinfo=UTC),
+            "month",
+            datetime(2025, 3, 31, 22, tzinfo=UTC),
+            datetime(2025, 4, 30, 22, tzinfo=UTC),
+        ),
+        (
+            datetime(2024, 12, 31, 23, 30, tzinfo=UTC),
+            "month",
+            datetime(2024, 12, 31, 23, tzinfo=UTC),
+            datetime(2025, 1, 31, 23, tzinfo=UTC),
+        ),
+        # ISO week, Monday start, across the DST change
+        (
+            datetime(2025, 3, 30, 12, tzinfo=UTC),
+            "week",
+            datetime(2025, 3, 23, 23, tzinfo=UTC),
+            datetime(2025, 3, 30, 22, tzinfo=UTC),
+        ),
+    ],
+)
+def test_calendar_windows_in_the_configured_timezone(
+    now: datetime, period: str, start: datetime, end: datetime
+) -> None:
     w = window_for(period, now, BERLIN)
     assert w is not None and (w.start, w.end) == (start, end)
 

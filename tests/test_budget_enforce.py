@@ -33,11 +33,14 @@ class Clock:
         return self.now
 
 
-def make(tmp_path: Path, budgets: str, clock: Clock, *, ledger: bool = True,
-         factor: str = "1.0") -> tuple[BudgetEnforcer, object]:
+def make(
+    tmp_path: Path, budgets: str, clock: Clock, *, ledger: bool = True, factor: str = "1.0"
+) -> tuple[BudgetEnforcer, object]:
     # input_token_factor 1: these tests reason about exact worst cases; the default (4) is tested below
-    cfg, _ = parse_config(BACKENDS + budgets.replace("budgets:\n", f"budgets:\n  input_token_factor: {factor}\n", 1),
-                          "test.yaml")
+    cfg, _ = parse_config(
+        BACKENDS + budgets.replace("budgets:\n", f"budgets:\n  input_token_factor: {factor}\n", 1),
+        "test.yaml",
+    )
     db = f"sqlite:///{tmp_path / 'l.db'}"
     state = open_ledger(db, audit=False) if ledger else None
     enf = build_enforcer(cfg, db, state=state, prices=PriceBook.from_config(cfg), clock=clock)
@@ -45,8 +48,14 @@ def make(tmp_path: Path, budgets: str, clock: Clock, *, ledger: bool = True,
 
 
 def call(**kw: object) -> CallInfo:
-    base: dict[str, object] = {"backend": "claude", "protocol": "anthropic", "provider": "anthropic",
-                               "model": MODEL, "est_input_tokens": 1000, "max_output_tokens": 1000}
+    base: dict[str, object] = {
+        "backend": "claude",
+        "protocol": "anthropic",
+        "provider": "anthropic",
+        "model": MODEL,
+        "est_input_tokens": 1000,
+        "max_output_tokens": 1000,
+    }
     base.update(kw)
     return CallInfo(**base)  # type: ignore[arg-type]
 
@@ -58,8 +67,16 @@ def cost(tin: int, tout: int) -> Decimal:
 
 
 def event(tin: int, tout: int, **kw: object) -> UsageEvent:
-    return UsageEvent(backend="claude", model=MODEL, provider="anthropic", input_tokens=tin, output_tokens=tout,
-                      cost_usd=cost(tin, tout), price_status="priced", **kw)  # type: ignore[arg-type]
+    return UsageEvent(
+        backend="claude",
+        model=MODEL,
+        provider="anthropic",
+        input_tokens=tin,
+        output_tokens=tout,
+        cost_usd=cost(tin, tout),
+        price_status="priced",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_refuses_at_the_daily_limit_with_budget_spent_limit_and_berlin_reset(tmp_path: Path) -> None:
@@ -86,8 +103,12 @@ def test_refuses_at_the_daily_limit_with_budget_spent_limit_and_berlin_reset(tmp
 
 def test_fallback_admission_names_local_backend_model_and_reset(tmp_path: Path) -> None:
     clock = Clock(datetime(2025, 6, 30, 12, 0, tzinfo=UTC))
-    enf, _ = make(tmp_path, "budgets:\n  monthly_limit_usd: 0.001\n  timezone: UTC\n  fallback: local\n"
-                            "  fallback_model: llama3.2\n", clock)
+    enf, _ = make(
+        tmp_path,
+        "budgets:\n  monthly_limit_usd: 0.001\n  timezone: UTC\n  fallback: local\n"
+        "  fallback_model: llama3.2\n",
+        clock,
+    )
     a = enf.admit(call())
     assert a.allowed and a.reservation_id is None
     assert (a.fallback_backend, a.fallback_model) == ("local", "llama3.2")
@@ -98,7 +119,9 @@ def test_local_backends_are_never_counted(tmp_path: Path) -> None:
     clock = Clock(datetime(2025, 6, 30, 12, 0, tzinfo=UTC))
     enf, _ = make(tmp_path, "budgets:\n  daily_limit_usd: 0.000001\n", clock)
     for _ in range(5):
-        a = enf.admit(call(backend="local", protocol="openai", provider="local", model="llama3.2", local=True))
+        a = enf.admit(
+            call(backend="local", protocol="openai", provider="local", model="llama3.2", local=True)
+        )
         assert a.allowed and a.reservation_id is None
     assert not enf.admit(call()).allowed
 
@@ -126,14 +149,18 @@ def test_release_on_upstream_error_and_settle_of_interrupted_stream(tmp_path: Pa
     assert b.allowed
     enf.settle(b, event(1000, 300, status="interrupted", streamed=True))  # cut mid-stream: tokens so far
     [st] = __import__("llmbudget.budget.status", fromlist=["budget_status"]).budget_status(
-        enf.budgets, enf.store, enf.tz, clock.now)
+        enf.budgets, enf.store, enf.tz, clock.now
+    )
     assert st.spent == event(1000, 300).cost_nano and st.reserved == 0
 
 
 def test_every_applicable_budget_is_checked_and_backend_budgets_only_their_backend(tmp_path: Path) -> None:
     clock = Clock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
-    enf, _ = make(tmp_path, "budgets:\n  daily_limit_usd: 100\n  per_backend:\n    claude: 0.001/month\n"
-                            "    gpt: 10.00/month\n", clock)
+    enf, _ = make(
+        tmp_path,
+        "budgets:\n  daily_limit_usd: 100\n  per_backend:\n    claude: 0.001/month\n    gpt: 10.00/month\n",
+        clock,
+    )
     r = enf.admit(call())
     assert not r.allowed and r.budgets == ("backend:claude/month",)
     a = enf.admit(call(backend="gpt", protocol="openai", provider="openai", model="gpt-4o-mini"))
@@ -142,7 +169,9 @@ def test_every_applicable_budget_is_checked_and_backend_budgets_only_their_backe
 
 def test_per_agent_token_limit_counts_each_agent_separately(tmp_path: Path) -> None:
     clock = Clock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
-    enf, _ = make(tmp_path, "budgets:\n  limits:\n    - {scope: agent, limit_tokens: 2500, period: 5h}\n", clock)
+    enf, _ = make(
+        tmp_path, "budgets:\n  limits:\n    - {scope: agent, limit_tokens: 2500, period: 5h}\n", clock
+    )
     a1 = enf.admit(call(agent="a"))
     assert a1.allowed
     assert not enf.admit(call(agent="a")).allowed  # 2000 reserved + 2000 > 2500
@@ -158,7 +187,9 @@ def test_pause_action_pauses_the_agent_until_resumed_and_survives_restart(tmp_pa
     enf, state = make(tmp_path, cfg, clock)
     r = enf.admit(call(agent="runaway"))
     assert not r.allowed and r.status == 429
-    assert "Agent 'runaway' is paused" in (r.message or "") and "llmbudget agents resume runaway" in (r.message or "")
+    assert "Agent 'runaway' is paused" in (r.message or "") and "llmbudget agents resume runaway" in (
+        r.message or ""
+    )
     # paused for every call now, even one that would fit another budget
     assert not enf.admit(call(agent="runaway", model="claude-3-5-haiku-latest", max_output_tokens=1)).allowed
     assert enf.admit(call(agent="other")).allowed
@@ -195,8 +226,12 @@ def test_warning_fires_once_per_threshold_and_window_across_instances(tmp_path: 
 
 def test_unpriced_model_is_not_charged_to_usd_budgets_but_counts_tokens(tmp_path: Path) -> None:
     clock = Clock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
-    enf, _ = make(tmp_path, "budgets:\n  daily_limit_usd: 0.000001\n  limits:\n"
-                            "    - {scope: global, limit_tokens: 3000, period: day}\n", clock)
+    enf, _ = make(
+        tmp_path,
+        "budgets:\n  daily_limit_usd: 0.000001\n  limits:\n"
+        "    - {scope: global, limit_tokens: 3000, period: day}\n",
+        clock,
+    )
     a = enf.admit(call(model="totally-unknown-model-x"))
     assert a.allowed
     assert not enf.admit(call(model="totally-unknown-model-x", max_output_tokens=2000)).allowed
@@ -212,4 +247,3 @@ def test_worst_case_uses_model_maximum_when_max_tokens_is_missing(tmp_path: Path
     assert enf4.worst_case(call())[:2] == (4000, 1000)  # the default bounds text input by its characters
     _, tout, _ = enf.worst_case(call(model="some-new-model", max_output_tokens=None))
     assert tout == 32768  # documented default
-

@@ -64,24 +64,36 @@ def test_recommendation_prefers_headroom_per_time_left() -> None:
 def test_cycles_from_quota_readings() -> None:
     now = datetime(2025, 6, 5, 12, tzinfo=UTC)
     latest = {
-        "claude-max": {"timestamp": "2025-06-05T11:00:00Z", "backend": "claude-max",
-                       "windows": {"7d": {"utilization": 0.2, "reset": "2025-06-08T12:00:00Z"},
-                                   "5h": {"utilization": 0.9, "reset": "2025-06-05T14:00:00Z"}}},
-        "stale": {"timestamp": "2025-05-01T00:00:00Z", "windows": {"7d": {"utilization": 0.1,
-                                                                          "reset": "2025-05-03T00:00:00Z"}}},
+        "claude-max": {
+            "timestamp": "2025-06-05T11:00:00Z",
+            "backend": "claude-max",
+            "windows": {
+                "7d": {"utilization": 0.2, "reset": "2025-06-08T12:00:00Z"},
+                "5h": {"utilization": 0.9, "reset": "2025-06-05T14:00:00Z"},
+            },
+        },
+        "stale": {
+            "timestamp": "2025-05-01T00:00:00Z",
+            "windows": {"7d": {"utilization": 0.1, "reset": "2025-05-03T00:00:00Z"}},
+        },
         "nodata": {"timestamp": "2025-06-05T11:00:00Z", "windows": {"7d": {"utilization": None}}},
     }
     [c] = cycles_from_readings(latest, now)
     assert c.name == "claude-max 7d" and c.source == "quota"
     assert c.elapsed == (now - (datetime(2025, 6, 8, 12, tzinfo=UTC) - timedelta(days=7))) / timedelta(days=7)
-    assert [f.kind for f in findings([c], UtilizationConfig())] == ["utilization_low", "utilization_conservative"]
+    assert [f.kind for f in findings([c], UtilizationConfig())] == [
+        "utilization_low",
+        "utilization_conservative",
+    ]
 
 
 def test_committed_budget_alerts_once_per_cycle(tmp_path: Path) -> None:
-    text = ("backends:\n  claude: {kind: anthropic, base_url: https://api.anthropic.com}\n"
-            "budgets:\n  timezone: UTC\n  limits:\n"
-            "    - {name: plan, scope: backend, match: claude, limit_usd: 100, period: month, action: alert,"
-            " committed: true}\n")
+    text = (
+        "backends:\n  claude: {kind: anthropic, base_url: https://api.anthropic.com}\n"
+        "budgets:\n  timezone: UTC\n  limits:\n"
+        "    - {name: plan, scope: backend, match: claude, limit_usd: 100, period: month, action: alert,"
+        " committed: true}\n"
+    )
     cfg, _ = parse_config(text, "x.yaml")
     db = f"sqlite:///{tmp_path / 'l.db'}"
     now = datetime(2025, 6, 20, tzinfo=UTC)  # 63% of June gone

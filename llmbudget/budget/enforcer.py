@@ -213,7 +213,9 @@ class BudgetEnforcer:
         # the sentence DESIGN.md section 5 names; true without a fallback too: local backends are
         # never counted, so they keep serving while cloud calls are refused
         notice = f"Cloud budget exhausted, operating local-only until {reset}"
-        hint = "" if self.fallback else "; set budgets.fallback to have refused calls served by a local backend"
+        hint = (
+            "" if self.fallback else "; set budgets.fallback to have refused calls served by a local backend"
+        )
         msg = f"{notice}: {usage}. Cloud calls resume by themselves at {reset}{hint}."
         log.info("budget refused budget=%s backend=%s agent=%s", b.name, call.backend, call.agent)
         return Admission(

@@ -24,7 +24,9 @@ def _params(request: Request, allowed: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in request.query_params:
         if name not in allowed:
-            raise ValidationError(name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}")
+            raise ValidationError(
+                name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}"
+            )
         out[name] = request.query_params[name]
     return out
 
@@ -35,8 +37,9 @@ def _enforcer(services: Any) -> Any:
     if enf is None:
         from ..budget import build_enforcer
 
-        enf = build_enforcer(services.config, services.ledger.url, state=services.ledger,
-                             price_fn=lambda *a: None)
+        enf = build_enforcer(
+            services.config, services.ledger.url, state=services.ledger, price_fn=lambda *a: None
+        )
         services.extras["budget"] = enf
     return enf
 
@@ -52,8 +55,9 @@ def routes(services: Any) -> list[BaseRoute]:
         if flag not in _TRUE + _FALSE:
             raise ValidationError("utilization", f"must be true or false, got {flag!r}")
         enf = await run_in_threadpool(_enforcer, services)
-        data = await run_in_threadpool(budget_report, enf, services.ledger, services.config,
-                                       utilization=flag in _TRUE)
+        data = await run_in_threadpool(
+            budget_report, enf, services.ledger, services.config, utilization=flag in _TRUE
+        )
         return JSONResponse(data)
 
     async def notifications(request: Request) -> JSONResponse:
@@ -78,7 +82,7 @@ def routes(services: Any) -> list[BaseRoute]:
             try:
                 body = json.loads(raw)
             except ValueError:
-                raise ValidationError("body", "must be JSON such as {\"reason\": \"...\"}") from None
+                raise ValidationError("body", 'must be JSON such as {"reason": "..."}') from None
             if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
                 raise ValidationError("reason", "must be a string")
             reason = body.get("reason") or reason
@@ -92,8 +96,14 @@ def routes(services: Any) -> list[BaseRoute]:
         enf = await run_in_threadpool(_enforcer, services)
         changed = await run_in_threadpool(enf.resume, name)
         if changed and enf.notifier is not None:
-            enf.notifier.notify(Notice(kind="agent_resumed", level="info", scope=f"agent {name}",
-                                       message=f"Agent '{name}' resumed."))
+            enf.notifier.notify(
+                Notice(
+                    kind="agent_resumed",
+                    level="info",
+                    scope=f"agent {name}",
+                    message=f"Agent '{name}' resumed.",
+                )
+            )
         return JSONResponse({"agent": name, "paused": False, "changed": changed})
 
     return [

@@ -215,8 +215,8 @@ def test_a_limit_added_later_starts_from_the_ledger(setup: tuple[str, str | None
         ledger.close()
 
 
-def test_session_rolling_and_token_budgets_seed_exactly(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'l.db'}"
+def test_session_rolling_and_token_budgets_seed_exactly(ledger_url: str) -> None:
+    db = ledger_url
     ledger = open_ledger(db, audit=False)
     ledger.record_many(
         [

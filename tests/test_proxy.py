@@ -44,6 +44,9 @@ def make_config(fake_url: str) -> Config:
                 "dead-gemini": {"kind": "gemini", "base_url": f"http://127.0.0.1:{free_port()}"},
                 # backends of their own, so quota readings of other tests do not mix in
                 "burst": {"kind": "openai", "base_url": fake_url, "provider": "openai"},
+                # on 127.0.0.1 without `provider`: a gateway in front of paid models, or a local one
+                "gateway": {"kind": "anthropic", "base_url": fake_url},
+                "ollama": {"kind": "openai", "base_url": fake_url, "local": True},
                 "gemq": {"kind": "gemini", "base_url": fake_url, "provider": "google"},
                 "keyed": {
                     "kind": "openai",
@@ -403,7 +406,10 @@ def test_unknown_backend_is_a_404_listing_backends(proxy: RunningProxy) -> None:
         client.chat.completions.create(model="m", messages=[])
     message = info.value.body["message"]  # type: ignore[index]
     assert "nope" in message
-    assert "anthropic, burst, dead, dead-anthropic, dead-gemini, gemini, gemq, keyed, openai" in message
+    assert (
+        "anthropic, burst, dead, dead-anthropic, dead-gemini, gateway, gemini, gemq, keyed, ollama, openai"
+        in message
+    )
     r = httpx.post(f"{proxy.url}/nope/v1/messages", json={})
     assert r.status_code == 404 and r.json()["type"] == "error"
 
@@ -801,3 +807,24 @@ def test_compressed_stream_still_hides_the_usage_chunk(proxy: RunningProxy, fake
     [event] = proxy.wait_events(1, session=sess)
     assert event.status == "ok"
     expected(proxy, event, normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE))
+
+
+def test_a_loopback_backend_is_free_only_when_marked_local(proxy: RunningProxy) -> None:
+    """A gateway on 127.0.0.1 may front paid models: only `local: true` prices a call at $0."""
+    sess = session_id()
+    with anthropic.Anthropic(
+        api_key="k",
+        base_url=f"{proxy.url}/gateway",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Session": sess},
+    ) as claude:
+        claude.messages.create(
+            model="claude-sonnet-4-0", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    with oai(proxy, sess, backend="ollama") as local:
+        local.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+    by_backend = {e.backend: e for e in proxy.wait_events(2, session=sess)}
+    gateway, ollama = by_backend["gateway"], by_backend["ollama"]
+    assert gateway.provider == "anthropic"
+    expected(proxy, gateway, normalize.anthropic_usage(fx.ANTHROPIC_USAGE))
+    assert (ollama.provider, ollama.price_status, ollama.cost_usd) == ("local", "local", 0)

@@ -37,7 +37,7 @@ from . import anthropic, gemini, openai
 from .base import BadRequest, CallMeter
 from .errors import error_bytes, guess_protocol
 from .gate import Admission, CallInfo
-from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
+from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
 
 if TYPE_CHECKING:
     from ..quota.readings import QuotaReading
@@ -612,9 +612,7 @@ class Proxy:
         if backend.local:
             return "local"
         try:
-            from ..pricing import provider_for
-
-            return str(provider_for(model, backend.base_url, backend.kind))
+            return guess_provider(model, backend.base_url, backend.kind)
         except Exception:  # the price book is optional on this path; fall back to the wire protocol
             return {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}[backend.kind]
 

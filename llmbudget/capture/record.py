@@ -16,6 +16,22 @@ from .base import CallMeter
 log = logging.getLogger("llmbudget.capture")
 
 
+def guess_provider(model: str, base_url: str | None, kind: str) -> str:
+    """The price-book provider of a call to `base_url`, from its host, then protocol, then model.
+
+    A loopback host is not taken as proof that calls are free: a gateway on 127.0.0.1 (LiteLLM,
+    a corporate proxy) may front paid models. Only `local: true` (or `wrap(local=True)`) prices at
+    $0; otherwise the provider is guessed from the protocol and model, and an unknown model stays
+    `unpriced`.
+    """
+    from ..pricing import provider_for
+
+    provider = str(provider_for(model, base_url, kind))
+    if provider == "local":
+        provider = str(provider_for(model, None, kind))
+    return provider
+
+
 def call_status(meter: CallMeter, *, http_status: int, interrupted: bool, fallback: bool) -> str:
     """ok | error | interrupted | fallback for a call that reached the provider."""
     if http_status >= 400 or meter.stream_error:

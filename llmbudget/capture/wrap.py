@@ -101,9 +101,9 @@ class _Recorder:
         if self.provider:
             return self.provider
         try:
-            from ..pricing import provider_for
+            from .record import guess_provider
 
-            return str(provider_for(model, self.base_url, self.protocol))
+            return guess_provider(model, self.base_url, self.protocol)
         except Exception:
             return self.protocol
 

@@ -66,7 +66,7 @@ def serve(
         app = build_app(services)
         names = ", ".join(f"/{n}" for n in sorted(cfg.backends)) or "(no backends configured)"
         common.err_console.print(
-            f"llmbudget serving on http://{host}:{port}  backends: {names}", highlight=False
+            f"llmbudget serving on http://{host}:{port}  backends: {names}", highlight=False, soft_wrap=True
         )
         # No access log: uvicorn's prints query strings (a Gemini `?key=` would land in it) and
         # costs ~15% CPU; the proxy logs what it does itself, without keys.

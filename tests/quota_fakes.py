@@ -52,7 +52,7 @@ def unified(status: str, u5: str, u7: str, **extra: str) -> dict[str, str]:
         "anthropic-ratelimit-unified-5h-reset": _in(2 * 3600 + 60),
         "anthropic-ratelimit-unified-5h-utilization": u5,
         "anthropic-ratelimit-unified-7d-status": "allowed",
-        "anthropic-ratelimit-unified-7d-reset": _in(3 * 86400),
+        "anthropic-ratelimit-unified-7d-reset": _in(3 * 86400 - 1800),  # mid-hour: the countdown never straddles 3d0h
         "anthropic-ratelimit-unified-7d-utilization": u7,
         "anthropic-ratelimit-unified-representative-claim": "five_hour",
         "anthropic-ratelimit-unified-fallback-percentage": "0.5",

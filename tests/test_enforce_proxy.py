@@ -93,19 +93,23 @@ def start_servers(
     deadline = time.monotonic() + 30
     import urllib.request
 
-    for p, url in procs:
-        while True:
-            if p.poll() is not None:
-                raise RuntimeError(f"llmbudget serve exited: {p.stderr.read() if p.stderr else ''}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("llmbudget serve did not start")
-            time.sleep(0.1)
+    try:
+        for p, url in procs:
+            while True:
+                if p.poll() is not None:
+                    raise RuntimeError(f"llmbudget serve exited: {p.stderr.read() if p.stderr else ''}")
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("llmbudget serve did not start")
+                time.sleep(0.1)
+    except BaseException:
+        stop_servers(procs)  # one server failing must not leave the others running into the next test
+        raise
     return procs
 
 

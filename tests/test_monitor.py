@@ -139,7 +139,7 @@ def test_monitor_on_a_narrow_terminal_prints_one_block_per_account(
                  "--config", str(cfg)]) == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["OK", "max-1", "anthropic-unified"]
-    assert re.fullmatch(r"5h 42% \(\dh\d\dm\) · 7d 50% \(2d2\dh\) · key valid", lines[1].strip()), lines[1]
+    assert re.fullmatch(r"5h 42% \(\dh\d\dm\) · 7d 50% \(2d23h\) · key valid", lines[1].strip()), lines[1]
     assert lines[2].split()[:2] == ["CRITICAL", "dead"] and "key INVALID" in lines[3]
     assert ["UNKNOWN", "slow", "openai"] in [line.split() for line in lines]
     assert "timed out after 0.5s" in lines[-2] and lines[-1] == "Overall: 1 CRITICAL, 1 OK, 1 UNKNOWN"

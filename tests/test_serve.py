@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,26 @@ def test_public_address_needs_an_admin_token(monkeypatch: pytest.MonkeyPatch) ->
 def test_serve_refuses_public_host_from_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 1
     assert "admin token" in capsys.readouterr().err
+
+
+def test_serve_bad_flags_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./llmbudget.yaml
+    assert main(["serve", "--port", "99999"]) == 1
+    assert "--port: must be between 1 and 65535, got 99999" in capsys.readouterr().err
+    assert main(["serve", "--log-level", "loud"]) == 1
+    assert "--log-level: must be one of debug, info, warning, error" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--db", str(tmp_path / "l.db")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
+    assert "Traceback" not in err
 
 
 @pytest.fixture

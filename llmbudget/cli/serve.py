@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
 import signal
+import socket
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LLMBudgetError, ValidationError
 from . import common
 
 
@@ -41,6 +43,33 @@ def check_bind(host: str, admin_token_env: str | None) -> None:
         )
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail with one clear line when `host:port` cannot be listened on (bad port, address in use)."""
+    if not 1 <= port <= 65535:
+        raise ValidationError("--port", f"must be between 1 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise LLMBudgetError(
+            f"cannot listen on {host}: the address does not resolve ({e}); check --host"
+        ) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            hint = (
+                "is another `llmbudget serve` running? stop it or choose another --port"
+                if e.errno == errno.EADDRINUSE
+                else "check --host and --port"
+            )
+            raise LLMBudgetError(f"cannot listen on {host}:{port}: {e.strerror or e}; {hint}") from None
+
+
 def serve(
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
@@ -56,10 +85,13 @@ def serve(
     from ..app import build_app
     from ..services import Services
 
+    if log_level.lower() not in _LOG_LEVELS:
+        raise ValidationError("--log-level", f"must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
     cfg = common.load(config)
     host = host or cfg.server.host
-    port = port or cfg.server.port
+    port = port if port is not None else cfg.server.port
     check_bind(host, cfg.server.admin_token_env)
+    check_listen(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     services = Services.create(cfg, db_url=db)
     try:

@@ -175,6 +175,12 @@ def test_numeric_strings_and_floats_are_counted() -> None:
     assert gemini_usage({"promptTokenCount": Decimal(7)}).input_tokens == 7
 
 
+@pytest.mark.parametrize("odd", ["²", "١٢", "9" * 5000, "-3", "1e3", " "])
+def test_odd_numeric_strings_count_as_zero_never_raise(odd: str) -> None:
+    # str.isdigit() accepts superscripts and other scripts that int() refuses or reads differently
+    assert openai_chat_usage({"prompt_tokens": odd, "completion_tokens": 2}) == TokenUsage(0, 0, 0, 2, 0)
+
+
 def test_inconsistent_parts_raise_the_total_not_cut_the_part() -> None:
     # a server that reports more cached than prompt tokens: never under-count the input
     u = openai_chat_usage(

@@ -55,7 +55,9 @@ def _int(value: Any) -> int:
         return int(value)
     if isinstance(value, str):
         s = value.strip()
-        if s.isdigit():  # some gateways send counts as strings
+        # some gateways send counts as strings; only plain ASCII digits ('²' is a digit to isdigit()
+        # but not to int()), and not so many that int() refuses the conversion
+        if s.isascii() and s.isdigit() and len(s) <= 18:
             return int(s)
     return 0
 

@@ -828,3 +828,24 @@ def test_a_loopback_backend_is_free_only_when_marked_local(proxy: RunningProxy) 
     assert gateway.provider == "anthropic"
     expected(proxy, gateway, normalize.anthropic_usage(fx.ANTHROPIC_USAGE))
     assert (ollama.provider, ollama.price_status, ollama.cost_usd) == ("local", "local", 0)
+
+
+def test_no_user_agent_or_encoding_is_invented_for_the_upstream(
+    proxy: RunningProxy, fake: FakeUpstream
+) -> None:
+    """A client that sends no User-Agent gets none added; without Accept-Encoding, identity is asked."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    host = urlsplit(proxy.url)
+    conn = http.client.HTTPConnection(host.hostname or "", host.port, timeout=10)
+    try:
+        conn.putrequest("GET", "/openai/v1/models", skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["data"]
+    finally:
+        conn.close()
+    sent = fake.requests[-1]["headers"]
+    assert "user-agent" not in sent
+    assert sent["accept-encoding"] == "identity"

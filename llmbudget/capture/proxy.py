@@ -87,6 +87,8 @@ _RATE_PREFIXES_B = (
     b"x-cost-usd",
 )
 _MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
+#: aiohttp adds its own User-Agent unless told not to (only when the client sent none)
+_NO_UA = ("User-Agent",)
 #: pending piggyback quota readings are parsed and stored this often (the newest per backend wins)
 READING_INTERVAL_S = 1.0
 
@@ -159,7 +161,6 @@ class Proxy:
             self.session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
                 timeout=aiohttp.ClientTimeout(total=None),
             )
             self._reading_task = asyncio.create_task(self._reading_loop())
@@ -349,8 +350,11 @@ class Proxy:
                     headers["x-goog-api-key"] = key
                 else:
                     headers["Authorization"] = f"Bearer {key}"
-        if req.meter is not None and "accept-encoding" in headers:
-            # usage must be readable: ask for an uncompressed answer (a client always accepts identity)
+        if "accept-encoding" not in headers or req.meter is not None:
+            # Metered: usage must be readable, so ask for an uncompressed answer (a client always
+            # accepts identity). A client that sent no Accept-Encoding gets identity too, where
+            # aiohttp would add its own `gzip, deflate` (setting it here beats skip_auto_headers,
+            # which costs a multidict copy per request).
             headers = headers.copy() if headers is req.headers else headers
             headers["Accept-Encoding"] = "identity"
         return URL(url, encoded=True), headers
@@ -371,6 +375,7 @@ class Proxy:
                 data=req.body,
                 allow_redirects=False,
                 timeout=self._timeouts[target],
+                skip_auto_headers=None if "user-agent" in headers else _NO_UA,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             await self._connect_failed(req, target, send, e)
@@ -541,6 +546,7 @@ class Proxy:
                 data=req.body or None,
                 allow_redirects=False,
                 timeout=self._timeouts[target],
+                skip_auto_headers=None if "user-agent" in headers else _NO_UA,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             log.warning(

@@ -69,9 +69,13 @@ def build_event(
         log.exception("usage_unreadable backend=%s", backend)
         usage = None
     tokens: dict[str, Any] = usage.as_dict() if usage is not None else {}
+    estimated = False
     if status == "interrupted" and upstream_reached:
-        tokens["input_tokens"] = max(tokens.get("input_tokens", 0), meter.est_input_tokens())
-        tokens["output_tokens"] = max(tokens.get("output_tokens", 0), meter.est_output_tokens())
+        est_in, est_out = meter.est_input_tokens(), meter.est_output_tokens()
+        if est_in > tokens.get("input_tokens", 0) or est_out > tokens.get("output_tokens", 0):
+            tokens["input_tokens"] = max(tokens.get("input_tokens", 0), est_in)
+            tokens["output_tokens"] = max(tokens.get("output_tokens", 0), est_out)
+            estimated = True
     model = meter.model or meter.request_model or ""
     now = utcnow()
     cost: Decimal | None = None
@@ -79,7 +83,7 @@ def build_event(
     if prices is not None:
         # priced before the event is built (the same book and rule as `PriceBook.price_event`, without
         # building and validating the event twice on the request path)
-        usage_now = usage if usage is not None and usage.as_dict() == tokens else TokenUsage.of(**tokens)
+        usage_now = usage if usage is not None and not estimated else TokenUsage.of(**tokens)
         result = prices.cost(model, usage_now, provider=provider, at=now, local=local or provider == "local")
         cost, price_status = result.cost_usd, result.status
     return UsageEvent(

@@ -321,3 +321,18 @@ def test_config_check(cfg_file: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 def test_config_check_without_a_file_uses_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "config", "check")
     assert code == 0 and "defaults apply" in out
+
+
+def test_a_mistyped_ledger_path_is_an_error_not_an_empty_report(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "typo.db"
+    assert main(["costs", "--db", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no ledger at {missing}" in err and "--db" in err
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_a_database_url_the_ledger_cannot_hold_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "--db", "redis://127.0.0.1:6379/0"]) == 1
+    err = capsys.readouterr().err
+    assert "unsupported database URL scheme 'redis'" in err and "postgresql://" in err

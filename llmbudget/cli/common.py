@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ..config import Config, load_config, resolve_db_url
+from ..config import Config, default_db_url, load_config, resolve_db_url
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,12 +34,28 @@ def load(config: str | None) -> Config:
     return load_config(config)
 
 
-def open_ledger_for(config: str | None, db: str | None) -> tuple[Config, Any]:
-    """Load the config and open the ledger it (or --db) names."""
+def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = False) -> tuple[Config, Any]:
+    """Load the config and open the ledger it (or --db) names.
+
+    With `must_exist` (read-only reports), a SQLite file named explicitly (--db, $LLMBUDGET_DB or
+    `storage.url`) that does not exist is an error rather than a new empty ledger: a typo in the
+    path must not look like "no spend".
+    """
     from ..store import open_ledger
 
     cfg = load_config(config)
-    return cfg, open_ledger(resolve_db_url(db, cfg), **ledger_options(cfg))
+    url = resolve_db_url(db, cfg)
+    if must_exist and url != default_db_url() and "://" not in url.removeprefix("sqlite:///"):
+        from ..errors import StorageError
+        from ..store.sqlite import sqlite_path
+
+        path = sqlite_path(url)
+        if not path.exists():
+            raise StorageError(
+                f"no ledger at {path}; check --db / $LLMBUDGET_DB / storage.url "
+                "(`llmbudget serve` or `llmbudget import` creates one)"
+            )
+    return cfg, open_ledger(url, **ledger_options(cfg))
 
 
 def ledger_options(cfg: Config) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def _one_format(json_: bool, csv_: bool) -> None:
 
 @contextlib.contextmanager
 def _ledger(config: str | None, db: str | None) -> Iterator[tuple[Any, Any]]:
-    cfg, ledger = common.open_ledger_for(config, db)
+    cfg, ledger = common.open_ledger_for(config, db, must_exist=True)
     try:
         yield cfg, ledger
     finally:

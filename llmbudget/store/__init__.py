@@ -20,13 +20,22 @@ __all__ = [
 
 def open_ledger(url: str | None = None, **options: Any) -> Ledger:
     """Open the ledger at `url` (`sqlite:///path`, a path, `postgresql://...`); None means the default SQLite file."""
-    from ..config import default_db_url
+    from ..config import default_db_url, mask_url
 
     url = url or default_db_url()
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresLedger
 
         return PostgresLedger(url, **options)
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    if scheme is not None and scheme != "sqlite":
+        from ..errors import StorageError
+
+        hint = " (Redis holds budget counters: set budgets.redis_url)" if scheme.startswith("redis") else ""
+        raise StorageError(
+            f"unsupported database URL scheme {scheme!r} in {mask_url(url)}; the ledger takes "
+            f"sqlite:///path/to/file.db, a file path, or postgresql://user@host/db{hint}"
+        )
     from .sqlite import SQLiteLedger
 
     return SQLiteLedger(url, **options)

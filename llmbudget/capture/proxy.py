@@ -743,7 +743,7 @@ class Proxy:
                 break
         status = resp.status
         if not found and body is None:
-            if self.backends[backend].kind != "gemini":
+            if status >= 400 or self.backends[backend].kind != "gemini":
                 return
             # Gemini: a success after nothing or an error says "allowed"; store that state change
             if self._gemini_state.get(backend) == "ok":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -88,13 +89,29 @@ class SQLiteLedger(SQLLedger):
             spool_dir=self.path.parent,
         )
         self._wconn = self._connect()
-        try:
-            mode = self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
+        mode = self._enter_wal()
         if str(mode).lower() != "wal":
             raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
         self._start()
+
+    def _enter_wal(self) -> str:
+        """Switch to WAL, waiting out other processes that open the same new file at the same moment.
+
+        Changing the journal mode can fail with "database is locked" at once, without SQLite's busy
+        handler, while another connection is creating the file or switching it itself.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.01
+        while True:
+            try:
+                return str(self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                    raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            except sqlite3.Error as e:
+                raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
 
     def _connect(self) -> sqlite3.Connection:
         try:

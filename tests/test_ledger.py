@@ -429,7 +429,7 @@ def test_processes_opening_a_fresh_database_at_once_all_migrate(ledger_url: str)
     code = "import sys; from llmbudget.store import open_ledger; open_ledger(sys.argv[1]).close()"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, ledger_url], stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
+        for _ in range(6)
     ]
     errors = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors

@@ -20,7 +20,10 @@ _EXPORTS = {
     "LLMBudgetError": ("llmbudget.errors", "LLMBudgetError"),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
+    "__version__", "UsageEvent", "Ledger", "PriceBook", "estimate_cost", "Meter", "wrap", "BudgetExceeded",
+    "LLMBudgetError",
+]
 
 if TYPE_CHECKING:
     from .errors import BudgetExceeded, LLMBudgetError

@@ -183,7 +183,7 @@ def _load_with_lines(text: str, path: str) -> tuple[Any, dict[tuple[Any, ...], i
                 walk(item, (*loc, i))
 
     walk(node, ())
-    data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+    data = yaml.load(text, Loader=yaml.SafeLoader)
     return data, lines
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -10,18 +10,27 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import ValidationError
-from .money import from_nano, to_nano
+from .money import decimal_str, from_nano, to_nano
 
 PRICE_STATUSES = frozenset({"priced", "unpriced", "local", "override"})
 STATUSES = frozenset({"ok", "error", "interrupted", "blocked", "fallback"})
 SOURCES = frozenset({"proxy", "sdk", "import", "api"})
 #: attribution fields, in the order reports show them
 ATTRIBUTION = ("agent", "session", "user", "team", "task_id", "task_type", "tier")
-TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-                "reasoning_tokens")
+TOKEN_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 
 _last_ms = 0
 _seq = 0
+#: ids need uniqueness, not secrecy: the module PRNG (seeded from urandom) is far cheaper than two
+#: urandom syscalls per id on the proxy's hot path. It must be the module-level one: Python reseeds
+#: it in a forked child, so forked workers never draw the same ids (a private Random() would not be).
+_getrandbits = random.getrandbits
 
 
 def new_id() -> str:
@@ -32,9 +41,9 @@ def new_id() -> str:
         ms = _last_ms
         _seq += 1
     else:
-        _last_ms, _seq = ms, int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _last_ms, _seq = ms, _getrandbits(10)
     rand_a = _seq & 0xFFF
-    rand_b = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
+    rand_b = _getrandbits(62)
     value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -110,9 +119,8 @@ class UsageEvent:
             raise ValidationError("model", "must be a string")
         for name in TOKEN_FIELDS:
             v = getattr(self, name)
-            if type(v) is not int:
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise ValidationError(name, f"must be an integer, got {v!r}")
+            if type(v) is not int and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValidationError(name, f"must be an integer, got {v!r}")
             if v < 0:
                 raise ValidationError(name, f"must not be negative, got {v}")
         if self.cached_input_tokens + self.cache_write_tokens > self.input_tokens:
@@ -164,7 +172,7 @@ class UsageEvent:
         """JSON-ready dict: RFC 3339 timestamp, cost as a decimal string (exact) under `cost_usd`."""
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         d["timestamp"] = self.timestamp.isoformat().replace("+00:00", "Z")
-        d["cost_usd"] = None if self.cost_usd is None else str(self.cost_usd)
+        d["cost_usd"] = None if self.cost_usd is None else decimal_str(self.cost_usd)
         d["tags"] = dict(self.tags)
         return d
 

@@ -49,3 +49,8 @@ def format_usd(amount: Decimal | None, places: int = 4) -> str:
 def json_number(amount: Decimal | None) -> float | None:
     """Money for JSON output. Exact Decimal strings are kept in `*_nano` fields; this is the readable number."""
     return None if amount is None else float(amount)
+
+
+def decimal_str(amount: Decimal) -> str:
+    """An exact decimal string without exponent notation (`0.000000001`, never `1E-9`), for JSON and CSV."""
+    return format(amount, "f")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from gen_events import generate, verify_rollups  # noqa: E402
+from gen_events import generate, verify_rollups
 
 TABLES = {"rollup_hourly": "hour", "rollup_daily": "day", "sessions": "session", "session_agents": "session"}
 

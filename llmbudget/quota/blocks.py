@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..events import UsageEvent
-from ..money import ZERO
+from ..money import ZERO, decimal_str
 
 BLOCK_HOURS = 5
 _CENT = Decimal("0.01")
@@ -33,7 +33,7 @@ class BurnRate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokens_per_minute": round(self.tokens_per_minute, 3),
-                "cost_per_hour_usd": None if self.cost_per_hour_usd is None else str(self.cost_per_hour_usd)}
+                "cost_per_hour_usd": None if self.cost_per_hour_usd is None else decimal_str(self.cost_per_hour_usd)}
 
 
 @dataclass(slots=True)
@@ -45,7 +45,7 @@ class Projection:
     remaining_minutes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "cost_usd": None if self.cost_usd is None else str(self.cost_usd),
+        return {"tokens": self.tokens, "cost_usd": None if self.cost_usd is None else decimal_str(self.cost_usd),
                 "remaining_minutes": self.remaining_minutes}
 
 
@@ -90,7 +90,7 @@ class Block:
             "last_activity": iso(self.last_activity), "is_active": self.is_active, "is_gap": self.is_gap,
             "entries": self.entries, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
             "cache_write_tokens": self.cache_write_tokens, "cache_read_tokens": self.cache_read_tokens,
-            "tokens": self.tokens, "total_tokens": self.total_tokens, "cost_usd": str(self.cost_usd),
+            "tokens": self.tokens, "total_tokens": self.total_tokens, "cost_usd": decimal_str(self.cost_usd),
             "unpriced_entries": self.unpriced_entries, "models": list(self.models),
             "burn_rate": None if self.burn_rate is None else self.burn_rate.to_dict(),
             "projection": None if self.projection is None else self.projection.to_dict(),

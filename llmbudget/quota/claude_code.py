@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import NotFound, ValidationError
 from ..events import UsageEvent, parse_timestamp
-from ..money import ZERO
+from ..money import ZERO, decimal_str
 from ..pricing.normalize import anthropic_usage
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,18 @@ class ImportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "files": self.files, "lines": self.lines, "responses": self.responses,
-            "new": self.new, "already_imported": self.already_imported, "duplicates": self.duplicates,
-            "synthetic": self.synthetic, "unpriced": self.unpriced, "cost_usd": str(self.cost_usd),
-            "sessions": self.sessions, "projects": list(self.projects), "warnings": list(self.warnings),
+            "files": self.files,
+            "lines": self.lines,
+            "responses": self.responses,
+            "new": self.new,
+            "already_imported": self.already_imported,
+            "duplicates": self.duplicates,
+            "synthetic": self.synthetic,
+            "unpriced": self.unpriced,
+            "cost_usd": decimal_str(self.cost_usd),
+            "sessions": self.sessions,
+            "projects": list(self.projects),
+            "warnings": list(self.warnings),
         }
 
 
@@ -236,14 +244,23 @@ def _parse_line(data: Any, file: Path, line: int) -> ClaudeEntry | None:
     cwd = data.get("cwd")
     version = data.get("version")
     return ClaudeEntry(
-        key=key, timestamp=ts, session=session if isinstance(session, str) else None, model=model,
-        message_id=message_id, request_id=request_id,
-        input_tokens=tokens["input_tokens"], output_tokens=tokens["output_tokens"],
+        key=key,
+        timestamp=ts,
+        session=session if isinstance(session, str) else None,
+        model=model,
+        message_id=message_id,
+        request_id=request_id,
+        input_tokens=tokens["input_tokens"],
+        output_tokens=tokens["output_tokens"],
         cache_creation_tokens=tokens["cache_creation_input_tokens"],
         cache_read_tokens=tokens["cache_read_input_tokens"],
-        cwd=cwd if isinstance(cwd, str) and cwd else None, project_dir=_project_dir(file),
-        version=version if isinstance(version, str) else None, logged_cost_usd=logged_cost,
-        file=file, line=line, raw_usage=usage,
+        cwd=cwd if isinstance(cwd, str) and cwd else None,
+        project_dir=_project_dir(file),
+        version=version if isinstance(version, str) else None,
+        logged_cost_usd=logged_cost,
+        file=file,
+        line=line,
+        raw_usage=usage,
     )
 
 
@@ -302,8 +319,9 @@ def read_logs(files: Iterable[Path]) -> LogScan:
         # the response happened when it was first logged, in the session that made it (a resumed
         # session re-logs it later); its usage is the largest logged (the last content block)
         entry.timestamp, entry.session = first_seen[key]
-        entry.project = entry.cwd or folder_cwd.get(entry.project_dir) or decode_project_dir(
-            entry.project_dir.name)
+        entry.project = (
+            entry.cwd or folder_cwd.get(entry.project_dir) or decode_project_dir(entry.project_dir.name)
+        )
         scan.entries.append(entry)
     scan.entries.sort(key=lambda e: (e.timestamp, e.key))
     return scan
@@ -328,10 +346,19 @@ def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
     # Anthropic's input_tokens exclude cache reads and writes; ours include them
     n = anthropic_usage(entry.raw_usage)
     event = UsageEvent(
-        backend=BACKEND, provider=PROVIDER, model=entry.model, id=event_id(entry), timestamp=entry.timestamp,
-        agent=AGENT, session=entry.session, tags=tags, source="import",
-        input_tokens=n.input_tokens, cached_input_tokens=n.cached_input_tokens,
-        cache_write_tokens=n.cache_write_tokens, output_tokens=n.output_tokens,
+        backend=BACKEND,
+        provider=PROVIDER,
+        model=entry.model,
+        id=event_id(entry),
+        timestamp=entry.timestamp,
+        agent=AGENT,
+        session=entry.session,
+        tags=tags,
+        source="import",
+        input_tokens=n.input_tokens,
+        cached_input_tokens=n.cached_input_tokens,
+        cache_write_tokens=n.cache_write_tokens,
+        output_tokens=n.output_tokens,
         reasoning_tokens=n.reasoning_tokens,
     )
     if prices is not None:
@@ -348,20 +375,31 @@ def _price(prices: Any, event: UsageEvent) -> UsageEvent:
     return prices.price_event(event)  # type: ignore[no-any-return]
 
 
-def load_events(paths: Sequence[str | os.PathLike[str]] | None, prices: Any) -> tuple[list[UsageEvent], LogScan]:
+def load_events(
+    paths: Sequence[str | os.PathLike[str]] | None, prices: Any
+) -> tuple[list[UsageEvent], LogScan]:
     """Read the logs under `paths` (default locations when empty) into priced events, oldest first."""
     scan = read_logs(find_log_files(paths))
     return [to_event(e, prices) for e in scan.entries], scan
 
 
-def import_claude_code(ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any) -> ImportResult:
+def import_claude_code(
+    ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any
+) -> ImportResult:
     """Import Claude Code's logs into the ledger; idempotent (re-importing records nothing new)."""
     events, scan = load_events(paths, prices)
     new = ledger.record_many(events) if events else 0
     cost = sum((e.cost_usd for e in events if e.cost_usd is not None), ZERO)
     return ImportResult(
-        files=scan.files, lines=scan.lines, responses=len(events), duplicates=scan.duplicates,
-        synthetic=scan.synthetic, new=new, unpriced=sum(1 for e in events if e.price_status == "unpriced"),
-        cost_usd=cost, sessions=len({e.session for e in events if e.session}),
-        projects=sorted({e.tags["project"] for e in events}), warnings=list(scan.warnings),
+        files=scan.files,
+        lines=scan.lines,
+        responses=len(events),
+        duplicates=scan.duplicates,
+        synthetic=scan.synthetic,
+        new=new,
+        unpriced=sum(1 for e in events if e.price_status == "unpriced"),
+        cost_usd=cost,
+        sessions=len({e.session for e in events if e.session}),
+        projects=sorted({e.tags["project"] for e in events}),
+        warnings=list(scan.warnings),
     )

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..events import UsageEvent
-from ..money import from_nano
+from ..money import decimal_str, from_nano
 
 #: report dimensions accepted by `costs(by=...)` (CLI spelling `task-type` maps to `task_type`)
 DIMENSIONS = (
@@ -80,7 +80,7 @@ class CostRow:
             "cache_write_tokens": self.cache_write_tokens,
             "output_tokens": self.output_tokens,
             "reasoning_tokens": self.reasoning_tokens,
-            "cost_usd": str(self.cost_usd),
+            "cost_usd": decimal_str(self.cost_usd),
             "cost_nano": self.cost_nano,
             "unpriced_calls": self.unpriced_calls,
         }
@@ -111,7 +111,7 @@ class SessionRow:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "tokens": self.tokens,
-            "cost_usd": str(from_nano(self.cost_nano)),
+            "cost_usd": decimal_str(from_nano(self.cost_nano)),
             "cost_nano": self.cost_nano,
             "unpriced_calls": self.unpriced_calls,
             "agents": list(self.agents),

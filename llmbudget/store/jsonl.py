@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from ..errors import LLMBudgetError
 from ..events import UsageEvent
+from ..money import decimal_str
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def event_line(ev: UsageEvent) -> str:
         f'"input_tokens":{ev.input_tokens:d},"cached_input_tokens":{ev.cached_input_tokens:d},'
         f'"cache_write_tokens":{ev.cache_write_tokens:d},"output_tokens":{ev.output_tokens:d},'
         f'"reasoning_tokens":{ev.reasoning_tokens:d},'
-        f'"cost_usd":{"null" if ev.cost_usd is None else _esc(str(ev.cost_usd))},'
+        f'"cost_usd":{"null" if ev.cost_usd is None else _esc(decimal_str(ev.cost_usd))},'
         f'"session":{"null" if ev.session is None else _esc(ev.session)},'
         f'"task_id":{"null" if ev.task_id is None else _esc(ev.task_id)},'
         f'"tags":{_compact.encode(ev.tags) if ev.tags else "{}"},'

@@ -106,7 +106,7 @@ class SQLiteLedger(SQLLedger):
             try:
                 return str(self._wconn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
                     raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)

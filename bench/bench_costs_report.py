@@ -49,8 +49,12 @@ def main(quick: bool = False) -> dict[str, Any]:
             figures[f"month_calls_{zone}"] = sum(r.calls for r in rows)
             tag = zone.split("/")[-1].lower()
             for by in ("backend", "day", None):
-                p50, worst = _p50(lambda by=by, since=since, until=until, tz=tz: led.costs(
-                    since=since, until=until, by=by, tz=tz), 7)
+                p50, worst = _p50(
+                    lambda by=by, since=since, until=until, tz=tz: led.costs(
+                        since=since, until=until, by=by, tz=tz
+                    ),
+                    7,
+                )
                 figures[f"costs_by_{by or 'total'}_{tag}_p50_ms"] = p50
                 figures[f"costs_by_{by or 'total'}_{tag}_max_ms"] = worst
         since, until = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
@@ -63,7 +67,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         figures["costs_by_day_kolkata_p50_ms"] = p50
     figures["target_ms"] = 200
     figures["meets_target"] = figures["costs_by_backend_berlin_p50_ms"] <= 200 and (
-        figures["costs_by_backend_utc_p50_ms"] <= 200)
+        figures["costs_by_backend_utc_p50_ms"] <= 200
+    )
     for k, v in figures.items():
         print(f"  {k:42s} {v}")
     return figures

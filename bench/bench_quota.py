@@ -45,13 +45,19 @@ UNIFIED = {
     "anthropic-ratelimit-unified-representative-claim": "five_hour",
     "anthropic-ratelimit-unified-fallback-percentage": "0.5",
     "anthropic-ratelimit-unified-reset": "1763647200",
-    "content-type": "application/json", "request-id": "req_1", "date": "Thu, 20 Nov 2026 12:00:00 GMT",
+    "content-type": "application/json",
+    "request-id": "req_1",
+    "date": "Thu, 20 Nov 2026 12:00:00 GMT",
 }
 OPENAI = {
-    "x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "9999",
-    "x-ratelimit-reset-requests": "6ms", "x-ratelimit-limit-tokens": "200000",
-    "x-ratelimit-remaining-tokens": "150000", "x-ratelimit-reset-tokens": "1h2m3.5s",
-    "content-type": "application/json", "openai-processing-ms": "120",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-reset-requests": "6ms",
+    "x-ratelimit-limit-tokens": "200000",
+    "x-ratelimit-remaining-tokens": "150000",
+    "x-ratelimit-reset-tokens": "1h2m3.5s",
+    "content-type": "application/json",
+    "openai-processing-ms": "120",
 }
 
 
@@ -73,7 +79,9 @@ def _probe_figures(accounts: int, delay: float) -> tuple[float, float]:
 
     async def handle(request: web.Request) -> web.Response:
         await asyncio.sleep(delay)
-        return web.json_response({"ok": True}, headers={k: v for k, v in UNIFIED.items() if k.startswith("anth")})
+        return web.json_response(
+            {"ok": True}, headers={k: v for k, v in UNIFIED.items() if k.startswith("anth")}
+        )
 
     async def start() -> None:
         app = web.Application()
@@ -97,8 +105,15 @@ def _probe_figures(accounts: int, delay: float) -> tuple[float, float]:
     import os
 
     os.environ["BENCH_QUOTA_KEY"] = "sk-bench"
-    cfgs = [ProviderConfig(name=f"seat-{i}", kind="anthropic-unified", base_url=f"http://127.0.0.1:{state['port']}",
-                           api_key_env="BENCH_QUOTA_KEY") for i in range(accounts)]
+    cfgs = [
+        ProviderConfig(
+            name=f"seat-{i}",
+            kind="anthropic-unified",
+            base_url=f"http://127.0.0.1:{state['port']}",
+            api_key_env="BENCH_QUOTA_KEY",
+        )
+        for i in range(accounts)
+    ]
     try:
         t0 = time.perf_counter()
         rs = asyncio.run(probe_all(cfgs))
@@ -132,10 +147,20 @@ def _readings(days: int, accounts: int = 10, every_min: int = 5) -> list[QuotaRe
             week_start = t - timedelta(days=(t - start).days % 7)
             hours_in = (t - week_start).total_seconds() / 3600
             r5 = t.replace(minute=0, second=0) + timedelta(hours=5 - t.hour % 5)
-            out.append(QuotaReading(
-                timestamp=t, backend=f"seat-{a}", provider="anthropic-unified", status="allowed",
-                windows={"5h": Window(min(1.0, (t.minute + 60 * (t.hour % 5)) / 300 * (0.5 + a / 20)), r5),
-                         "7d": Window(min(1.0, hours_in / 168 * (0.6 + a / 25)), week_start + timedelta(days=7))}))
+            out.append(
+                QuotaReading(
+                    timestamp=t,
+                    backend=f"seat-{a}",
+                    provider="anthropic-unified",
+                    status="allowed",
+                    windows={
+                        "5h": Window(min(1.0, (t.minute + 60 * (t.hour % 5)) / 300 * (0.5 + a / 20)), r5),
+                        "7d": Window(
+                            min(1.0, hours_in / 168 * (0.6 + a / 25)), week_start + timedelta(days=7)
+                        ),
+                    },
+                )
+            )
     return out
 
 
@@ -157,16 +182,34 @@ def _claude_lines(path: Path, responses: int) -> int:
         for i in range(responses):
             t = (NOW - timedelta(seconds=30 * (responses - i))).isoformat().replace("+00:00", "Z")
             for block, out_tokens in ((0, 12), (1, 250)):
-                fh.write(json.dumps({
-                    "parentUuid": f"u{i}-{block - 1}", "sessionId": f"s{i // 500}", "version": "1.0.2",
-                    "cwd": "/home/alice/code/webapp", "type": "assistant", "uuid": f"u{i}-{block}",
-                    "timestamp": t, "requestId": f"req_{i}",
-                    "message": {"id": f"msg_{i}", "type": "message", "role": "assistant",
+                fh.write(
+                    json.dumps(
+                        {
+                            "parentUuid": f"u{i}-{block - 1}",
+                            "sessionId": f"s{i // 500}",
+                            "version": "1.0.2",
+                            "cwd": "/home/alice/code/webapp",
+                            "type": "assistant",
+                            "uuid": f"u{i}-{block}",
+                            "timestamp": t,
+                            "requestId": f"req_{i}",
+                            "message": {
+                                "id": f"msg_{i}",
+                                "type": "message",
+                                "role": "assistant",
                                 "model": "claude-sonnet-4-5-20250929",
                                 "content": [{"type": "text", "text": "x" * 40}],
-                                "usage": {"input_tokens": 4, "output_tokens": out_tokens,
-                                          "cache_creation_input_tokens": 1200, "cache_read_input_tokens": 30000}},
-                }) + "\n")
+                                "usage": {
+                                    "input_tokens": 4,
+                                    "output_tokens": out_tokens,
+                                    "cache_creation_input_tokens": 1200,
+                                    "cache_read_input_tokens": 30000,
+                                },
+                            },
+                        }
+                    )
+                    + "\n"
+                )
                 lines += 1
     return lines
 

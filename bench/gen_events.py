@@ -55,10 +55,16 @@ def _agents(rng: random.Random, n: int = 24) -> list[dict[str, object]]:
     models = list(MODELS)
     out = []
     for i in range(n):
-        out.append({
-            "agent": f"agent-{i:02d}", "user": f"user-{i % 9}", "team": f"team-{i % 3}",
-            "tier": TIERS[i % 3], "models": rng.sample(models, 3), "task_types": rng.sample(TASK_TYPES, 2),
-        })
+        out.append(
+            {
+                "agent": f"agent-{i:02d}",
+                "user": f"user-{i % 9}",
+                "team": f"team-{i % 3}",
+                "tier": TIERS[i % 3],
+                "models": rng.sample(models, 3),
+                "task_types": rng.sample(TASK_TYPES, 2),
+            }
+        )
     return out
 
 
@@ -85,19 +91,40 @@ def make_events(n: int, *, start: datetime, span: timedelta, seed: int = 7) -> I
         else:
             cost, pstatus = from_nano(inp * spec[2] + out * spec[3]), "priced"
         yield UsageEvent(
-            backend=backend, model=model, provider=provider,
+            backend=backend,
+            model=model,
+            provider=provider,
             timestamp=base + timedelta(microseconds=int(i * step_us + rng.random() * step_us * 0.5)),
-            input_tokens=inp, cached_input_tokens=cached, output_tokens=out, reasoning_tokens=reasoning,
-            cost_usd=cost, price_status=pstatus, agent=str(a["agent"]), user=str(a["user"]),
-            team=str(a["team"]), tier=str(a["tier"]), task_type=a["task_types"][rng.randrange(2)],  # type: ignore[index]
-            session=f"{a['agent']}-s{i // 5000}", task_id=f"t{i // 50}", status=status,
-            http_status=200 if status == "ok" else 500, streamed=rng.random() < 0.5,
-            duration_ms=round(rng.uniform(100, 30000), 1), source="proxy",
+            input_tokens=inp,
+            cached_input_tokens=cached,
+            output_tokens=out,
+            reasoning_tokens=reasoning,
+            cost_usd=cost,
+            price_status=pstatus,
+            agent=str(a["agent"]),
+            user=str(a["user"]),
+            team=str(a["team"]),
+            tier=str(a["tier"]),
+            task_type=a["task_types"][rng.randrange(2)],  # type: ignore[index]
+            session=f"{a['agent']}-s{i // 5000}",
+            task_id=f"t{i // 50}",
+            status=status,
+            http_status=200 if status == "ok" else 500,
+            streamed=rng.random() < 0.5,
+            duration_ms=round(rng.uniform(100, 30000), 1),
+            source="proxy",
         )
 
 
-def generate(db: str, n: int, *, start: datetime | None = None, span: timedelta = timedelta(days=30),
-             bulk: bool | None = None, seed: int = 7) -> dict[str, float]:
+def generate(
+    db: str,
+    n: int,
+    *,
+    start: datetime | None = None,
+    span: timedelta = timedelta(days=30),
+    bulk: bool | None = None,
+    seed: int = 7,
+) -> dict[str, float]:
     """Fill the ledger at `db` with `n` events; returns figures (seconds, events/s)."""
     from llmbudget.store import open_ledger
 
@@ -128,8 +155,9 @@ def _bulk_sqlite(db: str, n: int, start: datetime, span: timedelta, seed: int) -
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-262144")
-    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='events' "
-                           "AND sql IS NOT NULL").fetchall()
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='events' AND sql IS NOT NULL"
+    ).fetchall()
     for name, _ in indexes:  # build indexes once at the end: much faster than per row
         conn.execute(f"DROP INDEX {name}")
     insert = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
@@ -150,22 +178,33 @@ def _bulk_sqlite(db: str, n: int, start: datetime, span: timedelta, seed: int) -
         conn.execute(sql)
     dims = ", ".join(ROLLUP_DIMS)
     dims_sel = ", ".join(f"COALESCE({d}, '')" for d in ROLLUP_DIMS)
-    sums = ("COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), SUM(cache_write_tokens), SUM(output_tokens), "
-            "SUM(reasoning_tokens), COALESCE(SUM(cost_nano), 0), SUM(cost_nano IS NULL)")
+    sums = (
+        "COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), SUM(cache_write_tokens), SUM(output_tokens), "
+        "SUM(reasoning_tokens), COALESCE(SUM(cost_nano), 0), SUM(cost_nano IS NULL)"
+    )
     cols = "calls, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_nano, unpriced_calls"
     conn.execute("BEGIN")
-    for table, bucket, unit in (("rollup_hourly", "hour", 3_600_000_000), ("rollup_daily", "day", 86_400_000_000)):
+    for table, bucket, unit in (
+        ("rollup_hourly", "hour", 3_600_000_000),
+        ("rollup_daily", "day", 86_400_000_000),
+    ):
         conn.execute(f"DELETE FROM {table}")
-        conn.execute(f"INSERT INTO {table} ({bucket}, {dims}, {cols}) SELECT ts_us / {unit}, {dims_sel}, {sums} "
-                     f"FROM events GROUP BY ts_us / {unit}, {dims_sel}")
+        conn.execute(
+            f"INSERT INTO {table} ({bucket}, {dims}, {cols}) SELECT ts_us / {unit}, {dims_sel}, {sums} "
+            f"FROM events GROUP BY ts_us / {unit}, {dims_sel}"
+        )
     conn.execute("DELETE FROM sessions")
-    conn.execute("INSERT INTO sessions (session, first_us, last_us, calls, input_tokens, output_tokens, cost_nano, "
-                 "unpriced_calls) SELECT session, MIN(ts_us), MAX(ts_us), COUNT(*), SUM(input_tokens), "
-                 "SUM(output_tokens), COALESCE(SUM(cost_nano), 0), SUM(cost_nano IS NULL) FROM events "
-                 "WHERE session IS NOT NULL AND session != '' GROUP BY session")
+    conn.execute(
+        "INSERT INTO sessions (session, first_us, last_us, calls, input_tokens, output_tokens, cost_nano, "
+        "unpriced_calls) SELECT session, MIN(ts_us), MAX(ts_us), COUNT(*), SUM(input_tokens), "
+        "SUM(output_tokens), COALESCE(SUM(cost_nano), 0), SUM(cost_nano IS NULL) FROM events "
+        "WHERE session IS NOT NULL AND session != '' GROUP BY session"
+    )
     conn.execute("DELETE FROM session_agents")
-    conn.execute("INSERT INTO session_agents (session, agent) SELECT DISTINCT session, agent FROM events "
-                 "WHERE session IS NOT NULL AND session != '' AND agent IS NOT NULL AND agent != ''")
+    conn.execute(
+        "INSERT INTO session_agents (session, agent) SELECT DISTINCT session, agent FROM events "
+        "WHERE session IS NOT NULL AND session != '' AND agent IS NOT NULL AND agent != ''"
+    )
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     conn.close()
@@ -176,7 +215,9 @@ def verify_rollups(db: str) -> None:
     from llmbudget.store.sqlite import sqlite_path
 
     conn = sqlite3.connect(sqlite_path(db))
-    raw = conn.execute("SELECT COUNT(*), COALESCE(SUM(cost_nano), 0), SUM(input_tokens) FROM events").fetchone()
+    raw = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(cost_nano), 0), SUM(input_tokens) FROM events"
+    ).fetchone()
     for table in ("rollup_hourly", "rollup_daily"):
         r = conn.execute(f"SELECT SUM(calls), SUM(cost_nano), SUM(input_tokens) FROM {table}").fetchone()
         assert tuple(r) == tuple(raw), f"{table} {r} != events {raw}"

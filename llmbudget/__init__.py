@@ -21,7 +21,14 @@ _EXPORTS = {
 }
 
 __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
-    "__version__", "UsageEvent", "Ledger", "PriceBook", "estimate_cost", "Meter", "wrap", "BudgetExceeded",
+    "__version__",
+    "UsageEvent",
+    "Ledger",
+    "PriceBook",
+    "estimate_cost",
+    "Meter",
+    "wrap",
+    "BudgetExceeded",
     "LLMBudgetError",
 ]
 

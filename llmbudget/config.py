@@ -154,6 +154,7 @@ def get_zone(name: str | None) -> ZoneInfo:
 
 # ---------------------------------------------------------------- YAML with line numbers
 
+
 class _LineLoader(yaml.SafeLoader):
     """A SafeLoader that remembers the line of every mapping key and sequence item."""
 
@@ -225,7 +226,7 @@ def _pydantic_to_config_error(e: PydanticValidationError, lm: LineMap) -> Config
         valid = [v for v in valid if v != "source_path"]
         msg = "unknown key" + (f"; valid keys: {', '.join(valid)}" if valid else "")
     elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     elif "input" in err and err["type"] not in ("missing",):
         msg = f"{msg} (got {err['input']!r})"
     return lm.error(loc, msg)

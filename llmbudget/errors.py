@@ -27,8 +27,9 @@ class ConfigError(LLMBudgetError):
 
     code = "config_error"
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, key: str | None = None
+    ) -> None:
         self.path = path
         self.line = line
         self.key = key
@@ -66,8 +67,14 @@ class BudgetExceeded(LLMBudgetError):
     code = "budget_exceeded"
     http_status = 429
 
-    def __init__(self, message: str, *, budget: str | None = None, reset: str | None = None,
-                 retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str | None = None,
+        reset: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         self.budget = budget
         self.reset = reset
         self.retry_after_s = retry_after_s

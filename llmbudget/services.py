@@ -22,15 +22,21 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, config: Config | None = None, *, config_path: str | None = None,
-               db_url: str | None = None) -> Services:
+    def create(
+        cls, config: Config | None = None, *, config_path: str | None = None, db_url: str | None = None
+    ) -> Services:
         """Load config (unless given), open the ledger and build the price book."""
         from .pricing import PriceBook
 
         cfg = config if config is not None else load_config(config_path)
         st = cfg.storage
-        ledger = open_ledger(resolve_db_url(db_url, cfg), audit_log=st.audit_log, audit=st.audit,
-                             batch_size=st.batch_size, flush_interval_s=st.flush_interval_s)
+        ledger = open_ledger(
+            resolve_db_url(db_url, cfg),
+            audit_log=st.audit_log,
+            audit=st.audit,
+            batch_size=st.batch_size,
+            flush_interval_s=st.flush_interval_s,
+        )
         return cls(config=cfg, ledger=ledger, prices=PriceBook.from_config(cfg))
 
     def close(self) -> None:

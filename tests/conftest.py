@@ -25,8 +25,15 @@ def hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("LLMBUDGET_HOME", str(tmp_path / "data"))
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    for var in ("LLMBUDGET_CONFIG", "LLMBUDGET_DB", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
-                "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"):
+    for var in (
+        "LLMBUDGET_CONFIG",
+        "LLMBUDGET_DB",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_BASE_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -20,6 +20,7 @@ from llmbudget.store import install_signal_handlers, open_ledger
 def main() -> None:
     url = sys.argv[1]
     if len(sys.argv) > 2 and sys.argv[2] == "chain":
+
         def previous(signum: int, frame: FrameType | None) -> None:
             print("previous-handler", flush=True)
             sys.exit(3)

@@ -37,12 +37,22 @@ def _rfc3339_in(seconds: float, offset: str = "Z") -> str:
     return t.astimezone(tz).isoformat(timespec="seconds")
 
 
-ANTHROPIC_OK_BODY = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
-                     "content": [{"type": "text", "text": "."}], "stop_reason": "max_tokens",
-                     "usage": {"input_tokens": 8, "output_tokens": 1}}
-OPENAI_OK_BODY = {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
-                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "."}, "finish_reason": "length"}],
-                  "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}}
+ANTHROPIC_OK_BODY = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-haiku-4-5",
+    "content": [{"type": "text", "text": "."}],
+    "stop_reason": "max_tokens",
+    "usage": {"input_tokens": 8, "output_tokens": 1},
+}
+OPENAI_OK_BODY = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "."}, "finish_reason": "length"}],
+    "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
+}
 
 
 def unified(status: str, u5: str, u7: str, **extra: str) -> dict[str, str]:
@@ -52,7 +62,9 @@ def unified(status: str, u5: str, u7: str, **extra: str) -> dict[str, str]:
         "anthropic-ratelimit-unified-5h-reset": _in(2 * 3600 + 60),
         "anthropic-ratelimit-unified-5h-utilization": u5,
         "anthropic-ratelimit-unified-7d-status": "allowed",
-        "anthropic-ratelimit-unified-7d-reset": _in(3 * 86400 - 1800),  # mid-hour: the countdown never straddles 3d0h
+        "anthropic-ratelimit-unified-7d-reset": _in(
+            3 * 86400 - 1800
+        ),  # mid-hour: the countdown never straddles 3d0h
         "anthropic-ratelimit-unified-7d-utilization": u7,
         "anthropic-ratelimit-unified-representative-claim": "five_hour",
         "anthropic-ratelimit-unified-fallback-percentage": "0.5",
@@ -65,89 +77,216 @@ def unified(status: str, u5: str, u7: str, **extra: str) -> dict[str, str]:
 
 
 def _gemini_429() -> Answer:
-    return 429, {}, {"error": {
-        "code": 429, "status": "RESOURCE_EXHAUSTED",
-        "message": "You exceeded your current quota, please check your plan and billing details.",
-        "details": [
-            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
-                {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                 "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
-                 "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash-lite"}, "quotaValue": "1000"},
-            ]},
-            {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more",
-                                                                       "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
-        ]}}
+    return (
+        429,
+        {},
+        {
+            "error": {
+                "code": 429,
+                "status": "RESOURCE_EXHAUSTED",
+                "message": "You exceeded your current quota, please check your plan and billing details.",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                        "violations": [
+                            {
+                                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                                "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                                "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash-lite"},
+                                "quotaValue": "1000",
+                            },
+                        ],
+                    },
+                    {
+                        "@type": "type.googleapis.com/google.rpc.Help",
+                        "links": [
+                            {
+                                "description": "Learn more",
+                                "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                            }
+                        ],
+                    },
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
+                ],
+            }
+        },
+    )
 
 
 SCENARIOS: dict[str, Callable[[], Answer]] = {
     # Anthropic unified (subscription) windows
     "unified-ok": lambda: (200, unified("allowed", "0.42", "0.50"), ANTHROPIC_OK_BODY),
     "unified-warn": lambda: (200, unified("allowed_warning", "0.30", "0.86"), ANTHROPIC_OK_BODY),
-    "unified-rejected": lambda: (429, {**unified("rejected", "1.0", "0.97"), "retry-after": "7200"},
-                                 {"type": "error", "error": {"type": "rate_limit_error", "message": "limit reached"}}),
-    "unified-oi": lambda: (200, unified("allowed", "0.10", "0.20", **{"7d_oi__utilization": "0.93",
-                                                                      "7d_oi__reset": _in(86400)}), ANTHROPIC_OK_BODY),
+    "unified-rejected": lambda: (
+        429,
+        {**unified("rejected", "1.0", "0.97"), "retry-after": "7200"},
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "limit reached"}},
+    ),
+    "unified-oi": lambda: (
+        200,
+        unified("allowed", "0.10", "0.20", **{"7d_oi__utilization": "0.93", "7d_oi__reset": _in(86400)}),
+        ANTHROPIC_OK_BODY,
+    ),
     # Anthropic API: RFC 3339 resets in Z and offset form
-    "api-ok": lambda: (200, {
-        "anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "49",
-        "anthropic-ratelimit-requests-reset": _rfc3339_in(1),
-        "anthropic-ratelimit-tokens-limit": "90000", "anthropic-ratelimit-tokens-remaining": "60000",
-        "anthropic-ratelimit-tokens-reset": _rfc3339_in(30, "+05:30"),
-        "anthropic-ratelimit-input-tokens-limit": "40000", "anthropic-ratelimit-input-tokens-remaining": "40000",
-        "anthropic-ratelimit-input-tokens-reset": _rfc3339_in(5),
-        "anthropic-ratelimit-output-tokens-limit": "8000", "anthropic-ratelimit-output-tokens-remaining": "7999",
-        "anthropic-ratelimit-output-tokens-reset": _rfc3339_in(5, "-04:00"),
-    }, ANTHROPIC_OK_BODY),
+    "api-ok": lambda: (
+        200,
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "49",
+            "anthropic-ratelimit-requests-reset": _rfc3339_in(1),
+            "anthropic-ratelimit-tokens-limit": "90000",
+            "anthropic-ratelimit-tokens-remaining": "60000",
+            "anthropic-ratelimit-tokens-reset": _rfc3339_in(30, "+05:30"),
+            "anthropic-ratelimit-input-tokens-limit": "40000",
+            "anthropic-ratelimit-input-tokens-remaining": "40000",
+            "anthropic-ratelimit-input-tokens-reset": _rfc3339_in(5),
+            "anthropic-ratelimit-output-tokens-limit": "8000",
+            "anthropic-ratelimit-output-tokens-remaining": "7999",
+            "anthropic-ratelimit-output-tokens-reset": _rfc3339_in(5, "-04:00"),
+        },
+        ANTHROPIC_OK_BODY,
+    ),
     # OpenAI: Go durations
-    "openai-ok": lambda: (200, {
-        "x-ratelimit-limit-requests": "10000", "x-ratelimit-remaining-requests": "9999",
-        "x-ratelimit-reset-requests": "6ms", "x-ratelimit-limit-tokens": "200000",
-        "x-ratelimit-remaining-tokens": "150000", "x-ratelimit-reset-tokens": "1h2m3.5s",
-    }, OPENAI_OK_BODY),
-    "openai-maxed": lambda: (200, {
-        "x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-limit-tokens": "200000",
-        "x-ratelimit-remaining-tokens": "190000", "x-ratelimit-reset-tokens": "12ms",
-    }, OPENAI_OK_BODY),
+    "openai-ok": lambda: (
+        200,
+        {
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9999",
+            "x-ratelimit-reset-requests": "6ms",
+            "x-ratelimit-limit-tokens": "200000",
+            "x-ratelimit-remaining-tokens": "150000",
+            "x-ratelimit-reset-tokens": "1h2m3.5s",
+        },
+        OPENAI_OK_BODY,
+    ),
+    "openai-maxed": lambda: (
+        200,
+        {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "6m0s",
+            "x-ratelimit-limit-tokens": "200000",
+            "x-ratelimit-remaining-tokens": "190000",
+            "x-ratelimit-reset-tokens": "12ms",
+        },
+        OPENAI_OK_BODY,
+    ),
     # xAI: -1 where a bucket does not apply
-    "xai-minus1": lambda: (200, {
-        "x-ratelimit-limit-requests": "-1", "x-ratelimit-remaining-requests": "-1",
-        "x-ratelimit-reset-requests": "-1",
-        "x-ratelimit-limit-tokens": "2000000", "x-ratelimit-remaining-tokens": "1999000",
-        "x-ratelimit-reset-tokens": "6m0s",
-    }, OPENAI_OK_BODY),
+    "xai-minus1": lambda: (
+        200,
+        {
+            "x-ratelimit-limit-requests": "-1",
+            "x-ratelimit-remaining-requests": "-1",
+            "x-ratelimit-reset-requests": "-1",
+            "x-ratelimit-limit-tokens": "2000000",
+            "x-ratelimit-remaining-tokens": "1999000",
+            "x-ratelimit-reset-tokens": "6m0s",
+        },
+        OPENAI_OK_BODY,
+    ),
     # missing and garbage headers
     "no-headers": lambda: (200, {"request-id": "req_1"}, ANTHROPIC_OK_BODY),
-    "garbage": lambda: (200, {"anthropic-ratelimit-unified-5h-utilization": "lots",
-                              "anthropic-ratelimit-unified-5h-reset": "tomorrow"}, ANTHROPIC_OK_BODY),
+    "garbage": lambda: (
+        200,
+        {
+            "anthropic-ratelimit-unified-5h-utilization": "lots",
+            "anthropic-ratelimit-unified-5h-reset": "tomorrow",
+        },
+        ANTHROPIC_OK_BODY,
+    ),
     # invalid keys; the 401 echoes part of the key the way OpenAI does
-    "invalid-401": lambda: (401, {}, {"error": {"message": "Incorrect API key provided: sk-test-abcdef123456. "
-                                                           "You can find your API key at ...",
-                                                "type": "invalid_request_error", "code": "invalid_api_key"}}),
-    "invalid-403": lambda: (403, {}, {"type": "error", "error": {"type": "permission_error",
-                                                                  "message": "OAuth token has been revoked"}}),
+    "invalid-401": lambda: (
+        401,
+        {},
+        {
+            "error": {
+                "message": "Incorrect API key provided: sk-test-abcdef123456. "
+                "You can find your API key at ...",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        },
+    ),
+    "invalid-403": lambda: (
+        403,
+        {},
+        {"type": "error", "error": {"type": "permission_error", "message": "OAuth token has been revoked"}},
+    ),
     # Gemini
-    "gemini-ok": lambda: (200, {}, {"candidates": [{"content": {"parts": [{"text": "."}]}}],
-                                    "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}}),
+    "gemini-ok": lambda: (
+        200,
+        {},
+        {
+            "candidates": [{"content": {"parts": [{"text": "."}]}}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1},
+        },
+    ),
     "gemini-429": _gemini_429,
-    "gemini-badkey": lambda: (400, {}, {"error": {
-        "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
-        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                     "domain": "googleapis.com"}]}}),
+    "gemini-badkey": lambda: (
+        400,
+        {},
+        {
+            "error": {
+                "code": 400,
+                "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                    }
+                ],
+            }
+        },
+    ),
     # OpenRouter key endpoint
-    "openrouter-ok": lambda: (200, {}, {"data": {"label": "sk-or-v1-abc...xyz", "limit": 20, "usage": 4.5,
-                                                 "limit_remaining": 15.5, "is_free_tier": False,
-                                                 "rate_limit": {"requests": 10, "interval": "10s"}}}),
-    "openrouter-empty": lambda: (200, {}, {"data": {"label": "x", "limit": 10, "usage": 10.0, "limit_remaining": 0,
-                                                    "is_free_tier": False}}),
-    "openrouter-nolimit": lambda: (200, {}, {"data": {"label": "x", "limit": None, "usage": 3.25,
-                                                      "limit_remaining": None, "is_free_tier": False}}),
+    "openrouter-ok": lambda: (
+        200,
+        {},
+        {
+            "data": {
+                "label": "sk-or-v1-abc...xyz",
+                "limit": 20,
+                "usage": 4.5,
+                "limit_remaining": 15.5,
+                "is_free_tier": False,
+                "rate_limit": {"requests": 10, "interval": "10s"},
+            }
+        },
+    ),
+    "openrouter-empty": lambda: (
+        200,
+        {},
+        {"data": {"label": "x", "limit": 10, "usage": 10.0, "limit_remaining": 0, "is_free_tier": False}},
+    ),
+    "openrouter-nolimit": lambda: (
+        200,
+        {},
+        {
+            "data": {
+                "label": "x",
+                "limit": None,
+                "usage": 3.25,
+                "limit_remaining": None,
+                "is_free_tier": False,
+            }
+        },
+    ),
     # a cost-reporting proxy (LiteLLM)
-    "cost-proxy": lambda: (200, {"x-litellm-response-cost": "0.000415", "x-litellm-key-spend": "2.5",
-                                 "x-litellm-key-max-budget": "10.0", "x-ratelimit-remaining-requests": "99",
-                                 "x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-tokens": "9000",
-                                 "x-ratelimit-limit-tokens": "10000"}, OPENAI_OK_BODY),
+    "cost-proxy": lambda: (
+        200,
+        {
+            "x-litellm-response-cost": "0.000415",
+            "x-litellm-key-spend": "2.5",
+            "x-litellm-key-max-budget": "10.0",
+            "x-ratelimit-remaining-requests": "99",
+            "x-ratelimit-limit-requests": "100",
+            "x-ratelimit-remaining-tokens": "9000",
+            "x-ratelimit-limit-tokens": "10000",
+        },
+        OPENAI_OK_BODY,
+    ),
     "server-error": lambda: (500, {}, "<html>upstream exploded</html>"),
 }
 
@@ -180,7 +319,9 @@ def fake_providers() -> Iterator[FakeProviders]:
                 body = await request.json()
             except ValueError:
                 body = None
-        fake.requests.append((scenario, request.method, request.match_info["rest"], dict(request.headers), body))
+        fake.requests.append(
+            (scenario, request.method, request.match_info["rest"], dict(request.headers), body)
+        )
         if scenario == "hang":
             await state["release"].wait()
             return web.Response(status=200)
@@ -194,16 +335,18 @@ def fake_providers() -> Iterator[FakeProviders]:
                 arrived[1].set()
             await arrived[1].wait()
             status, headers, payload = SCENARIOS["unified-ok"]()
-            return web.Response(status=status, text=json.dumps(payload), headers=headers,
-                                content_type="application/json")
+            return web.Response(
+                status=status, text=json.dumps(payload), headers=headers, content_type="application/json"
+            )
         make = SCENARIOS.get(scenario)
         if make is None:
             return web.json_response({"error": {"message": f"no scenario {scenario}"}}, status=404)
         status, headers, payload = make()
         if isinstance(payload, str):
             return web.Response(status=status, text=payload, headers=headers)
-        return web.Response(status=status, text=json.dumps(payload), headers=headers,
-                            content_type="application/json")
+        return web.Response(
+            status=status, text=json.dumps(payload), headers=headers, content_type="application/json"
+        )
 
     async def start() -> None:
         state["release"] = asyncio.Event()
@@ -230,6 +373,7 @@ def fake_providers() -> Iterator[FakeProviders]:
     try:
         yield fake
     finally:
+
         async def stop() -> None:
             state["release"].set()
             await state["runner"].cleanup()

@@ -22,9 +22,16 @@ FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 
 
 def rd(backend: str, at: datetime, u5: float, u7: float, status: str = "allowed") -> QuotaReading:
-    return QuotaReading(timestamp=at, backend=backend, provider="anthropic-unified", status=status,
-                        windows={"5h": Window(u5, datetime(2026, 11, 20, 17, tzinfo=UTC)),
-                                 "7d": Window(u7, datetime(2026, 11, 22, 9, tzinfo=UTC))})
+    return QuotaReading(
+        timestamp=at,
+        backend=backend,
+        provider="anthropic-unified",
+        status=status,
+        windows={
+            "5h": Window(u5, datetime(2026, 11, 20, 17, tzinfo=UTC)),
+            "7d": Window(u7, datetime(2026, 11, 22, 9, tzinfo=UTC)),
+        },
+    )
 
 
 @pytest.fixture
@@ -64,7 +71,9 @@ def test_all_sections_json(db: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_one_section_and_provider_filter(db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "analyze", "--stagger", "--provider", "seat-b", "--json", "--db", db, "--now", NOW_S)
+    code, out, _ = run(
+        capsys, "analyze", "--stagger", "--provider", "seat-b", "--json", "--db", db, "--now", NOW_S
+    )
     assert code == 0
     data = json.loads(out)
     assert "burn_rate" not in data and "blocks" not in data
@@ -79,7 +88,9 @@ def test_tables(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "use it or lose it: 70% of seat-a's 5h window unused, resets in 1h30m" in out
 
 
-def test_corrupted_log_line_is_reported_with_file_and_line(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupted_log_line_is_reported_with_file_and_line(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     log = data_dir() / "quota" / "readings-2026-11-20.jsonl"
     lines = log.read_text().splitlines()
     lines.insert(2, '{"timestamp": "2026-11-20T12:00:00Z", "backend": ')
@@ -102,7 +113,10 @@ def test_prune_dry_run_then_archive(db: str, tmp_path: Path, capsys: pytest.Capt
     assert code == 0 and "removed 1 ledger readings and 1 log readings in 1 daily files" in out
     assert not old_log.exists()
     archives = sorted((data_dir() / "quota" / "archive").iterdir())
-    assert [a.name for a in archives] == ["ledger-readings-20261120T153000Z.jsonl.gz", "readings-2026-10-11.jsonl.gz"]
+    assert [a.name for a in archives] == [
+        "ledger-readings-20261120T153000Z.jsonl.gz",
+        "readings-2026-10-11.jsonl.gz",
+    ]
     with gzip.open(archives[0], "rt") as fh:
         (row,) = [json.loads(line) for line in fh]
     assert row["backend"] == "seat-a" and row["timestamp"].startswith("2026-10-11")
@@ -113,18 +127,22 @@ def test_prune_dry_run_then_archive(db: str, tmp_path: Path, capsys: pytest.Capt
 def test_prune_uses_configured_retention(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "llmbudget.yaml"
     cfg.write_text("quota:\n  retention_days: 60\n")
-    code, out, _ = run(capsys, "analyze", "--prune", "--dry-run", "--json", "--db", db, "--config", str(cfg),
-                       "--now", NOW_S)
+    code, out, _ = run(
+        capsys, "analyze", "--prune", "--dry-run", "--json", "--db", db, "--config", str(cfg), "--now", NOW_S
+    )
     assert code == 0 and json.loads(out)["prune"]["ledger_readings"] == 0
-    code, out, _ = run(capsys, "analyze", "--prune", "--dry-run", "--older-than", "2h", "--json", "--db", db,
-                       "--now", NOW_S)
+    code, out, _ = run(
+        capsys, "analyze", "--prune", "--dry-run", "--older-than", "2h", "--json", "--db", db, "--now", NOW_S
+    )
     assert json.loads(out)["prune"]["ledger_readings"] == 3  # the 40-day-old one and seat-a at -4 h and -3 h
     cfg.write_text("quota:\n  retention_days: zero\n")
     code, _, err = run(capsys, "analyze", "--prune", "--db", db, "--config", str(cfg), "--now", NOW_S)
     assert code == 1 and "quota.retention_days" in err
 
 
-def test_an_unknown_provider_is_named_with_the_known_accounts(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_provider_is_named_with_the_known_accounts(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run(capsys, "analyze", "--burn-rate", "--provider", "seat-z", "--db", db, "--now", NOW_S)
     assert code == 0 and "nothing to show" in out
     assert "no readings of an account or kind named 'seat-z'" in err and "accounts: seat-a, seat-b" in err
@@ -146,8 +164,9 @@ def test_blocks_after_import(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "Imported 0 new Claude Code responses (9 already imported)" in out
     assert err.count("skipped: not valid JSON") == 2  # each bad line named once, with file and line
     assert f"{FIXTURES}/projects/-home-alice-code-webapp/7d2e4b90-93c1-4f8e-8a0e-5c1f2d9e6b02.jsonl:6:" in err
-    code, out, _ = run(capsys, "analyze", "--blocks", "--json", "--db", url, "--since", "2026-11-01",
-                       "--now", NOW_S)
+    code, out, _ = run(
+        capsys, "analyze", "--blocks", "--json", "--db", url, "--since", "2026-11-01", "--now", NOW_S
+    )
     assert code == 0
     blocks = json.loads(out)["blocks"]
     active = [b for b in blocks if b["is_active"]]
@@ -159,27 +178,44 @@ def test_blocks_after_import(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_blocks_straight_from_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "analyze", "--blocks", "--logs", str(FIXTURES), "--json", "--since", "2026-11-01",
-                         "--now", NOW_S)
+    code, out, _ = run(
+        capsys,
+        "analyze",
+        "--blocks",
+        "--logs",
+        str(FIXTURES),
+        "--json",
+        "--since",
+        "2026-11-01",
+        "--now",
+        NOW_S,
+    )
     assert code == 0
     data = json.loads(out)
     assert sum(b["entries"] for b in data["blocks"]) == 9
     assert len(data["warnings"]) == 2
 
 
-def test_rotation_includes_configured_accounts_without_readings(db: str, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_rotation_includes_configured_accounts_without_readings(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "llmbudget.yaml"
     cfg.write_text("providers:\n  - {name: seat-c, kind: anthropic-unified, api_key_env: SEAT_C_KEY}\n")
-    code, out, _ = run(capsys, "analyze", "--rotation", "--json", "--db", db, "--config", str(cfg), "--now", NOW_S)
+    code, out, _ = run(
+        capsys, "analyze", "--rotation", "--json", "--db", db, "--config", str(cfg), "--now", NOW_S
+    )
     assert code == 0
     ranked = json.loads(out)["rotation"]
     assert [(r["backend"], r["severity"]) for r in ranked] == [
-        ("seat-a", "OK"), ("seat-c", "UNKNOWN"), ("seat-b", "CRITICAL")]
+        ("seat-a", "OK"),
+        ("seat-c", "UNKNOWN"),
+        ("seat-b", "CRITICAL"),
+    ]
 
 
-def test_import_claude_code_default_location_and_missing_path(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_claude_code_default_location_and_missing_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 'cc.db'}"
     code, _, err = run(capsys, "import", "claude-code", "--db", url)
     assert code == 1 and "no Claude Code logs found" in err

@@ -17,10 +17,15 @@ NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 
 
 def _ev(ts: datetime, inp: int = 100, out: int = 50, cost: str | None = "0.01", **kw: object) -> UsageEvent:
-    return UsageEvent(backend="claude-code", model=str(kw.get("model", "claude-sonnet-4-5")), timestamp=ts,
-                      input_tokens=inp, output_tokens=out,
-                      cost_usd=None if cost is None else Decimal(cost),
-                      price_status="unpriced" if cost is None else "priced")
+    return UsageEvent(
+        backend="claude-code",
+        model=str(kw.get("model", "claude-sonnet-4-5")),
+        timestamp=ts,
+        input_tokens=inp,
+        output_tokens=out,
+        cost_usd=None if cost is None else Decimal(cost),
+        price_status="unpriced" if cost is None else "priced",
+    )
 
 
 def test_fixture_blocks() -> None:
@@ -65,8 +70,11 @@ def test_active_block_burn_rate_and_projection() -> None:
 
 def test_cost_burn_rate() -> None:
     t0 = datetime(2026, 1, 1, 10, 30, tzinfo=UTC)
-    events = [_ev(t0, cost="0.50"), _ev(t0 + timedelta(minutes=30), cost="0.25"),
-              _ev(t0 + timedelta(minutes=45), cost=None)]
+    events = [
+        _ev(t0, cost="0.50"),
+        _ev(t0 + timedelta(minutes=30), cost="0.25"),
+        _ev(t0 + timedelta(minutes=45), cost=None),
+    ]
     now = t0 + timedelta(hours=1)  # 11:30; the block runs 10:00-15:00
     (b,) = bl.identify_blocks(events, now=now)
     assert b.cost_usd == Decimal("0.75") and b.unpriced_entries == 1

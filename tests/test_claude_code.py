@@ -76,7 +76,12 @@ def test_tokens_are_normalized_with_anthropic_semantics(logs: Path) -> None:
 def test_attribution(logs: Path) -> None:
     events, _ = cc.load_events([logs], prices=None)
     for e in events:
-        assert (e.backend, e.provider, e.agent, e.source) == ("claude-code", "anthropic", "claude-code", "import")
+        assert (e.backend, e.provider, e.agent, e.source) == (
+            "claude-code",
+            "anthropic",
+            "claude-code",
+            "import",
+        )
     projects = {e.session: e.tags["project"] for e in events}
     assert projects[WEBAPP_S1] == "/home/alice/code/webapp"
     # these assistant lines carry no cwd: the folder's other lines give it (keeps the dash in api-server)
@@ -128,20 +133,38 @@ def test_corrupted_lines_are_skipped_with_file_and_line(logs: Path, caplog: pyte
 def test_bad_usage_values_are_skipped_naming_the_field(tmp_path: Path, usage: dict, field: str) -> None:
     f = tmp_path / "projects" / "-tmp-x" / "s.jsonl"
     f.parent.mkdir(parents=True)
-    good = {"type": "assistant", "timestamp": "2026-11-20T10:00:00Z", "sessionId": "s", "requestId": "r1",
-            "message": {"id": "m1", "model": "claude-sonnet-4-5", "usage": {"input_tokens": 1, "output_tokens": 2}}}
+    good = {
+        "type": "assistant",
+        "timestamp": "2026-11-20T10:00:00Z",
+        "sessionId": "s",
+        "requestId": "r1",
+        "message": {
+            "id": "m1",
+            "model": "claude-sonnet-4-5",
+            "usage": {"input_tokens": 1, "output_tokens": 2},
+        },
+    }
     bad = {**good, "requestId": "r2", "message": {**good["message"], "id": "m2", "usage": usage}}
     f.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     events, scan = cc.load_events([tmp_path], prices=None)
     assert len(events) == 1
-    assert scan.warnings == [f"{f}:2: skipped: message.usage.{field}: must be a non-negative integer, "
-                             f"got {usage[field]!r}"]
+    assert scan.warnings == [
+        f"{f}:2: skipped: message.usage.{field}: must be a non-negative integer, got {usage[field]!r}"
+    ]
 
 
 def test_bad_timestamp_is_skipped(tmp_path: Path) -> None:
     f = tmp_path / "s.jsonl"
-    f.write_text(json.dumps({"type": "assistant", "timestamp": "yesterday", "message": {
-        "id": "m", "model": "x", "usage": {"input_tokens": 1, "output_tokens": 1}}}) + "\n")
+    f.write_text(
+        json.dumps(
+            {
+                "type": "assistant",
+                "timestamp": "yesterday",
+                "message": {"id": "m", "model": "x", "usage": {"input_tokens": 1, "output_tokens": 1}},
+            }
+        )
+        + "\n"
+    )
     events, scan = cc.load_events([f], prices=None)
     assert events == []
     assert len(scan.warnings) == 1 and scan.warnings[0].startswith(f"{f}:1: skipped: timestamp:")
@@ -151,7 +174,9 @@ def test_default_locations_and_claude_config_dir(tmp_path: Path, monkeypatch: py
     home = Path.home()  # the hermetic temp home
     with pytest.raises(NotFound, match="no Claude Code logs found"):
         cc.find_log_files(None)
-    shutil.copytree(FIXTURES / "projects" / "-home-alice-notes", home / ".claude" / "projects" / "-home-alice-notes")
+    shutil.copytree(
+        FIXTURES / "projects" / "-home-alice-notes", home / ".claude" / "projects" / "-home-alice-notes"
+    )
     assert len(cc.find_log_files(None)) == 1
     a, b = tmp_path / "cfg-a", tmp_path / "cfg-b"
     shutil.copytree(FIXTURES, a)

@@ -15,8 +15,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 
 def _sonnet_45(inp: int, out: int, cw: int, cr: int) -> Decimal:
     # Claude Sonnet 4.5 list prices per million tokens: input 3, output 15, cache write 3.75, cache read 0.30
-    return (Decimal(inp) * 3 + Decimal(out) * 15 + Decimal(cw) * Decimal("3.75") + Decimal(cr) * Decimal("0.30")
-            ) / 1_000_000
+    return (
+        Decimal(inp) * 3 + Decimal(out) * 15 + Decimal(cw) * Decimal("3.75") + Decimal(cr) * Decimal("0.30")
+    ) / 1_000_000
 
 
 def test_priced_with_the_price_book() -> None:
@@ -42,20 +43,32 @@ def test_import_is_idempotent(ledger_url: str, tmp_path: Path) -> None:
         first = cc.import_claude_code(ledger, [logs], prices)
         assert (first.responses, first.new, first.already_imported) == (9, 9, 0)
         assert first.unpriced == 1 and first.sessions == 4
-        assert first.projects == ["/home/alice/code/api-server", "/home/alice/code/webapp", "/home/alice/notes"]
+        assert first.projects == [
+            "/home/alice/code/api-server",
+            "/home/alice/code/webapp",
+            "/home/alice/notes",
+        ]
         again = cc.import_claude_code(ledger, [logs], prices)
         assert (again.new, again.already_imported) == (0, 9)
         assert ledger.count(filters={"backend": "claude-code"}) == 9
         stored = ledger.get(cc.event_id_for("msg_01WebA", "req_01WebA"))
         assert stored is not None
-        assert (stored.input_tokens, stored.cached_input_tokens, stored.cache_write_tokens, stored.output_tokens) == (
-            12 + 4200 + 11800, 11800, 4200, 410)
+        assert (
+            stored.input_tokens,
+            stored.cached_input_tokens,
+            stored.cache_write_tokens,
+            stored.output_tokens,
+        ) == (12 + 4200 + 11800, 11800, 4200, 410)
         assert stored.session == "5f0c8a8e-1b1e-4c35-9a51-0d6a3b7f1a01"
         assert stored.tags["project"] == "/home/alice/code/webapp"
         # a new response appended to a session log is the only thing the next import adds
         log = logs / "projects" / "-home-alice-notes" / "c0ffee00-1111-4222-8333-444455556604.jsonl"
-        line = log.read_text().splitlines()[1].replace("msg_04NotesI", "msg_04NotesJ").replace(
-            "2026-11-18T20:31:00", "2026-11-18T20:45:00")
+        line = (
+            log.read_text()
+            .splitlines()[1]
+            .replace("msg_04NotesI", "msg_04NotesJ")
+            .replace("2026-11-18T20:31:00", "2026-11-18T20:45:00")
+        )
         with log.open("a") as fh:
             fh.write(line + "\n")
         third = cc.import_claude_code(ledger, [logs], prices)

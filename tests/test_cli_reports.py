@@ -324,7 +324,8 @@ def test_config_check_without_a_file_uses_defaults(capsys: pytest.CaptureFixture
 
 
 def test_a_mistyped_ledger_path_is_an_error_not_an_empty_report(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "nowhere" / "typo.db"
     assert main(["costs", "--db", str(missing)]) == 1
     err = capsys.readouterr().err

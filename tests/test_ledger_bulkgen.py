@@ -18,7 +18,9 @@ def _dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     conn = sqlite3.connect(path)
     try:
         out = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in TABLES}
-        out["events"] = sorted(r[1:] for r in conn.execute("SELECT * FROM events").fetchall())  # ids are random
+        out["events"] = sorted(
+            r[1:] for r in conn.execute("SELECT * FROM events").fetchall()
+        )  # ids are random
         return out
     finally:
         conn.close()

@@ -19,8 +19,16 @@ START = datetime(2026, 3, 31, 20, 0, tzinfo=UTC)
 def _stream(n: int) -> Iterator[UsageEvent]:
     step = timedelta(seconds=8 * 3600 / n)  # eight hours, across a day and a month boundary
     for i in range(n):
-        yield UsageEvent(id=f"money-{i:08d}", backend="b", model="m", provider="p", cost_usd=TENTH_OF_A_MICRODOLLAR,
-                         price_status="priced", timestamp=START + i * step, source="api")
+        yield UsageEvent(
+            id=f"money-{i:08d}",
+            backend="b",
+            model="m",
+            provider="p",
+            cost_usd=TENTH_OF_A_MICRODOLLAR,
+            price_status="priced",
+            timestamp=START + i * step,
+            source="api",
+        )
 
 
 @pytest.mark.slow
@@ -32,9 +40,12 @@ def test_a_million_tenths_of_a_microdollar_make_exactly_ten_cents(tmp_path: Path
         assert total.cost_usd == Decimal("0.1")
         assert str(total.cost_usd) == "0.100000000"
         # the same through month buckets (daily + hourly rollups) and a ragged raw-scan edge
-        months = led.costs(since=START + timedelta(minutes=7, seconds=3), until=START + timedelta(hours=9),
-                           by="month")
-        assert sum(r.calls for r in months) * TENTH_OF_A_MICRODOLLAR == sum((r.cost_usd for r in months), Decimal(0))
+        months = led.costs(
+            since=START + timedelta(minutes=7, seconds=3), until=START + timedelta(hours=9), by="month"
+        )
+        assert sum(r.calls for r in months) * TENTH_OF_A_MICRODOLLAR == sum(
+            (r.cost_usd for r in months), Decimal(0)
+        )
 
 
 def test_exact_sums_on_postgres(pg_url: str) -> None:

@@ -28,22 +28,32 @@ def setup(fake: FakeProviders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     from llmbudget.cli import common
 
     monkeypatch.setattr(common.console, "width", 250)
-    accounts = [("max-1", "anthropic-unified", "unified-ok"), ("max-2", "anthropic-unified", "unified-rejected"),
-                ("gpt", "openai", "openai-ok"), ("grok", "xai", "xai-minus1"),
-                ("gem", "gemini", "gemini-429"), ("or", "openrouter", "openrouter-ok"),
-                ("dead", "anthropic-api", "invalid-401"), ("slow", "openai", "hang"),
-                ("blank", "anthropic-api", "no-headers")]
+    accounts = [
+        ("max-1", "anthropic-unified", "unified-ok"),
+        ("max-2", "anthropic-unified", "unified-rejected"),
+        ("gpt", "openai", "openai-ok"),
+        ("grok", "xai", "xai-minus1"),
+        ("gem", "gemini", "gemini-429"),
+        ("or", "openrouter", "openrouter-ok"),
+        ("dead", "anthropic-api", "invalid-401"),
+        ("slow", "openai", "hang"),
+        ("blank", "anthropic-api", "no-headers"),
+    ]
     lines = ["providers:"]
     for name, kind, scenario in accounts:
         timeout = 0.5 if scenario == "hang" else 5
-        lines.append(f"  - {{name: {name}, kind: {kind}, base_url: '{fake.url(scenario)}', "
-                     f"api_key_env: FAKE_KEY, probe_timeout_s: {timeout}}}")
+        lines.append(
+            f"  - {{name: {name}, kind: {kind}, base_url: '{fake.url(scenario)}', "
+            f"api_key_env: FAKE_KEY, probe_timeout_s: {timeout}}}"
+        )
     cfg = tmp_path / "llmbudget.yaml"
     cfg.write_text("\n".join(lines) + "\n")
     return cfg, f"sqlite:///{tmp_path / 'l.db'}"
 
 
-def test_monitor_table_overall_and_exit_code(setup: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_monitor_table_overall_and_exit_code(
+    setup: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, db = setup
     code = main(["monitor", "--config", str(cfg), "--db", db])
     out = capsys.readouterr().out
@@ -56,8 +66,9 @@ def test_monitor_table_overall_and_exit_code(setup: tuple[Path, str], capsys: py
     assert "GenerateRequestsPerDayPerProjectPerModel-FreeTier" in out and "retry in 43s" in out
 
 
-def test_monitor_json_and_storage(setup: tuple[Path, str], capsys: pytest.CaptureFixture[str],
-                                  hermetic_env: Path) -> None:
+def test_monitor_json_and_storage(
+    setup: tuple[Path, str], capsys: pytest.CaptureFixture[str], hermetic_env: Path
+) -> None:
     cfg, db = setup
     code = main(["monitor", "--json", "--config", str(cfg), "--db", db])
     data = json.loads(capsys.readouterr().out)
@@ -68,7 +79,9 @@ def test_monitor_json_and_storage(setup: tuple[Path, str], capsys: pytest.Captur
     assert by["dead"]["blocker"] == "invalid_key" and by["dead"]["reading"]["key_valid"] is False
     assert by["gem"]["reading"]["retry_delay_s"] == 43
     # one reason for Gemini's refusal: the violated quota and its limit (not also a bare "HTTP 429")
-    assert by["gem"]["reasons"] == ["quota exceeded: GenerateRequestsPerDayPerProjectPerModel-FreeTier (limit 1000)"]
+    assert by["gem"]["reasons"] == [
+        "quota exceeded: GenerateRequestsPerDayPerProjectPerModel-FreeTier (limit 1000)"
+    ]
     assert by["or"]["reading"]["credit_usd"] == "15.5"
     assert by["slow"]["reasons"] == ["timed out after 0.5s"]
     assert by["blank"]["severity"] == "UNKNOWN" and "no rate-limit headers" in by["blank"]["reasons"][0]
@@ -85,11 +98,25 @@ def test_monitor_json_and_storage(setup: tuple[Path, str], capsys: pytest.Captur
     assert "sk-test-123456789" not in json.dumps(data)
 
 
-def test_monitor_one_provider_no_log(setup: tuple[Path, str], capsys: pytest.CaptureFixture[str],
-                                     hermetic_env: Path) -> None:
+def test_monitor_one_provider_no_log(
+    setup: tuple[Path, str], capsys: pytest.CaptureFixture[str], hermetic_env: Path
+) -> None:
     cfg, db = setup
-    code = main(["monitor", "--provider", "gpt", "--provider", "grok", "--no-log", "--json",
-                 "--config", str(cfg), "--db", db])
+    code = main(
+        [
+            "monitor",
+            "--provider",
+            "gpt",
+            "--provider",
+            "grok",
+            "--no-log",
+            "--json",
+            "--config",
+            str(cfg),
+            "--db",
+            db,
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert code == 0
     assert [a["account"] for a in data["accounts"]] == ["gpt", "grok"]
@@ -98,8 +125,9 @@ def test_monitor_one_provider_no_log(setup: tuple[Path, str], capsys: pytest.Cap
     assert not (Path(db.removeprefix("sqlite:///"))).exists()
 
 
-def test_monitor_unknown_provider_and_no_providers(setup: tuple[Path, str], tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_monitor_unknown_provider_and_no_providers(
+    setup: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, _db = setup
     assert main(["monitor", "--provider", "nope", "--no-log", "--config", str(cfg)]) == 1
     err = capsys.readouterr().err
@@ -118,7 +146,9 @@ def test_monitor_bad_config_names_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert f"{bad}:3" in err and "unknown provider kind 'claude'" in err
 
 
-def test_monitor_uses_the_configured_warn_at(setup: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_monitor_uses_the_configured_warn_at(
+    setup: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, _db = setup
     assert main(["monitor", "--provider", "max-1", "--no-log", "--json", "--config", str(cfg)]) == 0
     assert json.loads(capsys.readouterr().out)["overall"] == "Overall: 1 OK"
@@ -130,13 +160,29 @@ def test_monitor_uses_the_configured_warn_at(setup: tuple[Path, str], capsys: py
 
 
 def test_monitor_on_a_narrow_terminal_prints_one_block_per_account(
-        setup: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    setup: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from llmbudget.cli import common
 
     cfg, _db = setup
     monkeypatch.setattr(common.console, "width", 80)
-    assert main(["monitor", "--provider", "max-1", "--provider", "dead", "--provider", "slow", "--no-log",
-                 "--config", str(cfg)]) == 2
+    assert (
+        main(
+            [
+                "monitor",
+                "--provider",
+                "max-1",
+                "--provider",
+                "dead",
+                "--provider",
+                "slow",
+                "--no-log",
+                "--config",
+                str(cfg),
+            ]
+        )
+        == 2
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["OK", "max-1", "anthropic-unified"]
     assert re.fullmatch(r"5h 42% \(\dh\d\dm\) · 7d 50% \(2d23h\) · key valid", lines[1].strip()), lines[1]

@@ -34,8 +34,9 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def acct(fake: FakeProviders, scenario: str, kind: str, **kw: Any) -> ProviderConfig:
-    return ProviderConfig(name=kw.pop("name", scenario), kind=kind, base_url=fake.url(scenario),
-                          api_key_env="FAKE_KEY", **kw)
+    return ProviderConfig(
+        name=kw.pop("name", scenario), kind=kind, base_url=fake.url(scenario), api_key_env="FAKE_KEY", **kw
+    )
 
 
 def probe(*accounts: ProviderConfig) -> list[QuotaReading]:
@@ -69,22 +70,26 @@ def test_unified_oauth_token_is_sent_as_bearer(fake: FakeProviders, monkeypatch:
     assert "x-api-key" not in {k.lower() for k in headers}
 
 
-@pytest.mark.parametrize(("scenario", "kind", "severity", "fragment"), [
-    ("unified-warn", "anthropic-unified", Severity.WARNING, "7d window at 86%"),
-    ("unified-rejected", "anthropic-unified", Severity.CRITICAL, "rejected"),
-    ("unified-oi", "anthropic-unified", Severity.WARNING, "7d_oi window at 93%"),
-    ("openai-maxed", "openai", Severity.CRITICAL, "requests remaining 0"),
-    ("no-headers", "anthropic-api", Severity.UNKNOWN, "no rate-limit headers"),
-    ("garbage", "anthropic-unified", Severity.UNKNOWN, "5h-utilization: not a number"),
-    ("invalid-401", "openai", Severity.CRITICAL, "invalid key (HTTP 401)"),
-    ("invalid-403", "anthropic-unified", Severity.CRITICAL, "invalid key (HTTP 403)"),
-    ("gemini-429", "gemini", Severity.CRITICAL, "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
-    ("gemini-badkey", "gemini", Severity.CRITICAL, "invalid key"),
-    ("openrouter-empty", "openrouter", Severity.CRITICAL, "out of credit"),
-    ("server-error", "openai", Severity.UNKNOWN, "HTTP 500"),
-])
-def test_severity_per_scenario(fake: FakeProviders, scenario: str, kind: str, severity: Severity,
-                               fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "kind", "severity", "fragment"),
+    [
+        ("unified-warn", "anthropic-unified", Severity.WARNING, "7d window at 86%"),
+        ("unified-rejected", "anthropic-unified", Severity.CRITICAL, "rejected"),
+        ("unified-oi", "anthropic-unified", Severity.WARNING, "7d_oi window at 93%"),
+        ("openai-maxed", "openai", Severity.CRITICAL, "requests remaining 0"),
+        ("no-headers", "anthropic-api", Severity.UNKNOWN, "no rate-limit headers"),
+        ("garbage", "anthropic-unified", Severity.UNKNOWN, "5h-utilization: not a number"),
+        ("invalid-401", "openai", Severity.CRITICAL, "invalid key (HTTP 401)"),
+        ("invalid-403", "anthropic-unified", Severity.CRITICAL, "invalid key (HTTP 403)"),
+        ("gemini-429", "gemini", Severity.CRITICAL, "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+        ("gemini-badkey", "gemini", Severity.CRITICAL, "invalid key"),
+        ("openrouter-empty", "openrouter", Severity.CRITICAL, "out of credit"),
+        ("server-error", "openai", Severity.UNKNOWN, "HTTP 500"),
+    ],
+)
+def test_severity_per_scenario(
+    fake: FakeProviders, scenario: str, kind: str, severity: Severity, fragment: str
+) -> None:
     r = probe_one(acct(fake, scenario, kind))
     a = assess(r)
     assert a.severity is severity, a.reasons
@@ -161,8 +166,10 @@ def test_hanging_provider_cut_while_others_report(fake: FakeProviders) -> None:
 
 def test_accounts_are_probed_concurrently(fake: FakeProviders) -> None:
     """Each barrier answer waits until all three probes are in flight: only concurrent probes get through."""
-    accounts = [acct(fake, "barrier-conc-3", "anthropic-unified", name=f"seat-{i}", probe_timeout_s=5)
-                for i in range(3)]
+    accounts = [
+        acct(fake, "barrier-conc-3", "anthropic-unified", name=f"seat-{i}", probe_timeout_s=5)
+        for i in range(3)
+    ]
     rs = probe(*accounts)
     assert [r.backend for r in rs] == ["seat-0", "seat-1", "seat-2"]
     assert [assess(r).severity for r in rs] == [Severity.OK] * 3, [r.reason for r in rs]
@@ -181,6 +188,7 @@ def test_missing_key_and_refused_connection(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # ------------------------------------------------------------------ plugins
+
 
 def test_openrouter_comes_through_the_entry_point() -> None:
     eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -205,8 +213,15 @@ def test_a_plugin_kind_loads_and_probes(monkeypatch: pytest.MonkeyPatch) -> None
         async def probe(self, account: ProviderConfig, session: Any) -> list[QuotaReading]:
             from llmbudget.quota.providers.base import utcnow
 
-            return [QuotaReading(timestamp=utcnow(), backend="ignored", provider="static", status="allowed",
-                                 extra={"greeting": account.options["greeting"]})]
+            return [
+                QuotaReading(
+                    timestamp=utcnow(),
+                    backend="ignored",
+                    provider="static",
+                    status="allowed",
+                    extra={"greeting": account.options["greeting"]},
+                )
+            ]
 
     mod.Static = Static  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_quota_plugin", mod)
@@ -223,23 +238,33 @@ def test_a_plugin_kind_loads_and_probes(monkeypatch: pytest.MonkeyPatch) -> None
 
 # ------------------------------------------------------------------ config
 
+
 def test_providers_config_parses() -> None:
-    text = ("providers:\n"
-            "  - name: max-1\n    kind: anthropic-unified\n    api_key_env: CLAUDE_TOKEN_1\n"
-            "  - {name: or, kind: openrouter, api_key_env: OPENROUTER_API_KEY, probe_timeout_s: 3}\n")
+    text = (
+        "providers:\n"
+        "  - name: max-1\n    kind: anthropic-unified\n    api_key_env: CLAUDE_TOKEN_1\n"
+        "  - {name: or, kind: openrouter, api_key_env: OPENROUTER_API_KEY, probe_timeout_s: 3}\n"
+    )
     cfg, _ = parse_config(text, "llmbudget.yaml")
     assert [p.name for p in cfg.providers] == ["max-1", "or"]
     assert cfg.providers[0].probe_timeout_s == 10 and cfg.providers[1].probe_timeout_s == 3
 
 
-@pytest.mark.parametrize(("text", "where", "fragment"), [
-    ("providers:\n  - name: a\n    kind: antropic\n", "c.yaml:3", "valid kinds: anthropic-unified"),
-    ("providers:\n  - {name: a, kind: openai}\n  - {name: a, kind: xai}\n", "c.yaml:", "used twice"),
-    ("providers:\n  - name: a\n    kind: openai\n    api_key_env: sk-abc123\n", "c.yaml:4", "NAME of an environment"),
-    ("providers:\n  - {name: p, kind: cost-header-proxy}\n", "c.yaml:2", "needs `base_url`"),
-    ("providers:\n  - name: a\n    kind: openai\n    probe_timeout_s: 0\n", "c.yaml:4", "greater than 0"),
-    ("providers:\n  - name: a\n    kind: openai\n    colour: red\n", "c.yaml:4", "unknown key"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "fragment"),
+    [
+        ("providers:\n  - name: a\n    kind: antropic\n", "c.yaml:3", "valid kinds: anthropic-unified"),
+        ("providers:\n  - {name: a, kind: openai}\n  - {name: a, kind: xai}\n", "c.yaml:", "used twice"),
+        (
+            "providers:\n  - name: a\n    kind: openai\n    api_key_env: sk-abc123\n",
+            "c.yaml:4",
+            "NAME of an environment",
+        ),
+        ("providers:\n  - {name: p, kind: cost-header-proxy}\n", "c.yaml:2", "needs `base_url`"),
+        ("providers:\n  - name: a\n    kind: openai\n    probe_timeout_s: 0\n", "c.yaml:4", "greater than 0"),
+        ("providers:\n  - name: a\n    kind: openai\n    colour: red\n", "c.yaml:4", "unknown key"),
+    ],
+)
 def test_providers_config_errors_name_file_and_line(text: str, where: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(text, "c.yaml")
@@ -249,4 +274,6 @@ def test_providers_config_errors_name_file_and_line(text: str, where: str, fragm
 def test_unknown_kind_lists_the_kinds() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config("providers:\n  - {name: a, kind: nope}\n", "c.yaml")
-    assert "openrouter" in str(e.value) and "gemini" in str(e.value) and "(no plugins installed)" in str(e.value)
+    assert (
+        "openrouter" in str(e.value) and "gemini" in str(e.value) and "(no plugins installed)" in str(e.value)
+    )

@@ -127,38 +127,51 @@ def test_xai_minus_one_means_no_limit() -> None:
 
 
 def test_openrouter_bare_headers_epoch_ms() -> None:
-    r = parse_rate_limit_headers({"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0",
-                                  "X-RateLimit-Reset": "1753185660000"}, now=NOW)
+    r = parse_rate_limit_headers(
+        {"X-RateLimit-Limit": "20", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1753185660000"},
+        now=NOW,
+    )
     assert r is not None and r.reason is None
     assert r.limits["requests"].remaining == 0
     assert r.limits["requests"].reset == datetime.fromtimestamp(1753185660, UTC)
 
 
 def test_cost_headers() -> None:
-    r = parse_rate_limit_headers({"x-litellm-response-cost": "0.000415", "x-litellm-key-spend": "12.5",
-                                  "x-litellm-key-max-budget": "20.0"}, now=NOW)
+    r = parse_rate_limit_headers(
+        {
+            "x-litellm-response-cost": "0.000415",
+            "x-litellm-key-spend": "12.5",
+            "x-litellm-key-max-budget": "20.0",
+        },
+        now=NOW,
+    )
     assert r is not None and r.reason is None
     assert r.provider == "cost-header-proxy"
     assert r.cost_usd == Decimal("0.000415")
     assert r.credit_usd == Decimal("7.5")
-    r2 = parse_rate_limit_headers({"X-LLMBudget-Cost-USD": "0.25", "x-litellm-key-max-budget": "None"}, now=NOW)
+    r2 = parse_rate_limit_headers(
+        {"X-LLMBudget-Cost-USD": "0.25", "x-litellm-key-max-budget": "None"}, now=NOW
+    )
     assert r2 is not None and r2.cost_usd == Decimal("0.25") and r2.limit_usd is None and r2.reason is None
 
 
-@pytest.mark.parametrize(("headers", "fragment"), [
-    ({"anthropic-ratelimit-unified-5h-utilization": "lots"}, "5h-utilization: not a number"),
-    ({"anthropic-ratelimit-unified-5h-utilization": "nan"}, "not a finite number"),
-    ({"anthropic-ratelimit-unified-7d-utilization": "-0.2"}, "negative utilization"),
-    ({"anthropic-ratelimit-unified-5h-reset": "tomorrow"}, "not unix seconds"),
-    ({"anthropic-ratelimit-unified-5h-reset": "1e30"}, "out of range"),
-    ({"anthropic-ratelimit-requests-reset": "soon"}, "not an RFC 3339 time"),
-    ({"anthropic-ratelimit-tokens-remaining": "12.5"}, "not a count"),
-    ({"x-ratelimit-reset-tokens": "6 minutes"}, "not a Go duration"),
-    ({"x-ratelimit-limit-requests": ""}, "not a number"),
-    ({"x-litellm-response-cost": "free"}, "not a USD amount"),
-    ({"x-litellm-response-cost": "-1"}, "non-negative"),
-    ({"retry-after": "later"}, "retry-after"),
-])
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({"anthropic-ratelimit-unified-5h-utilization": "lots"}, "5h-utilization: not a number"),
+        ({"anthropic-ratelimit-unified-5h-utilization": "nan"}, "not a finite number"),
+        ({"anthropic-ratelimit-unified-7d-utilization": "-0.2"}, "negative utilization"),
+        ({"anthropic-ratelimit-unified-5h-reset": "tomorrow"}, "not unix seconds"),
+        ({"anthropic-ratelimit-unified-5h-reset": "1e30"}, "out of range"),
+        ({"anthropic-ratelimit-requests-reset": "soon"}, "not an RFC 3339 time"),
+        ({"anthropic-ratelimit-tokens-remaining": "12.5"}, "not a count"),
+        ({"x-ratelimit-reset-tokens": "6 minutes"}, "not a Go duration"),
+        ({"x-ratelimit-limit-requests": ""}, "not a number"),
+        ({"x-litellm-response-cost": "free"}, "not a USD amount"),
+        ({"x-litellm-response-cost": "-1"}, "non-negative"),
+        ({"retry-after": "later"}, "retry-after"),
+    ],
+)
 def test_malformed_values_give_a_reason(headers: dict[str, str], fragment: str) -> None:
     r = parse_rate_limit_headers(headers, now=NOW)
     assert r is not None
@@ -179,15 +192,29 @@ def test_retry_after_http_date() -> None:
 
 
 def test_header_pairs_and_repeated_names() -> None:
-    r = parse_rate_limit_headers([("X-RateLimit-Remaining-Requests", "5"),
-                                  ("x-ratelimit-remaining-requests", "7")], now=NOW)
+    r = parse_rate_limit_headers(
+        [("X-RateLimit-Remaining-Requests", "5"), ("x-ratelimit-remaining-requests", "7")], now=NOW
+    )
     assert r is not None and r.limits["requests"].remaining == 5
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("6m0s", 360.0), ("12ms", 0.012), ("1h2m3.5s", 3723.5), ("0", 0.0), ("0s", 0.0), ("1.5h", 5400.0),
-    ("-1.5h", -5400.0), ("300us", 0.0003), ("300µs", 0.0003), ("2h45m", 9900.0), (".5s", 0.5), ("10ns", 1e-8),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("12ms", 0.012),
+        ("1h2m3.5s", 3723.5),
+        ("0", 0.0),
+        ("0s", 0.0),
+        ("1.5h", 5400.0),
+        ("-1.5h", -5400.0),
+        ("300us", 0.0003),
+        ("300µs", 0.0003),
+        ("2h45m", 9900.0),
+        (".5s", 0.5),
+        ("10ns", 1e-8),
+    ],
+)
 def test_go_duration_table(text: str, seconds: float) -> None:
     assert parse_go_duration(text) == pytest.approx(seconds)
 
@@ -203,18 +230,47 @@ def test_arbitrary_headers_never_raise(headers: dict[str, str]) -> None:
     parse_rate_limit_headers(headers, now=NOW)
 
 
-_PREFIXES = ["anthropic-ratelimit-unified-", "anthropic-ratelimit-", "x-ratelimit-", "x-litellm-",
-             "retry-after", "x-ratelimit-reset-", "anthropic-ratelimit-unified-5h-"]
+_PREFIXES = [
+    "anthropic-ratelimit-unified-",
+    "anthropic-ratelimit-",
+    "x-ratelimit-",
+    "x-litellm-",
+    "retry-after",
+    "x-ratelimit-reset-",
+    "anthropic-ratelimit-unified-5h-",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(
-    st.builds(lambda p, s: p + s, st.sampled_from(_PREFIXES),
-              st.sampled_from(["status", "reset", "5h-utilization", "7d_oi-reset", "limit-requests",
-                               "reset-tokens", "requests-reset", "tokens-remaining", "response-cost",
-                               "key-spend", "key-max-budget", "", "-ms", "x"])),
-    st.one_of(st.text(max_size=30), st.floats().map(str), st.integers().map(str)),
-    min_size=1, max_size=8))
+@given(
+    st.dictionaries(
+        st.builds(
+            lambda p, s: p + s,
+            st.sampled_from(_PREFIXES),
+            st.sampled_from(
+                [
+                    "status",
+                    "reset",
+                    "5h-utilization",
+                    "7d_oi-reset",
+                    "limit-requests",
+                    "reset-tokens",
+                    "requests-reset",
+                    "tokens-remaining",
+                    "response-cost",
+                    "key-spend",
+                    "key-max-budget",
+                    "",
+                    "-ms",
+                    "x",
+                ]
+            ),
+        ),
+        st.one_of(st.text(max_size=30), st.floats().map(str), st.integers().map(str)),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_rate_limit_shaped_garbage_never_raises(headers: dict[str, str]) -> None:
     r = parse_rate_limit_headers(headers, now=NOW)
     if any(k.startswith(("anthropic-ratelimit-", "x-ratelimit-", "retry-after")) for k in headers):
@@ -233,10 +289,17 @@ def test_go_duration_round_trip(seconds: float) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.floats(min_value=0, max_value=5, allow_nan=False), st.integers(min_value=0, max_value=4_000_000_000))
+@given(
+    st.floats(min_value=0, max_value=5, allow_nan=False), st.integers(min_value=0, max_value=4_000_000_000)
+)
 def test_unified_round_trip(util: float, reset: int) -> None:
-    r = parse_rate_limit_headers({"anthropic-ratelimit-unified-5h-utilization": repr(util),
-                                  "anthropic-ratelimit-unified-5h-reset": str(reset)}, now=NOW)
+    r = parse_rate_limit_headers(
+        {
+            "anthropic-ratelimit-unified-5h-utilization": repr(util),
+            "anthropic-ratelimit-unified-5h-reset": str(reset),
+        },
+        now=NOW,
+    )
     assert r is not None and r.reason is None
     assert r.windows["5h"].utilization == util
     w = r.windows["5h"].reset
@@ -244,15 +307,22 @@ def test_unified_round_trip(util: float, reset: int) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-                    timezones=st.just(UTC)),
-       st.integers(min_value=-12, max_value=12), st.integers(min_value=0, max_value=10**9))
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    st.integers(min_value=-12, max_value=12),
+    st.integers(min_value=0, max_value=10**9),
+)
 def test_rfc3339_round_trip(dt: datetime, offset_h: int, remaining: int) -> None:
     from datetime import timezone
 
     local = dt.astimezone(timezone(timedelta(hours=offset_h)))
-    r = parse_rate_limit_headers({"anthropic-ratelimit-tokens-reset": local.isoformat(),
-                                  "anthropic-ratelimit-tokens-remaining": str(remaining)}, now=NOW)
+    r = parse_rate_limit_headers(
+        {
+            "anthropic-ratelimit-tokens-reset": local.isoformat(),
+            "anthropic-ratelimit-tokens-remaining": str(remaining),
+        },
+        now=NOW,
+    )
     assert r is not None and r.reason is None
     assert r.limits["tokens"].reset == dt
     assert r.limits["tokens"].remaining == remaining

@@ -25,12 +25,22 @@ T0 = datetime(2025, 7, 22, 23, 59, 0, tzinfo=UTC)
 
 def sample(ts: datetime = T0, backend: str = "max1") -> QuotaReading:
     return QuotaReading(
-        timestamp=ts, backend=backend, provider="anthropic-unified", source="probe", status="allowed_warning",
+        timestamp=ts,
+        backend=backend,
+        provider="anthropic-unified",
+        source="probe",
+        status="allowed_warning",
         windows={"5h": Window(0.81, ts + timedelta(hours=2), "allowed"), "7d_oi": Window(0.1, None)},
         limits={"tokens": Limit(1000, 10, ts + timedelta(seconds=5)), "requests": Limit(unlimited=True)},
-        retry_after_s=1.5, cost_usd=Decimal("0.000415"), key_valid=True, credit_usd=Decimal("3.25"),
-        violations=[{"quota_metric": "m", "quota_id": "q"}], retry_delay_s=7.0, http_status=200,
-        reason=None, raw={"anthropic-ratelimit-unified-status": "allowed_warning"},
+        retry_after_s=1.5,
+        cost_usd=Decimal("0.000415"),
+        key_valid=True,
+        credit_usd=Decimal("3.25"),
+        violations=[{"quota_metric": "m", "quota_id": "q"}],
+        retry_delay_s=7.0,
+        http_status=200,
+        reason=None,
+        raw={"anthropic-ratelimit-unified-status": "allowed_warning"},
     )
 
 
@@ -44,11 +54,16 @@ def test_round_trip_is_exact() -> None:
     assert back == r
 
 
-@pytest.mark.parametrize("bad", [
-    {}, {"timestamp": "yesterday", "backend": "a"}, {"timestamp": "2025-01-01T00:00:00Z"},
-    {"timestamp": "2025-01-01T00:00:00Z", "backend": "a", "source": "guess"},
-    {"timestamp": "2025-01-01T00:00:00Z", "backend": "a", "windows": ["5h"]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"timestamp": "yesterday", "backend": "a"},
+        {"timestamp": "2025-01-01T00:00:00Z"},
+        {"timestamp": "2025-01-01T00:00:00Z", "backend": "a", "source": "guess"},
+        {"timestamp": "2025-01-01T00:00:00Z", "backend": "a", "windows": ["5h"]},
+    ],
+)
 def test_from_dict_rejects_non_readings(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         QuotaReading.from_dict(bad)
@@ -60,7 +75,10 @@ def test_log_one_file_per_utc_day(tmp_path: Path) -> None:
     store_reading(None, a, log_dir=tmp_path)
     store_reading(None, b, log_dir=tmp_path)
     assert log_path(T0, tmp_path).name == "readings-2025-07-22.jsonl"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["readings-2025-07-22.jsonl", "readings-2025-07-23.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "readings-2025-07-22.jsonl",
+        "readings-2025-07-23.jsonl",
+    ]
     assert read_log(tmp_path) == [a, b]
     assert read_log(tmp_path, backend="grok") == [b]
     assert read_log(tmp_path, since=T0 + timedelta(minutes=1)) == [b]

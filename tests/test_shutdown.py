@@ -20,8 +20,13 @@ WRITER = Path(__file__).with_name("ledger_writer.py")
 def test_sigterm_mid_stream_flushes_every_accepted_event(ledger_url: str, mode: str) -> None:
     with open_ledger(ledger_url):  # migrate first so the writer starts streaming at once
         pass
-    proc = subprocess.Popen([sys.executable, str(WRITER), ledger_url, mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER), ledger_url, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
     assert proc.stdout is not None
     accepted: list[str] = []
     deadline = time.monotonic() + 60

@@ -26,14 +26,17 @@ def test_to_and_from_microseconds_are_exact() -> None:
     assert to_us(datetime(1970, 1, 1, tzinfo=UTC)) == 0
 
 
-@pytest.mark.parametrize(("instant", "unit", "key"), [
-    ("2026-03-29T00:59:59+00:00", "hour", "2026-03-29T01"),
-    ("2026-03-29T01:00:00+00:00", "hour", "2026-03-29T03"),  # 02:00 does not exist in Berlin that day
-    ("2026-12-31T23:30:00+00:00", "month", "2027-01"),
-    ("2026-12-31T22:59:59+00:00", "week", "2026-W53"),
-    ("2026-12-27T23:00:00+00:00", "week", "2026-W53"),  # Monday 00:00 local
-    ("2026-12-27T22:59:59+00:00", "week", "2026-W52"),
-])
+@pytest.mark.parametrize(
+    ("instant", "unit", "key"),
+    [
+        ("2026-03-29T00:59:59+00:00", "hour", "2026-03-29T01"),
+        ("2026-03-29T01:00:00+00:00", "hour", "2026-03-29T03"),  # 02:00 does not exist in Berlin that day
+        ("2026-12-31T23:30:00+00:00", "month", "2027-01"),
+        ("2026-12-31T22:59:59+00:00", "week", "2026-W53"),
+        ("2026-12-27T23:00:00+00:00", "week", "2026-W53"),  # Monday 00:00 local
+        ("2026-12-27T22:59:59+00:00", "week", "2026-W52"),
+    ],
+)
 def test_bucket_keys_in_berlin(instant: str, unit: str, key: str) -> None:
     assert bucket_key(us(instant), unit, BERLIN) == key
 
@@ -66,9 +69,11 @@ def test_ragged_range_grouped_by_dimension() -> None:
     p = plan(us("2026-03-01T10:15:00+00:00"), us("2026-03-05T08:20:00+00:00"), None, ZoneInfo("UTC"))
     assert [(from_us(a).isoformat(), from_us(b).isoformat()) for a, b, _ in p.raw] == [
         ("2026-03-01T10:15:00+00:00", "2026-03-01T11:00:00+00:00"),
-        ("2026-03-05T08:00:00+00:00", "2026-03-05T08:20:00+00:00")]
+        ("2026-03-05T08:00:00+00:00", "2026-03-05T08:20:00+00:00"),
+    ]
     assert [(a * US_PER_DAY, b * US_PER_DAY) for a, b, _ in p.days] == [
-        (us("2026-03-02T00:00:00+00:00"), us("2026-03-05T00:00:00+00:00"))]
+        (us("2026-03-02T00:00:00+00:00"), us("2026-03-05T00:00:00+00:00"))
+    ]
     assert plan(5, 5, None, BERLIN).pieces == []
 
 
@@ -76,17 +81,23 @@ ZONES = ["Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", 
 
 
 @settings(max_examples=150, deadline=None)
-@given(start=st.integers(to_us(datetime(2025, 1, 1, tzinfo=UTC)), to_us(datetime(2027, 1, 1, tzinfo=UTC))),
-       length=st.integers(1, 70 * US_PER_DAY), zone=st.sampled_from(ZONES),
-       unit=st.sampled_from([None, "hour", "day", "week", "month"]))
+@given(
+    start=st.integers(to_us(datetime(2025, 1, 1, tzinfo=UTC)), to_us(datetime(2027, 1, 1, tzinfo=UTC))),
+    length=st.integers(1, 70 * US_PER_DAY),
+    zone=st.sampled_from(ZONES),
+    unit=st.sampled_from([None, "hour", "day", "week", "month"]),
+)
 def test_plan_covers_the_range_exactly_once(start: int, length: int, zone: str, unit: str | None) -> None:
     tz = ZoneInfo(zone)
     if unit == "hour":
         length = min(length, 5 * US_PER_DAY)
     end = start + length
     p = plan(start, end, unit, tz)
-    parts = ([(a * US_PER_HOUR, b * US_PER_HOUR, i) for a, b, i in p.hours]
-             + [(a * US_PER_DAY, b * US_PER_DAY, i) for a, b, i in p.days] + list(p.raw))
+    parts = (
+        [(a * US_PER_HOUR, b * US_PER_HOUR, i) for a, b, i in p.hours]
+        + [(a * US_PER_DAY, b * US_PER_DAY, i) for a, b, i in p.days]
+        + list(p.raw)
+    )
     parts.sort()
     assert parts[0][0] == start and parts[-1][1] == end
     for (_, b1, _), (a2, _, _) in pairwise(parts):

@@ -44,7 +44,9 @@ class _PgSwitch:
     def down(self) -> None:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.name,))
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (self.name,)
+            )
 
     def up(self) -> None:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:

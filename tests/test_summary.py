@@ -32,25 +32,29 @@ def win(util: float, hours: float = 2) -> Window:
 
 # ------------------------------------------------------------------ severity
 
-@pytest.mark.parametrize(("reading", "severity", "fragment"), [
-    (None, Severity.UNKNOWN, "no data"),
-    (rd(reason="timed out after 10s"), Severity.UNKNOWN, "timed out after 10s"),
-    (rd(status="allowed", windows={"5h": win(0.2)}), Severity.OK, None),
-    (rd(status="allowed_warning"), Severity.WARNING, "allowed_warning"),
-    (rd(windows={"7d": win(0.8)}), Severity.WARNING, "7d window at 80%"),
-    (rd(windows={"7d": win(0.79)}), Severity.OK, None),
-    (rd(windows={"5h": win(1.0)}), Severity.CRITICAL, "5h window maxed"),
-    (rd(status="rejected", windows={"5h": win(0.5)}), Severity.CRITICAL, "rejected"),
-    (rd(key_valid=False, http_status=401), Severity.CRITICAL, "invalid key (HTTP 401)"),
-    (rd(limits={"tokens": Limit(1000, 0)}), Severity.CRITICAL, "tokens remaining 0"),
-    (rd(limits={"tokens": Limit(1000, 150)}), Severity.WARNING, "tokens at 85%"),
-    (rd(limits={"requests": Limit(unlimited=True)}), Severity.OK, None),
-    (rd(credit_usd=Decimal(0), limit_usd=Decimal(10)), Severity.CRITICAL, "out of credit"),
-    (rd(credit_usd=Decimal(1), limit_usd=Decimal(10)), Severity.WARNING, "credit at 90%"),
-    (rd(violations=[{"quota_id": "PerDay"}], http_status=429), Severity.CRITICAL, "PerDay"),
-    (rd(status="throttled"), Severity.WARNING, "unrecognized status"),
-    (rd(windows={"overage": Window(None, None, "rejected")}, status="allowed"), Severity.OK, None),
-])
+
+@pytest.mark.parametrize(
+    ("reading", "severity", "fragment"),
+    [
+        (None, Severity.UNKNOWN, "no data"),
+        (rd(reason="timed out after 10s"), Severity.UNKNOWN, "timed out after 10s"),
+        (rd(status="allowed", windows={"5h": win(0.2)}), Severity.OK, None),
+        (rd(status="allowed_warning"), Severity.WARNING, "allowed_warning"),
+        (rd(windows={"7d": win(0.8)}), Severity.WARNING, "7d window at 80%"),
+        (rd(windows={"7d": win(0.79)}), Severity.OK, None),
+        (rd(windows={"5h": win(1.0)}), Severity.CRITICAL, "5h window maxed"),
+        (rd(status="rejected", windows={"5h": win(0.5)}), Severity.CRITICAL, "rejected"),
+        (rd(key_valid=False, http_status=401), Severity.CRITICAL, "invalid key (HTTP 401)"),
+        (rd(limits={"tokens": Limit(1000, 0)}), Severity.CRITICAL, "tokens remaining 0"),
+        (rd(limits={"tokens": Limit(1000, 150)}), Severity.WARNING, "tokens at 85%"),
+        (rd(limits={"requests": Limit(unlimited=True)}), Severity.OK, None),
+        (rd(credit_usd=Decimal(0), limit_usd=Decimal(10)), Severity.CRITICAL, "out of credit"),
+        (rd(credit_usd=Decimal(1), limit_usd=Decimal(10)), Severity.WARNING, "credit at 90%"),
+        (rd(violations=[{"quota_id": "PerDay"}], http_status=429), Severity.CRITICAL, "PerDay"),
+        (rd(status="throttled"), Severity.WARNING, "unrecognized status"),
+        (rd(windows={"overage": Window(None, None, "rejected")}, status="allowed"), Severity.OK, None),
+    ],
+)
 def test_assess_table(reading: QuotaReading | None, severity: Severity, fragment: str | None) -> None:
     a = assess(reading)
     assert a.severity is severity, a.reasons
@@ -70,13 +74,21 @@ def test_invalid_key_is_the_blocker_over_maxed() -> None:
 
 
 def test_overall_line() -> None:
-    sev = [Severity.OK, Severity.CRITICAL, Severity.UNKNOWN, Severity.OK, Severity.OK, Severity.UNKNOWN,
-           Severity.UNKNOWN]
+    sev = [
+        Severity.OK,
+        Severity.CRITICAL,
+        Severity.UNKNOWN,
+        Severity.OK,
+        Severity.OK,
+        Severity.UNKNOWN,
+        Severity.UNKNOWN,
+    ]
     assert overall(sev) == "Overall: 1 CRITICAL, 3 OK, 3 UNKNOWN"
     assert overall([]) == "Overall: no accounts"
 
 
 # ------------------------------------------------------------------ rotation
+
 
 def test_rank_by_headroom_critical_last() -> None:
     readings = {
@@ -98,7 +110,9 @@ def test_rank_by_headroom_critical_last() -> None:
 
 
 def test_rank_ties_prefer_the_sooner_reset() -> None:
-    ranked = rank_accounts([rd("late", windows={"5h": win(0.4, 4)}), rd("soon", windows={"5h": win(0.4, 1)})], NOW)
+    ranked = rank_accounts(
+        [rd("late", windows={"5h": win(0.4, 4)}), rd("soon", windows={"5h": win(0.4, 1)})], NOW
+    )
     assert [r.backend for r in ranked] == ["soon", "late"]
 
 
@@ -116,8 +130,13 @@ def test_a_per_minute_bucket_never_outranks_a_subscription_window() -> None:
     """The case that motivated the rule: xAI's per-minute token bucket 99.95% free against a Max seat
     whose weekly window is half used. The bucket refills in seconds; the seat's quota is paid and
     lost at its reset."""
-    xai = QuotaReading(timestamp=NOW, backend="grok", provider="xai", key_valid=True,
-                       limits={"tokens": minute(2_000_000, 1_999_000, 360)})
+    xai = QuotaReading(
+        timestamp=NOW,
+        backend="grok",
+        provider="xai",
+        key_valid=True,
+        limits={"tokens": minute(2_000_000, 1_999_000, 360)},
+    )
     seat = rd("max", status="allowed", windows={"5h": win(0.1), "7d": win(0.5, 72)})
     ranked = rank_accounts([xai, seat], NOW)
     assert [(r.backend, r.basis) for r in ranked] == [("max", "windows"), ("grok", "per-minute")]
@@ -135,10 +154,15 @@ def test_the_weekly_window_counts_more_than_the_5h_one() -> None:
 
 
 def test_subscription_windows_then_metered_then_per_minute_then_none() -> None:
-    credit = QuotaReading(timestamp=NOW, backend="or", provider="openrouter", credit_usd=Decimal(19),
-                          limit_usd=Decimal(20))
-    daily = QuotaReading(timestamp=NOW, backend="gpt-daily", provider="openai",
-                         limits={"tokens": minute(1000, 100 + 800, 6 * 3600)})
+    credit = QuotaReading(
+        timestamp=NOW, backend="or", provider="openrouter", credit_usd=Decimal(19), limit_usd=Decimal(20)
+    )
+    daily = QuotaReading(
+        timestamp=NOW,
+        backend="gpt-daily",
+        provider="openai",
+        limits={"tokens": minute(1000, 100 + 800, 6 * 3600)},
+    )
     per_min = QuotaReading(timestamp=NOW, backend="grok", provider="xai", limits={"tokens": minute(100, 100)})
     bare = QuotaReading(timestamp=NOW, backend="gem", provider="gemini", status="allowed", key_valid=True)
     seat = rd("seat", status="allowed", windows={"5h": win(0.7), "7d": win(0.75, 50)})
@@ -150,13 +174,19 @@ def test_subscription_windows_then_metered_then_per_minute_then_none() -> None:
 
 def test_a_nearly_full_per_minute_bucket_does_not_demote_but_a_weekly_warning_does() -> None:
     # 85% of a per-minute bucket used: WARNING on display, refilled in 40 s, so it keeps its place
-    busy_minute = QuotaReading(timestamp=NOW, backend="a-busy-minute", provider="anthropic-unified",
-                               status="allowed", windows={"5h": win(0.2), "7d": win(0.3, 50)},
-                               limits={"requests": minute(100, 15)})
+    busy_minute = QuotaReading(
+        timestamp=NOW,
+        backend="a-busy-minute",
+        provider="anthropic-unified",
+        status="allowed",
+        windows={"5h": win(0.2), "7d": win(0.3, 50)},
+        limits={"requests": minute(100, 15)},
+    )
     calm = rd("b-calm", status="allowed", windows={"5h": win(0.3), "7d": win(0.4, 50)})
     week_warn = rd("c-week-warn", status="allowed", windows={"5h": win(0.0), "7d": win(0.85, 50)})
-    metered = QuotaReading(timestamp=NOW, backend="d-credit", provider="openrouter", credit_usd=Decimal(5),
-                           limit_usd=Decimal(10))
+    metered = QuotaReading(
+        timestamp=NOW, backend="d-credit", provider="openrouter", credit_usd=Decimal(5), limit_usd=Decimal(10)
+    )
     ranked = rank_accounts([week_warn, calm, busy_minute, metered], NOW)
     assert ranked[0].backend == "a-busy-minute" and ranked[0].severity is Severity.WARNING
     # a weekly window at 85% yields to a paid account with headroom
@@ -184,6 +214,7 @@ def test_countdown_and_max_age() -> None:
 
 # ------------------------------------------------------------------ summary against fake providers
 
+
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeProviders]:
     with fake_providers() as f:
@@ -198,12 +229,14 @@ def cfg_db(fake: FakeProviders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "providers:\n"
         f"  - {{name: max-1, kind: anthropic-unified, base_url: '{fake.url('unified-ok')}', api_key_env: FAKE_KEY}}\n"
         f"  - {{name: max-2, kind: anthropic-unified, base_url: '{fake.url('unified-rejected')}', api_key_env: FAKE_KEY}}\n"
-        f"  - {{name: grok, kind: xai, base_url: '{fake.url('xai-minus1')}', api_key_env: FAKE_KEY}}\n")
+        f"  - {{name: grok, kind: xai, base_url: '{fake.url('xai-minus1')}', api_key_env: FAKE_KEY}}\n"
+    )
     return cfg, f"sqlite:///{tmp_path / 'l.db'}"
 
 
-def test_summary_probes_then_reuses(fake: FakeProviders, cfg_db: tuple[Path, str],
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_probes_then_reuses(
+    fake: FakeProviders, cfg_db: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, db = cfg_db
     before = fake.hits("unified-ok")
     assert main(["summary", "--config", str(cfg), "--db", db]) == 0
@@ -227,21 +260,42 @@ def test_summary_probes_then_reuses(fake: FakeProviders, cfg_db: tuple[Path, str
     assert [a["mark"] for a in data["accounts"]][-1] == "✗"
 
 
-def test_summary_probes_only_stale_accounts(fake: FakeProviders, cfg_db: tuple[Path, str],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_probes_only_stale_accounts(
+    fake: FakeProviders, cfg_db: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg, db = cfg_db
     ledger = open_ledger(db)
     now = datetime.now(UTC)
     try:
-        store_reading(ledger, QuotaReading(timestamp=now - timedelta(minutes=5), backend="max-1",
-                                           provider="anthropic-unified", source="piggyback", status="allowed",
-                                           windows={"5h": Window(0.05, now + timedelta(hours=1))}))
-        store_reading(ledger, QuotaReading(timestamp=now - timedelta(hours=2), backend="grok", provider="xai",
-                                           status="allowed"))
+        store_reading(
+            ledger,
+            QuotaReading(
+                timestamp=now - timedelta(minutes=5),
+                backend="max-1",
+                provider="anthropic-unified",
+                source="piggyback",
+                status="allowed",
+                windows={"5h": Window(0.05, now + timedelta(hours=1))},
+            ),
+        )
+        store_reading(
+            ledger,
+            QuotaReading(
+                timestamp=now - timedelta(hours=2), backend="grok", provider="xai", status="allowed"
+            ),
+        )
         # a backend seen only through the proxy joins the summary while its reading is fresh
-        store_reading(ledger, QuotaReading(timestamp=now - timedelta(minutes=1), backend="proxy-claude",
-                                           provider="anthropic-unified", source="piggyback", status="allowed",
-                                           windows={"5h": Window(0.6, now + timedelta(hours=3))}))
+        store_reading(
+            ledger,
+            QuotaReading(
+                timestamp=now - timedelta(minutes=1),
+                backend="proxy-claude",
+                provider="anthropic-unified",
+                source="piggyback",
+                status="allowed",
+                windows={"5h": Window(0.6, now + timedelta(hours=3))},
+            ),
+        )
     finally:
         ledger.close()
     hits = fake.hits("unified-ok"), fake.hits("xai-minus1"), fake.hits("unified-rejected")
@@ -249,8 +303,11 @@ def test_summary_probes_only_stale_accounts(fake: FakeProviders, cfg_db: tuple[P
     data = json.loads(capsys.readouterr().out)
     assert sorted(data["probed"]) == ["grok", "max-2"]
     assert sorted(data["reused"]) == ["max-1", "proxy-claude"]
-    assert (fake.hits("unified-ok"), fake.hits("xai-minus1"), fake.hits("unified-rejected")) == \
-        (hits[0], hits[1] + 1, hits[2] + 1)
+    assert (fake.hits("unified-ok"), fake.hits("xai-minus1"), fake.hits("unified-rejected")) == (
+        hits[0],
+        hits[1] + 1,
+        hits[2] + 1,
+    )
     by = {a["backend"]: a for a in data["accounts"]}
     assert by["max-1"]["source"] == "piggyback" and by["max-1"]["headroom"] == pytest.approx(0.95)
     assert by["proxy-claude"]["headroom"] == pytest.approx(0.4)
@@ -266,8 +323,9 @@ def test_summary_no_probe_bad_max_age(cfg_db: tuple[Path, str], capsys: pytest.C
     assert "max_age" in capsys.readouterr().err
 
 
-def test_summary_without_providers_or_fresh_readings_says_so(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_without_providers_or_fresh_readings_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "none.yaml"
     cfg.write_text("timezone: UTC\n")
     db = f"sqlite:///{tmp_path / 'l.db'}"
@@ -277,9 +335,17 @@ def test_summary_without_providers_or_fresh_readings_says_so(tmp_path: Path,
     # a fresh reading taken from real traffic is enough: the block shows it
     ledger = open_ledger(db)
     try:
-        store_reading(ledger, QuotaReading(timestamp=datetime.now(UTC), backend="proxy-claude",
-                                           provider="anthropic-unified", source="piggyback", status="allowed",
-                                           windows={"5h": Window(0.25, None)}))
+        store_reading(
+            ledger,
+            QuotaReading(
+                timestamp=datetime.now(UTC),
+                backend="proxy-claude",
+                provider="anthropic-unified",
+                source="piggyback",
+                status="allowed",
+                windows={"5h": Window(0.25, None)},
+            ),
+        )
     finally:
         ledger.close()
     assert main(["summary", "--config", str(cfg), "--db", db]) == 0
@@ -287,6 +353,7 @@ def test_summary_without_providers_or_fresh_readings_says_so(tmp_path: Path,
 
 
 # ------------------------------------------------------------------ HTTP API
+
 
 def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:
     from starlette.testclient import TestClient

@@ -20,11 +20,17 @@ from ..events import UsageEvent
 
 log = logging.getLogger("llmbudget.capture")
 
-_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-         "content_filter": "refusal"}
+_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 
 
 # ------------------------------------------------------------------------------------------ request
+
 
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
@@ -37,7 +43,10 @@ def _text_of(content: Any) -> str:
 def _image_part(block: dict[str, Any]) -> dict[str, Any] | None:
     src = block.get("source") or {}
     if src.get("type") == "base64":
-        return {"type": "image_url", "image_url": {"url": f"data:{src.get('media_type')};base64,{src.get('data')}"}}
+        return {
+            "type": "image_url",
+            "image_url": {"url": f"data:{src.get('media_type')};base64,{src.get('data')}"},
+        }
     if src.get("type") == "url":
         return {"type": "image_url", "image_url": {"url": src.get("url")}}
     return None
@@ -65,9 +74,16 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
                 if img is not None:
                     parts.append(img)
             elif kind == "tool_use":
-                tool_calls.append({"id": block.get("id"), "type": "function",
-                                   "function": {"name": block.get("name"),
-                                                "arguments": json.dumps(block.get("input") or {})}})
+                tool_calls.append(
+                    {
+                        "id": block.get("id"),
+                        "type": "function",
+                        "function": {
+                            "name": block.get("name"),
+                            "arguments": json.dumps(block.get("input") or {}),
+                        },
+                    }
+                )
             elif kind == "tool_result":
                 # each tool result is its own `tool` message, before any text of the same turn
                 result = block.get("content")
@@ -77,15 +93,19 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
                 messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
             # thinking / redacted_thinking / documents: not understood by chat servers, dropped
         if role == "assistant":
-            msg: dict[str, Any] = {"role": "assistant",
-                                   "content": "".join(p.get("text", "") for p in parts) or None}
+            msg: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(p.get("text", "") for p in parts) or None,
+            }
             if tool_calls:
                 msg["tool_calls"] = tool_calls
             if msg["content"] is not None or tool_calls:
                 messages.append(msg)
         elif parts:
             only_text = all(p["type"] == "text" for p in parts)
-            messages.append({"role": role, "content": "".join(p["text"] for p in parts) if only_text else parts})
+            messages.append(
+                {"role": role, "content": "".join(p["text"] for p in parts) if only_text else parts}
+            )
     out: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     if body.get("max_tokens") is not None:
         out["max_tokens"] = body["max_tokens"]
@@ -96,10 +116,18 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         out["stop"] = list(body["stop_sequences"])
     tools = body.get("tools")
     if tools:
-        out["tools"] = [{"type": "function", "function": {
-            "name": t.get("name"), "description": t.get("description", ""),
-            "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}}
-            for t in tools if t.get("name")]
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.get("name"),
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {"type": "object", "properties": {}},
+                },
+            }
+            for t in tools
+            if t.get("name")
+        ]
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         ctype = choice.get("type")
@@ -121,6 +149,7 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ response
 
+
 def _tool_input(arguments: str | None) -> Any:
     try:
         return json.loads(arguments or "{}")
@@ -137,15 +166,27 @@ def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None)
         content.append({"type": "text", "text": msg["content"]})
     for tc in msg.get("tool_calls") or []:
         fn = tc.get("function") or {}
-        content.append({"type": "tool_use", "id": tc.get("id") or f"toolu_{len(content)}", "name": fn.get("name"),
-                        "input": _tool_input(fn.get("arguments"))})
+        content.append(
+            {
+                "type": "tool_use",
+                "id": tc.get("id") or f"toolu_{len(content)}",
+                "name": fn.get("name"),
+                "input": _tool_input(fn.get("arguments")),
+            }
+        )
     usage = resp.get("usage") or {}
     return {
-        "id": f"msg_{resp.get('id') or 'local'}", "type": "message", "role": "assistant",
-        "model": resp.get("model") or model, "content": content,
-        "stop_reason": _STOP.get(choice.get("finish_reason") or "stop", "end_turn"), "stop_sequence": None,
-        "usage": {"input_tokens": int(usage.get("prompt_tokens") or 0),
-                  "output_tokens": int(usage.get("completion_tokens") or 0)},
+        "id": f"msg_{resp.get('id') or 'local'}",
+        "type": "message",
+        "role": "assistant",
+        "model": resp.get("model") or model,
+        "content": content,
+        "stop_reason": _STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": int(usage.get("prompt_tokens") or 0),
+            "output_tokens": int(usage.get("completion_tokens") or 0),
+        },
     }
 
 
@@ -169,10 +210,22 @@ class StreamTranslator:
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         self._started = True
-        return _event("message_start", {"type": "message_start", "message": {
-            "id": f"msg_{chunk.get('id') or 'local'}", "type": "message", "role": "assistant",
-            "model": chunk.get("model") or self.model, "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}})
+        return _event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_{chunk.get('id') or 'local'}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": chunk.get("model") or self.model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                },
+            },
+        )
 
     def _close_block(self) -> bytes:
         if self._block_kind is None:
@@ -184,34 +237,56 @@ class StreamTranslator:
         out = self._close_block()
         self._block += 1
         self._block_kind = kind
-        return out + _event("content_block_start", {"type": "content_block_start", "index": self._block,
-                                                    "content_block": block})
+        return out + _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": self._block, "content_block": block},
+        )
 
     def _chunk(self, chunk: dict[str, Any]) -> bytes:
         out = b"" if self._started else self._start(chunk)
         if chunk.get("usage"):
             u = chunk["usage"]
-            self._usage = {"input_tokens": int(u.get("prompt_tokens") or 0),
-                           "output_tokens": int(u.get("completion_tokens") or 0)}
+            self._usage = {
+                "input_tokens": int(u.get("prompt_tokens") or 0),
+                "output_tokens": int(u.get("completion_tokens") or 0),
+            }
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
                 if self._block_kind != "text":
                     out += self._open("text", {"type": "text", "text": ""})
-                out += _event("content_block_delta", {"type": "content_block_delta", "index": self._block,
-                                                      "delta": {"type": "text_delta", "text": text}})
+                out += _event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": self._block,
+                        "delta": {"type": "text_delta", "text": text},
+                    },
+                )
             for tc in delta.get("tool_calls") or []:
                 idx = int(tc.get("index", 0))
                 fn = tc.get("function") or {}
                 if idx not in self._tools:
-                    out += self._open(f"tool{idx}", {"type": "tool_use", "id": tc.get("id") or f"toolu_{idx}",
-                                                     "name": fn.get("name"), "input": {}})
+                    out += self._open(
+                        f"tool{idx}",
+                        {
+                            "type": "tool_use",
+                            "id": tc.get("id") or f"toolu_{idx}",
+                            "name": fn.get("name"),
+                            "input": {},
+                        },
+                    )
                     self._tools[idx] = self._block
                 if fn.get("arguments"):
-                    out += _event("content_block_delta", {"type": "content_block_delta", "index": self._tools[idx],
-                                                          "delta": {"type": "input_json_delta",
-                                                                    "partial_json": fn["arguments"]}})
+                    out += _event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": self._tools[idx],
+                            "delta": {"type": "input_json_delta", "partial_json": fn["arguments"]},
+                        },
+                    )
             if choice.get("finish_reason"):
                 self._stop = _STOP.get(choice["finish_reason"], "end_turn")
         return out
@@ -244,14 +319,22 @@ class StreamTranslator:
         self.done = True
         out = b"" if self._started else self._start({})
         out += self._close_block()
-        out += _event("message_delta", {"type": "message_delta",
-                                        "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": None},
-                                        "usage": {"output_tokens": self._usage["output_tokens"],
-                                                  "input_tokens": self._usage["input_tokens"]}})
+        out += _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": None},
+                "usage": {
+                    "output_tokens": self._usage["output_tokens"],
+                    "input_tokens": self._usage["input_tokens"],
+                },
+            },
+        )
         return out + _event("message_stop", {"type": "message_stop"})
 
 
 # ------------------------------------------------------------------------------------------ proxy adapter
+
 
 async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send: Any) -> UsageEvent | None:
     """Serve an Anthropic-protocol request on an OpenAI-compatible backend; returns the recorded event."""
@@ -273,24 +356,36 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
     base = backend.base_url if backend.base_url.endswith("/v1") else backend.base_url + "/v1"
     out_headers = [(b"x-llmbudget-request-id", req.event_id.encode())]
     if req.notice:
-        out_headers.append((b"x-llmbudget-notice", req.notice.replace("\n", " ").encode("latin-1", "replace")))
+        out_headers.append(
+            (b"x-llmbudget-notice", req.notice.replace("\n", " ").encode("latin-1", "replace"))
+        )
     started = time.perf_counter()
 
     async def fail(status: int, message: str) -> UsageEvent | None:
         err = error_bytes("anthropic", status, message, "upstream_unreachable")
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), *out_headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *out_headers],
+            }
+        )
         await send({"type": "http.response.body", "body": err})
-        event: UsageEvent | None = proxy._record(req, target, http_status=status, status="error",
-                                                 interrupted=False, defer=True)
+        event: UsageEvent | None = proxy._record(
+            req, target, http_status=status, status="error", interrupted=False, defer=True
+        )
         if event is not None:
             proxy._record_now(event)
         return event
 
     assert proxy.session is not None
     try:
-        resp = await proxy.session.post(URL(base + "/chat/completions"), data=json.dumps(oai).encode(),
-                                        headers=headers, timeout=proxy._timeouts[target])
+        resp = await proxy.session.post(
+            URL(base + "/chat/completions"),
+            data=json.dumps(oai).encode(),
+            headers=headers,
+            timeout=proxy._timeouts[target],
+        )
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         log.warning("fallback_connect_failed backend=%s error=%s", target, type(e).__name__)
         return await fail(502, f"llmbudget could not reach fallback backend {target!r} ({type(e).__name__})")
@@ -303,17 +398,34 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             answer = json.dumps(openai_response_to_anthropic(data, oai.get("model"))).encode()
             if meter is not None:
                 meter.read_body(answer)
-            event: UsageEvent | None = proxy._record(req, target, http_status=200, status="fallback",
-                                                     interrupted=False, defer=True)
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(answer)).encode()), *out_headers]})
+            event: UsageEvent | None = proxy._record(
+                req, target, http_status=200, status="fallback", interrupted=False, defer=True
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(answer)).encode()),
+                        *out_headers,
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": answer})
         else:
             tr = StreamTranslator(oai.get("model"))
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                                    *out_headers]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                        *out_headers,
+                    ],
+                }
+            )
             interrupted = False
             ttft = None
             try:
@@ -332,9 +444,15 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
                 meter.feed(tail)
                 meter.end()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-            event = proxy._record(req, target, http_status=200,
-                                  status="interrupted" if interrupted else "fallback",
-                                  interrupted=interrupted, ttft_ms=ttft, defer=True)
+            event = proxy._record(
+                req,
+                target,
+                http_status=200,
+                status="interrupted" if interrupted else "fallback",
+                interrupted=interrupted,
+                ttft_ms=ttft,
+                defer=True,
+            )
         if event is not None:
             proxy._record_now(event)
         return event

@@ -94,23 +94,75 @@ def _tokens(n: int) -> str:
 
 # ---------------------------------------------------------------------------- analyze
 def analyze(
-    burn_rate: Annotated[bool, typer.Option("--burn-rate", help="Utilization growth per account and projected exhaustion.")] = False,
-    weekly: Annotated[bool, typer.Option("--weekly", help="Peak and average 7d utilization per ISO week, with exhaustion events.")] = False,
-    stagger: Annotated[bool, typer.Option("--stagger", help="Windows resetting in the next 48 hours, soonest first.")] = False,
-    rotation: Annotated[bool, typer.Option("--rotation", help="Accounts ranked by headroom; maxed, rejected and invalid-key last.")] = False,
-    underspend: Annotated[bool, typer.Option("--underspend", help="'Use it or lose it': ≥ 40% of a 5h window unused, < 2 h to reset.")] = False,
-    blocks: Annotated[bool, typer.Option("--blocks", help="5-hour billing blocks of Claude Code usage, with burn rate and projection.")] = False,
-    prune: Annotated[bool, typer.Option("--prune", help="Archive (gzip JSONL) and delete readings older than the retention period.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --prune: report what would be removed, change nothing.")] = False,
-    older_than: Annotated[str | None, typer.Option("--older-than", help="With --prune: age cut-off such as 30d or 2w (default quota.retention_days, 30).")] = None,
-    provider: Annotated[str | None, typer.Option("--provider", help="Only this account (name) or provider kind.")] = None,
-    since: Annotated[str, typer.Option("--since", help="Readings and Claude Code usage from this far back (30d, 2026-11-01, last week).")] = "30d",
-    from_log: Annotated[bool, typer.Option("--from-log", help="Read readings from the daily JSONL log instead of the ledger.")] = False,
-    logs: Annotated[list[str] | None, typer.Option("--logs", help="With --blocks: read Claude Code logs from PATH instead of the ledger (repeatable).")] = None,
+    burn_rate: Annotated[
+        bool, typer.Option("--burn-rate", help="Utilization growth per account and projected exhaustion.")
+    ] = False,
+    weekly: Annotated[
+        bool,
+        typer.Option(
+            "--weekly", help="Peak and average 7d utilization per ISO week, with exhaustion events."
+        ),
+    ] = False,
+    stagger: Annotated[
+        bool, typer.Option("--stagger", help="Windows resetting in the next 48 hours, soonest first.")
+    ] = False,
+    rotation: Annotated[
+        bool,
+        typer.Option("--rotation", help="Accounts ranked by headroom; maxed, rejected and invalid-key last."),
+    ] = False,
+    underspend: Annotated[
+        bool,
+        typer.Option(
+            "--underspend", help="'Use it or lose it': ≥ 40% of a 5h window unused, < 2 h to reset."
+        ),
+    ] = False,
+    blocks: Annotated[
+        bool,
+        typer.Option(
+            "--blocks", help="5-hour billing blocks of Claude Code usage, with burn rate and projection."
+        ),
+    ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="Archive (gzip JSONL) and delete readings older than the retention period."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --prune: report what would be removed, change nothing.")
+    ] = False,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="With --prune: age cut-off such as 30d or 2w (default quota.retention_days, 30).",
+        ),
+    ] = None,
+    provider: Annotated[
+        str | None, typer.Option("--provider", help="Only this account (name) or provider kind.")
+    ] = None,
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since", help="Readings and Claude Code usage from this far back (30d, 2026-11-01, last week)."
+        ),
+    ] = "30d",
+    from_log: Annotated[
+        bool, typer.Option("--from-log", help="Read readings from the daily JSONL log instead of the ledger.")
+    ] = False,
+    logs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--logs",
+            help="With --blocks: read Claude Code logs from PATH instead of the ledger (repeatable).",
+        ),
+    ] = None,
     json_out: common.JsonOpt = False,
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
-    now_opt: Annotated[str | None, typer.Option("--now", hidden=True, help="Pretend it is this time (RFC 3339).")] = None,
+    now_opt: Annotated[
+        str | None, typer.Option("--now", hidden=True, help="Pretend it is this time (RFC 3339).")
+    ] = None,
 ) -> None:
     """Analyze quota readings: burn rate, weekly peaks, resets ahead, rotation, underspend, 5-hour blocks.
 
@@ -122,8 +174,11 @@ def analyze(
 
     if (dry_run or older_than) and not prune:
         raise ValidationError("--dry-run/--older-than", "only apply together with --prune")
-    chosen = {name for name, on in zip(SECTIONS, (burn_rate, weekly, stagger, rotation, underspend, blocks),
-                                       strict=True) if on}
+    chosen = {
+        name
+        for name, on in zip(SECTIONS, (burn_rate, weekly, stagger, rotation, underspend, blocks), strict=True)
+        if on
+    }
     if not chosen and not prune:
         chosen = set(SECTIONS)
     now = _now(now_opt)
@@ -145,8 +200,10 @@ def analyze(
             out["readings"] = len(readings)
             if provider is not None and not readings:
                 known = sorted({r.backend for r in everything} | {_account_name(p) for p in cfg.providers})
-                warnings.append(f"no readings of an account or kind named {provider!r} since {an._iso(start)}"
-                                + (f"; accounts: {', '.join(known)}" if known else ""))
+                warnings.append(
+                    f"no readings of an account or kind named {provider!r} since {an._iso(start)}"
+                    + (f"; accounts: {', '.join(known)}" if known else "")
+                )
             if "burn_rate" in chosen:
                 out["burn_rate"] = [r.to_dict() for r in an.burn_rates(readings, now=now)]
             if "weekly" in chosen:
@@ -164,11 +221,20 @@ def analyze(
             out["blocks"] = _blocks(ledger, cfg, start, now, logs, warnings)
         if prune:
             days = cfg.quota.retention_days
-            before = parse_since(older_than, zone=zone, now=now, option="--older-than") if older_than \
+            before = (
+                parse_since(older_than, zone=zone, now=now, option="--older-than")
+                if older_than
                 else now - timedelta(days=days)
+            )
             log_dir = rdg.default_log_dir()
-            res = an.prune_readings(ledger, before=before, log_dir=log_dir, archive_dir=log_dir / "archive",
-                                    now=now, dry_run=dry_run)
+            res = an.prune_readings(
+                ledger,
+                before=before,
+                log_dir=log_dir,
+                archive_dir=log_dir / "archive",
+                now=now,
+                dry_run=dry_run,
+            )
             out["prune"] = res.to_dict()
         out["warnings"] = warnings
     finally:
@@ -193,12 +259,17 @@ def _ledger_readings(ledger: Any, since: datetime) -> list[Any]:
             out.append(QuotaReading.from_dict(d))
         except (ValueError, TypeError) as e:
             logging.getLogger("llmbudget.quota").warning(
-                "skipping a stored reading backend=%s timestamp=%s error=%s", d.get("backend"), d.get("timestamp"), e)
+                "skipping a stored reading backend=%s timestamp=%s error=%s",
+                d.get("backend"),
+                d.get("timestamp"),
+                e,
+            )
     return out
 
 
-def _blocks(ledger: Any, cfg: Any, start: datetime, now: datetime, logs: list[str] | None,
-            warnings: list[str]) -> list[dict[str, Any]]:
+def _blocks(
+    ledger: Any, cfg: Any, start: datetime, now: datetime, logs: list[str] | None, warnings: list[str]
+) -> list[dict[str, Any]]:
     from ..pricing import PriceBook
     from ..quota import blocks as bl
     from ..quota import claude_code as cc
@@ -219,7 +290,9 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
     for w in out.get("warnings", []):
         common.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     if "readings" in out and out["readings"] == 0 and not explicit:
-        con.print("No quota readings yet: run `llmbudget monitor` (or serve traffic through the proxy) first.")
+        con.print(
+            "No quota readings yet: run `llmbudget monitor` (or serve traffic through the proxy) first."
+        )
     if "burn_rate" in out:
         t = Table(title="Burn rate (current cycle)", title_justify="left")
         for col in ("account", "window", "now", "change", "per hour", "runs out", "resets"):
@@ -230,8 +303,15 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
                 runs_out = f"[red]{runs_out}[/]"
             # + 0.0 turns a float's -0.0 into 0.0 so a flat window never reads "-0.00"
             per_h = "-" if r["per_hour_pct"] is None else f"{round(r['per_hour_pct'], 2) + 0.0:+.2f} pts"
-            t.add_row(r["backend"], r["window"], f"{r['utilization_pct']:.1f}%", f"{round(r['change_pct'], 1) + 0.0:+.1f} pts",
-                      per_h, runs_out, _when(_dt(r["reset"]), now))
+            t.add_row(
+                r["backend"],
+                r["window"],
+                f"{r['utilization_pct']:.1f}%",
+                f"{round(r['change_pct'], 1) + 0.0:+.1f} pts",
+                per_h,
+                runs_out,
+                _when(_dt(r["reset"]), now),
+            )
         _print_table(t, out["burn_rate"])
     if "weekly" in out:
         t = Table(title="Weekly 7d utilization", title_justify="left")
@@ -239,8 +319,14 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             t.add_column(col, justify="right" if col in ("readings", "peak", "average") else "left")
         for r in out["weekly"]:
             ev = "; ".join(f"{e['start'][:16]}Z {e['reason']}" for e in r["exhaustions"]) or "-"
-            t.add_row(r["backend"], r["week"], str(r["readings"]), _p(r["peak_7d_pct"]), _p(r["average_7d_pct"]),
-                      f"[red]{ev}[/]" if r["exhaustions"] else ev)
+            t.add_row(
+                r["backend"],
+                r["week"],
+                str(r["readings"]),
+                _p(r["peak_7d_pct"]),
+                _p(r["average_7d_pct"]),
+                f"[red]{ev}[/]" if r["exhaustions"] else ev,
+            )
         _print_table(t, out["weekly"])
     if "stagger" in out:
         t = Table(title="Resets in the next 48 h", title_justify="left")
@@ -255,8 +341,16 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             t.add_column(col, justify="right" if col in ("#", "headroom") else "left")
         for r in out["rotation"]:
             room = "-" if r["headroom"] is None else f"{r['headroom'] * 100:.1f}%"
-            t.add_row(str(r["rank"]), r["backend"], r["severity"], r.get("basis") or "-", room, r["binding"] or "-",
-                      _when(_dt(r["reset"]), now), "; ".join(r["reasons"]) or "-")
+            t.add_row(
+                str(r["rank"]),
+                r["backend"],
+                r["severity"],
+                r.get("basis") or "-",
+                room,
+                r["binding"] or "-",
+                _when(_dt(r["reset"]), now),
+                "; ".join(r["reasons"]) or "-",
+            )
         _print_table(t, out["rotation"])
     if "underspend" in out:
         if out["underspend"]:
@@ -269,8 +363,12 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
     if "prune" in out:
         p = out["prune"]
         verb = "would remove" if p["dry_run"] else "removed"
-        con.print(f"Prune before {p['before']}: {verb} {p['ledger_readings']} ledger readings and "
-                  f"{p['log_readings']} log readings in {len(p['log_files'])} daily files.", highlight=False, soft_wrap=True)
+        con.print(
+            f"Prune before {p['before']}: {verb} {p['ledger_readings']} ledger readings and "
+            f"{p['log_readings']} log readings in {len(p['log_files'])} daily files.",
+            highlight=False,
+            soft_wrap=True,
+        )
         for a in p["archives"]:
             con.print(f"  archived to {a}", highlight=False, soft_wrap=True)
 
@@ -302,8 +400,11 @@ def _render_blocks(blocks: list[dict[str, Any]], now: datetime) -> None:
         return
     t = Table(title="Claude Code 5-hour blocks (UTC)", title_justify="left")
     for col in ("block", "last", "entries", "input", "output", "cache w", "cache r", "cost", "models"):
-        t.add_column(col, justify="left" if col in ("block", "last", "models") else "right",
-                     min_width=22 if col == "block" else None)
+        t.add_column(
+            col,
+            justify="left" if col in ("block", "last", "models") else "right",
+            min_width=22 if col == "block" else None,
+        )
     for b in blocks:
         label = f"{b['start'][:16].replace('T', ' ')}–{b['end'][11:16]}"
         if b["is_gap"]:
@@ -314,35 +415,58 @@ def _render_blocks(blocks: list[dict[str, Any]], now: datetime) -> None:
         cost = format_usd(Decimal(b["cost_usd"]), 2)
         if b["unpriced_entries"]:
             cost += "*"
-        t.add_row(label, (b["last_activity"] or "")[11:16], str(b["entries"]), _tokens(b["input_tokens"]),
-                  _tokens(b["output_tokens"]), _tokens(b["cache_write_tokens"]), _tokens(b["cache_read_tokens"]),
-                  cost, ", ".join(_short_model(m) for m in b["models"]))
+        t.add_row(
+            label,
+            (b["last_activity"] or "")[11:16],
+            str(b["entries"]),
+            _tokens(b["input_tokens"]),
+            _tokens(b["output_tokens"]),
+            _tokens(b["cache_write_tokens"]),
+            _tokens(b["cache_read_tokens"]),
+            cost,
+            ", ".join(_short_model(m) for m in b["models"]),
+        )
     con.print(t)
     unpriced = sum(b["unpriced_entries"] for b in blocks)
     if unpriced:
         what = "1 entry has" if unpriced == 1 else f"{unpriced} entries have"
-        con.print(f"* {what} no price (an unknown model): left out of the cost, not counted "
-                  "as $0; see `llmbudget prices --missing`.", highlight=False, soft_wrap=True)
+        con.print(
+            f"* {what} no price (an unknown model): left out of the cost, not counted "
+            "as $0; see `llmbudget prices --missing`.",
+            highlight=False,
+            soft_wrap=True,
+        )
     active = next((b for b in blocks if b["is_active"]), None)
     if active is None:
         con.print("No active block.")
         return
     rate, proj = active["burn_rate"], active["projection"]
     left = round((parse_timestamp(active["end"]) - now).total_seconds() / 60)
-    con.print(f"Active block: {_tokens(active['tokens'])} tokens, {format_usd(Decimal(active['cost_usd']), 2)} so far; "
-              f"{left // 60}h{left % 60:02d}m left.", highlight=False, soft_wrap=True)
+    con.print(
+        f"Active block: {_tokens(active['tokens'])} tokens, {format_usd(Decimal(active['cost_usd']), 2)} so far; "
+        f"{left // 60}h{left % 60:02d}m left.",
+        highlight=False,
+        soft_wrap=True,
+    )
     if rate is None or proj is None:
         con.print("Burn rate: not enough activity yet.")
         return
-    per_h = "-" if rate["cost_per_hour_usd"] is None else format_usd(Decimal(rate["cost_per_hour_usd"]), 2) + "/h"
+    per_h = (
+        "-" if rate["cost_per_hour_usd"] is None else format_usd(Decimal(rate["cost_per_hour_usd"]), 2) + "/h"
+    )
     proj_cost = "-" if proj["cost_usd"] is None else format_usd(Decimal(proj["cost_usd"]), 2)
-    con.print(f"Burn rate: {rate['tokens_per_minute']:,.0f} tokens/min, {per_h}; projected at block end: "
-              f"{_tokens(proj['tokens'])} tokens, {proj_cost}.", highlight=False, soft_wrap=True)
+    con.print(
+        f"Burn rate: {rate['tokens_per_minute']:,.0f} tokens/min, {per_h}; projected at block end: "
+        f"{_tokens(proj['tokens'])} tokens, {proj_cost}.",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # ---------------------------------------------------------------------------- import claude-code
-def import_claude_code_command(paths: list[str] | None, *, json_out: bool = False, config: str | None = None,
-                               db: str | None = None) -> None:
+def import_claude_code_command(
+    paths: list[str] | None, *, json_out: bool = False, config: str | None = None, db: str | None = None
+) -> None:
     """`llmbudget import claude-code [PATH...]`: the shell the `import` command calls for this source."""
     from ..pricing import PriceBook
     from ..quota import claude_code as cc
@@ -363,4 +487,7 @@ def import_claude_code_command(paths: list[str] | None, *, json_out: bool = Fals
         f"Imported {res.new} new Claude Code responses ({res.already_imported} already imported) from "
         f"{res.files} files: {res.sessions} sessions in {len(res.projects)} projects, "
         f"{format_usd(res.cost_usd, 2)}{unpriced}. Merged {res.duplicates} repeated lines, "
-        f"skipped {res.synthetic} synthetic and {len(res.warnings)} unreadable lines.", highlight=False, soft_wrap=True)
+        f"skipped {res.synthetic} synthetic and {len(res.warnings)} unreadable lines.",
+        highlight=False,
+        soft_wrap=True,
+    )

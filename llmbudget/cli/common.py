@@ -15,11 +15,18 @@ err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="Config file (default: $LLMBUDGET_CONFIG, ./llmbudget.yaml, ~/.config/llmbudget/config.yaml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: $LLMBUDGET_CONFIG, ./llmbudget.yaml, ~/.config/llmbudget/config.yaml).",
+    ),
 ]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL or SQLite path (default: $LLMBUDGET_DB, storage.url, ~/.local/share/llmbudget/llmbudget.db)."),
+    typer.Option(
+        "--db",
+        help="Database URL or SQLite path (default: $LLMBUDGET_DB, storage.url, ~/.local/share/llmbudget/llmbudget.db).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
@@ -60,8 +67,12 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
 
 def ledger_options(cfg: Config) -> dict[str, Any]:
     st = cfg.storage
-    return {"audit_log": st.audit_log, "audit": st.audit, "batch_size": st.batch_size,
-            "flush_interval_s": st.flush_interval_s}
+    return {
+        "audit_log": st.audit_log,
+        "audit": st.audit,
+        "batch_size": st.batch_size,
+        "flush_interval_s": st.flush_interval_s,
+    }
 
 
 def print_json(data: Any) -> None:

@@ -22,10 +22,17 @@ from . import common
 #: exit code of `monitor` when any account is CRITICAL
 EXIT_CRITICAL = 2
 
-_STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.OK: "green", Severity.UNKNOWN: "dim"}
+_STYLE = {
+    Severity.CRITICAL: "bold red",
+    Severity.WARNING: "yellow",
+    Severity.OK: "green",
+    Severity.UNKNOWN: "dim",
+}
 
-ProviderNameOpt = Annotated[list[str] | None, typer.Option(
-    "--provider", "-p", help="Only this configured account (repeat for several).")]
+ProviderNameOpt = Annotated[
+    list[str] | None,
+    typer.Option("--provider", "-p", help="Only this configured account (repeat for several)."),
+]
 NoLogOpt = Annotated[bool, typer.Option("--no-log", help="Do not store the readings (ledger and JSONL log).")]
 
 
@@ -96,12 +103,16 @@ def _print_narrow(result: MonitorResult, now: datetime) -> None:
             figures.append(f"${r.cost_usd}/call")
         if r.key_valid is not None:
             figures.append("key " + ("valid" if r.key_valid else "[bold red]INVALID[/]"))
-        con.print(f"[{_STYLE[sev]}]{sev.value:<8}[/] {escape(r.backend).ljust(width)}  {escape(r.provider)}",
-                  highlight=False, soft_wrap=True)
+        con.print(
+            f"[{_STYLE[sev]}]{sev.value:<8}[/] {escape(r.backend).ljust(width)}  {escape(r.provider)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         pad = " " * 11
         if figures:
-            con.print(pad + " · ".join(f if f.startswith("key ") else escape(f) for f in figures),
-                      highlight=False)
+            con.print(
+                pad + " · ".join(f if f.startswith("key ") else escape(f) for f in figures), highlight=False
+            )
         for note in filter(None, _notes(a, now).split("\n")):
             con.print(pad + escape(note), highlight=False)
 
@@ -110,8 +121,9 @@ def print_monitor(result: MonitorResult, now: datetime) -> None:
     if common.console.width < WIDE:
         _print_narrow(result, now)
         for err in result.storage_errors:
-            common.err_console.print(f"[yellow]warning:[/] reading not stored: {escape(err)}", highlight=False,
-                                     soft_wrap=True)
+            common.err_console.print(
+                f"[yellow]warning:[/] reading not stored: {escape(err)}", highlight=False, soft_wrap=True
+            )
         common.console.print(result.overall, highlight=False)
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False)
@@ -121,14 +133,22 @@ def print_monitor(result: MonitorResult, now: datetime) -> None:
         sev = a.assessment.severity
         r = a.reading
         # provider text can contain brackets that Rich would read as markup
-        table.add_row(escape(r.backend), escape(r.provider), f"[{_STYLE[sev]}]{sev.value}[/]",
-                      _window_cell(a, "5h", now), _window_cell(a, "7d", now), escape(_headroom_cell(a, now)),
-                      f"${r.cost_usd}" if r.cost_usd is not None else "-", _key_cell(r.key_valid),
-                      escape(_notes(a, now)))
+        table.add_row(
+            escape(r.backend),
+            escape(r.provider),
+            f"[{_STYLE[sev]}]{sev.value}[/]",
+            _window_cell(a, "5h", now),
+            _window_cell(a, "7d", now),
+            escape(_headroom_cell(a, now)),
+            f"${r.cost_usd}" if r.cost_usd is not None else "-",
+            _key_cell(r.key_valid),
+            escape(_notes(a, now)),
+        )
     common.console.print(table)
     for err in result.storage_errors:
-        common.err_console.print(f"[yellow]warning:[/] reading not stored: {escape(err)}", highlight=False,
-                                 soft_wrap=True)
+        common.err_console.print(
+            f"[yellow]warning:[/] reading not stored: {escape(err)}", highlight=False, soft_wrap=True
+        )
     common.console.print(result.overall, highlight=False)
 
 
@@ -136,8 +156,13 @@ def register(app: typer.Typer) -> None:
     """Add `monitor` and `summary` to the app."""
 
     @app.command("monitor")
-    def monitor(provider: ProviderNameOpt = None, json_: common.JsonOpt = False, no_log: NoLogOpt = False,
-                config: common.ConfigOpt = None, db: common.DbOpt = None) -> None:
+    def monitor(
+        provider: ProviderNameOpt = None,
+        json_: common.JsonOpt = False,
+        no_log: NoLogOpt = False,
+        config: common.ConfigOpt = None,
+        db: common.DbOpt = None,
+    ) -> None:
         """Probe every configured quota account now: status, 5h/7d utilization, resets, headroom, key validity.
 
         Exit code 2 when any account is CRITICAL.
@@ -161,11 +186,18 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_CRITICAL)
 
     @app.command("summary")
-    def summary(max_age: Annotated[str, typer.Option(
-                    "--max-age", help="Reuse stored readings younger than this (20m, 1h, 90s).")] = "20m",
-                json_: common.JsonOpt = False, no_probe: Annotated[bool, typer.Option(
-                    "--no-probe", help="Use stored readings only; never call a provider.")] = False,
-                no_log: NoLogOpt = False, config: common.ConfigOpt = None, db: common.DbOpt = None) -> None:
+    def summary(
+        max_age: Annotated[
+            str, typer.Option("--max-age", help="Reuse stored readings younger than this (20m, 1h, 90s).")
+        ] = "20m",
+        json_: common.JsonOpt = False,
+        no_probe: Annotated[
+            bool, typer.Option("--no-probe", help="Use stored readings only; never call a provider.")
+        ] = False,
+        no_log: NoLogOpt = False,
+        config: common.ConfigOpt = None,
+        db: common.DbOpt = None,
+    ) -> None:
         """The compact quota block for an agent's wake prompt, ending `→ Current recommendation: use X | avoid Y`."""
         age = parse_max_age(max_age) if max_age else DEFAULT_MAX_AGE
         cfg, ledger = common.open_ledger_for(config, db)
@@ -176,8 +208,11 @@ def register(app: typer.Typer) -> None:
         if s.storage_errors:
             # on stderr: stdout is the block an agent reads
             more = f" (and {len(s.storage_errors) - 1} more)" if len(s.storage_errors) > 1 else ""
-            common.err_console.print(f"[yellow]warning:[/] reading not stored: {escape(s.storage_errors[0])}{more}",
-                                     highlight=False, soft_wrap=True)
+            common.err_console.print(
+                f"[yellow]warning:[/] reading not stored: {escape(s.storage_errors[0])}{more}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if json_:
             common.print_json(s.to_dict())
         else:

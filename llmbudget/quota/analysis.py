@@ -101,11 +101,16 @@ class BurnRate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "backend": self.backend, "window": self.window, "readings": self.readings,
-            "since": _iso(self.since), "last": _iso(self.last), "utilization_pct": _pct(self.utilization),
+            "backend": self.backend,
+            "window": self.window,
+            "readings": self.readings,
+            "since": _iso(self.since),
+            "last": _iso(self.last),
+            "utilization_pct": _pct(self.utilization),
             "change_pct": _pct(self.change),
             "per_hour_pct": None if self.per_hour is None else round(self.per_hour * 100, 3),
-            "reset": _iso(self.reset), "exhaustion": _iso(self.exhaustion),
+            "reset": _iso(self.reset),
+            "exhaustion": _iso(self.exhaustion),
             "exhausts_before_reset": self.exhausts_before_reset,
         }
 
@@ -138,8 +143,9 @@ def _slope_per_hour(points: list[tuple[float, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
-def burn_rates(readings: Iterable[QuotaReading], *, now: datetime,
-               windows: Sequence[str] = BURN_WINDOWS) -> list[BurnRate]:
+def burn_rates(
+    readings: Iterable[QuotaReading], *, now: datetime, windows: Sequence[str] = BURN_WINDOWS
+) -> list[BurnRate]:
     """Per account and window: utilization growth over the current cycle and projected exhaustion."""
     out: list[BurnRate] = []
     for name, rs in by_account(readings).items():
@@ -155,8 +161,9 @@ def burn_rates(readings: Iterable[QuotaReading], *, now: datetime,
             if reset is not None and reset <= now:
                 continue  # the cycle these readings describe is over: nothing left to project
             t0 = first.timestamp
-            slope = _slope_per_hour([((r.timestamp - t0).total_seconds() / 3600, _utilization(r, window) or 0.0)
-                                     for r in cycle])
+            slope = _slope_per_hour(
+                [((r.timestamp - t0).total_seconds() / 3600, _utilization(r, window) or 0.0) for r in cycle]
+            )
             exhaustion: datetime | None = None
             before: bool | None = None
             if u1 >= 1.0:
@@ -168,9 +175,21 @@ def burn_rates(readings: Iterable[QuotaReading], *, now: datetime,
                 before = reset is None or exhaustion < reset
             elif slope is not None:
                 before = False
-            out.append(BurnRate(backend=name, window=window, readings=len(cycle), since=t0, last=last.timestamp,
-                                utilization=u1, change=u1 - u0, per_hour=slope, reset=reset,
-                                exhaustion=exhaustion, exhausts_before_reset=before))
+            out.append(
+                BurnRate(
+                    backend=name,
+                    window=window,
+                    readings=len(cycle),
+                    since=t0,
+                    last=last.timestamp,
+                    utilization=u1,
+                    change=u1 - u0,
+                    per_hour=slope,
+                    reset=reset,
+                    exhaustion=exhaustion,
+                    exhausts_before_reset=before,
+                )
+            )
     return out
 
 
@@ -186,8 +205,13 @@ class ExhaustionEvent:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "start": _iso(self.start), "last_seen": _iso(self.last_seen),
-                "readings": self.readings, "reason": self.reason}
+        return {
+            "backend": self.backend,
+            "start": _iso(self.start),
+            "last_seen": _iso(self.last_seen),
+            "readings": self.readings,
+            "reason": self.reason,
+        }
 
 
 @dataclass(slots=True)
@@ -201,9 +225,14 @@ class WeekRow:
     exhaustions: list[ExhaustionEvent] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "week": self.week, "readings": self.readings,
-                "peak_7d_pct": _pct(self.peak), "average_7d_pct": _pct(self.average),
-                "exhaustions": [e.to_dict() for e in self.exhaustions]}
+        return {
+            "backend": self.backend,
+            "week": self.week,
+            "readings": self.readings,
+            "peak_7d_pct": _pct(self.peak),
+            "average_7d_pct": _pct(self.average),
+            "exhaustions": [e.to_dict() for e in self.exhaustions],
+        }
 
 
 def iso_week(ts: datetime) -> str:
@@ -213,8 +242,11 @@ def iso_week(ts: datetime) -> str:
 
 
 def _exhaustion_reason(r: QuotaReading) -> str:
-    parts = [f"{name} at {round((w.utilization or 0) * 100)}%" for name, w in sorted(r.windows.items())
-             if w.utilization is not None and w.utilization >= 1.0]
+    parts = [
+        f"{name} at {round((w.utilization or 0) * 100)}%"
+        for name, w in sorted(r.windows.items())
+        if w.utilization is not None and w.utilization >= 1.0
+    ]
     if r.status == "rejected":
         parts.insert(0, "rejected")
     return ", ".join(parts)
@@ -246,7 +278,9 @@ def weekly(readings: Iterable[QuotaReading]) -> list[WeekRow]:
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rs:
         key = (r.backend, iso_week(r.timestamp))
-        row = rows.setdefault(key, WeekRow(backend=r.backend, week=key[1], readings=0, peak=None, average=None))
+        row = rows.setdefault(
+            key, WeekRow(backend=r.backend, week=key[1], readings=0, peak=None, average=None)
+        )
         row.readings += 1
         u = _utilization(r, "7d")
         if u is not None:
@@ -271,20 +305,29 @@ class ResetRow:
     observed: datetime
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "window": self.window, "reset": _iso(self.reset),
-                "in_hours": round(self.in_seconds / 3600, 2), "utilization_pct": _pct(self.utilization),
-                "observed": _iso(self.observed)}
+        return {
+            "backend": self.backend,
+            "window": self.window,
+            "reset": _iso(self.reset),
+            "in_hours": round(self.in_seconds / 3600, 2),
+            "utilization_pct": _pct(self.utilization),
+            "observed": _iso(self.observed),
+        }
 
 
-def stagger(readings: Iterable[QuotaReading], *, now: datetime,
-            horizon: timedelta = STAGGER_HORIZON) -> list[ResetRow]:
+def stagger(
+    readings: Iterable[QuotaReading], *, now: datetime, horizon: timedelta = STAGGER_HORIZON
+) -> list[ResetRow]:
     """Windows of each account's newest reading that reset within `horizon` from now, soonest first."""
     out: list[ResetRow] = []
     for name, r in latest(readings).items():
         for window, w in r.windows.items():
             if w.reset is not None and now < w.reset <= now + horizon:
-                out.append(ResetRow(name, window, w.reset, (w.reset - now).total_seconds(), w.utilization,
-                                    r.timestamp))
+                out.append(
+                    ResetRow(
+                        name, window, w.reset, (w.reset - now).total_seconds(), w.utilization, r.timestamp
+                    )
+                )
     out.sort(key=lambda x: (x.reset, x.backend, x.window))
     return out
 
@@ -305,18 +348,31 @@ class Underspend:
     @property
     def message(self) -> str:
         mins = max(0, round((self.reset - self.now).total_seconds() / 60))
-        return (f"use it or lose it: {round(self.unused * 100)}% of {self.backend}'s 5h window unused, "
-                f"resets in {mins // 60}h{mins % 60:02d}m")
+        return (
+            f"use it or lose it: {round(self.unused * 100)}% of {self.backend}'s 5h window unused, "
+            f"resets in {mins // 60}h{mins % 60:02d}m"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "utilization_pct": _pct(self.utilization),
-                "unused_pct": _pct(self.unused), "reset": _iso(self.reset),
-                "minutes_to_reset": round((self.reset - self.now).total_seconds() / 60),
-                "observed": _iso(self.observed), "message": self.message}
+        return {
+            "backend": self.backend,
+            "utilization_pct": _pct(self.utilization),
+            "unused_pct": _pct(self.unused),
+            "reset": _iso(self.reset),
+            "minutes_to_reset": round((self.reset - self.now).total_seconds() / 60),
+            "observed": _iso(self.observed),
+            "message": self.message,
+        }
 
 
-def underspend(readings: Iterable[QuotaReading], *, now: datetime, unused: float = UNDERSPEND_UNUSED,
-               within: timedelta = UNDERSPEND_WITHIN, active_within: timedelta = ACTIVE_WITHIN) -> list[Underspend]:
+def underspend(
+    readings: Iterable[QuotaReading],
+    *,
+    now: datetime,
+    unused: float = UNDERSPEND_UNUSED,
+    within: timedelta = UNDERSPEND_WITHIN,
+    active_within: timedelta = ACTIVE_WITHIN,
+) -> list[Underspend]:
     """Active accounts with at least `unused` of the 5h window left and less than `within` until it resets."""
     out: list[Underspend] = []
     for name, r in latest(readings).items():
@@ -335,8 +391,13 @@ def underspend(readings: Iterable[QuotaReading], *, now: datetime, unused: float
 
 
 # ---------------------------------------------------------------------------- rotation
-def rotation(readings: Iterable[QuotaReading], *, now: datetime,
-             accounts: Iterable[str] = (), warn_at: float | None = None) -> list[dict[str, Any]]:
+def rotation(
+    readings: Iterable[QuotaReading],
+    *,
+    now: datetime,
+    accounts: Iterable[str] = (),
+    warn_at: float | None = None,
+) -> list[dict[str, Any]]:
     """Accounts ranked by headroom, maxed/rejected/invalid-key last (`quota.rotation.rank_accounts`).
 
     `accounts` names configured accounts; one without any reading is ranked UNKNOWN.
@@ -360,9 +421,14 @@ class PruneResult:
     archives: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"before": _iso(self.before), "dry_run": self.dry_run, "ledger_readings": self.ledger_readings,
-                "log_files": list(self.log_files), "log_readings": self.log_readings,
-                "archives": list(self.archives)}
+        return {
+            "before": _iso(self.before),
+            "dry_run": self.dry_run,
+            "ledger_readings": self.ledger_readings,
+            "log_files": list(self.log_files),
+            "log_readings": self.log_readings,
+            "archives": list(self.archives),
+        }
 
 
 def _count_lines(path: Path) -> int:
@@ -370,8 +436,9 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def prune_readings(ledger: Any, *, before: datetime, log_dir: Path, archive_dir: Path,
-                   now: datetime, dry_run: bool = False) -> PruneResult:
+def prune_readings(
+    ledger: Any, *, before: datetime, log_dir: Path, archive_dir: Path, now: datetime, dry_run: bool = False
+) -> PruneResult:
     """Archive readings older than `before` to gzip JSONL under `archive_dir`, then delete them.
 
     Both places readings live are pruned: the ledger (one archive per run) and the daily
@@ -398,7 +465,9 @@ def prune_readings(ledger: Any, *, before: datetime, log_dir: Path, archive_dir:
                 while path.exists():  # never overwrite an earlier archive
                     n += 1
                     path = archive_dir / f"{stem}-{n}.jsonl.gz"
-                _write_gzip_lines(path, (json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in rows))
+                _write_gzip_lines(
+                    path, (json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in rows)
+                )
                 res.archives.append(str(path))
             res.ledger_readings = ledger.prune_readings(before)
     for p in old_days:

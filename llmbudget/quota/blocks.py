@@ -32,8 +32,12 @@ class BurnRate:
     cost_per_hour_usd: Decimal | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens_per_minute": round(self.tokens_per_minute, 3),
-                "cost_per_hour_usd": None if self.cost_per_hour_usd is None else decimal_str(self.cost_per_hour_usd)}
+        return {
+            "tokens_per_minute": round(self.tokens_per_minute, 3),
+            "cost_per_hour_usd": None
+            if self.cost_per_hour_usd is None
+            else decimal_str(self.cost_per_hour_usd),
+        }
 
 
 @dataclass(slots=True)
@@ -45,8 +49,11 @@ class Projection:
     remaining_minutes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "cost_usd": None if self.cost_usd is None else decimal_str(self.cost_usd),
-                "remaining_minutes": self.remaining_minutes}
+        return {
+            "tokens": self.tokens,
+            "cost_usd": None if self.cost_usd is None else decimal_str(self.cost_usd),
+            "remaining_minutes": self.remaining_minutes,
+        }
 
 
 @dataclass(slots=True)
@@ -86,12 +93,22 @@ class Block:
             return None if d is None else d.isoformat().replace("+00:00", "Z")
 
         return {
-            "start": iso(self.start), "end": iso(self.end), "first_activity": iso(self.first_activity),
-            "last_activity": iso(self.last_activity), "is_active": self.is_active, "is_gap": self.is_gap,
-            "entries": self.entries, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "cache_write_tokens": self.cache_write_tokens, "cache_read_tokens": self.cache_read_tokens,
-            "tokens": self.tokens, "total_tokens": self.total_tokens, "cost_usd": decimal_str(self.cost_usd),
-            "unpriced_entries": self.unpriced_entries, "models": list(self.models),
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "first_activity": iso(self.first_activity),
+            "last_activity": iso(self.last_activity),
+            "is_active": self.is_active,
+            "is_gap": self.is_gap,
+            "entries": self.entries,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "tokens": self.tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": decimal_str(self.cost_usd),
+            "unpriced_entries": self.unpriced_entries,
+            "models": list(self.models),
             "burn_rate": None if self.burn_rate is None else self.burn_rate.to_dict(),
             "projection": None if self.projection is None else self.projection.to_dict(),
         }
@@ -102,8 +119,9 @@ def floor_to_hour(ts: datetime) -> datetime:
     return ts.replace(minute=0, second=0, microsecond=0)
 
 
-def identify_blocks(events: Iterable[UsageEvent], *, now: datetime,
-                    hours: int = BLOCK_HOURS, gaps: bool = True) -> list[Block]:
+def identify_blocks(
+    events: Iterable[UsageEvent], *, now: datetime, hours: int = BLOCK_HOURS, gaps: bool = True
+) -> list[Block]:
     """Group events into billing blocks, oldest first; the active block gets a burn rate and projection."""
     length = timedelta(hours=hours)
     ordered = sorted(events, key=lambda e: e.timestamp)
@@ -160,7 +178,9 @@ def burn_rate(block: Block) -> BurnRate | None:
         return None
     minutes = seconds / 60
     priced = block.entries > block.unpriced_entries
-    cost_h = (block.cost_usd * 3600 / Decimal(repr(seconds))).quantize(Decimal("0.000001")) if priced else None
+    cost_h = (
+        (block.cost_usd * 3600 / Decimal(repr(seconds))).quantize(Decimal("0.000001")) if priced else None
+    )
     return BurnRate(tokens_per_minute=block.tokens / minutes, cost_per_hour_usd=cost_h)
 
 

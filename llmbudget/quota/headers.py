@@ -43,7 +43,14 @@ LITELLM_SPEND = "x-litellm-key-spend"
 LITELLM_BUDGET = "x-litellm-key-max-budget"
 RETRY_HEADERS = ("retry-after", "retry-after-ms")
 
-_RAW_PREFIXES = (ANTHROPIC_PREFIX, OPENAI_PREFIX, *COST_HEADERS, *RETRY_HEADERS, LITELLM_SPEND, LITELLM_BUDGET)
+_RAW_PREFIXES = (
+    ANTHROPIC_PREFIX,
+    OPENAI_PREFIX,
+    *COST_HEADERS,
+    *RETRY_HEADERS,
+    LITELLM_SPEND,
+    LITELLM_BUDGET,
+)
 _RAW_MAX = 200
 _WINDOW_FIELDS = ("utilization", "reset", "status")
 
@@ -95,9 +102,15 @@ def _trim(x: float) -> str:
     return text or "0"
 
 
-def parse_rate_limit_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]], *, now: datetime,
-                             backend: str = "unknown", source: str = "piggyback",
-                             provider: str | None = None, http_status: int | None = None) -> QuotaReading | None:
+def parse_rate_limit_headers(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    *,
+    now: datetime,
+    backend: str = "unknown",
+    source: str = "piggyback",
+    provider: str | None = None,
+    http_status: int | None = None,
+) -> QuotaReading | None:
     """Read every rate-limit header family present; None when there are none at all. Never raises.
 
     `provider` overrides the detected family (`anthropic-unified`, `anthropic-api`, `openai`,
@@ -106,16 +119,26 @@ def parse_rate_limit_headers(headers: Mapping[str, str] | Iterable[tuple[str, st
     try:
         h = _lower(headers)
     except Exception as e:  # an odd mapping type; report rather than raise on the request path
-        return QuotaReading(timestamp=_aware(now), backend=backend, provider=provider or "unknown",
-                            source="probe" if source == "probe" else "piggyback", http_status=http_status,
-                            reason=f"headers could not be read: {type(e).__name__}")
+        return QuotaReading(
+            timestamp=_aware(now),
+            backend=backend,
+            provider=provider or "unknown",
+            source="probe" if source == "probe" else "piggyback",
+            http_status=http_status,
+            reason=f"headers could not be read: {type(e).__name__}",
+        )
     raw = {k: v[:_RAW_MAX] for k, v in h.items() if k.startswith(_RAW_PREFIXES)}
     if not raw:
         return None
     now = _aware(now)
-    reading = QuotaReading(timestamp=now, backend=backend, provider="unknown",
-                           source="probe" if source == "probe" else "piggyback", raw=raw,
-                           http_status=http_status)
+    reading = QuotaReading(
+        timestamp=now,
+        backend=backend,
+        provider="unknown",
+        source="probe" if source == "probe" else "piggyback",
+        raw=raw,
+        http_status=http_status,
+    )
     try:
         detected: list[str] = []
         if any(k.startswith(UNIFIED_PREFIX) for k in h):
@@ -140,12 +163,13 @@ def parse_rate_limit_headers(headers: Mapping[str, str] | Iterable[tuple[str, st
 
 # ---------------------------------------------------------------- families
 
+
 def _parse_unified(h: dict[str, str], r: QuotaReading) -> None:
     unknown: dict[str, str] = {}
     for key, value in h.items():
         if not key.startswith(UNIFIED_PREFIX):
             continue
-        rest = key[len(UNIFIED_PREFIX):]
+        rest = key[len(UNIFIED_PREFIX) :]
         if rest == "status":
             r.status = value.strip().lower() or None
             if r.status is None:
@@ -178,7 +202,7 @@ def _parse_anthropic_api(h: dict[str, str], r: QuotaReading, now: datetime) -> N
     for key, value in h.items():
         if not key.startswith(ANTHROPIC_PREFIX) or key.startswith(UNIFIED_PREFIX):
             continue
-        resource, _, fld = key[len(ANTHROPIC_PREFIX):].rpartition("-")
+        resource, _, fld = key[len(ANTHROPIC_PREFIX) :].rpartition("-")
         if not resource or fld not in ("limit", "remaining", "reset"):
             continue
         lim = r.limits.setdefault(resource.replace("-", "_"), Limit())
@@ -192,7 +216,7 @@ def _parse_openai(h: dict[str, str], r: QuotaReading, now: datetime) -> None:
     for key, value in h.items():
         if not key.startswith(OPENAI_PREFIX):
             continue
-        fld, _, resource = key[len(OPENAI_PREFIX):].partition("-")
+        fld, _, resource = key[len(OPENAI_PREFIX) :].partition("-")
         if fld not in ("limit", "remaining", "reset"):
             continue
         lim = r.limits.setdefault((resource or "requests").replace("-", "_"), Limit())
@@ -249,6 +273,7 @@ def _parse_retry(h: dict[str, str], r: QuotaReading) -> None:
 
 
 # ---------------------------------------------------------------- value parsers (record a reason, never raise)
+
 
 def _lower(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -359,8 +384,9 @@ def _rfc3339_or_any(value: str, key: str, r: QuotaReading, now: datetime) -> dat
     return _duration_or_any(value, key, r, now, expected="an RFC 3339 time")
 
 
-def _duration_or_any(value: str, key: str, r: QuotaReading, now: datetime, *,
-                     expected: str = "a Go duration") -> datetime | None:
+def _duration_or_any(
+    value: str, key: str, r: QuotaReading, now: datetime, *, expected: str = "a Go duration"
+) -> datetime | None:
     v = value.strip()
     if v == "-1":  # xAI: no reset applies to a bucket without a limit
         return None
@@ -390,4 +416,3 @@ def _duration_or_any(value: str, key: str, r: QuotaReading, now: datetime, *,
     if dt is None:
         r.add_reason(f"{key}: time out of range ({_show(value)})")
     return dt
-

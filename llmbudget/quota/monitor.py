@@ -24,8 +24,12 @@ class AccountStatus:
     assessment: Assessment
 
     def to_dict(self) -> dict[str, Any]:
-        return {"account": self.reading.backend, "kind": self.reading.provider,
-                **self.assessment.to_dict(), "reading": self.reading.to_dict()}
+        return {
+            "account": self.reading.backend,
+            "kind": self.reading.provider,
+            **self.assessment.to_dict(),
+            "reading": self.reading.to_dict(),
+        }
 
 
 @dataclass(slots=True)
@@ -46,28 +50,42 @@ class MonitorResult:
         counts = {s.value: 0 for s in Severity}
         for a in self.accounts:
             counts[a.assessment.severity.value] += 1
-        return {"accounts": [a.to_dict() for a in self.accounts], "counts": counts, "overall": self.overall,
-                "storage_errors": list(self.storage_errors)}
+        return {
+            "accounts": [a.to_dict() for a in self.accounts],
+            "counts": counts,
+            "overall": self.overall,
+            "storage_errors": list(self.storage_errors),
+        }
 
 
 def select_accounts(cfg: Config, names: list[str] | None = None) -> list[ProviderConfig]:
     """The configured accounts, or the named ones; an unknown name is an error listing the configured ones."""
     accounts = list(cfg.providers)
     if not accounts:
-        raise ConfigError("no providers configured: add a `providers:` section (README, 'Quota watch')",
-                          path=cfg.source_path)
+        raise ConfigError(
+            "no providers configured: add a `providers:` section (README, 'Quota watch')",
+            path=cfg.source_path,
+        )
     if not names:
         return accounts
     by_name = {a.name: a for a in accounts}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise ConfigError(f"no provider named {', '.join(missing)}; configured: {', '.join(by_name)}",
-                          path=cfg.source_path)
+        raise ConfigError(
+            f"no provider named {', '.join(missing)}; configured: {', '.join(by_name)}", path=cfg.source_path
+        )
     return [by_name[n] for n in names]
 
 
-def run_monitor(cfg: Config, *, ledger: Any = None, names: list[str] | None = None, log_readings: bool = True,
-                log_dir: Path | None = None, now: datetime | None = None) -> MonitorResult:
+def run_monitor(
+    cfg: Config,
+    *,
+    ledger: Any = None,
+    names: list[str] | None = None,
+    log_readings: bool = True,
+    log_dir: Path | None = None,
+    now: datetime | None = None,
+) -> MonitorResult:
     """Probe the accounts concurrently, assess and (unless `log_readings` is False) store every reading."""
     accounts = select_accounts(cfg, names)
     readings = probe_all_sync(accounts)

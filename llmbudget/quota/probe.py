@@ -38,7 +38,9 @@ async def probe_account(account: ProviderConfig, session: aiohttp.ClientSession)
         # the message names host and port, never a header
         return [unknown(account, f"connection failed: {type(e).__name__}: {str(e)[:160]}")]
     except Exception as e:  # a plugin bug is that account's UNKNOWN, not a crash of the monitor
-        log.warning("quota probe failed account=%s kind=%s error=%s", account.name, account.kind, type(e).__name__)
+        log.warning(
+            "quota probe failed account=%s kind=%s error=%s", account.name, account.kind, type(e).__name__
+        )
         return [unknown(account, f"probe failed: {type(e).__name__}: {str(e)[:160]}")]
     if not readings:
         return [unknown(account, "the probe returned no reading")]
@@ -51,8 +53,9 @@ async def probe_account(account: ProviderConfig, session: aiohttp.ClientSession)
     return readings
 
 
-async def probe_all(accounts: Sequence[ProviderConfig], *,
-                    session: aiohttp.ClientSession | None = None) -> list[QuotaReading]:
+async def probe_all(
+    accounts: Sequence[ProviderConfig], *, session: aiohttp.ClientSession | None = None
+) -> list[QuotaReading]:
     """Probe all accounts concurrently; results in the order of `accounts`."""
     if not accounts:
         return []

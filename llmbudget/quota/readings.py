@@ -41,8 +41,11 @@ class Window:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Window:
-        return cls(utilization=_opt_float(d.get("utilization")), reset=_parse_dt(d.get("reset")),
-                   status=d.get("status"))
+        return cls(
+            utilization=_opt_float(d.get("utilization")),
+            reset=_parse_dt(d.get("reset")),
+            status=d.get("status"),
+        )
 
 
 @dataclass(slots=True)
@@ -63,13 +66,21 @@ class Limit:
         return max(0.0, min(1.0, 1.0 - self.remaining / self.limit))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"limit": self.limit, "remaining": self.remaining, "reset": _iso(self.reset),
-                "unlimited": self.unlimited}
+        return {
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "reset": _iso(self.reset),
+            "unlimited": self.unlimited,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Limit:
-        return cls(limit=_opt_int(d.get("limit")), remaining=_opt_int(d.get("remaining")),
-                   reset=_parse_dt(d.get("reset")), unlimited=bool(d.get("unlimited", False)))
+        return cls(
+            limit=_opt_int(d.get("limit")),
+            remaining=_opt_int(d.get("remaining")),
+            reset=_parse_dt(d.get("reset")),
+            unlimited=bool(d.get("unlimited", False)),
+        )
 
 
 @dataclass(slots=True)
@@ -121,28 +132,53 @@ class QuotaReading:
     @property
     def has_data(self) -> bool:
         """True when the reading carries any quota signal at all."""
-        windows = any(w.utilization is not None or w.reset is not None or w.status for w in self.windows.values())
-        limits = any(lim.limit is not None or lim.remaining is not None or lim.unlimited
-                     for lim in self.limits.values())
-        return bool(self.status or windows or limits or self.cost_usd is not None
-                    or self.key_valid is False or self.credit_usd is not None or self.limit_usd is not None
-                    or self.violations or self.retry_after_s is not None or self.retry_delay_s is not None)
+        windows = any(
+            w.utilization is not None or w.reset is not None or w.status for w in self.windows.values()
+        )
+        limits = any(
+            lim.limit is not None or lim.remaining is not None or lim.unlimited
+            for lim in self.limits.values()
+        )
+        return bool(
+            self.status
+            or windows
+            or limits
+            or self.cost_usd is not None
+            or self.key_valid is False
+            or self.credit_usd is not None
+            or self.limit_usd is not None
+            or self.violations
+            or self.retry_after_s is not None
+            or self.retry_delay_s is not None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; Decimals as strings (exact), datetimes as RFC 3339."""
         return {
-            "timestamp": _iso(self.timestamp), "backend": self.backend, "provider": self.provider,
-            "source": self.source, "status": self.status,
+            "timestamp": _iso(self.timestamp),
+            "backend": self.backend,
+            "provider": self.provider,
+            "source": self.source,
+            "status": self.status,
             "windows": {k: w.to_dict() for k, w in self.windows.items()},
-            "representative_claim": self.representative_claim, "reset": _iso(self.reset),
-            "fallback_percentage": self.fallback_percentage, "overage_status": self.overage_status,
+            "representative_claim": self.representative_claim,
+            "reset": _iso(self.reset),
+            "fallback_percentage": self.fallback_percentage,
+            "overage_status": self.overage_status,
             "limits": {k: lim.to_dict() for k, lim in self.limits.items()},
-            "retry_after_s": self.retry_after_s, "cost_usd": _dec_str(self.cost_usd),
-            "key_valid": self.key_valid, "credit_usd": _dec_str(self.credit_usd),
-            "limit_usd": _dec_str(self.limit_usd), "usage_usd": _dec_str(self.usage_usd),
-            "violations": [dict(v) for v in self.violations], "retry_delay_s": self.retry_delay_s,
-            "http_status": self.http_status, "model": self.model, "reason": self.reason,
-            "raw": dict(self.raw), "extra": dict(self.extra),
+            "retry_after_s": self.retry_after_s,
+            "cost_usd": _dec_str(self.cost_usd),
+            "key_valid": self.key_valid,
+            "credit_usd": _dec_str(self.credit_usd),
+            "limit_usd": _dec_str(self.limit_usd),
+            "usage_usd": _dec_str(self.usage_usd),
+            "violations": [dict(v) for v in self.violations],
+            "retry_delay_s": self.retry_delay_s,
+            "http_status": self.http_status,
+            "model": self.model,
+            "reason": self.reason,
+            "raw": dict(self.raw),
+            "extra": dict(self.extra),
         }
 
     @classmethod
@@ -165,19 +201,28 @@ class QuotaReading:
         if not isinstance(windows, Mapping) or not isinstance(limits, Mapping):
             raise ValueError("reading windows/limits must be objects")
         return cls(
-            timestamp=ts, backend=backend, provider=str(d.get("provider") or "unknown"), source=source,
+            timestamp=ts,
+            backend=backend,
+            provider=str(d.get("provider") or "unknown"),
+            source=source,
             status=d.get("status"),
             windows={str(k): Window.from_dict(v) for k, v in windows.items() if isinstance(v, Mapping)},
-            representative_claim=d.get("representative_claim"), reset=_parse_dt(d.get("reset")),
+            representative_claim=d.get("representative_claim"),
+            reset=_parse_dt(d.get("reset")),
             fallback_percentage=_opt_float(d.get("fallback_percentage")),
             overage_status=d.get("overage_status"),
             limits={str(k): Limit.from_dict(v) for k, v in limits.items() if isinstance(v, Mapping)},
-            retry_after_s=_opt_float(d.get("retry_after_s")), cost_usd=_opt_dec(d.get("cost_usd")),
-            key_valid=d.get("key_valid"), credit_usd=_opt_dec(d.get("credit_usd")),
-            limit_usd=_opt_dec(d.get("limit_usd")), usage_usd=_opt_dec(d.get("usage_usd")),
+            retry_after_s=_opt_float(d.get("retry_after_s")),
+            cost_usd=_opt_dec(d.get("cost_usd")),
+            key_valid=d.get("key_valid"),
+            credit_usd=_opt_dec(d.get("credit_usd")),
+            limit_usd=_opt_dec(d.get("limit_usd")),
+            usage_usd=_opt_dec(d.get("usage_usd")),
             violations=[dict(v) for v in (d.get("violations") or []) if isinstance(v, Mapping)],
-            retry_delay_s=_opt_float(d.get("retry_delay_s")), http_status=_opt_int(d.get("http_status")),
-            model=d.get("model"), reason=d.get("reason"),
+            retry_delay_s=_opt_float(d.get("retry_delay_s")),
+            http_status=_opt_int(d.get("http_status")),
+            model=d.get("model"),
+            reason=d.get("reason"),
             raw={str(k): str(v) for k, v in (d.get("raw") or {}).items()},
             extra=dict(d.get("extra") or {}),
         )
@@ -197,7 +242,7 @@ def default_log_dir() -> Path:
 
 def log_path(day: datetime, log_dir: Path | None = None) -> Path:
     """The JSONL file for the UTC day of `day`."""
-    d = (log_dir or default_log_dir())
+    d = log_dir or default_log_dir()
     return d / f"readings-{day.astimezone(UTC).strftime('%Y-%m-%d')}.jsonl"
 
 
@@ -212,8 +257,9 @@ def append_log(reading: QuotaReading, *, log_dir: Path | str | None = None) -> P
     return path
 
 
-def store_reading(services_or_ledger: Any, reading: QuotaReading, *,
-                  log_dir: Path | str | None = None, log: bool = True) -> None:
+def store_reading(
+    services_or_ledger: Any, reading: QuotaReading, *, log_dir: Path | str | None = None, log: bool = True
+) -> None:
     """Store a reading in the ledger (`record_reading`) and append it to the daily JSONL log.
 
     `services_or_ledger` is a `Services` (its `.ledger` is used), a `Ledger`, or None (log only).
@@ -234,8 +280,13 @@ def store_reading(services_or_ledger: Any, reading: QuotaReading, *,
         raise log_error
 
 
-def iter_log(log_dir: Path | str | None = None, *, since: datetime | None = None,
-             until: datetime | None = None, backend: str | None = None) -> Iterator[QuotaReading]:
+def iter_log(
+    log_dir: Path | str | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    backend: str | None = None,
+) -> Iterator[QuotaReading]:
     """Readings from the JSONL log, oldest file first; a corrupted line is skipped with a warning."""
     d = Path(log_dir) if log_dir else default_log_dir()
     if not d.is_dir():
@@ -258,8 +309,12 @@ def iter_log(log_dir: Path | str | None = None, *, since: datetime | None = None
                 try:
                     r = QuotaReading.from_dict(json.loads(line))
                 except (ValueError, TypeError, AttributeError) as e:
-                    log.warning("quota log: skipping corrupted line file=%s line=%d error=%s",
-                                path, lineno, str(e)[:200])
+                    log.warning(
+                        "quota log: skipping corrupted line file=%s line=%d error=%s",
+                        path,
+                        lineno,
+                        str(e)[:200],
+                    )
                     continue
                 if since is not None and r.timestamp < since:
                     continue
@@ -270,15 +325,22 @@ def iter_log(log_dir: Path | str | None = None, *, since: datetime | None = None
                 yield r
 
 
-def read_log(log_dir: Path | str | None = None, *, since: datetime | None = None,
-             until: datetime | None = None, backend: str | None = None) -> list[QuotaReading]:
+def read_log(
+    log_dir: Path | str | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    backend: str | None = None,
+) -> list[QuotaReading]:
     """All readings in the JSONL log matching the filters, oldest first (corrupted lines skipped)."""
     out = list(iter_log(log_dir, since=since, until=until, backend=backend))
     out.sort(key=lambda r: r.timestamp)
     return out
 
 
-def latest_by_backend(readings: Mapping[str, Mapping[str, Any]] | list[QuotaReading]) -> dict[str, QuotaReading]:
+def latest_by_backend(
+    readings: Mapping[str, Mapping[str, Any]] | list[QuotaReading],
+) -> dict[str, QuotaReading]:
     """The newest reading per backend, from a list of readings or a ledger's `latest_readings()` dict."""
     items: list[QuotaReading] = []
     if isinstance(readings, Mapping):
@@ -298,6 +360,7 @@ def latest_by_backend(readings: Mapping[str, Mapping[str, Any]] | list[QuotaRead
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _iso(dt: datetime | None) -> str | None:
     if dt is None:

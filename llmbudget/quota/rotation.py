@@ -67,10 +67,16 @@ class RankedAccount:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rank": self.rank, "backend": self.backend, "provider": self.provider,
-            "severity": self.severity.value, "category": self.category, "basis": self.basis,
-            "headroom": self.headroom, "binding": self.binding,
-            "reset": self.reset.isoformat() if self.reset else None, "reasons": list(self.reasons),
+            "rank": self.rank,
+            "backend": self.backend,
+            "provider": self.provider,
+            "severity": self.severity.value,
+            "category": self.category,
+            "basis": self.basis,
+            "headroom": self.headroom,
+            "binding": self.binding,
+            "reset": self.reset.isoformat() if self.reset else None,
+            "reasons": list(self.reasons),
         }
 
 
@@ -112,12 +118,15 @@ def _figures(reading: QuotaReading, now: datetime | None) -> list[_Figure]:
         slow = lim.reset is not None and lim.reset - reading.timestamp > SHORT
         out.append(_Figure(name, used, lim.reset, "bucket" if slow else "minute"))
     if reading.credit_usd is not None and reading.limit_usd:
-        out.append(_Figure("credit", max(0.0, float(1 - reading.credit_usd / reading.limit_usd)), None, "credit"))
+        out.append(
+            _Figure("credit", max(0.0, float(1 - reading.credit_usd / reading.limit_usd)), None, "credit")
+        )
     return out
 
 
-def headroom(reading: QuotaReading, now: datetime | None = None
-             ) -> tuple[float | None, str | None, datetime | None, str]:
+def headroom(
+    reading: QuotaReading, now: datetime | None = None
+) -> tuple[float | None, str | None, datetime | None, str]:
     """(score 0-1, binding figure, its reset, basis) of one reading; see the module docstring."""
     figs = _figures(reading, now)
     windows = [f for f in figs if f.scale in ("long", "hours")]
@@ -147,13 +156,20 @@ def headroom(reading: QuotaReading, now: datetime | None = None
 
 def _without_minute_buckets(reading: QuotaReading) -> QuotaReading:
     """The reading without buckets that refill within the hour (they do not decide the ranking)."""
-    keep = {n: lim for n, lim in reading.limits.items()
-            if lim.remaining == 0 or (lim.reset is not None and lim.reset - reading.timestamp > SHORT)}
+    keep = {
+        n: lim
+        for n, lim in reading.limits.items()
+        if lim.remaining == 0 or (lim.reset is not None and lim.reset - reading.timestamp > SHORT)
+    }
     return replace(reading, limits=keep)
 
 
-def rank_accounts(latest_readings: Mapping[str, QuotaReading | None] | Iterable[QuotaReading], now: datetime,
-                  *, warn_at: float = WARN_AT) -> list[RankedAccount]:
+def rank_accounts(
+    latest_readings: Mapping[str, QuotaReading | None] | Iterable[QuotaReading],
+    now: datetime,
+    *,
+    warn_at: float = WARN_AT,
+) -> list[RankedAccount]:
     """Rank accounts (module docstring): usable ones by basis and score, then UNKNOWN, then maxed,
     out of credit, rejected and invalid-key accounts."""
     items: list[tuple[str, QuotaReading | None]]
@@ -180,8 +196,24 @@ def rank_accounts(latest_readings: Mapping[str, QuotaReading | None] | Iterable[
             category = "available"
             assert r is not None
             warn = assess(_without_minute_buckets(r), warn_at=warn_at, now=now).severity is Severity.WARNING
-        rows.append((warn, RankedAccount(0, name, r.provider if r else "unknown", a.severity, category, room,
-                                         binding, reset, a.reasons, r, basis)))
+        rows.append(
+            (
+                warn,
+                RankedAccount(
+                    0,
+                    name,
+                    r.provider if r else "unknown",
+                    a.severity,
+                    category,
+                    room,
+                    binding,
+                    reset,
+                    a.reasons,
+                    r,
+                    basis,
+                ),
+            )
+        )
 
     far = datetime.max.replace(tzinfo=now.tzinfo)
 

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_KINDS = ("anthropic-unified", "anthropic-api", "openai", "xai", "gemini", "openrouter", "cost-header-proxy")
+BUILTIN_KINDS = (
+    "anthropic-unified",
+    "anthropic-api",
+    "openai",
+    "xai",
+    "gemini",
+    "openrouter",
+    "cost-header-proxy",
+)
 
 
 class ProviderConfig(BaseModel):
@@ -61,7 +69,9 @@ class ProviderConfig(BaseModel):
     def _env(cls, v: str | None) -> str | None:
         # a pasted key here would be stored in the config and shown by `config show`
         if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
-            raise ValueError("must be the NAME of an environment variable (e.g. ANTHROPIC_API_KEY), not a key")
+            raise ValueError(
+                "must be the NAME of an environment variable (e.g. ANTHROPIC_API_KEY), not a key"
+            )
         return v
 
     @model_validator(mode="after")

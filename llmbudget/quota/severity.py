@@ -70,7 +70,9 @@ def effective_utilization(reading: QuotaReading, name: str, now: datetime | None
     return w.utilization
 
 
-def assess(reading: QuotaReading | None, *, warn_at: float = WARN_AT, now: datetime | None = None) -> Assessment:
+def assess(
+    reading: QuotaReading | None, *, warn_at: float = WARN_AT, now: datetime | None = None
+) -> Assessment:
     """Severity of one reading. With `now`, windows and buckets whose reset has passed no longer count."""
     if reading is None:
         return Assessment(Severity.UNKNOWN, ["no data"])
@@ -78,7 +80,9 @@ def assess(reading: QuotaReading | None, *, warn_at: float = WARN_AT, now: datet
     warn: list[str] = []
 
     if reading.key_valid is False:
-        crit.append(("invalid_key", "invalid key" + (f" (HTTP {reading.http_status})" if reading.http_status else "")))
+        crit.append(
+            ("invalid_key", "invalid key" + (f" (HTTP {reading.http_status})" if reading.http_status else ""))
+        )
     status = (reading.status or "").lower()
     if status == "rejected":
         crit.append(("rejected", "rejected by the provider"))

@@ -41,7 +41,10 @@ class Summary:
     def lines(self) -> list[str]:
         """One line per account (in configured-then-seen order is less useful than ranked: best first)."""
         width = max((len(r.backend) for r in self.ranked), default=0)
-        out = [f"{r.severity.mark} {r.backend.ljust(width)}  {describe(r, self.generated_at)}" for r in self.ranked]
+        out = [
+            f"{r.severity.mark} {r.backend.ljust(width)}  {describe(r, self.generated_at)}"
+            for r in self.ranked
+        ]
         out.append(recommendation_line(self.use, self.avoid))
         return out
 
@@ -53,12 +56,23 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "generated_at": self.generated_at.isoformat(), "accounts": [
-                {**r.to_dict(), "mark": r.severity.mark, "line": describe(r, self.generated_at),
-                 "reading_at": r.reading.timestamp.isoformat() if r.reading else None,
-                 "source": r.reading.source if r.reading else None} for r in self.ranked],
-            "use": list(self.use), "avoid": list(self.avoid), "recommendation": recommendation_line(self.use, self.avoid),
-            "probed": list(self.probed), "reused": list(self.reused), "storage_errors": list(self.storage_errors),
+            "generated_at": self.generated_at.isoformat(),
+            "accounts": [
+                {
+                    **r.to_dict(),
+                    "mark": r.severity.mark,
+                    "line": describe(r, self.generated_at),
+                    "reading_at": r.reading.timestamp.isoformat() if r.reading else None,
+                    "source": r.reading.source if r.reading else None,
+                }
+                for r in self.ranked
+            ],
+            "use": list(self.use),
+            "avoid": list(self.avoid),
+            "recommendation": recommendation_line(self.use, self.avoid),
+            "probed": list(self.probed),
+            "reused": list(self.reused),
+            "storage_errors": list(self.storage_errors),
             "text": self.text(),
         }
 
@@ -107,7 +121,9 @@ def describe(row: RankedAccount, now: datetime) -> str:
     if r is None:
         return "no reading"
     parts: list[str] = []
-    names = [n for n in _FIRST_WINDOWS if n in r.windows] + sorted(n for n in r.windows if n not in _FIRST_WINDOWS)
+    names = [n for n in _FIRST_WINDOWS if n in r.windows] + sorted(
+        n for n in r.windows if n not in _FIRST_WINDOWS
+    )
     for name in names:
         w = r.windows[name]
         if w.utilization is not None:
@@ -135,18 +151,28 @@ def stored_latest(ledger: Any, log_dir: Path | None = None) -> dict[str, QuotaRe
     return latest_by_backend(read_log(log_dir))
 
 
-async def build_summary_async(cfg: Config, ledger: Any, *, max_age: timedelta = DEFAULT_MAX_AGE,
-                              now: datetime | None = None, probe: bool = True, log_readings: bool = True,
-                              log_dir: Path | None = None) -> Summary:
+async def build_summary_async(
+    cfg: Config,
+    ledger: Any,
+    *,
+    max_age: timedelta = DEFAULT_MAX_AGE,
+    now: datetime | None = None,
+    probe: bool = True,
+    log_readings: bool = True,
+    log_dir: Path | None = None,
+) -> Summary:
     """Reuse fresh readings, probe the configured accounts that have none, rank and recommend."""
     now = now or datetime.now(UTC)
     latest = stored_latest(ledger, log_dir)
     fresh = {name: r for name, r in latest.items() if now - r.timestamp <= max_age}
     if not cfg.providers and not fresh:
         # an empty block would read as "all fine" to an agent
-        raise ConfigError("no providers configured and no quota reading younger than "
-                          f"{_span(max_age)}: add a `providers:` section (README, 'Quota watch') "
-                          "or serve traffic through the proxy", path=cfg.source_path)
+        raise ConfigError(
+            "no providers configured and no quota reading younger than "
+            f"{_span(max_age)}: add a `providers:` section (README, 'Quota watch') "
+            "or serve traffic through the proxy",
+            path=cfg.source_path,
+        )
     configured = [p.name for p in cfg.providers]
     stale = [p for p in cfg.providers if p.name not in fresh]
     probed: list[QuotaReading] = await probe_all(stale) if probe else []
@@ -165,8 +191,15 @@ async def build_summary_async(cfg: Config, ledger: Any, *, max_age: timedelta = 
         current.setdefault(name, r)
     ranked = rank_accounts(current, now, warn_at=cfg.quota.warn_at)
     use, avoid = recommendation(ranked)
-    return Summary(now, ranked, use, avoid, probed=[r.backend for r in probed],
-                   reused=[n for n in current if n in fresh], storage_errors=storage_errors)
+    return Summary(
+        now,
+        ranked,
+        use,
+        avoid,
+        probed=[r.backend for r in probed],
+        reused=[n for n in current if n in fresh],
+        storage_errors=storage_errors,
+    )
 
 
 def build_summary(cfg: Config, ledger: Any, **kw: Any) -> Summary:

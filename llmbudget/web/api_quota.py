@@ -25,7 +25,9 @@ def _check_params(request: Request, allowed: set[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in request.query_params:
         if name not in allowed:
-            raise ValidationError(name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}")
+            raise ValidationError(
+                name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}"
+            )
         out[name] = request.query_params[name]
     return out
 
@@ -49,8 +51,9 @@ def routes(services: Any) -> list[BaseRoute]:
 
     async def quota(request: Request) -> JSONResponse:
         _check_params(request, set())
-        return JSONResponse(await run_in_threadpool(quota_latest, services.ledger,
-                                                    warn_at=services.config.quota.warn_at))
+        return JSONResponse(
+            await run_in_threadpool(quota_latest, services.ledger, warn_at=services.config.quota.warn_at)
+        )
 
     async def quota_summary(request: Request) -> JSONResponse:
         params = _check_params(request, {"max_age", "probe"})
@@ -59,8 +62,9 @@ def routes(services: Any) -> list[BaseRoute]:
         if probe_text not in _TRUE + _FALSE:
             raise ValidationError("probe", f"must be true or false, got {params['probe']!r}")
         # the ledger reads and writes are blocking: run the whole summary (probes too) off the event loop
-        s = await run_in_threadpool(partial(build_summary, services.config, services.ledger, max_age=age,
-                                            probe=probe_text in _TRUE))
+        s = await run_in_threadpool(
+            partial(build_summary, services.config, services.ledger, max_age=age, probe=probe_text in _TRUE)
+        )
         return JSONResponse(s.to_dict())
 
     return [Route("/api/quota", quota), Route("/api/quota/summary", quota_summary)]

@@ -49,8 +49,12 @@ def get_provider(kind: str) -> ProviderPlugin:
         try:
             obj = ep.load()
         except Exception as e:  # a broken plugin must not take the other accounts down
-            raise ConfigError(f"provider plugin {kind!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
+            raise ConfigError(
+                f"provider plugin {kind!r} ({ep.value}) failed to load: {type(e).__name__}: {e}"
+            ) from e
     plugin = obj() if isinstance(obj, type) or not hasattr(obj, "probe") else obj
     if not isinstance(plugin, ProviderPlugin):
-        raise ConfigError(f"provider plugin {kind!r} has no `kind` attribute and async `probe(account, session)`")
+        raise ConfigError(
+            f"provider plugin {kind!r} has no `kind` attribute and async `probe(account, session)`"
+        )
     return plugin

@@ -68,12 +68,14 @@ def url(account: ProviderConfig, default_base: str, path: str) -> str:
     base = (account.base_url or default_base).rstrip("/")
     for prefix in ("/v1beta", "/v1", "/api/v1"):
         if base.endswith(prefix) and path.startswith(prefix + "/"):
-            path = path[len(prefix):]
+            path = path[len(prefix) :]
             break
     return base + path
 
 
-_SECRETISH = re.compile(r"(sk-[A-Za-z0-9_*-]{6,}|xai-[A-Za-z0-9_*-]{6,}|AIza[A-Za-z0-9_*-]{6,}|llmb-[A-Za-z0-9_*-]{6,})")
+_SECRETISH = re.compile(
+    r"(sk-[A-Za-z0-9_*-]{6,}|xai-[A-Za-z0-9_*-]{6,}|AIza[A-Za-z0-9_*-]{6,}|llmb-[A-Za-z0-9_*-]{6,})"
+)
 
 
 def scrub(text: str, *secrets: str) -> str:
@@ -104,14 +106,23 @@ def error_message(body: bytes | str, *secrets: str) -> str:
     return clean[:160] + ("..." if len(clean) > 160 else "")
 
 
-def reading_from_response(account: ProviderConfig, *, status: int, headers: Mapping[str, str] | Any,
-                          body: bytes, now: datetime, secrets: tuple[str, ...] = ()) -> QuotaReading:
+def reading_from_response(
+    account: ProviderConfig,
+    *,
+    status: int,
+    headers: Mapping[str, str] | Any,
+    body: bytes,
+    now: datetime,
+    secrets: tuple[str, ...] = (),
+) -> QuotaReading:
     """A probe reading from an HTTP answer: rate-limit headers, key validity, and an error reason."""
-    r = parse_rate_limit_headers(headers, now=now, backend=account.name, source="probe",
-                                 provider=account.kind, http_status=status)
+    r = parse_rate_limit_headers(
+        headers, now=now, backend=account.name, source="probe", provider=account.kind, http_status=status
+    )
     if r is None:
-        r = QuotaReading(timestamp=now, backend=account.name, provider=account.kind, source="probe",
-                         http_status=status)
+        r = QuotaReading(
+            timestamp=now, backend=account.name, provider=account.kind, source="probe", http_status=status
+        )
     if status in (401, 403):
         r.key_valid = False
         r.add_reason(f"HTTP {status}: {error_message(body, *secrets)}")
@@ -126,5 +137,6 @@ def reading_from_response(account: ProviderConfig, *, status: int, headers: Mapp
 
 def unknown(account: ProviderConfig, reason: str, now: datetime | None = None) -> QuotaReading:
     """An UNKNOWN reading for an account that gave no answer."""
-    return QuotaReading(timestamp=now or utcnow(), backend=account.name, provider=account.kind,
-                        source="probe", reason=reason)
+    return QuotaReading(
+        timestamp=now or utcnow(), backend=account.name, provider=account.kind, source="probe", reason=reason
+    )

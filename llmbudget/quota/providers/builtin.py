@@ -38,11 +38,13 @@ class AnthropicProvider:
             headers["x-api-key"] = key
         model = account.model or self.default_model
         body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": _PROMPT}]}
-        async with session.post(url(account, self.default_base, "/v1/messages"), json=body,
-                                headers=headers) as resp:
+        async with session.post(
+            url(account, self.default_base, "/v1/messages"), json=body, headers=headers
+        ) as resp:
             data = await resp.read()
-            r = reading_from_response(account, status=resp.status, headers=resp.headers, body=data,
-                                      now=utcnow(), secrets=(key,))
+            r = reading_from_response(
+                account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
+            )
         r.model = model
         return [r]
 
@@ -51,7 +53,9 @@ class OpenAICompatibleProvider:
     """`openai`, `xai` and `cost-header-proxy`: a chat completion with max_tokens 1; x-ratelimit-* headers
     (resets as Go durations) and, from a cost-reporting proxy, the per-call USD cost header."""
 
-    def __init__(self, kind: str, default_base: str | None, default_model: str | None, key_env: str | None) -> None:
+    def __init__(
+        self, kind: str, default_base: str | None, default_model: str | None, key_env: str | None
+    ) -> None:
         self.kind = kind
         self.default_base = default_base or ""
         self.default_model = default_model
@@ -65,11 +69,15 @@ class OpenAICompatibleProvider:
 
             return [unknown(account, "no probe model: set `model:` for this account")]
         body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": _PROMPT}]}
-        async with session.post(url(account, self.default_base, "/v1/chat/completions"), json=body,
-                                headers={"authorization": f"Bearer {key}"}) as resp:
+        async with session.post(
+            url(account, self.default_base, "/v1/chat/completions"),
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+        ) as resp:
             data = await resp.read()
-            r = reading_from_response(account, status=resp.status, headers=resp.headers, body=data,
-                                      now=utcnow(), secrets=(key,))
+            r = reading_from_response(
+                account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
+            )
         r.model = model
         return [r]
 
@@ -87,11 +95,15 @@ class GeminiProvider:
         model = account.model or self.default_model
         body = {"contents": [{"parts": [{"text": _PROMPT}]}], "generationConfig": {"maxOutputTokens": 1}}
         # the key goes in a header, never in the URL, so it cannot leak into a log line
-        async with session.post(url(account, self.default_base, f"/v1beta/models/{model}:generateContent"),
-                                json=body, headers={"x-goog-api-key": key}) as resp:
+        async with session.post(
+            url(account, self.default_base, f"/v1beta/models/{model}:generateContent"),
+            json=body,
+            headers={"x-goog-api-key": key},
+        ) as resp:
             data = await resp.read()
-            r = reading_from_response(account, status=resp.status, headers=resp.headers, body=data,
-                                      now=utcnow(), secrets=(key,))
+            r = reading_from_response(
+                account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
+            )
         r.model = model
         if 200 <= resp.status < 300:
             r.status = "allowed"  # the call went through: under quota
@@ -126,7 +138,10 @@ def parse_google_error(body: bytes, r: QuotaReading) -> None:
                 r.add_reason(f"RetryInfo.retryDelay not a duration ({delay!r})")
             else:
                 r.retry_delay_s = secs
-        elif kind.endswith("google.rpc.ErrorInfo") and d.get("reason") in ("API_KEY_INVALID", "API_KEY_EXPIRED"):
+        elif kind.endswith("google.rpc.ErrorInfo") and d.get("reason") in (
+            "API_KEY_INVALID",
+            "API_KEY_EXPIRED",
+        ):
             r.key_valid = False
     if err.get("status") == "PERMISSION_DENIED":
         r.key_valid = False
@@ -134,8 +149,10 @@ def parse_google_error(body: bytes, r: QuotaReading) -> None:
 
 def _violation(v: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "quota_metric": v.get("quotaMetric"), "quota_id": v.get("quotaId"),
-        "quota_value": v.get("quotaValue"), "dimensions": v.get("quotaDimensions") or {},
+        "quota_metric": v.get("quotaMetric"),
+        "quota_id": v.get("quotaId"),
+        "quota_value": v.get("quotaValue"),
+        "dimensions": v.get("quotaDimensions") or {},
     }
     if v.get("description"):
         out["description"] = str(v["description"])[:300]
@@ -164,5 +181,10 @@ def cost_header_proxy() -> OpenAICompatibleProvider:
     return OpenAICompatibleProvider("cost-header-proxy", None, None, None)
 
 
-__all__ = ["AnthropicProvider", "GeminiProvider", "OpenAICompatibleProvider", "error_message",
-           "parse_google_error"]
+__all__ = [
+    "AnthropicProvider",
+    "GeminiProvider",
+    "OpenAICompatibleProvider",
+    "error_message",
+    "parse_google_error",
+]

@@ -27,11 +27,13 @@ class OpenRouterProvider:
 
     async def probe(self, account: ProviderConfig, session: aiohttp.ClientSession) -> list[QuotaReading]:
         key = api_key(account, "OPENROUTER_API_KEY")
-        async with session.get(url(account, self.default_base, "/api/v1/key"),
-                               headers={"authorization": f"Bearer {key}"}) as resp:
+        async with session.get(
+            url(account, self.default_base, "/api/v1/key"), headers={"authorization": f"Bearer {key}"}
+        ) as resp:
             body = await resp.read()
-            r = reading_from_response(account, status=resp.status, headers=resp.headers, body=body,
-                                      now=utcnow(), secrets=(key,))
+            r = reading_from_response(
+                account, status=resp.status, headers=resp.headers, body=body, now=utcnow(), secrets=(key,)
+            )
         if resp.status != 200:
             return [r]
         r.reason = None
@@ -45,11 +47,25 @@ class OpenRouterProvider:
         limit, usage, remaining = (_usd(data.get(k), k, r) for k in ("limit", "usage", "limit_remaining"))
         r.limit_usd, r.usage_usd = limit, usage
         if limit is not None:
-            r.credit_usd = remaining if remaining is not None else (limit - usage if usage is not None else None)
+            r.credit_usd = (
+                remaining if remaining is not None else (limit - usage if usage is not None else None)
+            )
         else:
             r.status = "allowed"  # a key without a credit limit: usable, no headroom figure
-        r.extra.update({k: data[k] for k in ("is_free_tier", "limit_reset", "usage_daily", "usage_weekly",
-                                              "usage_monthly", "rate_limit") if k in data})
+        r.extra.update(
+            {
+                k: data[k]
+                for k in (
+                    "is_free_tier",
+                    "limit_reset",
+                    "usage_daily",
+                    "usage_weekly",
+                    "usage_monthly",
+                    "rate_limit",
+                )
+                if k in data
+            }
+        )
         return [r]
 
 

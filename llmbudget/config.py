@@ -91,11 +91,28 @@ class ServerConfig(_Model):
     admin_token_env: str | None = None
 
 
+#: first path segments llmbudget serves itself, so no backend may take them
+RESERVED_PREFIXES = frozenset({"api", "healthz", "metrics", "static"})
+
+
+def default_backends() -> dict[str, BackendConfig]:
+    """The backends served when the config has no `backends:` key: the three public APIs and a local Ollama.
+
+    So `llmbudget serve` with no config at all is already a working proxy; `backends: {}` turns them off.
+    """
+    return {
+        "openai": BackendConfig(kind="openai", base_url="https://api.openai.com"),
+        "anthropic": BackendConfig(kind="anthropic", base_url="https://api.anthropic.com"),
+        "gemini": BackendConfig(kind="gemini", base_url="https://generativelanguage.googleapis.com"),
+        "local": BackendConfig(kind="openai", base_url="http://127.0.0.1:11434", local=True),
+    }
+
+
 class Config(_Model):
     """The effective configuration."""
 
     timezone: str | None = None
-    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    backends: dict[str, BackendConfig] = Field(default_factory=default_backends)
     pricing: list[PriceOverride] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -115,16 +132,6 @@ class Config(_Model):
                 ZoneInfo(v)
             except (ZoneInfoNotFoundError, ValueError) as e:
                 raise ValueError(f"unknown timezone {v!r}; use an IANA name such as Europe/Berlin") from e
-        return v
-
-    @field_validator("backends")
-    @classmethod
-    def _backend_names(cls, v: dict[str, BackendConfig]) -> dict[str, BackendConfig]:
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-                raise ValueError(f"backend name {name!r} must be letters, digits, '-', '_' or '.'")
-            if name in ("api", "healthz", "metrics", "static"):
-                raise ValueError(f"backend name {name!r} is reserved for llmbudget's own routes")
         return v
 
     def zone(self) -> ZoneInfo:
@@ -245,12 +252,26 @@ def parse_config(text: str, path: str | None = None) -> tuple[Config, LineMap]:
     except PydanticValidationError as e:
         raise _pydantic_to_config_error(e, lm) from None
     cfg.source_path = path
+    _check_backend_names(cfg, lm)
     _validate_sections(cfg, lm)
     return cfg, lm
 
 
 #: section validators registered by feature modules (budgets, providers, alerts): fn(cfg, linemap)
 SECTION_VALIDATORS: list[Any] = [validate_budget_section]
+
+
+def _check_backend_names(cfg: Config, lm: LineMap) -> None:
+    """Backend names become URL prefixes: plain characters, and none of llmbudget's own routes."""
+    for name in cfg.backends:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise lm.error(
+                ("backends", name), f"backend name {name!r} must be letters, digits, '-', '_' or '.'"
+            )
+        if name in RESERVED_PREFIXES:
+            raise lm.error(
+                ("backends", name), f"backend name {name!r} is reserved for llmbudget's own routes"
+            )
 
 
 def _validate_sections(cfg: Config, lm: LineMap) -> None:

@@ -280,8 +280,10 @@ def test_sdk_gets_rate_limit_error_when_imported_usage_filled_the_budget(
     procs = start_servers(tmp_path, config_text(fake.url, Decimal("1.00")), db, n=1)
     try:
         before = len(fake.requests)
-        client = anthropic.Anthropic(api_key="k", base_url=f"{procs[0][1]}/anthropic", max_retries=0)
-        with pytest.raises(anthropic.RateLimitError) as info:
+        with (
+            anthropic.Anthropic(api_key="k", base_url=f"{procs[0][1]}/anthropic", max_retries=0) as client,
+            pytest.raises(anthropic.RateLimitError) as info,
+        ):
             client.messages.create(
                 model=fx.ANTHROPIC_MODEL, max_tokens=4000, messages=[{"role": "user", "content": "hello"}]
             )

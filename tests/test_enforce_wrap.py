@@ -49,6 +49,7 @@ def test_wrapped_client_is_stopped_at_the_limit(fake: FakeUpstream, tmp_path: Pa
         e.value
     )
     assert e.value.retry_after_s is not None and e.value.retry_after_s > 0
+    client.close()  # an unclosed client's socket warning would fail a later test at random
     ledger.close()
     gate.enforcer.close()
 
@@ -78,4 +79,6 @@ def test_wrapped_client_switches_to_the_fallback_client(fake: FakeUpstream, tmp_
     # exactly one upstream request: the fallback's, with the fallback model
     assert len(fake.requests) == before + 1
     assert fake.requests[-1]["json"]["model"] == "llama3.2"
+    client.close()
+    local.close()
     gate.enforcer.close()

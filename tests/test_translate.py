@@ -226,8 +226,21 @@ def proxy(fake: FakeUpstream, tmp_path: Path) -> Iterator[RunningProxy]:
         yield running
 
 
+_clients: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Close every SDK client a test made: an unclosed socket's warning would fail a later test."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(proxy: RunningProxy) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant-test", base_url=f"{proxy.url}/anthropic", max_retries=0)
+    c = anthropic.Anthropic(api_key="sk-ant-test", base_url=f"{proxy.url}/anthropic", max_retries=0)
+    _clients.append(c)
+    return c
 
 
 def test_anthropic_sdk_falls_back_to_openai_local_server(proxy: RunningProxy) -> None:

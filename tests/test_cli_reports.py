@@ -15,7 +15,6 @@ import pytest
 from rich.console import Console
 
 from llmbudget.cli import common, main
-from llmbudget.cli import reports as cli_reports
 from llmbudget.events import UsageEvent
 from llmbudget.store import open_ledger
 
@@ -217,11 +216,13 @@ def test_export_progress_goes_to_stderr_only(
     err_buf = io.StringIO()
     monkeypatch.setattr(common, "err_console", Console(file=err_buf, force_terminal=True, width=100))
 
-    class Immediate(cli_reports._LazyProgress):
-        def __init__(self, total: int, label: str, delay: float = 1.0) -> None:
-            super().__init__(total, label, delay=0.0)  # as if the export had run for more than a second
+    class Immediate(common.LateProgress):
+        def __init__(self, label: str, total: int | None = None, **kw: Any) -> None:
+            super().__init__(
+                label, total, **{**kw, "delay": 0.0}
+            )  # as if the export had run for over a second
 
-    monkeypatch.setattr(cli_reports, "_LazyProgress", Immediate)
+    monkeypatch.setattr(common, "LateProgress", Immediate)
     code, out, _ = run(capsys, "export", "--csv", "--db", url)
     assert code == 0
     assert len(list(csv.DictReader(io.StringIO(out)))) == n  # stdout is the CSV and nothing else
@@ -230,15 +231,15 @@ def test_export_progress_goes_to_stderr_only(
 
 def test_progress_stays_hidden_for_quick_or_piped_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(common, "err_console", Console(file=io.StringIO(), force_terminal=False))
-    p = cli_reports._LazyProgress(10_000, "exporting", delay=0.0)
+    p = common.LateProgress("exporting", 10_000, delay=0.0, check_every=1024)
     for i in range(1, 5000):
         p(i)
-    assert p.progress is None  # stderr is not a terminal
+    assert p._bar is None  # stderr is not a terminal
     monkeypatch.setattr(common, "err_console", Console(file=io.StringIO(), force_terminal=True))
-    p = cli_reports._LazyProgress(10_000, "exporting", delay=3600)
+    p = common.LateProgress("exporting", 10_000, delay=3600, check_every=1024)
     for i in range(1, 5000):
         p(i)
-    assert p.progress is None  # not yet a second (here: an hour) into the job
+    assert p._bar is None  # not yet a second (here: an hour) into the job
     p.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 import typer
@@ -78,3 +79,70 @@ def ledger_options(cfg: Config) -> dict[str, Any]:
 def print_json(data: Any) -> None:
     """JSON to stdout, no colour, Decimals and datetimes as strings."""
     typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+class LateProgress:
+    """A Rich progress bar on stderr that appears only once a job has run for more than `delay` seconds.
+
+    Call it with the work done so far (and the total when it changes); quick jobs, `--json` runs
+    (`enabled=False`) and output that is not a terminal never show a bar. `check_every` skips the
+    clock on all but every Nth call, for per-row callbacks.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        *,
+        delay: float = 1.0,
+        enabled: bool = True,
+        unit_bytes: bool = False,
+        check_every: int = 1,
+    ) -> None:
+        self.label, self.total, self.delay = label, total, delay
+        self.enabled = enabled and err_console.is_terminal
+        self.unit_bytes, self.check_every = unit_bytes, check_every
+        self.started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if not self.enabled or (self.check_every > 1 and done % self.check_every):
+            return
+        if total is not None:
+            self.total = total
+        if self._bar is None:
+            if time.monotonic() - self.started < self.delay:
+                return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            counter = DownloadColumn() if self.unit_bytes else MofNCompleteColumn()
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                counter,
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=self.total or None)
+        self._bar.update(self._task, completed=done, total=self.total or None)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> LateProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -7,7 +7,6 @@ or the commonly logged one, see `llmbudget.importer`), or a named log format fro
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,7 +111,9 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
     results = []
     try:
         for f in files:
-            with _Progress(Path(f).name, enabled=not json_out) as progress:
+            with common.LateProgress(
+                f"importing {Path(f).name}", enabled=not json_out, unit_bytes=True
+            ) as progress:
                 results.append(
                     import_jsonl(ledger, f, prices=prices, provider_of=provider_of, progress=progress)
                 )
@@ -162,41 +163,3 @@ def _import_summary(r: Any, cost: str) -> str:
         )
     skip = f" (skipped {', '.join(skipped)})" if skipped else ""
     return f"{r.path}: loaded {_plural(r.loaded, 'event')} of {_plural(r.lines, 'line')}{skip}{money}; {r.seconds:.1f} s."
-
-
-class _Progress:
-    """A Rich progress bar that appears only once the work has taken more than a second."""
-
-    def __init__(self, label: str, *, enabled: bool) -> None:
-        self.label = label
-        self.enabled = enabled
-        self.t0 = time.monotonic()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            if time.monotonic() - self.t0 < 1.0:
-                return
-            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-            self._bar = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                console=common.err_console,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(f"importing {self.label}", total=total)
-        self._bar.update(self._task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -282,47 +279,6 @@ def _missing(json_: bool, config: str | None, db: str | None, *, csv_: bool = Fa
         )
 
 
-class _Progress:
-    """A Rich progress bar on stderr that appears only when the job has run for more than a second."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label = total, label
-        self.started = time.monotonic()
-        self.bar: Any = None
-        self.task: Any = None
-
-    def update(self, done: int) -> None:
-        if self.bar is None:
-            if time.monotonic() - self.started < 1.0 or not common.err_console.is_terminal:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=common.err_console,
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.total or None)
-        self.bar.update(self.task, completed=done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-@contextlib.contextmanager
-def _progress(total: int, label: str) -> Iterator[_Progress]:
-    p = _Progress(total, label)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
 def reprice(
     since: Annotated[
         str | None,
@@ -367,7 +323,7 @@ def reprice(
         newly_priced: Counter[str] = Counter()
         still: Counter[str] = Counter()
         written = 0
-        with _progress(total, "re-pricing") as bar:
+        with common.LateProgress("re-pricing", total) as bar:
             for ev in ledger.iter_events(since=start, until=end, filters=filters):
                 examined += 1
                 if ev.price_status == "local":
@@ -393,7 +349,7 @@ def reprice(
                     written += ledger.update_costs(pending)
                     pending = []
                 if examined & 0xFF == 0:
-                    bar.update(examined)
+                    bar(examined)
             if not dry_run and pending:
                 written += ledger.update_costs(pending)
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -475,42 +474,6 @@ def sessions(
     common.console.print(t)
 
 
-class _LazyProgress:
-    """A Rich progress bar on stderr that appears only once the job has run for `delay` seconds."""
-
-    def __init__(self, total: int, label: str, delay: float = 1.0) -> None:
-        self.total = total
-        self.label = label
-        self.delay = delay
-        self.started = time.monotonic()
-        self.progress: Any = None
-        self.task: Any = None
-
-    def __call__(self, n: int) -> None:
-        if n & 0x3FF:  # look at the clock every 1,024 rows only
-            return
-        if self.progress is None:
-            if time.monotonic() - self.started < self.delay or not common.err_console.is_terminal:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=common.err_console,
-                transient=True,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task(self.label, total=self.total or None)
-        self.progress.update(self.task, completed=n)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
 def export(
     csv_: Annotated[bool, typer.Option("--csv", help="Write CSV (formula-safe) with a header row.")] = False,
     json_: Annotated[
@@ -563,7 +526,7 @@ def export(
         writer: Callable[..., int] = (
             exp.write_events_csv if csv_ else exp.write_json_array if array else exp.write_json_lines
         )
-        progress = _LazyProgress(total, "exporting")
+        progress = common.LateProgress("exporting", total, check_every=1024)
         try:
             if output is None:
                 try:

@@ -226,3 +226,22 @@ def test_estimate_ignores_ids_and_binary() -> None:
 )
 def test_parse_tags(raw: str, tags: dict[str, str]) -> None:
     assert parse_tags(raw) == tags
+
+
+@pytest.mark.parametrize("sse", [False, True])
+def test_gemini_stream_every_single_cut(sse: bool) -> None:
+    """Exhaustive over one cut: a key or model name split across two chunks is still read."""
+    path = f"/v1beta/models/{fx.GEMINI_MODEL}:streamGenerateContent"
+    data = GEMINI_SSE if sse else GEMINI_ARRAY
+    missed = []
+    for cut in range(len(data) + 1):
+        meter = gemini.make_meter(path, "POST", b'{"contents": []}', "alt=sse" if sse else "")
+        assert meter is not None
+        assert run(meter, split(data, [cut])) == data  # type: ignore[arg-type]
+        if not (
+            meter.complete
+            and meter.model == fx.GEMINI_MODEL
+            and meter.usage() == normalize.gemini_usage(fx.GEMINI_USAGE)
+        ):
+            missed.append(cut)
+    assert missed == []

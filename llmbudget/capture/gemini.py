@@ -13,6 +13,8 @@ _PATH_RE = re.compile(
 )
 _MODEL_VERSION = re.compile(rb'"modelVersion"\s*:\s*"([^"\\]{1,200})"')
 _USAGE_KEY = b'"usageMetadata"'
+#: bytes of one chunk kept for the next: longer than `"finishReason"` and a whole `"modelVersion": "..."` pair (value up to 200)
+_EDGE = 256
 
 
 class GeminiMeter(CallMeter):
@@ -22,6 +24,8 @@ class GeminiMeter(CallMeter):
     #: the JSON-array stream (no `alt=sse`): parsed from a tail kept from the last usageMetadata on
     json_array: bool = False
     _tail: bytes = b""
+    #: the end of the previous chunk, so a key or model name split across two chunks is still seen
+    _edge: bytes = b""
 
     def feed(self, chunk: bytes) -> bytes:
         if not self.json_array:
@@ -35,10 +39,12 @@ class GeminiMeter(CallMeter):
         elif not self._tail.startswith(_USAGE_KEY):
             tail = tail[-(len(_USAGE_KEY) + 256) :]  # enough to catch a key split across chunks
         self._tail = tail
-        for m in _MODEL_VERSION.finditer(chunk):
+        window = self._edge + chunk
+        for m in _MODEL_VERSION.finditer(window):
             self.model = m.group(1).decode("utf-8", "replace")
-        if b'"finishReason"' in chunk:
+        if b'"finishReason"' in window:
             self.complete = True
+        self._edge = window[-_EDGE:]
         return chunk
 
     def end(self) -> bytes:

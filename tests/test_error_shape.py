@@ -138,5 +138,16 @@ def test_the_served_app_uses_the_shape(tmp_path: Path) -> None:
             err = assert_shape(c.get("/api/events?limit=zero"), 400, "invalid")
             assert err["field"] == "limit"
             assert_shape(c.delete("/api/sessions"), 405, "method_not_allowed")
+            # query parameters are checked the same way in every API module
+            for url, field in [
+                ("/api/costs?agent=a&agent=b", "agent"),
+                ("/api/costs?colour=red", "colour"),
+                ("/api/budgets?utilization=maybe", "utilization"),
+                ("/api/notifications?nope=1", "nope"),
+                ("/api/quota?x=1", "x"),
+                ("/api/quota/summary?probe=perhaps", "probe"),
+            ]:
+                err = assert_shape(c.get(url), 400, "invalid")
+                assert err["field"] == field, url
     finally:
         services.close()

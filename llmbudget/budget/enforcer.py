@@ -374,9 +374,18 @@ class BudgetEnforcer:
             )
 
     def resume(self, agent: str) -> bool:
-        """Resume a paused agent; False when it was not paused."""
+        """Resume a paused agent and post an `agent_resumed` notice; False when it was not paused."""
         was = set_pause(self.state, agent, None, memory=self._memory_pauses)
         self._pauses = (0.0, {})
+        if was and self.notifier is not None:
+            self.notifier.notify(
+                Notice(
+                    kind="agent_resumed",
+                    level="info",
+                    scope=f"agent {agent}",
+                    message=f"Agent '{agent}' resumed.",
+                )
+            )
         return was
 
     @staticmethod

@@ -202,7 +202,6 @@ def alerts(
 def _pause_or_resume(
     name: str, config: str | None, db: str | None, *, pause: bool, reason: str | None, json_: bool
 ) -> None:
-    from ..alerts import Notice
 
     if not name.strip():
         raise ValidationError("NAME", "agent name must not be empty")
@@ -213,15 +212,6 @@ def _pause_or_resume(
             changed = not was
         else:
             changed = enf.resume(name)
-            if changed and enf.notifier is not None:
-                enf.notifier.notify(
-                    Notice(
-                        kind="agent_resumed",
-                        level="info",
-                        scope=f"agent {name}",
-                        message=f"Agent '{name}' resumed.",
-                    )
-                )
     if json_:
         common.print_json({"agent": name, "paused": pause, "changed": changed})
         return

@@ -33,6 +33,7 @@ from .. import reports
 from ..errors import ValidationError
 from ..services import Services
 from .errors import install_error_handlers
+from .params import query_params
 
 __all__ = ["MAX_LIMIT", "api_routes", "extension_modules", "install_error_handlers"]
 
@@ -43,20 +44,6 @@ MAX_LIMIT = 10_000
 
 _RANGE = frozenset({"since", "until"})
 _FILTERS = frozenset(reports.FILTER_NAMES)
-
-
-def _params(request: Request, allowed: frozenset[str]) -> dict[str, str]:
-    """Query parameters as a plain dict; unknown or repeated ones are a 400 naming them."""
-    qp = request.query_params
-    out: dict[str, str] = {}
-    for name in qp:
-        if name not in allowed:
-            raise ValidationError(name, f"unknown query parameter; accepted: {', '.join(sorted(allowed))}")
-        values = qp.getlist(name)
-        if len(values) > 1:
-            raise ValidationError(name, "given more than once")
-        out[name] = values[0]
-    return out
 
 
 def _optional_limit(params: dict[str, str]) -> int | None:
@@ -85,7 +72,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
     ledger = services.ledger
 
     async def costs(request: Request) -> JSONResponse:
-        p = _params(request, _RANGE | _FILTERS | {"by", "limit"})
+        p = query_params(request, _RANGE | _FILTERS | {"by", "limit"})
         limit = _optional_limit(p)
         filters = _filters(p)
         data = await run_in_threadpool(
@@ -104,7 +91,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         return JSONResponse(data)
 
     async def events(request: Request) -> JSONResponse:
-        p = _params(request, _RANGE | _FILTERS | {"limit"})
+        p = query_params(request, _RANGE | _FILTERS | {"limit"})
         limit = _limit(p, reports.DEFAULT_EVENTS_LIMIT)
         filters = _filters(p)
         data = await run_in_threadpool(
@@ -121,7 +108,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         return JSONResponse(data)
 
     async def sessions(request: Request) -> JSONResponse:
-        p = _params(request, frozenset({"since", "limit"}))
+        p = query_params(request, frozenset({"since", "limit"}))
         limit = _limit(p, reports.DEFAULT_SESSIONS_LIMIT)
         data = await run_in_threadpool(
             reports.sessions_report,

@@ -15,20 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import ValidationError
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
-
-def _params(request: Request, allowed: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name in request.query_params:
-        if name not in allowed:
-            raise ValidationError(
-                name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        out[name] = request.query_params[name]
-    return out
+from .params import flag, query_params
 
 
 def _enforcer(services: Any) -> Any:
@@ -46,22 +33,19 @@ def _enforcer(services: Any) -> Any:
 
 def routes(services: Any) -> list[BaseRoute]:
     """The budget routes, collected by `llmbudget.web.api`."""
-    from ..alerts import KINDS, Notice, list_notifications
+    from ..alerts import KINDS, list_notifications
     from ..cli.budget import budget_report
 
     async def budgets(request: Request) -> JSONResponse:
-        p = _params(request, {"utilization"})
-        flag = p.get("utilization", "").lower()
-        if flag not in _TRUE + _FALSE:
-            raise ValidationError("utilization", f"must be true or false, got {flag!r}")
+        utilization = flag(query_params(request, {"utilization"}), "utilization")
         enf = await run_in_threadpool(_enforcer, services)
         data = await run_in_threadpool(
-            budget_report, enf, services.ledger, services.config, utilization=flag in _TRUE
+            budget_report, enf, services.ledger, services.config, utilization=utilization
         )
         return JSONResponse(data)
 
     async def notifications(request: Request) -> JSONResponse:
-        p = _params(request, {"limit", "kind"})
+        p = query_params(request, {"limit", "kind"})
         try:
             limit = int(p.get("limit", "100"))
         except ValueError:
@@ -95,15 +79,6 @@ def routes(services: Any) -> list[BaseRoute]:
         name = request.path_params["name"]
         enf = await run_in_threadpool(_enforcer, services)
         changed = await run_in_threadpool(enf.resume, name)
-        if changed and enf.notifier is not None:
-            enf.notifier.notify(
-                Notice(
-                    kind="agent_resumed",
-                    level="info",
-                    scope=f"agent {name}",
-                    message=f"Agent '{name}' resumed.",
-                )
-            )
         return JSONResponse({"agent": name, "paused": False, "changed": changed})
 
     return [

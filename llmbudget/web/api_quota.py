@@ -12,24 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from ..errors import ValidationError
 from ..quota.readings import latest_by_backend
 from ..quota.severity import WARN_AT, assess, overall
 from ..quota.summary import DEFAULT_MAX_AGE, build_summary, parse_max_age
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _check_params(request: Request, allowed: set[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name in request.query_params:
-        if name not in allowed:
-            raise ValidationError(
-                name, f"unknown query parameter; accepted: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        out[name] = request.query_params[name]
-    return out
+from .params import flag, query_params
 
 
 def quota_latest(ledger: Any, now: datetime | None = None, *, warn_at: float = WARN_AT) -> dict[str, Any]:
@@ -50,20 +36,18 @@ def routes(services: Any) -> list[BaseRoute]:
     """The quota routes, collected by `web/api.py`."""
 
     async def quota(request: Request) -> JSONResponse:
-        _check_params(request, set())
+        query_params(request, set())
         return JSONResponse(
             await run_in_threadpool(quota_latest, services.ledger, warn_at=services.config.quota.warn_at)
         )
 
     async def quota_summary(request: Request) -> JSONResponse:
-        params = _check_params(request, {"max_age", "probe"})
+        params = query_params(request, {"max_age", "probe"})
         age = parse_max_age(params["max_age"]) if params.get("max_age") else DEFAULT_MAX_AGE
-        probe_text = params.get("probe", "true").lower()
-        if probe_text not in _TRUE + _FALSE:
-            raise ValidationError("probe", f"must be true or false, got {params['probe']!r}")
+        probe = flag(params, "probe", default=True)
         # the ledger reads and writes are blocking: run the whole summary (probes too) off the event loop
         s = await run_in_threadpool(
-            partial(build_summary, services.config, services.ledger, max_age=age, probe=probe_text in _TRUE)
+            partial(build_summary, services.config, services.ledger, max_age=age, probe=probe)
         )
         return JSONResponse(s.to_dict())
 

@@ -245,3 +245,31 @@ def test_gemini_stream_every_single_cut(sse: bool) -> None:
         ):
             missed.append(cut)
     assert missed == []
+
+
+def test_anthropic_and_openai_streams_every_single_cut() -> None:
+    """Exhaustive over one cut, as for Gemini: no split point loses usage, model or completion."""
+    missed = []
+    for cut in range(len(ANTHROPIC_STREAM) + 1):
+        meter = anthropic.make_meter(
+            "/v1/messages", "POST", b'{"model": "claude", "max_tokens": 9, "stream": true}'
+        )
+        assert meter is not None
+        assert run(meter, split(ANTHROPIC_STREAM, [cut])) == ANTHROPIC_STREAM
+        if not (
+            meter.complete
+            and meter.model == fx.ANTHROPIC_MODEL
+            and meter.usage() == normalize.anthropic_usage(fx.ANTHROPIC_USAGE)
+        ):
+            missed.append(("anthropic", cut))
+    body = b'{"model": "m", "stream": true, "stream_options": {"include_usage": true}, "messages": []}'
+    data = openai_stream(True)
+    for cut in range(len(data) + 1):
+        meter = openai.make_meter("/v1/chat/completions", "POST", body)
+        assert meter is not None
+        for c in split(data, [cut]):
+            meter.feed(c)
+        meter.end()
+        if meter.usage() != normalize.openai_chat_usage(fx.OPENAI_CHAT_USAGE):
+            missed.append(("openai", cut))
+    assert missed == []

@@ -544,14 +544,7 @@ class SQLLedger(Ledger):
     def _where(
         since: datetime | None, until: datetime | None, filters: dict[str, str] | None
     ) -> tuple[str, list[Any]]:
-        conds: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            conds.append("ts_us >= ?")
-            params.append(to_us(since))
-        if until is not None:
-            conds.append("ts_us < ?")
-            params.append(to_us(until))
+        conds, params = _time_range(since, until)
         for k, v in (filters or {}).items():
             k = _check_filter(k)
             if v is None:
@@ -907,14 +900,7 @@ class SQLLedger(Ledger):
         backend: str | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        conds: list[str] = []
-        params: list[Any] = []
-        if since is not None:
-            conds.append("ts_us >= ?")
-            params.append(to_us(since))
-        if until is not None:
-            conds.append("ts_us < ?")
-            params.append(to_us(until))
+        conds, params = _time_range(since, until)
         if backend is not None:
             conds.append("backend = ?")
             params.append(backend)
@@ -997,3 +983,16 @@ def _add(totals: dict[tuple[int, Any], list[int]], key: tuple[int, Any], sums: S
     else:
         for i, v in enumerate(vals):
             acc[i] += v
+
+
+def _time_range(since: datetime | None, until: datetime | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions and parameters for `since <= ts < until` on a `ts_us` column (either end open)."""
+    conds: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        conds.append("ts_us >= ?")
+        params.append(to_us(since))
+    if until is not None:
+        conds.append("ts_us < ?")
+        params.append(to_us(until))
+    return conds, params

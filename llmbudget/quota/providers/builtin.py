@@ -17,6 +17,26 @@ if TYPE_CHECKING:
 _PROMPT = "."
 
 
+async def _probe_call(
+    account: ProviderConfig,
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    key: str,
+    model: str | None,
+) -> tuple[QuotaReading, int, bytes]:
+    """POST one minimal call and read the answer into a reading (the key scrubbed from any error text)."""
+    async with session.post(endpoint, json=body, headers=headers) as resp:
+        data = await resp.read()
+        r = reading_from_response(
+            account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
+        )
+    r.model = model
+    return r, resp.status, data
+
+
 class AnthropicProvider:
     """`anthropic-api` (an API key, standard rate-limit headers) and `anthropic-unified` (a subscription
     OAuth token `sk-ant-oat...`, unified 5h/7d utilization headers)."""
@@ -38,14 +58,15 @@ class AnthropicProvider:
             headers["x-api-key"] = key
         model = account.model or self.default_model
         body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": _PROMPT}]}
-        async with session.post(
-            url(account, self.default_base, "/v1/messages"), json=body, headers=headers
-        ) as resp:
-            data = await resp.read()
-            r = reading_from_response(
-                account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
-            )
-        r.model = model
+        r, _, _ = await _probe_call(
+            account,
+            session,
+            url(account, self.default_base, "/v1/messages"),
+            body,
+            headers,
+            key=key,
+            model=model,
+        )
         return [r]
 
 
@@ -69,16 +90,15 @@ class OpenAICompatibleProvider:
 
             return [unknown(account, "no probe model: set `model:` for this account")]
         body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": _PROMPT}]}
-        async with session.post(
+        r, _, _ = await _probe_call(
+            account,
+            session,
             url(account, self.default_base, "/v1/chat/completions"),
-            json=body,
-            headers={"authorization": f"Bearer {key}"},
-        ) as resp:
-            data = await resp.read()
-            r = reading_from_response(
-                account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
-            )
-        r.model = model
+            body,
+            {"authorization": f"Bearer {key}"},
+            key=key,
+            model=model,
+        )
         return [r]
 
 
@@ -95,17 +115,16 @@ class GeminiProvider:
         model = account.model or self.default_model
         body = {"contents": [{"parts": [{"text": _PROMPT}]}], "generationConfig": {"maxOutputTokens": 1}}
         # the key goes in a header, never in the URL, so it cannot leak into a log line
-        async with session.post(
+        r, status, data = await _probe_call(
+            account,
+            session,
             url(account, self.default_base, f"/v1beta/models/{model}:generateContent"),
-            json=body,
-            headers={"x-goog-api-key": key},
-        ) as resp:
-            data = await resp.read()
-            r = reading_from_response(
-                account, status=resp.status, headers=resp.headers, body=data, now=utcnow(), secrets=(key,)
-            )
-        r.model = model
-        if 200 <= resp.status < 300:
+            body,
+            {"x-goog-api-key": key},
+            key=key,
+            model=model,
+        )
+        if 200 <= status < 300:
             r.status = "allowed"  # the call went through: under quota
             r.reason = None
         else:

@@ -33,7 +33,7 @@ from yarl import URL
 
 from ..config import BackendConfig
 from ..events import UsageEvent, new_id
-from . import anthropic, gemini, openai
+from . import anthropic, gemini, openai, paths
 from .base import BadRequest, CallMeter
 from .errors import error_bytes, guess_protocol
 from .gate import Admission, CallInfo
@@ -181,13 +181,17 @@ class Proxy:
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        name, _, rest = path[1:].partition("/")
+        try:
+            where = paths.read_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
+        except paths.PathRefused as e:
+            await _send_error(send, self._protocol_of(scope), 400, str(e), "invalid_path")
+            log.info("proxy_bad_path reason=%s", e)
+            return
+        name, rest = where.backend, where.rest
         backend = self.backends.get(name)
         if backend is None:
             await self.unknown_backend(scope, send)
             return
-        rest = "/" + rest
         attribution: dict[str, Any] = {}
         headers: CIMultiDict[str] = CIMultiDict()
         has_key = False
@@ -246,6 +250,11 @@ class Proxy:
             return
         target = req.admission.fallback_backend if req.admission and req.admission.fallback_backend else name
         await self.dispatch(req, target, send, receive)
+
+    def _protocol_of(self, scope: Scope) -> str:
+        """The wire protocol of the backend a request names (guessed from the path when none)."""
+        backend = self.backends.get(scope["path"][1:].partition("/")[0])
+        return backend.kind if backend is not None else guess_protocol(scope["path"])
 
     async def _admit(self, gate: Any, req: ProxyRequest, send: Send) -> bool:
         """Ask the budget gate; False when the call was refused (the 429 is already sent)."""
@@ -337,8 +346,8 @@ class Proxy:
 
     def _upstream(self, req: ProxyRequest, backend_name: str) -> tuple[URL, CIMultiDict[str]]:
         backend = self.backends[backend_name]
-        path = req.path
-        url = backend.base_url + path + ("?" + req.query if req.query else "")
+        # the decoded path the meters matched, encoded once: exactly what was matched goes upstream
+        url = backend.base_url + paths.encode(req.path) + ("?" + req.query if req.query else "")
         headers = req.headers
         if not req.has_key and backend.api_key_env:
             key = os.environ.get(backend.api_key_env)

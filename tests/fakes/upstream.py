@@ -164,6 +164,8 @@ class FakeUpstream:
             {
                 "method": request.method,
                 "path": request.path,
+                # the path exactly as it arrived, percent-encoding kept
+                "raw_path": request.rel_url.raw_path,
                 "query": request.query_string,
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "json": body,

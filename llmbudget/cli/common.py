@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Config, default_db_url, load_config, resolve_db_url
 
-console = Console()
-err_console = Console(stderr=True)
+#: the width of tables written to a pipe or file (no terminal to fit): wide enough that no row wraps
+PIPE_WIDTH = 4096
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A Rich console; on a pipe or file it does not wrap at 80 columns as Rich would (unless $COLUMNS says so)."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c.width = PIPE_WIDTH
+    return c
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 ConfigOpt = Annotated[
     str | None,
@@ -34,8 +48,13 @@ CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a tabl
 
 
 def fail(message: str) -> None:
-    """Print an error the way every command does: one red line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print an error the way every command does: one red line on stderr (the message is plain text, not markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def hint(message: str) -> None:
+    """A dim second line under an error saying what to do next (plain text, not markup)."""
+    err_console.print(f"[dim]hint: {escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
 def load(config: str | None) -> Config:

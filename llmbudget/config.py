@@ -89,6 +89,8 @@ class ServerConfig(_Model):
     port: int = Field(default=4141, ge=1, le=65535)
     #: required when binding to a non-loopback address
     admin_token_env: str | None = None
+    #: a proxied request body above this many megabytes is refused (413) before it is held in memory
+    max_body_mb: float = Field(default=32.0, gt=0)
 
 
 #: first path segments llmbudget serves itself, so no backend may take them

@@ -30,6 +30,14 @@ ACCEPTED = (
 _DURATION = re.compile(r"^(\d+)\s*(m|min|mins|minutes?|h|hours?|d|days?|w|weeks?)$")
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: the instants a range may name: two days inside the calendar's ends, so that any time zone and
+#: any day or week bucket around them can still be computed
+EARLIEST = datetime(1, 1, 3, tzinfo=UTC)
+LATEST = datetime(9999, 12, 29, tzinfo=UTC)
+_OUTSIDE = (
+    f"is outside the dates llmbudget can count with ({EARLIEST.date().isoformat()} to "
+    f"{LATEST.date().isoformat()}, UTC)"
+)
 
 
 # ---------------------------------------------------------------------- calendar helpers
@@ -107,7 +115,25 @@ def this_month_window(zone: tzinfo, now: datetime | None = None) -> tuple[dateti
 def parse_period(
     value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--since"
 ) -> tuple[datetime, datetime]:
-    """Parse one time expression into the [start, end) it covers (a bare instant: start == end)."""
+    """Parse one time expression into the [start, end) it covers (a bare instant: start == end).
+
+    A period the calendar cannot hold (year 0 or 10000 after a time-zone shift, a day past
+    9999-12-31) is a ValidationError naming `option`, like any other unreadable value.
+    """
+    try:
+        start, end = _parse_period(value, zone=zone, now=now, option=option)
+    except ValidationError:
+        raise
+    except (OverflowError, ValueError):
+        raise ValidationError(option, f"{value!r} {_OUTSIDE}") from None
+    if start < EARLIEST or end > LATEST:
+        raise ValidationError(option, f"{value!r} {_OUTSIDE}")
+    return start, end
+
+
+def _parse_period(
+    value: str, *, zone: tzinfo, now: datetime | None = None, option: str = "--since"
+) -> tuple[datetime, datetime]:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(option, f"is empty; use {ACCEPTED}")
     ref = _now(now)

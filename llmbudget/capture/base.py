@@ -86,9 +86,19 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def dump_json_body(data: dict[str, Any]) -> bytes:
+    """A request object back to compact JSON bytes; BadRequest when it is nested too deeply to write."""
+    try:
+        return json.dumps(data, separators=(",", ":")).encode()
+    except RecursionError:
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
 
 
 def int_or_none(v: Any) -> int | None:
@@ -130,7 +140,7 @@ class CallMeter:
         """Replace the requested model (fallback); returns the new body."""
         self.request["model"] = model
         self.request_model = model
-        self.body = json.dumps(self.request, separators=(",", ":")).encode()
+        self.body = dump_json_body(self.request)
         return self.body
 
     # ---------------------------------------------------------------- answer side
@@ -161,7 +171,7 @@ class CallMeter:
         """Read a whole (non-streamed) answer body (hook)."""
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(data, dict):
             self.from_answer(data)
@@ -186,7 +196,7 @@ def data_lines(block: bytes, marker: bytes) -> list[dict[str, Any]]:
         if marker in line and line.startswith(b"data:"):
             try:
                 obj = json.loads(line[5:])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # garbage from upstream: pass it on, meter what parses
             if isinstance(obj, dict):
                 out.append(obj)

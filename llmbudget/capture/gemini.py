@@ -56,7 +56,7 @@ class GeminiMeter(CallMeter):
             if start >= 0:
                 try:
                     obj, _ = json.JSONDecoder().raw_decode(text, start)
-                except ValueError:
+                except (ValueError, RecursionError):
                     obj = None
                 if isinstance(obj, dict):
                     self.raw_usage = obj
@@ -89,7 +89,7 @@ class GeminiMeter(CallMeter):
     def read_body(self, body: bytes) -> None:
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         items = data if isinstance(data, list) else [data]  # streamGenerateContent without alt=sse, buffered
         for obj in items:

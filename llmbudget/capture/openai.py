@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from .base import CallMeter, data_lines, first_model, int_or_none, parse_json_body
+from .base import CallMeter, data_lines, dump_json_body, first_model, int_or_none, parse_json_body
 
 _USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -135,7 +135,7 @@ def _drop_usage_only_events(block: bytes) -> bytes:
             if text.startswith(b"data:"):
                 try:
                     obj = json.loads(text[5:])
-                except ValueError:
+                except (ValueError, RecursionError):
                     obj = None
                 if isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict):
                     skip_sep = True
@@ -185,7 +185,7 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
         if not (isinstance(opts, dict) and opts.get("include_usage") is True):
             # Ask for usage in the stream, then hide that extra chunk from a client that did not ask.
             req["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-            meter.body = json.dumps(req, separators=(",", ":")).encode()
+            meter.body = dump_json_body(req)
             assert isinstance(meter, OpenAIMeter)
             meter.hide_usage = True
     return meter

@@ -91,6 +91,8 @@ _MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
 _NO_UA = ("User-Agent",)
 #: pending piggyback quota readings are parsed and stored this often (the newest per backend wins)
 READING_INTERVAL_S = 1.0
+#: the longest value an attribution header (`X-LLMBudget-*`) may have, in characters
+MAX_ATTRIBUTION_CHARS = 256
 
 
 def parse_tags(value: str) -> dict[str, str]:
@@ -149,6 +151,7 @@ class Proxy:
         self._gemini_state: dict[str, str] = {}
         self._reading_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.max_body = int(services.config.server.max_body_mb * 1024 * 1024)
 
     # ---------------------------------------------------------------- lifecycle
     async def startup(self) -> None:
@@ -196,12 +199,21 @@ class Proxy:
         headers: CIMultiDict[str] = CIMultiDict()
         has_key = False
         conn_tokens: list[str] = []
+        length: bytes | None = None
         for k, v in scope["headers"]:
             if k in _REQ_DROP:
                 if k == b"connection":
                     conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
+                elif k == b"content-length":
+                    length = v
                 continue
             if k.startswith(b"x-llmbudget-"):
+                if (
+                    len(v) > MAX_ATTRIBUTION_CHARS
+                    and len(v.decode("utf-8", "replace")) > MAX_ATTRIBUTION_CHARS
+                ):
+                    await self._refuse_header(send, backend.kind, name, k)
+                    return
                 attr = _ATTR_HEADERS.get(k)
                 if attr == "tags":
                     attribution["tags"] = parse_tags(v.decode("utf-8", "replace"))
@@ -217,9 +229,14 @@ class Proxy:
         query = scope.get("query_string", b"").decode("latin-1")
         if query and ("key=" in query):
             has_key = has_key or any(p.startswith("key=") for p in query.split("&"))
-        body = await _read_body(receive)
-        method = scope["method"]
         protocol = backend.kind
+        try:
+            body = await _read_body(receive, length, self.max_body)
+        except _TooLarge as e:
+            await _send_error(send, protocol, 413, str(e), "request_too_large")
+            log.info("proxy_body_too_large backend=%s path=%s", name, rest)
+            return
+        method = scope["method"]
         try:
             if protocol == "gemini":
                 meter = gemini.make_meter(rest, method, body, query)
@@ -250,6 +267,17 @@ class Proxy:
             return
         target = req.admission.fallback_backend if req.admission and req.admission.fallback_backend else name
         await self.dispatch(req, target, send, receive)
+
+    async def _refuse_header(self, send: Send, protocol: str, backend: str, header: bytes) -> None:
+        name = header.decode("latin-1")
+        await _send_error(
+            send,
+            protocol,
+            400,
+            f"header {name}: longer than {MAX_ATTRIBUTION_CHARS} characters",
+            "invalid_header",
+        )
+        log.info("proxy_bad_header backend=%s header=%s", backend, name)
 
     def _protocol_of(self, scope: Scope) -> str:
         """The wire protocol of the backend a request names (guessed from the path when none)."""
@@ -863,15 +891,34 @@ def store_piggyback(
 # -------------------------------------------------------------------- helpers
 
 
-async def _read_body(receive: Receive) -> bytes:
+class _TooLarge(Exception):
+    """The request body is over `server.max_body_mb`."""
+
+
+async def _read_body(receive: Receive, length: bytes | None, limit: int) -> bytes:
+    """The whole request body, refused (`_TooLarge`) as soon as it is known to be over `limit` bytes.
+
+    A declared Content-Length is checked before anything is read; a chunked body is counted as
+    it arrives, so an oversized body is never held whole.
+    """
+    too_large = f"request body is larger than server.max_body_mb ({limit / 1048576:g} MB)"
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise _TooLarge(too_large)
     msg = await receive()
     body = msg.get("body", b"")
     if not msg.get("more_body"):
+        if len(body) > limit:
+            raise _TooLarge(too_large)
         return bytes(body)
     parts = [body]
+    size = len(body)
     while msg.get("more_body"):
         msg = await receive()
-        parts.append(msg.get("body", b""))
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(too_large)
+        parts.append(chunk)
     return b"".join(parts)
 
 

@@ -153,7 +153,7 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 def _tool_input(arguments: str | None) -> Any:
     try:
         return json.loads(arguments or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"_raw": arguments}  # a local model's broken JSON is passed on, not dropped
 
 
@@ -306,7 +306,7 @@ class StreamTranslator:
                 continue
             try:
                 chunk = json.loads(payload)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(chunk, dict):
                 out += self._chunk(chunk)
@@ -347,7 +347,7 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
     meter = req.meter
     try:
         body = json.loads(req.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = {}
     oai = anthropic_request_to_openai(body)
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}

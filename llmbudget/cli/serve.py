@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import logsafe
 from ..errors import ConfigError, LLMBudgetError, ValidationError
 from . import common
 
@@ -94,6 +95,8 @@ def serve(
     check_bind(host, cfg.server.admin_token_env)
     check_listen(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # every record of every logger (uvicorn's WebSocket lines included): no secrets, no forged lines
+    logsafe.install()
     services = Services.create(cfg, db_url=db)
     try:
         app = build_app(services)

@@ -65,7 +65,7 @@ def routes(services: Any) -> list[BaseRoute]:
         if raw.strip():
             try:
                 body = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ValidationError("body", 'must be JSON such as {"reason": "..."}') from None
             if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
                 raise ValidationError("reason", "must be a string")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from .attribution import AttributionConfig
 from .budget.config import AlertsConfig, BudgetsConfig, validate_budget_section
 from .errors import ConfigError
 from .quota.settings import ProviderList, QuotaSettings
@@ -122,6 +123,7 @@ class Config(_Model):
     alerts: AlertsConfig | None = None
     providers: ProviderList = Field(default_factory=list)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
 
     #: where the file was read from (None: defaults)
     source_path: str | None = Field(default=None, exclude=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 import time
+import uuid
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -47,6 +49,24 @@ def new_id() -> str:
     value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: namespace of event ids derived from an Anthropic `request-id` (proxy and Claude Code import agree)
+_ANTHROPIC_CALL_NS = uuid.UUID("5d1b7c52-0c4e-4f0b-9a51-616e7468726f")
+_REQUEST_ID_RE = re.compile(r"^req_[A-Za-z0-9]{8,128}$")
+
+
+def anthropic_call_id(request_id: str | None) -> str | None:
+    """The event id of the Anthropic API call with this `request-id` (`req_...`), or None.
+
+    Anthropic gives every call a unique request id, sent as the `request-id` response header and
+    logged by Claude Code as `requestId`. The proxy and the Claude Code importer both derive the
+    event id from it, so the ledger's idempotency on `id` stores a call seen both ways once.
+    Anything not shaped like Anthropic's ids (a gateway's own) is not trusted: None.
+    """
+    if not request_id or not _REQUEST_ID_RE.match(request_id):
+        return None
+    return str(uuid.uuid5(_ANTHROPIC_CALL_NS, request_id))
 
 
 def utcnow() -> datetime:

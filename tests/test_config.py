@@ -44,7 +44,10 @@ def test_configured_backends_replace_the_defaults() -> None:
             "storage:\n  url: x\n  nope: 1\n",
             "c.yaml:3: storage.nope: unknown key; valid keys: audit, audit_log",
         ),
-        ("colour: red\n", "c.yaml:1: colour: unknown key; valid keys: alerts, backends, budgets"),
+        (
+            "colour: red\n",
+            "c.yaml:1: colour: unknown key; valid keys: alerts, attribution, backends, budgets",
+        ),
         (
             "backends:\n  api: {kind: openai, base_url: https://x}\n",
             "c.yaml:2: backends.api: backend name 'api' is reserved",

@@ -32,9 +32,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
-from ..events import UsageEvent, new_id
+from ..events import UsageEvent, anthropic_call_id, new_id
 from . import anthropic, gemini, openai, paths
 from .base import BadRequest, CallMeter
+from .clients import Attributor
 from .errors import error_bytes, guess_protocol
 from .gate import Admission, CallInfo
 from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
@@ -152,6 +153,8 @@ class Proxy:
         self._reading_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.max_body = int(services.config.server.max_body_mb * 1024 * 1024)
+        #: attribution.rules and known agent clients: fill what X-LLMBudget-* headers left unset
+        self.attributor = Attributor.from_config(getattr(services.config, "attribution", None))
 
     # ---------------------------------------------------------------- lifecycle
     async def startup(self) -> None:
@@ -223,6 +226,8 @@ class Proxy:
             if k in _KEY_HEADERS:
                 has_key = True
             headers.add(k.decode("latin-1"), v.decode("latin-1"))
+        if self.attributor is not None:
+            self.attributor.fill(scope["headers"], attribution)
         for token in conn_tokens:  # headers the Connection header names are hop-by-hop too
             if token not in ("keep-alive", "close", ""):
                 headers.popall(token, None)
@@ -420,6 +425,9 @@ class Proxy:
         try:
             if resp.status < 400 or req.protocol != "gemini":  # a Gemini error is noted with its body
                 self._note_rate_headers(target, resp)
+            if req.protocol == "anthropic":
+                # the id Claude Code's logs lead to as well, so an import never counts this call twice
+                req.event_id = anthropic_call_id(resp.headers.get("request-id")) or req.event_id
             out_headers = _response_headers(resp.raw_headers)
             out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
             if req.notice:

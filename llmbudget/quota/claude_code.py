@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotFound, ValidationError
-from ..events import UsageEvent, parse_timestamp
+from ..events import UsageEvent, anthropic_call_id, parse_timestamp
 from ..money import ZERO, decimal_str
 from ..pricing.normalize import anthropic_usage
 
@@ -329,13 +329,36 @@ def read_logs(files: Iterable[Path]) -> LogScan:
 
 # ---------------------------------------------------------------------------- events
 def event_id(entry: ClaudeEntry) -> str:
-    """A deterministic event id for a response: the same response always maps to the same id."""
+    """A deterministic event id for a response: the same response always maps to the same id.
+
+    A response with Anthropic's request id gets the id the proxy records the same call under
+    (`events.anthropic_call_id`), so a call that went through the proxy and is also in the logs is
+    stored once, whichever came first.
+    """
+    return anthropic_call_id(entry.request_id) or legacy_event_id(entry)
+
+
+def legacy_event_id(entry: ClaudeEntry) -> str:
+    """The id earlier versions imported every response under (message id + request id)."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"claude-code:{entry.key}"))
 
 
 def event_id_for(message_id: str, request_id: str | None) -> str:
     """The event id a response with this message id and request id is imported under."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"claude-code:{message_id}:{request_id or ''}"))
+    return anthropic_call_id(request_id) or str(
+        uuid.uuid5(_ID_NAMESPACE, f"claude-code:{message_id}:{request_id or ''}")
+    )
+
+
+def keep_earlier_ids(ledger: Any, pairs: Iterable[tuple[ClaudeEntry, UsageEvent]]) -> list[UsageEvent]:
+    """Events to record: one imported before under its legacy id keeps that id (re-imports add nothing)."""
+    out: list[UsageEvent] = []
+    for entry, ev in pairs:
+        legacy = legacy_event_id(entry)
+        if legacy != ev.id and ledger.get(legacy) is not None:
+            ev = ev.with_(id=legacy)
+        out.append(ev)
+    return out
 
 
 def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
@@ -388,6 +411,7 @@ def import_claude_code(
 ) -> ImportResult:
     """Import Claude Code's logs into the ledger; idempotent (re-importing records nothing new)."""
     events, scan = load_events(paths, prices)
+    events = keep_earlier_ids(ledger, zip(scan.entries, events, strict=True))
     new = ledger.record_many(events) if events else 0
     cost = sum((e.cost_usd for e in events if e.cost_usd is not None), ZERO)
     return ImportResult(

@@ -20,6 +20,7 @@ import gzip
 import json
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -400,6 +401,8 @@ class FakeUpstream:
 
     # ---------------------------------------------------------------- Anthropic
     async def anthropic(self, request: web.Request, body: dict[str, Any], mode: str) -> web.StreamResponse:
+        # Anthropic names every call: `request-id` on the answer (Claude Code logs it as requestId)
+        rid = {"request-id": "req_" + uuid.uuid4().hex[:24]}
         if mode == "error":
             return web.json_response(
                 {
@@ -413,6 +416,7 @@ class FakeUpstream:
                 status=429,
                 headers={
                     **ANTHROPIC_RATE_HEADERS,
+                    **rid,
                     "retry-after": "30",
                     "anthropic-ratelimit-unified-status": "rejected",
                 },
@@ -428,7 +432,7 @@ class FakeUpstream:
             "usage": ANTHROPIC_USAGE,
         }
         if not body.get("stream"):
-            return web.json_response(msg, headers=ANTHROPIC_RATE_HEADERS)
+            return web.json_response(msg, headers={**ANTHROPIC_RATE_HEADERS, **rid})
         start_usage = {k: v for k, v in ANTHROPIC_USAGE.items()}
         start_usage["output_tokens"] = 1
         chunks = [
@@ -469,7 +473,7 @@ class FakeUpstream:
         )
         chunks.append(_sse({"type": "message_stop"}, "message_stop"))
         return await self._stream(
-            request, chunks, mode, "text/event-stream; charset=utf-8", ANTHROPIC_RATE_HEADERS
+            request, chunks, mode, "text/event-stream; charset=utf-8", {**ANTHROPIC_RATE_HEADERS, **rid}
         )
 
     # ---------------------------------------------------------------- Gemini

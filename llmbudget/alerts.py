@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from .events import new_id, utcnow
+from .money import decimal_str
 
 log = logging.getLogger("llmbudget.alerts")
 
@@ -62,8 +63,8 @@ class Notice:
             "level": self.level,
             "budget": self.budget,
             "scope": self.scope,
-            "spent_usd": None if self.spent_usd is None else str(self.spent_usd),
-            "limit_usd": None if self.limit_usd is None else str(self.limit_usd),
+            "spent_usd": None if self.spent_usd is None else decimal_str(self.spent_usd),
+            "limit_usd": None if self.limit_usd is None else decimal_str(self.limit_usd),
             "threshold": self.threshold,
             "reset": self.reset,
             "message": self.message,

@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import IO, Any
 
 from .events import UsageEvent
+from .money import decimal_str
 
 #: characters that make a spreadsheet evaluate a cell (OWASP), including tab and carriage return
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -50,7 +51,9 @@ def csv_cell(value: Any) -> Any:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float | Decimal):
+    if isinstance(value, Decimal):
+        return decimal_str(value)  # `0.000000000`, never `0E-9`: spreadsheets and the JSON agree
+    if isinstance(value, int | float):
         return value
     if isinstance(value, Mapping | list | tuple):
         return neutralize(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str))

@@ -42,8 +42,20 @@ def format_usd(amount: Decimal | None, places: int = 4) -> str:
     q = Decimal(1).scaleb(-places)
     shown = amount.quantize(q, rounding=ROUND_HALF_EVEN)
     if shown == 0 and amount != 0:
-        return f"<${q}"
+        # rounding would show a real amount as $0.00 (or a limit of $0.001 as "<$0.01"): show it whole
+        return format_exact(amount)
     return f"${shown:,}"
+
+
+def format_exact(amount: Decimal, min_places: int = 2) -> str:
+    """The amount exactly, with at least `min_places` decimals and never an exponent: `$0.001`, `$5.00`, `$0.015`.
+
+    For limits, which must read as configured: rounding a $0.015 limit to `$0.02` misstates it.
+    """
+    d = amount.normalize()
+    exponent = d.as_tuple().exponent
+    places = max(min_places, -exponent if isinstance(exponent, int) and exponent < 0 else 0)
+    return f"${d.quantize(Decimal(1).scaleb(-places)):,f}"
 
 
 def json_number(amount: Decimal | None) -> float | None:

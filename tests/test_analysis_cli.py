@@ -224,3 +224,16 @@ def test_import_claude_code_default_location_and_missing_path(
     shutil.copytree(FIXTURES / "projects", Path.home() / ".claude" / "projects")
     code, out, _ = run(capsys, "import", "claude-code", "--json", "--db", url)
     assert code == 0 and json.loads(out)["new"] == 9
+
+
+def test_analyze_csv_has_a_section_column(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import io
+
+    code, out, _ = run(capsys, "analyze", "--csv", "--burn-rate", "--rotation", "--db", db, "--now", NOW_S)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["section"] for r in rows} == {"burn_rate", "rotation"}
+    assert {r["backend"] for r in rows if r["section"] == "rotation"} >= {"seat-a", "seat-b"}
+    code, _, err = run(capsys, "analyze", "--csv", "--json", "--db", db, "--now", NOW_S)
+    assert code == 1 and "choose one of --json and --csv" in err

@@ -12,6 +12,7 @@ from llmbudget.budget.enforcer import BudgetEnforcer
 from llmbudget.capture.gate import CallInfo
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
+from llmbudget.money import format_exact
 from llmbudget.pricing import PriceBook, TokenUsage
 from llmbudget.store import open_ledger
 
@@ -93,12 +94,30 @@ def test_refuses_at_the_daily_limit_with_budget_spent_limit_and_berlin_reset(tmp
     assert "budget 'daily'" in refused.message
     assert "2025-03-30 00:00 CET" in refused.message  # next local midnight, before the DST switch
     assert "Cloud budget exhausted" in refused.message
-    assert f"${limit.quantize(Decimal('0.01'))}" in refused.message
+    assert f"of its {format_exact(limit)} limit" in refused.message  # the limit as configured, not rounded
     assert refused.retry_after_s == 3 * 3600  # 21:00 -> 00:00 Berlin
     # settling below the worst case frees room for the next call
     enf.settle(admitted[0], event(1000, 10))
     enf.settle(admitted[1], event(1000, 10))
     assert enf.admit(call()).allowed
+
+
+def test_a_limit_under_a_cent_is_shown_as_it_is(tmp_path: Path) -> None:
+    """A $0.001 limit reads `$0.001` in the 429 message (and so in the protocol's error body), never `<$0.01`."""
+    clock = Clock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
+    enf, _ = make(tmp_path, "budgets:\n  daily_limit_usd: 0.001\n  timezone: UTC\n", clock)
+    refused = enf.admit(call())
+    assert not refused.allowed and refused.status == 429
+    assert "of its $0.001 limit" in (refused.message or ""), refused.message
+    assert "<$" not in (refused.message or "")
+    # and in the alerts: a budget that only warns, crossed by one call
+    alerting, state = make(
+        tmp_path / "alerting", "budgets:\n  daily_limit_usd: 0.001\n  hard_stop: false\n  timezone: UTC\n", clock
+    )
+    alerting.settle(alerting.admit(call()), event(1000, 1000))
+    notes = list(state.list_state("notifications").values())  # type: ignore[attr-defined]
+    assert notes and all("$0.001" in n["message"] and "<$" not in n["message"] for n in notes), notes
+    assert {n["limit_usd"] for n in notes} == {"0.001000000"}
 
 
 def test_fallback_admission_names_local_backend_model_and_reset(tmp_path: Path) -> None:

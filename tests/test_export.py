@@ -55,7 +55,8 @@ def test_neutralized_text_never_starts_a_formula(text: str) -> None:
 
 def test_numbers_are_left_alone() -> None:
     assert csv_cell(12) == 12
-    assert csv_cell(Decimal("0.000001")) == Decimal("0.000001")
+    assert csv_cell(Decimal("0.000001")) == "0.000001"  # a plain decimal, never neutralized
+    assert csv_cell(Decimal("0E-9")) == "0.000000000"  # never an exponent
     assert csv_cell(None) == ""
     assert csv_cell(True) == "true"
     assert csv_cell({"k": "=x"}) == '{"k": "=x"}'

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmbudget.money import format_usd, from_nano, to_nano, usd
+from llmbudget.money import format_exact, format_usd, from_nano, to_nano, usd
 
 
 @pytest.mark.parametrize(
@@ -52,9 +52,28 @@ def test_nano_round_trip_is_exact_at_nine_places(d: Decimal) -> None:
     [
         (None, "unpriced"),
         (Decimal("1234.5"), "$1,234.5000"),
-        (Decimal("0.00001"), "<$0.0001"),
+        (Decimal("0.00001"), "$0.00001"),  # a real amount is never shown as $0 nor as "<$0.0001"
+        (Decimal("0.000000001"), "$0.000000001"),
+        (Decimal("0E-9"), "$0.0000"),
         (Decimal(0), "$0.0000"),
     ],
 )
 def test_format_usd(amount: Decimal | None, text: str) -> None:
     assert format_usd(amount) == text
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        (Decimal("0.001"), "$0.001"),
+        (Decimal("0.001000000"), "$0.001"),
+        (Decimal("0.015"), "$0.015"),
+        (Decimal("5"), "$5.00"),
+        (Decimal("5.000000000"), "$5.00"),
+        (Decimal("1E+3"), "$1,000.00"),
+        (Decimal("0.000000001"), "$0.000000001"),
+        (Decimal("0E-9"), "$0.00"),
+    ],
+)
+def test_format_exact_shows_a_limit_as_configured(amount: Decimal, text: str) -> None:
+    assert format_exact(amount) == text

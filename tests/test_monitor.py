@@ -189,3 +189,19 @@ def test_monitor_on_a_narrow_terminal_prints_one_block_per_account(
     assert lines[2].split()[:2] == ["CRITICAL", "dead"] and "key INVALID" in lines[3]
     assert ["UNKNOWN", "slow", "openai"] in [line.split() for line in lines]
     assert "timed out after 0.5s" in lines[-2] and lines[-1] == "Overall: 1 CRITICAL, 1 OK, 1 UNKNOWN"
+
+
+def test_monitor_csv_is_one_row_per_account(
+    setup: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+    import io
+
+    cfg, db = setup
+    code = main(["monitor", "--csv", "--no-log", "--config", str(cfg), "--db", db])
+    assert code == 2  # CSV or not, a CRITICAL account is exit 2
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    by = {r["account"]: r for r in rows}
+    assert len(rows) == 9 and by["dead"]["severity"] == "CRITICAL"
+    assert float(by["max-1"]["reading.windows.5h.utilization"]) == pytest.approx(0.42)
+    assert main(["monitor", "--csv", "--json", "--no-log", "--config", str(cfg)]) == 1

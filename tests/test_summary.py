@@ -382,3 +382,16 @@ def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:
             assert client.get("/api/quota?x=1").status_code == 400
     finally:
         services.close()
+
+
+def test_summary_csv_rows_are_the_ranked_accounts(
+    cfg_db: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+    import io
+
+    cfg, db = cfg_db
+    assert main(["summary", "--csv", "--config", str(cfg), "--db", db]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["backend"] for r in rows] == ["max-1", "grok", "max-2"]
+    assert rows[0]["mark"] == "✓" and "5h 42%" in rows[0]["line"]

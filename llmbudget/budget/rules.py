@@ -70,9 +70,10 @@ class Budget:
         return f"{self.name.replace('|', '%7C')}|{scope_value.replace('|', '%7C')}|"
 
     def describe_limit(self) -> str:
-        from ..money import format_usd, from_nano
+        from ..money import format_exact, from_nano
 
-        return format_usd(from_nano(self.limit), 2) if self.unit == "usd" else f"{self.limit:,} tokens"
+        # exactly as configured: a $0.001 limit reads `$0.001`, not `<$0.01`
+        return format_exact(from_nano(self.limit)) if self.unit == "usd" else f"{self.limit:,} tokens"
 
 
 def _limit_name(lim: Any) -> str:

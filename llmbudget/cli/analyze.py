@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ValidationError
@@ -158,6 +159,7 @@ def analyze(
         ),
     ] = None,
     json_out: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
     now_opt: Annotated[
@@ -172,6 +174,7 @@ def analyze(
     from ..quota import readings as rdg
     from ..timeranges import parse_since
 
+    common.one_format(json_out, csv_)
     if (dry_run or older_than) and not prune:
         raise ValidationError("--dry-run/--older-than", "only apply together with --prune")
     chosen = {
@@ -242,7 +245,22 @@ def analyze(
     if json_out:
         common.print_json(out)
         return
+    if csv_:
+        common.print_csv(_csv_rows(out))
+        for w in out["warnings"]:
+            common.err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
+        return
     _render(out, now, explicit=bool(chosen) and chosen != set(SECTIONS))
+
+
+def _csv_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every shown section in one CSV: a `section` column, then the union of the sections' fields."""
+    rows: list[dict[str, Any]] = []
+    for name in SECTIONS:
+        rows += [{"section": name, **r} for r in out.get(name) or []]
+    if "prune" in out:
+        rows.append({"section": "prune", **out["prune"]})
+    return rows
 
 
 def _account_name(p: Any) -> str:
@@ -288,7 +306,7 @@ def _blocks(
 def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
     con = common.console
     for w in out.get("warnings", []):
-        common.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        common.err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     if "readings" in out and out["readings"] == 0 and not explicit:
         con.print(
             "No quota readings yet: run `llmbudget monitor` (or serve traffic through the proxy) first."
@@ -304,8 +322,8 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             # + 0.0 turns a float's -0.0 into 0.0 so a flat window never reads "-0.00"
             per_h = "-" if r["per_hour_pct"] is None else f"{round(r['per_hour_pct'], 2) + 0.0:+.2f} pts"
             t.add_row(
-                r["backend"],
-                r["window"],
+                escape(r["backend"]),
+                escape(r["window"]),
                 f"{r['utilization_pct']:.1f}%",
                 f"{round(r['change_pct'], 1) + 0.0:+.1f} pts",
                 per_h,
@@ -318,9 +336,9 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
         for col in ("account", "week", "readings", "peak", "average", "exhaustion events"):
             t.add_column(col, justify="right" if col in ("readings", "peak", "average") else "left")
         for r in out["weekly"]:
-            ev = "; ".join(f"{e['start'][:16]}Z {e['reason']}" for e in r["exhaustions"]) or "-"
+            ev = escape("; ".join(f"{e['start'][:16]}Z {e['reason']}" for e in r["exhaustions"]) or "-")
             t.add_row(
-                r["backend"],
+                escape(r["backend"]),
                 r["week"],
                 str(r["readings"]),
                 _p(r["peak_7d_pct"]),
@@ -333,7 +351,12 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
         for col in ("account", "window", "used", "resets"):
             t.add_column(col, justify="right" if col == "used" else "left")
         for r in out["stagger"]:
-            t.add_row(r["backend"], r["window"], _p(r["utilization_pct"]), _when(_dt(r["reset"]), now))
+            t.add_row(
+                escape(r["backend"]),
+                escape(r["window"]),
+                _p(r["utilization_pct"]),
+                _when(_dt(r["reset"]), now),
+            )
         _print_table(t, out["stagger"])
     if "rotation" in out:
         t = Table(title="Rotation (use the first)", title_justify="left")
@@ -343,19 +366,19 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             room = "-" if r["headroom"] is None else f"{r['headroom'] * 100:.1f}%"
             t.add_row(
                 str(r["rank"]),
-                r["backend"],
+                escape(r["backend"]),
                 r["severity"],
-                r.get("basis") or "-",
+                escape(r.get("basis") or "-"),
                 room,
-                r["binding"] or "-",
+                escape(r["binding"] or "-"),
                 _when(_dt(r["reset"]), now),
-                "; ".join(r["reasons"]) or "-",
+                escape("; ".join(r["reasons"]) or "-"),
             )
         _print_table(t, out["rotation"])
     if "underspend" in out:
         if out["underspend"]:
             for r in out["underspend"]:
-                con.print(f"[yellow]{r['message']}[/]", highlight=False, soft_wrap=True)
+                con.print(f"[yellow]{escape(r['message'])}[/]", highlight=False, soft_wrap=True)
         else:
             con.print("Underspend: no 5h window about to reset with ≥ 40% unused.")
     if "blocks" in out:
@@ -370,7 +393,7 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             soft_wrap=True,
         )
         for a in p["archives"]:
-            con.print(f"  archived to {a}", highlight=False, soft_wrap=True)
+            con.print(f"  archived to {a}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _dt(s: str | None) -> datetime | None:
@@ -424,7 +447,7 @@ def _render_blocks(blocks: list[dict[str, Any]], now: datetime) -> None:
             _tokens(b["cache_write_tokens"]),
             _tokens(b["cache_read_tokens"]),
             cost,
-            ", ".join(_short_model(m) for m in b["models"]),
+            escape(", ".join(_short_model(m) for m in b["models"])),
         )
     con.print(t)
     unpriced = sum(b["unpriced_entries"] for b in blocks)
@@ -481,7 +504,7 @@ def import_claude_code_command(
         common.print_json(res.to_dict())
         return
     for w in res.warnings:
-        common.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        common.err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     unpriced = f", {res.unpriced} unpriced (see `llmbudget prices --missing`)" if res.unpriced else ""
     common.console.print(
         f"Imported {res.new} new Claude Code responses ({res.already_imported} already imported) from "

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ValidationError
 from ..events import utcnow
-from ..money import format_usd
+from ..money import format_exact, format_usd
 from . import common
 
 agents_app = typer.Typer(
@@ -59,6 +60,41 @@ def budget_report(enf: Any, ledger: Any, cfg: Any, *, utilization: bool = False)
     return out
 
 
+#: `budget --csv` columns: money as exact decimals, times as RFC 3339
+BUDGET_COLUMNS = (
+    "name",
+    "scope",
+    "match",
+    "value",
+    "unit",
+    "period",
+    "action",
+    "committed",
+    "limit",
+    "spent",
+    "reserved",
+    "remaining",
+    "percent",
+    "window_start",
+    "reset",
+    "status",
+)
+#: `alerts --csv` columns
+ALERT_COLUMNS = (
+    "id",
+    "timestamp",
+    "kind",
+    "level",
+    "budget",
+    "scope",
+    "spent_usd",
+    "limit_usd",
+    "threshold",
+    "reset",
+    "message",
+)
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0%}"
 
@@ -74,12 +110,20 @@ def budget(
         ),
     ] = False,
     json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
 ) -> None:
     """Every budget: limit, spent, reserved, remaining, percent, reset and status."""
+    common.one_format(json_, csv_)
     with _enforcer(config, db) as (cfg, ledger, enf):
         data = budget_report(enf, ledger, cfg, utilization=utilization)
     if json_:
         common.print_json(data)
+        return
+    if csv_:  # one table per CSV: the budgets, or with --utilization the cycles
+        if utilization:
+            common.print_csv(data["utilization"]["cycles"])
+        else:
+            common.print_csv(data["budgets"], BUDGET_COLUMNS)
         return
     if not data["budgets"] and not utilization:
         common.console.print(
@@ -114,13 +158,13 @@ def budget(
                 # cents once a dollar is reached, four places below it (small budgets stay readable)
                 return format_usd(d, places if places is not None else (2 if abs(d) >= 1 or d == 0 else 4))
 
-            scope = "" if b["scope"] == "global" else f"\n[dim]{b['scope']} {b['value']}[/]"
+            scope = "" if b["scope"] == "global" else f"\n[dim]{b['scope']} {escape(str(b['value']))}[/]"
             reset = b["reset_local"].rsplit(" ", 1)[0] if b["reset"] else b["reset_local"]
             if reset.endswith(" 00:00"):  # calendar windows reset at midnight: the date says it
                 reset = reset[: -len(" 00:00")]
             t.add_row(
-                f"{b['name']}{scope}",
-                fmt(b["limit"], places=2),
+                f"{escape(b['name'])}{scope}",
+                format_exact(Decimal(b["limit"])) if money else fmt(b["limit"]),  # as configured
                 fmt(b["spent"]),
                 fmt(b["reserved"]),
                 fmt(b["remaining"]),
@@ -131,8 +175,8 @@ def budget(
         common.console.print(t)
     for p in data["paused_agents"]:
         common.console.print(
-            f"[red]paused[/] agent {p.get('agent')}: {p.get('reason') or ''} "
-            f"(resume: llmbudget agents resume {p.get('agent')})",
+            f"[red]paused[/] agent {escape(str(p.get('agent')))}: {escape(p.get('reason') or '')} "
+            f"(resume: llmbudget agents resume {escape(str(p.get('agent')))})",
             highlight=False,
         )
     if utilization:
@@ -147,8 +191,8 @@ def budget(
             t.add_column(col, justify="left" if col in ("backend", "source", "resets") else "right")
         for c in u["cycles"]:
             t.add_row(
-                c["name"],
-                c["source"],
+                escape(c["name"]),
+                escape(c["source"]),
                 _pct(c["used"]),
                 _pct(c["elapsed"]),
                 "-" if c["pace"] is None else f"{c['pace']:.2f}x",
@@ -157,7 +201,7 @@ def budget(
             )
         common.console.print(t)
         if u["recommendation"]:
-            common.console.print(u["recommendation"], highlight=False)
+            common.console.print(u["recommendation"], markup=False, highlight=False)
 
 
 def alerts(
@@ -172,10 +216,12 @@ def alerts(
         ),
     ] = None,
     json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
 ) -> None:
     """Budget warnings, exhausted budgets, pauses and utilization alerts, newest first."""
     from ..alerts import KINDS, list_notifications
 
+    common.one_format(json_, csv_)
     if limit < 1:
         raise ValidationError("--limit", f"must be at least 1, got {limit}")
     if kind is not None and kind not in KINDS:
@@ -188,6 +234,9 @@ def alerts(
     if json_:
         common.print_json({"notifications": items})
         return
+    if csv_:
+        common.print_csv(items, ALERT_COLUMNS)
+        return
     if not items:
         common.console.print("No alerts.")
         return
@@ -195,7 +244,7 @@ def alerts(
     for col in ("time", "kind", "message"):
         t.add_column(col)
     for n in items:
-        t.add_row(n["timestamp"][:19].replace("T", " "), n["kind"], n["message"])
+        t.add_row(n["timestamp"][:19].replace("T", " "), escape(n["kind"]), escape(n["message"]))
     common.console.print(t)
 
 
@@ -218,6 +267,7 @@ def _pause_or_resume(
     verb = "paused" if pause else "resumed"
     common.console.print(
         f"agent {name} {verb}" if changed else f"agent {name} was already {'paused' if pause else 'running'}",
+        markup=False,
         highlight=False,
     )
 
@@ -260,6 +310,7 @@ def agents_list(
     for p in paused:
         common.console.print(
             f"{p.get('agent')}: paused {p.get('paused_at', '')[:19]} — {p.get('reason') or ''}",
+            markup=False,
             highlight=False,
         )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -93,6 +95,36 @@ def ledger_options(cfg: Config) -> dict[str, Any]:
         "batch_size": st.batch_size,
         "flush_interval_s": st.flush_interval_s,
     }
+
+
+def one_format(json_: bool, csv_: bool) -> None:
+    """--json and --csv exclude each other."""
+    if json_ and csv_:
+        from ..errors import ValidationError
+
+        raise ValidationError("--json", "choose one of --json and --csv")
+
+
+def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted columns (`reading.windows.5h.utilization`); lists stay one (JSON) cell."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = None if isinstance(v, Mapping) else v
+    return out
+
+
+def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Report rows as formula-safe CSV on stdout (export.py's writer); columns default to every key seen, in order."""
+    from .. import export
+
+    flat = [flatten(r) for r in rows]
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in flat for k in r))
+    export.write_rows_csv(flat, columns, sys.stdout)
 
 
 def print_json(data: Any) -> None:

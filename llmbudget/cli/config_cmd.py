@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.markup import escape
 
 from ..config import Config, find_config_path, mask_url, parse_config
 from ..errors import ConfigError
@@ -91,7 +92,7 @@ def check(
         )
         return
     common.console.print(
-        f"[green]ok[/]: {path} is valid ({len(cfg.backends)} backends, "
+        f"[green]ok[/]: {escape(str(path))} is valid ({len(cfg.backends)} backends, "
         f"{len(cfg.pricing)} price overrides, timezone {summary['timezone']})",
         highlight=False,
     )

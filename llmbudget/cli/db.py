@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from . import common
 
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        table = Table(title=f"Migrations of {url}", title_justify="left")
+        table = Table(title=f"Migrations of {escape(url)}", title_justify="left")
         table.add_column("Migration")
         table.add_column("Applied at")
         table.add_column("")
@@ -126,12 +127,16 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
 
     for r in results:
         for bad in r.bad[:50]:
-            common.err_console.print(f"[yellow]warning:[/] {r.path}: {bad}", highlight=False, soft_wrap=True)
+            common.err_console.print(
+                f"[yellow]warning:[/] {escape(f'{r.path}: {bad}')}", highlight=False, soft_wrap=True
+            )
         if len(r.bad) > 50:
             common.err_console.print(
-                f"[yellow]warning:[/] {r.path}: {len(r.bad) - 50} more bad lines", highlight=False
+                f"[yellow]warning:[/] {escape(r.path)}: {len(r.bad) - 50} more bad lines", highlight=False
             )
-        common.console.print(_import_summary(r, format_usd(from_nano(r.cost_nano), 4)), highlight=False)
+        common.console.print(
+            _import_summary(r, format_usd(from_nano(r.cost_nano), 4)), markup=False, highlight=False
+        )
 
 
 def _plural(n: int, word: str) -> str:

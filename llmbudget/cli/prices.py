@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ValidationError
@@ -139,10 +140,12 @@ def prices(
         elif csv_:
             _csv([doc])
         else:
-            common.console.print(f"[bold yellow]{model}[/] is [bold]unpriced[/]: {reason}.", highlight=False)
+            common.console.print(
+                f"[bold yellow]{escape(model)}[/] is [bold]unpriced[/]: {escape(reason)}.", highlight=False
+            )
             common.console.print(
                 "Its calls are counted with their tokens but no cost (never $0). Add a price to your config "
-                f"({cfg.source_path or './llmbudget.yaml'}), then run [bold]llmbudget reprice[/]:",
+                f"({escape(cfg.source_path or './llmbudget.yaml')}), then run [bold]llmbudget reprice[/]:",
                 highlight=False,
             )
             common.console.print(snippet, markup=False, highlight=False, soft_wrap=True)
@@ -155,7 +158,7 @@ def prices(
         _csv([{"at": when_s, **info.to_dict()}])
         return
     t = Table(
-        title=f"{model}" + (f" ({provider})" if provider else ""),
+        title=escape(f"{model}" + (f" ({provider})" if provider else "")),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_header=False,
@@ -163,12 +166,12 @@ def prices(
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("", overflow="fold")
     for label, text in _price_rows(info):
-        t.add_row(label, text)
+        t.add_row(label, escape(text))
     t.add_section()
     source = info.source
     if info.status == "priced" and info.model_id:
         source += f" (model {info.model_id}, provider {info.price_provider})"
-    t.add_row("Source", source)
+    t.add_row("Source", escape(source))
     t.add_row(
         "In force",
         f"since {info.effective_from.isoformat()}" if info.effective_from else "no start date known",
@@ -177,7 +180,7 @@ def prices(
         t.add_row("Next change", info.next_change.isoformat(timespec="minutes"))
     t.add_row("At", when_s)
     for note in info.notes:
-        t.add_row("Note", note)
+        t.add_row("Note", escape(note))
     common.console.print(t)
 
 
@@ -260,8 +263,8 @@ def _missing(json_: bool, config: str | None, db: str | None, *, csv_: bool = Fa
         )
     for r, row in zip(rows, out, strict=True):
         t.add_row(
-            r.model,
-            r.provider,
+            escape(r.model),
+            escape(r.provider),
             f"{r.calls:,}",
             f"{r.input_tokens:,}",
             f"{r.output_tokens:,}",
@@ -383,6 +386,7 @@ def reprice(
             f"{sum(still.values()):,} calls are still unpriced: "
             + ", ".join(f"{m} ({n:,})" for m, n in still.most_common(5))
             + ". Add a `pricing:` override (see `llmbudget prices MODEL`).",
+            markup=False,
             highlight=False,
         )
     if dry_run and changes:

@@ -159,6 +159,7 @@ def register(app: typer.Typer) -> None:
     def monitor(
         provider: ProviderNameOpt = None,
         json_: common.JsonOpt = False,
+        csv_: common.CsvOpt = False,
         no_log: NoLogOpt = False,
         config: common.ConfigOpt = None,
         db: common.DbOpt = None,
@@ -167,6 +168,7 @@ def register(app: typer.Typer) -> None:
 
         Exit code 2 when any account is CRITICAL.
         """
+        common.one_format(json_, csv_)
         ledger: Any = None
         if no_log:
             cfg = common.load(config)
@@ -180,6 +182,8 @@ def register(app: typer.Typer) -> None:
                 ledger.close()
         if json_:
             common.print_json(result.to_dict())
+        elif csv_:  # one row per account; nested reading fields as dotted columns
+            common.print_csv(result.to_dict()["accounts"])
         else:
             print_monitor(result, now)
         if result.any_critical:
@@ -191,6 +195,7 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--max-age", help="Reuse stored readings younger than this (20m, 1h, 90s).")
         ] = "20m",
         json_: common.JsonOpt = False,
+        csv_: common.CsvOpt = False,
         no_probe: Annotated[
             bool, typer.Option("--no-probe", help="Use stored readings only; never call a provider.")
         ] = False,
@@ -199,6 +204,7 @@ def register(app: typer.Typer) -> None:
         db: common.DbOpt = None,
     ) -> None:
         """The compact quota block for an agent's wake prompt, ending `→ Current recommendation: use X | avoid Y`."""
+        common.one_format(json_, csv_)
         age = parse_max_age(max_age) if max_age else DEFAULT_MAX_AGE
         cfg, ledger = common.open_ledger_for(config, db)
         try:
@@ -215,6 +221,8 @@ def register(app: typer.Typer) -> None:
             )
         if json_:
             common.print_json(s.to_dict())
+        elif csv_:  # one row per account, best first (the order of the recommendation)
+            common.print_csv(s.to_dict()["accounts"])
         else:
             # plain text, no markup: this is pasted into prompts
             typer.echo(s.text())

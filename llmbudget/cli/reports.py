@@ -17,6 +17,7 @@ from typing import IO, Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from .. import export as exp
@@ -68,9 +69,7 @@ def _filters(**values: str | None) -> dict[str, str]:
     return reports.build_filters({k.replace("_", "-"): v for k, v in values.items()})
 
 
-def _one_format(json_: bool, csv_: bool) -> None:
-    if json_ and csv_:
-        raise ValidationError("--json", "choose one of --json and --csv")
+_one_format = common.one_format
 
 
 @contextlib.contextmanager
@@ -148,7 +147,7 @@ def _cost_table(
         ]
 
     for r in rows:
-        t.add_row("(none)" if r["key"] is None else str(r["key"]), *cells(r))
+        t.add_row("(none)" if r["key"] is None else escape(str(r["key"])), *cells(r))
     if total is not None and len(rows) > 1:
         t.add_section()
         t.add_row("Total", *cells(total), style="bold")
@@ -173,7 +172,7 @@ def _fitted_table(
             min_width=widest if h in fixed else min(widest, max(len(h), 6)),
         )
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(escape(c) for c in r))  # names, models and sessions are data, not markup
     return t
 
 

@@ -102,7 +102,10 @@ def serve(
         app = build_app(services)
         names = ", ".join(f"/{n}" for n in sorted(cfg.backends)) or "(no backends configured)"
         common.err_console.print(
-            f"llmbudget serving on http://{host}:{port}  backends: {names}", highlight=False, soft_wrap=True
+            f"llmbudget serving on http://{host}:{port}  backends: {names}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         tune_gc()
         # No access log: uvicorn's prints query strings (a Gemini `?key=` would land in it) and

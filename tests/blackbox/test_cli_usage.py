@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import pytest
 from llmbudget import __version__
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
+LLMBUDGET = Path(sys.executable).with_name("llmbudget")
 
 
 @pytest.mark.parametrize(
@@ -116,3 +118,45 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
     assert p.stdout == "row 0,0.000000001\n"
     assert p.stderr == ""
     assert p.returncode == 1  # the writer's status under pipefail: it stopped early
+
+
+def test_a_piped_table_is_not_wrapped_at_80_columns(llmbudget: Run, tmp_path: Path) -> None:
+    """`llmbudget events | grep ...` sees each row on one line, however long the names."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from llmbudget.events import UsageEvent
+    from llmbudget.store import open_ledger
+
+    agent = "agent-" + "x" * 120
+    model = "model-" + "y" * 60
+    db = f"sqlite:///{tmp_path / 'pipe.db'}"
+    with open_ledger(db) as led:
+        led.record(
+            UsageEvent(
+                backend="local",
+                model=model,
+                agent=agent,
+                session="s-1",
+                timestamp=datetime.now(UTC),
+                input_tokens=1,
+                output_tokens=1,
+                cost_usd=Decimal("0.5"),
+                price_status="priced",
+            )
+        )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    p = subprocess.run(
+        [str(LLMBUDGET), "events", "--db", db], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    row = [line for line in p.stdout.splitlines() if agent in line]
+    assert row and model in row[0] and "$0.5000" in row[0], p.stdout
+    p = subprocess.run(
+        [str(LLMBUDGET), "costs", "--by", "agent", "--db", db],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert any(agent in line and "$0.5000" in line for line in p.stdout.splitlines()), p.stdout

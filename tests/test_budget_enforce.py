@@ -112,7 +112,9 @@ def test_a_limit_under_a_cent_is_shown_as_it_is(tmp_path: Path) -> None:
     assert "<$" not in (refused.message or "")
     # and in the alerts: a budget that only warns, crossed by one call
     alerting, state = make(
-        tmp_path / "alerting", "budgets:\n  daily_limit_usd: 0.001\n  hard_stop: false\n  timezone: UTC\n", clock
+        tmp_path / "alerting",
+        "budgets:\n  daily_limit_usd: 0.001\n  hard_stop: false\n  timezone: UTC\n",
+        clock,
     )
     alerting.settle(alerting.admit(call()), event(1000, 1000))
     notes = list(state.list_state("notifications").values())  # type: ignore[attr-defined]

@@ -482,17 +482,19 @@ def test_garbage_sse_from_upstream(proxy: RunningProxy) -> None:
         json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
         headers={"x-fake": "garbage", "X-LLMBudget-Session": sess},
     )
-    assert r.status_code == 200 and b"garbage" in r.content  # passed on as it came
+    # never passed on: the stream ends with the protocol's error event where it broke
+    assert r.status_code == 200 and b"garbage" not in r.content and b"not json" in r.content
+    assert r.content.rstrip().endswith(b"}") and b'data: {"error": {' in r.content
     [event] = proxy.wait_events(1, session=sess)
-    assert event.status == "interrupted" and event.input_tokens > 0
+    assert event.status == "error" and "not server-sent events" in event.tags["llmbudget.error"]
     r = httpx.post(
         f"{proxy.url}/openai/v1/chat/completions",
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
         headers={"x-fake": "garbage", "X-LLMBudget-Session": sess},
     )
-    assert r.status_code == 200 and r.text.startswith("<html>")
+    assert r.status_code == 502 and "text/html" in r.json()["error"]["message"]
     events = proxy.wait_events(2, session=sess)
-    assert [e.status for e in events] == ["interrupted", "error"]
+    assert [e.status for e in events] == ["error", "error"]
 
 
 def test_first_chunk_reaches_the_client_while_upstream_holds_the_rest(
@@ -733,7 +735,7 @@ def test_bad_input_keeps_the_proxy_serving_and_loses_nothing(proxy: RunningProxy
     events = proxy.wait_events(4, session=sess)
     ids = {e.id for e in events}
     assert before <= ids, "an event recorded before the bad input is gone"
-    assert sorted(e.status for e in events) == ["interrupted", "interrupted", "ok", "ok"]
+    assert sorted(e.status for e in events) == ["error", "interrupted", "ok", "ok"]
 
 
 def _quota_row(proxy: RunningProxy, backend: str) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from .base import BadRequest, CallMeter
 from .clients import Attributor
 from .errors import error_bytes, guess_protocol
 from .gate import Admission, CallInfo
+from .guard import StreamGuard
 from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ _NO_UA = ("User-Agent",)
 READING_INTERVAL_S = 1.0
 #: the longest value an attribution header (`X-LLMBudget-*`) may have, in characters
 MAX_ATTRIBUTION_CHARS = 256
+#: the tag that carries why a call failed (a broken upstream answer, an unreachable backend)
+REASON_TAG = "llmbudget.error"
 
 
 def parse_tags(value: str) -> dict[str, str]:
@@ -129,6 +132,8 @@ class ProxyRequest:
     notice: str | None = None
     admission: Admission | None = None
     fallback: bool = False
+    #: why a call that reached the upstream failed (recorded with the event as `tags["llmbudget.error"]`)
+    reason: str | None = None
 
 
 #: translate(proxy, request, target_backend, send) -> recorded event; plugged in for cross-protocol fallback
@@ -155,6 +160,8 @@ class Proxy:
         self.max_body = int(services.config.server.max_body_mb * 1024 * 1024)
         #: attribution.rules and known agent clients: fill what X-LLMBudget-* headers left unset
         self.attributor = Attributor.from_config(getattr(services.config, "attribution", None))
+        #: backend -> `host:port` of its base_url, named when it cannot be reached (never path or query)
+        self._where = {n: host_port(b.base_url) for n, b in self.backends.items()}
 
     # ---------------------------------------------------------------- lifecycle
     async def startup(self) -> None:
@@ -461,15 +468,33 @@ class Proxy:
             plain = decode_body(body, resp.headers.get("Content-Encoding"))
             self._note_rate_headers(target, resp, plain[:65536])
         if resp.status < 400:
-            meter.read_body(decode_body(body, resp.headers.get("Content-Encoding")))
-            if not meter.complete:  # a 200 whose body is not the protocol's answer: passed on, noted
-                status = "error"
-                log.warning(
-                    "proxy_unreadable_answer backend=%s path=%s content_type=%s",
-                    target,
-                    req.path,
-                    resp.headers.get("Content-Type", ""),
+            plain = decode_body(body, resp.headers.get("Content-Encoding"))
+            meter.read_body(plain)
+            if not meter.complete and (plain or not body):
+                # a 200 whose (readable) body is not the protocol's answer: never passed on as success
+                ctype = resp.headers.get("Content-Type", "")
+                req.reason = (
+                    f"backend {target!r} answered 200 with a body that is not a {req.protocol} answer"
                 )
+                log.warning(
+                    "proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path, ctype
+                )
+                await _send_error(
+                    send,
+                    req.protocol,
+                    502,
+                    f"{req.reason} (Content-Type {ctype or '(none)'!r})",
+                    "upstream_bad_answer",
+                    [(b"x-llmbudget-request-id", req.event_id.encode())],
+                )
+                event = self._record(
+                    req, target, http_status=502, status="error", interrupted=False, defer=True
+                )
+                if event is not None:
+                    self._commit(req, event)
+                return
+            if not meter.complete:  # an encoding llmbudget cannot read: passed on, usage unknown
+                status = "error"
         event = self._record(
             req, target, http_status=resp.status, status=status, interrupted=False, defer=True
         )
@@ -508,6 +533,21 @@ class Proxy:
                 # client accepts identity) with that chunk removed.
                 inflate, decoder = decoder, None
                 out_headers = [(k, v) for k, v in out_headers if k != b"content-encoding"]
+        guard: StreamGuard | None = None
+        json_array = bool(getattr(meter, "json_array", False))
+        broken = StreamGuard.content_type_problem(
+            ctype_of(out_headers).decode("latin-1"), json_array=json_array
+        )
+        if broken is not None:
+            # not the protocol at all: the client gets the protocol's stream with its error event
+            out_headers = [
+                (k, v)
+                for k, v in out_headers
+                if k not in (b"content-type", b"content-length", b"content-encoding")
+            ]
+            out_headers.append((b"content-type", b"application/json" if json_array else b"text/event-stream"))
+        elif decoder is None:  # identity (or decompressed for filtering): every line is checked
+            guard = StreamGuard(json_array=json_array)
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         ttft: float | None = None
         interrupted = False
@@ -530,18 +570,45 @@ class Proxy:
 
             watcher.add_done_callback(_on_disconnect)
         try:
-            async for chunk in resp.content.iter_any():
-                if inflate is not None:
-                    chunk = inflate.decompress(chunk)
-                out = meter.feed(chunk) if decoder is None else feed_encoded(meter, decoder, chunk)
-                if out:
-                    if ttft is None:
-                        ttft = (time.perf_counter() - req.started) * 1000.0
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-            tail = meter.feed(inflate.flush()) if inflate is not None else b""
+            if broken is None:
+                async for chunk in resp.content.iter_any():
+                    if inflate is not None:
+                        chunk = inflate.decompress(chunk)
+                    if guard is not None:
+                        chunk, broken = guard.check(chunk)
+                    out = meter.feed(chunk) if decoder is None else feed_encoded(meter, decoder, chunk)
+                    if out:
+                        if ttft is None:
+                            ttft = (time.perf_counter() - req.started) * 1000.0
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if broken is not None:
+                        break
+            tail = b""
+            if broken is None:
+                rest = inflate.flush() if inflate is not None else b""
+                if guard is not None:
+                    held, broken = guard.check(rest) if rest else (b"", None)
+                    if broken is None:
+                        last, broken = guard.end()
+                        held += last
+                    rest = held
+                tail = meter.feed(rest) if rest else b""
             tail += meter.end()
+            if broken is not None:
+                req.reason = f"backend {target!r} {broken}"
+                log.warning("proxy_bad_stream backend=%s path=%s reason=%s", target, req.path, broken)
+                tail += (
+                    _stream_error_event(
+                        req.protocol,
+                        b"application/json" if json_array else b"text/event-stream",
+                        req.reason,
+                        started=guard is not None and guard.started,
+                        code="upstream_bad_stream",
+                    )
+                    or b""
+                )
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-            interrupted = not meter.complete
+            interrupted = not meter.complete and broken is None
         except asyncio.CancelledError:
             if not client_gone:
                 raise
@@ -571,7 +638,7 @@ class Proxy:
             req,
             target,
             http_status=resp.status,
-            status=None,
+            status="error" if req.reason else None,
             interrupted=interrupted,
             ttft_ms=ttft,
             defer=True,
@@ -597,13 +664,7 @@ class Proxy:
             log.warning(
                 "proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__
             )
-            await _send_error(
-                send,
-                req.protocol,
-                502,
-                f"cannot reach backend {target!r}: {type(e).__name__}",
-                "upstream_unreachable",
-            )
+            await _send_error(send, req.protocol, 502, self._unreachable(target, e), "upstream_unreachable")
             return
         try:
             self._note_rate_headers(target, resp)
@@ -628,15 +689,19 @@ class Proxy:
         )
         await _send_error(send, guess_protocol(scope["path"]), 404, message, "unknown_backend")
 
+    def _unreachable(self, target: str, e: BaseException) -> str:
+        return f"llmbudget could not reach backend {target!r} at {self._where[target]} ({type(e).__name__})"
+
     async def _connect_failed(
         self, req: ProxyRequest, target: str, send: Send, e: BaseException, started: bool = False
     ) -> None:
         log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
+        req.reason = self._unreachable(target, e)
         await _send_error(
             send,
             req.protocol,
             502,
-            f"llmbudget could not reach backend {target!r} ({type(e).__name__})",
+            req.reason,
             "upstream_unreachable",
             [(b"x-llmbudget-request-id", req.event_id.encode())],
         )
@@ -719,6 +784,11 @@ class Proxy:
                 meter, http_status=http_status, interrupted=interrupted, fallback=req.fallback
             )
         model = meter.model or meter.request_model or ""
+        attribution = req.attribution
+        reason = req.reason or (meter.stream_error if status == "error" else None)
+        if reason:
+            tags = {**(attribution.get("tags") or {}), REASON_TAG: reason[:MAX_ATTRIBUTION_CHARS]}
+            attribution = {**attribution, "tags": tags}
         return build_event(
             meter,
             event_id=req.event_id,
@@ -726,7 +796,7 @@ class Proxy:
             provider=self._provider(model, backend),
             prices=self.services.prices,
             local=backend.local,
-            attribution=req.attribution,
+            attribution=attribution,
             http_status=http_status,
             status=status,
             started=req.started,
@@ -962,14 +1032,29 @@ def ctype_of(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b""
 
 
-def _stream_error_event(protocol: str, ctype: bytes, message: str) -> bytes | None:
-    """An SSE error event in the protocol's shape (None when the stream is not SSE)."""
-    if not ctype.startswith(b"text/event-stream"):
+def _stream_error_event(
+    protocol: str, ctype: bytes, message: str, *, started: bool | None = None, code: str = "upstream_cut"
+) -> bytes | None:
+    """The protocol's error where a stream breaks: an SSE error event, or (Gemini's JSON-array
+    stream, when `started` says whether its `[` went out) an error object closing the array.
+    None when the stream is neither."""
+    payload = error_bytes(protocol, 502, message, code)
+    if ctype.startswith(b"text/event-stream"):
+        head = b"event: error\n" if protocol == "anthropic" else b""
+        # leading blank line ends any partial event the client already holds
+        return b"\n\n" + head + b"data: " + payload + b"\n\n"
+    if started is None:
         return None
-    payload = error_bytes(protocol, 502, message, "upstream_cut")
-    head = b"event: error\n" if protocol == "anthropic" else b""
-    # leading blank line ends any partial event the client already holds
-    return b"\n\n" + head + b"data: " + payload + b"\n\n"
+    return (b",\n" if started else b"[") + payload + b"]\n"
+
+
+def host_port(base_url: str) -> str:
+    """`host:port` of a URL (the scheme's port when none is written): where a backend lives, no path."""
+    url = URL(base_url)
+    host = url.host or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{url.port}" if url.port is not None else host
 
 
 def _header_safe(text: str) -> bytes:

@@ -35,6 +35,7 @@ KINDS = (
     "utilization_low",
     "utilization_exhausted",
     "utilization_conservative",
+    "threshold_crossed",
 )
 
 
@@ -200,6 +201,8 @@ class Notifier:
         self.webhooks = list(webhooks or [])
         self.keep = keep
         self.sender = sender or WebhookSender()
+        #: called with each notice's dict after it is stored (the dashboard's live fan-out)
+        self.listeners: list[Any] = []
 
     def notify(self, notice: Notice) -> None:
         """Log, store and post a notice. Never raises: alerting must not break a request."""
@@ -218,6 +221,11 @@ class Notifier:
                 self._prune()
             except Exception as e:  # a full disk must not fail the request that crossed a threshold
                 log.error("notice store_failed kind=%s error=%s", notice.kind, type(e).__name__)
+        for fn in self.listeners:
+            try:
+                fn(notice.to_dict())
+            except Exception:  # a broken listener must not break the request that crossed a threshold
+                log.exception("notice listener_failed kind=%s", notice.kind)
         for hook in self.webhooks:
             self.sender.send(
                 hook.url, notice.webhook_body(hook.format), retries=hook.retries, timeout_s=hook.timeout_s

@@ -61,9 +61,11 @@ def build_app(services: Services) -> LLMBudgetApp:
     from .budget import install as install_budgets
     from .capture.proxy import Proxy
     from .web.api import api_routes, install_error_handlers
+    from .web.dashboard import page_routes
 
     install_budgets(services)  # budgets configured: the gate goes into services.extras["gate"]
     proxy = Proxy(services)
+    install_live(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -74,10 +76,57 @@ def build_app(services: Services) -> LLMBudgetApp:
         finally:
             await proxy.shutdown()
             await asyncio.to_thread(services.ledger.flush)
+            await asyncio.to_thread(close_live, services)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "backends": sorted(services.config.backends)})
 
-    web = Starlette(routes=[Route("/healthz", healthz), *api_routes(services)], lifespan=lifespan)
+    web = Starlette(
+        routes=[Route("/healthz", healthz), *api_routes(services), *page_routes(services)], lifespan=lifespan
+    )
+
     install_error_handlers(web)
     return LLMBudgetApp(services, web, proxy)
+
+
+def install_live(services: Services) -> Any:
+    """The live fan-out (`services.extras["live"]`) fed by the ledger's record path and the notifier,
+    and the alert-threshold watch fed by the fan-out."""
+    from .budget.thresholds import ThresholdWatch
+    from .fanout import LiveHub
+    from .web.api_budget import _enforcer
+
+    if "live" in services.extras:
+        return services.extras["live"]
+    cfg = services.config
+    redis_url = cfg.live.redis_url or (cfg.budgets.redis_url if cfg.budgets is not None else None)
+    hub = LiveHub(redis_url)
+    services.extras["live"] = hub
+    on_record = getattr(services.ledger, "on_record", None)
+    if on_record is not None:
+        on_record.append(hub.publish)
+    enforcer = _enforcer(services)
+    notifier = getattr(enforcer, "notifier", None)
+    if notifier is not None:
+        notifier.listeners.append(hub.publish_notice)
+    watch = ThresholdWatch(
+        services.ledger,
+        tz=cfg.zone(),
+        notifier=notifier,
+        pause=lambda agent, reason: enforcer.pause(agent, reason=reason, by="threshold"),
+        delay_s=services.ledger.flush_interval_s + 0.1
+        if hasattr(services.ledger, "flush_interval_s")
+        else 0.3,
+    ).start()
+    services.extras["threshold_watch"] = watch
+    hub.add_local_listener(watch.on_events)
+    hub.start()
+    return hub
+
+
+def close_live(services: Services) -> None:
+    """Stop the fan-out and the threshold watch (at shutdown)."""
+    for key in ("threshold_watch", "live"):
+        obj = services.extras.pop(key, None)
+        if obj is not None:
+            obj.close()

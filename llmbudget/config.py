@@ -94,6 +94,27 @@ class ServerConfig(_Model):
     max_body_mb: float = Field(default=32.0, gt=0)
 
 
+class DashboardConfig(_Model):
+    """The web dashboard served beside the proxy."""
+
+    #: a session with no call for this long counts as ended (clients can also end one explicitly)
+    session_idle_minutes: float = Field(default=30, gt=0)
+
+
+class LiveConfig(_Model):
+    """Live updates of open dashboards."""
+
+    #: Redis pub/sub for live updates across replicas; default `budgets.redis_url`; none: in-process only
+    redis_url: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {v!r}")
+        return v
+
+
 #: first path segments llmbudget serves itself, so no backend may take them
 RESERVED_PREFIXES = frozenset({"api", "healthz", "metrics", "static"})
 
@@ -124,6 +145,8 @@ class Config(_Model):
     providers: ProviderList = Field(default_factory=list)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    live: LiveConfig = Field(default_factory=LiveConfig)
 
     #: where the file was read from (None: defaults)
     source_path: str | None = Field(default=None, exclude=True)

@@ -125,7 +125,7 @@ def serve(
             date_header=False,
             timeout_graceful_shutdown=10,
         )
-        _run_until_stopped(uvicorn.Server(uv_config))
+        _run_until_stopped(_server_class()(uv_config, services))
     finally:
         services.close()  # flush every accepted event before the process ends
 
@@ -143,6 +143,25 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 50, 50)
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, plus: open dashboard streams end at the first stop signal (else they hold shutdown)."""
+
+        def __init__(self, config: Any, services: Any) -> None:
+            super().__init__(config)
+            self.services = services
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            hub = self.services.extras.get("live")
+            if hub is not None:
+                hub.end_streams()
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 class _Stop(Exception):

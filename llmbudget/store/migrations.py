@@ -282,3 +282,25 @@ DROP INDEX IF EXISTS events_task_type_ts;
 DROP INDEX IF EXISTS events_tier_ts;
 """,
 )
+
+# dashboard: sessions a client ended (`POST /api/sessions/{id}/end`; idle sessions are ended by
+# time, not stored), and the alert thresholds per session and per agent edited in the dashboard
+# (read by every replica's threshold watch with a one-second cache).
+migration(
+    "0008_session_ends_and_alert_thresholds",
+    """
+CREATE TABLE session_ends (
+    session TEXT PRIMARY KEY,
+    ended_us BIGINT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE alert_thresholds (
+    scope TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    limit_nano BIGINT NOT NULL,
+    auto_pause INTEGER NOT NULL DEFAULT 0,
+    updated_us BIGINT NOT NULL,
+    PRIMARY KEY (scope, agent)
+);
+""",
+)

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -270,6 +270,8 @@ class SQLLedger(Ledger):
         self.import_batch_size = max(batch_size, 10_000)
         self.flush_interval_s = flush_interval_s
         self._closed = False
+        #: called with each event `record()` accepts (the live fan-out's non-blocking publish)
+        self.on_record: list[Callable[[UsageEvent], None]] = []
         self.audit_path: Path | None = None
         self._audit: AuditLog | None = None
         if audit:
@@ -355,6 +357,8 @@ class SQLLedger(Ledger):
         if not isinstance(event, UsageEvent):
             raise ValidationError("event", f"must be a UsageEvent, got {type(event).__name__}")
         self._writer.submit(event)
+        for fn in self.on_record:
+            fn(event)
 
     def record_many(self, events: Iterable[UsageEvent]) -> int:
         if self._closed:

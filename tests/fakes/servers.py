@@ -89,6 +89,9 @@ def running_proxy(
     try:
         yield RunningProxy(url=f"http://127.0.0.1:{port}", services=services, app=app, server=server)
     finally:
+        hub = services.extras.get("live")
+        if hub is not None:  # open live streams would hold uvicorn's graceful shutdown
+            hub.end_streams()
         server.should_exit = True
         thread.join(15)
         sock.close()

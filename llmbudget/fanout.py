@@ -1,0 +1,253 @@
+"""Live fan-out: every recorded event (and notice) reaches every open dashboard within a second.
+
+`publish()` is what the ledger's record path calls: an append to a deque and an Event set (about a
+microsecond), never I/O, never a lock held for long, so the proxy is never slowed by dashboards.
+One background thread drains the deque, turns events into small increments (agent, session,
+tokens, cost, model, ...) and either
+
+- hands them to this process's subscribers (no Redis), or
+- publishes them on a Redis channel (`live.redis_url`, else `budgets.redis_url`); a second
+  thread listens on that channel and hands every replica's increments to this process's
+  subscribers, so a page attached to any replica shows the traffic of all of them.
+
+A subscriber is an asyncio queue of bounded size (one per open SSE stream). When it is full
+(a slow client) its pending increments are dropped and it receives one `resync` marker instead,
+after which the page re-reads the totals once.
+
+Local listeners (`add_local_listener`) receive this process's own events in the dispatcher
+thread: the threshold watch uses that to check alert thresholds off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .events import UsageEvent
+from .money import decimal_str, from_nano
+
+log = logging.getLogger("llmbudget.live")
+
+#: increments waiting for the dispatcher; beyond this the oldest are dropped (never block the proxy)
+BACKLOG = 20_000
+#: increments one subscriber may have queued before it is told to resync
+SUBSCRIBER_QUEUE = 500
+CHANNEL = "llmbudget:live"
+
+
+def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
+    """The small JSON-ready increment a page applies for one event."""
+    nano = ev.cost_nano
+    return {
+        "type": "usage",
+        "id": ev.id,
+        "ts": ev.timestamp.isoformat().replace("+00:00", "Z"),
+        "agent": ev.agent,
+        "session": ev.session,
+        "backend": ev.backend,
+        "provider": ev.provider,
+        "model": ev.model,
+        "tier": ev.tier,
+        "status": ev.status,
+        "input_tokens": ev.input_tokens,
+        "output_tokens": ev.output_tokens,
+        "cached_input_tokens": ev.cached_input_tokens,
+        "tokens": ev.input_tokens + ev.output_tokens,
+        "cost_nano": nano,
+        "cost_usd": None if nano is None else decimal_str(from_nano(nano)),
+        "replica": replica,
+    }
+
+
+class Subscription:
+    """One open stream's queue of increments, living on one event loop."""
+
+    def __init__(self, hub: LiveHub, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
+        self.hub = hub
+        self.loop = loop
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def offer(self, items: list[dict[str, Any]]) -> None:
+        """Runs on the subscriber's loop: enqueue, or drop everything and ask for a resync."""
+        q = self.queue
+        for item in items:
+            try:
+                q.put_nowait(item)
+            except asyncio.QueueFull:
+                self.dropped += len(items)
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait({"type": "resync", "reason": "slow client: increments dropped"})
+                return
+
+    def end(self) -> None:
+        """Runs on the subscriber's loop: the stream ends after what is queued."""
+        try:
+            self.queue.put_nowait({"type": "bye"})
+        except asyncio.QueueFull:
+            self.queue.get_nowait()
+            self.queue.put_nowait({"type": "bye"})
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self)
+
+
+class LiveHub:
+    """The fan-out object kept in `services.extras["live"]`."""
+
+    def __init__(self, redis_url: str | None = None, *, replica: str | None = None) -> None:
+        self.redis_url = redis_url
+        self.replica = replica or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._pending: collections.deque[Any] = collections.deque(maxlen=BACKLOG)
+        self._wake = threading.Event()
+        self._subs: set[Subscription] = set()
+        self._subs_lock = threading.Lock()
+        self._local: list[Callable[[list[UsageEvent]], None]] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self.published = 0
+        self.delivered = 0
+
+    # ------------------------------------------------------------------ the record path
+    def publish(self, event: UsageEvent) -> None:
+        """Queue an event for every open page. Non-blocking; safe from any thread."""
+        self._pending.append(event)
+        self._wake.set()
+
+    def publish_notice(self, notice: dict[str, Any]) -> None:
+        """Queue a notification (a `Notice.to_dict()`) for every open page."""
+        self._pending.append({"type": "notice", **notice})
+        self._wake.set()
+
+    # ------------------------------------------------------------------ subscribers
+    def subscribe(self, maxsize: int = SUBSCRIBER_QUEUE) -> Subscription:
+        """A new subscription on the running event loop."""
+        sub = Subscription(self, asyncio.get_running_loop(), maxsize)
+        with self._subs_lock:
+            self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._subs_lock:
+            self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def add_local_listener(self, fn: Callable[[list[UsageEvent]], None]) -> None:
+        """Call `fn(events)` in the dispatcher thread with this process's own recorded events."""
+        self._local.append(fn)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LiveHub:
+        if self._threads:
+            return self
+        if self.redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+            t = threading.Thread(target=self._listen, name="llmbudget-live-redis", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._dispatch, name="llmbudget-live", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def end_streams(self) -> None:
+        """Tell every open stream to finish (the server is stopping: do not hold its shutdown)."""
+        with self._subs_lock:
+            subs = list(self._subs)
+        for sub in subs:
+            try:
+                sub.loop.call_soon_threadsafe(sub.end)
+            except RuntimeError:
+                self.unsubscribe(sub)
+
+    def close(self) -> None:
+        self.end_streams()
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        self._threads = []
+        for c in (self._pubsub, self._redis):
+            if c is not None:
+                with contextlib.suppress(Exception):  # closing at shutdown: nothing left to tell
+                    c.close()
+
+    # ------------------------------------------------------------------ threads
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            batch: list[Any] = []
+            pending = self._pending
+            while pending:
+                try:
+                    batch.append(pending.popleft())
+                except IndexError:
+                    break
+            if not batch:
+                continue
+            events = [x for x in batch if isinstance(x, UsageEvent)]
+            for fn in self._local:
+                if events:
+                    try:
+                        fn(events)
+                    except Exception:
+                        log.exception("live_local_listener_failed")
+            items = [increment(x, self.replica) if isinstance(x, UsageEvent) else x for x in batch]
+            self.published += len(items)
+            if self._redis is not None:
+                try:
+                    if self._pubsub is not None:
+                        self._redis.publish(CHANNEL, json.dumps(items, separators=(",", ":")))
+                        continue
+                except Exception as e:  # Redis down: this replica's pages still see its own traffic
+                    log.warning("live_redis_publish_failed error=%s", type(e).__name__)
+            self._deliver(items)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._pubsub is None:
+                    ps = self._redis.pubsub(ignore_subscribe_messages=True)
+                    ps.subscribe(CHANNEL)
+                    self._pubsub = ps
+                msg = self._pubsub.get_message(timeout=0.5)
+            except Exception as e:  # Redis down: retry; meanwhile publishing falls back to this process
+                log.warning("live_redis_listen_failed error=%s", type(e).__name__)
+                self._pubsub = None
+                self._stop.wait(1.0)
+                continue
+            if not msg or msg.get("type") != "message":
+                continue
+            try:
+                items = json.loads(msg["data"])
+            except ValueError:
+                continue
+            if isinstance(items, list):
+                self._deliver(items)
+
+    def _deliver(self, items: list[dict[str, Any]]) -> None:
+        with self._subs_lock:
+            subs = list(self._subs)
+        for sub in subs:
+            try:
+                sub.loop.call_soon_threadsafe(sub.offer, items)
+            except RuntimeError:  # its loop is closed: the stream is gone
+                self.unsubscribe(sub)
+        self.delivered += len(items)

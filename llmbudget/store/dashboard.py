@@ -1,0 +1,171 @@
+"""The dashboard's reads and small writes on the ledger: recent activity, session ends, alert thresholds.
+
+Every read here is bounded by an index (time, session) or a LIMIT, so the overview stays fast at
+millions of events; totals come from the rollups through `Ledger.costs`, never from here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ValidationError
+from .sqlbase import SQLLedger
+
+#: threshold scopes: `session` compares an agent's spend in its current session, `agent` its spend today
+THRESHOLD_SCOPES = ("session", "agent")
+#: the `agent` value of a threshold that applies to every agent without one of its own
+ANY_AGENT = "*"
+
+
+def _sql(ledger: Any) -> SQLLedger:
+    if not isinstance(ledger, SQLLedger):
+        raise ValidationError("ledger", f"the dashboard needs a SQL ledger, got {type(ledger).__name__}")
+    return ledger
+
+
+def recent_activity(ledger: Any, since_us: int, limit: int = 50_000) -> list[tuple[Any, ...]]:
+    """(agent, session, ts_us, cost_nano, tokens, status) of events since `since_us`, newest first."""
+    with _sql(ledger)._read() as db:
+        return db.execute(
+            "SELECT agent, session, ts_us, cost_nano, input_tokens + output_tokens, status FROM events "
+            "WHERE ts_us >= ? ORDER BY ts_us DESC LIMIT ?",
+            (since_us, limit),
+        )
+
+
+def agent_session_totals(ledger: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+    """(session, agent) -> [calls, tokens, cost_nano, unpriced_calls], through the session index."""
+    out: dict[tuple[str, str], list[int]] = {}
+    with _sql(ledger)._read() as db:
+        for session, agent in pairs:
+            r = db.execute(
+                "SELECT COUNT(*), SUM(input_tokens + output_tokens), SUM(cost_nano), "
+                "SUM(CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END) FROM events WHERE session = ? AND agent = ?",
+                (session, agent),
+            )[0]
+            out[(session, agent)] = [int(v or 0) for v in r]
+    return out
+
+
+def session_breakdown(ledger: Any, session: str) -> list[dict[str, Any]]:
+    """Per-agent totals of one session, most expensive first."""
+    with _sql(ledger)._read() as db:
+        rows = db.execute(
+            "SELECT agent, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_nano), "
+            "SUM(CASE WHEN cost_nano IS NULL THEN 1 ELSE 0 END), MIN(ts_us), MAX(ts_us) "
+            "FROM events WHERE session = ? GROUP BY agent",
+            (session,),
+        )
+    out = [
+        {
+            "agent": r[0],
+            "calls": int(r[1]),
+            "input_tokens": int(r[2] or 0),
+            "output_tokens": int(r[3] or 0),
+            "tokens": int(r[2] or 0) + int(r[3] or 0),
+            "cost_nano": int(r[4] or 0),
+            "unpriced_calls": int(r[5] or 0),
+            "first_us": int(r[6]),
+            "last_us": int(r[7]),
+        }
+        for r in rows
+    ]
+    out.sort(key=lambda d: (-d["cost_nano"], -d["calls"], d["agent"] or ""))
+    return out
+
+
+# ---------------------------------------------------------------- session ends
+def end_session(ledger: Any, session: str, *, reason: str = "client", ended_us: int | None = None) -> bool:
+    """Mark a session ended (idempotent: the first end is kept); False when it was already ended."""
+    ended_us = ended_us if ended_us is not None else time.time_ns() // 1000
+    with _sql(ledger)._tx() as db:
+        if db.execute("SELECT 1 FROM session_ends WHERE session = ?", (session,)):
+            return False
+        db.execute(
+            "INSERT INTO session_ends (session, ended_us, reason) VALUES (?, ?, ?)",
+            (session, ended_us, reason),
+        )
+    return True
+
+
+def session_ends(ledger: Any, sessions: list[str]) -> dict[str, tuple[int, str]]:
+    """session -> (ended_us, reason) for the sessions a client ended."""
+    out: dict[str, tuple[int, str]] = {}
+    if not sessions:
+        return out
+    with _sql(ledger)._read() as db:
+        for i in range(0, len(sessions), 500):
+            chunk = sessions[i : i + 500]
+            marks = ", ".join("?" * len(chunk))
+            for s, us, reason in db.execute(
+                f"SELECT session, ended_us, reason FROM session_ends WHERE session IN ({marks})", chunk
+            ):
+                out[s] = (int(us), str(reason))
+    return out
+
+
+def session_exists(ledger: Any, session: str) -> bool:
+    with _sql(ledger)._read() as db:
+        return bool(db.execute("SELECT 1 FROM sessions WHERE session = ?", (session,)))
+
+
+# ---------------------------------------------------------------- alert thresholds
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """Alert when an agent's spend reaches `limit_nano` (per session, or today); optionally pause it."""
+
+    scope: str
+    agent: str
+    limit_nano: int
+    auto_pause: bool
+    updated_us: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..money import decimal_str, from_nano
+
+        return {
+            "scope": self.scope,
+            "agent": self.agent,
+            "limit_usd": decimal_str(from_nano(self.limit_nano)),
+            "limit_nano": self.limit_nano,
+            "auto_pause": self.auto_pause,
+            "updated_us": self.updated_us,
+        }
+
+
+def list_thresholds(ledger: Any) -> list[Threshold]:
+    with _sql(ledger)._read() as db:
+        rows = db.execute(
+            "SELECT scope, agent, limit_nano, auto_pause, updated_us FROM alert_thresholds ORDER BY scope, agent"
+        )
+    return [Threshold(str(r[0]), str(r[1]), int(r[2]), bool(r[3]), int(r[4])) for r in rows]
+
+
+def set_threshold(ledger: Any, t: Threshold) -> Threshold:
+    """Create or replace the threshold of (scope, agent)."""
+    if t.scope not in THRESHOLD_SCOPES:
+        raise ValidationError("scope", f"must be one of {', '.join(THRESHOLD_SCOPES)}, got {t.scope!r}")
+    if not t.agent or len(t.agent) > 200:
+        raise ValidationError("agent", "must be an agent name (1 to 200 characters) or '*' for every agent")
+    if t.limit_nano <= 0:
+        raise ValidationError("limit_usd", "must be more than 0")
+    now = time.time_ns() // 1000
+    with _sql(ledger)._tx() as db:
+        db.execute(
+            "INSERT INTO alert_thresholds (scope, agent, limit_nano, auto_pause, updated_us) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, agent) DO UPDATE SET limit_nano = excluded.limit_nano, "
+            "auto_pause = excluded.auto_pause, updated_us = excluded.updated_us",
+            (t.scope, t.agent, t.limit_nano, 1 if t.auto_pause else 0, now),
+        )
+    return Threshold(t.scope, t.agent, t.limit_nano, t.auto_pause, now)
+
+
+def delete_threshold(ledger: Any, scope: str, agent: str) -> bool:
+    with _sql(ledger)._tx() as db:
+        found = bool(
+            db.execute("SELECT 1 FROM alert_thresholds WHERE scope = ? AND agent = ?", (scope, agent))
+        )
+        db.execute("DELETE FROM alert_thresholds WHERE scope = ? AND agent = ?", (scope, agent))
+    return found

@@ -1,0 +1,79 @@
+"""`GET /api/live`: server-sent events carrying small increments to every open page.
+
+Events on the stream:
+
+    event: hello     {"replica": "...", "redis": true}          once, on connect
+    event: usage     {"agent", "session", "tokens", "cost_usd", "cost_nano", "model", "backend", ...}
+    event: notice    a notification (`/api/notifications` shape)
+    event: resync    {"reason": ...}: increments were dropped (slow client); re-read the totals once
+
+A comment line is sent every 15 seconds so proxies keep the connection open. The fan-out
+(`llmbudget.fanout.LiveHub`) never waits for a stream: a full queue drops and marks a resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from ..errors import LLMBudgetError
+from .params import query_params
+
+HEARTBEAT_S = 15.0
+
+
+class LiveUnavailable(LLMBudgetError):
+    code = "live_unavailable"
+    http_status = 503
+
+
+def _frame(kind: str, payload: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def routes(services: Any) -> list[BaseRoute]:
+    """The live route, collected by `llmbudget.web.api`."""
+
+    async def live(request: Request) -> StreamingResponse:
+        query_params(request, set())
+        hub = services.extras.get("live")
+        if hub is None:
+            raise LiveUnavailable("live updates are not running in this process")
+        sub = hub.subscribe()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield "retry: 1000\n" + _frame(
+                    "hello", {"replica": hub.replica, "redis": bool(hub.redis_url)}
+                )
+                while True:
+                    try:
+                        item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    items = [item]
+                    while not sub.queue.empty() and len(items) < 200:
+                        items.append(sub.queue.get_nowait())
+                    done = any(x.get("type") == "bye" for x in items)
+                    yield "".join(
+                        _frame(str(x.get("type", "usage")), x) for x in items if x.get("type") != "bye"
+                    )
+                    if done:
+                        return
+            finally:
+                sub.close()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    return [Route("/api/live", live, methods=["GET"])]

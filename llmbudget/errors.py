@@ -54,6 +54,12 @@ class DatabaseUnreachable(StorageError):
     code = "database_unreachable"
 
 
+class DatabaseMissing(DatabaseUnreachable):
+    """The PostgreSQL server answers but has no database of that name; the message says how to create it."""
+
+    code = "database_missing"
+
+
 class NotFound(LLMBudgetError):
     """A named thing does not exist."""
 

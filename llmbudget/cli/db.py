@@ -35,10 +35,33 @@ def register(app: typer.Typer) -> None:
 
     @db_app.command("migrate")
     def migrate(
-        db: common.DbOpt = None, config: common.ConfigOpt = None, json_out: common.JsonOpt = False
+        db: common.DbOpt = None,
+        config: common.ConfigOpt = None,
+        json_out: common.JsonOpt = False,
+        create: Annotated[
+            bool,
+            typer.Option(
+                "--create",
+                help="Create the PostgreSQL database first when the server has none of that name "
+                "(needs the CREATEDB privilege; SQLite files are always created).",
+            ),
+        ] = False,
     ) -> None:
         """Apply pending schema migrations and list every migration with when it was applied."""
-        _, ledger = common.open_ledger_for(config, db)
+        from ..errors import DatabaseMissing
+
+        created = False
+        try:
+            _, ledger = common.open_ledger_for(config, db)
+        except DatabaseMissing:
+            if not create:
+                raise
+            from ..config import load_config, resolve_db_url
+            from ..store.postgres import create_database
+
+            url = resolve_db_url(db, load_config(config))
+            created = create_database(url)
+            _, ledger = common.open_ledger_for(config, db)
         try:
             now = {name for name, _, fresh in getattr(ledger, "migrations_applied_now", []) if fresh}
             rows = ledger.applied_migrations()
@@ -49,12 +72,15 @@ def register(app: typer.Typer) -> None:
             common.print_json(
                 {
                     "database": url,
+                    "created": created,
                     "migrations": [{"name": n, "applied_at": at, "applied_now": n in now} for n, at in rows],
                 }
             )
             return
         from rich.table import Table
 
+        if created:
+            common.console.print(f"created database {url}", markup=False, highlight=False)
         table = Table(title=f"Migrations of {escape(url)}", title_justify="left")
         table.add_column("Migration")
         table.add_column("Applied at")

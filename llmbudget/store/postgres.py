@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..config import data_dir, mask_url
-from ..errors import DatabaseUnreachable, StorageError
+from ..errors import DatabaseMissing, DatabaseUnreachable, StorageError
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
 _PG_TYPES = {
@@ -46,8 +46,81 @@ def _pg_sql(sql: str) -> str:
     return out
 
 
+def _conninfo(url: str) -> dict[str, Any]:
+    """The parts of a PostgreSQL URL or conninfo string (host, port, user, dbname, ...); {} when unreadable."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return dict(conninfo_to_dict(url))
+    except Exception:  # psycopg missing or a string libpq cannot parse: the caller reports the URL as is
+        return {}
+
+
+def _missing_database(url: str, reason: object) -> str | None:
+    """The database name when the server answered that it has no such database (SQLSTATE 3D000)."""
+    text = str(reason)
+    if getattr(reason, "sqlstate", None) != "3D000" and not re.search(
+        r'database "[^"]*" does not exist', text
+    ):
+        return None
+    return str(_conninfo(url).get("dbname") or "") or None
+
+
+def create_database_hint(url: str, *, offer_create: bool = True) -> str:
+    """The shell commands that create the database named in `url` on its server (and `db migrate --create`)."""
+    info = _conninfo(url)
+    name = str(info.get("dbname") or "llmbudget")
+    flags = " ".join(
+        f"{flag} {info[key]}"
+        for flag, key in (("-h", "host"), ("-p", "port"), ("-U", "user"))
+        if info.get(key)
+    )
+    flags = f"{flags} " if flags else ""
+    quoted = name.replace('"', '""')
+    by_hand = f"`createdb {flags}{name}` or `psql {flags}-d postgres -c 'CREATE DATABASE \"{quoted}\"'`"
+    return by_hand + (", or let llmbudget do it: `llmbudget db migrate --create`" if offer_create else "")
+
+
+def create_database(url: str, *, connect_timeout_s: float = 5.0) -> bool:
+    """Create the database named in `url`, connecting to the same server's `postgres` database.
+
+    Returns False when it already exists. The user in the URL needs the CREATEDB privilege.
+    """
+    try:
+        import psycopg
+        from psycopg import sql
+        from psycopg.conninfo import make_conninfo
+    except ImportError as e:
+        raise StorageError("PostgreSQL support needs psycopg: pip install 'llmbudget[postgres]'") from e
+    name = str(_conninfo(url).get("dbname") or "")
+    if not name:
+        raise StorageError(f"{mask_url(url)} names no database to create")
+    try:
+        with psycopg.connect(
+            make_conninfo(url, dbname="postgres"),
+            autocommit=True,
+            connect_timeout=max(1, round(connect_timeout_s)),
+        ) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        return False
+    except psycopg.Error as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(
+            f"cannot create database {name!r} on the server of {mask_url(url)} ({why}); "
+            f"create it by hand: {create_database_hint(url, offer_create=False)}"
+        ) from e
+    return True
+
+
 def unreachable(url: str, reason: object) -> DatabaseUnreachable:
     """The error for a PostgreSQL server that does not answer: URL (password masked) and what to check."""
+    missing = _missing_database(url, reason)
+    if missing is not None:
+        return DatabaseMissing(
+            f"the PostgreSQL server of {mask_url(url)} has no database {missing!r}; create it with "
+            f"{create_database_hint(url)}"
+        )
     why = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
     return DatabaseUnreachable(
         f"cannot reach PostgreSQL at {mask_url(url)} ({why}). Check that the server is running, that the "

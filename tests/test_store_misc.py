@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmbudget.config import data_dir
-from llmbudget.errors import DatabaseUnreachable, StorageError
+from llmbudget.errors import DatabaseMissing, DatabaseUnreachable, StorageError
 from llmbudget.events import UsageEvent
 from llmbudget.store import Ledger, open_ledger
 from llmbudget.store.jsonl import AuditLog, CorruptLineWarning, event_line, read_events
@@ -81,8 +81,11 @@ def test_unreachable_postgres_names_masked_url_and_what_to_check() -> None:
 
 
 def test_missing_postgres_database_is_reported(pg_url: str) -> None:
-    with pytest.raises(DatabaseUnreachable, match="does not exist"):
+    name = pg_url.rsplit("/", 1)[1] + "_nope"
+    with pytest.raises(DatabaseMissing, match=f"has no database '{name}'") as info:
         open_ledger(pg_url + "_nope")
+    assert isinstance(info.value, DatabaseUnreachable)  # callers that catch the wider error still do
+    assert f"createdb -h 127.0.0.1 -p 5432 -U postgres {name}" in str(info.value)
 
 
 @settings(max_examples=200, deadline=None)

@@ -56,14 +56,21 @@ class LLMBudgetApp:
         await self.web(scope, receive, send)
 
 
-def build_app(services: Services) -> LLMBudgetApp:
-    """The ASGI app: requests under a configured backend prefix go to the proxy, the rest to the API."""
+def build_app(services: Services) -> Any:
+    """The ASGI app: requests under a configured backend prefix go to the proxy, the rest to the API.
+
+    The whole app sits behind `AccessGuard` (Host allow-list, admin token, cross-site rules).
+    """
+    from .access import AccessGuard, AccessPolicy
     from .budget import install as install_budgets
     from .capture.proxy import Proxy
     from .web.api import api_routes, install_error_handlers
     from .web.dashboard import page_routes
 
     install_budgets(services)  # budgets configured: the gate goes into services.extras["gate"]
+    policy = services.extras.get("access")
+    if policy is None:
+        policy = services.extras["access"] = AccessPolicy.from_config(services.config.server)
     proxy = Proxy(services)
     install_live(services)
 
@@ -86,7 +93,7 @@ def build_app(services: Services) -> LLMBudgetApp:
     )
 
     install_error_handlers(web)
-    return LLMBudgetApp(services, web, proxy)
+    return AccessGuard(LLMBudgetApp(services, web, proxy), policy, frozenset(services.config.backends))
 
 
 def install_live(services: Services) -> Any:

@@ -88,10 +88,12 @@ class StorageConfig(_Model):
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=4141, ge=1, le=65535)
-    #: required when binding to a non-loopback address
+    #: names the environment variable holding the admin token; required off loopback
     admin_token_env: str | None = None
     #: a proxied request body above this many megabytes is refused (413) before it is held in memory
     max_body_mb: float = Field(default=32.0, gt=0)
+    #: extra Host names the server answers to (`llm.example.com`, `*.example.com`; `*` turns the check off)
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class DashboardConfig(_Model):
@@ -116,7 +118,7 @@ class LiveConfig(_Model):
 
 
 #: first path segments llmbudget serves itself, so no backend may take them
-RESERVED_PREFIXES = frozenset({"api", "healthz", "metrics", "static"})
+RESERVED_PREFIXES = frozenset({"api", "healthz", "metrics", "static", "login"})
 
 
 def default_backends() -> dict[str, BackendConfig]:

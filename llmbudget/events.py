@@ -120,6 +120,8 @@ class UsageEvent:
     task_id: str | None = None
     task_type: str | None = None
     tier: str | None = None
+    #: the virtual key's name the call was made with (never the secret)
+    key: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     http_status: int | None = None

@@ -114,7 +114,7 @@ def test_budget_api_routes(setup: tuple[str, str]) -> None:
     cfg, _ = parse_config(CONFIG, cfg_path)
     services = Services(config=cfg, ledger=open_ledger(db, audit=False), prices=PriceBook.from_config(cfg))
     try:
-        with TestClient(build_app(services)) as client:
+        with TestClient(build_app(services), base_url="http://localhost") as client:
             r = client.get("/api/budgets")
             assert r.status_code == 200
             assert {b["name"] for b in r.json()["budgets"]} >= {"daily"}
@@ -124,7 +124,7 @@ def test_budget_api_routes(setup: tuple[str, str]) -> None:
             r = client.post("/api/agents/coder/pause", json={"reason": "too fast"})
             assert r.json() == {"agent": "coder", "paused": True, "changed": True}
             assert [p["agent"] for p in client.get("/api/budgets").json()["paused_agents"]] == ["coder"]
-            r = client.post("/api/agents/coder/resume")
+            r = client.post("/api/agents/coder/resume", json={})
             assert r.json() == {"agent": "coder", "paused": False, "changed": True}
             notes = client.get("/api/notifications?limit=5").json()["notifications"]
             assert [n["kind"] for n in notes] == ["agent_resumed", "agent_paused"]

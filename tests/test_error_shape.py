@@ -131,7 +131,7 @@ def test_the_served_app_uses_the_shape(tmp_path: Path) -> None:
     ledger = open_ledger(f"sqlite:///{tmp_path / 'l.db'}")
     services = Services(cfg, ledger, PriceBook.from_config(cfg))
     try:
-        with TestClient(build_app(services), raise_server_exceptions=False) as c:  # type: ignore[arg-type]
+        with TestClient(build_app(services), base_url="http://localhost", raise_server_exceptions=False) as c:  # type: ignore[arg-type]
             assert_shape(c.get("/api/does-not-exist"), 404, "not_found")
             err = assert_shape(c.get("/api/costs?since=soon"), 400, "invalid")
             assert err["field"] == "since"

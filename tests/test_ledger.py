@@ -532,4 +532,11 @@ def test_events_carry_only_the_indexes_the_filters_need(tmp_path: Path) -> None:
         )
     }
     conn.close()
-    assert names == {"events_ts", "events_session_ts", "events_task_id_ts", "events_unpriced"}
+    # events_key_ts is partial: only calls made with a virtual key pay for it (`scope: key` seeds)
+    assert names == {
+        "events_ts",
+        "events_session_ts",
+        "events_task_id_ts",
+        "events_unpriced",
+        "events_key_ts",
+    }

@@ -364,7 +364,7 @@ def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:
     cfg, db = cfg_db
     services = Services.create(config_path=str(cfg), db_url=db)
     try:
-        with TestClient(build_app(services)) as client:
+        with TestClient(build_app(services), base_url="http://localhost") as client:
             empty = client.get("/api/quota").json()
             assert empty["backends"] == []
             r = client.get("/api/quota/summary?max_age=20m")

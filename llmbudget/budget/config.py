@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-SCOPES = ("global", "backend", "model", "agent", "session", "user", "team", "task_type")
+SCOPES = ("global", "backend", "model", "agent", "session", "user", "team", "task_type", "key")
 ACTIONS = ("alert", "block", "fallback", "pause")
 VALID_PERIODS_TEXT = "day, week, month, session, or rolling hours/days such as 5h, 24h, 7d"
 _PERIOD_RE = re.compile(r"^(?:day|week|month|session|[1-9][0-9]{0,4}[hd])$")
@@ -98,7 +98,9 @@ class LimitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
-    scope: Literal["global", "backend", "model", "agent", "session", "user", "team", "task_type"] = "global"
+    scope: Literal["global", "backend", "model", "agent", "session", "user", "team", "task_type", "key"] = (
+        "global"
+    )
     #: value (shell-style pattern) of the scope field; None or "*": every value gets its own counter
     match: str | None = None
     limit_usd: Decimal | None = None

@@ -26,6 +26,8 @@ SCOPE_FIELD = {
     "user": "user",
     "team": "team",
     "task_type": "task_type",
+    #: a virtual key's name
+    "key": "key",
 }
 
 

@@ -42,7 +42,10 @@ SCOPE_COLUMN = {
     "team": "team",
     "task_type": "task_type",
     "session": "session",
+    "key": "key",
 }
+#: scopes that are not rollup dimensions: their seeds read raw events (each has an index)
+RAW_COLUMNS = frozenset({"session", "key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +62,8 @@ class SeedSpec:
 
     @property
     def raw(self) -> bool:
-        """Session filters are not in the rollups: read raw events (indexed by session)."""
-        return self.start_us is None or any(c == "session" for c, _ in self.filters)
+        """Session and key filters are not in the rollups: read raw events (indexed on both)."""
+        return self.start_us is None or any(c in RAW_COLUMNS for c, _ in self.filters)
 
 
 def spec_for(budget: Any, value: str, window: Any, read_key: str, session: str | None) -> SeedSpec:

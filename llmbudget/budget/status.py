@@ -126,7 +126,7 @@ def budget_status(
                 BudgetStatus(b, value, w, sum(v[0] for v in t.values()), sum(v[1] for v in t.values()), tz)
             )
             continue
-        if b.period != "session" and b.scope != "session":
+        if b.period != "session" and b.scope not in ("session", "key"):  # not rollup dimensions
             # values with ledger spend in this window but no counter yet (usage that never met the gate)
             w = window_for(b.period, now, tz)
             assert w is not None and w.start is not None

@@ -38,6 +38,8 @@ class CallInfo:
     task_id: str | None = None
     task_type: str | None = None
     tier: str | None = None
+    #: the virtual key's name, when the call carried one
+    key: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 

@@ -32,7 +32,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
+from ..errors import LLMBudgetError
 from ..events import UsageEvent, anthropic_call_id, new_id
+from ..keys import KeyRing
+from ..store.keys import KeyStore
 from . import anthropic, gemini, openai, paths
 from .base import BadRequest, CallMeter
 from .clients import Attributor
@@ -89,6 +92,15 @@ _RATE_PREFIXES_B = (
     b"x-cost-usd",
 )
 _MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
+_VK_PREFIX = b"llmb-"
+_NEEDS_KEY = (
+    "llmbudget: this server needs a virtual key (Authorization: Bearer llmb-...; "
+    "create one with `llmbudget keys create NAME`) or your own provider key"
+)
+_ADMIN_NOT_A_KEY = (
+    "llmbudget: the admin token is not a provider key and is never forwarded; use a virtual key (llmb-...)"
+)
+_NEEDS_JSON = "llmbudget: metered endpoints take Content-Type: application/json"
 #: aiohttp adds its own User-Agent unless told not to (only when the client sent none)
 _NO_UA = ("User-Agent",)
 #: pending piggyback quota readings are parsed and stored this often (the newest per backend wins)
@@ -162,6 +174,15 @@ class Proxy:
         self.attributor = Attributor.from_config(getattr(services.config, "attribution", None))
         #: backend -> `host:port` of its base_url, named when it cannot be reached (never path or query)
         self._where = {n: host_port(b.base_url) for n, b in self.backends.items()}
+        #: llmbudget.access.AccessPolicy; without one (a bare Proxy) the plain-loopback rules apply
+        self.access: Any = services.extras.get("access")
+        self.relay_open: bool = self.access is None or self.access.relay_open
+        self.keyring: KeyRing | None = services.extras.get("keyring")
+        if self.keyring is None:
+            try:
+                self.keyring = KeyRing(KeyStore(services.ledger))
+            except LLMBudgetError:  # a ledger without tables for keys: virtual keys are refused
+                self.keyring = None
 
     # ---------------------------------------------------------------- lifecycle
     async def startup(self) -> None:
@@ -208,6 +229,8 @@ class Proxy:
         attribution: dict[str, Any] = {}
         headers: CIMultiDict[str] = CIMultiDict()
         has_key = False
+        key_value: str | None = None
+        ctype = b""
         conn_tokens: list[str] = []
         length: bytes | None = None
         for k, v in scope["headers"]:
@@ -232,6 +255,10 @@ class Proxy:
                 continue  # attribution (and any other llmbudget header) is never forwarded
             if k in _KEY_HEADERS:
                 has_key = True
+                if key_value is None or _VK_PREFIX in v:
+                    key_value = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v
             headers.add(k.decode("latin-1"), v.decode("latin-1"))
         if self.attributor is not None:
             self.attributor.fill(scope["headers"], attribution)
@@ -240,8 +267,24 @@ class Proxy:
                 headers.popall(token, None)
         query = scope.get("query_string", b"").decode("latin-1")
         if query and ("key=" in query):
-            has_key = has_key or any(p.startswith("key=") for p in query.split("&"))
+            for p in query.split("&"):
+                if p.startswith("key="):
+                    has_key = True
+                    if key_value is None or p.startswith("key=llmb-"):
+                        key_value = p[4:]
         protocol = backend.kind
+        if key_value is not None and key_value.find("llmb-", 0, 12) >= 0:
+            query = await self._virtual_key(key_value, name, headers, query, attribution, send, protocol)
+            if query is None:
+                return
+            has_key = False  # the virtual key is gone; the backend's own key goes in its place
+        elif not self.relay_open:
+            if not has_key:
+                await _send_error(send, protocol, 401, _NEEDS_KEY, "unauthorized")
+                return
+            if key_value is not None and self.access.is_admin_token(key_value):
+                await _send_error(send, protocol, 401, _ADMIN_NOT_A_KEY, "unauthorized")
+                return
         try:
             body = await _read_body(receive, length, self.max_body)
         except _TooLarge as e:
@@ -257,6 +300,10 @@ class Proxy:
         except BadRequest as e:
             await _send_error(send, protocol, e.status, str(e), e.code)
             log.info("proxy_bad_request backend=%s path=%s reason=%s", name, rest, e)
+            return
+        if meter is not None and not _is_json(ctype):
+            # a web page can post text/plain or a form cross-site without asking: never let it spend
+            await _send_error(send, protocol, 415, _NEEDS_JSON, "unsupported_media_type")
             return
         req = ProxyRequest(
             method=method,
@@ -295,6 +342,43 @@ class Proxy:
         """The wire protocol of the backend a request names (guessed from the path when none)."""
         backend = self.backends.get(scope["path"][1:].partition("/")[0])
         return backend.kind if backend is not None else guess_protocol(scope["path"])
+
+    async def _virtual_key(
+        self,
+        value: str,
+        backend: str,
+        headers: CIMultiDict[str],
+        query: str,
+        attribution: dict[str, Any],
+        send: Send,
+        protocol: str,
+    ) -> str | None:
+        """Resolve a presented `llmb-` key: fix its attribution, drop it from the request; None when refused."""
+        secret = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+        key = await self.keyring.resolve(secret) if self.keyring is not None else None
+        state = key.state() if key is not None else "unknown"
+        if key is None or state != "active":
+            await _send_error(
+                send, protocol, 401, f"llmbudget: this virtual key is {state}", "invalid_virtual_key"
+            )
+            log.info("proxy_key_refused backend=%s state=%s", backend, state)
+            return None
+        if not key.allows(backend):
+            await _send_error(
+                send,
+                protocol,
+                403,
+                f"llmbudget: virtual key {key.name!r} may not use backend {backend!r}",
+                "backend_not_allowed",
+            )
+            return None
+        for h in ("authorization", "x-api-key", "x-goog-api-key"):
+            headers.popall(h, None)
+        attribution.update(key.fixed())  # after the headers: what the key fixes, no header overrides
+        attribution["key"] = key.name
+        if "key=" in query:
+            query = "&".join(p for p in query.split("&") if not p.startswith("key="))
+        return query
 
     async def _admit(self, gate: Any, req: ProxyRequest, send: Send) -> bool:
         """Ask the budget gate; False when the call was refused (the 429 is already sent)."""
@@ -1023,6 +1107,12 @@ async def _send_error(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _is_json(ctype: bytes) -> bool:
+    """`application/json` or a `+json` type, any parameters (what every SDK sends)."""
+    media = ctype.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
 
 
 def ctype_of(headers: list[tuple[bytes, bytes]]) -> bytes:

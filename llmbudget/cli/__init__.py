@@ -57,9 +57,9 @@ def _root(
 
 
 def _register() -> None:
-    from . import analyze, budget, db, prices, quota, reports, serve
+    from . import analyze, budget, db, keys, prices, quota, reports, serve
 
-    for module in (serve, reports, prices, db, budget, quota, analyze):
+    for module in (serve, reports, prices, db, budget, quota, analyze, keys):
         module.register(app)
 
 

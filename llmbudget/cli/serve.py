@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
-import ipaddress
 import logging
-import os
 import signal
 import socket
 from typing import Annotated, Any
@@ -14,35 +12,14 @@ from typing import Annotated, Any
 import typer
 
 from .. import logsafe
-from ..errors import ConfigError, LLMBudgetError, ValidationError
+from ..access import check_server_access, is_loopback  # noqa: F401  (is_loopback: re-exported)
+from ..errors import LLMBudgetError, ValidationError
 from . import common
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and `localhost`."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, admin_token_env: str | None) -> None:
-    """Refuse a non-loopback address unless an admin token is configured (DESIGN.md section 9)."""
-    if is_loopback(host):
-        return
-    if not admin_token_env:
-        raise ConfigError(
-            f"refusing to listen on {host}: a non-loopback address needs an admin token; "
-            "set server.admin_token_env to the name of an environment variable holding one",
-            key="server.admin_token_env",
-        )
-    if not os.environ.get(admin_token_env):
-        raise ConfigError(
-            f"refusing to listen on {host}: ${admin_token_env} (server.admin_token_env) is empty or unset",
-            key="server.admin_token_env",
-        )
+    """Refuse a non-loopback address without an admin token, or a token variable that is empty (DESIGN.md section 9)."""
+    check_server_access(host, admin_token_env)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -93,6 +70,7 @@ def serve(
     host = host or cfg.server.host
     port = port if port is not None else cfg.server.port
     check_bind(host, cfg.server.admin_token_env)
+    cfg.server.host, cfg.server.port = host, port  # the access rules follow the address actually bound
     check_listen(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # every record of every logger (uvicorn's WebSocket lines included): no secrets, no forged lines

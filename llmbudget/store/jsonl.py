@@ -68,6 +68,7 @@ def event_line(ev: UsageEvent) -> str:
         ev.tier,
         ev.status,
         ev.source,
+        ev.key,
     )
     attrs = _attr_cache.get(key)
     if attrs is None:
@@ -77,7 +78,7 @@ def event_line(ev: UsageEvent) -> str:
             f'"backend":{_esc(key[0])},"model":{_esc(key[1])},"provider":{_esc(key[2])},'
             f'"request_model":{_n(key[3])},"price_status":{_esc(key[4])},"agent":{_n(key[5])},'
             f'"user":{_n(key[6])},"team":{_n(key[7])},"task_type":{_n(key[8])},"tier":{_n(key[9])},'
-            f'"status":{_esc(key[10])},"source":{_esc(key[11])}'
+            f'"status":{_esc(key[10])},"source":{_esc(key[11])},"key":{_n(key[12])}'
         )
     ts = ev.timestamp.isoformat()
     if ts.endswith("+00:00"):

@@ -304,3 +304,26 @@ CREATE TABLE alert_thresholds (
 );
 """,
 )
+
+# Virtual keys (llmbudget.keys): only the SHA-256 of each `llmb-...` secret is stored, with the
+# attribution it fixes. Events made with one carry the key's name in `key` (never the secret);
+# budgets with `scope: key` seed from the raw events through their own index.
+migration(
+    "0009_virtual_keys",
+    """
+CREATE TABLE virtual_keys (
+    name TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    hint TEXT NOT NULL,
+    agent TEXT,
+    team TEXT,
+    user_name TEXT,
+    backends TEXT,
+    created_us BIGINT NOT NULL,
+    expires_us BIGINT,
+    revoked_us BIGINT
+);
+ALTER TABLE events ADD COLUMN key TEXT;
+CREATE INDEX events_key_ts ON events (key, ts_us) WHERE key IS NOT NULL;
+""",
+)

@@ -73,6 +73,7 @@ EVENT_COLUMNS = (
     "duration_ms",
     "ttft_ms",
     "source",
+    "key",
 )
 COLUMN_OF = {"user": "user_name"}
 #: the dimension fields kept in the rollups (event attribute names)
@@ -140,6 +141,7 @@ def event_to_row(ev: UsageEvent) -> tuple[Any, ...]:
         ev.duration_ms,
         ev.ttft_ms,
         ev.source,
+        ev.key,
     )
 
 
@@ -177,6 +179,7 @@ def row_to_event(r: Sequence[Any]) -> UsageEvent:
         duration_ms=r[24],
         ttft_ms=r[25],
         source=r[26],
+        key=r[27],
     )
 
 

@@ -1,0 +1,446 @@
+"""Who may use the server: the admin token, the Host allow-list and the cross-site rules (DESIGN.md section 9).
+
+`AccessGuard` is pure ASGI middleware around the whole app (no BaseHTTPMiddleware: it costs
+twice the CPU per request). What it enforces, in this order:
+
+1. **Host.** A request whose `Host` is not one the server answers to (loopback names, the bind
+   address, any IP literal when bound to a wildcard address, `server.allowed_hosts`) is a 421,
+   so a DNS-rebinding page cannot reach the API or spend through the proxy. `/healthz` is exempt.
+2. **Admin token.** When one is configured (`server.admin_token_env`; `serve` refuses to bind
+   off loopback without one) every request that is not for a backend, `/healthz` or `/login`
+   needs `Authorization: Bearer <token>` or the cookie set by `POST /login`, whatever the
+   client's address (a reverse proxy connects from localhost). The cookie holds an HMAC of the
+   token, never the token itself.
+3. **No cross-site actions.** POST/PUT/PATCH/DELETE under `/api` carry no `Origin` other than
+   the server's own (403) and, but for a bodiless DELETE, are `application/json` (415), on loopback too:
+   an HTML form or a `text/plain` fetch from another site can do neither.
+
+The proxy's own rules (who gets a backend's provider key, virtual keys, JSON bodies on metered
+endpoints) live in `capture/proxy.py` and read `AccessPolicy.relay_open`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from .capture.errors import error_bytes, guess_protocol
+from .errors import ConfigError
+from .web.errors import error_body
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+COOKIE_NAME = "llmbudget_admin"
+_COOKIE_LABEL = b"llmbudget admin cookie v1"
+_STATE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_LOGIN_MAX_BODY = 16 * 1024
+_WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def host_name(value: str) -> str:
+    """The host part of a `Host` header or an origin's authority, lower-cased, without port or brackets."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value[1:]
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """The access rules in effect for one server (built from `server:` and the bind address)."""
+
+    bind_host: str
+    #: the admin token's bytes; None when none is configured
+    token: bytes | None
+    #: server.admin_token_env names a variable that is empty or unset
+    token_missing: bool
+    allowed_hosts: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, server: Any, environ: MutableMapping[str, str] | None = None) -> AccessPolicy:
+        env = os.environ if environ is None else environ
+        name = server.admin_token_env
+        value = env.get(name, "") if name else ""
+        return cls(
+            bind_host=server.host,
+            token=value.encode() if value else None,
+            token_missing=bool(name) and not value,
+            allowed_hosts=tuple(h.lower().rstrip(".") for h in (server.allowed_hosts or ())),
+        )
+
+    @property
+    def exposed(self) -> bool:
+        """Bound to an address other than loopback."""
+        return not is_loopback(self.bind_host)
+
+    @property
+    def admin_required(self) -> bool:
+        """The API, dashboard and /metrics need the admin token (one is configured, or bound off loopback)."""
+        return self.token is not None or self.token_missing or self.exposed
+
+    @property
+    def relay_open(self) -> bool:
+        """Plain loopback (no admin token configured): a key-less proxied call gets the backend's key, as before.
+
+        Anywhere else only a virtual key earns the operator's provider key; the admin token never does.
+        """
+        return not self.admin_required
+
+    def cookie_value(self) -> str:
+        """The login cookie: an HMAC of the token, so the cookie never holds the token itself."""
+        assert self.token is not None
+        return hmac.new(self.token, _COOKIE_LABEL, hashlib.sha256).hexdigest()
+
+    def check_token(self, presented: str) -> bool:
+        """Constant-time comparison of a presented token with the admin token."""
+        if self.token is None:
+            return False
+        return hmac.compare_digest(presented.encode("utf-8", "replace"), self.token)
+
+    def is_admin_token(self, header_value: str) -> bool:
+        """True when a provider-key header (`Bearer X` or `X`) carries the admin token."""
+        if self.token is None:
+            return False
+        value = header_value[7:] if header_value[:7].lower() == "bearer " else header_value
+        return self.check_token(value.strip())
+
+    def host_allowed(self, host: str) -> bool:
+        """True when the server answers to `host` (a `Host` header's host part)."""
+        if not host:
+            return False
+        if host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost"):
+            return True
+        bind = self.bind_host.strip("[]").lower()
+        if host == bind:
+            return True
+        # a rebinding page always sends its own *name*: an IP literal reaches the server itself
+        if bind in _WILDCARD_BINDS and _is_ip(host):
+            return True
+        if is_loopback(host):
+            return True
+        for allowed in self.allowed_hosts:
+            if allowed == "*" or allowed == host:
+                return True
+            if allowed.startswith("*.") and host.endswith(allowed[1:]):
+                return True
+        return False
+
+
+def check_server_access(host: str, admin_token_env: str | None) -> None:
+    """Refuse to serve off loopback without an admin token, or with a token variable that is empty."""
+    if admin_token_env and not os.environ.get(admin_token_env):
+        raise ConfigError(
+            f"refusing to start: ${admin_token_env} (server.admin_token_env) is empty or unset; "
+            "set it to a long random string",
+            key="server.admin_token_env",
+        )
+    if is_loopback(host):
+        return
+    if not admin_token_env:
+        raise ConfigError(
+            f"refusing to listen on {host}: a non-loopback address needs an admin token; "
+            "set server.admin_token_env to the name of an environment variable holding one",
+            key="server.admin_token_env",
+        )
+
+
+class AccessGuard:
+    """Pure ASGI middleware enforcing `AccessPolicy` in front of the proxy and the web app."""
+
+    def __init__(self, app: ASGIApp, policy: AccessPolicy, backends: frozenset[str]) -> None:
+        self.app = app
+        self.policy = policy
+        self.backends = backends
+        self._cookie = ("=" + policy.cookie_value()) if policy.token is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        # the wrapped app's attributes (services, proxy, web) stay reachable for callers and tests
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        first = path[1:].partition("/")[0]
+        if first in self.backends:
+            # the proxy's hot path: only the Host is checked here (usually the first header)
+            for k, v in scope["headers"]:
+                if k == b"host":
+                    if self.policy.host_allowed(host_name(v.decode("latin-1"))):
+                        await self.app(scope, receive, send)
+                        return
+                    break
+            await self._refuse_host(scope, send, proxy=True)
+            return
+        if path == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        host = origin = auth = cookie = ctype = fetch_site = ""
+        for k, v in scope["headers"]:
+            if k == b"host":
+                host = v.decode("latin-1")
+            elif k == b"origin":
+                origin = v.decode("latin-1")
+            elif k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"cookie":
+                cookie = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v.decode("latin-1")
+            elif k == b"sec-fetch-site":
+                fetch_site = v.decode("latin-1").lower()
+        if not self.policy.host_allowed(host_name(host)):
+            await self._refuse_host(scope, send, proxy=False)
+            return
+        method = scope.get("method", "GET")
+        # same origin: the Origin's host:port is the Host the browser sent (a reverse proxy must keep Host)
+        cross_site = fetch_site == "cross-site" or (
+            bool(origin) and _origin_authority(origin) != host.strip().lower()
+        )
+        if kind == "websocket" and cross_site:
+            await _ws_refuse(send)
+            return
+        if first == "login":
+            await self._login(scope, receive, send, cross_site)
+            return
+        if self.policy.admin_required and not self._authorized(auth, cookie):
+            if kind == "websocket":
+                await _ws_refuse(send)
+                return
+            await self._unauthorized(scope, send, first)
+            return
+        if first == "api" and method in _STATE_METHODS:
+            if cross_site:
+                await _json_error(
+                    send,
+                    403,
+                    f"cross-site request refused: Origin {origin!r} is not this server's own",
+                    "cross_site",
+                )
+                return
+            media = ctype.split(";", 1)[0].strip().lower()
+            # DELETE is never a "simple" cross-site request (it needs a preflight nobody answers)
+            if media != "application/json" and method != "DELETE":
+                await _json_error(
+                    send,
+                    415,
+                    f"{method} {path} takes Content-Type: application/json"
+                    + (f", got {media!r}" if media else ", none was sent"),
+                    "unsupported_media_type",
+                )
+                return
+        await self.app(scope, receive, send)
+
+    # ------------------------------------------------------------------ checks
+    def _authorized(self, auth: str, cookie: str) -> bool:
+        if self.policy.token is None:
+            return False  # admin required but no token configured: fail closed
+        if auth[:7].lower() == "bearer " and self.policy.check_token(auth[7:].strip()):
+            return True
+        if cookie and self._cookie is not None:
+            for part in cookie.split(";"):
+                name, _, value = part.strip().partition("=")
+                if name == COOKIE_NAME and hmac.compare_digest(("=" + value).encode(), self._cookie.encode()):
+                    return True
+        return False
+
+    async def _refuse_host(self, scope: Scope, send: Send, *, proxy: bool) -> None:
+        host = ""
+        for k, v in scope["headers"]:
+            if k == b"host":
+                host = v.decode("latin-1")
+        shown = host_name(host)[:100] or "(none)"
+        message = (
+            f"this server does not answer to Host {shown!r}; add it to server.allowed_hosts "
+            "if it is one of this server's names"
+        )
+        if scope["type"] == "websocket":
+            await _ws_refuse(send)
+        elif proxy:
+            body = error_bytes(guess_protocol(scope["path"]), 421, message, "misdirected_request")
+            await _send(send, 421, body, b"application/json")
+        else:
+            await _json_error(send, 421, message, "misdirected_request")
+
+    async def _unauthorized(self, scope: Scope, send: Send, first: str) -> None:
+        if first not in ("api", "metrics") and scope.get("method") in ("GET", "HEAD"):
+            qs = scope.get("query_string", b"")
+            target = scope["path"] + ("?" + qs.decode("latin-1") if qs else "")
+            location = "/login?next=" + quote(target, safe="")
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        message = (
+            "the admin token is not configured on the server; set the variable server.admin_token_env names"
+            if self.policy.token is None
+            else "this needs the admin token: send Authorization: Bearer <token> or log in at /login"
+        )
+        await _json_error(
+            send,
+            401 if self.policy.token is not None else 503,
+            message,
+            "unauthorized" if self.policy.token is not None else "unavailable",
+            [(b"www-authenticate", b'Bearer realm="llmbudget"')],
+        )
+
+    # ------------------------------------------------------------------ the login form
+    async def _login(self, scope: Scope, receive: Receive, send: Send, cross_site: bool) -> None:
+        method = scope.get("method", "GET")
+        if scope["path"] != "/login":
+            await _json_error(send, 404, f"no route {scope['path']}", "not_found")
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        nxt = _safe_next((query.get("next") or ["/"])[0])
+        if method in ("GET", "HEAD"):
+            await _send(send, 200, _login_page(nxt, ""), b"text/html; charset=utf-8")
+            return
+        if method != "POST":
+            await _json_error(send, 405, f"{method} is not allowed on /login", "method_not_allowed")
+            return
+        if cross_site:
+            await _json_error(send, 403, "cross-site login refused", "cross_site")
+            return
+        body = await _read_bounded(receive, _LOGIN_MAX_BODY)
+        if body is None:
+            await _json_error(send, 413, "the login form is at most 16 KB", "too_large")
+            return
+        form = parse_qs(body.decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        nxt = _safe_next((form.get("next") or [nxt])[0])
+        if self.policy.token is None or not self.policy.check_token(token):
+            await asyncio.sleep(0.3)  # slows guessing down; the comparison itself is constant-time
+            await _send(send, 401, _login_page(nxt, "Wrong token."), b"text/html; charset=utf-8")
+            return
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        cookie = f"{COOKIE_NAME}={self.policy.cookie_value()}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 303,
+                "headers": [
+                    (b"location", nxt.encode("latin-1", "replace")),
+                    (b"set-cookie", cookie.encode()),
+                    (b"content-length", b"0"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _origin_authority(origin: str) -> str:
+    """`host:port` of an Origin header (`null` and garbage give a value that matches no Host)."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return "\x00"
+    if not parts.netloc:
+        return "\x00"
+    default = {"http": "80", "https": "443"}.get(parts.scheme, "")
+    netloc = parts.netloc.lower()
+    if default and netloc.endswith(":" + default):
+        netloc = netloc[: -len(default) - 1]
+    return netloc
+
+
+def _safe_next(value: str) -> str:
+    """A local path to go to after login (never another site)."""
+    if not value.startswith("/") or value.startswith("//") or "\\" in value or "\r" in value or "\n" in value:
+        return "/"
+    return value
+
+
+def _login_page(nxt: str, error: str) -> bytes:
+    err = f'<p class="err">{html.escape(error)}</p>' if error else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>llmbudget: log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:24rem;margin:4rem auto;padding:0 1rem}}
+input,button{{font-size:1rem;padding:.4rem;width:100%;box-sizing:border-box;margin:.3rem 0}}
+.err{{color:#b00}}</style></head>
+<body><h1>llmbudget</h1>{err}
+<form method="post" action="/login">
+<label for="token">Admin token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" autofocus required>
+<input type="hidden" name="next" value="{html.escape(nxt, quote=True)}">
+<button type="submit">Log in</button>
+</form></body></html>
+""".encode()
+
+
+async def _read_bounded(receive: Receive, limit: int) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not msg.get("more_body"):
+            return b"".join(parts)
+
+
+async def _send(
+    send: Send, status: int, body: bytes, ctype: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json_error(
+    send: Send, status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    import json
+
+    body = json.dumps(error_body(status, message, code=code)).encode()
+    await _send(send, status, body, b"application/json", extra)
+
+
+async def _ws_refuse(send: Send) -> None:
+    # closing before accepting makes the server answer the upgrade with 403
+    await send({"type": "websocket.close", "code": 1008})

@@ -1,0 +1,312 @@
+"""Access control: the admin token, the Host allow-list, cross-site refusals and the proxy's relay rule.
+
+The app is the real one (`build_app`); the exposed case is the policy of a server bound to 0.0.0.0
+(what `serve --host 0.0.0.0` builds), reached through 127.0.0.1. `tests/blackbox/test_serve_access.py`
+does the same with `llmbudget serve` as its own process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fakes.servers import RunningProxy, running_proxy
+from fakes.upstream import FakeUpstream
+from starlette.testclient import TestClient
+
+from llmbudget.access import COOKIE_NAME, AccessPolicy, _origin_authority, check_server_access, host_name
+from llmbudget.app import build_app
+from llmbudget.config import Config
+from llmbudget.errors import ConfigError
+from llmbudget.pricing import PriceBook
+from llmbudget.services import Services
+from llmbudget.store import open_ledger
+
+TOKEN = "adm-0123456789abcdef"
+EXPOSED = AccessPolicy(bind_host="0.0.0.0", token=TOKEN.encode(), token_missing=False, allowed_hosts=())
+LOOPBACK = AccessPolicy(bind_host="127.0.0.1", token=None, token_missing=False, allowed_hosts=())
+
+
+def policy(**kw: Any) -> AccessPolicy:
+    base: dict[str, Any] = {
+        "bind_host": "127.0.0.1",
+        "token": None,
+        "token_missing": False,
+        "allowed_hosts": (),
+    }
+    return AccessPolicy(**{**base, **kw})
+
+
+# ---------------------------------------------------------------- the policy as data
+
+
+@pytest.mark.parametrize(
+    ("bind", "allowed", "host", "ok"),
+    [
+        ("127.0.0.1", (), "localhost", True),
+        ("127.0.0.1", (), "127.0.0.1", True),
+        ("127.0.0.1", (), "::1", True),
+        ("127.0.0.1", (), "evil.example", False),
+        ("127.0.0.1", (), "10.1.2.3", False),  # bound to loopback: another address is not us
+        ("0.0.0.0", (), "10.1.2.3", True),  # wildcard bind: an IP literal reaches this server itself
+        ("0.0.0.0", (), "rebind.attacker.example", False),
+        ("0.0.0.0", ("llm.example.com",), "llm.example.com", True),
+        ("0.0.0.0", ("*.example.com",), "a.b.example.com", True),
+        ("0.0.0.0", ("*.example.com",), "example.com.evil.org", False),
+        ("192.168.1.5", (), "192.168.1.5", True),
+        ("192.168.1.5", (), "192.168.1.6", False),
+        ("0.0.0.0", ("*",), "anything.example", True),
+        ("0.0.0.0", (), "", False),
+    ],
+)
+def test_hosts_the_server_answers_to(bind: str, allowed: tuple[str, ...], host: str, ok: bool) -> None:
+    assert policy(bind_host=bind, allowed_hosts=allowed).host_allowed(host) is ok
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("LocalHost:4141", "localhost"), ("[::1]:4141", "::1"), ("example.com.", "example.com"), ("::1", "::1")],
+)
+def test_host_name(header: str, name: str) -> None:
+    assert host_name(header) == name
+
+
+def test_origin_authority() -> None:
+    assert _origin_authority("http://127.0.0.1:4141") == "127.0.0.1:4141"
+    assert _origin_authority("https://llm.example.com:443") == "llm.example.com"
+    assert _origin_authority("null") == "\x00"
+
+
+def test_the_cookie_is_not_the_token() -> None:
+    value = EXPOSED.cookie_value()
+    assert TOKEN not in value and len(value) == 64
+    other = policy(token=b"another-token")
+    assert other.cookie_value() != value
+
+
+def test_relay_and_admin_rules() -> None:
+    assert LOOPBACK.relay_open and not LOOPBACK.admin_required
+    assert not EXPOSED.relay_open and EXPOSED.admin_required
+    on_loop_with_token = policy(token=b"t")
+    assert on_loop_with_token.admin_required and not on_loop_with_token.relay_open
+    assert EXPOSED.is_admin_token(f"Bearer {TOKEN}") and EXPOSED.is_admin_token(TOKEN)
+    assert not EXPOSED.is_admin_token("Bearer sk-other")
+
+
+def test_serve_refuses_to_start_without_a_usable_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="needs an admin token"):
+        check_server_access("0.0.0.0", None)
+    with pytest.raises(ConfigError, match=r"\$LLMB_ADM"):
+        check_server_access("127.0.0.1", "LLMB_ADM")  # named but empty: refused on loopback too
+    monkeypatch.setenv("LLMB_ADM", "x" * 32)
+    check_server_access("0.0.0.0", "LLMB_ADM")
+    check_server_access("127.0.0.1", None)
+
+
+# ---------------------------------------------------------------- the web side, in process
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    cfg = Config()
+    s = Services(cfg, open_ledger(f"sqlite:///{tmp_path / 'l.db'}"), PriceBook.from_config(cfg))
+    yield s
+    s.close()
+
+
+def client_for(services: Services, pol: AccessPolicy, host: str = "127.0.0.1:4141") -> TestClient:
+    services.extras["access"] = pol
+    return TestClient(build_app(services), base_url=f"http://{host}", follow_redirects=False)
+
+
+def assert_api_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["status"] == status and err["code"] == code
+    return dict(err)
+
+
+def test_exposed_server_needs_the_admin_token_everywhere_but_healthz(services: Services) -> None:
+    with client_for(services, EXPOSED) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/api/events")
+        assert_api_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert_api_error(c.get("/api/events", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+        assert_api_error(c.get("/metrics"), 401, "unauthorized")
+        assert_api_error(c.post("/api/agents/x/pause", json={}), 401, "unauthorized")
+        ok = c.get("/api/events", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200 and "events" in ok.json()
+        # the dashboard sends a browser to the login form
+        r = c.get("/")
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"
+
+
+def test_login_form_sets_a_strict_http_only_cookie(services: Services) -> None:
+    with client_for(services, EXPOSED) as c:
+        form = c.get("/login?next=/api/events")
+        assert form.status_code == 200 and 'name="token"' in form.text and "/api/events" in form.text
+        bad = c.post("/login", data={"token": "nope"})
+        assert bad.status_code == 401 and "Wrong token" in bad.text
+        assert COOKIE_NAME not in c.cookies
+        cross = c.post("/login", data={"token": TOKEN}, headers={"Origin": "http://evil.example"})
+        assert_api_error(cross, 403, "cross_site")
+        r = c.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
+        assert r.status_code == 303 and r.headers["location"] == "/"  # never off to another site
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert TOKEN not in cookie
+        assert c.get("/api/events").status_code == 200  # the cookie alone is enough
+        c.cookies.clear()
+        c.cookies.set(COOKIE_NAME, TOKEN)  # the raw token is not a valid cookie
+        assert_api_error(c.get("/api/events"), 401, "unauthorized")
+
+
+def test_a_configured_token_holds_on_loopback_too(services: Services) -> None:
+    with client_for(services, policy(token=TOKEN.encode())) as c:
+        assert_api_error(c.get("/api/costs"), 401, "unauthorized")
+        assert c.get("/api/costs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_a_token_variable_left_empty_fails_closed(services: Services) -> None:
+    with client_for(services, policy(token_missing=True)) as c:
+        err = assert_api_error(c.get("/api/costs"), 503, "unavailable")
+        assert "admin_token_env" in err["message"]
+
+
+def test_state_changes_need_json_and_the_same_origin(services: Services) -> None:
+    with client_for(services, LOOPBACK) as c:
+        # what an HTML form or a no-cors fetch from any web page can send
+        r = c.post("/api/agents/a/pause", content=b'{"reason": "x"}', headers={"Content-Type": "text/plain"})
+        assert "text/plain" in assert_api_error(r, 415, "unsupported_media_type")["message"]
+        r = c.post("/api/agents/a/pause", data={"reason": "x"})
+        assert_api_error(r, 415, "unsupported_media_type")
+        assert_api_error(c.post("/api/agents/a/resume"), 415, "unsupported_media_type")
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:9999"):
+            r = c.post("/api/agents/a/pause", json={}, headers={"Origin": origin})
+            assert_api_error(r, 403, "cross_site")
+        r = c.post("/api/agents/a/pause", json={}, headers={"Sec-Fetch-Site": "cross-site"})
+        assert_api_error(r, 403, "cross_site")
+        assert c.get("/api/budgets").json()["paused_agents"] == []  # nothing got through
+        r = c.post("/api/agents/a/pause", json={}, headers={"Origin": "http://127.0.0.1:4141"})
+        assert r.status_code == 200 and r.json()["paused"] is True
+        r = c.post("/api/agents/a/resume", json={})  # no Origin (curl, scripts): fine
+        assert r.status_code == 200 and r.json()["paused"] is False
+
+
+def test_unknown_hosts_are_refused_before_anything_else(services: Services) -> None:
+    with client_for(services, LOOPBACK, host="rebind.attacker.example:4141") as c:
+        err = assert_api_error(c.get("/api/events"), 421, "misdirected_request")
+        assert "rebind.attacker.example" in err["message"] and "allowed_hosts" in err["message"]
+        assert_api_error(c.post("/api/agents/a/pause", json={}), 421, "misdirected_request")
+        r = c.post("/openai/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": []})
+        assert r.status_code == 421 and r.json()["error"]["code"] == "misdirected_request"  # OpenAI shape
+        r = c.post("/anthropic/v1/messages", json={"model": "m", "messages": [], "max_tokens": 1})
+        assert r.status_code == 421 and r.json()["type"] == "error"  # Anthropic shape
+        assert c.get("/healthz").status_code == 200
+    ok = policy(allowed_hosts=("llm.example.com",))
+    with client_for(services, ok, host="llm.example.com") as c:
+        assert c.get("/api/events").status_code == 200
+
+
+# ---------------------------------------------------------------- the proxy, on a real uvicorn
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+def proxy_config(fake_url: str) -> Config:
+    return Config.model_validate(
+        {
+            "backends": {
+                "openai": {
+                    "kind": "openai",
+                    "base_url": fake_url,
+                    "provider": "openai",
+                    "api_key_env": "LLMB_K",
+                },
+                "anthropic": {
+                    "kind": "anthropic",
+                    "base_url": fake_url,
+                    "provider": "anthropic",
+                    "api_key_env": "LLMB_K",
+                },
+            }
+        }
+    )
+
+
+@pytest.fixture
+def exposed(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningProxy]:
+    monkeypatch.setenv("LLMB_K", "sk-operator")
+    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", extras={"access": EXPOSED}) as p:
+        yield p
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_no_relay_of_the_operators_key_off_loopback(exposed: RunningProxy, fake: FakeUpstream) -> None:
+    before = len(fake.requests)
+    r = httpx.post(f"{exposed.url}/openai/v1/chat/completions", json=CHAT)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert "virtual key" in r.json()["error"]["message"]
+    r = httpx.post(f"{exposed.url}/openai/v1/models")  # unmetered paths too
+    assert r.status_code == 401
+    r = httpx.post(
+        f"{exposed.url}/anthropic/v1/messages",
+        json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": TOKEN},
+    )
+    assert r.status_code == 401 and r.json()["type"] == "error"  # Anthropic's shape
+    # the admin token is never forwarded as a provider key
+    r = httpx.post(
+        f"{exposed.url}/openai/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert r.status_code == 401 and "admin token" in r.json()["error"]["message"]
+    assert len(fake.requests) == before
+    # a caller's own provider key goes through unchanged (it pays with its own key)
+    r = httpx.post(
+        f"{exposed.url}/openai/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer sk-mine"}
+    )
+    assert r.status_code == 200
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-mine"
+
+
+def test_metered_calls_need_a_json_body(fake: FakeUpstream, tmp_path: Path) -> None:
+    import json
+
+    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", extras={"access": LOOPBACK}) as p:
+        before = len(fake.requests)
+        body = json.dumps(CHAT).encode()
+        for ctype in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            None,
+        ):
+            headers = {"Content-Type": ctype} if ctype else {}
+            r = httpx.post(f"{p.url}/openai/v1/chat/completions", content=body, headers=headers)
+            assert r.status_code == 415, ctype
+            assert r.json()["error"]["code"] == "unsupported_media_type"
+        r = httpx.post(
+            f"{p.url}/anthropic/v1/messages",
+            content=b'{"model": "m", "max_tokens": 1, "messages": []}',
+            headers={"Content-Type": "text/plain"},
+        )
+        assert r.status_code == 415 and r.json()["type"] == "error"
+        assert len(fake.requests) == before
+        # on plain loopback a key-less SDK call still gets the backend's key, as before
+        sdk = openai.OpenAI(base_url=f"{p.url}/openai/v1", api_key="sk-client", max_retries=0)
+        with sdk:
+            assert sdk.chat.completions.create(**CHAT).choices  # type: ignore[call-overload]
+        r = httpx.post(f"{p.url}/openai/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200

@@ -94,6 +94,10 @@ class ServerConfig(_Model):
     max_body_mb: float = Field(default=32.0, gt=0)
     #: extra Host names the server answers to (`llm.example.com`, `*.example.com`; `*` turns the check off)
     allowed_hosts: list[str] = Field(default_factory=list)
+    #: reports (`/api/costs`, `/api/events`, `/api/sessions`) running at once, in threads beside the proxy
+    report_concurrency: int = Field(default=2, ge=1, le=64)
+    #: how long a report waits for a turn before it is answered 503 with Retry-After
+    report_wait_s: float = Field(default=10.0, ge=0)
 
 
 class DashboardConfig(_Model):

@@ -729,14 +729,16 @@ class SQLLedger(Ledger):
             k in ROLLUP_FIELDS and v is not None for k, v in filters.items()
         )
         with self._read() as db:
-            if since is None or until is None:
-                lo, hi = db.execute(
-                    "SELECT (SELECT MIN(ts_us) FROM events), (SELECT MAX(ts_us) FROM events)"
-                )[0]
-                if lo is None:
-                    return []
-            start = to_us(since) if since is not None else int(lo) // US_PER_HOUR * US_PER_HOUR
-            end = to_us(until) if until is not None else (int(hi) // US_PER_HOUR + 1) * US_PER_HOUR
+            # The range is cut to the hours that hold events (two index look-ups): a report from
+            # 0001-01-03 would otherwise plan, and query, hundreds of thousands of empty days.
+            lo, hi = db.execute("SELECT (SELECT MIN(ts_us) FROM events), (SELECT MAX(ts_us) FROM events)")[0]
+            if lo is None:
+                return []
+            first, last = int(lo) // US_PER_HOUR * US_PER_HOUR, (int(hi) // US_PER_HOUR + 1) * US_PER_HOUR
+            start = max(to_us(since), first) if since is not None else first
+            end = min(to_us(until), last) if until is not None else last
+            if end <= start:
+                return []
             p = plan(start, end, unit, tz, use_rollups=use_rollups)
             totals: dict[tuple[int, Any], list[int]] = {}
             self._costs_rollup(db, p, "rollup_hourly", "hour", p.hours, dim, filters, totals, p.piece_of_hour)

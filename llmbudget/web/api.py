@@ -24,7 +24,6 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -34,6 +33,7 @@ from ..errors import ValidationError
 from ..services import Services
 from .errors import install_error_handlers
 from .params import query_params
+from .reportpool import report_pool
 
 __all__ = ["MAX_LIMIT", "api_routes", "extension_modules", "install_error_handlers"]
 
@@ -70,12 +70,13 @@ def _filters(params: dict[str, str]) -> dict[str, str]:
 def _report_routes(services: Services) -> list[BaseRoute]:
     zone = services.config.zone()
     ledger = services.ledger
+    run_report = report_pool(services).run  # a few at a time, off the proxy's event loop
 
     async def costs(request: Request) -> JSONResponse:
         p = query_params(request, _RANGE | _FILTERS | {"by", "limit"})
         limit = _optional_limit(p)
         filters = _filters(p)
-        data = await run_in_threadpool(
+        data = await run_report(
             reports.costs_report,
             ledger,
             zone=zone,
@@ -94,7 +95,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         p = query_params(request, _RANGE | _FILTERS | {"limit"})
         limit = _limit(p, reports.DEFAULT_EVENTS_LIMIT)
         filters = _filters(p)
-        data = await run_in_threadpool(
+        data = await run_report(
             reports.events_report,
             ledger,
             zone=zone,
@@ -110,7 +111,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
     async def sessions(request: Request) -> JSONResponse:
         p = query_params(request, frozenset({"since", "limit"}))
         limit = _limit(p, reports.DEFAULT_SESSIONS_LIMIT)
-        data = await run_in_threadpool(
+        data = await run_report(
             reports.sessions_report,
             ledger,
             zone=zone,

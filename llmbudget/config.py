@@ -157,6 +157,21 @@ class Config(_Model):
     #: where the file was read from (None: defaults)
     source_path: str | None = Field(default=None, exclude=True)
 
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage_url(cls, v: Any) -> Any:
+        # `storage: sqlite:///path` or `storage: postgresql://...` is short for `storage: {url: ...}`
+        if isinstance(v, str):
+            return {"url": v}
+        if v is None:  # `storage:` with nothing under it: the defaults
+            return {}
+        if not isinstance(v, dict | StorageConfig):
+            raise ValueError(
+                "must be a database URL (storage: sqlite:///path or postgresql://...) or a mapping such as "
+                "storage: {url: ...}"
+            )
+        return v
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str | None) -> str | None:
@@ -368,4 +383,5 @@ def resolve_db_url(cli_db: str | None, cfg: Config) -> str:
 
 def mask_url(url: str) -> str:
     """A database URL with its password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    # the user may be empty (`redis://:secret@host`)
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

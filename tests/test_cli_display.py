@@ -154,25 +154,33 @@ def test_alerts_csv(budget_cfg: tuple[str, str], capsys: pytest.CaptureFixture[s
     assert set(rows[0]) >= {"timestamp", "kind", "message", "limit_usd"}
     code, out, _ = run(capsys, "alerts", "--config", cfg, "--db", db)
     assert "agent_paused" in out
+    code, out, _ = run(capsys, "agents", "list", "--csv", "--config", cfg, "--db", db)
+    assert code == 0
+    assert [(r["agent"], r["reason"], r["by"]) for r in _csv(out)] == [("bot", "'+loop", "cli")]
+
+
+#: commands that do something and report on what they did, not tabular reports
+ACTION_WORDS = {
+    "create",
+    "revoke",
+    "pause",
+    "resume",
+    "migrate",
+    "check",
+    "show",
+    "import",
+    "reprice",
+    "serve",
+}
 
 
 def test_every_report_with_json_has_csv() -> None:
-    """A tabular report offers both; the only --json-only commands are the ones that print no table."""
+    """A tabular report offers both; only actions (`keys create`, `db migrate`, ...) have --json alone."""
     from test_cli_errors import LEAVES, _params
 
-    not_tables = {
-        ("config", "check"),
-        ("config", "show"),
-        ("db", "migrate"),
-        ("import",),
-        ("reprice",),
-        ("agents", "pause"),
-        ("agents", "resume"),
-        ("agents", "list"),
-    }
     missing = []
     for path in LEAVES:
         opts = {o for p in _params(path) for o in getattr(p, "opts", [])}
-        if "--json" in opts and "--csv" not in opts and path[:2] not in not_tables and path not in not_tables:
+        if "--json" in opts and "--csv" not in opts and path[-1] not in ACTION_WORDS:
             missing.append(" ".join(path))
     assert not missing, f"--json without --csv: {missing}"

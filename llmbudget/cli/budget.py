@@ -297,13 +297,20 @@ def agents_resume(
 
 @agents_app.command("list")
 def agents_list(
-    config: common.ConfigOpt = None, db: common.DbOpt = None, json_: common.JsonOpt = False
+    config: common.ConfigOpt = None,
+    db: common.DbOpt = None,
+    json_: common.JsonOpt = False,
+    csv_: common.CsvOpt = False,
 ) -> None:
     """Paused agents."""
+    common.one_format(json_, csv_)
     with _enforcer(config, db) as (_, _ledger, enf):
         paused = sorted(enf.paused().values(), key=lambda p: p.get("agent", ""))
     if json_:
         common.print_json({"paused_agents": paused})
+        return
+    if csv_:
+        common.print_csv(paused, ("agent", "paused_at", "reason", "budget", "by"))
         return
     if not paused:
         common.console.print("No agent is paused.")

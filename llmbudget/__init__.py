@@ -17,6 +17,7 @@ _EXPORTS = {
     "Meter": ("llmbudget.meter", "Meter"),
     "wrap": ("llmbudget.capture.wrap", "wrap"),
     "BudgetExceeded": ("llmbudget.errors", "BudgetExceeded"),
+    "BudgetUnavailable": ("llmbudget.errors", "BudgetUnavailable"),
     "LLMBudgetError": ("llmbudget.errors", "LLMBudgetError"),
 }
 
@@ -29,11 +30,12 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
     "Meter",
     "wrap",
     "BudgetExceeded",
+    "BudgetUnavailable",
     "LLMBudgetError",
 ]
 
 if TYPE_CHECKING:
-    from .errors import BudgetExceeded, LLMBudgetError
+    from .errors import BudgetExceeded, BudgetUnavailable, LLMBudgetError
     from .events import UsageEvent
     from .store import Ledger
 

@@ -60,6 +60,12 @@ class DatabaseMissing(DatabaseUnreachable):
     code = "database_missing"
 
 
+class BudgetUnavailable(StorageError):
+    """Budget counters cannot be read or seeded: enforcement fails closed (`budgets.on_error: open` lets calls through)."""
+
+    code = "budget_unavailable"
+
+
 class NotFound(LLMBudgetError):
     """A named thing does not exist."""
 

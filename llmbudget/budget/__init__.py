@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .enforcer import BudgetEnforcer, BudgetGate
 
-__all__ = ["build_enforcer", "gate_from_config", "install"]
+__all__ = ["build_enforcer", "gate_from_config", "install", "reconcile_after_write"]
 
 
 def build_enforcer(
@@ -60,15 +60,19 @@ def build_enforcer(
         input_factor=b.input_token_factor,
         notifier=notifier,
         state=state,
+        on_error=b.on_error,
         **kw,
     )
 
 
-def install(services: Any) -> BudgetGate | None:
-    """Attach the budget gate to `services.extras["gate"]` (the enforcer to `["budget"]`) when budgets exist.
+def install(services: Any) -> BudgetGate:
+    """Attach the budget gate to `services.extras["gate"]` (the enforcer to `["budget"]`).
 
-    Also starts the utilization watcher (committed budgets, quota readings) and registers the
-    Anthropic -> OpenAI translator for cross-protocol fallback.
+    The gate is installed whether or not budgets exist: a paused agent is refused either way (with
+    no budgets the gate only reads the pause list, cached for a second). With budgets it also
+    reconciles the counters with the ledger every `budgets.reconcile_interval_s`. Starts the
+    utilization watcher (committed budgets, quota readings) and registers the Anthropic -> OpenAI
+    translator for cross-protocol fallback.
     """
     from ..config import resolve_db_url
     from .config import AlertsConfig
@@ -79,8 +83,6 @@ def install(services: Any) -> BudgetGate | None:
     has_budgets = cfg.budgets is not None and cfg.budgets.has_budgets()
     alerts = cfg.alerts or AlertsConfig()
     watch = alerts.utilization.enabled and (bool(cfg.providers) or has_budgets)
-    if not has_budgets and not watch:
-        return None
     if "budget" not in services.extras:
         db_url = getattr(services.ledger, "url", None) or resolve_db_url(None, cfg)
         enforcer = build_enforcer(cfg, db_url, state=services.ledger, prices=services.prices)
@@ -90,9 +92,11 @@ def install(services: Any) -> BudgetGate | None:
                 enforcer, services.ledger, alerts.utilization
             ).start()
         if has_budgets:
-            services.extras["gate"] = BudgetGate(enforcer)
             _install_translators(services)
-    gate: BudgetGate | None = services.extras.get("gate")
+            enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
+    if "gate" not in services.extras:
+        services.extras["gate"] = BudgetGate(services.extras["budget"])
+    gate: BudgetGate = services.extras["gate"]
     return gate
 
 
@@ -104,14 +108,39 @@ def _install_translators(services: Any) -> None:
     services.extras.setdefault("translators", {})[("anthropic", "openai")] = anthropic_to_openai_translator
 
 
-def gate_from_config(config_path: str | None = None, db_url: str | None = None) -> BudgetGate | None:
-    """A gate for `llmbudget.wrap(client, gate=...)` from the configured file (None without budgets)."""
+def gate_from_config(config_path: str | None = None, db_url: str | None = None) -> BudgetGate:
+    """A gate for `llmbudget.wrap(client, gate=...)` from the configured file.
+
+    Without budgets the gate still refuses paused agents. With budgets it reconciles the counters
+    with the ledger in a background thread, as `llmbudget serve` does.
+    """
     from ..config import load_config, resolve_db_url
     from ..store import open_ledger
     from .enforcer import BudgetGate
 
     cfg = load_config(config_path)
+    url = resolve_db_url(db_url, cfg)
+    enforcer = build_enforcer(cfg, url, state=open_ledger(url))
+    if cfg.budgets is not None:
+        enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
+    return BudgetGate(enforcer)
+
+
+def reconcile_after_write(cfg: Any, ledger: Any) -> str | None:
+    """Reconcile the budget counters after a write from outside the gate (import, reprice).
+
+    Returns a warning to print when the counters could not be reached (the write itself stands;
+    `llmbudget serve` reconciles again within `budgets.reconcile_interval_s`).
+    """
     if cfg.budgets is None or not cfg.budgets.has_budgets():
         return None
-    url = resolve_db_url(db_url, cfg)
-    return BudgetGate(build_enforcer(cfg, url, state=open_ledger(url)))
+    try:
+        ledger.flush()
+        enforcer = build_enforcer(cfg, ledger.url, state=ledger, price_fn=lambda *a: None)
+        try:
+            enforcer.reconcile()
+        finally:
+            enforcer.close()
+    except Exception as e:
+        return f"budget counters not reconciled ({type(e).__name__}: {e}); `llmbudget budget` will"
+    return None

@@ -171,6 +171,10 @@ class BudgetsConfig(BaseModel):
     #: the proxy estimates input as characters/4; x4 bounds text input by its character count (a token
     #: is at least one character), so the reservation is a true worst case. 1.0 trusts the estimate.
     input_token_factor: float = Field(default=4.0, ge=1.0, le=16.0)
+    #: counters that cannot be read or seeded: `closed` refuses budgeted calls with a 503, `open` lets them through
+    on_error: Literal["closed", "open"] = "closed"
+    #: seconds between reconciliations of the counters with the ledger in `llmbudget serve` (0: never)
+    reconcile_interval_s: float = Field(default=5.0, ge=0, le=3600)
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from ..money import format_usd, from_nano, to_nano
 from .estimate import PriceFn, max_output_tokens
 from .rules import Budget
 from .seed import SeedSpec, spec_for
-from .store import Charge, CounterStore, Refusal
+from .store import Charge, CounterStore, Reconciled, Refusal
 from .windows import Window, format_reset
 
 log = logging.getLogger("llmbudget.budget")
@@ -70,6 +70,7 @@ class BudgetEnforcer:
         notifier: Notifier | None = None,
         state: Any | None = None,
         clock: Callable[[], datetime] = utcnow,
+        on_error: str = "closed",
     ) -> None:
         self.budgets = list(budgets)
         self.by_name = {b.name: b for b in self.budgets}
@@ -91,6 +92,14 @@ class BudgetEnforcer:
         self._unpriced_logged: set[str] = set()
         #: counters known to exist (created, seeded from the ledger) in the store
         self._seeded: set[str] = set()
+        #: closed: a budget that cannot be checked refuses the call (503); open: lets it through
+        self.on_error = on_error
+        #: sessions this process booked recently (their session-period counters are reconciled)
+        self._sessions: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._reconciler: threading.Thread | None = None
+        #: the last periodic reconciliation: {counter: Reconciled}
+        self.last_reconcile: dict[str, Reconciled] = {}
 
     # ------------------------------------------------------------------ admission
     def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
@@ -142,20 +151,43 @@ class BudgetEnforcer:
                     self._seeded.clear()
                 self._seeded.update(seeds)
 
+    def pause_refusal(
+        self, call: CallInfo, pauses: dict[str, dict[str, Any]] | None = None
+    ) -> Admission | None:
+        """The refusal of a call from a paused agent, None when its agent is not paused."""
+        if not call.agent:
+            return None
+        paused = (self.paused() if pauses is None else pauses).get(call.agent)
+        if paused is None:
+            return None
+        return Admission(
+            allowed=False,
+            status=429,
+            message=self._pause_message(call.agent, paused),
+            notice=f"Agent {call.agent!r} is paused",
+            budgets=tuple([paused["budget"]] if paused.get("budget") else []),
+        )
+
     def admit(self, call: CallInfo) -> Admission:
-        """Reserve the call's worst case against every applicable budget, atomically; or refuse / divert."""
-        if call.agent:
-            paused = self.paused().get(call.agent)
-            if paused is not None:
-                return Admission(
-                    allowed=False,
-                    status=429,
-                    message=self._pause_message(call.agent, paused),
-                    notice=f"Agent {call.agent!r} is paused",
-                    budgets=tuple([paused["budget"]] if paused.get("budget") else []),
-                )
+        """Reserve the call's worst case against every applicable budget, atomically; or refuse / divert.
+
+        When the counters cannot be read the call is refused with `BudgetUnavailable` (a 503 at the
+        proxy), or let through unchecked with `budgets.on_error: open`.
+        """
+        refused = self.pause_refusal(call)
+        if refused is not None:
+            return refused
         if call.local or call.backend == self.fallback or not self.budgets:
             return Admission(allowed=True)
+        try:
+            return self._admit(call)
+        except Exception as e:
+            if self.on_error == "open":
+                log.error("budget check_failed on_error=open error=%s: %s", type(e).__name__, e)
+                return Admission(allowed=True)
+            raise _unavailable(e) from e
+
+    def _admit(self, call: CallInfo) -> Admission:
         now = self.clock()
         tin, tout, cost = self.worst_case(call)
         if cost is None and call.model not in self._unpriced_logged:
@@ -175,6 +207,8 @@ class BudgetEnforcer:
         if refusal is None:
             with self._lock:
                 self._pending[rid] = _Pending(booked, call)
+                if call.session:
+                    self._sessions[call.session] = time.monotonic()
             return Admission(allowed=True, reservation_id=rid, budgets=tuple(x.budget.name for x in booked))
         return self._refuse(call, booked, refusal, now)
 
@@ -232,15 +266,63 @@ class BudgetEnforcer:
         if pending is None:
             return
         actual: list[tuple[str, int]] = []
+        shown: list[tuple[str, int]] = []
+        local = event.price_status == "local"  # the ledger never counts local calls against budgets
         for x in pending.booked:
             if x.budget.unit == "usd":
                 # an answer we cannot price keeps its reserved worst case: never under-count
                 amount = event.cost_nano if event.cost_nano is not None else x.charge.amount
+                ledger = 0 if local or event.cost_nano is None else event.cost_nano
             else:
                 amount = event.input_tokens + event.output_tokens
+                ledger = 0 if local else amount
             actual.append((x.charge.key, amount))
-        self.store.settle(admission.reservation_id, actual)
+            shown.append((x.charge.key, ledger))
+        if self.store.settle(admission.reservation_id, actual, event.id, shown):
+            # the ledger already had the event (its writer was faster): count it once, from the ledger
+            self.store.reconcile(self._specs(pending.booked, pending.call.session))
         self._check_warnings(pending.booked)
+
+    @staticmethod
+    def _specs(booked: list[_Booked], session: str | None) -> dict[str, SeedSpec]:
+        return {
+            key: spec_for(x.budget, x.value, x.window, wkey, session)
+            for x in booked
+            for wkey, key in zip(x.window.read_keys, x.charge.read_keys, strict=True)
+        }
+
+    # ------------------------------------------------------------------ reconciliation
+    def reconcile(self) -> dict[str, Reconciled]:
+        """Reconcile every counter of the current windows with the ledger (imports, reprices, other writers)."""
+        from .status import live_specs
+
+        cutoff = time.monotonic() - 24 * 3600
+        with self._lock:
+            for s in [s for s, t in self._sessions.items() if t < cutoff]:
+                del self._sessions[s]
+            sessions = set(self._sessions)
+        specs = live_specs(self.budgets, self.store, self.tz, self.clock(), sessions=sessions)
+        result = self.store.reconcile(specs)
+        drifted = {k: r.drift for k, r in result.items() if r.drift}
+        if drifted:
+            log.info("budget reconciled counters=%d drifted=%s", len(result), drifted)
+        self.last_reconcile = result
+        return result
+
+    def start_reconciler(self, interval_s: float) -> None:
+        """Reconcile every `interval_s` seconds in a daemon thread (serve; wrap() with a gate)."""
+        if self._reconciler is not None or not self.budgets or interval_s <= 0:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.reconcile()
+                except Exception as e:  # the next round tries again; enforcement fails closed meanwhile
+                    log.error("budget reconcile_failed error=%s: %s", type(e).__name__, e)
+
+        self._reconciler = threading.Thread(target=loop, daemon=True, name="llmbudget-reconcile")
+        self._reconciler.start()
 
     def release(self, admission: Admission) -> None:
         """Drop the reservation of a call that spent nothing."""
@@ -334,6 +416,13 @@ class BudgetEnforcer:
         return None if x.budget.scope == "global" else f"{x.budget.scope} {value}"
 
     # ------------------------------------------------------------------ pauses
+    def cached_pauses(self) -> dict[str, dict[str, Any]] | None:
+        """The paused agents if read within the last second (no I/O), else None."""
+        if self.state is None:
+            return dict(self._memory_pauses)
+        expires, cached = self._pauses
+        return cached if time.monotonic() < expires else None
+
     def paused(self) -> dict[str, dict[str, Any]]:
         """Paused agents (cached for one second: a pause from another process shows within a second)."""
         if self.state is None:
@@ -398,9 +487,22 @@ class BudgetEnforcer:
         )
 
     def close(self) -> None:
+        self._stop.set()
+        if self._reconciler is not None:
+            self._reconciler.join(timeout=10)
         self.store.close()
         if self.notifier is not None:
             self.notifier.close()
+
+
+def _unavailable(e: Exception) -> Exception:
+    from ..errors import BudgetUnavailable, LLMBudgetError
+
+    cause = str(e) if isinstance(e, LLMBudgetError) else f"{type(e).__name__}: {e}"
+    return BudgetUnavailable(
+        f"llmbudget cannot check the budget, so the call is refused: {cause}. "
+        "Set budgets.on_error: open to let calls through unchecked while the counters are unavailable."
+    )
 
 
 def set_pause(
@@ -424,6 +526,9 @@ def set_pause(
     return was
 
 
+_ALLOWED = Admission(allowed=True)
+
+
 class BudgetGate:
     """The proxy's `Gate`: the enforcer's blocking store calls run in a worker thread."""
 
@@ -431,7 +536,15 @@ class BudgetGate:
         self.enforcer = enforcer
 
     async def admit(self, call: CallInfo) -> Admission:
-        return await asyncio.to_thread(self.enforcer.admit, call)
+        enf = self.enforcer
+        if not enf.budgets:  # pauses only: no thread hop while the pause list is fresh
+            if not call.agent:
+                return _ALLOWED
+            pauses = enf.cached_pauses()
+            if pauses is None:
+                pauses = await asyncio.to_thread(enf.paused)
+            return enf.pause_refusal(call, pauses) or _ALLOWED
+        return await asyncio.to_thread(enf.admit, call)
 
     async def settle(self, admission: Admission, event: UsageEvent) -> None:
         if admission.reservation_id:

@@ -23,6 +23,7 @@ as `llmbudget costs` (raw events for partial hours); session-scoped counters fro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -142,14 +143,38 @@ def values_sql(column: str, start_us: int, end_us: int) -> tuple[str, list[Any]]
     return " UNION ".join(parts) or f"SELECT {column} FROM events WHERE 1 = 0", params
 
 
-def has_ledger_tables(execute: Any) -> bool:
-    """True when the database holds the ledger's tables (a counters-only file seeds nothing)."""
-    try:
-        execute("SELECT 1 FROM rollup_hourly WHERE 1 = 0", [])
-        execute("SELECT 1 FROM events WHERE 1 = 0", [])
-    except Exception:
-        return False
-    return True
+def has_ledger_tables(execute: Any, *, postgres: bool = False) -> bool:
+    """True when the database holds the ledger's tables (a counters-only file seeds nothing).
+
+    Asked of the catalog, so a database that cannot be read (locked, connection lost) raises
+    instead of passing for an empty ledger: enforcement must never run silently at zero.
+    """
+    if postgres:
+        rows = execute(
+            "SELECT to_regclass('rollup_hourly') IS NOT NULL AND to_regclass('events') IS NOT NULL", []
+        )
+        return bool(rows[0][0])
+    rows = execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('rollup_hourly', 'events')", []
+    )
+    return int(rows[0][0]) == 2
+
+
+#: pending settlements of one counter, split by what the ledger already holds (see `budget.store`)
+PENDING_SUMS_SQL = (
+    "SELECT COALESCE(SUM(CASE WHEN e.id IS NULL THEN p.amount ELSE 0 END), 0) AS un, "
+    "COALESCE(SUM(CASE WHEN e.id IS NULL OR e.cost_nano IS NULL THEN p.kept ELSE 0 END), 0) AS kept "
+    "FROM budget_pending p LEFT JOIN events e ON e.id = p.event_id WHERE p.counter = ?"
+)
+#: without a ledger in the same database every pending settlement counts
+PENDING_SUMS_NO_LEDGER_SQL = "SELECT COALESCE(SUM(amount), 0) AS un, COALESCE(SUM(kept), 0) AS kept FROM budget_pending WHERE counter = ?"
+
+
+def counter_sums_sql(spec: SeedSpec | None, key: str, ledger: bool) -> tuple[str, list[Any]]:
+    """One statement (one snapshot) giving (ledger spend, pending not in the ledger, kept) of a counter."""
+    expr, params = seed_sql(spec) if ledger and spec is not None else ("0", [])
+    sums = PENDING_SUMS_SQL if ledger else PENDING_SUMS_NO_LEDGER_SQL
+    return f"SELECT {expr}, s.un, s.kept FROM ({sums}) AS s", [*params, key]
 
 
 class LedgerSeeder:
@@ -159,12 +184,22 @@ class LedgerSeeder:
         self.db_url = db_url
         self._conn: Any = None
         self._pg = db_url.startswith(("postgresql://", "postgres://"))
-        self._ok: bool | None = None
+        self._ok = False
         self._lock = threading.Lock()
 
     def _execute(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with self._lock:  # one connection shared by the gate's worker threads
-            return self._execute_locked(sql, params)
+            try:
+                return self._execute_locked(sql, params)
+            except Exception:
+                self._drop()  # a broken connection is opened again next time
+                raise
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # already broken
+                self._conn.close()
+            self._conn = None
 
     def _execute_locked(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         if self._conn is None:
@@ -183,13 +218,18 @@ class LedgerSeeder:
             return list(self._conn.execute(sql.replace("?", "%s"), params).fetchall())
         return list(self._conn.execute(sql, params).fetchall())
 
+    def _ledger(self) -> bool:
+        # asked until the ledger exists (a serve started before `db migrate` finds it later);
+        # any error reading the catalog propagates: the caller fails closed
+        if not self._ok:
+            self._ok = has_ledger_tables(self._execute, postgres=self._pg)
+        return self._ok
+
     def amounts(self, specs: dict[str, SeedSpec]) -> dict[str, int]:
-        """The seed of each counter key (0 when the database holds no ledger)."""
+        """The seed of each counter key (0 when the database holds no ledger yet)."""
         if not specs:
             return {}
-        if self._ok is None:
-            self._ok = has_ledger_tables(self._execute)
-        if not self._ok:
+        if not self._ledger():
             return dict.fromkeys(specs, 0)
         out: dict[str, int] = {}
         for key, spec in specs.items():
@@ -197,15 +237,24 @@ class LedgerSeeder:
             out[key] = int(self._execute(f"SELECT {expr}", params)[0][0])
         return out
 
+    def ledgered(self, ids: list[str]) -> dict[str, bool]:
+        """Which event ids the ledger holds, each mapped to whether it is priced (cost known)."""
+        if not ids or not self._ledger():
+            return {}
+        out: dict[str, bool] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for eid, cost in self._execute(f"SELECT id, cost_nano FROM events WHERE id IN ({marks})", part):
+                out[str(eid)] = cost is not None
+        return out
+
     def values(self, column: str, start_us: int, end_us: int) -> list[str]:
-        if self._ok is None:
-            self._ok = has_ledger_tables(self._execute)
-        if not self._ok:
+        if not self._ledger():
             return []
         sql, params = values_sql(column, start_us, end_us)
         return [str(r[0]) for r in self._execute(sql, params)]
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            self._drop()

@@ -11,8 +11,8 @@ from ..events import utcnow
 from ..money import from_nano
 from ..store.buckets import to_us
 from .rules import Budget
-from .seed import SCOPE_COLUMN, spec_for
-from .store import CounterStore
+from .seed import SCOPE_COLUMN, SeedSpec, spec_for
+from .store import CounterStore, Reconciled
 from .windows import Window, format_reset, window_for
 
 
@@ -26,6 +26,12 @@ class BudgetStatus:
     spent: int
     reserved: int
     tz: ZoneInfo
+    #: the ledger's spend for the window (what `llmbudget costs` says)
+    ledger: int = 0
+    #: settled by the gate, not in the ledger yet (plus unpriced calls' kept worst case)
+    unledgered: int = 0
+    #: how far the counters were from the ledger before this report reconciled them
+    drift: int = 0
 
     @property
     def remaining(self) -> int:
@@ -72,8 +78,17 @@ class BudgetStatus:
             "reset": w.reset.isoformat() if w and w.reset else None,
             "reset_local": format_reset(w.reset if w else None, self.tz),
             "status": self.state,
+            "ledger_spent": amount(self.ledger),
+            "unledgered": amount(self.unledgered),
+            "drift": amount(self.drift) if not money else format(from_nano(self.drift).normalize(), "f"),
             **(
-                {"limit_nano": b.limit, "spent_nano": self.spent, "reserved_nano": self.reserved}
+                {
+                    "limit_nano": b.limit,
+                    "spent_nano": self.spent,
+                    "reserved_nano": self.reserved,
+                    "ledger_spent_nano": self.ledger,
+                    "drift_nano": self.drift,
+                }
                 if money
                 else {}
             ),
@@ -93,11 +108,80 @@ def _literal(match: str | None) -> bool:
     return bool(match) and match != "*" and not any(ch in str(match) for ch in "*?[")
 
 
-def _ensure(store: CounterStore, b: Budget, value: str, w: Window) -> list[str]:
-    """The counters of one budget value in window `w`, created seeded from the ledger when missing."""
-    prefix = b.counter_prefix(value)
-    store.ensure({prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys})
-    return [prefix + k for k in w.read_keys]
+def _spec_of(b: Budget, key: str, now: datetime, tz: ZoneInfo) -> tuple[str, Window, SeedSpec] | None:
+    """(scope value, window, seed) of an existing counter key in its budget's current window; None when past."""
+    _, raw_value, wkey = key.split("|", 2)
+    value = raw_value.replace("%7C", "|")
+    if b.period == "session":
+        session = wkey.split(":", 1)[1]
+        w = window_for("session", now, tz, session=session)
+    else:
+        session = None
+        w = window_for(b.period, now, tz)
+        if w is None or wkey not in w.read_keys:
+            return None
+    assert w is not None
+    return value, w, spec_for(b, value, w, wkey, session)
+
+
+def live_specs(
+    budgets: list[Budget],
+    store: CounterStore,
+    tz: ZoneInfo,
+    now: datetime,
+    *,
+    sessions: set[str] | None = None,
+) -> dict[str, SeedSpec]:
+    """Every existing counter of the current windows with the seed that says what the ledger holds for it.
+
+    Session-period counters never expire; with `sessions` only those sessions are included.
+    """
+    out: dict[str, SeedSpec] = {}
+    for b in budgets:
+        if b.period != "session" and (b.scope == "global" or _literal(b.match)):
+            value = "*" if b.scope == "global" else str(b.match)
+            w = window_for(b.period, now, tz)
+            assert w is not None
+            prefix = b.counter_prefix(value)
+            out.update({prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys})
+            continue
+        if b.period == "session" and sessions is not None and not sessions:
+            continue
+        for key in store.scan(f"{b.name.replace('|', '%7C')}|"):
+            if (
+                sessions is not None
+                and b.period == "session"
+                and key.rsplit("session:", 1)[-1] not in sessions
+            ):
+                continue
+            got = _spec_of(b, key, now, tz)
+            if got is not None:
+                out[key] = got[2]
+    return out
+
+
+def _status(
+    b: Budget,
+    value: str,
+    w: Window | None,
+    keys: list[str],
+    rec: dict[str, Reconciled],
+    store: CounterStore,
+    tz: ZoneInfo,
+) -> BudgetStatus:
+    t = store.totals(keys)
+    parts = [rec[k] for k in keys if k in rec]
+    return BudgetStatus(
+        b,
+        value,
+        w,
+        sum(r.after for r in parts),
+        sum(v[1] for v in t.values()),
+        tz,
+        ledger=sum(r.ledger for r in parts),
+        unledgered=sum(r.unledgered + r.kept for r in parts),
+        drift=sum(r.drift for r in parts),
+    )
 
 
 def budget_status(
@@ -110,8 +194,9 @@ def budget_status(
 ) -> list[BudgetStatus]:
     """Every budget in its current window; per-value budgets list each value seen (most spent first).
 
-    Spend is what the counters hold; a counter not created yet is created now, seeded from the
-    ledger, so the figures agree with `llmbudget costs` over the same window (DESIGN.md section 5).
+    Every counter shown is reconciled with the ledger first (created when missing), so the figures
+    agree with `llmbudget costs` over the same window (DESIGN.md section 5); `drift` says by how
+    much a counter was off before.
     """
     now = now or utcnow()
     out: list[BudgetStatus] = []
@@ -120,11 +205,9 @@ def budget_status(
             value = "*" if b.scope == "global" else str(b.match)
             w = window_for(b.period, now, tz)
             assert w is not None
-            keys = _ensure(store, b, value, w)
-            t = store.totals(keys)
-            out.append(
-                BudgetStatus(b, value, w, sum(v[0] for v in t.values()), sum(v[1] for v in t.values()), tz)
-            )
+            prefix = b.counter_prefix(value)
+            specs = {prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys}
+            out.append(_status(b, value, w, list(specs), store.reconcile(specs), store, tz))
             continue
         if b.period != "session" and b.scope not in ("session", "key"):  # not rollup dimensions
             # values with ledger spend in this window but no counter yet (usage that never met the gate)
@@ -132,24 +215,22 @@ def budget_status(
             assert w is not None and w.start is not None
             for value in store.ledger_values(SCOPE_COLUMN[b.scope], to_us(w.start), to_us(now) + 1):
                 if b.scope_value(_Attr(b.scope, value)) is not None:
-                    _ensure(store, b, value, w)
-        rows = store.scan(f"{b.name}|")
-        grouped: dict[str, list[int]] = {}
+                    prefix = b.counter_prefix(value)
+                    store.ensure({prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys})
+        grouped: dict[str, list[str]] = {}
         windows: dict[str, Window | None] = {}
-        for key, (spent, reserved) in rows.items():
-            _, value, wkey = key.split("|", 2)
-            if b.period == "session":
-                w = window_for("session", now, tz, session=wkey.split(":", 1)[1])
-                value = f"{value} / {wkey.split(':', 1)[1]}" if b.scope != "session" else value
-            else:
-                w = window_for(b.period, now, tz)
-                if w is None or wkey not in w.read_keys:
-                    continue
-            acc = grouped.setdefault(value, [0, 0])
-            acc[0] += spent
-            acc[1] += reserved
+        specs = {}
+        for key in store.scan(f"{b.name.replace('|', '%7C')}|"):
+            got = _spec_of(b, key, now, tz)
+            if got is None:
+                continue
+            value, w, spec = got
+            if b.period == "session" and b.scope != "session":
+                value = f"{value} / {key.rsplit('session:', 1)[-1]}"
+            grouped.setdefault(value, []).append(key)
             windows[value] = w
-        ranked = sorted(grouped.items(), key=lambda kv: -kv[1][0])[:max_values]
-        for value, (spent, reserved) in ranked:
-            out.append(BudgetStatus(b, value, windows[value], spent, reserved, tz))
+            specs[key] = spec
+        rec = store.reconcile(specs)
+        rows = [_status(b, value, windows[value], keys, rec, store, tz) for value, keys in grouped.items()]
+        out.extend(sorted(rows, key=lambda r: -r.spent)[:max_values])
     return out

@@ -8,6 +8,13 @@ tokens). `reserve` checks and books every charge of a call in ONE atomic step, a
 - Redis: one Lua script (several machines; a single Redis, not a cluster).
 
 A reservation not settled within its TTL (a crashed process) is released by the next sweep.
+
+Counters follow the ledger (`reconcile`): a counter's `spent` is the ledger's spend for its window
+plus what the gate settled that the ledger does not hold yet. Each settlement leaves a pending row
+(event id, counter, amount the ledger will show, amount it never will: an unpriced call's worst
+case); once the event is in the ledger its amount is dropped from the pending part, so it counts
+once, from the ledger. `reconcile` recomputes `spent` that way inside one transaction (SQLite
+`BEGIN IMMEDIATE`, PostgreSQL row locks; Redis: the ledger is read first, then one script).
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StorageError
-from .seed import LedgerSeeder, SeedSpec, has_ledger_tables, seed_sql, values_sql
+from .seed import LedgerSeeder, SeedSpec, counter_sums_sql, has_ledger_tables, seed_sql, values_sql
+
+#: pending rows and counters are forgotten this long after their last settlement (40 days)
+KEEP_S = 3456000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,25 @@ class Refusal:
     amount: int
 
 
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """One counter after `reconcile`: its spent before and after, and what the new value is made of."""
+
+    before: int
+    after: int
+    #: the ledger's spend for the counter's window (what `llmbudget costs` says)
+    ledger: int
+    #: settled by the gate, not in the ledger yet
+    unledgered: int
+    #: kept beside the ledger: the reserved worst case of calls the ledger holds unpriced
+    kept: int
+
+    @property
+    def drift(self) -> int:
+        """How far the counter was from the ledger (+ pending) before: negative when it was short."""
+        return self.before - self.after
+
+
 class CounterStore(ABC):
     """Atomic budget counters. Every method is safe to call from many threads."""
 
@@ -72,8 +101,24 @@ class CounterStore(ABC):
         return []
 
     @abstractmethod
-    def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
-        """Replace the reservation `rid` by the real amounts [(counter key, amount)]."""
+    def settle(
+        self,
+        rid: str,
+        actual: Sequence[tuple[str, int]],
+        event_id: str | None = None,
+        ledgered: Sequence[tuple[str, int]] | None = None,
+    ) -> bool:
+        """Replace the reservation `rid` by the real amounts [(counter key, amount)].
+
+        With `event_id`, each amount is remembered as pending until that event is in the ledger;
+        `ledgered` [(key, amount)] is the part the ledger will show (the rest is kept: an unpriced
+        call's worst case). True when the ledger already holds the event: the caller then
+        reconciles those counters, which may count it twice until then.
+        """
+
+    @abstractmethod
+    def reconcile(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        """Set each counter's spent to the ledger's spend for it plus its pending settlements."""
 
     @abstractmethod
     def release(self, rid: str) -> None:
@@ -128,6 +173,7 @@ def _guard_all(cls: Any) -> Any:
         "ensure",
         "ledger_values",
         "settle",
+        "reconcile",
         "release",
         "totals",
         "scan",
@@ -147,6 +193,13 @@ def _check(charges: Sequence[Charge], used: dict[str, tuple[int, int]]) -> Refus
         if spent + reserved + c.amount > c.limit:
             return Refusal(c.budget, spent, reserved, c.limit, c.amount)
     return None
+
+
+def _merge(pairs: Sequence[tuple[str, int]]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for key, amount in pairs:
+        merged[key] = merged.get(key, 0) + int(amount)
+    return merged
 
 
 def _all_keys(charges: Sequence[Charge]) -> list[str]:
@@ -170,6 +223,10 @@ CREATE TABLE IF NOT EXISTS budget_reservations (
   id TEXT PRIMARY KEY, items TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations(expires_at);
 CREATE TABLE IF NOT EXISTS budget_claims (key TEXT PRIMARY KEY, claimed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_pending (
+  event_id TEXT NOT NULL, counter TEXT NOT NULL, amount BIGINT NOT NULL, kept BIGINT NOT NULL DEFAULT 0,
+  settled_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (event_id, counter));
+CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter);
 """
 
 
@@ -195,6 +252,13 @@ class SQLiteCounters(CounterStore):
         self._next_sweep = 0.0
         #: counters known to exist (created and seeded): not checked again by this process
         self._known: set[str] = set()
+        self._has_ledger = False
+
+    def _ledger(self) -> bool:
+        """The ledger's tables are in this file (asked until they are; a read error raises: fail closed)."""
+        if not self._has_ledger:
+            self._has_ledger = has_ledger_tables(lambda sql, params: self._db.execute(sql, params).fetchall())
+        return self._has_ledger
 
     def _tx(self) -> _SQLiteTx:
         return _SQLiteTx(self._db)
@@ -233,7 +297,7 @@ class SQLiteCounters(CounterStore):
         fresh = [k for k in sorted(seeds) if k not in self._known]
         if not fresh:
             return []
-        ledger = has_ledger_tables(lambda sql, params: self._db.execute(sql, params).fetchall())
+        ledger = self._ledger()
         for key in fresh:
             # inside BEGIN IMMEDIATE: no ledger write can land between the read and the insert
             expr, params = seed_sql(seeds[key]) if ledger else ("0", [])
@@ -259,7 +323,7 @@ class SQLiteCounters(CounterStore):
 
     def ledger_values(self, column: str, start_us: int, end_us: int) -> list[str]:
         with self._lock:
-            if not has_ledger_tables(lambda sql, params: self._db.execute(sql, params).fetchall()):
+            if not self._ledger():
                 return []
             sql, params = values_sql(column, start_us, end_us)
             return [str(r[0]) for r in self._db.execute(sql, params).fetchall()]
@@ -286,12 +350,64 @@ class SQLiteCounters(CounterStore):
             self._remember(fresh)  # committed (a refusal commits the seeded counters too)
         return refusal
 
-    def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
+    def settle(
+        self,
+        rid: str,
+        actual: Sequence[tuple[str, int]],
+        event_id: str | None = None,
+        ledgered: Sequence[tuple[str, int]] | None = None,
+    ) -> bool:
         now = time.time()
         with self._lock, self._tx():
             self._drop_locked(rid, now)
             for key, amount in actual:
                 self._add(key, int(amount), 0, now)
+            if event_id is None:
+                return False
+            shown = dict(ledgered) if ledgered is not None else dict(actual)
+            for key, amount in _merge(actual).items():
+                part = min(amount, int(shown.get(key, amount)))
+                self._db.execute(
+                    "INSERT INTO budget_pending(event_id, counter, amount, kept, settled_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(event_id, counter) DO UPDATE SET amount = amount + excluded.amount, "
+                    "kept = kept + excluded.kept, settled_at = excluded.settled_at",
+                    (event_id, key, part, amount - part, now),
+                )
+            return self._ledger() and bool(
+                self._db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone()
+            )
+
+    def reconcile(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        out: dict[str, Reconciled] = {}
+        for key in sorted(seeds):  # one short transaction per counter: writers wait milliseconds
+            with self._lock, self._tx():
+                ledger = self._ledger()
+                sql, params = counter_sums_sql(seeds[key], key, ledger)
+                spent, un, kept = (int(x) for x in self._db.execute(sql, params).fetchone())
+                row = self._db.execute(
+                    "SELECT spent FROM budget_counters WHERE counter = ?", (key,)
+                ).fetchone()
+                after = spent + un + kept
+                now = time.time()
+                self._db.execute(
+                    "INSERT INTO budget_counters(counter, spent, reserved, updated_at) VALUES (?, ?, 0, ?) "
+                    "ON CONFLICT(counter) DO UPDATE SET spent = excluded.spent",
+                    (key, after, now),
+                )
+                if ledger:  # settlements the ledger now holds count from the ledger only
+                    self._db.execute(
+                        "UPDATE budget_pending SET amount = 0 WHERE counter = ? AND amount <> 0 "
+                        "AND event_id IN (SELECT id FROM events)",
+                        (key,),
+                    )
+                    self._db.execute(
+                        "DELETE FROM budget_pending WHERE counter = ? AND (amount = 0 AND (kept = 0 OR "
+                        "event_id IN (SELECT id FROM events WHERE cost_nano IS NOT NULL)) OR settled_at < ?)",
+                        (key, now - KEEP_S),
+                    )
+                out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)
+            self._remember([key])
+        return out
 
     def _drop_locked(self, rid: str, now: float) -> None:
         row = self._db.execute("SELECT items FROM budget_reservations WHERE id = ?", (rid,)).fetchone()
@@ -353,6 +469,10 @@ _PG_SCHEMA = [
       id TEXT PRIMARY KEY, items TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations(expires_at)",
     "CREATE TABLE IF NOT EXISTS budget_claims (key TEXT PRIMARY KEY, claimed_at DOUBLE PRECISION NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS budget_pending (
+      event_id TEXT NOT NULL, counter TEXT NOT NULL, amount BIGINT NOT NULL, kept BIGINT NOT NULL DEFAULT 0,
+      settled_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (event_id, counter))""",
+    "CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter)",
 ]
 # One round trip per reservation and per settlement: the check-and-book runs inside the server as
 # one function call (autocommit: the call is its own transaction). Versioned names: a changed body
@@ -411,6 +531,29 @@ BEGIN
   RETURN CASE WHEN v_items IS NULL THEN 0 ELSE 1 END;
 END
 $fn$""",
+    # v1 plus the pending rows of the event (amount the ledger will show, amount kept beside it);
+    # returns 1 when the ledger already holds the event (the caller reconciles those counters)
+    "llmb_budget_settle_v2": """
+CREATE OR REPLACE FUNCTION llmb_budget_settle_v2(p_rid text, p_keys text[], p_amounts bigint[],
+    p_now double precision, p_event text, p_shown bigint[]) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  found_event boolean := false;
+BEGIN
+  PERFORM llmb_budget_settle_v1(p_rid, p_keys, p_amounts, p_now);
+  IF p_event IS NULL THEN
+    RETURN 0;
+  END IF;
+  INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at)
+    SELECT p_event, u.k, u.s, u.a - u.s, p_now FROM unnest(p_keys, p_amounts, p_shown) AS u(k, a, s) ORDER BY 2
+  ON CONFLICT (event_id, counter) DO UPDATE SET amount = b.amount + excluded.amount,
+    kept = b.kept + excluded.kept, settled_at = excluded.settled_at;
+  IF to_regclass('events') IS NOT NULL THEN
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)' INTO found_event USING p_event;
+  END IF;
+  RETURN CASE WHEN found_event THEN 1 ELSE 0 END;
+END
+$fn$""",
 }
 #: advisory lock id serializing the CREATE TABLEs of concurrent first starts
 _PG_DDL_LOCK = 0x6C6D6231
@@ -443,6 +586,7 @@ class PostgresCounters(CounterStore):
         self._sweep_lock = threading.Lock()
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
+        self._ledger_known = False
 
     @_guard
     def _create_schema(self) -> None:
@@ -468,10 +612,11 @@ class PostgresCounters(CounterStore):
         )
 
     def _has_ledger(self, conn: Any) -> bool:
-        row = conn.execute(
-            "SELECT to_regclass('rollup_hourly') IS NOT NULL AND to_regclass('events') IS NOT NULL"
-        ).fetchone()
-        return bool(row[0])
+        if not self._ledger_known:
+            self._ledger_known = has_ledger_tables(
+                lambda sql, params: conn.execute(sql, params).fetchall(), postgres=True
+            )
+        return self._ledger_known
 
     def ensure(self, seeds: Mapping[str, SeedSpec]) -> None:
         with self._known_lock:
@@ -541,19 +686,65 @@ class PostgresCounters(CounterStore):
         c = charges[idx - 1]
         return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
 
-    def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
-        merged: dict[str, int] = {}
-        for key, amount in actual:
-            merged[key] = merged.get(key, 0) + int(amount)
+    def settle(
+        self,
+        rid: str,
+        actual: Sequence[tuple[str, int]],
+        event_id: str | None = None,
+        ledgered: Sequence[tuple[str, int]] | None = None,
+    ) -> bool:
+        merged = _merge(actual)
         keys = sorted(merged)
+        shown = dict(ledgered) if ledgered is not None else merged
         with self._pool.connection() as conn:
-            conn.execute(
-                "SELECT llmb_budget_settle_v1(%s, %s, %s, %s)",
-                (rid, keys, [merged[k] for k in keys], time.time()),
-            )
+            row = conn.execute(
+                "SELECT llmb_budget_settle_v2(%s, %s, %s, %s, %s, %s)",
+                (
+                    rid,
+                    keys,
+                    [merged[k] for k in keys],
+                    time.time(),
+                    event_id,
+                    [min(merged[k], int(shown.get(k, merged[k]))) for k in keys],
+                ),
+            ).fetchone()
+        return bool(row and row[0])
 
     def release(self, rid: str) -> None:
         self.settle(rid, [])
+
+    def reconcile(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        out: dict[str, Reconciled] = {}
+        for key in sorted(seeds):
+            now = time.time()
+            with self._pool.connection() as conn, conn.transaction():
+                ledger = self._has_ledger(conn)
+                conn.execute(
+                    "INSERT INTO budget_counters(counter, updated_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (key, now),
+                )
+                # the row lock first; the reads below then see every settlement committed before it
+                row = conn.execute(
+                    "SELECT spent FROM budget_counters WHERE counter = %s FOR UPDATE", (key,)
+                ).fetchone()
+                # ledger and pending parts in one statement: one snapshot, an event counts once
+                sql, params = counter_sums_sql(seeds[key], key, ledger)
+                spent, un, kept = (int(x) for x in conn.execute(sql.replace("?", "%s"), params).fetchone())  # type: ignore[union-attr]
+                after = spent + un + kept
+                conn.execute("UPDATE budget_counters SET spent = %s WHERE counter = %s", (after, key))
+                if ledger:
+                    conn.execute(
+                        "UPDATE budget_pending SET amount = 0 WHERE counter = %s AND amount <> 0 "
+                        "AND event_id IN (SELECT id FROM events)",
+                        (key,),
+                    )
+                    conn.execute(
+                        "DELETE FROM budget_pending WHERE counter = %s AND (amount = 0 AND (kept = 0 OR "
+                        "event_id IN (SELECT id FROM events WHERE cost_nano IS NOT NULL)) OR settled_at < %s)",
+                        (key, now - KEEP_S),
+                    )
+                out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)
+        return out
 
     def totals(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
         with self._pool.connection() as conn:
@@ -690,7 +881,49 @@ for _, it in ipairs(cjson.decode(ARGV[3])) do
   redis.call('HINCRBY', ck, 's', n(it[2]))
   redis.call('EXPIRE', ck, 3456000)
 end
+-- pending until the event is in the ledger: "amount the ledger will show:amount kept beside it"
+if ARGV[4] and ARGV[4] ~= '' then
+  for _, it in ipairs(cjson.decode(ARGV[5])) do
+    local pk = p .. 'p:' .. it[1]
+    redis.call('HSET', pk, ARGV[4], n(it[2]) .. ':' .. n(it[3]))
+    redis.call('EXPIRE', pk, 3456000)
+  end
+end
 return 1
+"""
+
+_LUA_RECONCILE = """
+-- ARGV[2]: [[counter, ledger spend, {ledgered ids: priced 1/0}], ...] read from the ledger just before
+local p = ARGV[1]
+local function n(x) return string.format('%.0f', x) end
+local out = {}
+for _, c in ipairs(cjson.decode(ARGV[2])) do
+  local ck, pk, seen = p .. 'c:' .. c[1], p .. 'p:' .. c[1], c[3]
+  local un, kept = 0, 0
+  local rows = redis.call('HGETALL', pk)
+  for i = 1, #rows, 2 do
+    local id, v = rows[i], rows[i + 1]
+    local sep = string.find(v, ':', 1, true)
+    local a, k = tonumber(string.sub(v, 1, sep - 1)), tonumber(string.sub(v, sep + 1))
+    local priced = seen[id]
+    if priced == nil then
+      un = un + a
+      kept = kept + k
+    elseif priced == 1 or k == 0 then
+      redis.call('HDEL', pk, id)
+    else
+      kept = kept + k
+      if a ~= 0 then redis.call('HSET', pk, id, '0:' .. n(k)) end
+    end
+  end
+  local before = tonumber(redis.call('HGET', ck, 's') or '') or -1
+  local after = c[2] + un + kept
+  redis.call('HSET', ck, 's', n(after))
+  if before < 0 then redis.call('HSET', ck, 'r', 0) end
+  redis.call('EXPIRE', ck, 3456000)
+  table.insert(out, {n(before), n(after), n(un), n(kept)})
+end
+return out
 """
 
 
@@ -713,6 +946,7 @@ class RedisCounters(CounterStore):
         self._settle = self._r.register_script(_LUA_SETTLE)
         self._sweep = self._r.register_script(_LUA_SWEEP)
         self._ensure = self._r.register_script(_LUA_ENSURE)
+        self._reconcile = self._r.register_script(_LUA_RECONCILE)
         #: reads seeds from the ledger's database (None: counters start at 0)
         self.seeder = seeder
         self._known: set[str] = set()
@@ -771,8 +1005,51 @@ class RedisCounters(CounterStore):
         c = charges[idx - 1]
         return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
 
-    def settle(self, rid: str, actual: Sequence[tuple[str, int]]) -> None:
-        self._settle(args=[self.prefix, rid, json.dumps([[k, int(v)] for k, v in actual])])
+    def settle(
+        self,
+        rid: str,
+        actual: Sequence[tuple[str, int]],
+        event_id: str | None = None,
+        ledgered: Sequence[tuple[str, int]] | None = None,
+    ) -> bool:
+        merged = _merge(actual)
+        shown = dict(ledgered) if ledgered is not None else merged
+        pending = [
+            [k, min(a, int(shown.get(k, a))), a - min(a, int(shown.get(k, a)))] for k, a in merged.items()
+        ]
+        self._settle(
+            args=[
+                self.prefix,
+                rid,
+                json.dumps([[k, int(v)] for k, v in actual]),
+                event_id or "",
+                json.dumps(pending),
+            ]
+        )
+        if event_id is None or self.seeder is None:
+            return False
+        return event_id in self.seeder.ledgered([event_id])
+
+    def reconcile(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        keys = sorted(seeds)
+        if not keys:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hkeys(self.prefix + "p:" + k)
+        ids = sorted({(i.decode() if isinstance(i, bytes) else i) for got in pipe.execute() for i in got})
+        # the ledger first, then one script: a settlement landing in between can only count twice
+        # (never be missed), and its own settle() reconciles again when the ledger holds its event
+        seen = self.seeder.ledgered(ids) if self.seeder else {}
+        amounts = self.seeder.amounts({k: seeds[k] for k in keys}) if self.seeder else dict.fromkeys(keys, 0)
+        arg = [[k, amounts[k], {i: int(seen[i]) for i in ids if i in seen}] for k in keys]
+        res = self._reconcile(args=[self.prefix, json.dumps(arg)])
+        out: dict[str, Reconciled] = {}
+        for k, (before, after, un, kept) in zip(keys, res, strict=True):
+            b, a = int(before), int(after)
+            out[k] = Reconciled(a if b < 0 else b, a, amounts[k], int(un), int(kept))
+        self._remember(keys)
+        return out
 
     def release(self, rid: str) -> None:
         self._settle(args=[self.prefix, rid, "[]"])

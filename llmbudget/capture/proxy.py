@@ -32,7 +32,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import BackendConfig
-from ..errors import LLMBudgetError
+from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import UsageEvent, anthropic_call_id, new_id
 from ..keys import KeyRing
 from ..store.keys import KeyStore
@@ -400,12 +400,15 @@ class Proxy:
         try:
             admission: Admission = await gate.admit(call)
         except Exception as e:  # fail closed: a budget that cannot be checked does not let spend through
-            log.exception("proxy_gate_failed backend=%s", req.backend)
+            log.error("proxy_gate_failed backend=%s error=%s: %s", req.backend, type(e).__name__, e)
+            cause = str(e) if isinstance(e, LLMBudgetError) else f"{type(e).__name__}: {e}"
             await _send_error(
                 send,
                 req.protocol,
                 503,
-                f"llmbudget could not check the budget ({type(e).__name__}); try again",
+                cause
+                if isinstance(e, BudgetUnavailable)
+                else f"llmbudget could not check the budget ({cause}); try again",
                 "budget_check_failed",
             )
             return False
@@ -426,7 +429,8 @@ class Proxy:
                 upstream_reached=False,
             )
             return False
-        req.admission = admission
+        # nothing reserved (no budget applies, pause check only): nothing to settle or release later
+        req.admission = admission if admission.reservation_id or admission.fallback_backend else None
         if admission.fallback_backend:
             req.fallback = True
             req.notice = admission.notice

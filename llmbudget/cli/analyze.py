@@ -498,6 +498,7 @@ def import_claude_code_command(
     try:
         with collect_warnings("llmbudget.quota"):  # the result lists them; printed once, below
             res = cc.import_claude_code(ledger, paths or None, PriceBook.from_config(cfg))
+        common.reconcile_budgets(cfg, ledger)
     finally:
         ledger.close()
     if json_out:

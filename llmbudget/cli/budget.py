@@ -173,6 +173,18 @@ def budget(
                 f"[{colour[b['status']]}]{b['status']}[/]",
             )
         common.console.print(t)
+        for b in data["budgets"]:
+            # counters that were off the ledger (an import, a reprice, calls this gate never saw)
+            drift = Decimal(str(b["drift"]))
+            if drift:
+                money = b["unit"] == "usd"
+                amount = format_usd(abs(drift), 4) if money else f"{abs(int(drift)):,} tokens"
+                where = "" if b["scope"] == "global" else f" ({b['scope']} {b['value']})"
+                common.console.print(
+                    f"[yellow]drift[/] {b['name']}{where}: the counter was {amount} "
+                    f"{'above' if drift > 0 else 'below'} the ledger and is reconciled now",
+                    highlight=False,
+                )
     for p in data["paused_agents"]:
         common.console.print(
             f"[red]paused[/] agent {escape(str(p.get('agent')))}: {escape(p.get('reason') or '')} "

@@ -197,3 +197,12 @@ class LateProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def reconcile_budgets(cfg: Any, ledger: Any) -> None:
+    """After a write from outside the gate: bring the budget counters level with the ledger."""
+    from ..budget import reconcile_after_write
+
+    warning = reconcile_after_write(cfg, ledger)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

@@ -144,6 +144,7 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
                 results.append(
                     import_jsonl(ledger, f, prices=prices, provider_of=provider_of, progress=progress)
                 )
+        common.reconcile_budgets(cfg, ledger)
     finally:
         ledger.close()
     if json_out:

@@ -355,6 +355,8 @@ def reprice(
                     bar(examined)
             if not dry_run and pending:
                 written += ledger.update_costs(pending)
+        if written:
+            common.reconcile_budgets(cfg, ledger)
     finally:
         ledger.close()
     result = {

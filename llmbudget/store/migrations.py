@@ -327,3 +327,20 @@ ALTER TABLE events ADD COLUMN key TEXT;
 CREATE INDEX events_key_ts ON events (key, ts_us) WHERE key IS NOT NULL;
 """,
 )
+
+# budget counters follow the ledger (llmbudget.budget.store.reconcile): settlements the ledger does
+# not hold yet, by event id. IF NOT EXISTS: the counter store creates it too.
+migration(
+    "0010_budget_pending",
+    """
+CREATE TABLE IF NOT EXISTS budget_pending (
+    event_id TEXT NOT NULL,
+    counter TEXT NOT NULL,
+    amount BIGINT NOT NULL,
+    kept BIGINT NOT NULL DEFAULT 0,
+    settled_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (event_id, counter)
+);
+CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter);
+""",
+)

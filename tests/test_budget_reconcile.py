@@ -1,0 +1,160 @@
+"""Counters follow the ledger: imports, reprices and ungated calls after a counter exists are counted,
+settled calls are counted once whichever of the gate and the ledger writer comes first, and a
+counter that cannot be read fails closed. Real SQLite, PostgreSQL and Redis counters.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from test_budget_seed import NOW, Clock, _cleanup, call, enforcer, ev
+
+from llmbudget.budget.status import budget_status
+from llmbudget.errors import BudgetUnavailable
+from llmbudget.money import to_nano
+from llmbudget.store import open_ledger
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url")), None
+    redis = str(request.getfixturevalue("redis_url")) if request.param == "redis" else None
+    return f"sqlite:///{tmp_path / 'l.db'}", redis
+
+
+def _ledger_today(ledger: object) -> int:
+    rows = ledger.costs(since=NOW.replace(hour=0, minute=0), until=NOW + timedelta(days=1))  # type: ignore[attr-defined]
+    return sum(r.cost_nano or 0 for r in rows)
+
+
+def test_import_and_reprice_after_the_counter_exists_reach_the_budget(setup: tuple[str, str | None]) -> None:
+    db, redis = setup
+    ledger = open_ledger(db, audit=False)
+    enf = enforcer(db, "  daily_limit_usd: 5.00\n", ledger, clock=Clock(NOW), redis=redis)
+    try:
+        adm = enf.admit(call())  # the counter exists from here on (seeded: nothing spent yet)
+        done = ev(NOW - timedelta(minutes=1), "0.50", source="proxy")
+        enf.settle(adm, done)
+        ledger.record(done)
+        ledger.flush()
+        # today's usage imported afterwards, one of its models unpriced
+        ledger.record_many(
+            [ev(NOW - timedelta(hours=1), "3.00"), ev(NOW - timedelta(hours=2), "0", price_status="unpriced")]
+        )
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.spent == st.ledger == _ledger_today(ledger) == to_nano(Decimal("3.50"))
+        assert st.drift == -to_nano(Decimal("3.00"))  # the counter was $3 short before reconciling
+        assert st.to_dict()["drift"] == "-3"
+        held = [enf.admit(call()) for _ in range(4)]  # 3.50 spent: three calls of 0.50 fit, a fourth not
+        assert [a.allowed for a in held] == [True, True, True, False]
+        for a in held:
+            enf.release(a)
+        # reprice: the unpriced import gets a price; the counter follows once reconciled
+        [unpriced] = [e for e in ledger.query(limit=10) if e.price_status == "unpriced"]
+        ledger.update_costs([(unpriced.id, to_nano(Decimal("1.25")), "priced")])
+        enf.reconcile()
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.spent == _ledger_today(ledger) == to_nano(Decimal("4.75")) and st.drift == 0
+        assert not enf.admit(call()).allowed  # 4.75 + 0.50 > 5.00
+    finally:
+        _cleanup(enf)
+        ledger.close()
+
+
+@pytest.mark.parametrize("ledger_first", [False, True])
+def test_a_settled_call_counts_once_whoever_comes_first(
+    setup: tuple[str, str | None], ledger_first: bool
+) -> None:
+    db, redis = setup
+    ledger = open_ledger(db, audit=False)
+    enf = enforcer(db, "  daily_limit_usd: 100\n", ledger, clock=Clock(NOW), redis=redis)
+    try:
+        enf.reconcile()
+        for i in range(3):
+            adm = enf.admit(call())
+            done = ev(NOW - timedelta(seconds=i), "0.25", source="proxy")
+            if ledger_first:  # the ledger writer was faster than the settlement
+                ledger.record(done)
+                ledger.flush()
+                enf.reconcile()
+                enf.settle(adm, done)
+            else:
+                enf.settle(adm, done)
+                enf.reconcile()  # the event is not in the ledger yet: it counts as pending
+                ledger.record(done)
+                ledger.flush()
+            [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+            assert st.spent == to_nano(Decimal("0.25")) * (i + 1) == _ledger_today(ledger)
+            assert st.unledgered == 0
+        # settled but not in the ledger (writer behind): counted, shown as unledgered
+        adm = enf.admit(call())
+        enf.settle(adm, ev(NOW, "0.25", source="proxy"))
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.spent == to_nano(Decimal("1.00")) and st.unledgered == to_nano(Decimal("0.25"))
+        assert st.ledger == _ledger_today(ledger) == to_nano(Decimal("0.75"))
+    finally:
+        _cleanup(enf)
+        ledger.close()
+
+
+def test_an_unpriced_gated_call_keeps_its_worst_case_until_priced(setup: tuple[str, str | None]) -> None:
+    db, redis = setup
+    ledger = open_ledger(db, audit=False)
+    enf = enforcer(db, "  daily_limit_usd: 100\n", ledger, clock=Clock(NOW), redis=redis)
+    try:
+        adm = enf.admit(call())  # reserved 0.50 (the test price)
+        done = ev(NOW, "0", source="proxy", price_status="unpriced", cost_usd=None)
+        enf.settle(adm, done)
+        ledger.record(done)
+        ledger.flush()
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.ledger == 0 and st.spent == to_nano(Decimal("0.50"))  # unknown cost is never $0
+        ledger.update_costs([(done.id, to_nano(Decimal("0.10")), "priced")])  # reprice found a price
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.spent == st.ledger == to_nano(Decimal("0.10"))
+    finally:
+        _cleanup(enf)
+        ledger.close()
+
+
+def test_counters_that_cannot_be_read_fail_closed_unless_open(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = open_ledger(db, audit=False)
+    budgets = "  daily_limit_usd: 5.00\n"
+    closed = enforcer(db, budgets, ledger, clock=Clock(NOW))
+    opened = enforcer(db, budgets + "  on_error: open\n", ledger, clock=Clock(NOW))
+    blocker = sqlite3.connect(str(tmp_path / "l.db"), timeout=0)
+    try:
+        for e in (closed, opened):
+            e.store._db.execute("PRAGMA busy_timeout=100")  # type: ignore[attr-defined]
+        blocker.execute("BEGIN EXCLUSIVE")  # the database cannot be read or written
+        with pytest.raises(BudgetUnavailable) as info:
+            closed.admit(call())
+        assert "cannot check the budget" in str(info.value) and "on_error: open" in str(info.value)
+        assert "locked" in str(info.value)
+        assert opened.admit(call()).allowed  # chosen: let calls through unchecked
+    finally:
+        blocker.rollback()
+        blocker.close()
+        closed.close()
+        opened.close()
+        ledger.close()
+
+
+def test_redis_counters_with_an_unreachable_ledger_fail_closed(redis_url: str) -> None:
+    from fakes.servers import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/llmbudget"
+    enf = enforcer(dead, "  daily_limit_usd: 5.00\n", None, clock=Clock(NOW), redis=redis_url)
+    try:
+        # the seed (what the ledger already holds today) cannot be read: never count from zero
+        with pytest.raises(BudgetUnavailable) as info:
+            enf.admit(call())
+        assert "OperationalError" in str(info.value) or "connect" in str(info.value)
+    finally:
+        _cleanup(enf)

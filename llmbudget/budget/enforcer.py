@@ -100,6 +100,7 @@ class BudgetEnforcer:
         self._reconciler: threading.Thread | None = None
         #: the last periodic reconciliation: {counter: Reconciled}
         self.last_reconcile: dict[str, Reconciled] = {}
+        self._reconciled_at: datetime | None = None
 
     # ------------------------------------------------------------------ admission
     def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
@@ -307,7 +308,21 @@ class BudgetEnforcer:
         if drifted:
             log.info("budget reconciled counters=%d drifted=%s", len(result), drifted)
         self.last_reconcile = result
+        self._reconciled_at = utcnow()
         return result
+
+    def drift(self) -> dict[str, Any] | None:
+        """What the last reconciliation corrected (dashboard health; no I/O), None before the first."""
+        if self._reconciled_at is None:
+            return None
+        moved = {k: r.drift for k, r in self.last_reconcile.items() if r.drift}
+        return {
+            "reconciled_at": self._reconciled_at.isoformat(),
+            "counters": len(self.last_reconcile),
+            "drifted": len(moved),
+            "drift_nano": sum(moved.values()),
+            "unledgered_nano": sum(r.unledgered for r in self.last_reconcile.values()),
+        }
 
     def start_reconciler(self, interval_s: float) -> None:
         """Reconcile every `interval_s` seconds in a daemon thread (serve; wrap() with a gate)."""

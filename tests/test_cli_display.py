@@ -184,3 +184,13 @@ def test_every_report_with_json_has_csv() -> None:
         if "--json" in opts and "--csv" not in opts and path[-1] not in ACTION_WORDS:
             missing.append(" ".join(path))
     assert not missing, f"--json without --csv: {missing}"
+
+
+def test_budget_without_budgets_still_shows_paused_agents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    assert run(capsys, "agents", "pause", "[red]bot", "--db", db)[0] == 0
+    code, out, _ = run(capsys, "budget", "--db", db)
+    assert code == 0 and "No budgets configured" in out
+    assert "paused agent [red]bot" in out and "llmbudget agents resume [red]bot" in out

@@ -129,7 +129,6 @@ def budget(
         common.console.print(
             "No budgets configured. Add a `budgets:` block to the config (see README, Budgets)."
         )
-        return
     if data["budgets"]:
         t = Table(box=box.SIMPLE_HEAVY, title=f"Budgets ({data['timezone']})", padding=0)
         # amounts, dates and statuses never wrap (a split "$46.79|00" misreads); names fold instead

@@ -71,7 +71,10 @@ def keys_create(
         common.print_json({**key.to_dict(), "key": secret})
         return
     common.err_console.print(
-        f"created key {key.name}; this is the only time its secret is shown:", highlight=False, soft_wrap=True
+        f"created key {key.name}; this is the only time its secret is shown:",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
     typer.echo(secret)
 
@@ -134,7 +137,7 @@ def keys_revoke(
         common.print_json({**key.to_dict(), "changed": changed})
         return
     common.console.print(
-        f"key {name} revoked" if changed else f"key {name} was already revoked", highlight=False
+        f"key {name} revoked" if changed else f"key {name} was already revoked", markup=False, highlight=False
     )
 
 

@@ -395,3 +395,18 @@ def test_summary_csv_rows_are_the_ranked_accounts(
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["backend"] for r in rows] == ["max-1", "grok", "max-2"]
     assert rows[0]["mark"] == "✓" and "5h 42%" in rows[0]["line"]
+
+
+def test_a_credit_limit_under_a_cent_is_shown_as_it_is() -> None:
+    from llmbudget.quota.summary import describe
+
+    tiny = QuotaReading(
+        timestamp=NOW,
+        backend="or",
+        provider="openrouter",
+        credit_usd=Decimal("0.0004"),
+        limit_usd=Decimal("0.001"),
+    )
+    (ranked,) = rank_accounts([tiny], NOW)
+    line = describe(ranked, NOW)
+    assert "$0.0004 credit left of $0.001" in line and "$0.00 " not in line

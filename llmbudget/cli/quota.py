@@ -14,6 +14,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..money import format_exact, format_usd
 from ..quota.monitor import AccountStatus, MonitorResult, run_monitor
 from ..quota.severity import Severity
 from ..quota.summary import DEFAULT_MAX_AGE, build_summary, countdown, parse_max_age
@@ -62,9 +63,11 @@ def _headroom_cell(a: AccountStatus, now: datetime) -> str:
                 text += f" ({countdown(lim.reset, now)})"
             parts.append(text)
     if r.credit_usd is not None:
-        parts.append(f"credit ${r.credit_usd:.2f}" + (f"/${r.limit_usd:.2f}" if r.limit_usd else ""))
+        parts.append(
+            f"credit {format_usd(r.credit_usd, 2)}" + (f"/{format_exact(r.limit_usd)}" if r.limit_usd else "")
+        )
     elif r.usage_usd is not None:
-        parts.append(f"used ${r.usage_usd:.2f}, no limit")
+        parts.append(f"used {format_usd(r.usage_usd, 2)}, no limit")
     return "\n".join(parts) or "-"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError, StorageError, ValidationError
+from ..money import format_exact, format_usd
 from .probe import probe_all
 from .readings import QuotaReading, latest_by_backend, read_log, store_reading
 from .rotation import RankedAccount, rank_accounts, recommendation
@@ -132,7 +133,10 @@ def describe(row: RankedAccount, now: datetime) -> str:
         if lim.remaining is not None and lim.limit:
             parts.append(f"{name} {lim.remaining:,}/{lim.limit:,} left")
     if r.credit_usd is not None:
-        parts.append(f"${r.credit_usd:.2f} credit left" + (f" of ${r.limit_usd:.2f}" if r.limit_usd else ""))
+        parts.append(
+            f"{format_usd(r.credit_usd, 2)} credit left"
+            + (f" of {format_exact(r.limit_usd)}" if r.limit_usd else "")
+        )
     if row.reset is not None:
         parts.append(f"{row.binding} resets in {countdown(row.reset, now)}")
     elif r.reset is not None:

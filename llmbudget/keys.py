@@ -173,7 +173,7 @@ class KeyRing:
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
         # the entry's age counts from before the read: a revocation committed during it is seen next time
-        key = await asyncio.to_thread(self.store.by_hash, h)
+        key: VirtualKey | None = await asyncio.to_thread(self.store.by_hash, h)
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[h] = (now, key)

@@ -59,6 +59,7 @@ FILTER_NAMES: dict[str, str] = {
     "price-status": "price_status",
     "price_status": "price_status",
     "source": "source",
+    "key": "key",
 }
 _ENUMS = {"status": STATUSES, "price_status": PRICE_STATUSES, "source": SOURCES}
 

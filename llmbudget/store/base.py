@@ -49,6 +49,7 @@ FILTER_FIELDS = (
     "status",
     "price_status",
     "source",
+    "key",
 )
 
 

@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Route
 from .. import reports
 from ..errors import ValidationError
 from ..services import Services
+from . import openapi
 from .errors import install_error_handlers
 from .params import query_params
 from .reportpool import report_pool
@@ -149,4 +150,5 @@ def api_routes(services: Services) -> list[BaseRoute]:
             log.warning("api module has no routes(services) function module=%s", name)
             continue
         routes.extend(factory(services))
+    routes.extend(openapi.routes())  # /openapi.json describes every /api route above
     return routes

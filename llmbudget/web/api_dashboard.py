@@ -50,11 +50,15 @@ async def json_body(request: Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ValidationError("body", "is not valid JSON") from None
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     return body
+
+
+#: the largest threshold (its nano-USD still fits a 64-bit integer with room to spare)
+MAX_THRESHOLD_USD = 1_000_000_000
 
 
 def _threshold_from(body: dict[str, Any]) -> Threshold:
@@ -78,6 +82,8 @@ def _threshold_from(body: dict[str, Any]) -> Threshold:
         raise ValidationError("limit_usd", f"cannot read {raw!r} as an amount") from None
     if not amount.is_finite() or amount <= 0:
         raise ValidationError("limit_usd", "must be more than 0")
+    if amount > MAX_THRESHOLD_USD:
+        raise ValidationError("limit_usd", f"must be at most {MAX_THRESHOLD_USD:,} USD")
     auto = body.get("auto_pause", False)
     if not isinstance(auto, bool):
         raise ValidationError("auto_pause", "must be true or false")

@@ -222,6 +222,8 @@ def analyze(
                 out["underspend"] = [r.to_dict() for r in an.underspend(readings, now=now)]
         if "blocks" in chosen:
             out["blocks"] = _blocks(ledger, cfg, start, now, logs, warnings)
+            if not logs:
+                out["codex_blocks"] = _codex_blocks(ledger, start, now)
         if prune:
             days = cfg.quota.retention_days
             before = (
@@ -258,6 +260,7 @@ def _csv_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in SECTIONS:
         rows += [{"section": name, **r} for r in out.get(name) or []]
+    rows += [{"section": "codex_blocks", **r} for r in out.get("codex_blocks") or []]
     if "prune" in out:
         rows.append({"section": "prune", **out["prune"]})
     return rows
@@ -298,7 +301,17 @@ def _blocks(
         warnings.extend(scan.warnings)
         events = [e for e in events if e.timestamp >= start]
     else:
-        events = list(ledger.iter_events(since=start, filters={"backend": cc.BACKEND}))
+        # imported responses and Claude Code's calls through the proxy (one event when both saw it)
+        events = list(ledger.iter_events(since=start, filters={"agent": cc.AGENT}))
+    return [b.to_dict() for b in bl.identify_blocks(events, now=now)]
+
+
+def _codex_blocks(ledger: Any, start: datetime, now: datetime) -> list[dict[str, Any]]:
+    """Codex's calls (imported or through the proxy) in the same 5-hour blocks."""
+    from ..quota import blocks as bl
+    from ..quota import codex
+
+    events = list(ledger.iter_events(since=start, filters={"agent": codex.AGENT}))
     return [b.to_dict() for b in bl.identify_blocks(events, now=now)]
 
 
@@ -383,6 +396,8 @@ def _render(out: dict[str, Any], now: datetime, *, explicit: bool) -> None:
             con.print("Underspend: no 5h window about to reset with ≥ 40% unused.")
     if "blocks" in out:
         _render_blocks(out["blocks"], now)
+    if out.get("codex_blocks"):
+        _render_blocks(out["codex_blocks"], now, app="Codex CLI")
     if "prune" in out:
         p = out["prune"]
         verb = "would remove" if p["dry_run"] else "removed"
@@ -416,12 +431,12 @@ def _short_model(model: str) -> str:
     return re.sub(r"-\d{8}$", "", model.removeprefix("claude-"))
 
 
-def _render_blocks(blocks: list[dict[str, Any]], now: datetime) -> None:
+def _render_blocks(blocks: list[dict[str, Any]], now: datetime, app: str = "Claude Code") -> None:
     con = common.console
     if not blocks:
         con.print("5-hour blocks: no Claude Code usage; run `llmbudget import claude-code` first.")
         return
-    t = Table(title="Claude Code 5-hour blocks (UTC)", title_justify="left")
+    t = Table(title=f"{app} 5-hour blocks (UTC)", title_justify="left")
     for col in ("block", "last", "entries", "input", "output", "cache w", "cache r", "cost", "models"):
         t.add_column(
             col,

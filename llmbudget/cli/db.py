@@ -2,7 +2,8 @@
 
 `import` is a single command whose first argument is the SOURCE: a JSONL file (our event shape
 or the commonly logged one, see `llmbudget.importer`), or a named log format from
-`IMPORT_SOURCES` (today `claude-code`), which receives the remaining arguments as its paths.
+`IMPORT_SOURCES` (`claude-code`, `codex`), which receives the remaining arguments as its paths;
+with `--watch` such a source is followed as its logs grow.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ def _claude_code(paths: list[str] | None, *, json_out: bool, config: str | None,
     import_claude_code_command(paths, json_out=json_out, config=config, db=db)
 
 
+def _codex(paths: list[str] | None, *, json_out: bool, config: str | None, db: str | None) -> None:
+    from .agent_logs import import_codex_command
+
+    import_codex_command(paths, json_out=json_out, config=config, db=db)
+
+
 IMPORT_SOURCES["claude-code"] = _claude_code
+IMPORT_SOURCES["codex"] = _codex
 
 
 def register(app: typer.Typer) -> None:
@@ -94,10 +102,22 @@ def register(app: typer.Typer) -> None:
 
     @app.command("import")
     def import_cmd(
-        source: Annotated[str, typer.Argument(help="A JSONL file of events, or a log format: claude-code.")],
+        source: Annotated[
+            str, typer.Argument(help="A JSONL file of events, or a log format: claude-code, codex.")
+        ],
         paths: Annotated[
-            list[str] | None, typer.Argument(help="More files (or, for claude-code, its log paths).")
+            list[str] | None,
+            typer.Argument(help="More files (or, for claude-code and codex, their log paths)."),
         ] = None,
+        watch: Annotated[
+            bool,
+            typer.Option(
+                "--watch", help="claude-code, codex: keep following the logs as they grow (Ctrl-C stops)."
+            ),
+        ] = False,
+        interval: Annotated[
+            float, typer.Option("--interval", help="With --watch: seconds between looks at the logs.")
+        ] = 2.0,
         db: common.DbOpt = None,
         config: common.ConfigOpt = None,
         json_out: common.JsonOpt = False,
@@ -106,6 +126,14 @@ def register(app: typer.Typer) -> None:
 
         A bad line is reported by number and skipped; re-importing a file adds nothing.
         """
+        if watch:
+            from ..errors import ValidationError
+            from .agent_logs import watch_command
+
+            if source not in ("claude-code", "codex"):
+                raise ValidationError("--watch", f"follows claude-code or codex logs, not {source!r}")
+            watch_command(source, paths or None, interval_s=interval, json_out=json_out, config=config, db=db)
+            return
         if source in IMPORT_SOURCES and not Path(source).is_file():
             IMPORT_SOURCES[source](paths or None, json_out=json_out, config=config, db=db)
             return

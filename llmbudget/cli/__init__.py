@@ -57,9 +57,9 @@ def _root(
 
 
 def _register() -> None:
-    from . import analyze, budget, db, keys, prices, quota, reports, serve
+    from . import analyze, budget, db, keys, prices, providers_cmd, quota, reports, serve
 
-    for module in (serve, reports, prices, db, budget, quota, analyze, keys):
+    for module in (serve, reports, prices, db, budget, quota, analyze, keys, providers_cmd):
         module.register(app)
 
 

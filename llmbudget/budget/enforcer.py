@@ -104,11 +104,16 @@ class BudgetEnforcer:
 
     # ------------------------------------------------------------------ admission
     def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
-        """(input tokens, output tokens, cost USD or None when unpriced) reserved for a call."""
+        """(input tokens, output tokens, cost USD or None when unpriced) reserved for a call.
+
+        Output is every output the request can produce: the limit (or the model's maximum) times
+        its choices (`n`, `best_of`, `candidateCount`).
+        """
         tin = max(0, math.ceil(int(call.est_input_tokens) * self.input_factor))
         tout = call.max_output_tokens
         if tout is None or tout <= 0:
             tout = max_output_tokens(call.model, call.provider, tin, self.default_max_output)
+        tout = int(tout) * max(1, int(call.choices))
         cost = self.price(call.model, call.provider, tin, int(tout), self.clock())
         return tin, int(tout), cost
 

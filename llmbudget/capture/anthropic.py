@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BadRequest, CallMeter, data_lines, int_or_none, parse_json_body
+from .base import BadRequest, CallMeter, data_lines, output_limit, parse_json_body
 
 
 class AnthropicMeter(CallMeter):
@@ -61,7 +61,7 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
         protocol="anthropic", endpoint="messages", request=req, body=body, request_model=model
     )
     meter.stream = req.get("stream") is True
-    meter.max_output_tokens = int_or_none(req.get("max_tokens"))
+    meter.max_output_tokens = output_limit(req, "max_tokens")
     return meter
 
 

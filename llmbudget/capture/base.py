@@ -105,6 +105,44 @@ def int_or_none(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
+#: the largest output limit a request may name: far above any model's, far below what breaks the
+#: arithmetic of a reservation (1e38 is a client bug, answered 400 rather than reserved)
+MAX_OUTPUT_LIMIT = 100_000_000
+#: the most choices / candidates one request may ask for
+MAX_CHOICES = 1000
+
+
+def _whole(value: Any, field: str, low: int, high: int) -> int:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and (isinstance(value, int) or value.is_integer())
+        and low <= value <= high
+    )
+    if not ok:
+        raise BadRequest(f"{field}: must be a whole number from {low} to {high:,}, got {value!r}")
+    return int(value)
+
+
+def output_limit(req: dict[str, Any], *fields: str) -> int | None:
+    """The request's output limit from the first of `fields` it sets; BadRequest naming an absurd one."""
+    for f in fields:
+        v = req.get(f)
+        if v is not None:
+            return _whole(v, f, 0, MAX_OUTPUT_LIMIT)
+    return None
+
+
+def choice_count(req: dict[str, Any], *fields: str) -> int:
+    """How many outputs the request can produce (OpenAI `n`, `best_of`, Gemini `candidateCount`): the largest."""
+    n = 1
+    for f in fields:
+        v = req.get(f)
+        if v is not None:
+            n = max(n, _whole(v, f, 1, MAX_CHOICES))
+    return n
+
+
 @dataclass(slots=True)
 class CallMeter:
     """Per-call metering state. Subclasses (one per protocol and endpoint family) fill the hooks."""
@@ -116,6 +154,8 @@ class CallMeter:
     request_model: str | None = None
     stream: bool = False
     max_output_tokens: int | None = None
+    #: outputs the request can produce (n, best_of, candidateCount): the worst case is max_output x this
+    choices: int = 1
     #: the model as the provider answered it
     model: str | None = None
     #: raw usage object(s) as the provider sent them; normalized by `usage()`

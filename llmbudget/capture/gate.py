@@ -30,6 +30,8 @@ class CallInfo:
     #: max_tokens / max_output_tokens from the request, None when the client set none
     max_output_tokens: int | None
     local: bool = False
+    #: outputs the request can produce (OpenAI `n`, completions `best_of`, Gemini `candidateCount`)
+    choices: int = 1
     streamed: bool = False
     agent: str | None = None
     session: str | None = None

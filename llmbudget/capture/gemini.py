@@ -6,7 +6,15 @@ import json
 import re
 from typing import Any
 
-from .base import _TEXT_RE, BadRequest, CallMeter, data_lines, int_or_none, parse_json_body
+from .base import (
+    _TEXT_RE,
+    BadRequest,
+    CallMeter,
+    choice_count,
+    data_lines,
+    output_limit,
+    parse_json_body,
+)
 
 _PATH_RE = re.compile(
     r"^(?P<head>.*/models/)(?P<model>[^/:]*):(?P<method>generateContent|streamGenerateContent)$"
@@ -129,7 +137,11 @@ def make_meter(path: str, method: str, body: bytes, query: str = "") -> CallMete
     meter.json_array = meter.stream and "alt=sse" not in query
     gen = req.get("generationConfig")
     if isinstance(gen, dict):
-        meter.max_output_tokens = int_or_none(gen.get("maxOutputTokens"))
+        try:
+            meter.max_output_tokens = output_limit(gen, "maxOutputTokens")
+            meter.choices = choice_count(gen, "candidateCount")
+        except BadRequest as e:
+            raise BadRequest(f"generationConfig.{e}", code="INVALID_ARGUMENT") from None
     return meter
 
 

@@ -6,7 +6,15 @@ import json
 import re
 from typing import Any
 
-from .base import CallMeter, data_lines, dump_json_body, first_model, int_or_none, parse_json_body
+from .base import (
+    CallMeter,
+    choice_count,
+    data_lines,
+    dump_json_body,
+    first_model,
+    output_limit,
+    parse_json_body,
+)
 
 _USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -175,10 +183,12 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     meter = cls(protocol="openai", endpoint=endpoint, request=req, body=body, request_model=model)
     meter.stream = req.get("stream") is True and endpoint != "embeddings"
     if endpoint == "responses":
-        meter.max_output_tokens = int_or_none(req.get("max_output_tokens"))
-    else:
-        meter.max_output_tokens = int_or_none(req.get("max_completion_tokens")) or int_or_none(
-            req.get("max_tokens")
+        meter.max_output_tokens = output_limit(req, "max_output_tokens")
+    elif endpoint != "embeddings":
+        meter.max_output_tokens = output_limit(req, "max_completion_tokens", "max_tokens")
+        # completions' best_of generates that many server-side (all billed), returning n
+        meter.choices = (
+            choice_count(req, "n", "best_of") if endpoint == "completions" else choice_count(req, "n")
         )
     if meter.stream and endpoint in ("chat", "completions"):
         opts = req.get("stream_options")

@@ -392,6 +392,7 @@ class Proxy:
             model=meter.request_model or "",
             est_input_tokens=meter.est_input_tokens(),
             max_output_tokens=meter.max_output_tokens,
+            choices=meter.choices,
             local=backend.local,
             streamed=meter.stream,
             **{k: v for k, v in req.attribution.items() if k != "tags"},

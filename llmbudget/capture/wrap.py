@@ -23,11 +23,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..errors import BudgetExceeded
+from ..errors import BudgetExceeded, ValidationError
 from ..events import UsageEvent, new_id
 from . import anthropic as anthropic_proto
 from . import openai as openai_proto
-from .base import BadRequest, CallMeter, estimate_tokens_from_json
+from .base import BadRequest, CallMeter, choice_count, estimate_tokens_from_json, output_limit
 from .gate import Admission, CallInfo
 from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
 
@@ -411,10 +411,20 @@ class _AsyncTransport:
 def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
     model = kwargs.get("model")
     model = model if isinstance(model, str) else ""
-    if method == "responses":
-        max_out = kwargs.get("max_output_tokens")
-    else:
-        max_out = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
+    # the SDKs' NOT_GIVEN / omit sentinels mean "not set"
+    given = {k: v for k, v in kwargs.items() if type(v).__name__ not in ("NotGiven", "Omit")}
+    try:
+        if method == "responses":
+            max_out = output_limit(given, "max_output_tokens")
+            choices = 1
+        else:
+            max_out = output_limit(given, "max_completion_tokens", "max_tokens")
+            choices = (
+                choice_count(given, "n", "best_of") if method == "completions" else choice_count(given, "n")
+            )
+    except BadRequest as e:
+        field, _, why = str(e).partition(": ")
+        raise ValidationError(field, why) from None
     text = {
         k: v
         for k, v in kwargs.items()
@@ -427,7 +437,8 @@ def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
         provider=rec.provider_of(model),
         model=model,
         est_input_tokens=estimate_tokens_from_json(text),
-        max_output_tokens=max_out if isinstance(max_out, int) else None,
+        max_output_tokens=max_out,
+        choices=choices,
         local=rec.local,
         streamed=kwargs.get("stream") is True or method == "stream",
         **attribution,

@@ -184,6 +184,15 @@ class AccessGuard:
         self.policy = policy
         self.backends = backends
         self._cookie = ("=" + policy.cookie_value()) if policy.token is not None else None
+        #: raw Host header -> allowed, so the proxy's hot path pays a dict lookup
+        self._hosts: dict[bytes, bool] = {}
+
+    def _host_ok(self, raw: bytes) -> bool:
+        ok = self.policy.host_allowed(host_name(raw.decode("latin-1")))
+        if len(self._hosts) >= 256:  # many distinct Host values: start over rather than grow
+            self._hosts.clear()
+        self._hosts[raw] = ok
+        return ok
 
     def __getattr__(self, name: str) -> Any:
         # the wrapped app's attributes (services, proxy, web) stay reachable for callers and tests
@@ -200,7 +209,10 @@ class AccessGuard:
             # the proxy's hot path: only the Host is checked here (usually the first header)
             for k, v in scope["headers"]:
                 if k == b"host":
-                    if self.policy.host_allowed(host_name(v.decode("latin-1"))):
+                    ok = self._hosts.get(v)
+                    if ok is None:
+                        ok = self._host_ok(v)
+                    if ok:
                         await self.app(scope, receive, send)
                         return
                     break

@@ -25,6 +25,7 @@ from llmbudget.access import AccessPolicy
 from llmbudget.cli import main
 from llmbudget.config import Config
 from llmbudget.errors import ValidationError
+from llmbudget.events import UsageEvent
 from llmbudget.keys import PREFIX, KeyRing, hash_secret, make_key, parse_expires
 from llmbudget.store import open_ledger
 from llmbudget.store.keys import KeyStore
@@ -184,6 +185,11 @@ def test_key_store_on_postgresql_and_sqlite(ledger_url: str) -> None:
         assert [k.state() for k in store.list()] == ["active"]
         with pytest.raises(ValidationError, match="no key named 'nope'"):
             store.revoke("nope")
+        # events carry the key's name, stored and filtered in both back-ends
+        ledger.record_many([UsageEvent(backend="openai", model="m", key="pg-key"), UsageEvent("openai", "m")])
+        assert [e.key for e in ledger.query(filters={"key": "pg-key"})] == ["pg-key"]
+        rows = ledger.costs(since=None, until=None, by="backend", filters={"key": "pg-key"})
+        assert [r.calls for r in rows] == [1]
 
 
 def test_the_ring_caches_for_at_most_its_ttl(tmp_path: Path) -> None:

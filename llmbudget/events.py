@@ -25,6 +25,23 @@ TOKEN_FIELDS = (
     "cache_write_tokens",
     "output_tokens",
     "reasoning_tokens",
+    "cache_write_1h_tokens",
+)
+#: other priced units an event may carry in `units` (genai-prices usage keys). Modality tokens are
+#: parts of the input (or output) totals, cache reads by modality parts of the cached input.
+UNIT_KEYS = frozenset(
+    {
+        "input_audio_tokens",
+        "input_image_tokens",
+        "input_video_tokens",
+        "output_audio_tokens",
+        "output_image_tokens",
+        "output_video_tokens",
+        "cache_audio_read_tokens",
+        "cache_image_read_tokens",
+        "cache_video_read_tokens",
+        "web_searches",
+    }
 )
 
 _last_ms = 0
@@ -129,6 +146,12 @@ class UsageEvent:
     duration_ms: float | None = None
     ttft_ms: float | None = None
     source: str = "api"
+    #: the part of cache_write_tokens written with a one-hour TTL (priced apart by Anthropic)
+    cache_write_1h_tokens: int = 0
+    #: the tier that served the call, as the provider reported it (OpenAI `flex`, `priority`, ...)
+    service_tier: str | None = None
+    #: other priced units the provider reported, by genai-prices usage key (see UNIT_KEYS)
+    units: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +173,12 @@ class UsageEvent:
                 "cached_input_tokens",
                 f"cached ({self.cached_input_tokens}) + cache write ({self.cache_write_tokens}) "
                 f"exceeds input_tokens ({self.input_tokens}); input_tokens must include cached tokens",
+            )
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValidationError(
+                "cache_write_1h_tokens",
+                f"{self.cache_write_1h_tokens} exceeds cache_write_tokens ({self.cache_write_tokens}); "
+                "cache_write_tokens must include the one-hour writes",
             )
         if self.reasoning_tokens > self.output_tokens:
             raise ValidationError(
@@ -176,6 +205,20 @@ class UsageEvent:
             raise ValidationError("timestamp", "must be timezone-aware")
         if not isinstance(self.tags, dict):
             raise ValidationError("tags", "must be a mapping of strings")
+        if self.service_tier is not None and (
+            not isinstance(self.service_tier, str) or not self.service_tier or len(self.service_tier) > 64
+        ):
+            raise ValidationError(
+                "service_tier", f"must be a short string or null, got {self.service_tier!r}"
+            )
+        if not isinstance(self.units, dict):
+            raise ValidationError("units", "must be a mapping of unit names to counts")
+        if self.units:
+            for k, v in self.units.items():
+                if k not in UNIT_KEYS:
+                    raise ValidationError("units", f"unknown unit {k!r}; one of {sorted(UNIT_KEYS)}")
+                if type(v) is not int or v < 0:
+                    raise ValidationError("units", f"{k} must be a non-negative integer, got {v!r}")
 
     @property
     def cost_nano(self) -> int | None:
@@ -196,6 +239,7 @@ class UsageEvent:
         d["timestamp"] = self.timestamp.isoformat().replace("+00:00", "Z")
         d["cost_usd"] = None if self.cost_usd is None else decimal_str(self.cost_usd)
         d["tags"] = dict(self.tags)
+        d["units"] = dict(self.units)
         return d
 
     @classmethod
@@ -214,6 +258,8 @@ class UsageEvent:
             kw["cost_usd"] = from_nano(int(data["cost_nano"]))
         if kw.get("tags") is None:
             kw.pop("tags", None)
+        if kw.get("units") is None:
+            kw.pop("units", None)
         for name in TOKEN_FIELDS:
             if kw.get(name) is None:
                 kw.pop(name, None)

@@ -123,7 +123,7 @@ NORMALIZERS = [
                 "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60},
                 "output_tokens": 1,
             },
-            TokenUsage(103, 0, 100, 1, 0),
+            TokenUsage(103, 0, 100, 1, 0, 60),
         ),
         (anthropic_usage, {"output_tokens": 99}, TokenUsage(0, 0, 0, 99, 0)),  # message_delta
         # Gemini: prompt includes cached; thoughts are outside candidates
@@ -273,8 +273,12 @@ def test_normalize_never_raises_and_keeps_invariants(raw: Any) -> None:
     for fn in NORMALIZERS:
         u = fn(raw)
         assert isinstance(u, TokenUsage)
-        for v in u.as_dict().values():
+        d = u.as_dict()
+        units, tier = d.pop("units"), d.pop("service_tier")
+        for v in [*d.values(), *units.values()]:
             assert type(v) is int and v >= 0
+        assert tier is None or (isinstance(tier, str) and tier)
+        assert u.cache_write_1h_tokens <= u.cache_write_tokens
         assert u.cached_input_tokens + u.cache_write_tokens <= u.input_tokens
         assert u.cached_input_tokens <= u.input_tokens
         assert u.reasoning_tokens <= u.output_tokens

@@ -36,6 +36,10 @@ class OpenAIMeter(CallMeter):
     #: the client did not ask for usage in the stream: we did, so its usage-only chunk is removed
     hide_usage: bool = False
     _pending: bytes = b""
+    #: the tier that served the call (`service_tier` of the answer: default, flex, priority, ...)
+    served_tier: str | None = None
+    #: web searches the answer reports (Responses API `web_search_call` output items)
+    web_searches: int = 0
 
     def scan_lines(self, block: bytes) -> None:
         if self.model is None:
@@ -46,6 +50,8 @@ class OpenAIMeter(CallMeter):
                     self.raw_usage = obj["usage"]
                     if isinstance(obj.get("model"), str):
                         self.model = obj["model"]
+                    if isinstance(obj.get("service_tier"), str):
+                        self.served_tier = obj["service_tier"]
         if b'"error"' in block:
             for obj in data_lines(block, b'"error"'):
                 err = obj.get("error")
@@ -88,10 +94,20 @@ class OpenAIMeter(CallMeter):
             self.model = data["model"]
         if isinstance(data.get("usage"), dict):
             self.raw_usage = data["usage"]
+        if isinstance(data.get("service_tier"), str):
+            self.served_tier = data["service_tier"]
         self.complete = True
 
     def usage(self) -> Any:
-        return None if self.raw_usage is None else _normalize(self.endpoint, self.raw_usage)
+        if self.raw_usage is None:
+            return None
+        u = _normalize(self.endpoint, self.raw_usage)
+        if self.served_tier is None and not self.web_searches:
+            return u
+        units = dict(u.units)
+        if self.web_searches:
+            units["web_searches"] = self.web_searches
+        return u.with_counts(units=units, service_tier=self.served_tier or u.service_tier)
 
 
 class ResponsesMeter(OpenAIMeter):
@@ -115,11 +131,12 @@ class ResponsesMeter(OpenAIMeter):
                 self.stream_error = str(obj.get("message") or "error in stream")
 
     def from_answer(self, data: dict[str, Any]) -> None:
-        if isinstance(data.get("model"), str):
-            self.model = data["model"]
-        if isinstance(data.get("usage"), dict):
-            self.raw_usage = data["usage"]
-        self.complete = True
+        OpenAIMeter.from_answer(self, data)
+        output = data.get("output")
+        if isinstance(output, list):
+            self.web_searches = sum(
+                1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call"
+            )
 
 
 def _text_chars(block: bytes) -> int:

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..events import UsageEvent, utcnow
-from ..pricing.normalize import TokenUsage
+from ..pricing.normalize import ZERO_USAGE, TokenUsage
 from .base import CallMeter
 
 log = logging.getLogger("llmbudget.capture")
@@ -59,23 +59,21 @@ def build_event(
 ) -> UsageEvent:
     """The call's event: tokens as the provider reported them, estimated only for cut streams, priced.
 
-    A cut stream whose provider never reported usage is recorded with input estimated from the
-    request (characters of its text / 4, plus 4 per message) and output from the generated text seen
-    so far (characters / 4); reported counts always win when larger.
+    A cut stream keeps every count the provider already reported: input reported at the start of a
+    stream (Anthropic `message_start`, Gemini's first chunks) is final and used as it is, with its
+    cached and cache-write parts. Only what was never reported is estimated: input from the request
+    (characters of its text / 4, plus 4 per message), output from the generated text seen so far
+    (characters / 4). A reported output count is a snapshot that lags the text streamed after it,
+    so the larger of it and the estimate is kept.
     """
     try:
         usage = meter.usage()
     except Exception:  # the normalizers never raise; this guards the request path all the same
         log.exception("usage_unreadable backend=%s", backend)
         usage = None
-    tokens: dict[str, Any] = usage.as_dict() if usage is not None else {}
-    estimated = False
     if status == "interrupted" and upstream_reached:
-        est_in, est_out = meter.est_input_tokens(), meter.est_output_tokens()
-        if est_in > tokens.get("input_tokens", 0) or est_out > tokens.get("output_tokens", 0):
-            tokens["input_tokens"] = max(tokens.get("input_tokens", 0), est_in)
-            tokens["output_tokens"] = max(tokens.get("output_tokens", 0), est_out)
-            estimated = True
+        usage = fill_cut_stream(usage, meter)
+    tokens: dict[str, Any] = usage.as_dict() if usage is not None else {}
     model = meter.model or meter.request_model or ""
     now = utcnow()
     cost: Decimal | None = None
@@ -83,8 +81,9 @@ def build_event(
     if prices is not None:
         # priced before the event is built (the same book and rule as `PriceBook.price_event`, without
         # building and validating the event twice on the request path)
-        usage_now = usage if usage is not None and not estimated else TokenUsage.of(**tokens)
-        result = prices.cost(model, usage_now, provider=provider, at=now, local=local or provider == "local")
+        result = prices.cost(
+            model, usage or ZERO_USAGE, provider=provider, at=now, local=local or provider == "local"
+        )
         cost, price_status = result.cost_usd, result.status
     return UsageEvent(
         backend=backend,
@@ -105,6 +104,19 @@ def build_event(
         cost_usd=cost,
         price_status=price_status,
     )
+
+
+def fill_cut_stream(usage: TokenUsage | None, meter: CallMeter) -> TokenUsage:
+    """A cut stream's usage: what the provider reported, estimates only for what it never reported."""
+    est_out = meter.est_output_tokens()
+    if usage is None or usage.input_tokens == 0:
+        base = usage or ZERO_USAGE
+        return base.with_counts(
+            input_tokens=meter.est_input_tokens(), output_tokens=max(base.output_tokens, est_out)
+        )
+    if est_out > usage.output_tokens:
+        return usage.with_counts(output_tokens=est_out)
+    return usage
 
 
 def stream_decoder(encoding: str | None) -> Any:

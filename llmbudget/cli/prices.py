@@ -76,9 +76,28 @@ def _price_rows(info: Any) -> list[tuple[str, str]]:
         for above, price in info.tiers.get(key, ()):
             text += f"  ({_money(price)} when the call's input exceeds {above:,} tokens)"
         rows.append((label, text))
+    for key, price in info.unit_prices.items():
+        rows.append(_unit_row(key, price))
     if info.request_usd is not None:
         rows.append(("Per request", _money(info.request_usd)))
     return rows
+
+
+_UNIT_LABELS = {
+    "cache_write_1h_mtok": "Cache write, 1-hour TTL",
+    "web_searches_kcount": "Web searches",
+}
+
+
+def _unit_row(key: str, price: Any) -> tuple[str, str]:
+    """A row for one of the other unit prices (genai-prices price key -> base price)."""
+    if key.endswith("_mtok"):
+        label = _UNIT_LABELS.get(key) or key[: -len("_mtok")].replace("_", " ").capitalize() + " tokens"
+        return label, f"{_money(price)} / M tokens"
+    if key.endswith("_kcount"):
+        label = _UNIT_LABELS.get(key) or key[: -len("_kcount")].replace("_", " ").capitalize()
+        return label, f"{_money(price)} / 1,000"
+    return key.replace("_", " ").capitalize(), _money(price)
 
 
 def prices(
@@ -95,6 +114,13 @@ def prices(
     at: Annotated[
         str | None,
         typer.Option("--at", help="The price in force at this date or time (default now), e.g. 2025-06-01."),
+    ] = None,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            "--tier",
+            help="The prices of a service tier as the provider reports it (flex, priority, fast, batch).",
+        ),
     ] = None,
     missing: Annotated[
         bool,
@@ -122,7 +148,7 @@ def prices(
     cfg = common.load(config)
     when = parse_since(at, zone=cfg.zone(), option="--at") if at is not None else None
     book = PriceBook.from_config(cfg)
-    info = book.lookup(model, provider=provider, at=when)
+    info = book.lookup(model, provider=provider, at=when, service_tier=tier)
     when_s = (when or datetime.now().astimezone()).isoformat(timespec="seconds")
     if info is None:
         reason = book.why_unpriced(model, provider=provider, at=when) or "no price known"
@@ -158,7 +184,9 @@ def prices(
         _csv([{"at": when_s, **info.to_dict()}])
         return
     t = Table(
-        title=escape(f"{model}" + (f" ({provider})" if provider else "")),
+        title=escape(
+            f"{model}" + (f" ({provider})" if provider else "") + (f", {tier} tier" if tier else "")
+        ),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_header=False,

@@ -42,9 +42,18 @@ log = logging.getLogger(__name__)
 
 PriceStatus = Literal["priced", "override", "unpriced", "local"]
 
-#: the four token prices our usage carries; anything else in a genai-prices price is for units we never report
+#: the four token prices every book entry may have (shown on their own rows by `llmbudget prices`)
 _TOKEN_KEYS = ("input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok")
 _REQUESTS_KEY = "requests_kcount"
+#: genai-prices usage keys -> TokenUsage attributes; other metered units come from `TokenUsage.units`
+_USAGE_ATTRS = {
+    "input_tokens": "input_tokens",
+    "cache_read_tokens": "cached_input_tokens",
+    "cache_write_tokens": "cache_write_tokens",
+    "cache_write_1h_tokens": "cache_write_1h_tokens",
+    "output_tokens": "output_tokens",
+    "output_reasoning_tokens": "reasoning_tokens",
+}
 _NEG_INF = -math.inf
 _POS_INF = math.inf
 #: distinct (model, provider) pairs kept; model names come from traffic, so the cache is bounded
@@ -145,6 +154,11 @@ class PriceInfo:
     request_usd: Decimal | None = None
     #: human notes: time-of-day windows, prices for units llmbudget does not meter
     notes: tuple[str, ...] = ()
+    #: prices of the other units the book knows for this model (genai-prices price key -> base price):
+    #: `cache_write_1h_mtok`, `input_audio_mtok`, `web_searches_kcount` (USD per 1,000), ...
+    unit_prices: dict[str, Decimal] = field(default_factory=dict)
+    #: the service tier these prices are for (None: the standard prices)
+    service_tier: str | None = None
     #: the next instant (UTC) at which a known price for this model changes (dated change, override, time of day)
     next_change: datetime | None = None
 
@@ -172,6 +186,8 @@ class PriceInfo:
                 for k, v in self.tiers.items()
             },
             "request_usd": s(self.request_usd),
+            "unit_prices": {k: str(v) for k, v in self.unit_prices.items()},
+            "service_tier": self.service_tier,
             "notes": list(self.notes),
             "next_change": None if self.next_change is None else self.next_change.isoformat(),
         }
@@ -209,28 +225,53 @@ class _Rate:
         return self.base
 
 
+def _registry() -> Any:
+    from genai_prices.units import _get_registry
+
+    return _get_registry()
+
+
 class _Compiled:
-    """A price set reduced to integer arithmetic: cost() in well under a microsecond."""
+    """A price set reduced to integer arithmetic over genai-prices' units.
 
-    __slots__ = ("cache_read", "cache_write", "div", "input", "mul", "output", "request")
+    Every priced unit (token kinds, TTL-split cache writes, audio/image/video tokens, web searches,
+    a per-request fee) pays its own price on its own count; a unit's count excludes the counts of
+    the more specific units priced beside it (genai-prices' leaf decomposition: 1-hour cache
+    writes leave the 5-minute rate, audio tokens leave the text input rate). The result equals
+    `to_nano(genai_prices.calc_price(...).total_price)` for the same usage, rounded half-even.
+    """
 
-    def __init__(self, prices: dict[str, Any], request_usd: Decimal | None) -> None:
+    __slots__ = ("div", "entries", "mul", "request", "units_needed")
+    div: int
+    mul: int
+    request: int
+    units_needed: bool
+    #: (TokenUsage attribute or None for a `units` key, usage key, descendant indexes, rate, multiplier)
+    entries: tuple[tuple[str | None, str, tuple[int, ...], _Rate, int], ...]
+
+    def __init__(self, prices: dict[str, Any]) -> None:
+        reg = _registry()
+        priced: list[tuple[Any, Any]] = []
+        for key, p in prices.items():
+            if p is None:
+                continue
+            try:
+                priced.append((reg.unit_for_price_key(key), p))
+            except KeyError:
+                continue  # a price key this genai-prices does not define: it cannot apply
         decimals: list[Decimal] = []
-        for key in _TOKEN_KEYS:
-            p = prices.get(key)
+        for _, p in priced:
             if isinstance(p, Decimal):
                 decimals.append(p)
-            elif p is not None:  # TieredPrices
+            else:  # TieredPrices
                 decimals.append(p.base)
                 decimals.extend(t.price for t in p.tiers)
-        if request_usd is not None:
-            decimals.append(request_usd)
         k = _scale_of(decimals)
+        lcm = 1
+        for unit, _ in priced:
+            lcm = math.lcm(lcm, int(unit.per))
 
-        def rate(key: str) -> _Rate | None:
-            p = prices.get(key)
-            if p is None:
-                return None
+        def rate(p: Any) -> _Rate:
             if isinstance(p, Decimal):
                 return _Rate(_as_int(p, k))
             tiers = tuple(
@@ -238,33 +279,51 @@ class _Compiled:
             )
             return _Rate(_as_int(p.base, k), tiers)
 
-        self.input = rate("input_mtok")
-        self.cache_read = rate("cache_read_mtok")
-        self.cache_write = rate("cache_write_mtok")
-        self.output = rate("output_mtok")
-        # a per-request price in USD becomes numerator units: USD * 10^k * 10^6
-        self.request = 0 if request_usd is None else _as_int(request_usd, k) * 1_000_000
-        # numerator N is USD * 10^(k+6); nano = N * 10^(3-k)
-        self.mul = 10 ** (3 - k) if k <= 3 else 1
-        self.div = 10 ** (k - 3) if k > 3 else 1
+        self.request = 0
+        counted = []
+        for unit, p in priced:
+            if unit.usage_key == "requests":  # one request per call
+                self.request = rate(p).base * (lcm // int(unit.per))
+            else:
+                counted.append((unit, p))
+        # most specific first, so every unit's descendants have their leaf counts before it
+        counted.sort(key=lambda up: (-len(up[0].dimensions), up[0].usage_key))
+        entries = []
+        for i, (unit, p) in enumerate(counted):
+            desc = tuple(
+                j
+                for j, (other, _) in enumerate(counted)
+                if j != i and unit.dimensions.items() <= other.dimensions.items()
+            )
+            entries.append(
+                (_USAGE_ATTRS.get(unit.usage_key), unit.usage_key, desc, rate(p), lcm // int(unit.per))
+            )
+        self.entries = tuple(entries)
+        self.units_needed = any(e[0] is None for e in entries)
+        # numerator N is USD * 10^k * lcm; nano = N * 10^9 / (10^k * lcm), reduced
+        num, den = 10**9, 10**k * lcm
+        g = math.gcd(num, den)
+        self.mul, self.div = num // g, den // g
 
     def nano(self, u: TokenUsage) -> int:
         """Cost in nano-USD, rounded half-even, of one call's whole usage."""
         total_in = u.input_tokens
-        plain = total_in
-        n = self.request
-        if self.cache_read is not None:
-            plain -= u.cached_input_tokens
-            n += self.cache_read.at(total_in) * u.cached_input_tokens
-        if self.cache_write is not None:
-            plain -= u.cache_write_tokens
-            n += self.cache_write.at(total_in) * u.cache_write_tokens
-        if self.input is not None:
-            n += self.input.at(total_in) * plain
-        if self.output is not None:
-            n += self.output.at(total_in) * u.output_tokens
+        n: int = self.request
+        units = dict(u.units) if self.units_needed and u.units else {}
+        leaves: list[int] = []
+        append = leaves.append
+        for attr, key, desc, rate, mult in self.entries:
+            v: int = getattr(u, attr) if attr is not None else units.get(key, 0)
+            for j in desc:
+                v -= leaves[j]
+            if v > 0:
+                append(v)
+                n += (rate.at(total_in) if rate.tiers else rate.base) * v * mult
+            else:  # nothing, or inconsistent parts from a provider: never a negative count
+                append(0)
+        n *= self.mul
         if self.div == 1:
-            return n * self.mul
+            return n
         q, r = divmod(n, self.div)
         twice = 2 * r
         if twice > self.div or (twice == self.div and q & 1):
@@ -366,7 +425,7 @@ class PriceBook:
     ) -> None:
         self._overrides = tuple(_Override.build(i, o) for i, o in enumerate(overrides))
         self._local_backends = frozenset(local_backends)
-        self._cache: dict[tuple[str, str | None], tuple[_Span, ...]] = {}
+        self._cache: dict[tuple[str, str | None, str | None], tuple[_Span, ...]] = {}
         self._lock = threading.Lock()
         self._version: str | None = None
 
@@ -395,7 +454,7 @@ class PriceBook:
         """The cost of one call's whole usage at time `at` (default now); `local` calls cost $0."""
         if local:
             return PriceResult(Decimal(0), "local", "local backend")
-        span = self._span(model, provider, at)
+        span = self._span(model, provider, at, usage.service_tier)
         if span.compiled is None:
             return PriceResult(None, "unpriced", span.reason)
         return PriceResult(_usd(span.compiled.nano(usage)), span.status, span.source)
@@ -404,7 +463,7 @@ class PriceBook:
         self, model: str, usage: TokenUsage, *, provider: str | None = None, at: datetime | None = None
     ) -> tuple[int | None, PriceStatus]:
         """Like `cost` but returns (nano-USD or None, status): the hot path of the proxy and reprice."""
-        span = self._span(model, provider, at)
+        span = self._span(model, provider, at, usage.service_tier)
         if span.compiled is None:
             return None, "unpriced"
         return span.compiled.nano(usage), span.status
@@ -414,17 +473,23 @@ class PriceBook:
         is_local = local or event.provider == "local" or event.backend in self._local_backends
         if is_local:
             return event.with_(cost_usd=Decimal(0), price_status="local")
-        span = self._span(event.model, event.provider, event.timestamp)
+        usage = TokenUsage.from_event(event)
+        span = self._span(event.model, event.provider, event.timestamp, usage.service_tier)
         if span.compiled is None:
             return event.with_(cost_usd=None, price_status="unpriced")
-        nano = span.compiled.nano(TokenUsage.from_event(event))
+        nano = span.compiled.nano(usage)
         return event.with_(cost_usd=_usd(nano), price_status=span.status)
 
     def lookup(
-        self, model: str, *, provider: str | None = None, at: datetime | None = None
+        self,
+        model: str,
+        *,
+        provider: str | None = None,
+        at: datetime | None = None,
+        service_tier: str | None = None,
     ) -> PriceInfo | None:
-        """The prices in force for `model` at `at` (default now) and their source; None when unpriced."""
-        return self._span(model, provider, at).info
+        """The prices in force for `model` at `at` (default now, standard tier) and their source; None when unpriced."""
+        return self._span(model, provider, at, service_tier).info
 
     def why_unpriced(
         self, model: str, *, provider: str | None = None, at: datetime | None = None
@@ -440,20 +505,20 @@ class PriceBook:
 
     # ------------------------------------------------------------ cache
 
-    def _span(self, model: str, provider: str | None, at: datetime | None) -> _Span:
+    def _span(self, model: str, provider: str | None, at: datetime | None, tier: str | None = None) -> _Span:
         if at is None:
             ts = _now_ts()
         elif at.tzinfo is None:  # naive times are UTC by convention (as in genai-prices)
             ts = at.replace(tzinfo=UTC).timestamp()
         else:
             ts = at.timestamp()
-        key = (model, provider)
+        key = (model, provider, tier)
         spans = self._cache.get(key)
         if spans is not None:
             for s in spans:
                 if s.lo <= ts < s.hi:
                     return s
-        span = self._resolve(model, provider, ts)
+        span = self._resolve(model, provider, ts, tier)
         with self._lock:
             cache = self._cache
             if len(cache) >= _MAX_KEYS and key not in cache:
@@ -462,7 +527,7 @@ class PriceBook:
             cache[key] = (span, *old[: _MAX_SPANS - 1])
         return span
 
-    def _resolve(self, model: str, provider: str | None, ts: float) -> _Span:
+    def _resolve(self, model: str, provider: str | None, ts: float, tier: str | None = None) -> _Span:
         when = datetime.fromtimestamp(ts, UTC)
         ours = _norm_provider(provider)
         overrides = [o for o in self._overrides if o.matches(model, ours)]
@@ -470,7 +535,7 @@ class PriceBook:
 
         found, why = _find_model(model, ours)
         if found is not None:
-            boundaries.extend(_model_boundaries(found[1], when))
+            boundaries.extend(_model_boundaries(found[1], when, variants=tier is not None))
         lo = max((b for b in boundaries if b <= ts), default=_NEG_INF)
         hi = min((b for b in boundaries if b > ts), default=_POS_INF)
         next_change = None if hi == _POS_INF else datetime.fromtimestamp(hi, UTC)
@@ -495,15 +560,19 @@ class PriceBook:
                 effective_from=o.effective_from,
                 next_change=next_change,
             )
-            return _Span(lo, hi, "override", source, _Compiled(prices, None), info)
+            return _Span(lo, hi, "override", source, _Compiled(prices), info)
 
         if found is None:
             return _Span(lo, hi, "unpriced", "", None, None, why)
         gp_provider, gp_model = found
         model_price, start = _price_in_force(gp_model, when)
-        prices = {k: getattr(model_price, k, None) for k in _TOKEN_KEYS}
-        prices = {k: v for k, v in prices.items() if v is not None}
-        req = getattr(model_price, _REQUESTS_KEY, None)
+        context = _price_context(gp_provider.id, tier)
+        if context and any(gp_model is m for m in gp_provider.models):
+            # the provider's own variant prices for the tier that served the call (genai-prices'
+            # rule: not for a model borrowed from another provider's list)
+            model_price = gp_model.get_prices(when, context)
+        prices = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
+        req = prices.get(_REQUESTS_KEY)
         request_usd = req / 1000 if isinstance(req, Decimal) else None
         source = self.package_source
         info = PriceInfo(
@@ -527,8 +596,14 @@ class PriceBook:
             request_usd=request_usd,
             notes=_notes(gp_model, model_price),
             next_change=next_change,
+            unit_prices={
+                k: b
+                for k, v in prices.items()
+                if k not in _TOKEN_KEYS and k != _REQUESTS_KEY and (b := _base(v)) is not None
+            },
+            service_tier=tier if context else None,
         )
-        return _Span(lo, hi, "priced", source, _Compiled(prices, request_usd), info)
+        return _Span(lo, hi, "priced", source, _Compiled(prices), info)
 
 
 def _usd(nano: int) -> Decimal:
@@ -568,15 +643,15 @@ def _find_model(model: str, ours: str | None) -> tuple[tuple[Any, Any] | None, s
         return None, f"no price for model {model!r}: {e}"
 
 
-def _model_boundaries(gp_model: Any, when: datetime) -> list[float]:
-    """Instants near `when` at which this model's package price can change."""
+def _model_boundaries(gp_model: Any, when: datetime, variants: bool = False) -> list[float]:
+    """Instants near `when` at which this model's package price can change (a tier's variants too)."""
     prices = gp_model.prices
-    if not isinstance(prices, list):
-        return []
+    constraints = [v.constraint for v in gp_model.price_variants or ()] if variants else []
+    if isinstance(prices, list):
+        constraints.extend(cp.constraint for cp in prices)
     out: list[float] = []
     day = when.date()
-    for cp in prices:
-        c = cp.constraint
+    for c in constraints:
         if c is None:
             continue
         if hasattr(c, "start_date"):
@@ -609,6 +684,34 @@ def _price_in_force(gp_model: Any, when: datetime) -> tuple[Any, date | None]:
     return chosen.prices, start
 
 
+def _price_context(gp_provider_id: str, tier: str | None) -> dict[str, str] | None:
+    """genai-prices' price context for the tier a provider reported (None: the standard prices).
+
+    OpenAI (and Google) variants are keyed by `service_tier`; Anthropic's fast mode by `speed`, and
+    batch results by `processing`.
+    """
+    if not tier:
+        return None
+    if tier == "batch":
+        return {"processing": "batch"}
+    if gp_provider_id == "anthropic" and tier == "fast":
+        return {"speed": "fast"}
+    return {"service_tier": tier}
+
+
+def _metered_price_keys() -> frozenset[str]:
+    """Price keys of the units llmbudget reads from responses (and so charges)."""
+    from ..events import UNIT_KEYS
+
+    reg = _registry()
+    keys = {_REQUESTS_KEY}
+    for usage_key in (*_USAGE_ATTRS, *UNIT_KEYS):
+        unit = reg.units.get(usage_key)
+        if unit is not None:
+            keys.add(unit.price_key)
+    return frozenset(keys)
+
+
 def _notes(gp_model: Any, model_price: Any) -> tuple[str, ...]:
     notes: list[str] = []
     prices = gp_model.prices
@@ -618,13 +721,14 @@ def _notes(gp_model: Any, model_price: Any) -> tuple[str, ...]:
             if c is not None and hasattr(c, "start_time"):
                 s, e = _utc_time(c.start_time), _utc_time(c.end_time)
                 notes.append(f"time-of-day price: a different price applies {s:%H:%M}-{e:%H:%M} UTC")
+    metered = _metered_price_keys()
     others = sorted(
         k
         for k, v in vars(model_price).items()
-        if v is not None and not k.startswith("_") and k not in (*_TOKEN_KEYS, _REQUESTS_KEY)
+        if v is not None and not k.startswith("_") and k not in metered
     )
     if others:
-        notes.append("also priced, not metered by llmbudget: " + ", ".join(others))
+        notes.append("also priced, not reported by any response llmbudget reads: " + ", ".join(others))
     return tuple(notes)
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from ..events import UNIT_KEYS
+
 __all__ = [
     "TokenUsage",
     "anthropic_usage",
@@ -75,15 +77,46 @@ def _has(obj: Any, *path: str) -> bool:
     return _get(obj, *path) is not None
 
 
+def _units(pairs: Any) -> tuple[tuple[str, int], ...]:
+    """Positive counts of known extra units, sorted by key (hashable, one canonical form)."""
+    if not pairs:
+        return ()
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    out: dict[str, int] = {}
+    for k, v in items:
+        n = _int(v)
+        if n and k in UNIT_KEYS:
+            out[k] = out.get(k, 0) + n
+    return tuple(sorted(out.items()))
+
+
+def _tier(value: Any) -> str | None:
+    if isinstance(value, str):
+        v = value.strip()
+        if v and len(v) <= 64:
+            return v
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """One call's tokens. `input_tokens` include cached reads and cache writes; `output_tokens` include reasoning."""
+    """One call's tokens. `input_tokens` include cached reads and cache writes; `output_tokens` include reasoning.
+
+    `cache_write_1h_tokens` are the part of `cache_write_tokens` written with a one-hour TTL (Anthropic
+    prices them higher than 5-minute writes). `units` holds other priced units the provider reported,
+    by genai-prices usage key (`input_audio_tokens`, `web_searches`, ...); modality tokens are parts of
+    the input or output totals, not additions to them. `service_tier` is the tier that served the call
+    as the provider reported it (OpenAI `flex`/`priority`, Anthropic fast mode as `fast`).
+    """
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    units: tuple[tuple[str, int], ...] = ()
+    service_tier: str | None = None
 
     @classmethod
     def of(
@@ -93,6 +126,9 @@ class TokenUsage:
         cache_write_tokens: int = 0,
         output_tokens: int = 0,
         reasoning_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        units: Any = None,
+        service_tier: Any = None,
     ) -> TokenUsage:
         """Build from possibly inconsistent counts, enforcing the invariants.
 
@@ -101,8 +137,9 @@ class TokenUsage:
         since under-counting would under-charge.
         """
         i, c, w = _int(input_tokens), _int(cached_input_tokens), _int(cache_write_tokens)
-        o, r = _int(output_tokens), _int(reasoning_tokens)
-        return cls(max(i, c + w), c, w, max(o, r), r)
+        o, r, w1h = _int(output_tokens), _int(reasoning_tokens), _int(cache_write_1h_tokens)
+        w = max(w, w1h)
+        return cls(max(i, c + w), c, w, max(o, r), r, w1h, _units(units), _tier(service_tier))
 
     @classmethod
     def from_event(cls, event: Any) -> TokenUsage:
@@ -113,7 +150,25 @@ class TokenUsage:
             getattr(event, "cache_write_tokens", 0),
             getattr(event, "output_tokens", 0),
             getattr(event, "reasoning_tokens", 0),
+            getattr(event, "cache_write_1h_tokens", 0),
+            getattr(event, "units", None),
+            getattr(event, "service_tier", None),
         )
+
+    def with_counts(self, **changes: Any) -> TokenUsage:
+        """A copy with some fields changed, the invariants enforced again."""
+        d: dict[str, Any] = {
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
+            "units": self.units,
+            "service_tier": self.service_tier,
+        }
+        d.update(changes)
+        return TokenUsage.of(**d)
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -131,12 +186,18 @@ class TokenUsage:
         """Sum of two usages (separate calls, or incremental stream deltas)."""
         if not isinstance(other, TokenUsage):
             return NotImplemented
+        units = dict(self.units)
+        for k, v in other.units:
+            units[k] = units.get(k, 0) + v
         return TokenUsage(
             self.input_tokens + other.input_tokens,
             self.cached_input_tokens + other.cached_input_tokens,
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            tuple(sorted(units.items())),
+            self.service_tier or other.service_tier,
         )
 
     def merge_max(self, other: TokenUsage | None) -> TokenUsage:
@@ -148,22 +209,31 @@ class TokenUsage:
         """
         if other is None:
             return self
+        units = dict(self.units)
+        for k, v in other.units:
+            units[k] = max(units.get(k, 0), v)
         return TokenUsage.of(
             max(self.input_tokens, other.input_tokens),
             max(self.cached_input_tokens, other.cached_input_tokens),
             max(self.cache_write_tokens, other.cache_write_tokens),
             max(self.output_tokens, other.output_tokens),
             max(self.reasoning_tokens, other.reasoning_tokens),
+            max(self.cache_write_1h_tokens, other.cache_write_1h_tokens),
+            units,
+            other.service_tier or self.service_tier,
         )
 
-    def as_dict(self) -> dict[str, int]:
-        """The five counts under UsageEvent's field names (`UsageEvent(**usage.as_dict(), ...)`)."""
+    def as_dict(self) -> dict[str, Any]:
+        """The counts, units and tier under UsageEvent's field names (`UsageEvent(**usage.as_dict(), ...)`)."""
         return {
             "input_tokens": self.input_tokens,
             "cached_input_tokens": self.cached_input_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "output_tokens": self.output_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
+            "units": dict(self.units),
+            "service_tier": self.service_tier,
         }
 
 
@@ -212,7 +282,13 @@ def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None
             )
         if separate:
             output = completion + reasoning
-    return TokenUsage.of(prompt, cached, cache_write, output, reasoning)
+    units = {
+        "input_audio_tokens": _get(usage, "prompt_tokens_details", "audio_tokens"),
+        "input_image_tokens": _get(usage, "prompt_tokens_details", "image_tokens"),
+        "output_audio_tokens": _get(usage, "completion_tokens_details", "audio_tokens"),
+        "output_image_tokens": _get(usage, "completion_tokens_details", "image_tokens"),
+    }
+    return TokenUsage.of(prompt, cached, cache_write, output, reasoning, units=units)
 
 
 def openai_responses_usage(usage: Any) -> TokenUsage:
@@ -225,6 +301,12 @@ def openai_responses_usage(usage: Any) -> TokenUsage:
         _int(_get(usage, "input_tokens_details", "cache_write_tokens")),
         _int(usage.get("output_tokens")),
         _int(_get(usage, "output_tokens_details", "reasoning_tokens")),
+        units={
+            "input_audio_tokens": _get(usage, "input_tokens_details", "audio_tokens"),
+            "input_image_tokens": _get(usage, "input_tokens_details", "image_tokens"),
+            "output_audio_tokens": _get(usage, "output_tokens_details", "audio_tokens"),
+            "output_image_tokens": _get(usage, "output_tokens_details", "image_tokens"),
+        },
     )
 
 
@@ -239,36 +321,72 @@ def openai_embeddings_usage(usage: Any) -> TokenUsage:
 
 
 def anthropic_usage(usage: Any) -> TokenUsage:
-    """Anthropic Messages `usage`: `input_tokens` exclude cache reads and writes, so both are added."""
+    """Anthropic Messages `usage`: `input_tokens` exclude cache reads and writes, so both are added.
+
+    The cache writes' TTL split (`cache_creation.ephemeral_1h_input_tokens`), server-side web
+    searches (`server_tool_use.web_search_requests`) and fast mode (`speed: fast`, recorded as the
+    tier `fast`; otherwise Anthropic's own `service_tier`) are kept for pricing.
+    """
     if not isinstance(usage, Mapping):
         return ZERO_USAGE
     read = _int(usage.get("cache_read_input_tokens"))
     write = _int(usage.get("cache_creation_input_tokens"))
+    w5m = _int(_get(usage, "cache_creation", "ephemeral_5m_input_tokens"))
+    w1h = _int(_get(usage, "cache_creation", "ephemeral_1h_input_tokens"))
     if not write:  # newer responses may carry only the per-TTL breakdown
-        write = _int(_get(usage, "cache_creation", "ephemeral_5m_input_tokens")) + _int(
-            _get(usage, "cache_creation", "ephemeral_1h_input_tokens")
-        )
+        write = w5m + w1h
     # thinking is already inside output_tokens; a separate count is reported only by some versions
     thinking = _int(_get(usage, "output_tokens_details", "thinking_tokens"))
+    speed = usage.get("speed")
     return TokenUsage.of(
         _int(usage.get("input_tokens")) + read + write,
         read,
         write,
         _int(usage.get("output_tokens")),
         thinking,
+        w1h,
+        {"web_searches": _get(usage, "server_tool_use", "web_search_requests")},
+        "fast" if speed == "fast" else usage.get("service_tier"),
     )
 
 
+#: Gemini modality names -> our unit keys (genai-prices counts DOCUMENT tokens as image tokens)
+_GEMINI_MODALITY = {"AUDIO": "audio", "IMAGE": "image", "DOCUMENT": "image", "VIDEO": "video"}
+
+
+def _gemini_modalities(details: Any, template: str, into: dict[str, int]) -> None:
+    """Add a Gemini `*TokensDetails` list ([{modality, tokenCount}]) into `into` by unit key."""
+    if not isinstance(details, list):
+        return
+    for item in details:
+        if isinstance(item, Mapping):
+            kind = _GEMINI_MODALITY.get(str(item.get("modality", "")).upper())
+            if kind is not None:
+                key = template.format(kind)
+                into[key] = into.get(key, 0) + _int(item.get("tokenCount"))
+
+
 def gemini_usage(usage_metadata: Any) -> TokenUsage:
-    """Gemini `usageMetadata`: prompt includes cached content; thoughts are added to candidates."""
+    """Gemini `usageMetadata`: prompt includes cached content; thoughts are added to candidates.
+
+    Non-text modality counts (`promptTokensDetails`, `toolUsePromptTokensDetails`,
+    `candidatesTokensDetails`, `cacheTokensDetails`) are kept as units: audio, image and video are
+    priced apart from text by some models.
+    """
     if not isinstance(usage_metadata, Mapping):
         return ZERO_USAGE
     m = usage_metadata
     thoughts = _int(m.get("thoughtsTokenCount"))
+    units: dict[str, int] = {}
+    _gemini_modalities(m.get("promptTokensDetails"), "input_{}_tokens", units)
+    _gemini_modalities(m.get("toolUsePromptTokensDetails"), "input_{}_tokens", units)
+    _gemini_modalities(m.get("candidatesTokensDetails"), "output_{}_tokens", units)
+    _gemini_modalities(m.get("cacheTokensDetails"), "cache_{}_read_tokens", units)
     return TokenUsage.of(
         _int(m.get("promptTokenCount")) + _int(m.get("toolUsePromptTokenCount")),
         _int(m.get("cachedContentTokenCount")),
         0,
         _int(m.get("candidatesTokenCount")) + thoughts,
         thoughts,
+        units=units,
     )

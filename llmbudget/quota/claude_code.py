@@ -378,11 +378,7 @@ def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
         session=entry.session,
         tags=tags,
         source="import",
-        input_tokens=n.input_tokens,
-        cached_input_tokens=n.cached_input_tokens,
-        cache_write_tokens=n.cache_write_tokens,
-        output_tokens=n.output_tokens,
-        reasoning_tokens=n.reasoning_tokens,
+        **n.as_dict(),  # 1-hour cache writes, web searches and fast mode included, so they are priced
     )
     if prices is not None:
         event = _price(prices, event)

@@ -96,7 +96,10 @@ def event_line(ev: UsageEvent) -> str:
         f'"http_status":{"null" if h is None else (repr(h) if type(h) is int else _num(h))},'
         f'"streamed":{"true" if ev.streamed else "false"},'
         f'"duration_ms":{"null" if d is None else (repr(d) if type(d) is float and d - d == 0 else _num(d))},'
-        f'"ttft_ms":{"null" if t is None else (repr(t) if type(t) is float and t - t == 0 else _num(t))}}}'
+        f'"ttft_ms":{"null" if t is None else (repr(t) if type(t) is float and t - t == 0 else _num(t))},'
+        f'"cache_write_1h_tokens":{ev.cache_write_1h_tokens:d},'
+        f'"service_tier":{"null" if ev.service_tier is None else _esc(ev.service_tier)},'
+        f'"units":{_compact.encode(ev.units) if ev.units else "{}"}}}'
     )
 
 

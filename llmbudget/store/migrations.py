@@ -344,3 +344,14 @@ CREATE TABLE IF NOT EXISTS budget_pending (
 CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter);
 """,
 )
+
+# Prices by unit: the one-hour part of cache writes, the service tier that served the call and the
+# other priced units a response reports (JSON object of counts), so `reprice` can redo them.
+migration(
+    "0011_events_priced_units",
+    """
+ALTER TABLE events ADD COLUMN cache_write_1h_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN service_tier TEXT;
+ALTER TABLE events ADD COLUMN units TEXT NOT NULL DEFAULT '{}';
+""",
+)

@@ -29,6 +29,7 @@ _PG_TYPES = {
     "streamed": "integer",
     "duration_ms": "double precision",
     "ttft_ms": "double precision",
+    "cache_write_1h_tokens": "bigint",
 }
 _INSERT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM unnest("

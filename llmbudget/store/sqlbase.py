@@ -74,6 +74,9 @@ EVENT_COLUMNS = (
     "ttft_ms",
     "source",
     "key",
+    "cache_write_1h_tokens",
+    "service_tier",
+    "units",
 )
 COLUMN_OF = {"user": "user_name"}
 #: the dimension fields kept in the rollups (event attribute names)
@@ -142,10 +145,13 @@ def event_to_row(ev: UsageEvent) -> tuple[Any, ...]:
         ev.ttft_ms,
         ev.source,
         ev.key,
+        ev.cache_write_1h_tokens,
+        ev.service_tier,
+        _tags_json(ev.units) if ev.units else "{}",
     )
 
 
-def _tags_json(tags: dict[str, str]) -> str:
+def _tags_json(tags: dict[str, str] | dict[str, int]) -> str:
     return json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -180,6 +186,9 @@ def row_to_event(r: Sequence[Any]) -> UsageEvent:
         ttft_ms=r[25],
         source=r[26],
         key=r[27],
+        cache_write_1h_tokens=int(r[28]),
+        service_tier=r[29],
+        units=json.loads(r[30]) if r[30] and r[30] != "{}" else {},
     )
 
 

@@ -11,6 +11,13 @@ SSE/JSON), `cut` (stream closed mid-way, no terminator), `hold` (first chunk, th
 the test calls `release()`), `slow` (a pause between chunks), `gzip` (OpenAI chat compressed
 whatever the client's Accept-Encoding said). `x-fake-remaining: N` sets the OpenAI
 `x-ratelimit-remaining-requests` header of the answer (quota readings from a burst).
+
+What the "provider" reports can be changed per request too: `x-fake-usage: <JSON object>` replaces
+the usage object of the answer (Anthropic `usage`, also in `message_start`; OpenAI `usage`; Gemini
+`usageMetadata`), `x-fake-model` the model answered, `x-fake-service-tier` adds OpenAI's top-level
+`service_tier` to the answer and every chunk, `x-fake-web-searches: N` adds N `web_search_call`
+items to a Responses answer, and `x-fake-cut-after: N` drops the connection after the first N
+chunks of a stream (N=1: right after Anthropic's `message_start`).
 """
 
 from __future__ import annotations
@@ -196,6 +203,18 @@ class FakeUpstream:
     async def _stream(
         self, request: web.Request, chunks: list[bytes], mode: str, ctype: str, headers: dict[str, str]
     ) -> web.StreamResponse:
+        cut_after = request.headers.get("x-fake-cut-after")
+        if cut_after is not None:
+            resp = web.StreamResponse(
+                status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache", **headers}
+            )
+            await resp.prepare(request)
+            for chunk in chunks[: int(cut_after)]:
+                await resp.write(chunk)
+            await asyncio.sleep(0.05)  # let the chunks reach the client before the connection drops
+            assert request.transport is not None
+            request.transport.close()
+            return resp
         if mode == "gzip":  # an upstream that compresses whatever the client asked for
             headers = {**headers, "Content-Encoding": "gzip"}
             comp = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
@@ -280,8 +299,9 @@ class FakeUpstream:
         if path.endswith("/responses"):
             return await self.openai_responses(request, body, mode, created)
         chat = path.endswith("/chat/completions")
-        model = OPENAI_CHAT_MODEL if chat else OPENAI_COMPLETIONS_MODEL
-        usage = OPENAI_CHAT_USAGE if chat else OPENAI_COMPLETIONS_USAGE
+        model = _model(request, OPENAI_CHAT_MODEL if chat else OPENAI_COMPLETIONS_MODEL)
+        usage = _usage(request, OPENAI_CHAT_USAGE if chat else OPENAI_COMPLETIONS_USAGE)
+        tier = _tier(request)
         if not body.get("stream"):
             if chat:
                 choice = {
@@ -302,6 +322,7 @@ class FakeUpstream:
                 "choices": [choice],
                 "usage": usage,
                 "system_fingerprint": "fp_fake",
+                **tier,
             }
             if mode == "gzip":
                 return web.Response(
@@ -318,6 +339,7 @@ class FakeUpstream:
             "created": created,
             "model": model,
             "system_fingerprint": "fp_fake",
+            **tier,
         }
         chunks = []
         for i, piece in enumerate(TEXT):
@@ -353,17 +375,22 @@ class FakeUpstream:
             "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}],
         }
+        searches = [
+            {"type": "web_search_call", "id": f"ws_fake{i}", "status": "completed"}
+            for i in range(int(request.headers.get("x-fake-web-searches", "0")))
+        ]
         response = {
             "id": "resp_fake",
             "object": "response",
             "created_at": created,
             "status": "completed",
-            "model": OPENAI_RESPONSES_MODEL,
-            "output": [item],
+            "model": _model(request, OPENAI_RESPONSES_MODEL),
+            "output": [*searches, item],
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
-            "usage": OPENAI_RESPONSES_USAGE,
+            "usage": _usage(request, OPENAI_RESPONSES_USAGE),
+            **_tier(request),
         }
         if not body.get("stream"):
             return web.json_response(response, headers=OPENAI_RATE_HEADERS)
@@ -425,15 +452,15 @@ class FakeUpstream:
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
-            "model": ANTHROPIC_MODEL,
+            "model": _model(request, ANTHROPIC_MODEL),
             "content": [{"type": "text", "text": "".join(TEXT)}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
-            "usage": ANTHROPIC_USAGE,
+            "usage": _usage(request, ANTHROPIC_USAGE),
         }
         if not body.get("stream"):
             return web.json_response(msg, headers={**ANTHROPIC_RATE_HEADERS, **rid})
-        start_usage = {k: v for k, v in ANTHROPIC_USAGE.items()}
+        start_usage = dict(msg["usage"])
         start_usage["output_tokens"] = 1
         chunks = [
             _sse(
@@ -466,7 +493,7 @@ class FakeUpstream:
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]},
+                    "usage": {"output_tokens": msg["usage"]["output_tokens"]},
                 },
                 "message_delta",
             )
@@ -516,17 +543,20 @@ class FakeUpstream:
                 status=429,
             )
         model = request.path.rsplit("/", 1)[-1].split(":")[0]
+        final_usage = _usage(request, GEMINI_USAGE)
 
         def chunk(text: str, final: bool) -> dict[str, Any]:
             cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
-            usage = dict(GEMINI_USAGE)
+            usage = dict(final_usage)
             if final:
                 cand["finishReason"] = "STOP"
             else:  # early chunks report the prompt only, the way Gemini does
                 usage = {
-                    "promptTokenCount": GEMINI_USAGE["promptTokenCount"],
-                    "totalTokenCount": GEMINI_USAGE["promptTokenCount"],
+                    k: v
+                    for k, v in final_usage.items()
+                    if k in ("promptTokenCount", "promptTokensDetails", "cachedContentTokenCount")
                 }
+                usage["totalTokenCount"] = final_usage.get("promptTokenCount", 0)
             return {
                 "candidates": [cand],
                 "usageMetadata": usage,
@@ -544,6 +574,21 @@ class FakeUpstream:
         texts = [json.dumps(p, indent=2) for p in parts]
         chunks = [("[" + texts[0]).encode()] + [("\n,\r\n" + t).encode() for t in texts[1:]] + [b"\n]"]
         return await self._stream(request, chunks, mode, "application/json; charset=UTF-8", {})
+
+
+def _usage(request: web.Request, default: dict[str, Any]) -> dict[str, Any]:
+    """The usage this answer reports: `x-fake-usage` (a JSON object) or the provider's constant."""
+    raw = request.headers.get("x-fake-usage")
+    return dict(default) if raw is None else dict(json.loads(raw))
+
+
+def _model(request: web.Request, default: str) -> str:
+    return request.headers.get("x-fake-model", default)
+
+
+def _tier(request: web.Request) -> dict[str, str]:
+    tier = request.headers.get("x-fake-service-tier")
+    return {} if tier is None else {"service_tier": tier}
 
 
 async def iter_lines(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

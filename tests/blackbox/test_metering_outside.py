@@ -1,0 +1,126 @@
+"""Metering seen from outside: `llmbudget serve` in its own process, the official anthropic SDK
+as client, a fake Anthropic upstream, and `llmbudget events --json` read from another process.
+
+A stream cut right after `message_start` keeps the input tokens Anthropic reported there, exactly;
+a call writing to the one-hour cache is priced at the one-hour rate.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+import yaml
+from fakes.process import serve_process
+from fakes.upstream import FakeUpstream
+
+#: a Claude Code turn: a large request, nearly all of it read from the prompt cache
+CUT_USAGE = {
+    "input_tokens": 12,
+    "cache_creation_input_tokens": 640,
+    "cache_read_input_tokens": 48_000,
+    "output_tokens": 1,
+    "service_tier": "standard",
+}
+#: 8,000 tokens written to the one-hour cache on Claude Sonnet 4
+ONE_HOUR_USAGE = {
+    "input_tokens": 1000,
+    "cache_creation_input_tokens": 8000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 8000},
+    "cache_read_input_tokens": 0,
+    "output_tokens": 300,
+    "service_tier": "standard",
+}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, fake: FakeUpstream) -> tuple[Path, str]:
+    config = tmp_path / "llmbudget.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"backends": {"anthropic": {"kind": "anthropic", "base_url": fake.url, "provider": "anthropic"}}}
+        )
+    )
+    return config, f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+def read_events(
+    llmbudget: Callable[..., subprocess.CompletedProcess[str]], config: Path, db: str, session: str
+) -> list[dict[str, Any]]:
+    """The session's events as `llmbudget events --json` prints them in another process, waited for."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = llmbudget("events", "--json", "--config", str(config), "--db", db, "--session", session)
+        assert r.returncode == 0, r.stderr
+        events: list[dict[str, Any]] = json.loads(r.stdout)["events"]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.2)
+
+
+def client(url: str, session: str, usage: dict[str, Any], **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key="sk-ant-test",
+        base_url=f"{url}/anthropic",
+        max_retries=0,
+        default_headers={"X-LLMBudget-Session": session, "x-fake-usage": json.dumps(usage), **headers},
+    )
+
+
+def test_stream_cut_after_message_start_keeps_the_reported_input(
+    setup: tuple[Path, str], llmbudget: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    config, db = setup
+    big = "Read the repository and explain the build. " * 5000  # ~55,000 tokens by the estimate
+    with serve_process(config, db) as server:
+        claude = client(server.url, "cut-1", CUT_USAGE, **{"x-fake-cut-after": "1"})
+        seen: list[str] = []
+        with (
+            pytest.raises(anthropic.APIError),
+            claude.messages.stream(
+                model="claude-sonnet-4-0", max_tokens=1024, messages=[{"role": "user", "content": big}]
+            ) as stream,
+        ):
+            for event in stream:
+                seen.append(event.type)
+        assert seen == ["message_start"], "the SDK got message_start, then the connection dropped"
+        [ev] = read_events(llmbudget, config, db, "cut-1")
+    assert ev["status"] == "interrupted" and ev["streamed"] is True
+    # exactly what message_start reported: 12 + 640 + 48,000 (input includes cache reads and writes)
+    assert (ev["input_tokens"], ev["cached_input_tokens"], ev["cache_write_tokens"]) == (48_652, 48_000, 640)
+    assert ev["output_tokens"] == 1
+    # claude-sonnet-4-0: 12 * 3 + 48,000 * 0.3 + 640 * 3.75 + 1 * 15 = 16,851 USD per million tokens
+    assert Decimal(ev["cost_usd"]) == Decimal("0.016851")
+
+
+def test_one_hour_cache_writes_are_priced_at_the_one_hour_rate(
+    setup: tuple[Path, str], llmbudget: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    config, db = setup
+    with serve_process(config, db) as server:
+        claude = client(server.url, "ttl-1", ONE_HOUR_USAGE, **{"x-fake-model": "claude-sonnet-4-20250514"})
+        with claude.messages.stream(
+            model="claude-sonnet-4-0", max_tokens=1024, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            final = stream.get_final_message()
+        assert final.usage.cache_creation is not None
+        assert final.usage.cache_creation.ephemeral_1h_input_tokens == 8000
+        [ev] = read_events(llmbudget, config, db, "ttl-1")
+    assert ev["status"] == "ok"
+    assert (ev["cache_write_tokens"], ev["cache_write_1h_tokens"]) == (8000, 8000)
+    # 1000 * 3 + 8000 * 6 (one-hour writes) + 300 * 15 = 55,500 USD per million: $0.0555, not $0.0375
+    assert Decimal(ev["cost_usd"]) == Decimal("0.0555")

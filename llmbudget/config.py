@@ -61,6 +61,8 @@ class PriceOverride(_Model):
     output_mtok: Decimal = Field(ge=0)
     cache_read_mtok: Decimal | None = Field(default=None, ge=0)
     cache_write_mtok: Decimal | None = Field(default=None, ge=0)
+    #: cache writes with a one-hour TTL (Anthropic); without it they cost cache_write_mtok
+    cache_write_1h_mtok: Decimal | None = Field(default=None, ge=0)
     effective_from: date | None = None
 
     @model_validator(mode="after")

@@ -339,3 +339,46 @@ def test_bad_units_and_tiers_name_the_field(changes: dict[str, Any], field: str)
     with pytest.raises(ValidationError) as info:
         UsageEvent.from_dict({**base, **changes})
     assert info.value.field == field
+
+
+def test_override_with_a_one_hour_rate() -> None:
+    from llmbudget.config import PriceOverride
+
+    book = PriceBook(
+        [
+            PriceOverride(
+                model="acme-claude",
+                input_mtok=Decimal(2),
+                output_mtok=Decimal(10),
+                cache_write_mtok=Decimal("2.5"),
+                cache_write_1h_mtok=Decimal(4),
+            ),
+            PriceOverride(
+                model="acme-plain",
+                input_mtok=Decimal(2),
+                output_mtok=Decimal(10),
+                cache_write_mtok=Decimal("2.5"),
+            ),
+        ]
+    )
+    u = TokenUsage.of(3000, 0, 3000, 0, 0, 2000)
+    # 1000 five-minute writes at 2.5 and 2000 one-hour writes at 4 per million
+    assert book.cost("acme-claude", u, at=T).cost_usd == Decimal("0.0105")
+    assert book.cost("acme-plain", u, at=T).cost_usd == Decimal("0.0075")  # no 1-hour rate: all at 2.5
+    info = book.lookup("acme-claude", at=T)
+    assert info is not None and info.unit_prices == {"cache_write_1h_mtok": Decimal(4)}
+
+
+def test_prices_command_shows_unit_prices_and_tiers(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from llmbudget.cli import main
+
+    assert main(["prices", "gpt-5", "--tier", "flex", "--at", "2026-11-02", "--json"]) == 0
+    flex = json.loads(capsys.readouterr().out)
+    assert (flex["input_mtok"], flex["output_mtok"], flex["service_tier"]) == ("0.625", "5", "flex")
+    assert flex["unit_prices"]["web_searches_kcount"] == "10"
+    assert main(["prices", "claude-sonnet-4-0", "--at", "2026-11-02"]) == 0
+    table = capsys.readouterr().out
+    assert "Cache write, 1-hour TTL" in table and "$6.00 / M tokens" in table
+    assert "Web searches" in table and "$10.00 / 1,000" in table

@@ -369,6 +369,8 @@ class _Override:
             prices["cache_read_mtok"] = o.cache_read_mtok
         if o.cache_write_mtok is not None:
             prices["cache_write_mtok"] = o.cache_write_mtok
+        if o.cache_write_1h_mtok is not None:
+            prices["cache_write_1h_mtok"] = o.cache_write_1h_mtok
         label = o.model if o.model is not None else f"/{o.model_regex}/"
         if o.provider:
             label += f" (provider {o.provider})"
@@ -559,6 +561,7 @@ class PriceBook:
                 cache_write_mtok=prices.get("cache_write_mtok"),
                 effective_from=o.effective_from,
                 next_change=next_change,
+                unit_prices={k: v for k, v in prices.items() if k not in _TOKEN_KEYS},
             )
             return _Span(lo, hi, "override", source, _Compiled(prices), info)
 

@@ -183,3 +183,73 @@ def test_unreachable_redis_is_one_clear_error() -> None:
         store.reserve("r1", [Charge("daily", key, (key,), 10, 1)], 60)
     assert "redis://127.0.0.1:1/0" in str(info.value) and "budgets.redis_url" in str(info.value)
     store.close()
+
+
+_HOLDER = """
+import sys, time
+from llmbudget.budget.store import Charge, PostgresCounters, RedisCounters, SQLiteCounters
+kind, url, prefix = sys.argv[1:4]
+store = {"sqlite": lambda: SQLiteCounters(url), "postgres": lambda: PostgresCounters(url),
+         "redis": lambda: RedisCounters(url, prefix=prefix)}[kind]()
+key = "daily|*|day:2025-01-02"
+for i in range(3):
+    assert store.reserve(store.reservation_id(f"held{i}"), [Charge("daily", key, (key,), 100, 30)], 3600) is None
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_reservations_of_a_killed_process_are_released_by_its_successor(
+    store_spec: tuple[str, str, str],
+) -> None:
+    key = "daily|*|day:2025-01-02"
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, *store_spec], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "held"
+        watcher = _open(store_spec)
+        try:
+            assert watcher.reap() == 0  # alive, heartbeating: nothing is taken from it
+            assert watcher.totals([key])[key] == (0, 90)
+            # the limit is full of a live process's reservations: refused
+            assert watcher.reserve(watcher.reservation_id("x"), [Charge("daily", key, (key,), 100, 30)], 60)
+        finally:
+            watcher.close()
+        p.kill()  # SIGKILL: nothing settles or releases
+        p.wait(10)
+        successor = _open(store_spec)  # same storage, same host: the dead owner is noticed at start
+        try:
+            assert successor.totals([key])[key] == (0, 0)
+            assert (
+                successor.reserve(successor.reservation_id("y"), [Charge("daily", key, (key,), 100, 90)], 60)
+                is None
+            )
+        finally:
+            _cleanup(successor, store_spec)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+def test_an_owner_on_another_host_is_released_when_its_heartbeat_is_stale(
+    store_spec: tuple[str, str, str],
+) -> None:
+    from llmbudget.budget import store as store_mod
+
+    key = "daily|*|day:2025-01-03"
+    remote, local = _open(store_spec), _open(store_spec)
+    try:
+        remote.host = "another-machine"  # a replica elsewhere: its pid means nothing here
+        remote.owner = f"another-machine:1:{uuid.uuid4().hex[:8]}"
+        assert (
+            remote.reserve(remote.reservation_id("r"), [Charge("daily", key, (key,), 100, 40)], 3600) is None
+        )
+        remote._lease_stop.set()  # its heartbeats stop, as when the machine dies
+        assert local.reap() == 0  # the heartbeat is fresh
+        assert local.reap(now=time.time() + store_mod.OWNER_STALE_S + store_mod.BEAT_S + 1) == 1
+        assert local.totals([key])[key] == (0, 0)
+    finally:
+        remote.close()
+        _cleanup(local, store_spec)

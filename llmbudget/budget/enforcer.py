@@ -206,7 +206,7 @@ class BudgetEnforcer:
         booked = self._charges(call, now, tin + tout, None if cost is None else to_nano(cost))
         if not booked:
             return Admission(allowed=True)
-        rid = new_id()
+        rid = self.store.reservation_id(new_id())  # carries this process's owner id
         seeds = self._seeds(booked, call)
         refusal = self.store.reserve(rid, [x.charge for x in booked], self.ttl_s, seeds)
         self._remember_seeded(seeds)

@@ -7,7 +7,11 @@ tokens). `reserve` checks and books every charge of a call in ONE atomic step, a
 - PostgreSQL: `SELECT ... FOR UPDATE` on the counter rows, locked in key order (no deadlocks);
 - Redis: one Lua script (several machines; a single Redis, not a cluster).
 
-A reservation not settled within its TTL (a crashed process) is released by the next sweep.
+Reservations never outlive their process: each store registers an owner (host, pid, process start
+time) with a heartbeat every `BEAT_S` seconds, and a reservation id starts with its owner's id.
+Any store (a restarted successor on the same storage, another replica, the CLI) releases the
+reservations of an owner whose heartbeat is older than `OWNER_STALE_S` or whose process is gone
+from this host. The reservation TTL remains a last resort.
 
 Counters follow the ledger (`reconcile`): a counter's `spent` is the ledger's spend for its window
 plus what the gate settled that the ledger does not hold yet. Each settlement leaves a pending row
@@ -20,6 +24,10 @@ once, from the ledger. `reconcile` recomputes `spent` that way inside one transa
 from __future__ import annotations
 
 import json
+import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,6 +40,43 @@ from .seed import LedgerSeeder, SeedSpec, counter_sums_sql, has_ledger_tables, s
 
 #: pending rows and counters are forgotten this long after their last settlement (40 days)
 KEEP_S = 3456000
+#: seconds between an owner's heartbeats, and the age at which a silent owner counts as dead
+BEAT_S = 2.0
+OWNER_STALE_S = 10.0
+
+log = logging.getLogger("llmbudget.budget")
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of process `pid` (Linux /proc, clock ticks since boot); '' when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return "" if os.path.isdir("/proc/self") else None
+    except OSError:
+        return None
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether the process that registered as (pid, start time) still runs on this host."""
+    now = _proc_start(pid)
+    if now is not None:
+        return bool(now) and (not started or now == started)  # the same pid reused: another process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def owner_of(rid: str) -> str | None:
+    """The owner id a reservation id starts with (None for ids from before owners existed)."""
+    head, sep, _ = rid.rpartition("/")
+    return head if sep else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +126,81 @@ class Reconciled:
 
 class CounterStore(ABC):
     """Atomic budget counters. Every method is safe to call from many threads."""
+
+    #: this process's owner id ("host:pid:token"); reservation ids start with it and a "/"
+    owner: str = ""
+    _lease: threading.Thread | None = None
+
+    def _init_owner(self) -> None:
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started = _proc_start(self.pid) or ""
+        self.owner = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
+        self._lease = None
+        self._lease_stop = threading.Event()
+        self._lease_lock = threading.Lock()
+
+    def reservation_id(self, unique: str) -> str:
+        """A reservation id carrying this process's owner id (released if this process dies)."""
+        return f"{self.owner}/{unique}"
+
+    def _hold_lease(self) -> None:
+        """Register this process as an owner and keep its heartbeat, from its first reservation on."""
+        if self._lease is not None:
+            return
+        with self._lease_lock:
+            if self._lease is not None:
+                return
+            self._beat(time.time())
+            t = threading.Thread(target=self._lease_loop, daemon=True, name="llmbudget-lease")
+            t.start()
+            self._lease = t
+
+    def _lease_loop(self) -> None:
+        while not self._lease_stop.wait(BEAT_S):
+            try:
+                self._beat(time.time())
+                self.reap()
+            except Exception as e:  # the store is briefly unavailable: the next beat tries again
+                log.warning("budget lease_failed error=%s: %s", type(e).__name__, e)
+
+    def reap(self, now: float | None = None) -> int:
+        """Release the reservations of owners that are dead (stale heartbeat, or gone from this host)."""
+        now = time.time() if now is None else now
+        released = 0
+        for owner, host, pid, started, beat in self._owners():
+            if owner == self.owner:
+                continue
+            if beat < now - OWNER_STALE_S or (host == self.host and not _alive(int(pid), str(started or ""))):
+                n = self._release_owner(owner)
+                if n:
+                    log.info("budget released_dead_owner owner=%s reservations=%d", owner, n)
+                released += n
+        return released
+
+    def _stop_lease(self) -> None:
+        """A clean exit: stop the heartbeat and release what this process still holds."""
+        if self._lease is None:
+            return
+        self._lease_stop.set()
+        self._lease.join(timeout=5)
+        self._lease = None
+        try:
+            self._release_owner(self.owner)
+        except Exception as e:  # closing anyway; others release them when the heartbeat is stale
+            log.warning("budget lease_release_failed error=%s: %s", type(e).__name__, e)
+
+    @abstractmethod
+    def _beat(self, now: float) -> None:
+        """Register or refresh this owner's heartbeat."""
+
+    @abstractmethod
+    def _owners(self) -> list[tuple[str, str, int, str, float]]:
+        """Every registered owner: (owner, host, pid, process start time, last heartbeat)."""
+
+    @abstractmethod
+    def _release_owner(self, owner: str) -> int:
+        """Release every reservation of `owner` and forget it; returns how many."""
 
     @abstractmethod
     def reserve(
@@ -227,6 +347,9 @@ CREATE TABLE IF NOT EXISTS budget_pending (
   event_id TEXT NOT NULL, counter TEXT NOT NULL, amount BIGINT NOT NULL, kept BIGINT NOT NULL DEFAULT 0,
   settled_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (event_id, counter));
 CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter);
+CREATE TABLE IF NOT EXISTS budget_owners (
+  owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, started TEXT NOT NULL DEFAULT '',
+  heartbeat DOUBLE PRECISION NOT NULL);
 """
 
 
@@ -238,6 +361,7 @@ class SQLiteCounters(CounterStore):
 
         self.path = path
         self._lock = threading.Lock()
+        self._init_owner()
         try:
             self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=60000")
@@ -253,6 +377,37 @@ class SQLiteCounters(CounterStore):
         #: counters known to exist (created and seeded): not checked again by this process
         self._known: set[str] = set()
         self._has_ledger = False
+        self.reap()  # a predecessor killed on this storage leaves nothing reserved
+
+    def _beat(self, now: float) -> None:
+        with self._lock, self._tx():
+            self._db.execute(
+                "INSERT INTO budget_owners(owner, host, pid, started, heartbeat) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
+                (self.owner, self.host, self.pid, self.started, now),
+            )
+
+    def _owners(self) -> list[tuple[str, str, int, str, float]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, host, pid, started, heartbeat FROM budget_owners"
+            ).fetchall()
+        return [(str(o), str(h), int(p), str(st), float(b)) for o, h, p, st, b in rows]
+
+    def _release_owner(self, owner: str) -> int:
+        now = time.time()
+        with self._lock, self._tx():
+            # ids of one owner are "owner/...": a range of the primary key ('0' follows '/')
+            rows = self._db.execute(
+                "SELECT id, items FROM budget_reservations WHERE id >= ? AND id < ?",
+                (owner + "/", owner + "0"),
+            ).fetchall()
+            for rid, items in rows:
+                for key, amount in json.loads(items):
+                    self._add(key, 0, -int(amount), now)
+                self._db.execute("DELETE FROM budget_reservations WHERE id = ?", (rid,))
+            self._db.execute("DELETE FROM budget_owners WHERE owner = ?", (owner,))
+        return len(rows)
 
     def _ledger(self) -> bool:
         """The ledger's tables are in this file (asked until they are; a read error raises: fail closed)."""
@@ -331,6 +486,7 @@ class SQLiteCounters(CounterStore):
     def reserve(
         self, rid: str, charges: Sequence[Charge], ttl_s: float, seeds: Mapping[str, SeedSpec] | None = None
     ) -> Refusal | None:
+        self._hold_lease()
         now = time.time()
         with self._lock:
             with self._tx():
@@ -444,6 +600,7 @@ class SQLiteCounters(CounterStore):
             return self._sweep_locked(time.time() if now is None else now)
 
     def close(self) -> None:
+        self._stop_lease()
         with self._lock:
             self._db.close()
 
@@ -473,6 +630,9 @@ _PG_SCHEMA = [
       event_id TEXT NOT NULL, counter TEXT NOT NULL, amount BIGINT NOT NULL, kept BIGINT NOT NULL DEFAULT 0,
       settled_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (event_id, counter))""",
     "CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter)",
+    """CREATE TABLE IF NOT EXISTS budget_owners (
+      owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, started TEXT NOT NULL DEFAULT '',
+      heartbeat DOUBLE PRECISION NOT NULL)""",
 ]
 # One round trip per reservation and per settlement: the check-and-book runs inside the server as
 # one function call (autocommit: the call is its own transaction). Versioned names: a changed body
@@ -581,12 +741,43 @@ class PostgresCounters(CounterStore):
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=True, timeout=30, kwargs={"autocommit": True}
         )
+        self._init_owner()
         self._create_schema()
         self._next_sweep = 0.0
         self._sweep_lock = threading.Lock()
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
         self._ledger_known = False
+        self.reap()  # a predecessor killed on this storage leaves nothing reserved
+
+    def _beat(self, now: float) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO budget_owners(owner, host, pid, started, heartbeat) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
+                (self.owner, self.host, self.pid, self.started, now),
+            )
+
+    def _owners(self) -> list[tuple[str, str, int, str, float]]:
+        with self._pool.connection() as conn:
+            rows = conn.execute("SELECT owner, host, pid, started, heartbeat FROM budget_owners").fetchall()
+        return [(str(o), str(h), int(p), str(st), float(b)) for o, h, p, st, b in rows]
+
+    def _release_owner(self, owner: str) -> int:
+        now = time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "DELETE FROM budget_reservations WHERE left(id, %s) = %s RETURNING items",
+                (len(owner) + 1, owner + "/"),
+            ).fetchall()
+            merged: dict[str, int] = {}
+            for (items,) in rows:
+                for key, amount in json.loads(items):
+                    merged[key] = merged.get(key, 0) + int(amount)
+            for key in sorted(merged):  # key order, as reservations lock them: no deadlock
+                self._add(conn, key, 0, -merged[key], now)
+            conn.execute("DELETE FROM budget_owners WHERE owner = %s", (owner,))
+        return len(rows)
 
     @_guard
     def _create_schema(self) -> None:
@@ -650,6 +841,7 @@ class PostgresCounters(CounterStore):
     def reserve(
         self, rid: str, charges: Sequence[Charge], ttl_s: float, seeds: Mapping[str, SeedSpec] | None = None
     ) -> Refusal | None:
+        self._hold_lease()
         now = time.time()
         if now >= self._next_sweep and self._sweep_lock.acquire(blocking=False):
             try:
@@ -784,6 +976,7 @@ class PostgresCounters(CounterStore):
         return len(rows)
 
     def close(self) -> None:
+        self._stop_lease()
         self._pool.close()
 
 
@@ -859,6 +1052,11 @@ for _, it in ipairs(items) do
 end
 redis.call('SET', p .. 'r:' .. ARGV[2], ARGV[5])
 redis.call('ZADD', p .. 'rexp', now + tonumber(ARGV[6]), ARGV[2])
+local owner = string.match(ARGV[2], '^(.*)/')
+if owner then
+  redis.call('SADD', p .. 'own:' .. owner, ARGV[2])
+  redis.call('EXPIRE', p .. 'own:' .. owner, 3456000)
+end
 return {0, 0, 0}
 """
 )
@@ -875,6 +1073,8 @@ if items then
   end
   redis.call('DEL', p .. 'r:' .. ARGV[2])
   redis.call('ZREM', p .. 'rexp', ARGV[2])
+  local owner = string.match(ARGV[2], '^(.*)/')
+  if owner then redis.call('SREM', p .. 'own:' .. owner, ARGV[2]) end
 end
 for _, it in ipairs(cjson.decode(ARGV[3])) do
   local ck = p .. 'c:' .. it[1]
@@ -890,6 +1090,30 @@ if ARGV[4] and ARGV[4] ~= '' then
   end
 end
 return 1
+"""
+
+_LUA_RELEASE_OWNER = """
+-- every reservation of a dead owner (ARGV[2]) released at once
+local p = ARGV[1]
+local function n(x) return string.format('%.0f', x) end
+local ids = redis.call('SMEMBERS', p .. 'own:' .. ARGV[2])
+local released = 0
+for _, id in ipairs(ids) do
+  local items = redis.call('GET', p .. 'r:' .. id)
+  if items then
+    for _, it in ipairs(cjson.decode(items)) do
+      local ck = p .. 'c:' .. it[1]
+      local r = redis.call('HINCRBY', ck, 'r', n(-it[2]))
+      if r < 0 then redis.call('HSET', ck, 'r', 0) end
+    end
+    redis.call('DEL', p .. 'r:' .. id)
+    released = released + 1
+  end
+  redis.call('ZREM', p .. 'rexp', id)
+end
+redis.call('DEL', p .. 'own:' .. ARGV[2])
+redis.call('HDEL', p .. 'owners', ARGV[2])
+return released
 """
 
 _LUA_RECONCILE = """
@@ -947,10 +1171,37 @@ class RedisCounters(CounterStore):
         self._sweep = self._r.register_script(_LUA_SWEEP)
         self._ensure = self._r.register_script(_LUA_ENSURE)
         self._reconcile = self._r.register_script(_LUA_RECONCILE)
+        self._release_owner_script = self._r.register_script(_LUA_RELEASE_OWNER)
+        self._init_owner()
         #: reads seeds from the ledger's database (None: counters start at 0)
         self.seeder = seeder
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
+        try:
+            self.reap()  # a predecessor killed on this storage leaves nothing reserved
+        except self._driver_errors as e:  # Redis not up yet: the first reservation says so clearly
+            log.warning("budget reap_failed error=%s", type(e).__name__)
+
+    def _beat(self, now: float) -> None:
+        self._r.hset(self.prefix + "owners", self.owner, json.dumps([self.host, self.pid, self.started, now]))
+
+    def _owners(self) -> list[tuple[str, str, int, str, float]]:
+        out = []
+        for k, v in self._r.hgetall(self.prefix + "owners").items():
+            host, pid, started, beat = json.loads(v)
+            out.append(
+                (
+                    k.decode() if isinstance(k, bytes) else str(k),
+                    str(host),
+                    int(pid),
+                    str(started),
+                    float(beat),
+                )
+            )
+        return out
+
+    def _release_owner(self, owner: str) -> int:
+        return int(self._release_owner_script(args=[self.prefix, owner]))
 
     def _seed_args(self, seeds: Mapping[str, SeedSpec] | None) -> tuple[str, list[str]]:
         if not seeds:
@@ -986,6 +1237,7 @@ class RedisCounters(CounterStore):
         spec = [
             {"r": list(c.read_keys), "l": -1 if c.limit is None else c.limit, "a": c.amount} for c in charges
         ]
+        self._hold_lease()
         seed_arg, fresh = self._seed_args(seeds)
         res = self._reserve(
             args=[
@@ -1084,6 +1336,7 @@ class RedisCounters(CounterStore):
         return due
 
     def close(self) -> None:
+        self._stop_lease()
         self._r.close()
         if self.seeder is not None:
             self.seeder.close()

@@ -66,7 +66,9 @@ ANTHROPIC_USAGE = {
     "input_tokens": 100,
     "cache_creation_input_tokens": 200,
     "cache_read_input_tokens": 1000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 0},
     "output_tokens": 50,
+    "server_tool_use": {"web_search_requests": 0},
     "service_tier": "standard",
 }
 GEMINI_MODEL = "gemini-2.5-flash"

@@ -41,6 +41,7 @@ UNIT_KEYS = frozenset(
         "cache_image_read_tokens",
         "cache_video_read_tokens",
         "web_searches",
+        "storage_searches",
     }
 )
 

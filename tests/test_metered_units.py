@@ -207,15 +207,16 @@ def test_responses_web_searches_through_the_proxy(proxy: RunningProxy) -> None:
         headers={
             "X-LLMBudget-Session": sess,
             "x-fake-web-searches": "2",
+            "x-fake-file-searches": "1",
             "x-fake-model": "gpt-5",
             "x-fake-usage": json.dumps({"input_tokens": 1000, "output_tokens": 100}),
         },
     )
     assert r.status_code == 200
     [ev] = proxy.wait_events(1, session=sess)
-    assert ev.units == {"web_searches": 2}
-    # 1000 * 1.25 / 1e6 + 100 * 10 / 1e6 + 2 * 10 / 1000
-    assert ev.cost_usd == Decimal("0.02225")
+    assert ev.units == {"web_searches": 2, "storage_searches": 1}
+    # 1000 * 1.25 / 1e6 + 100 * 10 / 1e6 + 2 * 10 / 1000 + 1 * 2.5 / 1000
+    assert ev.cost_usd == Decimal("0.02475")
 
 
 def test_gemini_audio_through_the_proxy(proxy: RunningProxy) -> None:

@@ -81,6 +81,7 @@ RICH = TokenUsage.of(
         "output_image_tokens": 2_000,
         "output_video_tokens": 1_000,
         "web_searches": 3,
+        "storage_searches": 2,
     },
 )
 SMALL = TokenUsage.of(
@@ -294,7 +295,9 @@ def test_lookup_lists_unit_prices_and_notes_only_what_no_response_reports() -> N
     flex = BOOK.lookup("gpt-5", provider="openai", at=T, service_tier="flex")
     assert flex is not None and flex.input_mtok == Decimal("0.625") and flex.service_tier == "flex"
     gpt5 = BOOK.lookup("gpt-5", provider="openai", at=T)
-    assert gpt5 is not None and any("storage_searches_kcount" in n for n in gpt5.notes)
+    assert gpt5 is not None and gpt5.notes == ()  # web and file searches are both read from answers
+    transcribe = BOOK.lookup("gpt-transcribe", provider="openai", at=T)
+    assert transcribe is not None and any("audio_hours" in n for n in transcribe.notes)
 
 
 def _anthropic(**usage: Any) -> dict[str, Any]:

@@ -38,8 +38,9 @@ class OpenAIMeter(CallMeter):
     _pending: bytes = b""
     #: the tier that served the call (`service_tier` of the answer: default, flex, priority, ...)
     served_tier: str | None = None
-    #: web searches the answer reports (Responses API `web_search_call` output items)
+    #: web and file searches the answer reports (Responses API `web_search_call` / `file_search_call` items)
     web_searches: int = 0
+    storage_searches: int = 0
 
     def scan_lines(self, block: bytes) -> None:
         if self.model is None:
@@ -102,11 +103,13 @@ class OpenAIMeter(CallMeter):
         if self.raw_usage is None:
             return None
         u = _normalize(self.endpoint, self.raw_usage)
-        if self.served_tier is None and not self.web_searches:
+        if self.served_tier is None and not self.web_searches and not self.storage_searches:
             return u
         units = dict(u.units)
         if self.web_searches:
             units["web_searches"] = self.web_searches
+        if self.storage_searches:
+            units["storage_searches"] = self.storage_searches
         return u.with_counts(units=units, service_tier=self.served_tier or u.service_tier)
 
 
@@ -134,9 +137,9 @@ class ResponsesMeter(OpenAIMeter):
         OpenAIMeter.from_answer(self, data)
         output = data.get("output")
         if isinstance(output, list):
-            self.web_searches = sum(
-                1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call"
-            )
+            kinds = [item.get("type") for item in output if isinstance(item, dict)]
+            self.web_searches = kinds.count("web_search_call")
+            self.storage_searches = kinds.count("file_search_call")
 
 
 def _text_chars(block: bytes) -> int:

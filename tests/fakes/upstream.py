@@ -15,8 +15,8 @@ whatever the client's Accept-Encoding said). `x-fake-remaining: N` sets the Open
 What the "provider" reports can be changed per request too: `x-fake-usage: <JSON object>` replaces
 the usage object of the answer (Anthropic `usage`, also in `message_start`; OpenAI `usage`; Gemini
 `usageMetadata`), `x-fake-model` the model answered, `x-fake-service-tier` adds OpenAI's top-level
-`service_tier` to the answer and every chunk, `x-fake-web-searches: N` adds N `web_search_call`
-items to a Responses answer, and `x-fake-cut-after: N` drops the connection after the first N
+`service_tier` to the answer and every chunk, `x-fake-web-searches: N` and `x-fake-file-searches: N`
+add N `web_search_call` / `file_search_call` items to a Responses answer, and `x-fake-cut-after: N` drops the connection after the first N
 chunks of a stream (N=1: right after Anthropic's `message_start`).
 """
 
@@ -380,6 +380,9 @@ class FakeUpstream:
         searches = [
             {"type": "web_search_call", "id": f"ws_fake{i}", "status": "completed"}
             for i in range(int(request.headers.get("x-fake-web-searches", "0")))
+        ] + [
+            {"type": "file_search_call", "id": f"fs_fake{i}", "status": "completed", "queries": ["q"]}
+            for i in range(int(request.headers.get("x-fake-file-searches", "0")))
         ]
         response = {
             "id": "resp_fake",

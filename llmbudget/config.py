@@ -85,6 +85,9 @@ class StorageConfig(_Model):
     audit: bool = True
     batch_size: int = Field(default=2000, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
+    #: write: each accepted event's audit line is written before its answer ends (survives kill -9);
+    #: fsync: plus a group-committed fsync before the answer ends (survives a power cut)
+    durability: Literal["write", "fsync"] = "write"
 
 
 class ServerConfig(_Model):

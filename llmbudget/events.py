@@ -44,6 +44,33 @@ UNIT_KEYS = frozenset(
         "storage_searches",
     }
 )
+#: the most tokens one call may count (a thousand times any context window; sums of many fit int64)
+MAX_TOKENS = 10**15
+#: the most one call may cost: $1,000,000 is 10**15 nano-USD, so sums of thousands fit int64
+MAX_COST_USD = Decimal(10**6)
+#: the longest text field (id, attribution, model, tag key or value, reason), in characters
+MAX_TEXT = 4096
+#: at most this many tags per event
+MAX_TAGS = 64
+#: durations longer than a year (in ms) are not a call's
+MAX_DURATION_MS = 365 * 24 * 3600 * 1000.0
+#: text fields checked for NUL bytes, length and encodability
+TEXT_FIELDS = (
+    "id",
+    "backend",
+    "model",
+    "provider",
+    "request_model",
+    "agent",
+    "session",
+    "user",
+    "team",
+    "task_id",
+    "task_type",
+    "tier",
+    "key",
+    "reason",
+)
 
 _last_ms = 0
 _seq = 0
@@ -153,6 +180,8 @@ class UsageEvent:
     service_tier: str | None = None
     #: other priced units the provider reported, by genai-prices usage key (see UNIT_KEYS)
     units: dict[str, int] = field(default_factory=dict)
+    #: why a recorded value is not what was reported (e.g. an absurd token count replaced), else None
+    reason: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -163,12 +192,20 @@ class UsageEvent:
             raise ValidationError("backend", "must be a non-empty string")
         if not isinstance(self.model, str):
             raise ValidationError("model", "must be a string")
+        for name in TEXT_FIELDS:
+            v = getattr(self, name)
+            if v is not None:
+                _check_text(name, v)
         for name in TOKEN_FIELDS:
             v = getattr(self, name)
             if type(v) is not int and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValidationError(name, f"must be an integer, got {v!r}")
             if v < 0:
                 raise ValidationError(name, f"must not be negative, got {v}")
+            if v > MAX_TOKENS:
+                raise ValidationError(
+                    name, f"{_short(v)} is beyond the bound of {MAX_TOKENS:,} tokens per call"
+                )
         if self.cached_input_tokens + self.cache_write_tokens > self.input_tokens:
             raise ValidationError(
                 "cached_input_tokens",
@@ -198,8 +235,14 @@ class UsageEvent:
         if self.cost_usd is not None:
             if not isinstance(self.cost_usd, Decimal):
                 raise ValidationError("cost_usd", f"must be a Decimal, got {type(self.cost_usd).__name__}")
+            if not self.cost_usd.is_finite():
+                raise ValidationError("cost_usd", f"must be a finite number, got {self.cost_usd}")
             if self.cost_usd < 0:
                 raise ValidationError("cost_usd", f"must not be negative, got {self.cost_usd}")
+            if self.cost_usd > MAX_COST_USD:
+                raise ValidationError(
+                    "cost_usd", f"{_short(self.cost_usd)} is beyond the bound of ${MAX_COST_USD:,} per call"
+                )
         elif self.price_status in ("priced", "override"):
             raise ValidationError("cost_usd", f"is missing but price_status is {self.price_status!r}")
         if self.timestamp.tzinfo is None:
@@ -207,7 +250,10 @@ class UsageEvent:
         if not isinstance(self.tags, dict):
             raise ValidationError("tags", "must be a mapping of strings")
         if self.service_tier is not None and (
-            not isinstance(self.service_tier, str) or not self.service_tier or len(self.service_tier) > 64
+            not isinstance(self.service_tier, str)
+            or not self.service_tier
+            or len(self.service_tier) > 64
+            or "\x00" in self.service_tier
         ):
             raise ValidationError(
                 "service_tier", f"must be a short string or null, got {self.service_tier!r}"
@@ -219,7 +265,28 @@ class UsageEvent:
                 if k not in UNIT_KEYS:
                     raise ValidationError("units", f"unknown unit {k!r}; one of {sorted(UNIT_KEYS)}")
                 if type(v) is not int or v < 0:
-                    raise ValidationError("units", f"{k} must be a non-negative integer, got {v!r}")
+                    raise ValidationError("units", f"{k} must be a non-negative integer, got {_short(v)}")
+                if v > MAX_TOKENS:
+                    raise ValidationError("units", f"{k}: {_short(v)} is beyond the bound of {MAX_TOKENS:,}")
+        if self.tags:
+            if len(self.tags) > MAX_TAGS:
+                raise ValidationError("tags", f"{len(self.tags)} tags; at most {MAX_TAGS}")
+            for k, v in self.tags.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise ValidationError("tags", f"must map strings to strings, got {k!r}: {v!r}")
+                _check_text("tags", k)
+                _check_text("tags", v)
+        h = self.http_status
+        if h is not None and (type(h) is not int or not 0 <= h <= 999):
+            raise ValidationError("http_status", f"must be an HTTP status code (0-999), got {_short(h)}")
+        for name in ("duration_ms", "ttft_ms"):
+            d = getattr(self, name)
+            if d is not None and (
+                isinstance(d, bool)
+                or not isinstance(d, int | float)
+                or not 0 <= d <= MAX_DURATION_MS  # also false for NaN
+            ):
+                raise ValidationError(name, f"must be a duration in ms between 0 and a year, got {_short(d)}")
 
     @property
     def cost_nano(self) -> int | None:
@@ -247,7 +314,8 @@ class UsageEvent:
     def from_dict(cls, data: dict[str, Any]) -> UsageEvent:
         """Build from our own JSON shape (as written by `to_dict`, the audit log and the API)."""
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"cost_nano", "total_tokens"}
+        # cost_nano and total_tokens are derived; `ledger` is the audit log's tag of its database
+        unknown = set(data) - known - {"cost_nano", "total_tokens", "ledger"}
         if unknown:
             raise ValidationError(sorted(unknown)[0], "unknown field")
         kw = {k: v for k, v in data.items() if k in known}
@@ -271,6 +339,26 @@ class UsageEvent:
             return cls(**kw)
         except TypeError as e:
             raise ValidationError("event", str(e)) from e
+
+
+def _short(v: Any) -> str:
+    """A value for an error message, cut short (an absurd number can have thousands of digits)."""
+    text = repr(v) if not isinstance(v, int | Decimal) else str(v)
+    return text if len(text) <= 40 else text[:20] + f"... ({len(text)} characters)"
+
+
+def _check_text(name: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise ValidationError(name, f"must be a string, got {type(v).__name__}")
+    if len(v) > MAX_TEXT:
+        raise ValidationError(name, f"is {len(v):,} characters long; at most {MAX_TEXT:,}")
+    if "\x00" in v:
+        raise ValidationError(name, "contains a NUL byte")
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValidationError(name, f"is not valid Unicode text ({e.reason})") from None
 
 
 def _decimal(name: str, value: Any) -> Decimal:

@@ -36,6 +36,7 @@ class Services:
             audit=st.audit,
             batch_size=st.batch_size,
             flush_interval_s=st.flush_interval_s,
+            durability=st.durability,
         )
         return cls(config=cfg, ledger=ledger, prices=PriceBook.from_config(cfg))
 

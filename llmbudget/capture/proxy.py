@@ -1,8 +1,11 @@
 """The metering proxy: a plain ASGI callable with one shared aiohttp session (DESIGN.md section 4).
 
 `/{backend}/{rest}` goes to `{base_url}/{rest}` with the query string. Metered calls (see the
-per-protocol modules) become one `UsageEvent` each, handed to the ledger's non-blocking `record()`
-after the answer has gone out; everything else passes through unmetered and is logged.
+per-protocol modules) become one `UsageEvent` each, handed to the ledger's `record()` just before
+the answer's last byte is sent: `record()` writes the event's audit line (the write-ahead record,
+one `write`) and queues it, so a call the client received survives even `kill -9` of the server.
+With `storage.durability: fsync` the last byte also waits for the group fsync covering that line.
+Everything else passes through unmetered and is logged.
 
 Streams pass chunk by chunk as they arrive (`iter_any()`): the only exception is OpenAI chat when
 llmbudget asked for usage on the client's behalf, where a partial SSE event is held until its end
@@ -420,7 +423,6 @@ class Proxy:
                 extra.append((b"retry-after", str(int(admission.retry_after_s)).encode()))
             if admission.notice:
                 extra.append((b"x-llmbudget-notice", _header_safe(admission.notice)))
-            await _send_error(send, req.protocol, admission.status or 429, message, "budget_exceeded", extra)
             self._record(
                 req,
                 req.backend,
@@ -429,6 +431,8 @@ class Proxy:
                 interrupted=False,
                 upstream_reached=False,
             )
+            await self._durable()
+            await _send_error(send, req.protocol, admission.status or 429, message, "budget_exceeded", extra)
             return False
         # nothing reserved (no budget applies, pause check only): nothing to settle or release later
         req.admission = admission if admission.reservation_id or admission.fallback_backend else None
@@ -568,6 +572,8 @@ class Proxy:
                 log.warning(
                     "proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path, ctype
                 )
+                event = self._record(req, target, http_status=502, status="error", interrupted=False)
+                await self._durable()
                 await _send_error(
                     send,
                     req.protocol,
@@ -576,11 +582,8 @@ class Proxy:
                     "upstream_bad_answer",
                     [(b"x-llmbudget-request-id", req.event_id.encode())],
                 )
-                event = self._record(
-                    req, target, http_status=502, status="error", interrupted=False, defer=True
-                )
                 if event is not None:
-                    self._commit(req, event)
+                    self._settle_later(req, event)
                 return
             if not meter.complete:  # an encoding llmbudget cannot read: passed on, usage unknown
                 status = "error"
@@ -592,10 +595,13 @@ class Proxy:
             out_headers.append((b"x-llmbudget-cost-usd", cost.encode()))
         out_headers = [(k, v) for k, v in out_headers if k != b"content-length"]
         out_headers.append((b"content-length", str(len(body)).encode()))
+        if event is not None:
+            self._record_now(event)
+            await self._durable()
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": body})
         if event is not None:
-            self._commit(req, event)
+            self._settle_later(req, event)
 
     async def _stream(
         self,
@@ -641,6 +647,9 @@ class Proxy:
         ttft: float | None = None
         interrupted = False
         client_gone = False
+        #: the call's event once recorded (before the last byte when the stream ends normally)
+        event: UsageEvent | None = None
+        recorded = False
         task = asyncio.current_task()
         watcher: asyncio.Future[Message] | None = None
         if receive is not None and task is not None:
@@ -696,8 +705,18 @@ class Proxy:
                     )
                     or b""
                 )
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
             interrupted = not meter.complete and broken is None
+            recorded = True
+            event = self._record(
+                req,
+                target,
+                http_status=resp.status,
+                status="error" if req.reason else None,
+                interrupted=interrupted,
+                ttft_ms=ttft,
+            )
+            await self._durable()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not client_gone:
                 raise
@@ -708,6 +727,11 @@ class Proxy:
             interrupted = True
             meter.end()
             log.warning("proxy_upstream_cut backend=%s path=%s error=%s", target, req.path, type(e).__name__)
+            if not recorded:
+                recorded = True
+                event = self._record(
+                    req, target, http_status=resp.status, status=None, interrupted=True, ttft_ms=ttft
+                )
             # Tell the client in its protocol: an SSE error event (SDKs raise on it), else a cut connection.
             note = _stream_error_event(
                 req.protocol,
@@ -723,17 +747,17 @@ class Proxy:
                 watcher.cancel()
             if client_gone and task is not None:
                 task.uncancel()  # so the rest of this request (recording) runs normally
-        event = self._record(
-            req,
-            target,
-            http_status=resp.status,
-            status="error" if req.reason else None,
-            interrupted=interrupted,
-            ttft_ms=ttft,
-            defer=True,
-        )
+        if not recorded:  # the client hung up first
+            event = self._record(
+                req,
+                target,
+                http_status=resp.status,
+                status="error" if req.reason else None,
+                interrupted=interrupted,
+                ttft_ms=ttft,
+            )
         if event is not None:
-            self._commit(req, event)
+            self._settle_later(req, event)
 
     async def passthrough(self, req: ProxyRequest, target: str, send: Send) -> None:
         """Forward an unmetered request and stream its answer back unchanged."""
@@ -786,6 +810,10 @@ class Proxy:
     ) -> None:
         log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
         req.reason = self._unreachable(target, e)
+        event = self._record(
+            req, target, http_status=502, status="error", interrupted=False, upstream_reached=started
+        )
+        await self._durable()
         await _send_error(
             send,
             req.protocol,
@@ -794,17 +822,6 @@ class Proxy:
             "upstream_unreachable",
             [(b"x-llmbudget-request-id", req.event_id.encode())],
         )
-        event = self._record(
-            req,
-            target,
-            http_status=502,
-            status="error",
-            interrupted=False,
-            upstream_reached=started,
-            defer=True,
-        )
-        if event is not None:
-            self._record_now(event)
         if started and req.admission is not None and event is not None:
             self._spawn(self._settle(req, event))
         else:
@@ -900,9 +917,15 @@ class Proxy:
         except Exception:
             log.exception("proxy_record_failed id=%s", event.id)
 
-    def _commit(self, req: ProxyRequest, event: UsageEvent) -> None:
-        """After the answer went out: record, and settle the budget reservation in the background."""
-        self._record_now(event)
+    async def _durable(self) -> None:
+        """With `storage.durability: fsync`, wait (without blocking the loop) for the recorded lines' fsync."""
+        durable = getattr(self.services.ledger, "durable_future", None)
+        fut = durable() if durable is not None else None
+        if fut is not None:
+            await asyncio.wrap_future(fut)
+
+    def _settle_later(self, req: ProxyRequest, event: UsageEvent) -> None:
+        """After the answer went out: settle the budget reservation in the background."""
         if req.admission is not None:
             self._spawn(self._settle(req, event))
 

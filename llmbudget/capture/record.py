@@ -9,7 +9,8 @@ import zlib
 from decimal import Decimal
 from typing import Any
 
-from ..events import UsageEvent, utcnow
+from ..errors import ValidationError
+from ..events import MAX_COST_USD, MAX_TEXT, MAX_TOKENS, TOKEN_FIELDS, UsageEvent, utcnow
 from ..pricing.normalize import ZERO_USAGE, TokenUsage
 from .base import CallMeter
 
@@ -71,6 +72,9 @@ def build_event(
     except Exception:  # the normalizers never raise; this guards the request path all the same
         log.exception("usage_unreadable backend=%s", backend)
         usage = None
+    reason = None
+    if usage is not None:
+        usage, reason = trusted_usage(usage, meter)
     if status == "interrupted" and upstream_reached:
         usage = fill_cut_stream(usage, meter)
     tokens: dict[str, Any] = usage.as_dict() if usage is not None else {}
@@ -85,7 +89,12 @@ def build_event(
             model, usage or ZERO_USAGE, provider=provider, at=now, local=local or provider == "local"
         )
         cost, price_status = result.cost_usd, result.status
-    return UsageEvent(
+    if cost is not None and cost > MAX_COST_USD:
+        reason = (
+            reason + "; " if reason else ""
+        ) + f"cost ${cost} beyond the bound of ${MAX_COST_USD:,} per call"
+        cost, price_status = None, "unpriced"
+    fields: dict[str, Any] = dict(
         backend=backend,
         model=model,
         id=event_id,
@@ -103,7 +112,83 @@ def build_event(
         source=source,
         cost_usd=cost,
         price_status=price_status,
+        reason=reason,
     )
+    try:
+        return UsageEvent(**fields)
+    except ValidationError as e:
+        return _salvage(fields, e)
+
+
+def _clean_text(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return None
+    text: str = v.replace("\x00", "\ufffd")[:MAX_TEXT]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _salvage(fields: dict[str, Any], error: ValidationError) -> UsageEvent:
+    """Record the call anyway: each field the event refused is replaced, and the reason says which."""
+    notes: list[str] = []
+    for _ in range(len(fields)):
+        name = error.field
+        notes.append(str(error))
+        if name in TOKEN_FIELDS:
+            fields[name] = 0
+        elif name == "cost_usd":
+            fields["cost_usd"], fields["price_status"] = None, "unpriced"
+        elif name in ("tags", "units"):
+            fields[name] = {}
+        elif name in ("duration_ms", "ttft_ms", "http_status", "request_model", "reason", "service_tier"):
+            fields[name] = None
+        elif name in ("backend", "model", "provider"):
+            fields[name] = _clean_text(fields.get(name)) or "unknown"
+        elif name in fields:
+            fields[name] = _clean_text(fields[name])
+        else:
+            break
+        fields["reason"] = "; ".join(
+            filter(None, [fields.get("reason"), f"recorded with a replaced value: {notes[-1]}"])
+        )[:MAX_TEXT]
+        try:
+            return UsageEvent(**fields)
+        except ValidationError as e:
+            error = e
+    raise error
+
+
+def trusted_usage(usage: TokenUsage, meter: CallMeter) -> tuple[TokenUsage, str | None]:
+    """Replace counts no call can have (negative, over `MAX_TOKENS`, not integers) with what can be trusted.
+
+    Input and output fall back to the estimate from the request and the text seen (as for a cut
+    stream); the other counts fall back to 0 and an impossible unit count is dropped. Returns the
+    usage and the event's `reason` naming each replaced value and what the upstream reported (None
+    when every count was plausible, the usual case: a few comparisons).
+    """
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in TOKEN_FIELDS:
+        v = getattr(usage, name, 0)
+        if type(v) is int and 0 <= v <= MAX_TOKENS:
+            continue
+        est = {"input_tokens": meter.est_input_tokens, "output_tokens": meter.est_output_tokens}.get(name)
+        changes[name] = min(max(int(est()), 0), MAX_TOKENS) if est is not None else 0
+        notes.append(f"{name}={_shown(v)} ({'estimated' if est else 'recorded as'} {changes[name]})")
+    units = usage.units
+    if units and any(type(v) is not int or not 0 <= v <= MAX_TOKENS for v in units.values()):
+        kept = {k: v for k, v in units.items() if type(v) is int and 0 <= v <= MAX_TOKENS}
+        notes += [f"units.{k}={_shown(v)} (dropped)" for k, v in units.items() if k not in kept]
+        changes["units"] = kept
+    if not changes:
+        return usage, None
+    reason = f"upstream reported impossible counts: {', '.join(notes)} (bound {MAX_TOKENS:,})"
+    log.warning("usage_untrusted %s", reason)
+    return usage.with_counts(**changes), reason
+
+
+def _shown(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 30 else text[:12] + f"...({len(text)} digits)"
 
 
 def fill_cut_stream(usage: TokenUsage | None, meter: CallMeter) -> TokenUsage:

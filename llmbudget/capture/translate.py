@@ -363,6 +363,10 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
 
     async def fail(status: int, message: str) -> UsageEvent | None:
         err = error_bytes("anthropic", status, message, "upstream_unreachable")
+        event: UsageEvent | None = proxy._record(
+            req, target, http_status=status, status="error", interrupted=False
+        )
+        await proxy._durable()
         await send(
             {
                 "type": "http.response.start",
@@ -371,11 +375,6 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             }
         )
         await send({"type": "http.response.body", "body": err})
-        event: UsageEvent | None = proxy._record(
-            req, target, http_status=status, status="error", interrupted=False, defer=True
-        )
-        if event is not None:
-            proxy._record_now(event)
         return event
 
     assert proxy.session is not None
@@ -399,8 +398,9 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             if meter is not None:
                 meter.read_body(answer)
             event: UsageEvent | None = proxy._record(
-                req, target, http_status=200, status="fallback", interrupted=False, defer=True
+                req, target, http_status=200, status="fallback", interrupted=False
             )
+            await proxy._durable()
             await send(
                 {
                     "type": "http.response.start",
@@ -443,7 +443,6 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             if meter is not None:
                 meter.feed(tail)
                 meter.end()
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
             event = proxy._record(
                 req,
                 target,
@@ -451,10 +450,9 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
                 status="interrupted" if interrupted else "fallback",
                 interrupted=interrupted,
                 ttft_ms=ttft,
-                defer=True,
             )
-        if event is not None:
-            proxy._record_now(event)
+            await proxy._durable()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         return event
     finally:
         resp.release()

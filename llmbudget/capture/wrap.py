@@ -138,6 +138,9 @@ class _Recorder:
                 source="sdk",
             )
             self.ledger.record(ev)
+            durable = getattr(self.ledger, "wait_durable", None)
+            if durable is not None:  # storage.durability: fsync; a no-op otherwise
+                durable()
             return ev
         except Exception:
             log.exception("wrap_record_failed backend=%s", self.backend)

@@ -84,7 +84,8 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
                 f"no ledger at {path}; check --db / $LLMBUDGET_DB / storage.url "
                 "(`llmbudget serve` or `llmbudget import` creates one)"
             )
-    return cfg, open_ledger(url, **ledger_options(cfg))
+    # a read-only report leaves the audit log's replay to the processes that write
+    return cfg, open_ledger(url, **ledger_options(cfg), replay_audit=not must_exist)
 
 
 def ledger_options(cfg: Config) -> dict[str, Any]:
@@ -94,6 +95,7 @@ def ledger_options(cfg: Config) -> dict[str, Any]:
         "audit": st.audit,
         "batch_size": st.batch_size,
         "flush_interval_s": st.flush_interval_s,
+        "durability": st.durability,
     }
 
 

@@ -98,6 +98,16 @@ def register(app: typer.Typer) -> None:
         common.console.print(table)
         common.console.print(f"{len(now)} applied now, {len(rows)} in total.", highlight=False)
 
+    @db_app.command("quarantine")
+    def quarantine(
+        db: common.DbOpt = None,
+        config: common.ConfigOpt = None,
+        json_out: common.JsonOpt = False,
+        csv_out: common.CsvOpt = False,
+    ) -> None:
+        """List events the database refused on their data (each kept with its reason, never dropped)."""
+        quarantine_command(config, db, json_out=json_out, csv_out=csv_out)
+
     app.add_typer(db_app)
 
     @app.command("import")
@@ -223,3 +233,73 @@ def _import_summary(r: Any, cost: str) -> str:
         )
     skip = f" (skipped {', '.join(skipped)})" if skipped else ""
     return f"{r.path}: loaded {_plural(r.loaded, 'event')} of {_plural(r.lines, 'line')}{skip}{money}; {r.seconds:.1f} s."
+
+
+#: columns of `db quarantine --csv` (and keys of each `--json` entry)
+QUARANTINE_COLUMNS = ("quarantined_at", "id", "timestamp", "backend", "model", "agent", "reason", "event")
+
+
+def quarantine_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten quarantine entries for output: the event's main fields beside the reason."""
+    import json
+
+    rows = []
+    for q in entries:
+        ev = q.get("event")
+        fields = ev if isinstance(ev, dict) else {}
+        rows.append(
+            {
+                "quarantined_at": q.get("quarantined_at"),
+                "id": fields.get("id"),
+                "timestamp": fields.get("timestamp"),
+                "backend": fields.get("backend"),
+                "model": fields.get("model"),
+                "agent": fields.get("agent"),
+                "reason": q.get("reason"),
+                "event": json.dumps(ev, ensure_ascii=False) if isinstance(ev, dict) else ev,
+            }
+        )
+    return rows
+
+
+def quarantine_command(config: str | None, db: str | None, *, json_out: bool, csv_out: bool) -> None:
+    """`llmbudget db quarantine`: the quarantine file of the ledger's database, oldest first."""
+    import sys
+
+    from rich import box
+    from rich.table import Table
+
+    from ..errors import ValidationError
+
+    if json_out and csv_out:
+        raise ValidationError("--json", "choose one of --json and --csv")
+    _, ledger = common.open_ledger_for(config, db, must_exist=True)
+    try:
+        path = ledger.quarantine_path
+        entries = ledger.quarantined()
+    finally:
+        ledger.close()
+    rows = quarantine_rows(entries)
+    if json_out:
+        common.print_json({"file": str(path), "count": len(rows), "events": rows})
+        return
+    if csv_out:
+        from .. import export
+
+        export.write_rows_csv(rows, QUARANTINE_COLUMNS, sys.stdout)
+        return
+    if not rows:
+        common.console.print(f"No quarantined events ({path}).", highlight=False)
+        return
+    t = Table(title=f"Quarantined events ({path})", title_justify="left", box=box.SIMPLE_HEAD)
+    for h in ("Quarantined at", "Event id", "Backend", "Model", "Reason"):
+        t.add_column(h, overflow="fold")
+    for r in rows:
+        t.add_row(
+            r["quarantined_at"] or "", r["id"] or "", r["backend"] or "", r["model"] or "", r["reason"] or ""
+        )
+    common.console.print(t)
+    common.console.print(
+        f"{len(rows)} quarantined. Fix a line and load it with `llmbudget import FILE` (the ids stay the same).",
+        highlight=False,
+    )

@@ -1,22 +1,24 @@
 """Append-only JSONL files: the audit log of every accepted event and the outage spool.
 
-The audit log holds one `UsageEvent.to_dict()` per line, appended by the ledger's writer after
-each batch commits (only the events the batch actually added, so the log and the database hold
-the same events). Readers never stop at a damaged line: it is reported (file and line number)
+The audit log holds one `UsageEvent.to_dict()` per line (plus a `ledger` tag naming the database),
+written when the event is accepted, before it is queued for the database: it is the write-ahead
+record that the ledger replays at start-up (see `SQLLedger.replay_audit`). Readers never stop at a damaged line: it is reported (file and line number)
 with a warning and skipped.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import LLMBudgetError
 from ..events import UsageEvent
@@ -99,59 +101,168 @@ def event_line(ev: UsageEvent) -> str:
         f'"ttft_ms":{"null" if t is None else (repr(t) if type(t) is float and t - t == 0 else _num(t))},'
         f'"cache_write_1h_tokens":{ev.cache_write_1h_tokens:d},'
         f'"service_tier":{"null" if ev.service_tier is None else _esc(ev.service_tier)},'
-        f'"units":{_compact.encode(ev.units) if ev.units else "{}"}}}'
+        f'"units":{_compact.encode(ev.units) if ev.units else "{}"},'
+        f'"reason":{"null" if ev.reason is None else _esc(ev.reason)}}}'
     )
 
 
 class AuditLog:
-    """A thread-safe appender of event lines; each append is flushed and fsynced.
+    """The write-ahead record: one event line per accepted event, each written with one `write`.
 
-    The file stays open between appends (an open and close per batch was a measurable part of
-    the writer's CPU). If the file is moved or deleted (log rotation), the next append notices
-    the path no longer names the open file and reopens it.
+    The file is opened `O_APPEND`, so lines from several threads and processes never interleave.
+    `ledger` tags every line (`"ledger":"<id>"` as its last key) with the database it belongs to,
+    so that the start-up replay of a shared file only takes its own ledger's lines. With `fsync`,
+    a background thread group-commits: one `fsync` covers every line written before it started;
+    `wait_synced()` / `synced_future()` wait for the one covering the caller's line.
+
+    If the file is moved or deleted (log rotation), the next write after a second notices the path
+    no longer names the open file and reopens it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, fsync: bool = False, ledger: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fsync = fsync
+        self.fsync = fsync
+        self._tail = "}\n" if ledger is None else f',"ledger":{_esc(ledger)}}}\n'
         self._lock = threading.Lock()
-        self._f: BinaryIO | None = None
+        self._fd: int | None = None
+        self._checked = 0.0
+        self._written = 0
+        self._synced = 0
+        self._sync_cond = threading.Condition(self._lock)
+        self._futures: list[tuple[int, concurrent.futures.Future[None]]] = []
+        self._syncer: threading.Thread | None = None
+        self._closing = False
+        #: how often a write checks that the path still names the open file (seconds)
+        self.reopen_check_s = 1.0
 
-    def _file(self) -> BinaryIO:
-        f = self._f
-        if f is not None:
+    def _open(self) -> int:
+        fd = self._fd
+        now = time.monotonic()
+        if fd is not None:
+            if now - self._checked < self.reopen_check_s:
+                return fd
+            self._checked = now
             try:
                 st = os.stat(self.path)
-                fst = os.fstat(f.fileno())
+                fst = os.fstat(fd)
                 if (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev):
-                    return f
+                    return fd
             except OSError:  # deleted: reopen below (creates it again)
                 pass
-            f.close()
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = f = open(self.path, "ab")  # noqa: SIM115 -- kept open across appends, closed by close()
-        return f
+        self._fd = fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._checked = now
+        return fd
+
+    def line(self, ev: UsageEvent) -> str:
+        """The event's line as written here (with the ledger tag and newline)."""
+        return event_line(ev)[:-1] + self._tail
+
+    def write(self, ev: UsageEvent) -> None:
+        """Write one event's line (one `write` call; no fsync here, see `wait_synced`)."""
+        self._write((event_line(ev)[:-1] + self._tail).encode("utf-8", "backslashreplace"))
 
     def append(self, events: Iterable[UsageEvent]) -> int:
-        """Append events, one JSON object a line; returns how many were written."""
-        lines = [event_line(e) for e in events]
+        """Write events, one line each, in one `write`; returns how many were written."""
+        tail = self._tail
+        lines = [event_line(e)[:-1] + tail for e in events]
         if not lines:
             return 0
-        data = ("\n".join(lines) + "\n").encode("utf-8")
-        with self._lock:
-            f = self._file()
-            try:
-                f.write(data)
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
-            except OSError:
-                self._f = None  # a later append starts from a fresh handle
-                with contextlib.suppress(OSError):
-                    f.close()
-                raise
+        self._write("".join(lines).encode("utf-8", "backslashreplace"))
+        if self.fsync:
+            self.wait_synced()
         return len(lines)
+
+    def _write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None or time.monotonic() - self._checked >= self.reopen_check_s or self.fsync:
+            with self._lock:
+                fd = self._open()
+                try:
+                    self._write_all(fd, data)
+                except OSError:
+                    self._drop(fd)
+                    raise
+                self._written += 1
+            return
+        try:
+            self._write_all(fd, data)
+        except OSError:
+            with self._lock:
+                self._drop(fd)
+            raise
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        n = os.write(fd, data)
+        while n < len(data):  # a regular file takes it whole unless the disk is full
+            data = data[n:]
+            n = os.write(fd, data)
+
+    def _drop(self, fd: int) -> None:
+        if self._fd == fd:
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # ------------------------------------------------------------------ group commit (durability: fsync)
+    def _start_syncer(self) -> None:
+        if self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="llmbudget-audit-fsync", daemon=True)
+            self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        cond = self._sync_cond
+        while True:
+            with cond:
+                while self._synced >= self._written and not self._closing:
+                    cond.wait()
+                if self._closing and self._synced >= self._written:
+                    return
+                target, fd = self._written, self._fd
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                except OSError as e:
+                    log.error("audit_log_fsync_failed path=%s error=%s", self.path, e)
+            with cond:
+                self._synced = target
+                done = [f for seq, f in self._futures if seq <= target]
+                self._futures = [(seq, f) for seq, f in self._futures if seq > target]
+                cond.notify_all()
+            for f in done:
+                if not f.done():
+                    f.set_result(None)
+
+    def wait_synced(self) -> None:
+        """Block until every line written so far is on disk (no-op unless `fsync`)."""
+        if not self.fsync:
+            return
+        with self._sync_cond:
+            self._start_syncer()
+            target = self._written
+            self._sync_cond.notify_all()
+            while self._synced < target and not self._closing:
+                self._sync_cond.wait(timeout=1.0)
+
+    def synced_future(self) -> concurrent.futures.Future[None] | None:
+        """A future done once every line written so far is on disk; None when there is nothing to wait for."""
+        if not self.fsync:
+            return None
+        with self._sync_cond:
+            target = self._written
+            if self._synced >= target:
+                return None
+            self._start_syncer()
+            f: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._futures.append((target, f))
+            self._sync_cond.notify_all()
+            return f
 
     def __enter__(self) -> AuditLog:
         return self
@@ -159,19 +270,34 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:  # a log dropped without close() must not leak its handle
-        f = getattr(self, "_f", None)
-        if f is not None:
+    def __del__(self) -> None:  # a log dropped without close() must not leak its descriptor
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
             with contextlib.suppress(Exception):
-                f.close()
+                os.close(fd)
 
     def close(self) -> None:
-        """Close the file (a later append reopens it)."""
+        """Sync (with `fsync`), stop the syncer and close the file (a later write reopens it)."""
+        if self.fsync and self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+        with self._sync_cond:
+            self._closing = True
+            self._synced = self._written
+            futures, self._futures = self._futures, []
+            self._sync_cond.notify_all()
+            thread, self._syncer = self._syncer, None
+        for _, f in futures:
+            if not f.done():
+                f.set_result(None)
+        if thread is not None:
+            thread.join(timeout=5)
         with self._lock:
-            if self._f is not None:
+            self._closing = False
+            if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    self._f.close()
-                self._f = None
+                    os.close(self._fd)
+                self._fd = None
 
 
 #: called with (path, line number, reason) for a damaged line
@@ -208,6 +334,7 @@ def read_events(path: str | os.PathLike[str], on_error: OnError | None = None) -
     """Events from an audit log or spool file; damaged lines and invalid events are reported and skipped."""
     report = on_error or _report
     for lineno, obj in iter_jsonl(path, on_error):
+        obj.pop("ledger", None)  # the audit log's tag of the database a line belongs to
         try:
             yield UsageEvent.from_dict(obj)
         except (LLMBudgetError, ValueError, TypeError) as e:

@@ -355,3 +355,7 @@ ALTER TABLE events ADD COLUMN service_tier TEXT;
 ALTER TABLE events ADD COLUMN units TEXT NOT NULL DEFAULT '{}';
 """,
 )
+
+# Why a recorded value differs from what was reported (an absurd upstream count replaced by the
+# estimate, output beyond what the request allowed, ...): NULL when nothing needed saying.
+migration("0012_events_reason", "ALTER TABLE events ADD COLUMN reason TEXT;")

@@ -8,6 +8,7 @@ deadlock. The audit log and the outage spool live in `llmbudget.config.data_dir(
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -163,6 +164,8 @@ class PostgresLedger(SQLLedger):
         flush_interval_s: float = 0.2,
         pool_size: int = 4,
         connect_timeout_s: float = 5.0,
+        durability: str = "write",
+        replay_audit: bool = True,
     ) -> None:
         try:
             import psycopg
@@ -182,7 +185,10 @@ class PostgresLedger(SQLLedger):
             batch_size=batch_size,
             flush_interval_s=flush_interval_s,
             spool_dir=data_dir(),
+            durability=durability,
         )
+        self._replay_on_start = replay_audit
+        self._connect_timeout = timeout
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -234,6 +240,22 @@ class PostgresLedger(SQLLedger):
 
     def _lock_migrations(self, db: DB) -> None:
         db.execute("SELECT pg_advisory_xact_lock(4141001)")
+
+    def _is_outage(self, e: BaseException) -> bool:
+        return isinstance(e, (DatabaseUnreachable, OSError, *self._errors())) and not isinstance(
+            e, OverflowError
+        )
+
+    def _probe(self) -> bool:
+        """One direct connection attempt (2 s at most): cheaper than waiting out the pool's timeout."""
+        try:
+            self._psycopg.connect(self.url, connect_timeout=2, autocommit=True).close()
+        except self._psycopg.Error:
+            return False
+        # the pool backs off while the server is away; have it replace its broken connections now
+        with contextlib.suppress(Exception):
+            self._pool.check()
+        return True
 
     def _close_connections(self) -> None:
         self._pool.close()

@@ -8,10 +8,12 @@ wrapper rewrites them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
 import time
+import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from ..errors import StorageError, ValidationError
+from ..errors import DatabaseUnreachable, StorageError, ValidationError
 from ..events import PRICE_STATUSES, UsageEvent, parse_timestamp
 from ..money import from_nano, to_nano
 from . import shutdown
@@ -29,7 +31,8 @@ from .base import DIMENSIONS, FILTER_FIELDS, TIME_BUCKETS, CostRow, Ledger, Sess
 from .buckets import EPOCH, US_PER_DAY, US_PER_HOUR, Plan, from_us, merge_ranges, plan, to_us
 from .jsonl import AuditLog
 from .migrations import MIGRATIONS, ROLLUP_DIMS, split_statements
-from .writer import BatchWriter, Spool
+from .replay import AuditReplay
+from .writer import BatchWriter, Quarantine, Spool, _Outage
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ EVENT_COLUMNS = (
     "cache_write_1h_tokens",
     "service_tier",
     "units",
+    "reason",
 )
 COLUMN_OF = {"user": "user_name"}
 #: the dimension fields kept in the rollups (event attribute names)
@@ -148,6 +152,7 @@ def event_to_row(ev: UsageEvent) -> tuple[Any, ...]:
         ev.cache_write_1h_tokens,
         ev.service_tier,
         _tags_json(ev.units) if ev.units else "{}",
+        ev.reason,
     )
 
 
@@ -189,6 +194,7 @@ def row_to_event(r: Sequence[Any]) -> UsageEvent:
         cache_write_1h_tokens=int(r[28]),
         service_tier=r[29],
         units=json.loads(r[30]) if r[30] and r[30] != "{}" else {},
+        reason=r[31],
     )
 
 
@@ -256,7 +262,12 @@ _ROLLUP_SQL = {
 }
 
 
-class SQLLedger(Ledger):
+#: `storage.durability`: `write` (one write per event, survives a killed process) or `fsync`
+#: (plus group-committed fsync: survives a power cut)
+DURABILITY = ("write", "fsync")
+
+
+class SQLLedger(Ledger, AuditReplay):
     """The shared implementation; subclasses provide connections and the dialect's insert."""
 
     dialect: str = ""
@@ -273,14 +284,18 @@ class SQLLedger(Ledger):
         batch_size: int,
         flush_interval_s: float,
         spool_dir: Path,
+        durability: str = "write",
     ) -> None:
         if batch_size < 1:
             raise ValidationError("batch_size", "must be at least 1")
+        if durability not in DURABILITY:
+            raise ValidationError("durability", f"must be one of {', '.join(DURABILITY)}, got {durability!r}")
         self.url = url
         self.batch_size = batch_size
         #: record_many's transaction size: bulk loads gain from bigger batches than the live queue
         self.import_batch_size = max(batch_size, 10_000)
         self.flush_interval_s = flush_interval_s
+        self.durability = durability
         self._closed = False
         #: called with each event `record()` accepts (the live fan-out's non-blocking publish)
         self.on_record: list[Callable[[UsageEvent], None]] = []
@@ -288,26 +303,70 @@ class SQLLedger(Ledger):
         self._audit: AuditLog | None = None
         if audit:
             self.audit_path = Path(audit_log) if audit_log else spool_dir / "audit.jsonl"
-            self._audit = AuditLog(self.audit_path)
+        #: the database's own id (tags its audit lines), read or made when the ledger starts
+        self.ledger_id = ""
         digest = hashlib.sha256(url.encode()).hexdigest()[:12]
         self.spool_path = spool_dir / f"spool-{digest}.jsonl"
+        self.quarantine_path = spool_dir / f"quarantine-{digest}.jsonl"
         self._writer = BatchWriter(
             self._commit,
             batch_size=batch_size,
             flush_interval_s=flush_interval_s,
             spool=Spool(self.spool_path),
+            quarantine=Quarantine(self.quarantine_path),
+            is_outage=self._is_outage,
+            probe=self._probe,
         )
+        #: (audit file size, events accepted) when the last checkpoint pass looked: see `_checkpoint`
+        self._cp_pending: tuple[int, int] | None = None
+        #: ids of the audit file's lines from before this process opened it, as the start-up replay saw
+        self.replayed_at_start = 0
 
     def _start(self) -> None:
-        """Migrate, register for shutdown flushing, replay a spool left from an earlier outage."""
+        """Migrate, register for shutdown flushing, replay the spool and the audit log's tail."""
         #: (name, applied_at, applied by this open) of every migration
         self.migrations_applied_now = self.migrate()
+        fresh = bool(self.migrations_applied_now) and all(now for _, _, now in self.migrations_applied_now)
+        self.ledger_id = self._identity()
+        if self.audit_path is not None:
+            self._audit = AuditLog(self.audit_path, fsync=self.durability == "fsync", ledger=self.ledger_id)
         shutdown.register(self)
         if self._writer.spool.pending():
             try:
-                self._writer.spool.replay(self._commit, self.batch_size)
+                self._writer.spool.replay(
+                    self._writer.commit_or_split, self.batch_size, self._writer.quarantine_line
+                )
             except Exception as e:  # still down for the spool's sake; the writer retries
                 log.warning("spool_replay_at_open_failed error=%s", e)
+        if self._audit is not None and getattr(self, "_replay_on_start", True):
+            try:
+                self.replayed_at_start = self.replay_audit(from_end=fresh)
+            except Exception as e:  # never stops the ledger from opening; the next start tries again
+                log.warning("audit_replay_failed path=%s error=%s", self.audit_path, e)
+        if self._audit is not None and getattr(self, "_replay_on_start", True):
+            self._writer.periodic = self._checkpoint
+
+    def _identity(self) -> str:
+        """The database's id, made once by whichever process opens it first."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO state (namespace, key, value, updated_us) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (namespace, key) DO NOTHING",
+                ("ledger", "identity", json.dumps({"id": uuid.uuid4().hex[:16]}), time.time_ns() // 1000),
+            )
+            rows = db.execute(
+                "SELECT value FROM state WHERE namespace = ? AND key = ?", ("ledger", "identity")
+            )
+        return str(json.loads(rows[0][0])["id"])
+
+    # ------------------------------------------------------------------ outages
+    def _is_outage(self, e: BaseException) -> bool:
+        """A failure to reach the database (spool and retry), as opposed to bad data (split, quarantine)."""
+        return isinstance(e, DatabaseUnreachable | OSError) and not isinstance(e, OverflowError)
+
+    def _probe(self) -> bool:
+        """A quick check that the database answers again (before replaying the spool)."""
+        return True
 
     # ------------------------------------------------------------------ back-end hooks
     @abstractmethod
@@ -368,9 +427,28 @@ class SQLLedger(Ledger):
             raise StorageError(f"the ledger at {self._masked()} is closed")
         if not isinstance(event, UsageEvent):
             raise ValidationError("event", f"must be a UsageEvent, got {type(event).__name__}")
+        audit = self._audit
+        if audit is not None:
+            try:  # the write-ahead record: on disk (page cache) before the caller answers anyone
+                audit.write(event)
+            except OSError as e:  # the database write below still happens; never lose the event
+                log.error("audit_log_write_failed path=%s error=%s", self.audit_path, e)
         self._writer.submit(event)
         for fn in self.on_record:
             fn(event)
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Events the database refused on their data, oldest first: `{quarantined_at, reason, event}`."""
+        return self._writer.quarantine.entries() if self._writer.quarantine is not None else []
+
+    def wait_durable(self) -> None:
+        """With `durability: fsync`, block until every recorded event's audit line is on disk."""
+        if self._audit is not None:
+            self._audit.wait_synced()
+
+    def durable_future(self) -> concurrent.futures.Future[None] | None:
+        """A future for `wait_durable()` (None when there is nothing to wait for), for async callers."""
+        return None if self._audit is None else self._audit.synced_future()
 
     def record_many(self, events: Iterable[UsageEvent]) -> int:
         if self._closed:
@@ -382,10 +460,24 @@ class SQLLedger(Ledger):
                 raise ValidationError("event", f"must be a UsageEvent, got {type(ev).__name__}")
             batch.append(ev)
             if len(batch) >= self.import_batch_size:
-                added += self._commit(batch)
+                added += self._commit_logged(batch)
                 batch = []
         if batch:
-            added += self._commit(batch)
+            added += self._commit_logged(batch)
+        return added
+
+    def _commit_logged(self, events: list[UsageEvent]) -> int:
+        """Commit (data errors split off and quarantined), then append the new events to the audit log."""
+        fresh: list[UsageEvent] = []
+        try:
+            added = self._writer.commit_or_split(events, commit=lambda evs: self._commit(evs, fresh))
+        except _Outage as o:
+            raise o.error from None
+        if self._audit is not None and fresh:
+            try:
+                self._audit.append(fresh)
+            except OSError as e:  # the database has the events; a failing audit file must not lose them
+                log.error("audit_log_write_failed path=%s error=%s", self.audit_path, e)
         return added
 
     def flush(self) -> None:
@@ -402,14 +494,23 @@ class SQLLedger(Ledger):
         self._closed = True
         shutdown.unregister(self)
         if self._audit is not None:
+            if getattr(self, "_replay_on_start", True) and not self._writer.spool.pending():
+                try:  # everything is in: the next start replays nothing written before now
+                    self._checkpoint(final=True)
+                except Exception as e:
+                    log.warning("audit_checkpoint_failed path=%s error=%s", self.audit_path, e)
             self._audit.close()
         self._close_connections()
 
     def _close_connections(self) -> None:
         """Release connections (subclasses)."""
 
-    def _commit(self, events: list[UsageEvent]) -> int:
-        """One transaction: new events, their rollups and sessions; then the audit log. Returns rows added."""
+    def _commit(self, events: list[UsageEvent], fresh: list[UsageEvent] | None = None) -> int:
+        """One transaction: new events, their rollups and sessions. Returns rows added.
+
+        The events that were new are added to `fresh` when given (`record_many` logs them; events
+        from `record()` were logged when accepted).
+        """
         rows = [event_to_row(ev) for ev in events]
         if len({r[0] for r in rows}) != len(rows):  # a repeated id in one batch is stored and logged once
             first: dict[str, int] = {}
@@ -424,12 +525,8 @@ class SQLLedger(Ledger):
             if new_rows:
                 self._upsert_rollups(db, _hourly_of(new_rows))
                 self._apply_sessions(db, new_rows)
-        if new_rows and self._audit is not None:
-            fresh = events if all_new else [ev for ev in events if ev.id in new_ids]
-            try:
-                self._audit.append(fresh)
-            except OSError as e:  # the database has the events; a failing audit file must not lose them
-                log.error("audit_log_write_failed path=%s error=%s", self.audit_path, e)
+        if new_rows and fresh is not None:
+            fresh.extend(events if all_new else [ev for ev in events if ev.id in new_ids])
         return len(new_rows)
 
     def _apply_rollups(self, db: DB, items: list[tuple[int, tuple[str, ...], list[int]]]) -> None:

@@ -69,6 +69,8 @@ class SQLiteLedger(SQLLedger):
         batch_size: int = 2000,
         flush_interval_s: float = 0.2,
         busy_timeout_s: float = 30.0,
+        durability: str = "write",
+        replay_audit: bool = True,
     ) -> None:
         self.path = sqlite_path(url_or_path or default_db_url())
         try:
@@ -87,7 +89,9 @@ class SQLiteLedger(SQLLedger):
             batch_size=batch_size,
             flush_interval_s=flush_interval_s,
             spool_dir=self.path.parent,
+            durability=durability,
         )
+        self._replay_on_start = replay_audit
         self._wconn = self._connect()
         mode = self._enter_wal()
         if str(mode).lower() != "wal":
@@ -195,6 +199,15 @@ class SQLiteLedger(SQLLedger):
 
     def _lock_migrations(self, db: DB) -> None:
         """BEGIN IMMEDIATE already holds the database's write lock."""
+
+    def _is_outage(self, e: BaseException) -> bool:
+        # locked, busy, disk I/O, cannot open: the file is there but not writable now; anything
+        # else (an integer SQLite cannot hold, text it cannot encode, a constraint) is the data's fault
+        while e is not None:
+            if isinstance(e, sqlite3.OperationalError | OSError) and not isinstance(e, OverflowError):
+                return True
+            e = e.__cause__  # type: ignore[assignment]
+        return False
 
     def _close_connections(self) -> None:
         with self._conns_lock:

@@ -1,11 +1,16 @@
 """The background writer behind `Ledger.record()`: an in-memory queue flushed in batches, and a disk spool.
 
-`submit()` appends to a deque under a lock and returns; a daemon thread takes up to `batch_size`
-events whenever that many are waiting or `flush_interval_s` has passed, and hands them to the
-ledger's `commit` (one transaction: events, rollups, sessions; then the audit log).
+`submit()` appends to a deque under a lock and returns. The first event of a batch wakes the daemon
+thread, which writes whatever is queued once `batch_size` events are waiting or `flush_interval_s`
+after that first event arrived, whichever comes first: an accepted event is in the database within
+`flush_interval_s` (plus the time of the batch before it) at any traffic level, and the thread
+sleeps while nothing is queued. Each batch goes to the ledger's `commit` (one transaction: events,
+rollups, sessions).
 
-When the commit fails (database down, disk locked) the batch is appended to the spool file
-(JSONL, fsynced, guarded by `flock` so several processes can share it) and counted as durable.
+A batch that fails on its data (a value the database cannot hold) is split in halves until the
+events at fault are alone; each goes to the quarantine file with its reason and the rest are
+written. Only a failure to reach the database (`is_outage`) sends a batch to the spool file
+(JSONL, fsynced, guarded by `flock` so several processes can share it), counted as durable.
 While the database is failing, further batches go straight to the spool; every `retry` seconds
 (backing off to 30 s) the writer replays the spool through the same idempotent commit and
 truncates it once everything is in. A spool left by a process that died during an outage is
@@ -16,20 +21,80 @@ the batch stays in memory and is retried: an accepted event is never dropped.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..events import UsageEvent
-from .jsonl import event_line, log_only, read_events
+from .jsonl import OnError, event_line, iter_jsonl, log_only, read_events
 
 log = logging.getLogger(__name__)
 
 Commit = Callable[[list[UsageEvent]], int]
+#: is this commit failure the database being unreachable (spool and retry), not bad data (split)?
+IsOutage = Callable[[BaseException], bool]
+
+
+class Quarantine:
+    """Events the database refused on their data, one JSON object a line: when, why, the event."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ids: set[str] | None = None
+
+    def ids(self) -> set[str]:
+        """Ids of the quarantined events (so a replay does not quarantine one twice)."""
+        if self._ids is None:
+            self._ids = set()
+            for q in self.entries():
+                ev = q.get("event")
+                if isinstance(ev, dict) and isinstance(ev.get("id"), str):
+                    self._ids.add(ev["id"])
+        return self._ids
+
+    def add(self, event: UsageEvent | dict[str, Any] | str, reason: str) -> None:
+        """Append one refused event (an event, its dict, or the raw line it came from) with the reason."""
+        if isinstance(event, UsageEvent):
+            body = event_line(event)
+        elif isinstance(event, dict):
+            body = json.dumps(event, default=str, ensure_ascii=False)
+        else:
+            body = json.dumps(event, ensure_ascii=False)
+        at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = (
+            f'{{"quarantined_at":"{at}","reason":{json.dumps(reason, ensure_ascii=False)},"event":{body}}}\n'
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8", "backslashreplace"))
+        finally:
+            os.close(fd)
+        ev_id = (
+            event.id
+            if isinstance(event, UsageEvent)
+            else (event.get("id") if isinstance(event, dict) else None)
+        )
+        if self._ids is not None and isinstance(ev_id, str):
+            self._ids.add(ev_id)
+        log.error("ledger_event_quarantined id=%s reason=%s file=%s", ev_id, reason, self.path)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every quarantined entry, oldest first (a damaged line is skipped with a log line)."""
+        if not self.path.exists():
+            return []
+        return [obj for _, obj in iter_jsonl(self.path, on_error=log_only)]
+
+
+def _outage_by_default(e: BaseException) -> bool:
+    return isinstance(e, OSError)
 
 
 class Spool:
@@ -56,8 +121,11 @@ class Spool:
         except FileNotFoundError:
             return False
 
-    def replay(self, commit: Commit, batch_size: int) -> int:
-        """Commit every spooled event (idempotent), then empty the spool; returns events newly stored."""
+    def replay(self, commit: Commit, batch_size: int, on_error: OnError | None = None) -> int:
+        """Commit every spooled event (idempotent), then empty the spool; returns events newly stored.
+
+        A line that is not a valid event goes to `on_error` (the writer quarantines it).
+        """
         if not self.pending():
             return 0
         added = 0
@@ -65,7 +133,7 @@ class Spool:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
                 batch: list[UsageEvent] = []
-                for ev in read_events(self.path, on_error=log_only):
+                for ev in read_events(self.path, on_error=on_error or log_only):
                     batch.append(ev)
                     if len(batch) >= batch_size:
                         added += commit(batch)
@@ -82,7 +150,7 @@ class Spool:
 
 
 class BatchWriter:
-    """Queue + daemon thread; `flush()` waits until every submitted event is committed or spooled."""
+    """Queue + daemon thread; `flush()` waits until every submitted event is committed, quarantined or spooled."""
 
     def __init__(
         self,
@@ -91,16 +159,25 @@ class BatchWriter:
         batch_size: int,
         flush_interval_s: float,
         spool: Spool,
+        quarantine: Quarantine | None = None,
+        is_outage: IsOutage = _outage_by_default,
+        probe: Callable[[], bool] | None = None,
         name: str = "llmbudget-ledger-writer",
     ) -> None:
         self._commit = commit
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.spool = spool
+        self.quarantine = quarantine
+        self._is_outage = is_outage
+        #: a quick reachability check before retrying after an outage (None: just retry)
+        self._probe = probe
         self._name = name
         # re-entrant: a signal handler may flush while the main thread is inside submit()
         self._cond = threading.Condition(threading.RLock())
         self._queue: deque[UsageEvent] = deque()
+        #: when the oldest queued event arrived (monotonic): the batch is due flush_interval_s later
+        self._first_at = 0.0
         self._accepted = 0
         self._done = 0
         self._waiters = 0
@@ -109,27 +186,40 @@ class BatchWriter:
         self._failing = False
         self._backoff = 0.5
         self._next_retry = 0.0 if spool.pending() else float("inf")
+        #: background work run by the writer thread every `periodic_s` (the audit checkpoint)
+        self.periodic: Callable[[], None] | None = None
+        self.periodic_s = 30.0
+        self._next_periodic = time.monotonic() + self.periodic_s
         #: CPU seconds the writer thread spent writing batches, and the events in them (see `stats`)
         self.cpu_s = 0.0
         self.written = 0
         self.batches = 0
+        self.quarantined = 0
 
     # ------------------------------------------------------------------ producer side
     def submit(self, event: UsageEvent) -> None:
         with self._cond:
-            self._queue.append(event)
+            queue = self._queue
+            if not queue:
+                # the first event of a batch: the thread wakes now and writes by flush_interval_s
+                self._first_at = time.monotonic()
+                queue.append(event)
+                self._accepted += 1
+                if self._thread is None:
+                    self._start()
+                self._cond.notify()
+                return
+            queue.append(event)
             self._accepted += 1
-            if self._thread is None:
-                self._start()
-            if len(self._queue) >= self.batch_size:
-                self._cond.notify_all()
+            if len(queue) == self.batch_size:
+                self._cond.notify()
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def flush(self) -> None:
-        """Block until every event submitted before this call is in the database or the spool."""
+        """Block until every event submitted before this call is in the database, quarantine or spool."""
         with self._cond:
             target = self._accepted
             if self._done >= target:
@@ -165,7 +255,34 @@ class BatchWriter:
             "events": self.written,
             "cpu_s": round(self.cpu_s, 4),
             "cpu_us_per_event": round(per, 2),
+            "quarantined": self.quarantined,
         }
+
+    @property
+    def accepted(self) -> int:
+        """Events submitted so far."""
+        return self._accepted
+
+    @property
+    def done(self) -> int:
+        """Events submitted so far that are in the database, the quarantine or the spool."""
+        return self._done
+
+    def quarantine_raw(self, text: str, reason: str) -> None:
+        """Quarantine a line that is not a valid event (e.g. from the audit log), with the reason."""
+        if self.quarantine is None:
+            log.error("ledger_event_refused reason=%s", reason)
+            return
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        self.quarantine.add(obj if isinstance(obj, dict) else text, reason)
+        self.quarantined += 1
+
+    def quarantine_line(self, path: Path, lineno: int, why: str) -> None:
+        """An `on_error` for spool replay: a line that is not a valid event is quarantined, not dropped."""
+        self.quarantine_raw(_line_at(path, lineno), f"{path}:{lineno}: {why}")
 
     def _drain_inline(self) -> None:
         # the thread is gone (interpreter shutting down): write what is left from this thread
@@ -176,21 +293,29 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
+        cond, queue = self._cond, self._queue
         while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    timeout = max(0.0, self._next_retry - time.monotonic())
-                    if timeout == 0.0:
+            with cond:
+                while not queue and not self._stopping:
+                    now = time.monotonic()
+                    timeout = min(self._next_retry, self._next_periodic) - now
+                    if timeout <= 0.0:
                         break
-                    self._cond.wait(timeout=min(timeout, 3600.0))
-                if self._stopping and not self._queue:
+                    cond.wait(timeout=timeout)
+                if self._stopping and not queue:
                     return
-                if 0 < len(self._queue) < self.batch_size and not self._waiters and not self._stopping:
-                    # let a burst fill the batch; submit() and flush() wake us early
-                    self._cond.wait(timeout=self.flush_interval_s)
-                n = min(self.batch_size, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(n)]
-            if time.monotonic() >= self._next_retry:
+                # let a burst fill the batch, but never hold the oldest event past its due time
+                while 0 < len(queue) < self.batch_size and not self._waiters and not self._stopping:
+                    left = self._first_at + self.flush_interval_s - time.monotonic()
+                    if left <= 0.0:
+                        break
+                    cond.wait(timeout=left)
+                n = min(self.batch_size, len(queue))
+                batch = [queue.popleft() for _ in range(n)]
+                if queue:  # what stays behind is due one interval from now
+                    self._first_at = time.monotonic()
+            now = time.monotonic()
+            if now >= self._next_retry:
                 self._try_replay()
             if batch:
                 cpu0 = time.thread_time()
@@ -198,29 +323,68 @@ class BatchWriter:
                 self.cpu_s += time.thread_time() - cpu0
                 self.batches += 1
                 self.written += len(batch)
-                with self._cond:
+                with cond:
                     if ok:
                         self._done += len(batch)
                     else:  # neither database nor spool took it: keep it, retry later
-                        self._queue.extendleft(reversed(batch))
-                    self._cond.notify_all()
+                        queue.extendleft(reversed(batch))
+                        self._first_at = time.monotonic()
+                    cond.notify_all()
                 if not ok:
                     time.sleep(min(self._backoff, 5.0))
+            if self.periodic is not None and time.monotonic() >= self._next_periodic:
+                self._next_periodic = time.monotonic() + self.periodic_s
+                if not self._failing:
+                    try:
+                        self.periodic()
+                    except Exception as e:
+                        log.warning("ledger_periodic_failed error=%s", _one_line(e))
+
+    def commit_or_split(self, batch: list[UsageEvent], commit: Commit | None = None) -> int:
+        """Commit `batch`; on a data error split it until each bad event is alone and quarantine those.
+
+        Returns events newly stored. A failure to reach the database is raised (as `_Outage`,
+        carrying the events not committed yet) so the caller can spool them.
+        """
+        commit = commit or self._commit
+        added = 0
+        pending = [batch]
+        while pending:
+            part = pending.pop()
+            try:
+                added += commit(part)
+            except Exception as e:
+                if self._is_outage(e):
+                    left = [ev for p in pending for ev in p]
+                    raise _Outage(part + left, e) from e
+                if len(part) == 1 or self.quarantine is None:
+                    if self.quarantine is None:
+                        raise
+                    self.quarantine.add(part[0], f"the database refused it: {_one_line(e)}")
+                    self.quarantined += 1
+                    continue
+                mid = len(part) // 2
+                pending.append(part[mid:])
+                pending.append(part[:mid])
+        return added
 
     def _write(self, batch: list[UsageEvent]) -> bool:
         if not self._failing:
             try:
-                self._commit(batch)
+                self.commit_or_split(batch)
                 return True
-            except Exception as e:
+            except _Outage as o:
+                batch = o.events
                 self._failing = True
                 self._next_retry = time.monotonic() + self._backoff
                 log.warning(
                     "ledger_write_failed events=%d error=%s spool=%s",
                     len(batch),
-                    _one_line(e),
+                    _one_line(o.error),
                     self.spool.path,
                 )
+            except Exception as e:  # a data error with no quarantine to put it in
+                log.error("ledger_write_refused events=%d error=%s", len(batch), _one_line(e))
         try:
             self.spool.append(batch)
             return True
@@ -229,16 +393,48 @@ class BatchWriter:
             return False
 
     def _try_replay(self) -> None:
+        if self._probe is not None and self._failing:
+            try:
+                up = self._probe()
+            except Exception:
+                up = False
+            if not up:  # still down: a cheap check instead of a pool timeout per retry
+                self._backoff = min(self._backoff * 2, 30.0)
+                self._next_retry = time.monotonic() + self._backoff
+                return
         try:
-            self.spool.replay(self._commit, self.batch_size)
+            self.spool.replay(self.commit_or_split, self.batch_size, self.quarantine_line)
         except Exception as e:
+            error = e.error if isinstance(e, _Outage) else e
             self._backoff = min(self._backoff * 2, 30.0)
             self._next_retry = time.monotonic() + self._backoff
-            log.warning("ledger_spool_replay_failed error=%s retry_in_s=%.1f", _one_line(e), self._backoff)
+            log.warning(
+                "ledger_spool_replay_failed error=%s retry_in_s=%.1f", _one_line(error), self._backoff
+            )
             return
         self._failing = False
         self._backoff = 0.5
         self._next_retry = float("inf")
+
+
+class _Outage(Exception):
+    """The database could not be reached; `events` were not committed."""
+
+    def __init__(self, events: list[UsageEvent], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.events = events
+        self.error = error
+
+
+def _line_at(path: Path, lineno: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, start=1):
+                if i == lineno:
+                    return raw.decode("utf-8", "replace").rstrip("\r\n")
+    except OSError:
+        pass
+    return ""
 
 
 def _one_line(e: BaseException) -> str:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LLMBudgetError, NotFound, ValidationError
-from .events import ATTRIBUTION, UsageEvent, parse_timestamp
+from .events import ATTRIBUTION, MAX_TOKENS, UsageEvent, parse_timestamp
 from .money import from_nano, to_nano, usd
 from .store.base import Ledger
 
@@ -131,6 +131,8 @@ def _int_field(obj: dict[str, Any], name: str) -> int:
         raise ValidationError(name, f"must be an integer, got {v!r}")
     if v < 0:
         raise ValidationError(name, f"must not be negative, got {v}")
+    if v > MAX_TOKENS:
+        raise ValidationError(name, f"{v} is beyond the bound of {MAX_TOKENS:,} tokens per call")
     return v
 
 

@@ -50,9 +50,10 @@ def test_every_event_is_visible_to_another_reader_within_flush_interval(ledger_u
         for i in range(4):  # a trickle: one call, a pause, the next
             e = _ev(i)
             led.record(e)
-            took = _wait(lambda e=e: reader.get(e.id) is not None, 2.0)
-            assert took is not None, f"event {i} not written within 2 s"
-            assert took < 0.2 + 0.3, f"event {i} took {took:.2f} s"
+            took = _wait(lambda e=e: reader.get(e.id) is not None, 3.0)
+            assert took is not None, f"event {i} not written within 3 s"
+            # 0.2 s plus the write; the slack is for a busy shared machine (before: never, or an hour)
+            assert took < 1.5, f"event {i} took {took:.2f} s"
             time.sleep(0.35)
 
 

@@ -174,7 +174,7 @@ def trusted_usage(usage: TokenUsage, meter: CallMeter) -> tuple[TokenUsage, str 
         est = {"input_tokens": meter.est_input_tokens, "output_tokens": meter.est_output_tokens}.get(name)
         changes[name] = min(max(int(est()), 0), MAX_TOKENS) if est is not None else 0
         notes.append(f"{name}={_shown(v)} ({'estimated' if est else 'recorded as'} {changes[name]})")
-    units = usage.units
+    units = dict(usage.units)
     if units and any(type(v) is not int or not 0 <= v <= MAX_TOKENS for v in units.values()):
         kept = {k: v for k, v in units.items() if type(v) is int and 0 <= v <= MAX_TOKENS}
         notes += [f"units.{k}={_shown(v)} (dropped)" for k, v in units.items() if k not in kept]

@@ -203,7 +203,9 @@ def test_a_poison_upstream_answer_is_recorded_with_a_trusted_value_and_a_reason(
     time.sleep(0.3)
     events = {e["id"]: e for e in cli_json("events", "--db", server.db)["events"]}
     bad = events[bad_id]
-    assert 0 < bad["input_tokens"] < 1000  # the estimate from the request, not 10**20
+    # the estimate from the request, raised to the cached part the provider also reported: not 10**20
+    assert bad["cached_input_tokens"] == fx.OPENAI_CHAT_USAGE["prompt_tokens_details"]["cached_tokens"]
+    assert bad["cached_input_tokens"] <= bad["input_tokens"] < 10_000
     assert bad["output_tokens"] == fx.OPENAI_CHAT_USAGE["completion_tokens"]  # what could be trusted stays
     assert "input_tokens" in bad["reason"] and "100000000000000000000" in bad["reason"]
     assert (

@@ -199,11 +199,12 @@ def test_openai_service_tier_through_the_proxy(
     assert ev.service_tier == tier and ev.cost_usd == Decimal(cost)
 
 
-def test_responses_web_searches_through_the_proxy(proxy: RunningProxy) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+def test_responses_web_searches_through_the_proxy(proxy: RunningProxy, stream: bool) -> None:
     sess = sid()
     r = httpx.post(
         f"{proxy.url}/openai/v1/responses",
-        json={"model": "gpt-5", "input": "search", "tools": [{"type": "web_search"}]},
+        json={"model": "gpt-5", "input": "search", "tools": [{"type": "web_search"}], "stream": stream},
         headers={
             "X-LLMBudget-Session": sess,
             "x-fake-web-searches": "2",
@@ -219,7 +220,12 @@ def test_responses_web_searches_through_the_proxy(proxy: RunningProxy) -> None:
     assert ev.cost_usd == Decimal("0.02475")
 
 
-def test_gemini_audio_through_the_proxy(proxy: RunningProxy) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [":generateContent", ":streamGenerateContent?alt=sse", ":streamGenerateContent"],
+    ids=["create", "sse", "array"],
+)
+def test_gemini_audio_through_the_proxy(proxy: RunningProxy, path: str) -> None:
     sess = sid()
     usage = {
         "promptTokenCount": 3000,
@@ -231,7 +237,7 @@ def test_gemini_audio_through_the_proxy(proxy: RunningProxy) -> None:
         ],
     }
     r = httpx.post(
-        f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash:generateContent",
+        f"{proxy.url}/gemini/v1beta/models/gemini-2.5-flash{path}",
         json={"contents": [{"parts": [{"text": "listen"}]}]},
         headers={"x-goog-api-key": "k", "X-LLMBudget-Session": sess, "x-fake-usage": json.dumps(usage)},
     )

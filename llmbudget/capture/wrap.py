@@ -87,6 +87,8 @@ class _Recorder:
         self.provider = provider
         self.local = local
         self.admissions: dict[str, Admission] = {}
+        #: the call of each gated method invocation, by admission key: an SDK retry is admitted again
+        self.calls: dict[str, CallInfo] = {}
         self.fallback = False
 
     def meter_for(self, path: str, method: str, body: bytes) -> CallMeter | None:
@@ -303,14 +305,18 @@ def _make_async_stream(base: type) -> type:
 # ------------------------------------------------------------------ transports
 
 
-def _prepare(rec: _Recorder, request: Any) -> tuple[Any, CallMeter | None, Admission | None]:
+def _prepare(rec: _Recorder, request: Any) -> tuple[Any, CallMeter | None, Admission | None, CallInfo | None]:
+    """(request to send, meter, admission of a first attempt, call to admit again for a retry)."""
     admission_key = request.headers.get(_ADMISSION_HEADER)
     admission = rec.admissions.pop(admission_key, None) if admission_key else None
+    # the SDK sends the same headers again when it retries: the first attempt's admission is used
+    # up (settled or released), so the retry is a call of its own, admitted and settled again
+    retry = rec.calls.get(admission_key) if admission_key and admission is None else None
     meter = (
         rec.meter_for(request.url.path, request.method, request.content) if request.method == "POST" else None
     )
     if meter is None and admission_key is None:
-        return request, None, None
+        return request, None, None, None
     headers = [
         (k, v)
         for k, v in request.headers.multi_items()
@@ -324,7 +330,51 @@ def _prepare(rec: _Recorder, request: Any) -> tuple[Any, CallMeter | None, Admis
     new = type(request)(
         request.method, request.url, headers=headers, content=body, extensions=request.extensions
     )
-    return new, meter, admission
+    return new, meter, admission, retry
+
+
+_REFUSED_HEADER = "x-llmbudget-refused"
+
+
+def _refusal_response(
+    rec: _Recorder, mod: Any, request: Any, admission: Admission | None, error: Exception | None
+) -> Any:
+    """A refused retry, answered as the provider would (the SDK raises, and does not retry it)."""
+    from .errors import error_bytes
+
+    if error is not None:
+        status, message, code = 503, str(error), "budget_check_failed"
+    else:
+        assert admission is not None
+        status = admission.status or 429
+        message = admission.message or admission.notice or "budget exhausted"
+        code = "budget_exceeded"
+    headers = {"content-type": "application/json", "x-should-retry": "false", _REFUSED_HEADER: str(status)}
+    if admission is not None and admission.retry_after_s is not None:
+        headers["retry-after"] = str(int(admission.retry_after_s))
+    return mod.Response(
+        status, headers=headers, content=error_bytes(rec.protocol, status, message, code), request=request
+    )
+
+
+def _unrefused(e: BaseException) -> BaseException:
+    """The SDK's error for a retry the gate refused, as the `BudgetExceeded` a first attempt raises."""
+    response = getattr(e, "response", None)
+    status = getattr(response, "headers", {}).get(_REFUSED_HEADER) if response is not None else None
+    if status is None:
+        return e
+    try:
+        body = response.json()  # type: ignore[union-attr]
+        err = body.get("error") or {}
+        message = err.get("message") if isinstance(err, dict) else None
+    except Exception:
+        message = None
+    if status == "503":
+        from ..errors import BudgetUnavailable
+
+        return BudgetUnavailable(message or "budget unavailable")
+    retry = response.headers.get("retry-after")  # type: ignore[union-attr]
+    return BudgetExceeded(message or "budget exhausted", retry_after_s=int(retry) if retry else None)
 
 
 def _wrap_response(
@@ -356,10 +406,20 @@ class _SyncTransport:
     def __init__(self, inner: Any, rec: _Recorder, mod: Any) -> None:
         self._inner = inner
         self._rec = rec
+        self._mod = mod
         self._stream_cls = _make_sync_stream(mod.SyncByteStream)
 
     def handle_request(self, request: Any) -> Any:
-        request, meter, admission = _prepare(self._rec, request)
+        request, meter, admission, retry = _prepare(self._rec, request)
+        if retry is not None and self._rec.gate is not None:
+            try:
+                admission = _GateLoop.run(self._rec.gate.admit(retry))
+            except Exception as e:
+                return _refusal_response(self._rec, self._mod, request, None, e)
+            if not admission.allowed or admission.fallback_backend:
+                if admission.fallback_backend:  # the fallback client serves first attempts only
+                    _GateLoop.run(self._rec.gate.release(admission))
+                return _refusal_response(self._rec, self._mod, request, admission, None)
         if meter is None:
             return self._inner.handle_request(request)
         try:
@@ -384,10 +444,20 @@ class _AsyncTransport:
     def __init__(self, inner: Any, rec: _Recorder, mod: Any) -> None:
         self._inner = inner
         self._rec = rec
+        self._mod = mod
         self._stream_cls = _make_async_stream(mod.AsyncByteStream)
 
     async def handle_async_request(self, request: Any) -> Any:
-        request, meter, admission = _prepare(self._rec, request)
+        request, meter, admission, retry = _prepare(self._rec, request)
+        if retry is not None and self._rec.gate is not None:
+            try:
+                admission = await self._rec.gate.admit(retry)
+            except Exception as e:
+                return _refusal_response(self._rec, self._mod, request, None, e)
+            if not admission.allowed or admission.fallback_backend:
+                if admission.fallback_backend:
+                    await self._rec.gate.release(admission)
+                return _refusal_response(self._rec, self._mod, request, admission, None)
         if meter is None:
             return await self._inner.handle_async_request(request)
         try:
@@ -455,18 +525,33 @@ def _refused(admission: Admission) -> BudgetExceeded:
     )
 
 
-def _with_admission(rec: _Recorder, admission: Admission, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _with_admission(
+    rec: _Recorder, admission: Admission, kwargs: dict[str, Any], call: CallInfo
+) -> tuple[str, dict[str, Any]]:
     key = new_id()
     rec.admissions[key] = admission
+    if len(rec.calls) > 10_000:  # sync `messages.stream` managers never say when they are done
+        for old in list(rec.calls)[:5_000]:
+            rec.calls.pop(old, None)
+    rec.calls[key] = call
     extra = dict(kwargs.get("extra_headers") or {})
     extra[_ADMISSION_HEADER] = key
-    return {**kwargs, "extra_headers": extra}
+    return key, {**kwargs, "extra_headers": extra}
+
+
+def _done(rec: _Recorder, key: str) -> None:
+    """The method returned or raised: no more attempts of this call."""
+    rec.calls.pop(key, None)
+    leftover = rec.admissions.pop(key, None)  # never sent (the SDK failed before its transport)
+    if leftover is not None and rec.gate is not None and leftover.reservation_id:
+        _GateLoop.run(rec.gate.release(leftover))
 
 
 def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
     @functools.wraps(original)
     def method(*args: Any, **kwargs: Any) -> Any:
-        admission: Admission = _GateLoop.run(rec.gate.admit(_call_info(rec, kwargs, name)))
+        call = _call_info(rec, kwargs, name)
+        admission: Admission = _GateLoop.run(rec.gate.admit(call))
         if not admission.allowed:
             raise _refused(admission)
         if admission.fallback_backend:
@@ -479,7 +564,15 @@ def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tu
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
             return _resolve(fallback, path)(*args, **kwargs)
-        return original(*args, **_with_admission(rec, admission, kwargs))
+        key, kwargs = _with_admission(rec, admission, kwargs, call)
+        if name == "stream":  # a context manager: the request goes out on __enter__, after we return
+            return original(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        except Exception as e:
+            raise _unrefused(e) from e
+        finally:
+            _done(rec, key)
 
     return method
 
@@ -487,7 +580,8 @@ def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tu
 def _gate_async(rec: _Recorder, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
     @functools.wraps(original)
     async def method(*args: Any, **kwargs: Any) -> Any:
-        admission: Admission = await rec.gate.admit(_call_info(rec, kwargs, name))
+        call = _call_info(rec, kwargs, name)
+        admission: Admission = await rec.gate.admit(call)
         if not admission.allowed:
             raise _refused(admission)
         if admission.fallback_backend:
@@ -500,7 +594,16 @@ def _gate_async(rec: _Recorder, original: Any, name: str, fallback: Any, path: t
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
             return await _resolve(fallback, path)(*args, **kwargs)
-        return await original(*args, **_with_admission(rec, admission, kwargs))
+        key, kwargs = _with_admission(rec, admission, kwargs, call)
+        try:
+            return await original(*args, **kwargs)
+        except Exception as e:
+            raise _unrefused(e) from e
+        finally:
+            rec.calls.pop(key, None)
+            leftover = rec.admissions.pop(key, None)
+            if leftover is not None and leftover.reservation_id:
+                await rec.gate.release(leftover)
 
     return method
 
@@ -524,7 +627,8 @@ class _GatedAsyncStream:
 
     async def __aenter__(self) -> Any:
         rec, kwargs = self._rec, self._kwargs
-        admission: Admission = await rec.gate.admit(_call_info(rec, kwargs, "stream"))
+        call = _call_info(rec, kwargs, "stream")
+        admission: Admission = await rec.gate.admit(call)
         if not admission.allowed:
             raise _refused(admission)
         if admission.fallback_backend:
@@ -537,9 +641,18 @@ class _GatedAsyncStream:
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
             self._inner = _resolve(self._fallback, self._path)(*self._args, **kwargs)
-        else:
-            self._inner = self._original(*self._args, **_with_admission(rec, admission, kwargs))
-        return await self._inner.__aenter__()
+            return await self._inner.__aenter__()
+        key, kwargs = _with_admission(rec, admission, kwargs, call)
+        self._inner = self._original(*self._args, **kwargs)
+        try:
+            return await self._inner.__aenter__()
+        except Exception as e:
+            raise _unrefused(e) from e
+        finally:
+            rec.calls.pop(key, None)
+            leftover = rec.admissions.pop(key, None)
+            if leftover is not None and leftover.reservation_id:
+                await rec.gate.release(leftover)
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self._inner.__aexit__(*exc)

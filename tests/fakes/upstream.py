@@ -17,7 +17,9 @@ the usage object of the answer (Anthropic `usage`, also in `message_start`; Open
 `usageMetadata`), `x-fake-model` the model answered, `x-fake-service-tier` adds OpenAI's top-level
 `service_tier` to the answer and every chunk, `x-fake-web-searches: N` and `x-fake-file-searches: N`
 add N `web_search_call` / `file_search_call` items to a Responses answer, and `x-fake-cut-after: N` drops the connection after the first N
-chunks of a stream (N=1: right after Anthropic's `message_start`).
+chunks of a stream (N=1: right after Anthropic's `message_start`). `x-fake-fail-first: TOKEN`
+answers the first request carrying that token with a 500 in the provider's error shape (the
+SDKs retry it) and the later ones normally.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        #: tokens of `x-fake-fail-first` already failed once
+        self.failed_first: set[str] = set()
         self.url = ""
         self._hold = threading.Event()
         self.held = threading.Event()  # set when a `hold` stream has sent its first chunk
@@ -184,6 +188,17 @@ class FakeUpstream:
         )
         mode = request.headers.get("x-fake", "")
         path = request.path
+        token = request.headers.get("x-fake-fail-first")
+        if token and token not in self.failed_first:
+            self.failed_first.add(token)
+            if path.endswith("/messages"):
+                err: dict[str, Any] = {
+                    "type": "error",
+                    "error": {"type": "api_error", "message": "fake failure"},
+                }
+            else:
+                err = {"error": {"message": "fake failure", "type": "server_error", "code": None}}
+            return web.json_response(err, status=500)
         remaining = request.headers.get("x-fake-remaining")
         if remaining is not None:
             return await self.openai_remaining(request, body or {}, remaining)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -142,3 +143,24 @@ def test_absurd_max_tokens_is_a_400_in_each_protocols_shape(proxy: RunningProxy,
     err = r.json()["error"]
     assert err["status"] == "INVALID_ARGUMENT" and "generationConfig.maxOutputTokens" in err["message"]
     assert len(fake.requests) == before  # none of them reached the provider
+
+
+def test_more_output_than_allowed_is_charged_in_full_and_flagged(budget_proxy: RunningProxy) -> None:
+    """The provider answered 5,000 output tokens to a call that allowed 2 x 100."""
+    enf = budget_proxy.services.extras["budget"]
+    enf.budgets[0] = dataclasses.replace(enf.budgets[0], limit=10**12)  # room for it
+    client = openai.OpenAI(base_url=f"{budget_proxy.url}/openai/v1", api_key="sk-test", max_retries=0)
+    usage = {"prompt_tokens": 10, "completion_tokens": 5000, "total_tokens": 5010}
+    try:
+        client.chat.completions.create(
+            model=fx.OPENAI_CHAT_MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=100,
+            n=2,
+            extra_headers={"x-fake-usage": json.dumps(usage)},
+        )
+    finally:
+        client.close()
+    [ev] = budget_proxy.wait_events(1, status="ok")
+    assert ev.output_tokens == 5000 and ev.cost_nano and ev.cost_nano > 0
+    assert ev.reason and "output_tokens 5000 exceeds the 200 the request allowed" in ev.reason

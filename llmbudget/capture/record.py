@@ -78,6 +78,14 @@ def build_event(
     if status == "interrupted" and upstream_reached:
         usage = fill_cut_stream(usage, meter)
     tokens: dict[str, Any] = usage.as_dict() if usage is not None else {}
+    allowed = None if meter.max_output_tokens is None else meter.max_output_tokens * meter.choices
+    if allowed is not None and int(tokens.get("output_tokens") or 0) > allowed:
+        # recorded and charged as reported: the provider bills what it produced
+        reason = (reason + "; " if reason else "") + (
+            f"output_tokens {tokens['output_tokens']} exceeds the {allowed} the request allowed "
+            f"(max output {meter.max_output_tokens} x {meter.choices} choice{'s' if meter.choices != 1 else ''}); "
+            "charged in full"
+        )
     model = meter.model or meter.request_model or ""
     now = utcnow()
     cost: Decimal | None = None

@@ -243,7 +243,7 @@ class AccessGuard:
         cross_site = fetch_site == "cross-site" or (
             bool(origin) and _origin_authority(origin) != host.strip().lower()
         )
-        if kind == "websocket" and cross_site:
+        if kind == "websocket" and (cross_site or first == "login"):
             await _ws_refuse(send)
             return
         if first == "login":

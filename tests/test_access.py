@@ -310,3 +310,23 @@ def test_metered_calls_need_a_json_body(fake: FakeUpstream, tmp_path: Path) -> N
             assert sdk.chat.completions.create(**CHAT).choices  # type: ignore[call-overload]
         r = httpx.post(f"{p.url}/openai/v1/chat/completions", json=CHAT)
         assert r.status_code == 200
+
+
+def test_websocket_upgrades_are_guarded_too(services: Services) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with client_for(services, EXPOSED) as c:
+        for path, headers in [
+            ("/api/live", {}),  # no token
+            ("/login", {"Authorization": f"Bearer {TOKEN}"}),
+            ("/api/live", {"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}),
+        ]:
+            with pytest.raises(WebSocketDisconnect) as e:
+                with c.websocket_connect(path, headers=headers):
+                    pass
+            assert e.value.code == 1008, path  # refused by the guard, not by a missing route
+    with client_for(services, LOOPBACK, host="rebind.attacker.example") as c:
+        with pytest.raises(WebSocketDisconnect) as e:
+            with c.websocket_connect("/openai/v1/realtime"):
+                pass
+        assert e.value.code == 1008

@@ -321,12 +321,10 @@ def test_websocket_upgrades_are_guarded_too(services: Services) -> None:
             ("/login", {"Authorization": f"Bearer {TOKEN}"}),
             ("/api/live", {"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}),
         ]:
-            with pytest.raises(WebSocketDisconnect) as e:
-                with c.websocket_connect(path, headers=headers):
-                    pass
+            with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect(path, headers=headers):
+                pass
             assert e.value.code == 1008, path  # refused by the guard, not by a missing route
     with client_for(services, LOOPBACK, host="rebind.attacker.example") as c:
-        with pytest.raises(WebSocketDisconnect) as e:
-            with c.websocket_connect("/openai/v1/realtime"):
-                pass
+        with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/openai/v1/realtime"):
+            pass
         assert e.value.code == 1008

@@ -169,7 +169,7 @@ def test_a_key_scoped_budget_refuses_past_its_limit(
         assert [e.status for e in blocked] == ["blocked"]
 
 
-def test_key_store_on_postgresql_and_sqlite(ledger_url: str) -> None:
+def test_key_store_on_postgresql_and_sqlite(ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     with open_ledger(ledger_url) as ledger:
         store = KeyStore(ledger)
         key, secret = make_key("pg-key", user="ana", backends=("openai", "gemini"))
@@ -190,6 +190,11 @@ def test_key_store_on_postgresql_and_sqlite(ledger_url: str) -> None:
         assert [e.key for e in ledger.query(filters={"key": "pg-key"})] == ["pg-key"]
         rows = ledger.costs(since=None, until=None, by="backend", filters={"key": "pg-key"})
         assert [r.calls for r in rows] == [1]
+    if ledger_url.startswith("sqlite"):
+        assert main(["events", "--key", "pg-key", "--json", "--db", ledger_url]) == 0
+        assert [e["key"] for e in json.loads(capsys.readouterr().out)["events"]] == ["pg-key"]
+        assert main(["costs", "--key", "pg-key", "--since", "2000-01-01", "--json", "--db", ledger_url]) == 0
+        assert sum(r["calls"] for r in json.loads(capsys.readouterr().out)["rows"]) == 1
 
 
 def test_the_ring_caches_for_at_most_its_ttl(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ ProviderOpt = Annotated[
 TaskTypeOpt = Annotated[str | None, typer.Option("--task-type", help="Only this task type.")]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="Only this task id.")]
 TierOpt = Annotated[str | None, typer.Option("--tier", help="Only this tier (role).")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--key", help="Only calls made with this virtual key (its name).")
+]
 StatusOpt = Annotated[
     str | None, typer.Option("--status", help="Only this status: ok, error, interrupted, blocked, fallback.")
 ]
@@ -270,6 +273,7 @@ def costs(
     task: TaskOpt = None,
     tier: TierOpt = None,
     status: StatusOpt = None,
+    key: KeyOpt = None,
     json_: common.JsonOpt = False,
     csv_: common.CsvOpt = False,
     config: common.ConfigOpt = None,
@@ -289,6 +293,7 @@ def costs(
         task=task,
         tier=tier,
         status=status,
+        key=key,
     )
     reports.normalize_by(by)  # a bad --by fails before the database is opened
     if limit is not None:
@@ -334,6 +339,7 @@ def events(
     task: TaskOpt = None,
     tier: TierOpt = None,
     status: StatusOpt = None,
+    key: KeyOpt = None,
     json_: common.JsonOpt = False,
     csv_: common.CsvOpt = False,
     config: common.ConfigOpt = None,
@@ -354,6 +360,7 @@ def events(
         task=task,
         tier=tier,
         status=status,
+        key=key,
     )
     with _ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
@@ -497,6 +504,7 @@ def export(
     task: TaskOpt = None,
     tier: TierOpt = None,
     status: StatusOpt = None,
+    key: KeyOpt = None,
     config: common.ConfigOpt = None,
     db: common.DbOpt = None,
 ) -> None:
@@ -517,6 +525,7 @@ def export(
         task=task,
         tier=tier,
         status=status,
+        key=key,
     )
     with _ledger(config, db) as (cfg, ledger):
         start, end = parse_range(since, until, zone=cfg.zone())

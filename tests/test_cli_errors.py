@@ -179,3 +179,22 @@ def test_rich_markup_in_an_error_is_printed_as_text(capsys: pytest.CaptureFixtur
     common.fail("PostgreSQL support needs psycopg: pip install 'llmbudget[postgres]' [bold]x[/]")
     err = capsys.readouterr().err
     assert "pip install 'llmbudget[postgres]' [bold]x[/]" in err
+
+
+VALUE_OPTS = [
+    (p, opt.opts[0])
+    for p in LEAVES
+    for opt in _params(p)[:1] + [x for x in _params(p) if x.opts and x.opts[0] == "--db"]
+    if opt.param_type_name == "option" and not opt.is_flag and opt.opts[0].startswith("--")
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "opt"), VALUE_OPTS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else v
+)
+def test_an_option_without_its_value_is_one_line(
+    path: tuple[str, ...], opt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, *path, opt)
+    assert code == 2
+    _one_usage_line(err, f"'{opt}' requires an argument", f"`llmbudget {' '.join(path)} --help`")

@@ -85,7 +85,23 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _usage_error(e: Any) -> int:
+def _command_path(args: list[str]) -> str:
+    """`llmbudget costs` for `costs --by`: the command the arguments name, for errors raised without a context."""
+    from typer.main import get_command
+
+    cmd: Any = get_command(app)
+    path = ["llmbudget"]
+    for arg in args:
+        sub = getattr(cmd, "commands", {}).get(arg)
+        if sub is None:
+            if not arg.startswith("-"):
+                break
+            continue
+        cmd, path = sub, [*path, arg]
+    return " ".join(path)
+
+
+def _usage_error(e: Any, args: list[str]) -> int:
     """A Click usage error as one line naming the command's --help; exit 2."""
     ctx = getattr(e, "ctx", None)
     if type(e).__name__ == "NoArgsIsHelpError":
@@ -96,8 +112,7 @@ def _usage_error(e: Any) -> int:
                 typer.echo(text)
         return 2
     message = _one_line(e.format_message())
-    if ctx is not None:
-        message += f" (try `{ctx.command_path} --help`)"
+    message += f" (try `{ctx.command_path if ctx is not None else _command_path(args)} --help`)"
     common.fail(message)
     return 2
 
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:
         if isinstance(e, _USAGE_ERROR):
-            return _usage_error(e)
+            return _usage_error(e, args)
         if isinstance(e, _CLICK_EXCEPTION):  # e.g. a file Click could not open
             common.fail(_one_line(e.format_message()))  # type: ignore[attr-defined]
             return int(getattr(e, "exit_code", 1))

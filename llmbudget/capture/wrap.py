@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -730,8 +731,9 @@ def wrap(
 
             prices = PriceBook.from_config(cfg)
     attribution: dict[str, Any] = {
-        "agent": agent,
-        "session": session,
+        # `llmbudget run` sets these for the command it runs
+        "agent": agent or os.environ.get("LLMBUDGET_AGENT") or None,
+        "session": session or os.environ.get("LLMBUDGET_SESSION") or None,
         "user": user,
         "team": team,
         "task_id": task_id,

@@ -241,3 +241,32 @@ def test_bad_budget_and_missing_command(setup: dict[str, Any]) -> None:
         text=True,
     )
     assert r.returncode == 1 and "no-such-program-xyz: command not found" in r.stderr
+
+
+def test_wrap_takes_the_runs_attribution_from_the_environment(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import openai
+
+    from llmbudget import wrap
+    from llmbudget.pricing import PriceBook
+
+    monkeypatch.setenv("LLMBUDGET_SESSION", "s-env")
+    monkeypatch.setenv("LLMBUDGET_AGENT", "fixer")
+    with open_ledger(f"sqlite:///{tmp_path / 'w.db'}") as ledger:
+        with openai.OpenAI(base_url=f"{fake.url}/v1", api_key="sk-test") as raw:
+            client = wrap(raw, ledger=ledger, prices=PriceBook())
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            explicit = wrap(
+                openai.OpenAI(base_url=f"{fake.url}/v1", api_key="sk-test"),
+                ledger=ledger,
+                prices=PriceBook(),
+                session="mine",
+            )
+            explicit.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            explicit.close()
+        ledger.flush()
+        got = sorted((e.session, e.agent) for e in ledger.query(limit=None))
+    assert got == [("mine", "fixer"), ("s-env", "fixer")]

@@ -171,6 +171,7 @@ ACTION_WORDS = {
     "import",
     "reprice",
     "serve",
+    "run",
 }
 
 

@@ -153,5 +153,5 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     app.command(
         "run",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        context_settings={"allow_extra_args": True},
     )(run)

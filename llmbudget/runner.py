@@ -136,13 +136,21 @@ def attribution_headers(agent: str | None, session: str) -> dict[str, str]:
 
 
 def child_env(
-    base: str, cfg: Config, *, agent: str | None, session: str, environ: Mapping[str, str]
+    base: str,
+    cfg: Config,
+    *,
+    agent: str | None,
+    session: str,
+    environ: Mapping[str, str],
+    program: str | None = None,
 ) -> dict[str, str]:
     """The child's environment: the parent's, with every provider pointed at the proxy at `base`."""
     env = dict(environ)
     base = base.rstrip("/")
     names = {kind: _backend_for(cfg, kind) for kind in ("openai", "anthropic", "gemini")}
-    if names["openai"]:
+    # Gemini CLI takes OPENAI_BASE_URL as a request to use an OpenAI-compatible server instead of
+    # Gemini (packages/core/src/core/contentGenerator.ts `getAuthTypeFromEnv`): not for `gemini`
+    if names["openai"] and not (program and Path(program).name in ("gemini", "gemini.cmd")):
         env["OPENAI_BASE_URL"] = f"{base}/{names['openai']}/v1"
     if names["anthropic"]:
         env["ANTHROPIC_BASE_URL"] = f"{base}/{names['anthropic']}"

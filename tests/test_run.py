@@ -224,6 +224,10 @@ def test_child_environment_and_codex_overrides() -> None:
     assert 'model_providers.llmbudget.wire_api="responses"' in values
     assert 'model_providers.llmbudget.http_headers={"X-LLMBudget-Session" = "s1"}' in values
     assert values[-1] == 'model_provider="llmbudget"'
+    gemini = runner.child_env(
+        "http://127.0.0.1:9", cfg, agent=None, session="s1", environ={}, program="gemini"
+    )
+    assert "OPENAI_BASE_URL" not in gemini and gemini["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9/gemini"
     assert runner.child_command(["python", "x.py"], "http://x", cfg, agent=None, session="s") == [
         "python",
         "x.py",

@@ -94,7 +94,7 @@ def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -
 
     from .. import runner
 
-    env = runner.child_env(base, cfg, agent=agent, session=session, environ=os.environ)
+    env = runner.child_env(base, cfg, agent=agent, session=session, environ=os.environ, program=cmd[0])
     return runner.run_child(runner.child_command(cmd, base, cfg, agent=agent, session=session), env)
 
 

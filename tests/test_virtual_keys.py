@@ -255,3 +255,44 @@ def test_keys_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "revoked" in capsys.readouterr().out
     assert main(["keys", "revoke", "ghost", "--db", db]) == 1
     assert "no key named 'ghost'" in capsys.readouterr().err
+
+
+def test_keys_over_the_api(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from llmbudget.app import build_app
+    from llmbudget.pricing import PriceBook
+    from llmbudget.services import Services
+
+    cfg = config("http://127.0.0.1:9")
+    services = Services(cfg, open_ledger(f"sqlite:///{tmp_path / 'api.db'}"), PriceBook.from_config(cfg))
+    services.extras["access"] = EXPOSED
+    auth = {"Authorization": "Bearer admin-token-1234"}
+    try:
+        with TestClient(build_app(services), base_url="http://127.0.0.1:4141") as c:
+            assert c.post("/api/keys", json={"name": "k"}).status_code == 401
+            r = c.post("/api/keys", json={"name": "k", "agent": "a", "backends": ["openai"]}, headers=auth)
+            assert r.status_code == 200, r.text
+            secret = r.json()["key"]
+            assert secret.startswith(PREFIX)
+            listed = c.get("/api/keys", headers=auth)
+            assert secret not in listed.text and listed.json()["keys"][0]["agent"] == "a"
+            for body, field in [
+                ({"name": "k"}, "name"),  # active already
+                ({"name": "bad name"}, "name"),
+                ({"name": "x", "backends": ["nope"]}, "backends"),
+                ({"name": "x", "expires": "someday"}, "expires"),
+                ({"name": "x", "colour": "red"}, "colour"),
+                ({}, "name"),
+                ([], "body"),
+            ]:
+                r = c.post("/api/keys", json=body, headers=auth)
+                assert r.status_code == 400 and r.json()["error"]["field"] == field, (body, r.text)
+            r = c.post("/api/keys", content=b'{"name": "x"}', headers={**auth, "Content-Type": "text/plain"})
+            assert r.status_code == 415
+            r = c.post("/api/keys/k/revoke", json={}, headers=auth)
+            assert r.json()["state"] == "revoked" and r.json()["changed"] is True
+            r = c.post("/api/keys/ghost/revoke", json={}, headers=auth)
+            assert r.status_code == 400 and r.json()["error"]["field"] == "name"
+    finally:
+        services.close()

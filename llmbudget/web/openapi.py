@@ -98,6 +98,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         },
     ),
     ("DELETE", "/api/thresholds/{scope}/{agent}"): Operation("Remove an alert threshold"),
+    ("GET", "/api/keys"): Operation("Virtual keys (never a secret)"),
+    ("POST", "/api/keys"): Operation(
+        "Create a virtual key; the answer holds its secret, once",
+        body={
+            "name": {"type": "string"},
+            "agent": {"type": "string"},
+            "team": {"type": "string"},
+            "user": {"type": "string"},
+            "backends": {"type": ["array", "null"], "items": {"type": "string"}},
+            "expires": {"type": "string", "description": "30d, 12h, 2w or a date"},
+        },
+    ),
+    ("POST", "/api/keys/{name}/revoke"): Operation("Revoke a virtual key"),
 }
 
 _PATH_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")

@@ -195,3 +195,9 @@ def test_budget_without_budgets_still_shows_paused_agents(
     code, out, _ = run(capsys, "budget", "--db", db)
     assert code == 0 and "No budgets configured" in out
     assert "paused agent [red]bot" in out and "llmbudget agents resume [red]bot" in out
+
+
+def test_reprice_json_money_is_a_plain_decimal(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "reprice", "--dry-run", "--json", "--db", db)
+    assert code == 0, err
+    assert json.loads(out)["cost_delta_usd"] == "0.000000000"

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from ..money import format_usd
+from ..money import decimal_str, format_usd
 from . import common
 
 
@@ -78,7 +78,7 @@ def watch_command(
         totals.sessions |= b.sessions
         if json_out:
             common.print_json(
-                {"new": b.new, "seen": b.seen, "cost_usd": str(b.cost_usd), "sessions": sorted(b.sessions)}
+                {"new": b.new, "seen": b.seen, "cost_usd": decimal_str(b.cost_usd), "sessions": sorted(b.sessions)}
             )
             return
         if b.seen:

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ValidationError
-from ..money import format_usd, from_nano
+from ..money import decimal_str, format_usd, from_nano
 from ..timeranges import parse_range, parse_since
 from . import common
 
@@ -395,7 +395,7 @@ def reprice(
         "written": 0 if dry_run else written,
         "newly_priced": sum(newly_priced.values()),
         "still_unpriced": sum(still.values()),
-        "cost_delta_usd": str(from_nano(delta_nano)),
+        "cost_delta_usd": decimal_str(from_nano(delta_nano)),
         "cost_delta_nano": delta_nano,
         "newly_priced_by_model": dict(newly_priced.most_common()),
         "still_unpriced_by_model": dict(still.most_common()),

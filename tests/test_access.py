@@ -328,3 +328,22 @@ def test_websocket_upgrades_are_guarded_too(services: Services) -> None:
         with pytest.raises(WebSocketDisconnect) as e, c.websocket_connect("/openai/v1/realtime"):
             pass
         assert e.value.code == 1008
+
+
+def test_serve_warns_about_a_short_admin_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from llmbudget.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("server: {admin_token_env: LLMB_SHORT}\n")
+    monkeypatch.setenv("LLMB_SHORT", "admin")
+    with socket.socket() as busy:  # the start stops at the busy port, after the checks
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert main(["serve", "--config", str(config), "--port", port, "--db", str(tmp_path / "l.db")]) == 1
+    err = capsys.readouterr().err
+    assert "$LLMB_SHORT is shorter than 24 characters" in err and "cannot listen" in err

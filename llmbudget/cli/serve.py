@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import os
 import signal
 import socket
 from typing import Annotated, Any
@@ -71,6 +72,15 @@ def serve(
     port = port if port is not None else cfg.server.port
     check_bind(host, cfg.server.admin_token_env)
     cfg.server.host, cfg.server.port = host, port  # the access rules follow the address actually bound
+    token_env = cfg.server.admin_token_env
+    if token_env and len(os.environ.get(token_env, "")) < 24:
+        common.err_console.print(
+            f"warning: ${token_env} is shorter than 24 characters; anyone who can reach the port may guess "
+            "it (python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes a good one)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     check_listen(host, port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # every record of every logger (uvicorn's WebSocket lines included): no secrets, no forged lines

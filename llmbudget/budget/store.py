@@ -315,6 +315,16 @@ def _check(charges: Sequence[Charge], used: dict[str, tuple[int, int]]) -> Refus
     return None
 
 
+#: pending rows the ledger now holds are counted from the ledger: dropped for every counter, live or
+#: past (those that keep an unpriced call's worst case stay until the event is priced); and any
+#: row older than KEEP_S
+_PRUNE_PENDING_SQL = (
+    "DELETE FROM budget_pending WHERE settled_at < ? OR event_id IN "
+    "(SELECT id FROM events WHERE cost_nano IS NOT NULL OR budget_pending.kept = 0)"
+)
+_PRUNE_OLD_SQL = "DELETE FROM budget_pending WHERE settled_at < ?"
+
+
 def _merge(pairs: Sequence[tuple[str, int]]) -> dict[str, int]:
     merged: dict[str, int] = {}
     for key, amount in pairs:
@@ -377,6 +387,7 @@ class SQLiteCounters(CounterStore):
         #: counters known to exist (created and seeded): not checked again by this process
         self._known: set[str] = set()
         self._has_ledger = False
+        self._next_prune = 0.0
         self.reap()  # a predecessor killed on this storage leaves nothing reserved
 
     def _beat(self, now: float) -> None:
@@ -563,6 +574,11 @@ class SQLiteCounters(CounterStore):
                     )
                 out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)
             self._remember([key])
+        now = time.time()
+        if now >= self._next_prune:
+            self._next_prune = now + 60
+            with self._lock, self._tx():
+                self._db.execute(_PRUNE_PENDING_SQL if self._ledger() else _PRUNE_OLD_SQL, (now - KEEP_S,))
         return out
 
     def _drop_locked(self, rid: str, now: float) -> None:
@@ -748,6 +764,7 @@ class PostgresCounters(CounterStore):
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
         self._ledger_known = False
+        self._next_prune = 0.0
         self.reap()  # a predecessor killed on this storage leaves nothing reserved
 
     def _beat(self, now: float) -> None:
@@ -936,6 +953,12 @@ class PostgresCounters(CounterStore):
                         (key, now - KEEP_S),
                     )
                 out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)
+        now = time.time()
+        if now >= self._next_prune:
+            self._next_prune = now + 60
+            with self._pool.connection() as conn:
+                sql = _PRUNE_PENDING_SQL if self._has_ledger(conn) else _PRUNE_OLD_SQL
+                conn.execute(sql.replace("?", "%s"), (now - KEEP_S,))
         return out
 
     def totals(self, keys: Sequence[str]) -> dict[str, tuple[int, int]]:

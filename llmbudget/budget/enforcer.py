@@ -335,11 +335,13 @@ class BudgetEnforcer:
             return
 
         def loop() -> None:
-            while not self._stop.wait(interval_s):
+            while True:  # at start (a restart picks up what happened while it was down), then periodically
                 try:
                     self.reconcile()
                 except Exception as e:  # the next round tries again; enforcement fails closed meanwhile
                     log.error("budget reconcile_failed error=%s: %s", type(e).__name__, e)
+                if self._stop.wait(interval_s):
+                    return
 
         self._reconciler = threading.Thread(target=loop, daemon=True, name="llmbudget-reconcile")
         self._reconciler.start()

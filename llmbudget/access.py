@@ -247,7 +247,7 @@ class AccessGuard:
             await _ws_refuse(send)
             return
         if first == "login":
-            await self._login(scope, receive, send, cross_site)
+            await self._login(scope, receive, send, cross_site, self._authorized(auth, cookie))
             return
         if self.policy.admin_required and not self._authorized(auth, cookie):
             if kind == "websocket":
@@ -312,15 +312,7 @@ class AccessGuard:
         if first not in ("api", "metrics") and scope.get("method") in ("GET", "HEAD"):
             qs = scope.get("query_string", b"")
             target = scope["path"] + ("?" + qs.decode("latin-1") if qs else "")
-            location = "/login?next=" + quote(target, safe="")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [(b"location", location.encode()), (b"content-length", b"0")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
+            await _redirect(send, "/login?next=" + quote(target, safe=""))
             return
         message = (
             "the admin token is not configured on the server; set the variable server.admin_token_env names"
@@ -336,7 +328,9 @@ class AccessGuard:
         )
 
     # ------------------------------------------------------------------ the login form
-    async def _login(self, scope: Scope, receive: Receive, send: Send, cross_site: bool) -> None:
+    async def _login(
+        self, scope: Scope, receive: Receive, send: Send, cross_site: bool, logged_in: bool
+    ) -> None:
         method = scope.get("method", "GET")
         if scope["path"] != "/login":
             await _json_error(send, 404, f"no route {scope['path']}", "not_found")
@@ -344,6 +338,9 @@ class AccessGuard:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         nxt = _safe_next((query.get("next") or ["/"])[0])
         if method in ("GET", "HEAD"):
+            if logged_in:  # e.g. a link followed from another site, where the strict cookie was held back
+                await _redirect(send, nxt)
+                return
             await _send(send, 200, _login_page(nxt, ""), b"text/html; charset=utf-8")
             return
         if method != "POST":
@@ -365,18 +362,7 @@ class AccessGuard:
             return
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = f"{COOKIE_NAME}={self.policy.cookie_value()}; Path=/; HttpOnly; SameSite=Strict{secure}"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 303,
-                "headers": [
-                    (b"location", nxt.encode("latin-1", "replace")),
-                    (b"set-cookie", cookie.encode()),
-                    (b"content-length", b"0"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b""})
+        await _redirect(send, nxt, [(b"set-cookie", cookie.encode())])
 
 
 # -------------------------------------------------------------------- helpers
@@ -442,6 +428,16 @@ async def _send(
     headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _redirect(send: Send, location: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [
+        (b"location", location.encode("latin-1", "replace")),
+        (b"content-length", b"0"),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _json_error(

@@ -161,6 +161,8 @@ def test_login_form_sets_a_strict_http_only_cookie(services: Services) -> None:
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
         assert TOKEN not in cookie
         assert c.get("/api/events").status_code == 200  # the cookie alone is enough
+        again = c.get("/login?next=/api/costs")  # already logged in: straight on
+        assert again.status_code == 303 and again.headers["location"] == "/api/costs"
         c.cookies.clear()
         c.cookies.set(COOKIE_NAME, TOKEN)  # the raw token is not a valid cookie
         assert_api_error(c.get("/api/events"), 401, "unauthorized")

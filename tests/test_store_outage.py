@@ -117,3 +117,46 @@ def test_sqlite_locked_database_spools_and_replays(tmp_path: Path) -> None:
         blocker.close()
     assert _wait_for(lambda: led.count() == 30)
     led.close()
+
+
+def test_during_an_outage_the_writer_spools_without_waiting_out_the_pool(pg_url: str) -> None:
+    """Each retry used to wait the pool's whole timeout (5 s here) while new events piled up in memory."""
+    switch = _PgSwitch(pg_url)
+    led = PostgresLedger(pg_url, flush_interval_s=0.05, connect_timeout_s=5)
+    switch.down()
+    try:
+        led.record(_events(1, "first")[0])
+        led.flush()  # noticing the outage may take the pool's timeout once
+        waits = []
+        end = time.monotonic() + 9
+        while time.monotonic() < end:  # retries are due at 0.5, 1, 2, 4 s: each one is a quick probe now
+            e = _events(1, "during")[0]
+            led.record(e)
+            t0 = time.monotonic()
+            led.flush()
+            waits.append(time.monotonic() - t0)
+            time.sleep(0.25)
+        assert max(waits) < 3.0, f"a flush waited {max(waits):.1f} s"
+        assert len(list(read_events(led.spool_path))) == 1 + len(waits)
+    finally:
+        switch.up()
+    assert _wait_for(lambda: led.count() == 1 + len(waits)), "the spool was not replayed"
+    led.close()
+
+
+def test_the_audit_checkpoint_moves_while_the_ledger_runs(tmp_path: Path) -> None:
+    from llmbudget.store.replay import CHECKPOINTS
+
+    with open_ledger(f"sqlite:///{tmp_path / 'l.db'}", flush_interval_s=0.05) as led:
+        led._writer.periodic_s = 0.2  # type: ignore[attr-defined]  # 30 s by default
+        led._writer._next_periodic = 0.0  # type: ignore[attr-defined]
+        for e in _events(30, "cp"):
+            led.record(e)
+        size = led.audit_path.stat().st_size  # type: ignore[attr-defined]
+
+        def moved() -> bool:
+            led.record(_events(1, "tick")[0])  # the writer thread checks between batches
+            cp = led.get_state(CHECKPOINTS, led.checkpoint_key())  # type: ignore[attr-defined]
+            return cp is not None and cp["offset"] >= size
+
+        assert _wait_for(moved, timeout=10)

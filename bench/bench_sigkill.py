@@ -180,7 +180,11 @@ def scenario(kind: str, quick: bool) -> dict[str, Any]:
             restart_s = time.monotonic() - t0
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(30)
-            with open_ledger(db, replay_audit=False) as led:
+            try:
+                led = open_ledger(db, replay_audit=False)
+            except TypeError:  # a version of llmbudget without the replay (to compare)
+                led = open_ledger(db)
+            with led:
                 answered = set(load.answered)
                 stored = led.count()
                 lost = sum(1 for i in answered if led.get(i) is None)
@@ -212,10 +216,13 @@ def scenario(kind: str, quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter load and outage")
-    ap.add_argument("scenarios", nargs="*", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
+    ap.add_argument("scenarios", nargs="*", metavar="sqlite|postgres", help="default: both")
     args = ap.parse_args(argv or [])
+    kinds = args.scenarios or ["sqlite", "postgres"]
+    if bad := set(kinds) - {"sqlite", "postgres"}:
+        ap.error(f"unknown scenario {sorted(bad)[0]!r}; sqlite or postgres")
     out: dict[str, Any] = {}
-    for kind in args.scenarios:
+    for kind in kinds:
         out[f"sigkill_{kind}"] = scenario(kind, args.quick or quick)
     out["concurrency"] = CONCURRENCY
     out["loadavg_1m"] = round(os.getloadavg()[0], 2)

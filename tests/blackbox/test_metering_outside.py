@@ -2,7 +2,8 @@
 as client, a fake Anthropic upstream, and `llmbudget events --json` read from another process.
 
 A stream cut right after `message_start` keeps the input tokens Anthropic reported there, exactly;
-a call writing to the one-hour cache is priced at the one-hour rate.
+a call writing to the one-hour cache is priced at the one-hour rate; an OpenAI call served on the
+flex tier is priced at the flex rate.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 import yaml
 from fakes.process import serve_process
@@ -52,7 +54,12 @@ def setup(tmp_path: Path, fake: FakeUpstream) -> tuple[Path, str]:
     config = tmp_path / "llmbudget.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"backends": {"anthropic": {"kind": "anthropic", "base_url": fake.url, "provider": "anthropic"}}}
+            {
+                "backends": {
+                    "anthropic": {"kind": "anthropic", "base_url": fake.url, "provider": "anthropic"},
+                    "openai": {"kind": "openai", "base_url": fake.url, "provider": "openai"},
+                }
+            }
         )
     )
     return config, f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -124,3 +131,33 @@ def test_one_hour_cache_writes_are_priced_at_the_one_hour_rate(
     assert (ev["cache_write_tokens"], ev["cache_write_1h_tokens"]) == (8000, 8000)
     # 1000 * 3 + 8000 * 6 (one-hour writes) + 300 * 15 = 55,500 USD per million: $0.0555, not $0.0375
     assert Decimal(ev["cost_usd"]) == Decimal("0.0555")
+
+
+def test_flex_tier_is_priced_at_the_flex_rate(
+    setup: tuple[Path, str], llmbudget: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    config, db = setup
+    with serve_process(config, db) as server:
+        gpt = openai.OpenAI(
+            api_key="sk-test",
+            base_url=f"{server.url}/openai/v1",
+            max_retries=0,
+            default_headers={
+                "X-LLMBudget-Session": "flex-1",
+                "x-fake-service-tier": "flex",
+                "x-fake-model": "gpt-5-2025-08-07",
+                "x-fake-usage": json.dumps(
+                    {"prompt_tokens": 10_000, "completion_tokens": 1_000, "total_tokens": 11_000}
+                ),
+            },
+        )
+        chunks = list(
+            gpt.chat.completions.create(
+                model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True, service_tier="flex"
+            )
+        )
+        assert chunks[-1].service_tier == "flex"
+        [ev] = read_events(llmbudget, config, db, "flex-1")
+    assert ev["service_tier"] == "flex"
+    # gpt-5 on flex: 10,000 * 0.625 + 1,000 * 5 per million (the standard price would be $0.0225)
+    assert Decimal(ev["cost_usd"]) == Decimal("0.01125")

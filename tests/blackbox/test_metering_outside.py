@@ -1,5 +1,5 @@
-"""Metering seen from outside: `llmbudget serve` in its own process, the official anthropic SDK
-as client, a fake Anthropic upstream, and `llmbudget events --json` read from another process.
+"""Metering seen from outside: `llmbudget serve` in its own process, the official SDKs as clients,
+the fake upstream, and `llmbudget events --json` read from another process.
 
 A stream cut right after `message_start` keeps the input tokens Anthropic reported there, exactly;
 a call writing to the one-hour cache is priced at the one-hour rate; an OpenAI call served on the
@@ -9,19 +9,16 @@ flex tier is priced at the flex rate.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anthropic
-import openai
 import pytest
-import yaml
-from fakes.process import serve_process
-from fakes.upstream import FakeUpstream
+
+#: a `Server` from conftest.py (`serve` fixture)
+Server = Any
 
 #: a Claude Code turn: a large request, nearly all of it read from the prompt cache
 CUT_USAGE = {
@@ -42,70 +39,39 @@ ONE_HOUR_USAGE = {
 }
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def setup(tmp_path: Path, fake: FakeUpstream) -> tuple[Path, str]:
-    config = tmp_path / "llmbudget.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "backends": {
-                    "anthropic": {"kind": "anthropic", "base_url": fake.url, "provider": "anthropic"},
-                    "openai": {"kind": "openai", "base_url": fake.url, "provider": "openai"},
-                }
-            }
-        )
-    )
-    return config, f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-def read_events(
-    llmbudget: Callable[..., subprocess.CompletedProcess[str]], config: Path, db: str, session: str
-) -> list[dict[str, Any]]:
+def read_events(cli_json: Callable[..., Any], server: Server, session: str) -> list[dict[str, Any]]:
     """The session's events as `llmbudget events --json` prints them in another process, waited for."""
     deadline = time.monotonic() + 10
     while True:
-        r = llmbudget("events", "--json", "--config", str(config), "--db", db, "--session", session)
-        assert r.returncode == 0, r.stderr
-        events: list[dict[str, Any]] = json.loads(r.stdout)["events"]
+        args = ("events", "--config", str(server.config), "--db", server.db, "--session", session)
+        events: list[dict[str, Any]] = cli_json(*args)["events"]
         if events or time.monotonic() > deadline:
             return events
         time.sleep(0.2)
 
 
-def client(url: str, session: str, usage: dict[str, Any], **headers: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(
-        api_key="sk-ant-test",
-        base_url=f"{url}/anthropic",
-        max_retries=0,
-        default_headers={"X-LLMBudget-Session": session, "x-fake-usage": json.dumps(usage), **headers},
-    )
+def reporting(usage: dict[str, Any], session: str, **headers: str) -> dict[str, Any]:
+    """SDK client options: the session header, and the usage the fake upstream is to report."""
+    return {"default_headers": {"X-LLMBudget-Session": session, "x-fake-usage": json.dumps(usage), **headers}}
 
 
 def test_stream_cut_after_message_start_keeps_the_reported_input(
-    setup: tuple[Path, str], llmbudget: Callable[..., subprocess.CompletedProcess[str]]
+    serve: Callable[..., Server], cli_json: Callable[..., Any]
 ) -> None:
-    config, db = setup
+    server = serve()
+    claude = server.anthropic(**reporting(CUT_USAGE, "cut-1", **{"x-fake-cut-after": "1"}))
     big = "Read the repository and explain the build. " * 5000  # ~55,000 tokens by the estimate
-    with serve_process(config, db) as server:
-        claude = client(server.url, "cut-1", CUT_USAGE, **{"x-fake-cut-after": "1"})
-        seen: list[str] = []
-        with (
-            pytest.raises(anthropic.APIError),
-            claude.messages.stream(
-                model="claude-sonnet-4-0", max_tokens=1024, messages=[{"role": "user", "content": big}]
-            ) as stream,
-        ):
-            for event in stream:
-                seen.append(event.type)
-        assert seen == ["message_start"], "the SDK got message_start, then the connection dropped"
-        [ev] = read_events(llmbudget, config, db, "cut-1")
+    seen: list[str] = []
+    with (
+        pytest.raises(anthropic.APIError),
+        claude.messages.stream(
+            model="claude-sonnet-4-0", max_tokens=1024, messages=[{"role": "user", "content": big}]
+        ) as stream,
+    ):
+        for event in stream:
+            seen.append(event.type)
+    assert seen == ["message_start"], "the SDK got message_start, then the connection dropped"
+    [ev] = read_events(cli_json, server, "cut-1")
     assert ev["status"] == "interrupted" and ev["streamed"] is True
     # exactly what message_start reported: 12 + 640 + 48,000 (input includes cache reads and writes)
     assert (ev["input_tokens"], ev["cached_input_tokens"], ev["cache_write_tokens"]) == (48_652, 48_000, 640)
@@ -115,18 +81,19 @@ def test_stream_cut_after_message_start_keeps_the_reported_input(
 
 
 def test_one_hour_cache_writes_are_priced_at_the_one_hour_rate(
-    setup: tuple[Path, str], llmbudget: Callable[..., subprocess.CompletedProcess[str]]
+    serve: Callable[..., Server], cli_json: Callable[..., Any]
 ) -> None:
-    config, db = setup
-    with serve_process(config, db) as server:
-        claude = client(server.url, "ttl-1", ONE_HOUR_USAGE, **{"x-fake-model": "claude-sonnet-4-20250514"})
-        with claude.messages.stream(
-            model="claude-sonnet-4-0", max_tokens=1024, messages=[{"role": "user", "content": "hi"}]
-        ) as stream:
-            final = stream.get_final_message()
-        assert final.usage.cache_creation is not None
-        assert final.usage.cache_creation.ephemeral_1h_input_tokens == 8000
-        [ev] = read_events(llmbudget, config, db, "ttl-1")
+    server = serve()
+    claude = server.anthropic(
+        **reporting(ONE_HOUR_USAGE, "ttl-1", **{"x-fake-model": "claude-sonnet-4-20250514"})
+    )
+    with claude.messages.stream(
+        model="claude-sonnet-4-0", max_tokens=1024, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.usage.cache_creation is not None
+    assert final.usage.cache_creation.ephemeral_1h_input_tokens == 8000
+    [ev] = read_events(cli_json, server, "ttl-1")
     assert ev["status"] == "ok"
     assert (ev["cache_write_tokens"], ev["cache_write_1h_tokens"]) == (8000, 8000)
     # 1000 * 3 + 8000 * 6 (one-hour writes) + 300 * 15 = 55,500 USD per million: $0.0555, not $0.0375
@@ -134,30 +101,20 @@ def test_one_hour_cache_writes_are_priced_at_the_one_hour_rate(
 
 
 def test_flex_tier_is_priced_at_the_flex_rate(
-    setup: tuple[Path, str], llmbudget: Callable[..., subprocess.CompletedProcess[str]]
+    serve: Callable[..., Server], cli_json: Callable[..., Any]
 ) -> None:
-    config, db = setup
-    with serve_process(config, db) as server:
-        gpt = openai.OpenAI(
-            api_key="sk-test",
-            base_url=f"{server.url}/openai/v1",
-            max_retries=0,
-            default_headers={
-                "X-LLMBudget-Session": "flex-1",
-                "x-fake-service-tier": "flex",
-                "x-fake-model": "gpt-5-2025-08-07",
-                "x-fake-usage": json.dumps(
-                    {"prompt_tokens": 10_000, "completion_tokens": 1_000, "total_tokens": 11_000}
-                ),
-            },
+    server = serve()
+    usage = {"prompt_tokens": 10_000, "completion_tokens": 1_000, "total_tokens": 11_000}
+    gpt = server.openai(
+        **reporting(usage, "flex-1", **{"x-fake-service-tier": "flex", "x-fake-model": "gpt-5-2025-08-07"})
+    )
+    chunks = list(
+        gpt.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True, service_tier="flex"
         )
-        chunks = list(
-            gpt.chat.completions.create(
-                model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True, service_tier="flex"
-            )
-        )
-        assert chunks[-1].service_tier == "flex"
-        [ev] = read_events(llmbudget, config, db, "flex-1")
+    )
+    assert chunks[-1].service_tier == "flex"
+    [ev] = read_events(cli_json, server, "flex-1")
     assert ev["service_tier"] == "flex"
     # gpt-5 on flex: 10,000 * 0.625 + 1,000 * 5 per million (the standard price would be $0.0225)
     assert Decimal(ev["cost_usd"]) == Decimal("0.01125")

@@ -78,7 +78,12 @@ def watch_command(
         totals.sessions |= b.sessions
         if json_out:
             common.print_json(
-                {"new": b.new, "seen": b.seen, "cost_usd": decimal_str(b.cost_usd), "sessions": sorted(b.sessions)}
+                {
+                    "new": b.new,
+                    "seen": b.seen,
+                    "cost_usd": decimal_str(b.cost_usd),
+                    "sessions": sorted(b.sessions),
+                }
             )
             return
         if b.seen:

@@ -1303,7 +1303,11 @@ class RedisCounters(CounterStore):
         )
         if event_id is None or self.seeder is None:
             return False
-        return event_id in self.seeder.ledgered([event_id])
+        try:
+            return event_id in self.seeder.ledgered([event_id])
+        except Exception as e:  # the ledger unreachable: the pending entry holds; the next reconcile settles it
+            log.warning("budget ledger_check_failed error=%s", type(e).__name__)
+            return False
 
     def reconcile(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
         keys = sorted(seeds)

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from genai_prices import Usage, calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbudget.events import UsageEvent
 from llmbudget.money import to_nano
@@ -385,3 +387,59 @@ def test_prices_command_shows_unit_prices_and_tiers(capsys: pytest.CaptureFixtur
     table = capsys.readouterr().out
     assert "Cache write, 1-hour TTL" in table and "$6.00 / M tokens" in table
     assert "Web searches" in table and "$10.00 / 1,000" in table
+
+
+# ---------------------------------------------------------------- any consistent usage, any unit
+
+_n = st.integers(0, 400_000)
+_small = st.integers(0, 50)
+UNIT_MODELS = [
+    ("gpt-realtime", "openai", None),
+    ("gpt-image-1.5", "openai", None),
+    ("gpt-5", "openai", "priority"),
+    ("claude-sonnet-4-5", "anthropic", None),  # tiers above 200k input, 1-hour writes, web searches
+    ("claude-opus-4-8", "anthropic", "fast"),
+    ("gemini-2.5-flash", "google", None),
+    ("gemini-live-2.5-flash", "google", None),
+]
+
+
+@st.composite
+def consistent_usages(draw: st.DrawFn) -> TokenUsage:
+    """Input made of cached/uncached text, audio, image and video parts plus cache writes; output of parts."""
+    cached = {m: draw(_n) for m in ("text", "audio", "image", "video")}
+    fresh = {m: draw(_n) for m in ("text", "audio", "image", "video")}
+    writes = draw(_n)
+    one_hour = draw(st.integers(0, writes))
+    out = {m: draw(_n) for m in ("text", "audio", "image", "video")}
+    reasoning = draw(st.integers(0, out["text"]))
+    units = {"web_searches": draw(_small), "storage_searches": draw(_small)}
+    for m in ("audio", "image", "video"):
+        units[f"input_{m}_tokens"] = cached[m] + fresh[m]
+        units[f"cache_{m}_read_tokens"] = cached[m]
+        units[f"output_{m}_tokens"] = out[m]
+    return TokenUsage.of(
+        sum(cached.values()) + sum(fresh.values()) + writes,
+        sum(cached.values()),
+        writes,
+        sum(out.values()),
+        reasoning,
+        one_hour,
+        units,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(u=consistent_usages(), which=st.integers(0, len(UNIT_MODELS) - 1))
+def test_any_consistent_usage_agrees_with_calc_price(u: TokenUsage, which: int) -> None:
+    model, provider, tier = UNIT_MODELS[which]
+    u = u.with_counts(service_tier=tier)
+    exp = calc_price(
+        gp_usage(u),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=T,
+        price_context=context_for(provider, tier),
+    ).total_price
+    got = BOOK.cost(model, u, provider=provider, at=T)
+    assert got.cost_nano == to_nano(exp) and got.status == "priced"

@@ -6,6 +6,7 @@ counter that cannot be read fails closed. Real SQLite, PostgreSQL and Redis coun
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -158,3 +159,41 @@ def test_redis_counters_with_an_unreachable_ledger_fail_closed(redis_url: str) -
         assert "OperationalError" in str(info.value) or "connect" in str(info.value)
     finally:
         _cleanup(enf)
+
+
+def test_serve_reconciles_writes_it_never_saw_periodically(tmp_path: Path) -> None:
+    """A wrap() without the gate (or another tool) writes to the ledger: serve's counters follow."""
+    from fakes.servers import running_proxy
+
+    from llmbudget.config import Config
+    from llmbudget.events import UsageEvent
+
+    cfg = Config.model_validate(
+        {
+            "backends": {"anthropic": {"kind": "anthropic", "base_url": "http://127.0.0.1:9"}},
+            "budgets": {"daily_limit_usd": "5", "timezone": "UTC", "reconcile_interval_s": 0.2},
+        }
+    )
+    with running_proxy(cfg, tmp_path / "l.db") as proxy:
+        enf = proxy.services.extras["budget"]
+        ungated = UsageEvent(
+            backend="anthropic",
+            model="m",
+            provider="anthropic",
+            cost_usd=Decimal("1.25"),
+            price_status="priced",
+        )
+        other = open_ledger(f"sqlite:///{tmp_path / 'l.db'}", audit=False)  # another process's ledger
+        try:
+            other.record_many([ungated])
+        finally:
+            other.close()
+        deadline = time.monotonic() + 5
+        while True:
+            spent = sum(v[0] for v in enf.store.scan("daily|").values())
+            if spent == to_nano(Decimal("1.25")):
+                break
+            assert time.monotonic() < deadline, f"counter still at {spent}"
+            time.sleep(0.05)
+        health = enf.drift()
+        assert health is not None and health["counters"] >= 1

@@ -1305,7 +1305,9 @@ class RedisCounters(CounterStore):
             return False
         try:
             return event_id in self.seeder.ledgered([event_id])
-        except Exception as e:  # the ledger unreachable: the pending entry holds; the next reconcile settles it
+        except (
+            Exception
+        ) as e:  # the ledger unreachable: the pending entry holds; the next reconcile settles it
             log.warning("budget ledger_check_failed error=%s", type(e).__name__)
             return False
 

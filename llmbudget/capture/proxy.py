@@ -36,7 +36,7 @@ from yarl import URL
 
 from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
-from ..events import UsageEvent, anthropic_call_id, new_id
+from ..events import MAX_TEXT, UsageEvent, anthropic_call_id, new_id
 from ..keys import KeyRing
 from ..store.keys import KeyStore
 from . import anthropic, gemini, openai, paths
@@ -110,8 +110,6 @@ _NO_UA = ("User-Agent",)
 READING_INTERVAL_S = 1.0
 #: the longest value an attribution header (`X-LLMBudget-*`) may have, in characters
 MAX_ATTRIBUTION_CHARS = 256
-#: the tag that carries why a call failed (a broken upstream answer, an unreachable backend)
-REASON_TAG = "llmbudget.error"
 
 
 def parse_tags(value: str) -> dict[str, str]:
@@ -147,7 +145,7 @@ class ProxyRequest:
     notice: str | None = None
     admission: Admission | None = None
     fallback: bool = False
-    #: why a call that reached the upstream failed (recorded with the event as `tags["llmbudget.error"]`)
+    #: why the call failed (a broken upstream answer, an unreachable backend): the event's `reason`
     reason: str | None = None
 
 
@@ -890,19 +888,14 @@ class Proxy:
                 meter, http_status=http_status, interrupted=interrupted, fallback=req.fallback
             )
         model = meter.model or meter.request_model or ""
-        attribution = req.attribution
-        reason = req.reason or (meter.stream_error if status == "error" else None)
-        if reason:
-            tags = {**(attribution.get("tags") or {}), REASON_TAG: reason[:MAX_ATTRIBUTION_CHARS]}
-            attribution = {**attribution, "tags": tags}
-        return build_event(
+        event = build_event(
             meter,
             event_id=req.event_id,
             backend=target,
             provider=self._provider(model, backend),
             prices=self.services.prices,
             local=backend.local,
-            attribution=attribution,
+            attribution=req.attribution,
             http_status=http_status,
             status=status,
             started=req.started,
@@ -910,6 +903,11 @@ class Proxy:
             source="proxy",
             upstream_reached=upstream_reached,
         )
+        # why the call failed (a broken answer, an unreachable backend, an error inside the stream)
+        why = req.reason or (meter.stream_error if status == "error" else None)
+        if why:
+            event.reason = ("; ".join(r for r in (why, event.reason) if r))[:MAX_TEXT]
+        return event
 
     def _record_now(self, event: UsageEvent) -> None:
         try:

@@ -41,18 +41,8 @@ __all__ = [
 ]
 
 
-#: the largest token count believed from a provider; above it a count is garbage, read as 0 like any
-#: other unreadable value (it would overflow the ledger's 64-bit columns once priced or summed)
-MAX_TOKENS = 10**12
-
-
 def _int(value: Any) -> int:
-    """A token count from whatever the provider sent: non-negative int up to MAX_TOKENS, else 0."""
-    n = _read_int(value)
-    return n if n <= MAX_TOKENS else 0
-
-
-def _read_int(value: Any) -> int:
+    """A token count from whatever the provider sent: non-negative int, else 0."""
     if value is None or isinstance(value, bool):
         return 0
     if isinstance(value, int):

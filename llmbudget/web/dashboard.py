@@ -69,7 +69,7 @@ def card_html(c: dict[str, Any], tz: Any) -> str:
         flags.append('<span class="flag high" title="above $0.05 per request">▲ high cost</span>')
     flags.append(
         f'<span class="flag runaway"{"" if c["runaway"] else " hidden"} title="spend in the last 5 minutes '
-        f"is at least 5× this agent's median 5-minute spend over the past hour\">🔥 runaway</span>"
+        f"is at least 5× this agent's median 5-minute spend over the past hour\">‼ runaway</span>"
     )
     paused = c["paused"]
     return f"""<article class="card level-{e(c["level"])}{" paused" if paused else ""}" data-agent="{e(c["agent"])}" data-state='{e(json.dumps(state))}'>
@@ -78,7 +78,7 @@ def card_html(c: dict[str, Any], tz: Any) -> str:
 <p class="big">Tokens this session: <span data-f="tokens">{tokens(c["session_tokens"])}</span> | Cost: <span data-f="cost">{money(c["session_cost_nano"])}</span></p>
 <p class="cpr" title="Avg cost/request: {e(avg_text)} (last 10 requests)" data-f="cpr-title">Cost/Request: <span data-f="cpr">{e(avg_text)}</span> <span class="arrow" data-f="arrow" aria-label="{e(c["trend"])}">{e(c["arrow"])}</span></p>
 <p class="last">Last request: <time data-f="last" datetime="{e(c["last_request"] or "")}">{e(clock(c["last_request"], tz))}</time></p>
-<p class="flags">{"".join(flags)}<span class="flag pausedflag"{"" if paused else " hidden"}>⏸ paused</span></p>
+<p class="flags">{"".join(flags)}<span class="flag pausedflag"{"" if paused else " hidden"}>‖ paused</span></p>
 <p class="actions"><button type="button" class="pause" data-action="pause"{" hidden" if paused else ""}>Pause</button>
 <button type="button" class="resume" data-action="resume"{"" if paused else " hidden"}>Resume</button></p>
 </article>"""
@@ -112,7 +112,7 @@ def progress(b: dict[str, Any]) -> str:
 def notices_html(items: list[dict[str, Any]], tz: Any) -> str:
     if not items:
         return '<ul id="notices" class="notices"><li class="empty">No notifications.</li></ul>'
-    icon = {"critical": "⛔", "warning": "⚠", "info": "ℹ"}
+    icon = {"critical": "✖", "warning": "⚠", "info": "ℹ"}
     rows = "".join(
         f'<li class="notice {e(n.get("level"))}"><span class="icon">{icon.get(n.get("level") or "", "•")}</span> '
         f"<time>{e(when(n.get('timestamp'), tz))}</time> {e(n.get('message'))}</li>"
@@ -163,7 +163,7 @@ def totals_html(o: dict[str, Any]) -> str:
 def enforcement_html(b: dict[str, Any], tz: Any) -> str:
     h = b["enforcement"]
     if h["failing"]:
-        state = f"⛔ failing {'closed: calls are refused' if h['failing_closed'] else 'open: calls pass unchecked'} ({e(h['failing'])})"
+        state = f"✖ failing {'closed: calls are refused' if h['failing_closed'] else 'open: calls pass unchecked'} ({e(h['failing'])})"
     elif h["active"]:
         state = "✔ enforcing"
     else:
@@ -196,10 +196,13 @@ def overview_page(services: Any) -> str:
         or '<p class="empty" id="no-agents">No agent calls yet.</p>'
     )
     budgets = "".join(progress(b) for b in o["budgets"]) or '<p class="empty">No budgets configured.</p>'
-    charts = "".join(
-        f'<figure class="chartbox" id="chart-{n}">{ch.render(ch.chart_data(services, n, now))}</figure>'
-        for n in ch.CHARTS
-    )
+    figures = []
+    for n in ch.CHARTS:
+        d = ch.chart_data(services, n, now)
+        figures.append(
+            f'<figure class="chartbox" id="chart-{n}"><figcaption>{e(d["title"])}</figcaption>{ch.render(d)}</figure>'
+        )
+    charts = "".join(figures)
     body = f"""<h1>Overview</h1>{totals_html(o)}
 <section><h2>Budgets</h2><div id="budgets">{budgets}</div></section>
 <section><h2>Agents</h2><div id="cards" class="cards">{cards}</div></section>

@@ -119,7 +119,7 @@ def budgets_panel(services: Any, now: datetime) -> dict[str, Any]:
             reset=w.reset if w else None,
         )
         d["forecast"] = ro.to_dict()
-        d["label"] = {"ok": "OK", "warning": "⚠ WARNING", "exhausted": "⛔ EXHAUSTED"}[s.state]
+        d["label"] = {"ok": "OK", "warning": "⚠ WARNING", "exhausted": "✖ EXHAUSTED"}[s.state]
         if s.budget.unit == "usd":
             reserved += s.reserved
             settled += s.spent

@@ -215,3 +215,32 @@ def serve(tmp_path: Path, write_config: Callable[..., Path]) -> Iterator[Callabl
     yield start
     for server in started:
         server.kill()
+
+# ---------------------------------------------------------------- browser tests (Playwright + Debian's chromium)
+#: the system browser the browser tests drive (`make test` installs Debian's `chromium`); never a downloaded one
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    # no DNS look-ups of outside hosts; both EXCLUDEs are needed for local pages
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, object]) -> dict[str, object]:
+    """pytest-playwright launches Debian's chromium instead of looking for a downloaded browser."""
+    assert Path(CHROMIUM).exists(), (
+        f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)"
+    )
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """Replaces pytest-base-url's fixture (a class-based one that newer pytest warns about); pages use full URLs."""
+    return None

@@ -93,20 +93,30 @@
     card.querySelector("button.resume").hidden = !st.paused;
     card.dataset.state = JSON.stringify(st);
   }
-  const fetching = new Set();
+  // agent -> the newest call (ms since epoch) its card must include; present while it is fetched
+  const fetching = new Map();
   function findCard(agent) {
     for (const c of document.querySelectorAll("article.card")) if (c.dataset.agent === agent) return c;
     return null;
   }
-  async function loadCard(agent) {
-    if (fetching.has(agent)) return;
-    fetching.add(agent);
+  const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+  async function loadCard(agent, ts) {
+    const busy = fetching.has(agent);
+    fetching.set(agent, Math.max(fetching.get(agent) || 0, ts || 0));
+    if (busy) return;
     try {
-      const r = await fetch("/api/agents/" + encodeURIComponent(agent));
-      if (!r.ok) return;
-      const d = await r.json();
+      // the ledger makes a call readable within its flush interval (0.2 s): read until the card has it
+      let d = null;
+      for (let i = 0; i < 12; i++) {
+        const r = await fetch("/api/agents/" + encodeURIComponent(agent));
+        if (r.ok) {
+          d = await r.json();
+          if (d.last_request && Date.parse(d.last_request) >= fetching.get(agent) - 1) break;
+        } else if (r.status !== 404) return;
+        await sleep(150);
+      }
       const holder = document.getElementById("cards");
-      if (!holder) return;
+      if (!d || !holder) return;
       const tmp = document.createElement("div");
       tmp.innerHTML = d.html;
       const fresh = tmp.firstElementChild;
@@ -121,9 +131,9 @@
   }
   function applyToCard(inc) {
     if (!inc.agent) return;
-    const card = findCard(inc.agent);
+    const card = fetching.has(inc.agent) ? null : findCard(inc.agent);
     if (!card) {
-      if (document.getElementById("cards")) loadCard(inc.agent);
+      if (document.getElementById("cards")) loadCard(inc.agent, Date.parse(inc.ts));
       return;
     }
     const st = JSON.parse(card.dataset.state);
@@ -178,7 +188,7 @@
       setText(b, "spent", b.dataset.unit === "usd" ? money(spent) : num(spent) + " tokens");
       if (spent >= limit) {
         b.className = "budget state-exhausted";
-        setText(b, "state", "⛔ EXHAUSTED");
+        setText(b, "state", "✖ EXHAUSTED");
       }
     }
   }
@@ -191,7 +201,7 @@
       if (empty) empty.remove();
       const li = document.createElement("li");
       li.className = "notice " + (n.level || "info") + " fresh";
-      const icon = { critical: "⛔", warning: "⚠", info: "ℹ" }[n.level] || "•";
+      const icon = { critical: "✖", warning: "⚠", info: "ℹ" }[n.level] || "•";
       li.textContent = icon + " " + clock(n.timestamp) + " " + n.message;
       list.prepend(li);
     }
@@ -220,7 +230,7 @@
     };
     set("today-cost", o.today.cost_nano);
     set("month-cost", o.month.cost_nano);
-    for (const a of o.agents) loadCard(a.agent);
+    for (const a of o.agents) loadCard(a.agent, a.last_request ? Date.parse(a.last_request) : 0);
   }
   function connect() {
     const badge = document.getElementById("live");

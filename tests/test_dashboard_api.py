@@ -91,7 +91,7 @@ def test_overview_totals_budgets_and_forecast(client: TestClient) -> None:
     assert o["month"]["calls"] >= o["today"]["calls"] > 0
     assert int(o["forecast"]["month_end_projected_nano"]) >= o["month"]["cost_nano"]
     [b] = o["budgets"]
-    assert b["name"] and b["status"] in ("warning", "exhausted") and b["label"].startswith(("⚠", "⛔"))
+    assert b["name"] and b["status"] in ("warning", "exhausted") and b["label"].startswith(("⚠", "✖"))
     assert set(b["forecast"]) >= {"runs_out_at", "exhausted", "holds_until_reset"}
     assert o["enforcement"]["active"] is True and o["enforcement"]["failing"] is None
     assert any(r["agent"] == "coder" for r in o["refusals"])
@@ -206,7 +206,16 @@ def test_error_shape(client: TestClient, method: str, url: str, status: int) -> 
 def test_pages_render(client: TestClient) -> None:
     home = client.get("/").text
     assert 'Tokens this session: <span data-f="tokens">8,800</span>' in home
-    assert "Projected month-end" in home and "<svg" in home and 'src="/static/dashboard.js"' in home
+    assert "Projected month-end" in home and 'src="/static/dashboard.js"' in home
+    for name in ("daily", "models", "agents", "tiers", "hourly"):
+        assert f'src="/charts/{name}.svg"' in home
+        svg = client.get(f"/charts/{name}.svg")
+        assert svg.headers["content-type"].startswith("image/svg+xml") and "<svg" in svg.text
+    assert (
+        "openai" in client.get("/charts/daily.svg").text
+        and "planner" in client.get("/charts/agents.svg").text
+    )
+    assert client.get("/charts/pie.svg").json()["error"]["code"] == "not_found"
     assert "http://" not in home.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing from elsewhere
     assert "s3" in client.get("/sessions").text
     assert "Alert thresholds" in client.get("/budgets").text

@@ -25,14 +25,19 @@ def _sql(ledger: Any) -> SQLLedger:
     return ledger
 
 
-def recent_activity(ledger: Any, since_us: int, limit: int = 50_000) -> list[tuple[Any, ...]]:
-    """(agent, session, ts_us, cost_nano, tokens, status) of events since `since_us`, newest first."""
+_ACTIVITY = "SELECT agent, session, ts_us, cost_nano, input_tokens + output_tokens, status FROM events "
+
+
+def recent_activity(
+    ledger: Any, since_us: int, *, newest: int = 5000, limit: int = 50_000
+) -> list[tuple[Any, ...]]:
+    """(agent, session, ts_us, cost_nano, tokens, status), newest first: the newest `newest` events,
+    or every event since `since_us` when there are more of those (at most `limit`). Time index only."""
     with _sql(ledger)._read() as db:
-        return db.execute(
-            "SELECT agent, session, ts_us, cost_nano, input_tokens + output_tokens, status FROM events "
-            "WHERE ts_us >= ? ORDER BY ts_us DESC LIMIT ?",
-            (since_us, limit),
-        )
+        rows = db.execute(_ACTIVITY + "ORDER BY ts_us DESC LIMIT ?", (newest,))
+        if len(rows) == newest and int(rows[-1][2]) >= since_us:
+            rows = db.execute(_ACTIVITY + "WHERE ts_us >= ? ORDER BY ts_us DESC LIMIT ?", (since_us, limit))
+        return rows
 
 
 def agent_session_totals(ledger: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
@@ -169,3 +174,15 @@ def delete_threshold(ledger: Any, scope: str, agent: str) -> bool:
         )
         db.execute("DELETE FROM alert_thresholds WHERE scope = ? AND agent = ?", (scope, agent))
     return found
+
+
+def hourly_by_backend(ledger: Any, start_us: int, end_us: int) -> list[tuple[int, str, int]]:
+    """(hour, backend, cost_nano) from the hourly rollups in [start, end): one query for the daily chart."""
+    h0, h1 = start_us // 3_600_000_000, -(-end_us // 3_600_000_000)
+    with _sql(ledger)._read() as db:
+        rows = db.execute(
+            "SELECT hour, backend, SUM(cost_nano) FROM rollup_hourly WHERE hour >= ? AND hour < ? "
+            "GROUP BY hour, backend",
+            (h0, h1),
+        )
+    return [(int(r[0]), str(r[1]), int(r[2] or 0)) for r in rows]

@@ -14,7 +14,19 @@ from typing import Any
 from ..money import from_nano
 from .data import _day_start, usd
 
-CHARTS = ("daily", "models", "agents", "tiers", "hourly")
+TITLES = {
+    "daily": "Daily spend, last 30 days, by backend",
+    "models": "Tokens by model, last 30 days",
+    "agents": "Cost by agent, last 30 days",
+    "tiers": "Cost by tier, last 30 days",
+    "hourly": "Today by hour",
+}
+CHARTS = tuple(TITLES)
+#: text styles inside a standalone SVG (an <img> does not see the page's CSS)
+_STYLE = (
+    "<style>.lbl{font:11px system-ui,sans-serif;fill:#3b4252}.val{font:10px system-ui,sans-serif;fill:#5b6475}"
+    ".axis{stroke:#8c95a6}.empty{font:12px system-ui,sans-serif;fill:#5b6475;font-style:italic}</style>"
+)
 #: a fixed palette that stays apart for colour-blind readers (Okabe-Ito), with patterns in the legend order
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
@@ -26,22 +38,25 @@ def chart_data(services: Any, name: str, now: datetime) -> dict[str, Any]:
     day = _day_start(now, tz)
     until = day + timedelta(days=1)
     if name == "daily":
+        from ..store.buckets import US_PER_HOUR, from_us, to_us
+        from ..store.dashboard import hourly_by_backend
+
         start = day - timedelta(days=29)
         days = [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(30)]
-        backends = [r.key for r in ledger.costs(since=start, until=until, by="backend", tz=tz) if r.key]
+        index = {d: i for i, d in enumerate(days)}
         series: dict[str, list[int]] = {}
-        for b in backends[:8]:
-            rows = {
-                r.key: r.cost_nano
-                for r in ledger.costs(since=start, until=until, by="day", tz=tz, filters={"backend": b})
-            }
-            series[b] = [rows.get(d, 0) for d in days]
+        # hourly rollups, so days are the configured zone's days (a day rollup is a UTC day)
+        for hour, backend, cost in hourly_by_backend(ledger, to_us(start), to_us(until)):
+            d = from_us(hour * US_PER_HOUR).astimezone(tz).strftime("%Y-%m-%d")
+            if d in index:
+                series.setdefault(backend or "(none)", [0] * 30)[index[d]] += cost
+        ranked = sorted(series, key=lambda b: -sum(series[b]))[:8]
         return {
             "name": name,
             "title": "Daily spend, last 30 days, by backend",
             "labels": days,
             "series": [
-                {"name": k, "cost_nano": v, "cost_usd": [usd(x) for x in v]} for k, v in series.items()
+                {"name": k, "cost_nano": series[k], "cost_usd": [usd(x) for x in series[k]]} for k in ranked
             ],
         }
     if name == "hourly":
@@ -84,15 +99,19 @@ def _money(nano: int) -> str:
 
 def _svg(w: int, h: int, body: str, title: str) -> str:
     return (
-        f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{escape(title)}" '
-        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>{body}</svg>'
+        f'<svg class="chart" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{escape(title)}" '
+        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>{_STYLE}{body}</svg>'
     )
+
+
+def _empty(title: str, text: str) -> str:
+    return _svg(560, 40, f'<text x="8" y="24" class="empty">{escape(text)}</text>', title)
 
 
 def hbars(items: list[tuple[str, int, str]], title: str) -> str:
     """Horizontal bars: (label, value, text shown)."""
     if not items:
-        return f'<p class="empty">{escape(title)}: no data yet.</p>'
+        return _empty(title, "No data yet.")
     w, row = 560, 22
     h = row * len(items) + 8
     top = max(v for _, v, _ in items) or 1
@@ -112,7 +131,7 @@ def hbars(items: list[tuple[str, int, str]], title: str) -> str:
 def columns(labels: list[str], series: list[tuple[str, list[int]]], title: str, *, every: int = 1) -> str:
     """Stacked columns: one column per label, one colour (and legend entry) per series."""
     if not labels or not any(any(v) for _, v in series):
-        return f'<p class="empty">{escape(title)}: no spend yet.</p>'
+        return _empty(title, "No spend yet.")
     w, h, left, bottom = 620, 220, 56, 28
     n = len(labels)
     totals = [sum(s[1][i] for s in series) for i in range(n)]
@@ -152,8 +171,13 @@ def columns(labels: list[str], series: list[tuple[str, list[int]]], title: str, 
     return _svg(w, h, "".join(parts), title)
 
 
-def render(data: dict[str, Any]) -> str:
-    """The SVG (or an empty-state note) of one chart's data."""
+def render(data: dict[str, Any], *, standalone: bool = False) -> str:
+    """The SVG of one chart's data (`standalone`: with the XML declaration, for `/charts/NAME.svg`)."""
+    svg = _render(data)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + svg if standalone else svg
+
+
+def _render(data: dict[str, Any]) -> str:
     name = data["name"]
     title = data["title"]
     if name == "daily":

@@ -196,13 +196,12 @@ def overview_page(services: Any) -> str:
         or '<p class="empty" id="no-agents">No agent calls yet.</p>'
     )
     budgets = "".join(progress(b) for b in o["budgets"]) or '<p class="empty">No budgets configured.</p>'
-    figures = []
-    for n in ch.CHARTS:
-        d = ch.chart_data(services, n, now)
-        figures.append(
-            f'<figure class="chartbox" id="chart-{n}"><figcaption>{e(d["title"])}</figcaption>{ch.render(d)}</figure>'
-        )
-    charts = "".join(figures)
+    # each chart is its own SVG request: the browser draws the page first and fetches them in parallel
+    charts = "".join(
+        f'<figure class="chartbox" id="chart-{n}"><figcaption>{e(title)}</figcaption>'
+        f'<img src="/charts/{n}.svg" alt="{e(title)}" loading="lazy"></figure>'
+        for n, title in ch.TITLES.items()
+    )
     body = f"""<h1>Overview</h1>{totals_html(o)}
 <section><h2>Budgets</h2><div id="budgets">{budgets}</div></section>
 <section><h2>Agents</h2><div id="cards" class="cards">{cards}</div></section>
@@ -321,6 +320,17 @@ def page_routes(services: Any) -> list[BaseRoute]:
         params = {k: v for k, v in request.query_params.items()}
         return HTMLResponse(await run_in_threadpool(events_page, services, params))
 
+    async def chart_svg(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in ch.CHARTS:
+            from ..errors import NotFound
+
+            raise NotFound(f"no chart {name!r}; one of {', '.join(ch.CHARTS)}")
+        d = await run_in_threadpool(ch.chart_data, services, name, utcnow())
+        return Response(
+            ch.render(d, standalone=True), media_type="image/svg+xml", headers={"Cache-Control": "no-store"}
+        )
+
     async def sessions_csv(request: Request) -> Response:
         items = await run_in_threadpool(data.sessions, services)
 
@@ -341,5 +351,6 @@ def page_routes(services: Any) -> list[BaseRoute]:
         Route("/budgets", budgets, methods=["GET"]),
         Route("/events", events, methods=["GET"]),
         Route("/api/dashboard/sessions.csv", sessions_csv, methods=["GET"]),
+        Route("/charts/{name}.svg", chart_svg, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
     ]

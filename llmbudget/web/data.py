@@ -68,14 +68,18 @@ def _day_start(now: datetime, tz: ZoneInfo) -> datetime:
 
 
 def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
-    """Today's and this month's totals and the month-end projection, from the rollups."""
+    """Today's and this month's totals and the month-end projection: one rollup read by day.
+
+    The trailing rate is the spend of the 7 whole days before today, per day.
+    """
     day = _day_start(now, tz)
     month_start, month_end = month_bounds(now.astimezone(tz))
-    until = now + timedelta(hours=1)
-    today = _totals(ledger.costs(since=day, until=until, tz=tz))
-    month = _totals(ledger.costs(since=month_start, until=until, tz=tz))
-    week_ago = now - timedelta(days=7)
-    trailing = _totals(ledger.costs(since=week_ago, until=until, tz=tz))
+    week_start = day - timedelta(days=7)
+    rows = ledger.costs(since=min(month_start, week_start), until=day + timedelta(days=1), by="day", tz=tz)
+    today_key, month_key, week_key = (d.strftime("%Y-%m-%d") for d in (day, month_start, week_start))
+    today = _totals([r for r in rows if r.key == today_key])
+    month = _totals([r for r in rows if (r.key or "") >= month_key])
+    trailing = _totals([r for r in rows if week_key <= (r.key or "") < today_key])
     projected = month_end_projection(
         month["cost_nano"], trailing["cost_nano"], timedelta(days=7), now=now, month_end=month_end
     )
@@ -93,16 +97,25 @@ def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- budgets and enforcement
-def budgets_panel(services: Any, now: datetime) -> dict[str, Any]:
-    """Every budget with progress, state and run-out forecast; enforcement health."""
+def budgets_panel(services: Any, now: datetime, *, reconcile: bool = True) -> dict[str, Any]:
+    """Every budget with progress, state and run-out forecast; enforcement health.
+
+    `reconcile=False` (the overview) reads the counters as they are; the budgets page reconciles
+    them with the ledger first, as `llmbudget budget` does, and shows the drift it found.
+    """
     from .api_budget import _enforcer
 
     enf = _enforcer(services)
     out: dict[str, Any] = {"budgets": [], "paused_agents": [], "enforcement": {}}
     try:
-        from ..budget.status import budget_status
+        if reconcile:
+            from ..budget.status import budget_status
 
-        statuses = budget_status(enf.budgets, enf.store, enf.tz, now)
+            statuses = budget_status(enf.budgets, enf.store, enf.tz, now)
+        else:
+            from ..budget.glance import glance
+
+            statuses = glance(enf.budgets, enf.store, enf.tz, now, ledger=services.ledger)
         failing = None
     except Exception as e:  # the counter store is unreachable: say so, the page still renders
         statuses = []
@@ -136,7 +149,12 @@ def budgets_panel(services: Any, now: datetime) -> dict[str, Any]:
         "on_error": on_error,
         "failing": failing,
         "failing_closed": failing is not None and on_error != "open",
-        "drift": _drift(services),
+        "drift": (
+            {d["name"] + (f" {d['value']}" if d.get("value") else ""): d.get("drift") for d in out["budgets"]}
+            if reconcile and statuses
+            else _drift(services)
+        ),
+        "reconciled": reconcile,
     }
     return out
 
@@ -187,7 +205,8 @@ def agent_cards(services: Any, now: datetime, *, only: str | None = None) -> lis
     day = _day_start(now, tz)
     today_rows = ledger.costs(since=day, until=now + timedelta(hours=1), by="agent", tz=tz)
     today = {r.key: r for r in today_rows if r.key}
-    activity = recent_activity(ledger, now_us - _HOUR_US - 5 * 60 * 1_000_000)
+    hour_ago = now_us - _HOUR_US - 5 * 60 * 1_000_000
+    activity = recent_activity(ledger, hour_ago, newest=2000)
     recent: dict[str, list[tuple[Any, ...]]] = {}
     for row in activity:
         if row[0]:
@@ -227,7 +246,8 @@ def agent_cards(services: Any, now: datetime, *, only: str | None = None) -> lis
             calls, tokens, cost = (t.calls, t.input_tokens + t.output_tokens, t.cost_nano) if t else (0, 0, 0)
         else:
             calls, tokens, cost = st[0], st[1], st[2]
-        flagged, current, baseline = runaway([(int(r[2]), int(r[3] or 0)) for r in recent.get(a, [])], now_us)
+        spend = [(int(r[2]), int(r[3] or 0)) for r in recent.get(a, []) if r[2] >= hour_ago]
+        flagged, current, baseline = runaway(spend, now_us)
         avg = avg_cost(costs)
         tr = trend(costs)
         p = paused.get(a)
@@ -250,7 +270,7 @@ def agent_cards(services: Any, now: datetime, *, only: str | None = None) -> lis
                 "runaway": flagged,
                 "spend_5m_nano": current,
                 "baseline_5m_nano": baseline,
-                "recent_spend": [[int(r[2]), int(r[3] or 0)] for r in recent.get(a, [])[:500]],
+                "recent_spend": [list(x) for x in spend[:500]],
                 "today_cost_usd": usd(today[a].cost_nano) if a in today else "0",
                 "paused": p is not None,
                 "paused_reason": (p or {}).get("reason"),
@@ -305,7 +325,7 @@ def overview(services: Any, now: datetime | None = None) -> dict[str, Any]:
     tz = services.config.zone()
     out: dict[str, Any] = {"generated_at": now.isoformat(), "timezone": str(tz.key)}
     out.update(spend_totals(services.ledger, tz, now))
-    out.update(budgets_panel(services, now))
+    out.update(budgets_panel(services, now, reconcile=False))
     out["agents"] = agent_cards(services, now)
     out["notifications"] = list_notifications(services.ledger, limit=10)
     out["quota"] = quota_panel(services, now)

@@ -216,6 +216,7 @@ def serve(tmp_path: Path, write_config: Callable[..., Path]) -> Iterator[Callabl
     for server in started:
         server.kill()
 
+
 # ---------------------------------------------------------------- browser tests (Playwright + Debian's chromium)
 #: the system browser the browser tests drive (`make test` installs Debian's `chromium`); never a downloaded one
 CHROMIUM = "/usr/bin/chromium"
@@ -231,16 +232,32 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, object]) -> dict[str, object]:
-    """pytest-playwright launches Debian's chromium instead of looking for a downloaded browser."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright, headless, for one test module.
+
+    Started and stopped here rather than through pytest-playwright's session-wide fixtures: the
+    sync API keeps an event loop running in the main thread until Playwright stops, and later
+    tests that call `asyncio.run` must not find it there.
+    """
+    from playwright.sync_api import sync_playwright
+
     assert Path(CHROMIUM).exists(), (
         f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)"
     )
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
-@pytest.fixture(scope="session")
-def base_url() -> None:
-    """Replaces pytest-base-url's fixture (a class-based one that newer pytest warns about); pages use full URLs."""
-    return None
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A fresh browser context and page (downloads accepted) for one test."""
+    context = chromium.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -84,6 +84,8 @@ def _units(pairs: Any) -> tuple[tuple[str, int], ...]:
     items = pairs.items() if isinstance(pairs, Mapping) else pairs
     out: dict[str, int] = {}
     for k, v in items:
+        if not v:  # the common case: None or 0
+            continue
         n = _int(v)
         if n and k in UNIT_KEYS:
             out[k] = out.get(k, 0) + n
@@ -139,7 +141,16 @@ class TokenUsage:
         i, c, w = _int(input_tokens), _int(cached_input_tokens), _int(cache_write_tokens)
         o, r, w1h = _int(output_tokens), _int(reasoning_tokens), _int(cache_write_1h_tokens)
         w = max(w, w1h)
-        return cls(max(i, c + w), c, w, max(o, r), r, w1h, _units(units), _tier(service_tier))
+        return cls(
+            max(i, c + w),
+            c,
+            w,
+            max(o, r),
+            r,
+            w1h,
+            _units(units) if units else (),
+            None if service_tier is None else _tier(service_tier),
+        )
 
     @classmethod
     def from_event(cls, event: Any) -> TokenUsage:
@@ -282,31 +293,36 @@ def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None
             )
         if separate:
             output = completion + reasoning
-    units = {
-        "input_audio_tokens": _get(usage, "prompt_tokens_details", "audio_tokens"),
-        "input_image_tokens": _get(usage, "prompt_tokens_details", "image_tokens"),
-        "output_audio_tokens": _get(usage, "completion_tokens_details", "audio_tokens"),
-        "output_image_tokens": _get(usage, "completion_tokens_details", "image_tokens"),
-    }
+    units: dict[str, Any] = {}
+    _modalities(usage.get("prompt_tokens_details"), "input", units)
+    _modalities(usage.get("completion_tokens_details"), "output", units)
     return TokenUsage.of(prompt, cached, cache_write, output, reasoning, units=units)
+
+
+def _modalities(details: Any, direction: str, into: dict[str, Any]) -> None:
+    """OpenAI `*_tokens_details` audio and image counts into `into` as `{direction}_{audio,image}_tokens`."""
+    if isinstance(details, Mapping):
+        audio, image = details.get("audio_tokens"), details.get("image_tokens")
+        if audio:
+            into[f"{direction}_audio_tokens"] = audio
+        if image:
+            into[f"{direction}_image_tokens"] = image
 
 
 def openai_responses_usage(usage: Any) -> TokenUsage:
     """OpenAI Responses API `usage` (input includes cached; output includes reasoning)."""
     if not isinstance(usage, Mapping):
         return ZERO_USAGE
+    units: dict[str, Any] = {}
+    _modalities(usage.get("input_tokens_details"), "input", units)
+    _modalities(usage.get("output_tokens_details"), "output", units)
     return TokenUsage.of(
         _int(usage.get("input_tokens")),
         _int(_get(usage, "input_tokens_details", "cached_tokens")),
         _int(_get(usage, "input_tokens_details", "cache_write_tokens")),
         _int(usage.get("output_tokens")),
         _int(_get(usage, "output_tokens_details", "reasoning_tokens")),
-        units={
-            "input_audio_tokens": _get(usage, "input_tokens_details", "audio_tokens"),
-            "input_image_tokens": _get(usage, "input_tokens_details", "image_tokens"),
-            "output_audio_tokens": _get(usage, "output_tokens_details", "audio_tokens"),
-            "output_image_tokens": _get(usage, "output_tokens_details", "image_tokens"),
-        },
+        units=units,
     )
 
 
@@ -331,13 +347,17 @@ def anthropic_usage(usage: Any) -> TokenUsage:
         return ZERO_USAGE
     read = _int(usage.get("cache_read_input_tokens"))
     write = _int(usage.get("cache_creation_input_tokens"))
-    w5m = _int(_get(usage, "cache_creation", "ephemeral_5m_input_tokens"))
-    w1h = _int(_get(usage, "cache_creation", "ephemeral_1h_input_tokens"))
-    if not write:  # newer responses may carry only the per-TTL breakdown
-        write = w5m + w1h
+    w1h = 0
+    by_ttl = usage.get("cache_creation")
+    if isinstance(by_ttl, Mapping):
+        w1h = _int(by_ttl.get("ephemeral_1h_input_tokens"))
+        if not write:  # newer responses may carry only the per-TTL breakdown
+            write = _int(by_ttl.get("ephemeral_5m_input_tokens")) + w1h
     # thinking is already inside output_tokens; a separate count is reported only by some versions
-    thinking = _int(_get(usage, "output_tokens_details", "thinking_tokens"))
-    speed = usage.get("speed")
+    details = usage.get("output_tokens_details")
+    thinking = _int(details.get("thinking_tokens")) if isinstance(details, Mapping) else 0
+    tools = usage.get("server_tool_use")
+    searches = tools.get("web_search_requests") if isinstance(tools, Mapping) else None
     return TokenUsage.of(
         _int(usage.get("input_tokens")) + read + write,
         read,
@@ -345,8 +365,8 @@ def anthropic_usage(usage: Any) -> TokenUsage:
         _int(usage.get("output_tokens")),
         thinking,
         w1h,
-        {"web_searches": _get(usage, "server_tool_use", "web_search_requests")},
-        "fast" if speed == "fast" else usage.get("service_tier"),
+        {"web_searches": searches} if searches else None,
+        "fast" if usage.get("speed") == "fast" else usage.get("service_tier"),
     )
 
 

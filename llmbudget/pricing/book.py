@@ -241,11 +241,14 @@ class _Compiled:
     `to_nano(genai_prices.calc_price(...).total_price)` for the same usage, rounded half-even.
     """
 
-    __slots__ = ("div", "entries", "mul", "request", "units_needed")
+    __slots__ = ("basic", "div", "entries", "mul", "request", "units_needed")
     div: int
     mul: int
     request: int
     units_needed: bool
+    #: (input, cache read, cache write, output rates, token multiplier) for a usage with no other units,
+    #: None when the model prices reasoning apart (then every call takes the general path)
+    basic: tuple[_Rate | None, _Rate | None, _Rate | None, _Rate | None, int] | None
     #: (TokenUsage attribute or None for a `units` key, usage key, descendant indexes, rate, multiplier)
     entries: tuple[tuple[str | None, str, tuple[int, ...], _Rate, int], ...]
 
@@ -300,6 +303,20 @@ class _Compiled:
             )
         self.entries = tuple(entries)
         self.units_needed = any(e[0] is None for e in entries)
+        by_key = {e[1]: e[3] for e in entries}
+        self.basic = (
+            None
+            if "output_reasoning_tokens" in by_key
+            else (
+                by_key.get("input_tokens"),
+                by_key.get("cache_read_tokens"),
+                by_key.get("cache_write_tokens"),
+                by_key.get("output_tokens"),
+                lcm // 1_000_000 if lcm % 1_000_000 == 0 else 0,
+            )
+        )
+        if self.basic is not None and self.basic[4] == 0:
+            self.basic = None
         # numerator N is USD * 10^k * lcm; nano = N * 10^9 / (10^k * lcm), reduced
         num, den = 10**9, 10**k * lcm
         g = math.gcd(num, den)
@@ -309,6 +326,23 @@ class _Compiled:
         """Cost in nano-USD, rounded half-even, of one call's whole usage."""
         total_in = u.input_tokens
         n: int = self.request
+        basic = self.basic
+        if basic is not None and not u.units and not u.cache_write_1h_tokens:
+            # the common case, the same leaves in closed form: every other unit counts zero
+            rin, rread, rwrite, rout, m = basic
+            plain = total_in
+            tok = 0
+            if rread is not None:
+                plain -= u.cached_input_tokens
+                tok += rread.at(total_in) * u.cached_input_tokens
+            if rwrite is not None:
+                plain -= u.cache_write_tokens
+                tok += rwrite.at(total_in) * u.cache_write_tokens
+            if rin is not None:
+                tok += rin.at(total_in) * plain
+            if rout is not None:
+                tok += rout.at(total_in) * u.output_tokens
+            return self._round(n + tok * m)
         units = dict(u.units) if self.units_needed and u.units else {}
         leaves: list[int] = []
         append = leaves.append
@@ -321,6 +355,10 @@ class _Compiled:
                 n += (rate.at(total_in) if rate.tiers else rate.base) * v * mult
             else:  # nothing, or inconsistent parts from a provider: never a negative count
                 append(0)
+        return self._round(n)
+
+    def _round(self, n: int) -> int:
+        """Numerator units to nano-USD, rounded half-even."""
         n *= self.mul
         if self.div == 1:
             return n

@@ -238,3 +238,47 @@ def test_watch_needs_an_agent_log_source(tmp_path: Path) -> None:
         [LLMBUDGET, "import", str(tmp_path / "x.jsonl"), "--watch"], capture_output=True, text=True
     )
     assert r.returncode == 1 and "--watch: follows claude-code or codex logs" in r.stderr
+
+
+def test_watch_claude_code_from_the_command_line(tmp_path: Path) -> None:
+    projects = tmp_path / "claude" / "projects" / "-home-alice-code-webapp"
+    projects.mkdir(parents=True)
+    db = tmp_path / "cc.db"
+    proc = subprocess.Popen(
+        [
+            LLMBUDGET,
+            "import",
+            "claude-code",
+            str(tmp_path / "claude"),
+            "--watch",
+            "--interval",
+            "0.2",
+            "--db",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        log = projects / "sess-9.jsonl"
+        log.write_text(
+            _cc_line("msg_X", "req_011CXXXXXXXXXXXXXXXXXXXX", 12, "2026-11-20T10:00:00Z", "sess-9")
+            + "\n"
+            + _cc_line("msg_Y", "req_011CYYYYYYYYYYYYYYYYYYYY", 30, "2026-11-20T10:00:05Z", "sess-9")
+            + "\n"
+        )
+        deadline = time.monotonic() + 20
+        found: list[Any] = []
+        while len(found) < 2 and time.monotonic() < deadline:  # msg_Y once the file is quiet for 2 s
+            time.sleep(0.3)
+            if db.exists():
+                with open_ledger(f"sqlite:///{db}") as ledger:
+                    found = ledger.query(filters={"session": "sess-9"}, limit=None)
+        assert sorted(e.output_tokens for e in found) == [12, 30]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Claude Code responses" in out and "2 new Claude Code responses" in err

@@ -1,0 +1,62 @@
+"""`llmbudget run` from outside: it finds the `llmbudget serve` named by the config and the
+server attributes the command's calls from the headers the run and the client send."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SCRIPT = textwrap.dedent(
+    """
+    import os
+    import anthropic
+
+    # what Claude Code sends on every call, plus the run's session as a plain SDK script passes it
+    headers = {"user-agent": "claude-cli/2.1.197 (external, cli)",
+               "x-claude-code-session-id": "cc-own-session",
+               "X-LLMBudget-Session": os.environ["LLMBUDGET_SESSION"]}
+    with anthropic.Anthropic(api_key="sk-ant-test", default_headers=headers, max_retries=0) as a:
+        a.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+                          messages=[{"role": "user", "content": "hi"}])
+    print(os.environ["ANTHROPIC_BASE_URL"])
+    print(os.environ["ANTHROPIC_CUSTOM_HEADERS"].replace("\\n", "|"))
+    """
+)
+
+
+def test_run_uses_the_configured_server(
+    serve: Callable[..., Any],
+    write_config: Callable[..., Path],
+    llmbudget: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    server = serve(config=write_config(storage={"flush_interval_s": 0.1}))
+    port = int(server.url.rsplit(":", 1)[1])
+    config = write_config(server={"port": port})  # what a user's config says: the server's port
+    script = tmp_path / "agent.py"
+    script.write_text(SCRIPT)
+    done = llmbudget(
+        "run",
+        "--config",
+        str(config),
+        "--db",
+        server.db,
+        "--session",
+        "pr-7",
+        "--json",
+        "--",
+        sys.executable,
+        str(script),
+    )
+    assert done.returncode == 0, done.stderr
+    base_url, custom_headers = done.stdout.split()[0], done.stdout.split("\n")[1]
+    assert base_url == f"{server.url}/anthropic"
+    assert custom_headers == "X-LLMBudget-Session: pr-7"
+    summary = json.loads(done.stderr.strip().splitlines()[-1])
+    assert (summary["proxy"], summary["session"], summary["calls"]) == (server.url, "pr-7", 1)
+    (event,) = [e for e in server.events() if e["session"] == "pr-7"]
+    assert (event["agent"], event["backend"], event["source"]) == ("claude-code", "anthropic", "proxy")

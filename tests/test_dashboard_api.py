@@ -50,7 +50,17 @@ EVENTS = [
     ev("coder", "s3", "1.25", 3, tier="gold"),
     ev("coder", "s3", "1.25", 2, tier="gold"),
     # a refused call and a spreadsheet-formula session name
-    ev("coder", "s3", "0", 1, status="blocked", http_status=429, input_tokens=0, output_tokens=0),
+    ev(
+        "coder",
+        "s3",
+        "0",
+        1,
+        status="blocked",
+        http_status=429,
+        input_tokens=0,
+        output_tokens=0,
+        reason="budget 'daily' is spent",
+    ),
     ev("=evil", "=HYPERLINK(1)", "0.01", 40),
 ]
 
@@ -94,7 +104,7 @@ def test_overview_totals_budgets_and_forecast(client: TestClient) -> None:
     assert b["name"] and b["status"] in ("warning", "exhausted") and b["label"].startswith(("⚠", "✖"))
     assert set(b["forecast"]) >= {"runs_out_at", "exhausted", "holds_until_reset"}
     assert o["enforcement"]["active"] is True and o["enforcement"]["failing"] is None
-    assert any(r["agent"] == "coder" for r in o["refusals"])
+    assert [(r["agent"], r["reason"]) for r in o["refusals"]] == [("coder", "budget 'daily' is spent")]
 
 
 def test_agent_cards(client: TestClient) -> None:

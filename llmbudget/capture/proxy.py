@@ -421,6 +421,7 @@ class Proxy:
                 extra.append((b"retry-after", str(int(admission.retry_after_s)).encode()))
             if admission.notice:
                 extra.append((b"x-llmbudget-notice", _header_safe(admission.notice)))
+            req.reason = message  # the refusal's reason, shown with the event (dashboard: recent refusals)
             self._record(
                 req,
                 req.backend,

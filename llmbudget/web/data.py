@@ -176,8 +176,8 @@ def refusals(ledger: Any, paused: dict[str, Any], limit: int = 10) -> list[dict[
     evs = ledger.query(filters={"status": "blocked"}, limit=limit)
 
     def reason(e: UsageEvent) -> str:
-        if e.tags.get("reason"):
-            return e.tags["reason"]
+        if e.reason:
+            return e.reason
         if e.agent and e.agent in paused:
             return f"agent {e.agent} paused: {paused[e.agent].get('reason') or 'by hand'}"
         return "budget limit reached"

@@ -190,6 +190,10 @@ def test_dashboard_live_threshold_pause_and_csv(page: Page, fake: FakeUpstream, 
         expect(box).to_contain_text("price source: genai-prices")
         page.screenshot(path=str(shots / "events.png"), full_page=True)
 
+        # enforcement health lists the refused call with its reason
+        page.goto(base + "/budgets")
+        expect(page.locator("section", has_text="Recent refusals")).to_contain_text("is paused")
+
         # the overview as a newcomer sees it after all this (the README's picture)
         page.set_viewport_size({"width": 1280, "height": 1000})
         page.goto(base + "/")

@@ -379,3 +379,32 @@ def test_import_names_a_bad_unit(tmp_path: Path) -> None:
     with open_ledger(f"sqlite:///{tmp_path / 'x.db'}") as ledger:
         res = import_jsonl(ledger, tmp_path / "bad.jsonl")
     assert res.loaded == 0 and [b.field for b in res.bad] == ["units"]
+
+
+def test_claude_code_import_prices_one_hour_writes(tmp_path: Path) -> None:
+    from llmbudget.quota import claude_code as cc
+
+    usage = {**SONNET_1H, "cache_creation_input_tokens": 8000}
+    line = {
+        "sessionId": "0b1e0000-0000-4000-8000-000000000001",
+        "version": "2.1.0",
+        "cwd": "/home/alice/code/app",
+        "message": {
+            "id": "msg_1h",
+            "type": "message",
+            "role": "assistant",
+            "model": SONNET,
+            "content": [{"type": "text", "text": "done"}],
+            "usage": usage,
+        },
+        "type": "assistant",
+        "uuid": "u-1",
+        "timestamp": "2026-11-20T09:00:00.000Z",
+        "requestId": "req_1h",
+    }
+    log = tmp_path / "projects" / "-home-alice-code-app" / "0b1e0000-0000-4000-8000-000000000001.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps(line) + "\n")
+    [ev], _ = cc.load_events([tmp_path], prices=BOOK)
+    assert (ev.cache_write_tokens, ev.cache_write_1h_tokens) == (8000, 8000)
+    assert ev.cost_usd == Decimal("0.0555")  # Claude Code writes its cache with a one-hour TTL

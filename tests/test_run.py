@@ -169,7 +169,8 @@ def test_a_server_that_does_not_answer_is_an_error(setup: dict[str, Any]) -> Non
     assert r.returncode == 1 and "--server: no llmbudget serve answers" in r.stderr
 
 
-def test_ctrl_c_is_passed_to_the_command(setup: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_signals_are_passed_to_the_command(setup: dict[str, Any], sig: signal.Signals, code: int) -> None:
     proc = subprocess.Popen(
         [
             LLMBUDGET,
@@ -192,9 +193,9 @@ def test_ctrl_c_is_passed_to_the_command(setup: dict[str, Any]) -> None:
     deadline = time.monotonic() + 30
     while "sleeping" not in proc.stdout.readline():
         assert time.monotonic() < deadline
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "llmbudget run" in err and "2 calls" in err
 
 

@@ -45,10 +45,14 @@ class LLMBudgetApp:
         self._root_mount = root_mount
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
             first = scope["path"][1:].partition("/")[0]
             if first in self._backends:
                 await self.proxy(scope, receive, send)
+                return
+            if kind == "websocket":
+                await self.web(scope, receive, send)
                 return
             if first not in self._web_prefixes and not self._root_mount:
                 await self.proxy.unknown_backend(scope, send)

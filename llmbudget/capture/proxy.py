@@ -178,6 +178,10 @@ class Proxy:
         #: llmbudget.access.AccessPolicy; without one (a bare Proxy) the plain-loopback rules apply
         self.access: Any = services.extras.get("access")
         self.relay_open: bool = self.access is None or self.access.relay_open
+        from .ws import WebSocketRelay
+
+        #: `/{backend}/...` WebSocket upgrades (Responses API over WebSocket, Realtime)
+        self.websockets = WebSocketRelay(self)
         self.keyring: KeyRing | None = services.extras.get("keyring")
         if self.keyring is None:
             try:
@@ -216,6 +220,9 @@ class Proxy:
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.websockets(scope, receive, send)
+            return
         try:
             where = paths.read_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         except paths.PathRefused as e:
@@ -227,65 +234,11 @@ class Proxy:
         if backend is None:
             await self.unknown_backend(scope, send)
             return
-        attribution: dict[str, Any] = {}
-        headers: CIMultiDict[str] = CIMultiDict()
-        has_key = False
-        key_value: str | None = None
-        ctype = b""
-        conn_tokens: list[str] = []
-        length: bytes | None = None
-        for k, v in scope["headers"]:
-            if k in _REQ_DROP:
-                if k == b"connection":
-                    conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
-                elif k == b"content-length":
-                    length = v
-                continue
-            if k.startswith(b"x-llmbudget-"):
-                if (
-                    len(v) > MAX_ATTRIBUTION_CHARS
-                    and len(v.decode("utf-8", "replace")) > MAX_ATTRIBUTION_CHARS
-                ):
-                    await self._refuse_header(send, backend.kind, name, k)
-                    return
-                attr = _ATTR_HEADERS.get(k)
-                if attr == "tags":
-                    attribution["tags"] = parse_tags(v.decode("utf-8", "replace"))
-                elif attr is not None:
-                    attribution[attr] = v.decode("utf-8", "replace").strip() or None
-                continue  # attribution (and any other llmbudget header) is never forwarded
-            if k in _KEY_HEADERS:
-                has_key = True
-                if key_value is None or _VK_PREFIX in v:
-                    key_value = v.decode("latin-1")
-            elif k == b"content-type":
-                ctype = v
-            headers.add(k.decode("latin-1"), v.decode("latin-1"))
-        if self.attributor is not None:
-            self.attributor.fill(scope["headers"], attribution)
-        for token in conn_tokens:  # headers the Connection header names are hop-by-hop too
-            if token not in ("keep-alive", "close", ""):
-                headers.popall(token, None)
-        query = scope.get("query_string", b"").decode("latin-1")
-        if query and ("key=" in query):
-            for p in query.split("&"):
-                if p.startswith("key="):
-                    has_key = True
-                    if key_value is None or p.startswith("key=llmb-"):
-                        key_value = p[4:]
+        prepared = await self.client_side(scope, name, backend, send)
+        if prepared is None:
+            return
+        headers, attribution, has_key, query, ctype, length = prepared
         protocol = backend.kind
-        if key_value is not None and key_value.find("llmb-", 0, 12) >= 0:
-            query = await self._virtual_key(key_value, name, headers, query, attribution, send, protocol)
-            if query is None:
-                return
-            has_key = False  # the virtual key is gone; the backend's own key goes in its place
-        elif not self.relay_open:
-            if not has_key:
-                await _send_error(send, protocol, 401, _NEEDS_KEY, "unauthorized")
-                return
-            if key_value is not None and self.access.is_admin_token(key_value):
-                await _send_error(send, protocol, 401, _ADMIN_NOT_A_KEY, "unauthorized")
-                return
         try:
             body = await _read_body(receive, length, self.max_body)
         except _TooLarge as e:
@@ -339,6 +292,77 @@ class Proxy:
         )
         log.info("proxy_bad_header backend=%s header=%s", backend, name)
 
+    async def client_side(
+        self, scope: Scope, name: str, backend: BackendConfig, send: Send
+    ) -> tuple[CIMultiDict[str], dict[str, Any], bool, str, bytes, bytes | None] | None:
+        """Read a request's headers and query as every proxied call (HTTP or WebSocket) needs them.
+
+        Returns (headers to forward, attribution, has_key, query, content-type, content-length), or
+        None when the request was refused (the answer already sent through `send`): an attribution
+        header too long, a virtual key refused, no key where one is needed. Attribution comes from
+        `X-LLMBudget-*`, then `attribution.rules` and known clients, then the virtual key's fixed values.
+        """
+        attribution: dict[str, Any] = {}
+        headers: CIMultiDict[str] = CIMultiDict()
+        has_key = False
+        key_value: str | None = None
+        ctype = b""
+        conn_tokens: list[str] = []
+        length: bytes | None = None
+        for k, v in scope["headers"]:
+            if k in _REQ_DROP:
+                if k == b"connection":
+                    conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
+                elif k == b"content-length":
+                    length = v
+                continue
+            if k.startswith(b"x-llmbudget-"):
+                if (
+                    len(v) > MAX_ATTRIBUTION_CHARS
+                    and len(v.decode("utf-8", "replace")) > MAX_ATTRIBUTION_CHARS
+                ):
+                    await self._refuse_header(send, backend.kind, name, k)
+                    return None
+                attr = _ATTR_HEADERS.get(k)
+                if attr == "tags":
+                    attribution["tags"] = parse_tags(v.decode("utf-8", "replace"))
+                elif attr is not None:
+                    attribution[attr] = v.decode("utf-8", "replace").strip() or None
+                continue  # attribution (and any other llmbudget header) is never forwarded
+            if k in _KEY_HEADERS:
+                has_key = True
+                if key_value is None or _VK_PREFIX in v:
+                    key_value = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v
+            headers.add(k.decode("latin-1"), v.decode("latin-1"))
+        if self.attributor is not None:
+            self.attributor.fill(scope["headers"], attribution)
+        for token in conn_tokens:  # headers the Connection header names are hop-by-hop too
+            if token not in ("keep-alive", "close", ""):
+                headers.popall(token, None)
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query and ("key=" in query):
+            for p in query.split("&"):
+                if p.startswith("key="):
+                    has_key = True
+                    if key_value is None or p.startswith("key=llmb-"):
+                        key_value = p[4:]
+        protocol = backend.kind
+        if key_value is not None and key_value.find("llmb-", 0, 12) >= 0:
+            query = await self._virtual_key(key_value, name, headers, query, attribution, send, protocol)
+            if query is None:
+                return None
+            has_key = False  # the virtual key is gone; the backend's own key goes in its place
+        elif not self.relay_open:
+            if not has_key:
+                await _send_error(send, protocol, 401, _NEEDS_KEY, "unauthorized")
+                return None
+            if key_value is not None and self.access.is_admin_token(key_value):
+                await _send_error(send, protocol, 401, _ADMIN_NOT_A_KEY, "unauthorized")
+                return None
+        return headers, attribution, has_key, query, ctype, length
+
     def _protocol_of(self, scope: Scope) -> str:
         """The wire protocol of the backend a request names (guessed from the path when none)."""
         backend = self.backends.get(scope["path"][1:].partition("/")[0])
@@ -381,12 +405,12 @@ class Proxy:
             query = "&".join(p for p in query.split("&") if not p.startswith("key="))
         return query
 
-    async def _admit(self, gate: Any, req: ProxyRequest, send: Send) -> bool:
-        """Ask the budget gate; False when the call was refused (the 429 is already sent)."""
+    def call_info(self, req: ProxyRequest) -> CallInfo:
+        """What the budget gate is told about a metered call before it is forwarded."""
         meter = req.meter
         assert meter is not None
         backend = self.backends[req.backend]
-        call = CallInfo(
+        return CallInfo(
             backend=req.backend,
             protocol=req.protocol,
             provider=self._provider(meter.request_model or "", backend),
@@ -399,6 +423,12 @@ class Proxy:
             **{k: v for k, v in req.attribution.items() if k != "tags"},
             tags=dict(req.attribution.get("tags") or {}),
         )
+
+    async def _admit(self, gate: Any, req: ProxyRequest, send: Send) -> bool:
+        """Ask the budget gate; False when the call was refused (the 429 is already sent)."""
+        meter = req.meter
+        assert meter is not None
+        call = self.call_info(req)
         try:
             admission: Admission = await gate.admit(call)
         except Exception as e:  # fail closed: a budget that cannot be checked does not let spend through

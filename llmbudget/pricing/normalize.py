@@ -326,6 +326,31 @@ def openai_responses_usage(usage: Any) -> TokenUsage:
     )
 
 
+def openai_realtime_usage(usage: Any) -> TokenUsage:
+    """OpenAI Realtime `response.done` `usage`: `input_token_details` (cached, text, audio, image, and
+    `cached_tokens_details` by modality) and `output_token_details` (text, audio).
+
+    Input includes cached; audio and image parts are kept as units (`input_audio_tokens`,
+    `cache_audio_read_tokens`, `output_audio_tokens`, ...) so the price book charges their rates.
+    """
+    if not isinstance(usage, Mapping):
+        return ZERO_USAGE
+    units: dict[str, Any] = {}
+    _modalities(usage.get("input_token_details"), "input", units)
+    _modalities(usage.get("output_token_details"), "output", units)
+    cached_audio = _int(_get(usage, "input_token_details", "cached_tokens_details", "audio_tokens"))
+    if cached_audio:
+        units["cache_audio_read_tokens"] = cached_audio
+    return TokenUsage.of(
+        _int(usage.get("input_tokens")),
+        _int(_get(usage, "input_token_details", "cached_tokens")),
+        0,
+        _int(usage.get("output_tokens")),
+        0,
+        units=units,
+    )
+
+
 def openai_embeddings_usage(usage: Any) -> TokenUsage:
     """OpenAI embeddings `usage`: `prompt_tokens` (or `total_tokens`) are all input; no output."""
     if not isinstance(usage, Mapping):

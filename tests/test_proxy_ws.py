@@ -231,7 +231,11 @@ def test_refusals_before_the_upgrade(proxy: RunningProxy) -> None:
     )
     assert code == 400 and "Gemini Live" in body["error"]["message"]
     code, body = status("/openai/v1/chat/completions")
-    assert code == 404 and body["error"]["code"] == "websocket_not_supported"
+    # 426: Codex falls back to HTTPS at once instead of retrying
+    assert code == 426 and body["error"]["code"] == "websocket_not_supported"
+    # an upstream without WebSocket mode: 426 as well, so the client's HTTP call goes through at once
+    code, body = status("/openai/v1/responses", {"x-fake": "no-websocket"})
+    assert code == 426 and body["error"]["code"] == "upstream_refused"
     # a web page cannot open a metered socket (WebSockets have no CORS)
     code, _ = status("/openai/v1/responses", {"Origin": "https://evil.example"})
     assert code == 403

@@ -97,6 +97,8 @@ _INTERESTING = (
 _TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "response.done"})
 #: the largest frame taken from the upstream (a client's limit is uvicorn's `ws_max_size`)
 MAX_FRAME = 64 * 1024 * 1024
+#: upstream answers to an upgrade that mean "no WebSocket here" (passed on as 426 Upgrade Required)
+_NO_WEBSOCKET = frozenset({400, 404, 405, 426, 501})
 #: close codes that may not be sent in a close frame (RFC 6455 7.4.1)
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
 #: how many (backend, attribution) -> last model memos are kept for the upgrade's budget check
@@ -256,7 +258,8 @@ class WebSocketRelay:
                 f"on a {protocol} backend"
             )
             log.info("proxy_ws_refused backend=%s path=%s reason=not_relayed", name, rest)
-            await _send_error(deny, protocol, 400 if gemini_live else 404, message, "websocket_not_supported")
+            # 426: Codex falls back to HTTPS at once on it (any other refusal is retried first)
+            await _send_error(deny, protocol, 400 if gemini_live else 426, message, "websocket_not_supported")
             return
         prepared = await proxy.client_side(scope, name, backend, deny)
         if prepared is None:
@@ -380,7 +383,8 @@ class WebSocketRelay:
                 timeout=min(backend.timeout_s, 30.0),
             )
         except aiohttp.WSServerHandshakeError as e:
-            status = e.status if 400 <= e.status < 600 else 502
+            # an upstream that does not speak WebSocket here: 426, so the client uses HTTP at once
+            status = 426 if e.status in _NO_WEBSOCKET else e.status if 400 <= e.status < 600 else 502
             log.warning(
                 "proxy_ws_upstream_refused backend=%s path=%s status=%s", conn.backend, conn.path, e.status
             )

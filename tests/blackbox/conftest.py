@@ -7,6 +7,8 @@ never one found on PATH. Shared fixtures (use them; add what you need beside the
 - `cli_json(*args)` -> the parsed stdout of `llmbudget ARGS --json` (fails the test on exit != 0).
 - `fake_upstream` -> `fakes.upstream.FakeUpstream`: fake OpenAI, Anthropic and Gemini APIs on
   127.0.0.1 (a thread server, one per module; `x-fake: MODE` headers pick its behaviour).
+- `fake_ws_upstream` -> `fakes.ws_upstream.FakeWebSocketUpstream`: fake OpenAI Responses-over-WebSocket
+  and Realtime upstream on 127.0.0.1 (one per module).
 - `write_config(**top_level)` -> `Path` of an `llmbudget.yaml` in `tmp_path` whose backends
   `openai`, `anthropic` and `gemini` point at `fake_upstream`, plus any top-level keys given
   (`storage={"flush_interval_s": 0.1}`, `budgets={...}`).
@@ -37,6 +39,7 @@ import pytest
 import yaml
 from fakes.servers import free_port
 from fakes.upstream import FakeUpstream
+from fakes.ws_upstream import FakeWebSocketUpstream
 
 #: the console script installed with this tree (`pip install -e .`)
 LLMBUDGET = Path(sys.executable).with_name("llmbudget")
@@ -75,6 +78,13 @@ def cli_json(llmbudget: Callable[..., subprocess.CompletedProcess[str]]) -> Call
 @pytest.fixture(scope="module")
 def fake_upstream() -> Iterator[FakeUpstream]:
     server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fake_ws_upstream() -> Iterator[FakeWebSocketUpstream]:
+    server = FakeWebSocketUpstream().start()
     yield server
     server.stop()
 

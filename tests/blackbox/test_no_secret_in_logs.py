@@ -28,6 +28,8 @@ KEYS = {
     "ws_api": "AIzaPLANTEDwsapi00000000000000000000008",
     "dead": "AIzaPLANTEDdead00000000000000000000009",
     "bad_path": "AIzaPLANTEDbadpath000000000000000000010",
+    "ws_relay_query": "sk-PLANTEDwsrelayquery000000000000000011",
+    "ws_relay_bearer": "sk-PLANTEDwsrelaybearer00000000000000012",
 }
 
 
@@ -95,6 +97,11 @@ def drive(url: str) -> list[str]:
         ),
         (f"/api/stream?key={KEYS['ws_api']}&x=1", {"x-goog-api-key": KEYS["ws_api"]}),
         (f"/nowhere/ws?api_key={KEYS['ws_query']}", {}),
+        # the WebSocket relay's path: this upstream has no WebSocket mode, so the upgrade is refused
+        (
+            f"/openai/v1/realtime?model=gpt-realtime&api_key={KEYS['ws_relay_query']}",
+            {"Authorization": f"Bearer {KEYS['ws_relay_bearer']}"},
+        ),
     ]:
         try:
             with websockets.sync.client.connect(ws + path, additional_headers=headers, open_timeout=5):
@@ -118,6 +125,8 @@ def test_no_log_line_holds_a_planted_key(level: str, fake: FakeUpstream, tmp_pat
     assert '"WebSocket /gemini/ws/google.ai.generativelanguage' in logs
     assert "?[redacted]" in logs
     assert "proxy_connect_failed backend=dead" in logs
+    assert "proxy_ws_upstream_refused backend=openai path=/v1/realtime" in logs
+    assert outcomes[-1] == "426", outcomes
     for name, key in KEYS.items():
         assert key not in logs, f"the {name} key is in the log"
         assert key[4:20] not in logs, f"part of the {name} key is in the log"

@@ -14,7 +14,8 @@ comes back unchanged, so order both ways can be checked. `{"type": "fake.close",
 
 The upgrade's `x-fake` header picks a behaviour for the connection: `hold` (after the first delta
 wait until the client goes away), `cut` (after the first delta drop the TCP connection with no
-close frame), `close` (after the first delta close with 4001 "fake upstream closed").
+close frame), `close` (after the first delta close with 4001 "fake upstream closed"),
+`no-websocket` (a 404 instead of the upgrade, as a server without WebSocket mode answers).
 Each connection's upgrade headers, query and frames are kept in `connections` for assertions.
 """
 
@@ -114,9 +115,11 @@ class FakeWebSocketUpstream:
         await ws.prepare(request)
         return ws, record
 
-    async def _serve(self, request: web.Request, realtime: bool) -> web.WebSocketResponse:
-        ws, record = await self._open(request)
+    async def _serve(self, request: web.Request, realtime: bool) -> web.StreamResponse:
         mode = request.headers.get("x-fake", "")
+        if mode == "no-websocket":  # an OpenAI-compatible server without WebSocket mode
+            return web.json_response({"error": {"message": "Not Found"}}, status=404)
+        ws, record = await self._open(request)
         model = request.query.get("model", REALTIME_MODEL) if realtime else RESPONSES_MODEL
         if realtime:
             await ws.send_str(
@@ -193,8 +196,8 @@ class FakeWebSocketUpstream:
         await ws.send_str(json.dumps({"type": kind, "sequence_number": 3, "response": final}))
         return True
 
-    async def _responses(self, request: web.Request) -> web.WebSocketResponse:
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, realtime=False)
 
-    async def _realtime(self, request: web.Request) -> web.WebSocketResponse:
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, realtime=True)

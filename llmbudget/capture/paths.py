@@ -12,11 +12,14 @@ can climb out of a backend's `base_url` path or split into another endpoint on t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
 #: characters a path segment may carry unencoded (RFC 3986 `pchar` minus `%`)
 _SAFE = "-._~!$&'()*+,;=:@"
+#: a path made of these characters only needs no decoding (and no encoding) at all
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _FORBIDDEN = {"/": "an encoded '/'", "\\": "a '\\'", "?": "an encoded '?'", "#": "an encoded '#'"}
 
 
@@ -55,6 +58,13 @@ def read_path(raw_path: bytes | str) -> ProxyPath:
     raw = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else raw_path
     if not raw.startswith("/"):
         raise PathRefused("the path must start with '/'")
+    if _PLAIN.fullmatch(raw):  # nothing encoded (what SDKs send): only dot segments to look for
+        if "." in raw:
+            for segment in raw.split("/"):
+                if segment in (".", ".."):
+                    raise PathRefused("the path has a dot segment ('.' or '..'); send the resolved path")
+        backend, _, rest = raw[1:].partition("/")
+        return ProxyPath(backend=backend, rest="/" + rest, forward="/" + rest)
     segments = [_segment(s) for s in raw[1:].split("/")]
     backend, rest = segments[0], segments[1:]
     return ProxyPath(
@@ -66,4 +76,4 @@ def read_path(raw_path: bytes | str) -> ProxyPath:
 
 def encode(path: str) -> str:
     """A decoded path as `read_path` checked it (no `/` inside a segment), percent-encoded to send."""
-    return quote(path, safe=_SAFE + "/")
+    return path if _PLAIN.fullmatch(path) else quote(path, safe=_SAFE + "/")

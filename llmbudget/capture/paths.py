@@ -63,14 +63,13 @@ def read_path(raw_path: bytes | str) -> ProxyPath:
             for segment in raw.split("/"):
                 if segment in (".", ".."):
                     raise PathRefused("the path has a dot segment ('.' or '..'); send the resolved path")
-        backend, _, rest = raw[1:].partition("/")
-        return ProxyPath(backend=backend, rest="/" + rest, forward="/" + rest)
+        name, _, tail = raw[1:].partition("/")
+        return ProxyPath(backend=name, rest="/" + tail, forward="/" + tail)
     segments = [_segment(s) for s in raw[1:].split("/")]
-    backend, rest = segments[0], segments[1:]
     return ProxyPath(
-        backend=backend,
-        rest="/" + "/".join(rest),
-        forward="/" + "/".join(quote(s, safe=_SAFE) for s in rest),
+        backend=segments[0],
+        rest="/" + "/".join(segments[1:]),
+        forward="/" + "/".join(quote(s, safe=_SAFE) for s in segments[1:]),
     )
 
 

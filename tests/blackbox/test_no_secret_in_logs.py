@@ -28,6 +28,7 @@ KEYS = {
     "ws_api": "AIzaPLANTEDwsapi00000000000000000000008",
     "dead": "AIzaPLANTEDdead00000000000000000000009",
     "bad_path": "AIzaPLANTEDbadpath000000000000000000010",
+    "ws_relay": "sk-PLANTEDwsrelay0000000000000000000011",
     "ws_relay_query": "sk-PLANTEDwsrelayquery000000000000000011",
     "ws_relay_bearer": "sk-PLANTEDwsrelaybearer00000000000000012",
 }
@@ -97,6 +98,8 @@ def drive(url: str) -> list[str]:
         ),
         (f"/api/stream?key={KEYS['ws_api']}&x=1", {"x-goog-api-key": KEYS["ws_api"]}),
         (f"/nowhere/ws?api_key={KEYS['ws_query']}", {}),
+        # the relayed route (OpenAI Responses over WebSocket): the upstream refuses, the proxy logs it
+        (f"/openai/v1/responses?key={KEYS['ws_relay']}", {"Authorization": f"Bearer {KEYS['ws_relay']}"}),
         # the WebSocket relay's path: this upstream has no WebSocket mode, so the upgrade is refused
         (
             f"/openai/v1/realtime?model=gpt-realtime&api_key={KEYS['ws_relay_query']}",
@@ -125,6 +128,7 @@ def test_no_log_line_holds_a_planted_key(level: str, fake: FakeUpstream, tmp_pat
     assert '"WebSocket /gemini/ws/google.ai.generativelanguage' in logs
     assert "?[redacted]" in logs
     assert "proxy_connect_failed backend=dead" in logs
+    assert '"WebSocket /openai/v1/responses?[redacted]"' in logs
     assert "proxy_ws_upstream_refused backend=openai path=/v1/realtime" in logs
     assert outcomes[-1] == "426", outcomes
     for name, key in KEYS.items():

@@ -31,10 +31,11 @@ _TARGET_QUERY = re.compile(r"(?P<path>(?:\b(?:https?|wss?)://|(?:^|(?<=[\s\"'(=]
 _PARAM = re.compile(
     r"(?i)(?P<name>\b(?:key|api[_-]?key|access[_-]?token|token|secret|password|sig|signature)=)[^&\s\"']+"
 )
-#: `Header: value` / `header=value` pairs of headers that carry credentials
+#: `Header: value` / `header=value` pairs of headers that carry credentials (a browser's Realtime
+#: client puts its key in a subprotocol: `openai-insecure-api-key.<key>`)
 _HEADER = re.compile(
     r"(?i)(?P<name>\b(?:authorization|proxy-authorization|x-api-key|x-goog-api-key|api-key|"
-    r"cookie|set-cookie|x-llmbudget-admin-token)\b\s*[:=]\s*)[^\n]*"
+    r"cookie|set-cookie|x-llmbudget-admin-token|sec-websocket-protocol)\b\s*[:=]\s*)[^\n]*"
 )
 _BEARER = re.compile(r"(?i)\b(?P<name>bearer\s+)[A-Za-z0-9._~+/=-]+")
 #: loggers whose formatter reads `record.args` positionally (uvicorn's access formatter)

@@ -185,6 +185,23 @@ def test_frames_pass_in_order_both_ways_text_binary_ping_and_close_codes(proxy: 
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4002, "done here")
 
 
+def test_the_clients_close_code_reaches_the_upstream(
+    proxy: RunningProxy, fake: FakeWebSocketUpstream
+) -> None:
+    sid = str(uuid.uuid4())
+    with wsclient.connect(
+        ws_url(proxy, "/openai/v1/responses"), additional_headers={"session-id": sid}
+    ) as ws:
+        ws.send(json.dumps({"type": "ping.me"}))
+        ws.recv(timeout=5)
+        ws.close(code=4005, reason="client done")
+    deadline = time.monotonic() + 5
+    record = next(c for c in fake.connections if c["headers"].get("session-id") == sid)
+    while "close_code" not in record and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert record.get("close_code") == 4005
+
+
 def test_client_close_mid_response_records_it_interrupted(proxy: RunningProxy) -> None:
     sid = str(uuid.uuid4())
     headers = {"x-fake": "hold", "X-LLMBudget-Session": sid}

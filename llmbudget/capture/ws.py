@@ -146,6 +146,8 @@ class _Conn:
     turns: list[_Turn] = field(default_factory=list)
     #: set when the relay closes the connection itself (budget refusal); (code, reason)
     closing: tuple[int, str] | None = None
+    #: the code of the upstream's close frame, when it closed first
+    upstream_code: int | None = None
 
 
 def _deny_send(scope: Scope, send: Send) -> Send:
@@ -450,7 +452,7 @@ class WebSocketRelay:
             conn.backend,
             conn.path,
             client_code,
-            upstream.close_code,
+            conn.upstream_code,
         )
 
     async def _client_to_upstream(
@@ -492,7 +494,7 @@ class WebSocketRelay:
             elif t is aiohttp.WSMsgType.BINARY:
                 await send({"type": "websocket.send", "bytes": msg.data})
             elif t is aiohttp.WSMsgType.CLOSE:
-                code = _close_code(msg.data, 1000)
+                code = conn.upstream_code = _close_code(msg.data, 1000)
                 reason = (msg.extra or "")[:120]
                 for turn in list(conn.turns):
                     await self._finish(conn, turn, interrupted=True)

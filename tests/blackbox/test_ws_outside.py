@@ -80,14 +80,20 @@ def test_codex_shaped_websocket_run_is_metered_and_seen_from_another_process(
     assert row["cost_usd"] not in (None, "0", 0)
     # a Realtime connection whose URL carries a key: relayed, and the key is in no log line
     planted = "sk-PLANTEDrealtimequery00000000000000042"
+    in_protocol = "sk-PLANTEDsubprotocol000000000000000043"
     with wsclient.connect(
         server.url.replace("http://", "ws://")
-        + f"/openai/v1/realtime?model={fx.REALTIME_MODEL}&api_key={planted}"
+        + f"/openai/v1/realtime?model={fx.REALTIME_MODEL}&api_key={planted}",
+        # a browser's Realtime client carries its key in a subprotocol
+        subprotocols=["realtime", f"openai-insecure-api-key.{in_protocol}"],  # type: ignore[list-item]
     ) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        assert ws.subprotocol == "realtime"
     assert fake_ws_upstream.connections[-1]["query"].endswith(planted)  # it did go upstream
     time.sleep(0.3)
     logs = server.logs()
     assert "proxy_ws_open backend=openai path=/v1/responses" in logs
     assert "proxy_ws_open backend=openai path=/v1/realtime" in logs
-    assert planted not in logs and planted[3:20] not in logs
+    assert "sec-websocket-protocol: [redacted]" in logs.lower()  # the debug dump was written
+    for key in (planted, in_protocol):
+        assert key not in logs and key[3:20] not in logs

@@ -147,6 +147,7 @@ class FakeWebSocketUpstream:
             done = await self._respond(ws, body, realtime, model, mode, request)
             if not done:
                 break
+        record["close_code"] = ws.close_code
         return ws
 
     async def _respond(

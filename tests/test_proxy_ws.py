@@ -312,3 +312,41 @@ def test_budget_refuses_mid_connection_then_the_upgrade(fake: FakeWebSocketUpstr
         assert [e.status for e in events] == ["ok", "blocked", "blocked"]
         assert events[0].output_tokens == 2000 and events[0].cost_usd is not None
         assert events[0].cost_usd > Decimal("0.01")
+
+
+def test_virtual_key_on_an_exposed_server(
+    fake: FakeWebSocketUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmbudget.access import AccessPolicy
+    from llmbudget.keys import make_key
+    from llmbudget.store.keys import KeyStore
+
+    monkeypatch.setenv("LLMB_OAI", "sk-operator-openai")
+    exposed = AccessPolicy(
+        bind_host="0.0.0.0", token=b"admin-token-1234", token_missing=False, allowed_hosts=()
+    )
+    cfg = Config.model_validate(
+        {"backends": {"openai": {"kind": "openai", "base_url": fake.url, "api_key_env": "LLMB_OAI"}}}
+    )
+    with running_proxy(cfg, tmp_path / "ledger.db", extras={"access": exposed}) as proxy:
+        key, secret = make_key("ci-bot", agent="ci", team="platform")
+        KeyStore(proxy.services.ledger).add(key)
+        url = ws_url(proxy, "/openai/v1/responses")
+        # no key on an exposed server: refused before the upgrade, in OpenAI's shape
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            wsclient.connect(url, additional_headers={"session-id": "x"}).close()
+        assert refused.value.response.status_code == 401
+        sid = str(uuid.uuid4())
+        headers = {
+            "Authorization": f"Bearer {secret}",
+            "X-LLMBudget-Session": sid,
+            "X-LLMBudget-Agent": "other",
+        }
+        with wsclient.connect(url, additional_headers=headers) as ws:
+            ws.send(json.dumps({"type": "response.create", "model": fx.RESPONSES_MODEL, "input": "hi"}))
+            read_until(ws, "response.completed")
+        [event] = proxy.wait_events(1, session=sid)
+    # the key fixes its attribution (a header cannot override it) and is swapped for the backend's
+    assert (event.key, event.agent, event.team) == ("ci-bot", "ci", "platform")
+    assert fake.connections[-1]["headers"]["authorization"] == "Bearer sk-operator-openai"
+    assert secret not in json.dumps(fake.connections[-1]["headers"])

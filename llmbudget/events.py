@@ -44,8 +44,8 @@ UNIT_KEYS = frozenset(
         "storage_searches",
     }
 )
-#: the most tokens one call may count (a thousand times any context window; sums of many fit int64)
-MAX_TOKENS = 10**15
+#: the most tokens one call may count (a million times any context window; sums of millions fit int64)
+MAX_TOKENS = 10**12
 #: the most one call may cost: $1,000,000 is 10**15 nano-USD, so sums of thousands fit int64
 MAX_COST_USD = Decimal(10**6)
 #: the longest text field (id, attribution, model, tag key or value, reason), in characters

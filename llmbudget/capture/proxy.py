@@ -707,6 +707,19 @@ class Proxy:
                     if out:
                         if ttft is None:
                             ttft = (time.perf_counter() - req.started) * 1000.0
+                        if meter.complete and not recorded and broken is None and meter.raw_usage is not None:
+                            # The end marker ([DONE], message_stop) is in this chunk: an SDK stops
+                            # reading there, before the body's last byte, so the call is recorded now.
+                            recorded = True
+                            event = self._record(
+                                req,
+                                target,
+                                http_status=resp.status,
+                                status="error" if req.reason else None,
+                                interrupted=False,
+                                ttft_ms=ttft,
+                            )
+                            await self._durable()
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                     if broken is not None:
                         break
@@ -735,16 +748,17 @@ class Proxy:
                     or b""
                 )
             interrupted = not meter.complete and broken is None
-            recorded = True
-            event = self._record(
-                req,
-                target,
-                http_status=resp.status,
-                status="error" if req.reason else None,
-                interrupted=interrupted,
-                ttft_ms=ttft,
-            )
-            await self._durable()
+            if not recorded:
+                recorded = True
+                event = self._record(
+                    req,
+                    target,
+                    http_status=resp.status,
+                    status="error" if req.reason else None,
+                    interrupted=interrupted,
+                    ttft_ms=ttft,
+                )
+                await self._durable()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not client_gone:

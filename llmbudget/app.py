@@ -75,8 +75,10 @@ def build_app(services: Services) -> Any:
     policy = services.extras.get("access")
     if policy is None:
         policy = services.extras["access"] = AccessPolicy.from_config(services.config.server)
+    from .web.metrics import install_metrics
+
+    install_metrics(services, install_live(services))  # before the proxy, which observes its overhead
     proxy = Proxy(services)
-    install_live(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

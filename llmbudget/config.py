@@ -126,6 +126,13 @@ class LiveConfig(_Model):
         return v
 
 
+class MetricsConfig(_Model):
+    """`/metrics` (Prometheus)."""
+
+    #: agents with their own `agent` label on the cost series; later ones are counted as `other`
+    max_agents: int = Field(default=20, ge=0, le=10_000)
+
+
 #: first path segments llmbudget serves itself, so no backend may take them
 RESERVED_PREFIXES = frozenset({"api", "healthz", "metrics", "static", "login"})
 
@@ -158,6 +165,7 @@ class Config(_Model):
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     live: LiveConfig = Field(default_factory=LiveConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     #: where the file was read from (None: defaults)
     source_path: str | None = Field(default=None, exclude=True)

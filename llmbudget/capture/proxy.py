@@ -147,6 +147,9 @@ class ProxyRequest:
     fallback: bool = False
     #: why the call failed (a broken upstream answer, an unreachable backend): the event's `reason`
     reason: str | None = None
+    #: perf_counter when the request went upstream and when its answer's last byte arrived (0: not yet)
+    upstream_start: float = 0.0
+    upstream_end: float = 0.0
 
 
 #: translate(proxy, request, target_backend, send) -> recorded event; plugged in for cross-protocol fallback
@@ -182,6 +185,8 @@ class Proxy:
 
         #: `/{backend}/...` WebSocket upgrades (Responses API over WebSocket, Realtime)
         self.websockets = WebSocketRelay(self)
+        #: llmbudget.web.metrics.Metrics when the app serves /metrics (observes the proxy's overhead)
+        self.metrics: Any = services.extras.get("metrics")
         self.keyring: KeyRing | None = services.extras.get("keyring")
         if self.keyring is None:
             try:
@@ -538,6 +543,7 @@ class Proxy:
         meter = req.meter
         assert meter is not None
         url, headers = self._upstream(req, target)
+        req.upstream_start = time.perf_counter()
         try:
             resp = await self.session.request(
                 req.method,
@@ -568,6 +574,11 @@ class Proxy:
             await self._buffered(req, target, resp, out_headers, send)
         finally:
             resp.release()
+            if req.upstream_end and self.metrics is not None:
+                # what the proxy added: the whole call minus the wait on the upstream
+                self.metrics.observe_overhead(
+                    max(0.0, time.perf_counter() - req.started - (req.upstream_end - req.upstream_start))
+                )
 
     async def _buffered(
         self,
@@ -584,6 +595,7 @@ class Proxy:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             await self._connect_failed(req, target, send, e, started=True)
             return
+        req.upstream_end = time.perf_counter()
         status: str | None = None
         if resp.status >= 400 and req.protocol == "gemini":
             # Gemini's quota is in the error body (QuotaFailure, RetryInfo): parsed later, off this path
@@ -723,6 +735,7 @@ class Proxy:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                     if broken is not None:
                         break
+            req.upstream_end = time.perf_counter()
             tail = b""
             if broken is None:
                 rest = inflate.flush() if inflate is not None else b""

@@ -164,3 +164,40 @@ def test_more_output_than_allowed_is_charged_in_full_and_flagged(budget_proxy: R
     [ev] = budget_proxy.wait_events(1, status="ok")
     assert ev.output_tokens == 5000 and ev.cost_nano and ev.cost_nano > 0
     assert ev.reason and "output_tokens 5000 exceeds the 200 the request allowed" in ev.reason
+
+
+@pytest.fixture(scope="module")
+def tier_proxy(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    db = tmp_path_factory.mktemp("worst-tier") / "ledger.db"
+    with running_proxy(config(fake.url, True), db) as running:
+        yield running
+
+
+def test_a_dearer_tier_asked_for_is_reserved_at_its_rates(tier_proxy: RunningProxy) -> None:
+    """A priority request is billed at priority rates, so its worst case must be too (never the standard)."""
+    budget_proxy = tier_proxy
+    near = Decimal("0.001")  # the tier's few characters in the body add to the counted input
+    standard = _needs(budget_proxy, max_tokens=10_000)
+    assert abs(_needs(budget_proxy, max_tokens=10_000, service_tier="auto") - standard) < near
+    priority = _needs(budget_proxy, max_tokens=10_000, service_tier="priority")
+    assert priority > standard * Decimal("1.5")  # gpt-4o priority output is 1.7x the standard rate
+    # a cheaper tier never reserves less than the standard prices: the tier that serves may differ
+    assert abs(_needs(budget_proxy, max_tokens=10_000, service_tier="flex") - standard) < near
+
+
+def test_meters_read_the_requested_tier() -> None:
+    def body(**kw: Any) -> bytes:
+        return json.dumps({"model": "m", "max_tokens": 5, "messages": [], **kw}).encode()
+
+    def tier(meter: Any) -> Any:
+        assert meter is not None
+        return meter.requested_tier
+
+    assert (
+        tier(openai_proto.make_meter("/v1/chat/completions", "POST", body(service_tier="priority")))
+        == "priority"
+    )
+    assert tier(openai_proto.make_meter("/v1/chat/completions", "POST", body(service_tier="auto"))) is None
+    assert tier(openai_proto.make_meter("/v1/chat/completions", "POST", body())) is None
+    assert tier(anthropic_proto.make_meter("/v1/messages", "POST", body(speed="fast"))) == "fast"
+    assert tier(anthropic_proto.make_meter("/v1/messages", "POST", body())) is None

@@ -114,7 +114,11 @@ class BudgetEnforcer:
         if tout is None or tout <= 0:
             tout = max_output_tokens(call.model, call.provider, tin, self.default_max_output)
         tout = int(tout) * max(1, int(call.choices))
-        cost = self.price(call.model, call.provider, tin, int(tout), self.clock())
+        if call.service_tier:
+            # a dearer tier asked for is reserved at its rates (never under the standard ones)
+            cost = self.price(call.model, call.provider, tin, int(tout), self.clock(), call.service_tier)
+        else:
+            cost = self.price(call.model, call.provider, tin, int(tout), self.clock())
         return tin, int(tout), cost
 
     def _charges(self, call: CallInfo, now: datetime, tokens: int, cost_nano: int | None) -> list[_Booked]:

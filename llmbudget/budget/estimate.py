@@ -37,8 +37,9 @@ MAX_OUTPUT_BY_PREFIX: dict[str, int] = {
     "deepseek": 8_192,
 }
 
-#: price a call: (model, provider, input_tokens, output_tokens, at) -> Decimal USD, None when unpriced
-PriceFn = Callable[[str, str, int, int, datetime], Decimal | None]
+#: price a call: (model, provider, input_tokens, output_tokens, at[, service_tier]) -> Decimal USD,
+#: None when unpriced; the tier argument is passed only when the request names one
+PriceFn = Callable[..., Decimal | None]
 
 
 @lru_cache(maxsize=2048)
@@ -77,10 +78,7 @@ def price_fn_from_book(book: Any) -> PriceFn:
     """Adapt the price book (`PriceBook.cost(model, TokenUsage, provider=, at=)`) to a PriceFn."""
     from ..pricing import TokenUsage
 
-    def price(
-        model: str, provider: str, input_tokens: int, output_tokens: int, at: datetime
-    ) -> Decimal | None:
-        usage = TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens)
+    def one(model: str, provider: str, usage: Any, at: datetime) -> Decimal | None:
         # a provider we cannot match (a custom base URL) should not make a known model free to reserve:
         # retry by model name alone
         for prov in (provider, None) if provider else (None,):
@@ -92,5 +90,28 @@ def price_fn_from_book(book: Any) -> PriceFn:
             if isinstance(cost, Decimal):
                 return cost
         return None
+
+    def price(
+        model: str,
+        provider: str,
+        input_tokens: int,
+        output_tokens: int,
+        at: datetime,
+        service_tier: str | None = None,
+    ) -> Decimal | None:
+        standard = one(
+            model, provider, TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens), at
+        )
+        if not service_tier or standard is None:
+            return standard
+        # the tier asked for (priority, fast) may cost more than the standard prices: reserve the dearer,
+        # so a hard limit holds whichever tier serves the call
+        tiered = one(
+            model,
+            provider,
+            TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens, service_tier=service_tier),
+            at,
+        )
+        return standard if tiered is None else max(standard, tiered)
 
     return price

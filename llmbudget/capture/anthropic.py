@@ -62,6 +62,8 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     )
     meter.stream = req.get("stream") is True
     meter.max_output_tokens = output_limit(req, "max_tokens")
+    # fast mode is billed at its own rates (usage reports `speed: fast`); reserve at them
+    meter.requested_tier = "fast" if req.get("speed") == "fast" else None
     return meter
 
 

@@ -156,6 +156,8 @@ class CallMeter:
     max_output_tokens: int | None = None
     #: outputs the request can produce (n, best_of, candidateCount): the worst case is max_output x this
     choices: int = 1
+    #: the service tier the request asks for (OpenAI `service_tier`, Anthropic `speed: fast`); None: standard
+    requested_tier: str | None = None
     #: the model as the provider answered it
     model: str | None = None
     #: raw usage object(s) as the provider sent them; normalized by `usage()`

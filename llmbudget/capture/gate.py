@@ -32,6 +32,8 @@ class CallInfo:
     local: bool = False
     #: outputs the request can produce (OpenAI `n`, completions `best_of`, Gemini `candidateCount`)
     choices: int = 1
+    #: the service tier the request asks for (priced when reserving); None: the standard tier
+    service_tier: str | None = None
     streamed: bool = False
     agent: str | None = None
     session: str | None = None

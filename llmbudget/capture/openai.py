@@ -202,6 +202,7 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     cls = ResponsesMeter if endpoint == "responses" else OpenAIMeter
     meter = cls(protocol="openai", endpoint=endpoint, request=req, body=body, request_model=model)
     meter.stream = req.get("stream") is True and endpoint != "embeddings"
+    meter.requested_tier = requested_tier(req.get("service_tier"))
     if endpoint == "responses":
         meter.max_output_tokens = output_limit(req, "max_output_tokens")
     elif endpoint != "embeddings":
@@ -219,6 +220,13 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
             assert isinstance(meter, OpenAIMeter)
             meter.hide_usage = True
     return meter
+
+
+def requested_tier(value: Any) -> str | None:
+    """The tier a request names in `service_tier`; `auto` and `default` are the standard prices."""
+    if isinstance(value, str) and value.strip().lower() not in ("", "auto", "default"):
+        return value.strip().lower()
+    return None
 
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:

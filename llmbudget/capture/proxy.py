@@ -423,6 +423,7 @@ class Proxy:
             est_input_tokens=meter.est_input_tokens(),
             max_output_tokens=meter.max_output_tokens,
             choices=meter.choices,
+            service_tier=meter.requested_tier,
             local=backend.local,
             streamed=meter.stream,
             **{k: v for k, v in req.attribution.items() if k != "tags"},

@@ -482,6 +482,13 @@ class _AsyncTransport:
 # ------------------------------------------------------------------ gate at the resource methods
 
 
+def _requested_tier(protocol: str, given: dict[str, Any]) -> str | None:
+    """The tier a call asks for, as the proxy reads it from the body."""
+    if protocol == "anthropic":
+        return "fast" if given.get("speed") == "fast" else None
+    return openai_proto.requested_tier(given.get("service_tier"))
+
+
 def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
     model = kwargs.get("model")
     model = model if isinstance(model, str) else ""
@@ -513,6 +520,7 @@ def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
         est_input_tokens=estimate_tokens_from_json(text),
         max_output_tokens=max_out,
         choices=choices,
+        service_tier=_requested_tier(rec.protocol, given),
         local=rec.local,
         streamed=kwargs.get("stream") is True or method == "stream",
         **attribution,

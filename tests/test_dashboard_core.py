@@ -214,3 +214,40 @@ def test_fanout_through_redis_reaches_every_replica(redis_url: str) -> None:
         b.close()
     assert got and got[0]["agent"] == "from-a" and got[0]["replica"] == a.replica != b.replica
     json.dumps(got)
+
+
+def _spent(ts: datetime, usd: str) -> UsageEvent:
+    return UsageEvent(
+        timestamp=ts,
+        backend="openai",
+        provider="openai",
+        model="gpt-4o-mini",
+        input_tokens=1000,
+        output_tokens=100,
+        cost_usd=Decimal(usd),
+        price_status="priced",
+    )
+
+
+def test_first_day_of_use_projects_from_todays_burn(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from llmbudget.web.data import spend_totals
+
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'f.db'}", flush_interval_s=0.05)
+    try:
+        ledger.record_many([_spent(T0 - timedelta(hours=2), "6")])
+        ledger.flush()
+        f = spend_totals(ledger, ZoneInfo("UTC"), T0)["forecast"]
+        # $6 in the 12 hours since the first day with calls began = $12/day; 21.5 days left
+        assert Decimal(f["per_day_usd"]) == 12
+        assert abs(f["month_end_projected_nano"] - (6 * NANO + 21.5 * 12 * NANO)) < 1000
+        assert f["rate_basis"] == "since Mar 10"
+        # with a week of history the rate is the last 7 days' and today's, over 7.5 days
+        ledger.record_many([_spent(T0 - timedelta(days=9), "100"), _spent(T0 - timedelta(days=6), "9")])
+        ledger.flush()
+        f = spend_totals(ledger, ZoneInfo("UTC"), T0)["forecast"]
+        assert f["rate_basis"] == "last 7 days"
+        assert Decimal(f["per_day_usd"]) == 2
+    finally:
+        ledger.close()

@@ -22,7 +22,7 @@ from ..agentstats import (
     runaway,
     trend,
 )
-from ..budget.forecast import month_bounds, month_end_projection, run_out
+from ..budget.forecast import burn_rate, month_bounds, project, run_out
 from ..errors import NotFound, ValidationError
 from ..events import TOKEN_FIELDS, UsageEvent, parse_timestamp, utcnow
 from ..money import decimal_str, from_nano
@@ -70,7 +70,9 @@ def _day_start(now: datetime, tz: ZoneInfo) -> datetime:
 def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
     """Today's and this month's totals and the month-end projection: one rollup read by day.
 
-    The trailing rate is the spend of the 7 whole days before today, per day.
+    The burn rate is the spend of the 7 whole days before today and of today so far, over that
+    time, or over the time since the first day with calls when the ledger is younger (floored at
+    an hour): a first day of use projects from today's burn instead of from $0/day.
     """
     day = _day_start(now, tz)
     month_start, month_end = month_bounds(now.astimezone(tz))
@@ -79,10 +81,14 @@ def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
     today_key, month_key, week_key = (d.strftime("%Y-%m-%d") for d in (day, month_start, week_start))
     today = _totals([r for r in rows if r.key == today_key])
     month = _totals([r for r in rows if (r.key or "") >= month_key])
-    trailing = _totals([r for r in rows if week_key <= (r.key or "") < today_key])
-    projected = month_end_projection(
-        month["cost_nano"], trailing["cost_nano"], timedelta(days=7), now=now, month_end=month_end
-    )
+    recent = [r for r in rows if (r.key or "") >= week_key and r.calls]
+    trailing = _totals(recent)
+    since = week_start
+    used = [r.key for r in rows if r.calls and r.key]
+    if used:
+        since = max(week_start, datetime.strptime(min(used), "%Y-%m-%d").replace(tzinfo=tz))
+    rate = burn_rate(trailing["cost_nano"], now - since)
+    projected = project(month["cost_nano"], rate, now, month_end)
     return {
         "today": today,
         "month": month,
@@ -90,7 +96,9 @@ def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
             "month_end_projected_usd": usd(projected),
             "month_end_projected_nano": projected,
             "trailing_7d_usd": trailing["cost_usd"],
-            "per_day_usd": usd(trailing["cost_nano"] // 7),
+            "per_day_usd": usd(round(rate * 86400)),
+            "rate_since": since.isoformat(),
+            "rate_basis": "last 7 days" if since == week_start else f"since {since:%b} {since.day}",
             "month_end": month_end.isoformat(),
         },
     }

@@ -220,3 +220,20 @@ def test_one_page_shows_both_replicas(
                 "1,500", timeout=3000
             )
         page.screenshot(path=str(tmp_path / "two-replicas.png"), full_page=True)
+
+
+def test_long_names_stay_inside_their_cards(page: Page, fake: FakeUpstream, tmp_path: Path) -> None:
+    """Attribution values may be 256 characters with no space: the page must not grow sideways."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with serve(_config(tmp_path, fake), db, log=tmp_path / "serve.log") as base:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        with _sdk(base, "a" * 256, "s" * 256) as c:
+            _chat(c)
+        page.goto(base + "/")
+        expect(page.locator("article.card").first).to_be_visible(timeout=3000)
+        for path in ("/", "/sessions"):
+            page.goto(base + path)
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{path} is {overflow}px wider than the window"

@@ -175,3 +175,16 @@ def test_read_path(raw: bytes, backend: str, rest: str, forward: str | None) -> 
 def test_read_path_refuses(raw: bytes) -> None:
     with pytest.raises(PathRefused):
         read_path(raw)
+
+
+@pytest.mark.parametrize("protocol", sorted(CASES))
+def test_a_trailing_slash_after_the_endpoint_is_still_metered(
+    protocol: str, proxy: RunningProxy, fake: FakeUpstream
+) -> None:
+    """An upstream may serve `.../completions/` or `...:generateContent/` as the endpoint itself."""
+    prefix, ep, body = CASES[protocol]
+    for form in (ep + "/", ep + "//"):
+        before = len(proxy.events(backend=prefix))
+        send_raw(proxy.url, f"/{prefix}{form}", body)
+        assert fake.requests[-1]["raw_path"] == "/base" + form
+        assert len(proxy.wait_events(before + 1, backend=prefix)) == before + 1, f"{form} went unmetered"

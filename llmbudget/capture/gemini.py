@@ -124,7 +124,8 @@ def make_meter(path: str, method: str, body: bytes, query: str = "") -> CallMete
     """A meter for generateContent / streamGenerateContent; other paths pass through unmetered."""
     if method != "POST":
         return None
-    m = _PATH_RE.match(path)
+    # a trailing slash is the same endpoint to a lenient upstream: meter it, as OpenAI and Anthropic do
+    m = _PATH_RE.match(path.rstrip("/"))
     if m is None:
         return None
     req = parse_json_body(body)

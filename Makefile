@@ -29,6 +29,10 @@ install: $(VENV)/.installed ## Create .venv and install llmbudget
 serve: $(VENV)/.installed ## Run the proxy, API and dashboard on 127.0.0.1:4141 (SQLite default)
 	$(VENV)/bin/llmbudget serve $(SERVE_ARGS)
 
+.PHONY: demo
+demo: $(VENV)/.installed ## Watch it work with no API key: simulated provider and agents, dashboard on 127.0.0.1:4141
+	$(VENV)/bin/llmbudget demo $(DEMO_ARGS)
+
 .PHONY: services
 services: ## Start PostgreSQL and Redis when they are down (the tests use both for real)
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start

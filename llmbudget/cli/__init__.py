@@ -57,9 +57,9 @@ def _root(
 
 
 def _register() -> None:
-    from . import analyze, budget, db, keys, prices, providers_cmd, quota, reports, run, serve
+    from . import analyze, budget, db, demo, keys, prices, providers_cmd, quota, reports, run, serve
 
-    for module in (serve, reports, prices, db, budget, quota, analyze, keys, providers_cmd, run):
+    for module in (serve, demo, reports, prices, db, budget, quota, analyze, keys, providers_cmd, run):
         module.register(app)
 
 

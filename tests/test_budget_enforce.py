@@ -268,3 +268,13 @@ def test_worst_case_uses_model_maximum_when_max_tokens_is_missing(tmp_path: Path
     assert enf4.worst_case(call())[:2] == (4000, 1000)  # the default bounds text input by its characters
     _, tout, _ = enf.worst_case(call(model="some-new-model", max_output_tokens=None))
     assert tout == 32768  # documented default
+
+
+def test_a_session_budget_says_calls_resume_when_the_session_ends(tmp_path: Path) -> None:
+    clock = Clock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
+    enf, _ = make(
+        tmp_path, "budgets:\n  limits:\n    - {scope: session, limit_usd: 0.001, period: session}\n", clock
+    )
+    refused = enf.admit(call(session="s-1"))
+    assert not refused.allowed and refused.status == 429
+    assert "resume by themselves when the session ends" in (refused.message or ""), refused.message

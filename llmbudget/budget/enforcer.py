@@ -260,7 +260,8 @@ class BudgetEnforcer:
         hint = (
             "" if self.fallback else "; set budgets.fallback to have refused calls served by a local backend"
         )
-        msg = f"{notice}: {usage}. Cloud calls resume by themselves at {reset}{hint}."
+        when = "when the session ends" if w.reset is None else f"at {reset}"
+        msg = f"{notice}: {usage}. Cloud calls resume by themselves {when}{hint}."
         log.info("budget refused budget=%s backend=%s agent=%s", b.name, call.backend, call.agent)
         return Admission(
             allowed=False, status=429, message=msg, notice=notice, retry_after_s=retry, budgets=(b.name,)

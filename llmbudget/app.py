@@ -68,16 +68,18 @@ def build_app(services: Services) -> Any:
     from .access import AccessGuard, AccessPolicy
     from .budget import install as install_budgets
     from .capture.proxy import Proxy
+    from .otel import install_otel
     from .web.api import api_routes, install_error_handlers
     from .web.dashboard import page_routes
+    from .web.metrics import install_metrics
 
     install_budgets(services)  # budgets configured: the gate goes into services.extras["gate"]
     policy = services.extras.get("access")
     if policy is None:
         policy = services.extras["access"] = AccessPolicy.from_config(services.config.server)
-    from .web.metrics import install_metrics
-
-    install_metrics(services, install_live(services))  # before the proxy, which observes its overhead
+    hub = install_live(services)
+    install_metrics(services, hub)  # before the proxy, which observes its overhead
+    install_otel(services, hub)
     proxy = Proxy(services)
 
     @contextlib.asynccontextmanager
@@ -139,7 +141,7 @@ def install_live(services: Services) -> Any:
 
 def close_live(services: Services) -> None:
     """Stop the fan-out and the threshold watch (at shutdown)."""
-    for key in ("threshold_watch", "live"):
+    for key in ("threshold_watch", "live", "otel"):
         obj = services.extras.pop(key, None)
         if obj is not None:
             obj.close()

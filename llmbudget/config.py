@@ -133,6 +133,22 @@ class MetricsConfig(_Model):
     max_agents: int = Field(default=20, ge=0, le=10_000)
 
 
+class OtelConfig(_Model):
+    """OpenTelemetry export over OTLP/HTTP (needs `pip install 'llmbudget[otel]'`)."""
+
+    #: collector base URL (`http://127.0.0.1:4318`); default `$OTEL_EXPORTER_OTLP_ENDPOINT`; neither: off
+    endpoint: str | None = None
+    #: the `service.name` resource attribute
+    service_name: str = Field(default="llmbudget", min_length=1, max_length=200)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must start with http:// or https://, got {v!r}")
+        return v
+
+
 #: first path segments llmbudget serves itself, so no backend may take them
 RESERVED_PREFIXES = frozenset({"api", "healthz", "metrics", "static", "login"})
 
@@ -166,6 +182,7 @@ class Config(_Model):
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     live: LiveConfig = Field(default_factory=LiveConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    otel: OtelConfig = Field(default_factory=OtelConfig)
 
     #: where the file was read from (None: defaults)
     source_path: str | None = Field(default=None, exclude=True)

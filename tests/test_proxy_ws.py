@@ -290,7 +290,11 @@ def test_budget_refuses_mid_connection_then_the_upgrade(fake: FakeWebSocketUpstr
             ws.send(json.dumps({**create, "metadata": big}))
             read_until(ws, "response.completed")
             proxy.wait_events(1, session=sid)
-            time.sleep(0.3)  # the reservation settles just after the frame went out
+            # the reservation settles in the background, spawned before the frame went out
+            deadline = time.monotonic() + 10
+            while proxy.app.proxy._tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not proxy.app.proxy._tasks
             ws.send(json.dumps(create))
             err = json.loads(ws.recv(timeout=5))
             with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:

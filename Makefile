@@ -41,7 +41,8 @@ services: ## Start PostgreSQL and Redis when they are down (the tests use both f
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done; redis-cli -h 127.0.0.1 -p 6379 ping
 
 .PHONY: test
-test: $(VENV)/.installed-test services chromium ## Install test dependencies, start PostgreSQL/Redis, run every test
+test: $(VENV)/.installed-test services chromium ## Install test dependencies, start PostgreSQL/Redis, check the layers, run every test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: chromium
@@ -49,7 +50,8 @@ chromium: ## Install Debian's chromium for the browser tests when it is missing 
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 .PHONY: lint
-lint: $(VENV)/.installed-test ## ruff and mypy
+lint: $(VENV)/.installed-test ## ruff, mypy and the import-linter layer contracts
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check llmbudget tests bench
 	$(VENV)/bin/ruff format --check llmbudget tests bench
 	$(VENV)/bin/mypy

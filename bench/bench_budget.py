@@ -20,8 +20,8 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+from llmbudget.admission import CallInfo
 from llmbudget.budget import build_enforcer
-from llmbudget.capture.gate import CallInfo
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmbudget.quota import analysis as an
 from llmbudget.quota.headers import parse_rate_limit_headers
-from llmbudget.quota.readings import QuotaReading, Window, append_log, read_log
+from llmbudget.quota.readings import QuotaReading, Window
+from llmbudget.quota.readings_log import append_log, read_log
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

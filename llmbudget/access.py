@@ -30,10 +30,11 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
 from .capture.errors import error_bytes, guess_protocol
 from .errors import ConfigError
+from .origin import origin_authority
 from .web.errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -241,7 +242,7 @@ class AccessGuard:
         method = scope.get("method", "GET")
         # same origin: the Origin's host:port is the Host the browser sent (a reverse proxy must keep Host)
         cross_site = fetch_site == "cross-site" or (
-            bool(origin) and _origin_authority(origin) != host.strip().lower()
+            bool(origin) and origin_authority(origin) != host.strip().lower()
         )
         if kind == "websocket" and (cross_site or first == "login"):
             await _ws_refuse(send)
@@ -366,21 +367,6 @@ class AccessGuard:
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def _origin_authority(origin: str) -> str:
-    """`host:port` of an Origin header (`null` and garbage give a value that matches no Host)."""
-    try:
-        parts = urlsplit(origin.strip())
-    except ValueError:
-        return "\x00"
-    if not parts.netloc:
-        return "\x00"
-    default = {"http": "80", "https": "443"}.get(parts.scheme, "")
-    netloc = parts.netloc.lower()
-    if default and netloc.endswith(":" + default):
-        netloc = netloc[: -len(default) - 1]
-    return netloc
 
 
 def _safe_next(value: str) -> str:

@@ -69,11 +69,18 @@ def build_app(services: Services) -> Any:
     from .budget import install as install_budgets
     from .capture.proxy import Proxy
     from .otel import install_otel
+    from .capture.translate import anthropic_to_openai_translator
     from .web.api import api_routes, install_error_handlers
     from .web.dashboard import page_routes
     from .web.metrics import install_metrics
 
     install_budgets(services)  # budgets configured: the gate goes into services.extras["gate"]
+    cfg = services.config
+    if cfg.budgets is not None and cfg.budgets.has_budgets():
+        # cross-protocol fallback: an Anthropic call served by an OpenAI backend
+        services.extras.setdefault("translators", {}).setdefault(
+            ("anthropic", "openai"), anthropic_to_openai_translator
+        )
     policy = services.extras.get("access")
     if policy is None:
         policy = services.extras["access"] = AccessPolicy.from_config(services.config.server)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, load_config, resolve_db_url
-from .store import Ledger, open_ledger
+from .store import Ledger, ledger_options, open_ledger
 
 
 @dataclass
@@ -29,15 +29,7 @@ class Services:
         from .pricing import PriceBook
 
         cfg = config if config is not None else load_config(config_path)
-        st = cfg.storage
-        ledger = open_ledger(
-            resolve_db_url(db_url, cfg),
-            audit_log=st.audit_log,
-            audit=st.audit,
-            batch_size=st.batch_size,
-            flush_interval_s=st.flush_interval_s,
-            durability=st.durability,
-        )
+        ledger = open_ledger(resolve_db_url(db_url, cfg), **ledger_options(cfg))
         return cls(config=cfg, ledger=ledger, prices=PriceBook.from_config(cfg))
 
     def close(self) -> None:

@@ -18,10 +18,11 @@ from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 from starlette.testclient import TestClient
 
-from llmbudget.access import COOKIE_NAME, AccessPolicy, _origin_authority, check_server_access, host_name
+from llmbudget.access import COOKIE_NAME, AccessPolicy, check_server_access, host_name
 from llmbudget.app import build_app
 from llmbudget.config import Config
 from llmbudget.errors import ConfigError
+from llmbudget.origin import origin_authority
 from llmbudget.pricing import PriceBook
 from llmbudget.services import Services
 from llmbudget.store import open_ledger
@@ -75,10 +76,10 @@ def test_host_name(header: str, name: str) -> None:
     assert host_name(header) == name
 
 
-def test_origin_authority() -> None:
-    assert _origin_authority("http://127.0.0.1:4141") == "127.0.0.1:4141"
-    assert _origin_authority("https://llm.example.com:443") == "llm.example.com"
-    assert _origin_authority("null") == "\x00"
+def testorigin_authority() -> None:
+    assert origin_authority("http://127.0.0.1:4141") == "127.0.0.1:4141"
+    assert origin_authority("https://llm.example.com:443") == "llm.example.com"
+    assert origin_authority("null") == "\x00"
 
 
 def test_the_cookie_is_not_the_token() -> None:

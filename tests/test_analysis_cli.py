@@ -12,7 +12,8 @@ import pytest
 
 from llmbudget.cli import main
 from llmbudget.config import data_dir
-from llmbudget.quota.readings import QuotaReading, Window, store_reading
+from llmbudget.quota.readings import QuotaReading, Window
+from llmbudget.quota.readings_log import store_reading
 from llmbudget.store import open_ledger
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)

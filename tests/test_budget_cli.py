@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from llmbudget.admission import CallInfo
 from llmbudget.app import build_app
 from llmbudget.budget import build_enforcer
-from llmbudget.capture.gate import CallInfo
 from llmbudget.cli import main
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent

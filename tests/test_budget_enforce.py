@@ -7,9 +7,9 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from llmbudget.admission import CallInfo
 from llmbudget.budget import build_enforcer
 from llmbudget.budget.enforcer import BudgetEnforcer
-from llmbudget.capture.gate import CallInfo
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 from llmbudget.money import format_exact

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from llmbudget.admission import CallInfo
 from llmbudget.budget import build_enforcer
 from llmbudget.budget.enforcer import BudgetEnforcer
 from llmbudget.budget.status import budget_status
-from llmbudget.capture.gate import CallInfo
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 from llmbudget.money import to_nano

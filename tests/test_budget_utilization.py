@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from llmbudget.admission import CallInfo
 from llmbudget.budget import build_enforcer
 from llmbudget.budget.config import UtilizationConfig
 from llmbudget.budget.utilization import Cycle, cycles_from_readings, findings, recommend
 from llmbudget.budget.watch import check_utilization
-from llmbudget.capture.gate import CallInfo
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 from llmbudget.store import open_ledger

@@ -11,7 +11,7 @@ import pytest
 from quota_fakes import FakeProviders, fake_providers
 
 from llmbudget.cli import main
-from llmbudget.quota.readings import read_log
+from llmbudget.quota.readings_log import read_log
 from llmbudget.store import open_ledger
 
 

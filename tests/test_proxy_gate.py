@@ -17,7 +17,7 @@ from fakes import upstream as fx
 from fakes.servers import RunningProxy, free_port, running_proxy
 from fakes.upstream import FakeUpstream
 
-from llmbudget.capture.gate import Admission, CallInfo
+from llmbudget.admission import Admission, CallInfo
 from llmbudget.config import Config
 from llmbudget.events import UsageEvent
 

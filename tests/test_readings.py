@@ -10,15 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llmbudget.quota.readings import (
-    Limit,
-    QuotaReading,
-    Window,
-    latest_by_backend,
-    log_path,
-    read_log,
-    store_reading,
-)
+from llmbudget.quota.readings import Limit, QuotaReading, Window
+from llmbudget.quota.readings_log import latest_by_backend, log_path, read_log, store_reading
 
 T0 = datetime(2025, 7, 22, 23, 59, 0, tzinfo=UTC)
 

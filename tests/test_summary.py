@@ -13,7 +13,8 @@ from quota_fakes import FakeProviders, fake_providers
 
 from llmbudget.cli import main
 from llmbudget.errors import ValidationError
-from llmbudget.quota.readings import Limit, QuotaReading, Window, store_reading
+from llmbudget.quota.readings import Limit, QuotaReading, Window
+from llmbudget.quota.readings_log import store_reading
 from llmbudget.quota.rotation import rank_accounts, recommendation
 from llmbudget.quota.severity import Severity, assess, overall
 from llmbudget.quota.summary import countdown, parse_max_age

@@ -16,7 +16,7 @@ from fakes import upstream as fx
 from fakes.upstream import FakeUpstream
 
 from llmbudget import BudgetExceeded, wrap
-from llmbudget.capture.gate import Admission, CallInfo
+from llmbudget.admission import Admission, CallInfo
 from llmbudget.config import Config
 from llmbudget.events import UsageEvent
 from llmbudget.pricing import PriceBook, normalize

@@ -71,8 +71,7 @@ def install(services: Any) -> BudgetGate:
     The gate is installed whether or not budgets exist: a paused agent is refused either way (with
     no budgets the gate only reads the pause list, cached for a second). With budgets it also
     reconciles the counters with the ledger every `budgets.reconcile_interval_s`. Starts the
-    utilization watcher (committed budgets, quota readings) and registers the Anthropic -> OpenAI
-    translator for cross-protocol fallback.
+    utilization watcher (committed budgets, quota readings).
     """
     from ..config import resolve_db_url
     from .config import AlertsConfig
@@ -92,20 +91,11 @@ def install(services: Any) -> BudgetGate:
                 enforcer, services.ledger, alerts.utilization
             ).start()
         if has_budgets:
-            _install_translators(services)
             enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
     if "gate" not in services.extras:
         services.extras["gate"] = BudgetGate(services.extras["budget"])
     gate: BudgetGate = services.extras["gate"]
     return gate
-
-
-def _install_translators(services: Any) -> None:
-    try:
-        from ..capture.translate import anthropic_to_openai_translator
-    except ImportError:  # translation not available: same-protocol fallback still works
-        return
-    services.extras.setdefault("translators", {})[("anthropic", "openai")] = anthropic_to_openai_translator
 
 
 def gate_from_config(config_path: str | None = None, db_url: str | None = None) -> BudgetGate:

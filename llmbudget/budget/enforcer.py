@@ -1,7 +1,7 @@
 """Budget enforcement: reserve a call's worst case before it is sent, settle to the real cost after.
 
 `BudgetEnforcer` is synchronous (the SDK wrappers call it directly); `BudgetGate` adapts it to
-the proxy's async `Gate` protocol (`llmbudget.capture.gate`) by running store calls in a thread.
+the proxy's async `Gate` protocol (`llmbudget.admission`) by running store calls in a thread.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..admission import Admission, CallInfo
 from ..alerts import Notice, Notifier
-from ..capture.gate import Admission, CallInfo
 from ..events import UsageEvent, new_id, utcnow
 from ..money import format_usd, from_nano, to_nano
 from .estimate import PriceFn, max_output_tokens

@@ -34,6 +34,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..admission import Admission, CallInfo
 from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import MAX_TEXT, UsageEvent, anthropic_call_id, new_id
@@ -43,7 +44,6 @@ from . import anthropic, gemini, openai, paths
 from .base import BadRequest, CallMeter
 from .clients import Attributor
 from .errors import error_bytes, guess_protocol
-from .gate import Admission, CallInfo
 from .guard import StreamGuard
 from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
 
@@ -1119,7 +1119,7 @@ def store_piggyback(
     backends: dict[str, BackendConfig] | None = None,
 ) -> int:
     """Parse and store pending rate-limit signals as `piggyback` quota readings, oldest first."""
-    from ..quota.readings import store_reading
+    from ..quota.readings_log import store_reading
 
     stored = 0
     for backend, item in pending:

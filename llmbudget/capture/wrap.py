@@ -24,12 +24,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..admission import Admission, CallInfo
 from ..errors import BudgetExceeded, ValidationError
 from ..events import UsageEvent, new_id
+from ..store import ledger_options, open_ledger
 from . import anthropic as anthropic_proto
 from . import openai as openai_proto
 from .base import BadRequest, CallMeter, choice_count, estimate_tokens_from_json, output_limit
-from .gate import Admission, CallInfo
 from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
 
 log = logging.getLogger("llmbudget.wrap")
@@ -787,8 +788,5 @@ def _default_ledger(url: str, cfg: Any) -> Any:
     """One ledger per URL per process, shared by every wrapped client (closed at exit by the store)."""
     with _ledgers_lock:
         if url not in _ledgers:
-            from ..cli.common import ledger_options
-            from ..store import open_ledger
-
             _ledgers[url] = open_ledger(url, **ledger_options(cfg))
         return _ledgers[url]

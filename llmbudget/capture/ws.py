@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from multidict import CIMultiDict
 
-from ..access import _origin_authority
+from ..admission import Admission
 from ..events import UsageEvent
+from ..origin import origin_authority
 from . import paths
 from .base import _TEXT_RE, BadRequest, output_limit
-from .gate import Admission
 from .openai import OpenAIMeter, ResponsesMeter, error_body
 from .proxy import ProxyRequest, _send_error
 
@@ -239,7 +239,7 @@ class WebSocketRelay:
                 host = v.decode("latin-1")
             elif k == b"origin":
                 origin = v.decode("latin-1")
-        if origin and _origin_authority(origin) != host.strip().lower():
+        if origin and origin_authority(origin) != host.strip().lower():
             # a web page may open a WebSocket to any address (no CORS): never let it spend
             log.info("proxy_ws_refused backend=%s path=%s reason=cross_site", name, rest)
             await _send_error(

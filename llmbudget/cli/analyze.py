@@ -171,7 +171,7 @@ def analyze(
     With no section flag every section is shown. `--prune` archives and deletes old readings.
     """
     from ..quota import analysis as an
-    from ..quota import readings as rdg
+    from ..quota import readings_log as rdg
     from ..timeranges import parse_since
 
     common.one_format(json_out, csv_)

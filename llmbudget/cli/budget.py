@@ -12,8 +12,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..budget.report import budget_report
 from ..errors import ValidationError
-from ..events import utcnow
 from ..money import format_exact, format_usd
 from . import common
 
@@ -36,28 +36,6 @@ def _enforcer(config: str | None, db: str | None) -> Iterator[tuple[Any, Any, An
             enf.close()
     finally:
         ledger.close()
-
-
-def budget_report(enf: Any, ledger: Any, cfg: Any, *, utilization: bool = False) -> dict[str, Any]:
-    """What `llmbudget budget --json` prints and `GET /api/budgets` answers."""
-    from ..budget.config import AlertsConfig
-    from ..budget.status import budget_status
-    from ..budget.utilization import recommend
-    from ..budget.watch import current_cycles
-
-    now = utcnow()
-    out: dict[str, Any] = {
-        "timezone": str(enf.tz.key),
-        "generated_at": now.isoformat(),
-        "budgets": [s.to_dict() for s in budget_status(enf.budgets, enf.store, enf.tz, now)],
-        "paused_agents": sorted(enf.paused().values(), key=lambda p: p.get("agent", "")),
-        "fallback": enf.fallback,
-    }
-    if utilization:
-        ucfg = (cfg.alerts or AlertsConfig()).utilization
-        cycles = current_cycles(enf, ledger, ucfg, now)
-        out["utilization"] = {"cycles": [c.to_dict() for c in cycles], "recommendation": recommend(cycles)}
-    return out
 
 
 #: `budget --csv` columns: money as exact decimals, times as RFC 3339

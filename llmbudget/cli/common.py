@@ -70,7 +70,7 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
     `storage.url`) that does not exist is an error rather than a new empty ledger: a typo in the
     path must not look like "no spend".
     """
-    from ..store import open_ledger
+    from ..store import ledger_options, open_ledger
 
     cfg = load_config(config)
     url = resolve_db_url(db, cfg)
@@ -86,17 +86,6 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
             )
     # a read-only report leaves the audit log's replay to the processes that write
     return cfg, open_ledger(url, **ledger_options(cfg), replay_audit=not must_exist)
-
-
-def ledger_options(cfg: Config) -> dict[str, Any]:
-    st = cfg.storage
-    return {
-        "audit_log": st.audit_log,
-        "audit": st.audit,
-        "batch_size": st.batch_size,
-        "flush_interval_s": st.flush_interval_s,
-        "durability": st.durability,
-    }
 
 
 def one_format(json_: bool, csv_: bool) -> None:

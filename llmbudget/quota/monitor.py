@@ -11,7 +11,8 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError, StorageError
 from .probe import probe_all_sync
-from .readings import QuotaReading, store_reading
+from .readings import QuotaReading
+from .readings_log import store_reading
 from .settings import ProviderConfig
 from .severity import Assessment, Severity, assess, overall
 

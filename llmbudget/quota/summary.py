@@ -18,7 +18,8 @@ from ..config import Config
 from ..errors import ConfigError, StorageError, ValidationError
 from ..money import format_exact, format_usd
 from .probe import probe_all
-from .readings import QuotaReading, latest_by_backend, read_log, store_reading
+from .readings import QuotaReading
+from .readings_log import latest_by_backend, read_log, store_reading
 from .rotation import RankedAccount, rank_accounts, recommendation
 from .severity import Severity
 

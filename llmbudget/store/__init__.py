@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import CostRow, Ledger, SessionRow, UnpricedModel
 from .shutdown import flush_all, install_signal_handlers
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = [
     "CostRow",
@@ -14,8 +17,21 @@ __all__ = [
     "UnpricedModel",
     "flush_all",
     "install_signal_handlers",
+    "ledger_options",
     "open_ledger",
 ]
+
+
+def ledger_options(cfg: Config) -> dict[str, Any]:
+    """The `open_ledger` keyword options the config's `storage` section sets (audit log, batching, durability)."""
+    st = cfg.storage
+    return {
+        "audit_log": st.audit_log,
+        "audit": st.audit,
+        "batch_size": st.batch_size,
+        "flush_interval_s": st.flush_interval_s,
+        "durability": st.durability,
+    }
 
 
 def open_ledger(url: str | None = None, **options: Any) -> Ledger:

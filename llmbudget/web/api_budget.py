@@ -34,7 +34,7 @@ def _enforcer(services: Any) -> Any:
 def routes(services: Any) -> list[BaseRoute]:
     """The budget routes, collected by `llmbudget.web.api`."""
     from ..alerts import KINDS, list_notifications
-    from ..cli.budget import budget_report
+    from ..budget.report import budget_report
 
     async def budgets(request: Request) -> JSONResponse:
         utilization = flag(query_params(request, {"utilization"}), "utilization")

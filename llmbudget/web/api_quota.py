@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from ..quota.readings import latest_by_backend
+from ..quota.readings_log import latest_by_backend
 from ..quota.severity import WARN_AT, assess, overall
 from ..quota.summary import DEFAULT_MAX_AGE, build_summary, parse_max_age
 from .params import flag, query_params

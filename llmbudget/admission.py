@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..events import UsageEvent
+from .events import UsageEvent
 
 
 @dataclass(slots=True)

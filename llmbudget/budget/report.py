@@ -1,0 +1,36 @@
+"""The budget report: what `llmbudget budget --json` prints and `GET /api/budgets` answers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..events import utcnow
+from .config import AlertsConfig
+from .status import budget_status
+from .utilization import recommend
+from .watch import current_cycles
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..store import Ledger
+    from .enforcer import BudgetEnforcer
+
+
+def budget_report(
+    enf: BudgetEnforcer, ledger: Ledger, cfg: Config, *, utilization: bool = False
+) -> dict[str, Any]:
+    """Every budget's status, the paused agents and the fallback; with `utilization`, the current cycles
+    and where to send work."""
+    now = utcnow()
+    out: dict[str, Any] = {
+        "timezone": str(enf.tz.key),
+        "generated_at": now.isoformat(),
+        "budgets": [s.to_dict() for s in budget_status(enf.budgets, enf.store, enf.tz, now)],
+        "paused_agents": sorted(enf.paused().values(), key=lambda p: p.get("agent", "")),
+        "fallback": enf.fallback,
+    }
+    if utilization:
+        ucfg = (cfg.alerts or AlertsConfig()).utilization
+        cycles = current_cycles(enf, ledger, ucfg, now)
+        out["utilization"] = {"cycles": [c.to_dict() for c in cycles], "recommendation": recommend(cycles)}
+    return out

@@ -319,7 +319,7 @@ def _budget_families(services: Any) -> Iterator[Any]:
 def _quota_families(services: Any) -> Iterator[Any]:
     from prometheus_client.core import GaugeMetricFamily
 
-    from ..quota.readings import latest_by_backend
+    from ..quota.readings_log import latest_by_backend
 
     labels = ["account", "provider", "window"]
     util = GaugeMetricFamily(

@@ -68,8 +68,8 @@ def build_app(services: Services) -> Any:
     from .access import AccessGuard, AccessPolicy
     from .budget import install as install_budgets
     from .capture.proxy import Proxy
-    from .otel import install_otel
     from .capture.translate import anthropic_to_openai_translator
+    from .otel import install_otel
     from .web.api import api_routes, install_error_handlers
     from .web.dashboard import page_routes
     from .web.metrics import install_metrics

@@ -296,3 +296,41 @@ def test_keys_over_the_api(tmp_path: Path) -> None:
             assert r.status_code == 400 and r.json()["error"]["field"] == "name"
     finally:
         services.close()
+
+
+def test_a_key_cannot_spend_the_operators_key_on_unmetered_endpoints(
+    served: RunningProxy, fake: FakeUpstream
+) -> None:
+    """Images, speech, batches and fine-tuning are billed but never metered: a key's budget would not hold."""
+    secret = create(served, "narrow-spend")
+    auth = {"Authorization": f"Bearer {secret}", "x-api-key": secret}
+    for path in (
+        "/openai/v1/images/generations",
+        "/openai/v1/audio/speech",
+        "/openai/v1/batches",
+        "/openai/v1/fine_tuning/jobs",
+        "/anthropic/v1/messages/batches",
+        f"/gemini/v1beta/models/{fx.GEMINI_MODEL}:batchGenerateContent",
+    ):
+        before = len(fake.requests)
+        r = httpx.post(served.url + path, json={"model": "m", "prompt": "x"}, headers=auth)
+        assert r.status_code == 403, (path, r.text)
+        assert "not metered" in r.text
+        assert len(fake.requests) == before, f"{path} reached the upstream with the operator's key"
+    # reads and free token counting still go through with the backend's key
+    r = httpx.get(served.url + "/openai/v1/models", headers=auth)
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-operator-openai"
+    r = httpx.post(
+        served.url + "/anthropic/v1/messages/count_tokens",
+        json={"model": fx.ANTHROPIC_MODEL, "messages": []},
+        headers={"x-api-key": secret},
+    )
+    assert fake.requests[-1]["path"].endswith("/count_tokens")
+    assert fake.requests[-1]["headers"]["x-api-key"] == "sk-ant-operator"
+    # a caller's own provider key is theirs to spend
+    r = httpx.post(
+        served.url + "/openai/v1/images/generations",
+        json={"prompt": "x"},
+        headers={"Authorization": "Bearer sk-callers-own"},
+    )
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-callers-own"

@@ -104,6 +104,10 @@ _ADMIN_NOT_A_KEY = (
     "llmbudget: the admin token is not a provider key and is never forwarded; use a virtual key (llmb-...)"
 )
 _NEEDS_JSON = "llmbudget: metered endpoints take Content-Type: application/json"
+#: unmetered endpoints that cost nothing, open to a virtual key for any method (token counting, moderation)
+_FREE_SUFFIXES = ("/messages/count_tokens", ":countTokens", "/moderations", "/responses/input_tokens")
+#: methods that only read: a virtual key may use them on any path of its backends
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: aiohttp adds its own User-Agent unless told not to (only when the client sent none)
 _NO_UA = ("User-Agent",)
 #: pending piggyback quota readings are parsed and stored this often (the newest per backend wins)
@@ -276,6 +280,24 @@ class Proxy:
             attribution=attribution,
             has_key=has_key,
         )
+        if (
+            meter is None
+            and attribution.get("key") is not None
+            and method not in _READS
+            and not rest.rstrip("/").endswith(_FREE_SUFFIXES)
+        ):
+            # images, audio, batches, fine-tuning: billed to the operator's key but never metered, so
+            # a virtual key's budget would not hold; its holder can use their own provider key there
+            await _send_error(
+                send,
+                protocol,
+                403,
+                f"llmbudget: a virtual key makes only metered calls; {method} {rest} is not metered "
+                "(send your own provider key for it)",
+                "endpoint_not_metered",
+            )
+            log.info("proxy_key_unmetered_refused backend=%s method=%s path=%s", name, method, rest)
+            return
         if meter is None:
             log.info("proxy_unmetered backend=%s method=%s path=%s", name, method, rest)
             await self.passthrough(req, name, send)

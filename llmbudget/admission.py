@@ -1,6 +1,6 @@
 """The contract between the proxy (and SDK wrappers) and budget enforcement.
 
-The proxy builds a `CallInfo` before forwarding and asks the gate (`services.extras["gate"]`,
+The proxy builds a `CallInfo` before forwarding and asks the gate (`services.gate`,
 absent when no budgets are configured) to admit it. The gate reserves the call's worst-case
 cost atomically against every budget that applies and answers with an `Admission`: allowed,
 refused (429 in the protocol's error shape), or served by a fallback backend. When the call

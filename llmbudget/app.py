@@ -74,16 +74,15 @@ def build_app(services: Services) -> Any:
     from .web.dashboard import page_routes
     from .web.metrics import install_metrics
 
-    install_budgets(services)  # budgets configured: the gate goes into services.extras["gate"]
+    install_budgets(services)  # budgets configured: the gate goes into services.gate
     cfg = services.config
     if cfg.budgets is not None and cfg.budgets.has_budgets():
         # cross-protocol fallback: an Anthropic call served by an OpenAI backend
-        services.extras.setdefault("translators", {}).setdefault(
-            ("anthropic", "openai"), anthropic_to_openai_translator
-        )
-    policy = services.extras.get("access")
-    if policy is None:
-        policy = services.extras["access"] = AccessPolicy.from_config(services.config.server)
+        services.translators.setdefault(("anthropic", "openai"), anthropic_to_openai_translator)
+    policy = services.access
+    if not isinstance(policy, AccessPolicy):  # none given (tests and embedders may pass their own)
+        policy = AccessPolicy.from_config(services.config.server)
+        services.access = policy
     hub = install_live(services)
     install_metrics(services, hub)  # before the proxy, which observes its overhead
     install_otel(services, hub)
@@ -112,18 +111,18 @@ def build_app(services: Services) -> Any:
 
 
 def install_live(services: Services) -> Any:
-    """The live fan-out (`services.extras["live"]`) fed by the ledger's record path and the notifier,
+    """The live fan-out (`services.live`) fed by the ledger's record path and the notifier,
     and the alert-threshold watch fed by the fan-out."""
     from .budget.thresholds import ThresholdWatch
     from .fanout import LiveHub
     from .web.api_budget import _enforcer
 
-    if "live" in services.extras:
-        return services.extras["live"]
+    if services.live is not None:
+        return services.live
     cfg = services.config
     redis_url = cfg.live.redis_url or (cfg.budgets.redis_url if cfg.budgets is not None else None)
     hub = LiveHub(redis_url)
-    services.extras["live"] = hub
+    services.live = hub
     on_record = getattr(services.ledger, "on_record", None)
     if on_record is not None:
         on_record.append(hub.publish)
@@ -140,7 +139,7 @@ def install_live(services: Services) -> Any:
         if hasattr(services.ledger, "flush_interval_s")
         else 0.3,
     ).start()
-    services.extras["threshold_watch"] = watch
+    services.threshold_watch = watch
     hub.add_local_listener(watch.on_events)
     hub.start()
     return hub
@@ -148,7 +147,10 @@ def install_live(services: Services) -> Any:
 
 def close_live(services: Services) -> None:
     """Stop the fan-out and the threshold watch (at shutdown)."""
-    for key in ("threshold_watch", "live", "otel"):
-        obj = services.extras.pop(key, None)
-        if obj is not None:
-            obj.close()
+    parts = (services.threshold_watch, services.live, services.otel)
+    services.threshold_watch = None
+    services.live = None
+    services.otel = None
+    for part in parts:
+        if part is not None:
+            part.close()

@@ -102,7 +102,7 @@ class Subscription:
 
 
 class LiveHub:
-    """The fan-out object kept in `services.extras["live"]`."""
+    """The fan-out object kept in `services.live`."""
 
     def __init__(self, redis_url: str | None = None, *, replica: str | None = None) -> None:
         self.redis_url = redis_url

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .events import UsageEvent
+from .services import Services
 from .web.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
 log = logging.getLogger("llmbudget.otel")
@@ -77,7 +78,7 @@ def _operation(ev: UsageEvent) -> str:
 
 
 class OtelExport:
-    """Spans and metrics for every recorded event, kept in `services.extras["otel"]`."""
+    """Spans and metrics for every recorded event, kept in `services.otel`."""
 
     def __init__(
         self,
@@ -189,11 +190,11 @@ class OtelExport:
             log.warning("otel_shutdown_failed error=%s", type(e).__name__)
 
 
-def install_otel(services: Any, hub: Any) -> OtelExport | None:
-    """Feed an exporter from the fan-out: the one in `services.extras["otel"]`, else one built when an
+def install_otel(services: Services, hub: Any) -> OtelExport | None:
+    """Feed an exporter from the fan-out: the one in `services.otel`, else one built when an
     endpoint is configured. None when off."""
-    exporter: OtelExport | None = services.extras.get("otel")
-    if exporter is None:
+    exporter = services.otel
+    if not isinstance(exporter, OtelExport):
         endpoint = otel_endpoint(services.config)
         if endpoint is None:
             return None
@@ -207,7 +208,7 @@ def install_otel(services: Any, hub: Any) -> OtelExport | None:
                 "installed: pip install 'llmbudget[otel]'",
                 key="otel.endpoint",
             ) from None
-        services.extras["otel"] = exporter
+        services.otel = exporter
     if not exporter.hooked:
         hub.add_local_listener(exporter.on_events)
         exporter.hooked = True

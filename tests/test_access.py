@@ -120,7 +120,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 def client_for(services: Services, pol: AccessPolicy, host: str = "127.0.0.1:4141") -> TestClient:
-    services.extras["access"] = pol
+    services.access = pol
     return TestClient(build_app(services), base_url=f"http://{host}", follow_redirects=False)
 
 
@@ -250,7 +250,7 @@ def proxy_config(fake_url: str) -> Config:
 @pytest.fixture
 def exposed(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningProxy]:
     monkeypatch.setenv("LLMB_K", "sk-operator")
-    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", extras={"access": EXPOSED}) as p:
+    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", parts={"access": EXPOSED}) as p:
         yield p
 
 
@@ -287,7 +287,7 @@ def test_no_relay_of_the_operators_key_off_loopback(exposed: RunningProxy, fake:
 def test_metered_calls_need_a_json_body(fake: FakeUpstream, tmp_path: Path) -> None:
     import json
 
-    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", extras={"access": LOOPBACK}) as p:
+    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", parts={"access": LOOPBACK}) as p:
         before = len(fake.requests)
         body = json.dumps(CHAT).encode()
         for ctype in (

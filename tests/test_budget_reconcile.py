@@ -175,7 +175,7 @@ def test_serve_reconciles_writes_it_never_saw_periodically(tmp_path: Path) -> No
         }
     )
     with running_proxy(cfg, tmp_path / "l.db") as proxy:
-        enf = proxy.services.extras["budget"]
+        enf = proxy.services.enforcer
         ungated = UsageEvent(
             backend="anthropic",
             model="m",

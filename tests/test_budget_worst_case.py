@@ -147,7 +147,7 @@ def test_absurd_max_tokens_is_a_400_in_each_protocols_shape(proxy: RunningProxy,
 
 def test_more_output_than_allowed_is_charged_in_full_and_flagged(budget_proxy: RunningProxy) -> None:
     """The provider answered 5,000 output tokens to a call that allowed 2 x 100."""
-    enf = budget_proxy.services.extras["budget"]
+    enf = budget_proxy.services.enforcer
     enf.budgets[0] = dataclasses.replace(enf.budgets[0], limit=10**12)  # room for it
     client = openai.OpenAI(base_url=f"{budget_proxy.url}/openai/v1", api_key="sk-test", max_retries=0)
     usage = {"prompt_tokens": 10, "completion_tokens": 5000, "total_tokens": 5010}

@@ -192,7 +192,7 @@ def test_paused_agent_gauge_and_no_budget(fake: FakeUpstream, tmp_path: Path) ->
 
 def test_metrics_need_the_admin_token_off_loopback(fake: FakeUpstream, tmp_path: Path) -> None:
     exposed = AccessPolicy(bind_host="0.0.0.0", token=TOKEN.encode(), token_missing=False, allowed_hosts=())
-    with running_proxy(_config(fake), tmp_path / "l.db", extras={"access": exposed}) as proxy:
+    with running_proxy(_config(fake), tmp_path / "l.db", parts={"access": exposed}) as proxy:
         refused = httpx.get(f"{proxy.url}/metrics", timeout=10)
         assert refused.status_code == 401
         assert "gen_ai_client_token_usage" not in refused.text

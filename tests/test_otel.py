@@ -68,7 +68,7 @@ def _calls(proxy: RunningProxy) -> None:
 def test_one_span_per_call_with_gen_ai_attributes(fake: FakeUpstream, tmp_path: Path) -> None:
     spans_out, reader = InMemorySpanExporter(), InMemoryMetricReader()
     export = OtelExport(None, span_exporter=spans_out, metric_reader=reader)
-    with running_proxy(_config(fake), tmp_path / "l.db", extras={"otel": export}) as proxy:
+    with running_proxy(_config(fake), tmp_path / "l.db", parts={"otel": export}) as proxy:
         _calls(proxy)
         events = {e.id: e for e in proxy.wait_events(2)}
         deadline = time.monotonic() + 5
@@ -137,7 +137,7 @@ def test_otlp_http_protobuf_reaches_a_collector(fake: FakeUpstream, tmp_path: Pa
         with running_proxy(cfg, tmp_path / "l.db") as proxy:
             _calls(proxy)
             events = proxy.wait_events(2)
-            export = proxy.services.extras["otel"]
+            export = proxy.services.otel
             deadline = time.monotonic() + 5
             while not any(p == "/v1/traces" for p, _ in _Receiver.bodies) and time.monotonic() < deadline:
                 export.flush()
@@ -179,7 +179,7 @@ from llmbudget.config import Config
 from llmbudget.services import Services
 s = Services.create(Config(), db_url="sqlite:///{tmp_path / "x.db"}")
 build_app(s)
-assert "otel" not in s.extras
+assert s.otel is None
 print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
 s.close()
 """

@@ -92,7 +92,7 @@ def fake() -> Iterator[FakeUpstream]:
 @pytest.fixture
 def serve(fake: FakeUpstream, tmp_path: Path) -> Any:
     def start(gate: LimitGate, **extras: Any) -> Any:
-        return running_proxy(config(fake.url), tmp_path / "ledger.db", extras={"gate": gate, **extras})
+        return running_proxy(config(fake.url), tmp_path / "ledger.db", parts={"gate": gate, **extras})
 
     return start
 

@@ -332,7 +332,7 @@ def test_virtual_key_on_an_exposed_server(
     cfg = Config.model_validate(
         {"backends": {"openai": {"kind": "openai", "base_url": fake.url, "api_key_env": "LLMB_OAI"}}}
     )
-    with running_proxy(cfg, tmp_path / "ledger.db", extras={"access": exposed}) as proxy:
+    with running_proxy(cfg, tmp_path / "ledger.db", parts={"access": exposed}) as proxy:
         key, secret = make_key("ci-bot", agent="ci", team="platform")
         KeyStore(proxy.services.ledger).add(key)
         url = ws_url(proxy, "/openai/v1/responses")

@@ -57,7 +57,7 @@ def served(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LLMB_OAI", "sk-operator-openai")
     monkeypatch.setenv("LLMB_ANT", "sk-ant-operator")
     monkeypatch.setenv("LLMB_GEM", "AIza-operator")
-    with running_proxy(config(fake.url), tmp_path / "l.db", extras={"access": EXPOSED}) as p:
+    with running_proxy(config(fake.url), tmp_path / "l.db", parts={"access": EXPOSED}) as p:
         yield p
 
 
@@ -158,7 +158,7 @@ def test_a_key_scoped_budget_refuses_past_its_limit(
         "budgets:\n  timezone: UTC\n  limits:\n"
         "    - {name: per-key, scope: key, match: spender, limit_usd: 0.000001, period: day}\n"
     )
-    with running_proxy(config(fake.url, extra), tmp_path / "l.db", extras={"access": EXPOSED}) as p:
+    with running_proxy(config(fake.url, extra), tmp_path / "l.db", parts={"access": EXPOSED}) as p:
         spender, other = create(p, "spender"), create(p, "other")
         body = {"model": fx.ANTHROPIC_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
         url = f"{p.url}/anthropic/v1/messages"
@@ -266,7 +266,7 @@ def test_keys_over_the_api(tmp_path: Path) -> None:
 
     cfg = config("http://127.0.0.1:9")
     services = Services(cfg, open_ledger(f"sqlite:///{tmp_path / 'api.db'}"), PriceBook.from_config(cfg))
-    services.extras["access"] = EXPOSED
+    services.access = EXPOSED
     auth = {"Authorization": "Bearer admin-token-1234"}
     try:
         with TestClient(build_app(services), base_url="http://127.0.0.1:4141") as c:

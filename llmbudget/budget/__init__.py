@@ -1,6 +1,6 @@
 """Budgets that hold (DESIGN.md section 5): config, windows, atomic reservations, enforcement, alerts.
 
-`install(services)` puts a `BudgetGate` into `services.extras["gate"]` when the config has budgets;
+`install(services)` puts a `BudgetGate` into `services.gate` when the config has budgets;
 the proxy and the SDK wrappers then ask it before every call.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..admission import Gate
     from .enforcer import BudgetEnforcer, BudgetGate
 
 __all__ = ["build_enforcer", "gate_from_config", "install", "reconcile_after_write"]
@@ -65,8 +66,8 @@ def build_enforcer(
     )
 
 
-def install(services: Any) -> BudgetGate:
-    """Attach the budget gate to `services.extras["gate"]` (the enforcer to `["budget"]`).
+def install(services: Any) -> Gate:
+    """Attach the budget gate to `services.gate` (the enforcer to `services.enforcer`).
 
     The gate is installed whether or not budgets exist: a paused agent is refused either way (with
     no budgets the gate only reads the pause list, cached for a second). With budgets it also
@@ -82,19 +83,19 @@ def install(services: Any) -> BudgetGate:
     has_budgets = cfg.budgets is not None and cfg.budgets.has_budgets()
     alerts = cfg.alerts or AlertsConfig()
     watch = alerts.utilization.enabled and (bool(cfg.providers) or has_budgets)
-    if "budget" not in services.extras:
+    if services.enforcer is None:
         db_url = getattr(services.ledger, "url", None) or resolve_db_url(None, cfg)
         enforcer = build_enforcer(cfg, db_url, state=services.ledger, prices=services.prices)
-        services.extras["budget"] = enforcer
+        services.enforcer = enforcer
         if watch and (cfg.providers or any(b.committed for b in enforcer.budgets)):
-            services.extras["utilization_watcher"] = UtilizationWatcher(
+            services.utilization_watcher = UtilizationWatcher(
                 enforcer, services.ledger, alerts.utilization
             ).start()
         if has_budgets:
             enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
-    if "gate" not in services.extras:
-        services.extras["gate"] = BudgetGate(services.extras["budget"])
-    gate: BudgetGate = services.extras["gate"]
+    if services.gate is None:
+        services.gate = BudgetGate(services.enforcer)
+    gate: Gate = services.gate
     return gate
 
 

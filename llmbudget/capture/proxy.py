@@ -39,6 +39,7 @@ from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import MAX_TEXT, UsageEvent, anthropic_call_id, new_id
 from ..keys import KeyRing
+from ..services import AccessRules, OverheadMeter, Services
 from ..store.keys import KeyStore
 from . import anthropic, gemini, openai, paths
 from .base import BadRequest, CallMeter
@@ -163,7 +164,7 @@ Translator = Callable[["Proxy", ProxyRequest, str, Send], Awaitable[UsageEvent |
 class Proxy:
     """The ASGI callable serving every configured backend prefix."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
         self.backends: dict[str, BackendConfig] = dict(services.config.backends)
         self.session: aiohttp.ClientSession | None = None
@@ -183,15 +184,15 @@ class Proxy:
         #: backend -> `host:port` of its base_url, named when it cannot be reached (never path or query)
         self._where = {n: host_port(b.base_url) for n, b in self.backends.items()}
         #: llmbudget.access.AccessPolicy; without one (a bare Proxy) the plain-loopback rules apply
-        self.access: Any = services.extras.get("access")
+        self.access: AccessRules | None = services.access
         self.relay_open: bool = self.access is None or self.access.relay_open
         from .ws import WebSocketRelay
 
         #: `/{backend}/...` WebSocket upgrades (Responses API over WebSocket, Realtime)
         self.websockets = WebSocketRelay(self)
         #: llmbudget.web.metrics.Metrics when the app serves /metrics (observes the proxy's overhead)
-        self.metrics: Any = services.extras.get("metrics")
-        self.keyring: KeyRing | None = services.extras.get("keyring")
+        self.metrics: OverheadMeter | None = services.metrics
+        self.keyring: KeyRing | None = services.keyring
         if self.keyring is None:
             try:
                 self.keyring = KeyRing(KeyStore(services.ledger))
@@ -302,7 +303,7 @@ class Proxy:
             log.info("proxy_unmetered backend=%s method=%s path=%s", name, method, rest)
             await self.passthrough(req, name, send)
             return
-        gate = self.services.extras.get("gate")
+        gate = self.services.gate
         if gate is not None and not await self._admit(gate, req, send):
             return
         target = req.admission.fallback_backend if req.admission and req.admission.fallback_backend else name
@@ -385,7 +386,7 @@ class Proxy:
             if not has_key:
                 await _send_error(send, protocol, 401, _NEEDS_KEY, "unauthorized")
                 return None
-            if key_value is not None and self.access.is_admin_token(key_value):
+            if key_value is not None and self.access is not None and self.access.is_admin_token(key_value):
                 await _send_error(send, protocol, 401, _ADMIN_NOT_A_KEY, "unauthorized")
                 return None
         return headers, attribution, has_key, query, ctype, length
@@ -515,7 +516,7 @@ class Proxy:
             await self._release(req)
             return
         if backend.kind != req.protocol:
-            translators = self.services.extras.get("translators") or {}
+            translators = self.services.translators
             translate: Translator | None = translators.get((req.protocol, backend.kind))
             if translate is None:
                 await _send_error(
@@ -1009,7 +1010,7 @@ class Proxy:
             self._spawn(self._settle(req, event))
 
     async def _settle(self, req: ProxyRequest, event: UsageEvent) -> None:
-        gate = self.services.extras.get("gate")
+        gate = self.services.gate
         if gate is not None and req.admission is not None:
             try:
                 await gate.settle(req.admission, event)
@@ -1017,7 +1018,7 @@ class Proxy:
                 log.exception("proxy_settle_failed id=%s", event.id)
 
     async def _release(self, req: ProxyRequest) -> None:
-        gate = self.services.extras.get("gate")
+        gate = self.services.gate
         if gate is not None and req.admission is not None:
             try:
                 await gate.release(req.admission)
@@ -1136,7 +1137,7 @@ def piggyback_reading(backend: str, kind: str, pending: _PendingReading) -> Quot
 
 
 def store_piggyback(
-    services: Any,
+    services: Services,
     pending: list[tuple[str, _PendingReading]],
     backends: dict[str, BackendConfig] | None = None,
 ) -> int:

@@ -5,7 +5,7 @@ When a cloud budget is exhausted, an Anthropic-protocol request is served by a l
 text/image/tool_use/tool_result blocks, tools, tool_choice, stop sequences, sampling), and the
 answer translated back — a JSON message, or the Anthropic SSE event sequence built chunk by chunk
 from the OpenAI stream as it arrives. Pure functions and a stream translator; the proxy adapter
-`anthropic_to_openai_translator` plugs into `services.extras["translators"]`.
+`anthropic_to_openai_translator` plugs into `services.translators`.
 """
 
 from __future__ import annotations

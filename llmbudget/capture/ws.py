@@ -286,7 +286,7 @@ class WebSocketRelay:
             has_key=has_key,
             model=_query_model(query) if api == "realtime" else None,
         )
-        gate = proxy.services.extras.get("gate")
+        gate = proxy.services.gate
         if gate is not None and not await self._admit_upgrade(gate, conn, deny):
             return
         upstream = await self._connect(conn, protocols, deny)
@@ -549,7 +549,7 @@ class WebSocketRelay:
         except BadRequest:
             meter.max_output_tokens = None  # "inf" and the like: no bound, the upstream judges it
         turn = _Turn(req=req)
-        gate = self.proxy.services.extras.get("gate")
+        gate = self.proxy.services.gate
         if gate is not None and not await self._admit_turn(gate, conn, turn, send, frame.get("event_id")):
             return False
         conn.turns.append(turn)
@@ -658,7 +658,7 @@ class WebSocketRelay:
             if turn is None:
                 # a response the server started itself (Realtime voice activity): admitted now
                 turn = _Turn(req=self._turn_req(conn, {}, conn.model))
-                gate = self.proxy.services.extras.get("gate")
+                gate = self.proxy.services.gate
                 if gate is not None and not await self._admit_turn(gate, conn, turn, send):
                     turn.response_id = rid if isinstance(rid, str) else None
                     await self._refused_close(conn, upstream, send)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ValidationError
+from ..services import Services
 from . import common
 
 
@@ -98,7 +99,7 @@ def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -
     return runner.run_child(runner.child_command(cmd, base, cfg, agent=agent, session=session), env)
 
 
-def _summary_after_close(services: Any, session: str) -> Any:
+def _summary_after_close(services: Services, session: str) -> Any:
     """Read the run back once the in-process proxy has flushed and closed its ledger."""
     from .. import runner
     from ..store import open_ledger

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import socket
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from .. import logsafe
 from ..access import check_server_access, is_loopback  # noqa: F401  (is_loopback: re-exported)
 from ..errors import LLMBudgetError, ValidationError
 from . import common
+
+if TYPE_CHECKING:
+    from ..services import Services
 
 
 def check_bind(host: str, admin_token_env: str | None) -> None:
@@ -139,12 +142,12 @@ def _server_class() -> Any:
     class Server(uvicorn.Server):
         """uvicorn, plus: open dashboard streams end at the first stop signal (else they hold shutdown)."""
 
-        def __init__(self, config: Any, services: Any) -> None:
+        def __init__(self, config: Any, services: Services) -> None:
             super().__init__(config)
             self.services = services
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            hub = self.services.extras.get("live")
+            hub = self.services.live
             if hub is not None:
                 hub.end_streams()
             super().handle_exit(sig, frame)

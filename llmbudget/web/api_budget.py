@@ -15,23 +15,24 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import ValidationError
+from ..services import Services
 from .params import flag, query_params
 
 
-def _enforcer(services: Any) -> Any:
+def _enforcer(services: Services) -> Any:
     """The serving enforcer, or one built on demand (no budgets configured: pauses and notices still work)."""
-    enf = services.extras.get("budget")
+    enf = services.enforcer
     if enf is None:
         from ..budget import build_enforcer
 
         enf = build_enforcer(
             services.config, services.ledger.url, state=services.ledger, price_fn=lambda *a: None
         )
-        services.extras["budget"] = enf
+        services.enforcer = enf
     return enf
 
 
-def routes(services: Any) -> list[BaseRoute]:
+def routes(services: Services) -> list[BaseRoute]:
     """The budget routes, collected by `llmbudget.web.api`."""
     from ..alerts import KINDS, list_notifications
     from ..budget.report import budget_report

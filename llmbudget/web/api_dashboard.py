@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 from ..errors import NotFound, ValidationError
 from ..events import utcnow
 from ..money import to_nano
+from ..services import Services
 from ..store.dashboard import (
     THRESHOLD_SCOPES,
     Threshold,
@@ -90,7 +91,7 @@ def _threshold_from(body: dict[str, Any]) -> Threshold:
     return Threshold(scope, agent.strip(), to_nano(amount.quantize(Decimal("1E-9"))), auto)
 
 
-def routes(services: Any) -> list[BaseRoute]:
+def routes(services: Services) -> list[BaseRoute]:
     """The dashboard's JSON routes, collected by `llmbudget.web.api`."""
     from .dashboard import card_html
 
@@ -153,7 +154,7 @@ def routes(services: Any) -> list[BaseRoute]:
         return JSONResponse(await run_in_threadpool(data.budgets_panel, services, utcnow()))
 
     def _invalidate() -> None:
-        watch = services.extras.get("threshold_watch")
+        watch = services.threshold_watch
         if watch is not None:
             watch.invalidate()
 

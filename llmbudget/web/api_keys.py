@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import ValidationError
+from ..services import Services
 from .params import query_params
 
 _FIELDS = ("name", "agent", "team", "user", "backends", "expires")
@@ -50,7 +51,7 @@ def _renamed(e: ValidationError, field: str) -> ValidationError:
     return ValidationError(field, message)
 
 
-def routes(services: Any) -> list[BaseRoute]:
+def routes(services: Services) -> list[BaseRoute]:
     """The key routes, collected by `llmbudget.web.api`."""
     from ..keys import make_key, parse_expires
     from ..store.keys import KeyStore

@@ -23,6 +23,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import LLMBudgetError
+from ..services import Services
 from .params import query_params
 
 HEARTBEAT_S = 15.0
@@ -37,12 +38,12 @@ def _frame(kind: str, payload: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def routes(services: Any) -> list[BaseRoute]:
+def routes(services: Services) -> list[BaseRoute]:
     """The live route, collected by `llmbudget.web.api`."""
 
     async def live(request: Request) -> StreamingResponse:
         query_params(request, set())
-        hub = services.extras.get("live")
+        hub = services.live
         if hub is None:
             raise LiveUnavailable("live updates are not running in this process")
         sub = hub.subscribe()

@@ -6,14 +6,14 @@ Behind the same access guard as the API: off loopback it needs the admin token
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from ..errors import LLMBudgetError
+from ..services import Services
+from .metrics import Metrics
 from .params import query_params
 
 
@@ -22,13 +22,13 @@ class MetricsUnavailable(LLMBudgetError):
     http_status = 503
 
 
-def routes(services: Any) -> list[BaseRoute]:
+def routes(services: Services) -> list[BaseRoute]:
     """The metrics route, collected by `llmbudget.web.api`."""
 
     async def metrics(request: Request) -> Response:
         query_params(request, set())
-        m = services.extras.get("metrics")
-        if m is None:
+        m = services.metrics
+        if not isinstance(m, Metrics):
             raise MetricsUnavailable("metrics are not collected in this process")
         from prometheus_client import CONTENT_TYPE_LATEST
 

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from ..quota.readings_log import latest_by_backend
 from ..quota.severity import WARN_AT, assess, overall
 from ..quota.summary import DEFAULT_MAX_AGE, build_summary, parse_max_age
+from ..services import Services
 from .params import flag, query_params
 
 
@@ -32,7 +33,7 @@ def quota_latest(ledger: Any, now: datetime | None = None, *, warn_at: float = W
     return {"generated_at": now.isoformat(), "backends": rows, "overall": overall(severities)}
 
 
-def routes(services: Any) -> list[BaseRoute]:
+def routes(services: Services) -> list[BaseRoute]:
     """The quota routes, collected by `web/api.py`."""
 
     async def quota(request: Request) -> JSONResponse:

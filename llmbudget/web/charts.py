@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 
 from ..money import from_nano
+from ..services import Services
 from .data import _day_start, usd
 
 TITLES = {
@@ -31,7 +32,7 @@ _STYLE = (
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
 
-def chart_data(services: Any, name: str, now: datetime) -> dict[str, Any]:
+def chart_data(services: Services, name: str, now: datetime) -> dict[str, Any]:
     """One chart's data as JSON-ready dict (money as exact decimal strings)."""
     ledger = services.ledger
     tz = services.config.zone()
@@ -60,14 +61,14 @@ def chart_data(services: Any, name: str, now: datetime) -> dict[str, Any]:
             ],
         }
     if name == "hourly":
-        rows = {r.key: r for r in ledger.costs(since=day, until=until, by="hour", tz=tz)}
+        by_hour = {r.key: r for r in ledger.costs(since=day, until=until, by="hour", tz=tz)}
         hours = [(day + timedelta(hours=i)).strftime("%Y-%m-%dT%H") for i in range(24)]
         return {
             "name": name,
             "title": "Today by hour",
             "labels": [h[-2:] for h in hours],
-            "cost_nano": [rows[h].cost_nano if h in rows else 0 for h in hours],
-            "calls": [rows[h].calls if h in rows else 0 for h in hours],
+            "cost_nano": [by_hour[h].cost_nano if h in by_hour else 0 for h in hours],
+            "calls": [by_hour[h].calls if h in by_hour else 0 for h in hours],
         }
     by = {"models": "model", "agents": "agent", "tiers": "tier"}.get(name)
     if by is None:
@@ -76,7 +77,7 @@ def chart_data(services: Any, name: str, now: datetime) -> dict[str, Any]:
         raise NotFound(f"no chart {name!r}; one of {', '.join(CHARTS)}")
     start = day - timedelta(days=29)
     rows = ledger.costs(since=start, until=until, by=by, tz=tz)
-    items = [
+    items: list[dict[str, Any]] = [
         {
             "key": r.key or "(none)",
             "tokens": r.input_tokens + r.output_tokens,

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..events import utcnow
 from ..export import write_rows_csv
+from ..services import Services
 from . import charts as ch
 from . import data
 from .fmt import clock, money, tokens, when
@@ -187,7 +188,7 @@ def enforcement_html(b: dict[str, Any], tz: Any) -> str:
 
 
 # ---------------------------------------------------------------- pages
-def overview_page(services: Any) -> str:
+def overview_page(services: Services) -> str:
     now = utcnow()
     tz = services.config.zone()
     o = data.overview(services, now)
@@ -211,7 +212,7 @@ def overview_page(services: Any) -> str:
     return layout("Overview", "/", body, str(tz.key))
 
 
-def sessions_page(services: Any) -> str:
+def sessions_page(services: Services) -> str:
     tz = services.config.zone()
     items = data.sessions(services)
     rows = (
@@ -234,7 +235,7 @@ def sessions_page(services: Any) -> str:
     return layout("Sessions", "/sessions", body, str(tz.key))
 
 
-def budgets_page(services: Any) -> str:
+def budgets_page(services: Services) -> str:
     from ..alerts import list_notifications
     from ..store.dashboard import list_thresholds
 
@@ -276,7 +277,7 @@ def budgets_page(services: Any) -> str:
     return layout("Budgets", "/budgets", body, str(tz.key))
 
 
-def events_page(services: Any, params: dict[str, str]) -> str:
+def events_page(services: Services, params: dict[str, str]) -> str:
     tz = services.config.zone()
     clean = {k: v for k, v in params.items() if k in (*data.EVENT_FILTERS, "since") and v}
     items = data.events_list(services, clean, limit=200)
@@ -304,7 +305,7 @@ def events_page(services: Any, params: dict[str, str]) -> str:
     return layout("Events", "/events", body, str(tz.key))
 
 
-def page_routes(services: Any) -> list[BaseRoute]:
+def page_routes(services: Services) -> list[BaseRoute]:
     """The HTML pages, the sessions CSV and the static files."""
 
     async def overview(request: Request) -> HTMLResponse:

@@ -26,6 +26,7 @@ from ..budget.forecast import burn_rate, month_bounds, project, run_out
 from ..errors import NotFound, ValidationError
 from ..events import TOKEN_FIELDS, UsageEvent, parse_timestamp, utcnow
 from ..money import decimal_str, from_nano
+from ..services import Services
 from ..store.buckets import from_us, to_us
 from ..store.dashboard import (
     agent_session_totals,
@@ -105,7 +106,7 @@ def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- budgets and enforcement
-def budgets_panel(services: Any, now: datetime, *, reconcile: bool = True) -> dict[str, Any]:
+def budgets_panel(services: Services, now: datetime, *, reconcile: bool = True) -> dict[str, Any]:
     """Every budget with progress, state and run-out forecast; enforcement health.
 
     `reconcile=False` (the overview) reads the counters as they are; the budgets page reconciles
@@ -167,9 +168,9 @@ def budgets_panel(services: Any, now: datetime, *, reconcile: bool = True) -> di
     return out
 
 
-def _drift(services: Any) -> Any:
+def _drift(services: Services) -> Any:
     """Counter-vs-ledger drift, when the enforcer can tell (None otherwise)."""
-    enf = services.extras.get("budget")
+    enf = services.enforcer
     fn = getattr(enf, "drift", None)
     if fn is None:
         return None
@@ -205,7 +206,7 @@ def refusals(ledger: Any, paused: dict[str, Any], limit: int = 10) -> list[dict[
 
 
 # ---------------------------------------------------------------- agents
-def agent_cards(services: Any, now: datetime, *, only: str | None = None) -> list[dict[str, Any]]:
+def agent_cards(services: Services, now: datetime, *, only: str | None = None) -> list[dict[str, Any]]:
     """Live agent cards: session tokens and cost, last request, cost per request and trend, runaway."""
     ledger = services.ledger
     tz = services.config.zone()
@@ -288,7 +289,7 @@ def agent_cards(services: Any, now: datetime, *, only: str | None = None) -> lis
 
 
 # ---------------------------------------------------------------- quota
-def quota_panel(services: Any, now: datetime) -> dict[str, Any]:
+def quota_panel(services: Services, now: datetime) -> dict[str, Any]:
     """One row per account: severity, 5h and 7d utilization, reset countdown; which account next."""
     from ..quota.rotation import rank_accounts, recommendation
     from ..quota.summary import countdown, stored_latest
@@ -325,7 +326,7 @@ def quota_panel(services: Any, now: datetime) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- overview
-def overview(services: Any, now: datetime | None = None) -> dict[str, Any]:
+def overview(services: Services, now: datetime | None = None) -> dict[str, Any]:
     """Everything the overview page shows."""
     from ..alerts import list_notifications
 
@@ -351,7 +352,9 @@ def _session_status(
     return {"end": None, "ended": False, "ended_by": None}
 
 
-def sessions(services: Any, now: datetime | None = None, limit: int = SESSIONS_SHOWN) -> list[dict[str, Any]]:
+def sessions(
+    services: Services, now: datetime | None = None, limit: int = SESSIONS_SHOWN
+) -> list[dict[str, Any]]:
     """The last sessions as Session ID | Start | End | Tokens | Cost | Agents."""
     now = now or utcnow()
     rows = services.ledger.sessions(limit=limit)
@@ -394,7 +397,7 @@ def session_csv_rows(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         }
 
 
-def session_detail(services: Any, session: str, now: datetime | None = None) -> dict[str, Any]:
+def session_detail(services: Services, session: str, now: datetime | None = None) -> dict[str, Any]:
     """One session with its per-agent breakdown; 404 when unknown."""
     now = now or utcnow()
     ledger = services.ledger
@@ -414,7 +417,7 @@ def session_detail(services: Any, session: str, now: datetime | None = None) -> 
 EVENT_FILTERS = ("agent", "session", "backend", "model", "status", "user", "team", "tier", "provider")
 
 
-def events_list(services: Any, params: dict[str, str], limit: int = 100) -> list[dict[str, Any]]:
+def events_list(services: Services, params: dict[str, str], limit: int = 100) -> list[dict[str, Any]]:
     """Newest events matching exact-match filters (and `since`)."""
     filters = {k: v for k, v in params.items() if k in EVENT_FILTERS and v}
     since = None
@@ -452,7 +455,7 @@ _KINDS = (
 )
 
 
-def explain(services: Any, event_id: str) -> dict[str, Any]:
+def explain(services: Services, event_id: str) -> dict[str, Any]:
     """Why a call cost what it did: tokens by kind × the price in force on its date, and the price's source."""
     from decimal import Decimal
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..events import UsageEvent
 from ..money import from_nano
+from ..services import Services
 
 log = logging.getLogger("llmbudget.metrics")
 
@@ -90,13 +91,13 @@ class _Series:
 
 
 class Metrics:
-    """The app's metrics, kept in `services.extras["metrics"]`.
+    """The app's metrics, kept in `services.metrics`.
 
     Per-call series are plain accumulators (about 2 µs an event, measured) turned into Prometheus
     families at scrape time; prometheus_client formats the page.
     """
 
-    def __init__(self, services: Any, *, max_agents: int = 20) -> None:
+    def __init__(self, services: Services, *, max_agents: int = 20) -> None:
         from prometheus_client import CollectorRegistry
 
         self.services = services
@@ -280,7 +281,7 @@ class _ScrapeTime:
             log.warning("metrics_quota_unreadable error=%s", type(e).__name__)
 
 
-def _budget_families(services: Any) -> Iterator[Any]:
+def _budget_families(services: Services) -> Iterator[Any]:
     from prometheus_client.core import GaugeMetricFamily
 
     from ..budget.glance import glance
@@ -316,7 +317,7 @@ def _budget_families(services: Any) -> Iterator[Any]:
     yield from (spent, limit, remaining, paused)
 
 
-def _quota_families(services: Any) -> Iterator[Any]:
+def _quota_families(services: Services) -> Iterator[Any]:
     from prometheus_client.core import GaugeMetricFamily
 
     from ..quota.readings_log import latest_by_backend
@@ -345,11 +346,11 @@ def _quota_families(services: Any) -> Iterator[Any]:
     yield from (util, reset)
 
 
-def install_metrics(services: Any, hub: Any) -> Metrics:
-    """Build the app's metrics once (`services.extras["metrics"]`), fed by the live fan-out `hub`."""
-    m: Metrics | None = services.extras.get("metrics")
-    if m is None:
+def install_metrics(services: Services, hub: Any) -> Metrics:
+    """Build the app's metrics once (`services.metrics`), fed by the live fan-out `hub`."""
+    m = services.metrics
+    if not isinstance(m, Metrics):
         m = Metrics(services, max_agents=services.config.metrics.max_agents)
-        services.extras["metrics"] = m
+        services.metrics = m
         hub.add_local_listener(m.observe_events)
     return m

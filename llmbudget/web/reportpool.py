@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..services import Services
+
 T = TypeVar("T")
 
 
@@ -58,12 +60,12 @@ class ReportPool:
             slots.release()
 
 
-def report_pool(services: Any) -> ReportPool:
+def report_pool(services: Services) -> ReportPool:
     """The app's one ReportPool (made from `server.report_concurrency` / `report_wait_s` on first use)."""
-    pool = services.extras.get("report_pool")
+    pool = services.report_pool
     if pool is None:
         server = services.config.server
         pool = ReportPool(server.report_concurrency, server.report_wait_s)
-        services.extras["report_pool"] = pool
+        services.report_pool = pool
     assert isinstance(pool, ReportPool)
     return pool

@@ -50,7 +50,7 @@ class RunningProxy:
 
 @contextlib.contextmanager
 def running_proxy(
-    config: Config, db_path: Path, extras: dict[str, Any] | None = None
+    config: Config, db_path: Path, parts: dict[str, Any] | None = None
 ) -> Iterator[RunningProxy]:
     """Serve `build_app(services)` with uvicorn (uvloop, httptools, no access log) until the block ends."""
     from llmbudget.pricing import PriceBook
@@ -58,9 +58,7 @@ def running_proxy(
     ledger = open_ledger(
         f"sqlite:///{db_path}", audit_log=str(db_path.with_suffix(".jsonl")), flush_interval_s=0.05
     )
-    services = Services(
-        config=config, ledger=ledger, prices=PriceBook.from_config(config), extras=dict(extras or {})
-    )
+    services = Services(config=config, ledger=ledger, prices=PriceBook.from_config(config), **(parts or {}))
     app = build_app(services)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,7 +87,7 @@ def running_proxy(
     try:
         yield RunningProxy(url=f"http://127.0.0.1:{port}", services=services, app=app, server=server)
     finally:
-        hub = services.extras.get("live")
+        hub = services.live
         if hub is not None:  # open live streams would hold uvicorn's graceful shutdown
             hub.end_streams()
         server.should_exit = True

@@ -11,18 +11,12 @@ Unknown or repeated parameters are a 400, like a typo on the command line. Error
 one shape of `llmbudget.web.errors`.
 
 Adding routes from another module: create `llmbudget/web/api_<name>.py` with a function
-`routes(services) -> list[starlette.routing.BaseRoute]`. `api_routes()` finds every such
-module in this package (sorted by name) and appends its routes after the report routes;
-nothing else needs editing. A module that fails to import fails the app's start-up loudly.
+`routes(services) -> list[starlette.routing.BaseRoute]` and add the module to `ROUTE_MODULES`
+below; `api_routes()` appends their routes, in that order, after the report routes
+(`tests/test_api.py` fails when an `api_*.py` module is missing from the list).
 """
 
 from __future__ import annotations
-
-import importlib
-import logging
-import pkgutil
-from collections.abc import Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,14 +25,12 @@ from starlette.routing import BaseRoute, Route
 from .. import reports
 from ..errors import ValidationError
 from ..services import Services
-from . import openapi
+from . import api_budget, api_dashboard, api_keys, api_live, api_metrics, api_quota, openapi
 from .errors import install_error_handlers
 from .params import query_params
 from .reportpool import report_pool
 
-__all__ = ["MAX_LIMIT", "api_routes", "extension_modules", "install_error_handlers"]
-
-log = logging.getLogger(__name__)
+__all__ = ["MAX_LIMIT", "ROUTE_MODULES", "api_routes", "install_error_handlers"]
 
 #: the most rows one API call returns (use `llmbudget export` for everything)
 MAX_LIMIT = 10_000
@@ -129,26 +121,14 @@ def _report_routes(services: Services) -> list[BaseRoute]:
     ]
 
 
-def extension_modules() -> list[str]:
-    """Names of the `llmbudget.web.api_*` modules whose routes `api_routes()` collects, sorted."""
-    from .. import web
-
-    return sorted(
-        f"{web.__name__}.{m.name}"
-        for m in pkgutil.iter_modules(web.__path__)
-        if m.name.startswith("api_") and not m.ispkg
-    )
+#: the modules whose `routes(services)` follow the report routes, in this order
+ROUTE_MODULES = (api_budget, api_dashboard, api_keys, api_live, api_metrics, api_quota)
 
 
 def api_routes(services: Services) -> list[BaseRoute]:
-    """Every JSON API route: the reports here, then each `web/api_*.py` module's `routes(services)`."""
+    """Every JSON API route: the reports here, then each of `ROUTE_MODULES`' `routes(services)`."""
     routes = _report_routes(services)
-    for name in extension_modules():
-        module = importlib.import_module(name)
-        factory: Callable[[Services], list[Any]] | None = getattr(module, "routes", None)
-        if factory is None:
-            log.warning("api module has no routes(services) function module=%s", name)
-            continue
-        routes.extend(factory(services))
+    for module in ROUTE_MODULES:
+        routes.extend(module.routes(services))
     routes.extend(openapi.routes())  # /openapi.json describes every /api route above
     return routes

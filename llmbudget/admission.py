@@ -63,6 +63,8 @@ class Admission:
     retry_after_s: int | None = None
     #: names of the budgets this call was reserved against
     budgets: tuple[str, ...] = ()
+    #: refused only because calls in flight hold the rest of the budget (it may fit once they settle)
+    held_by_inflight: bool = False
 
 
 class Gate(Protocol):

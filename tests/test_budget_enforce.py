@@ -87,8 +87,23 @@ def test_refuses_at_the_daily_limit_with_budget_spent_limit_and_berlin_reset(tmp
     enf, _ = make(tmp_path, f"budgets:\n  daily_limit_usd: {limit}\n  timezone: Europe/Berlin\n", clock)
     admitted = [enf.admit(call()) for _ in range(3)]
     assert all(a.allowed and a.reservation_id for a in admitted)
+    # nothing spent yet: the three calls in flight hold the budget, and the refusal says so
+    held = enf.admit(call())
+    assert not held.allowed and held.status == 429 and held.held_by_inflight
+    assert held.retry_after_s == 2  # seconds, not the window's reset
+    assert held.message is not None and "Cloud budget exhausted" not in held.message
+    assert "reserved by 3 calls in flight" in held.message, held.message
+    assert "has spent $0.0000" in held.message
+    # settling below the worst case frees room for the next call
+    enf.settle(admitted[0], event(1000, 10))
+    enf.settle(admitted[1], event(1000, 10))
+    fourth = enf.admit(call())
+    assert fourth.allowed
+    # spent money leaves no room for another worst case: exhausted until the window resets
+    enf.settle(admitted[2], event(1000, 1000))
+    enf.settle(fourth, event(1000, 1000))
     refused = enf.admit(call())
-    assert not refused.allowed and refused.status == 429
+    assert not refused.allowed and refused.status == 429 and not refused.held_by_inflight
     assert refused.budgets == ("daily",)
     assert refused.message is not None
     assert "budget 'daily'" in refused.message
@@ -96,10 +111,6 @@ def test_refuses_at_the_daily_limit_with_budget_spent_limit_and_berlin_reset(tmp
     assert "Cloud budget exhausted" in refused.message
     assert f"of its {format_exact(limit)} limit" in refused.message  # the limit as configured, not rounded
     assert refused.retry_after_s == 3 * 3600  # 21:00 -> 00:00 Berlin
-    # settling below the worst case frees room for the next call
-    enf.settle(admitted[0], event(1000, 10))
-    enf.settle(admitted[1], event(1000, 10))
-    assert enf.admit(call()).allowed
 
 
 def test_a_limit_under_a_cent_is_shown_as_it_is(tmp_path: Path) -> None:
@@ -278,3 +289,33 @@ def test_a_session_budget_says_calls_resume_when_the_session_ends(tmp_path: Path
     refused = enf.admit(call(session="s-1"))
     assert not refused.allowed and refused.status == 429
     assert "resume by themselves when the session ends" in (refused.message or ""), refused.message
+
+
+def test_warning_comes_before_the_limit_alert_which_fires_when_spent_reaches_the_limit(
+    tmp_path: Path,
+) -> None:
+    per_call = cost(1000, 1000)
+    clock = Clock(datetime(2025, 6, 1, 12, 0, tzinfo=UTC))
+    enf, state = make(tmp_path, f"budgets:\n  daily_limit_usd: {per_call * 10}\n  timezone: UTC\n", clock)
+
+    def kinds() -> list[str]:
+        notes = state.list_state("notifications")  # type: ignore[attr-defined]
+        return [notes[k]["kind"] for k in sorted(notes)]
+
+    held = [enf.admit(call()) for _ in range(10)]
+    assert all(a.allowed for a in held)
+    refused = enf.admit(call())  # the ten in flight hold the whole budget; nothing is spent
+    assert refused.held_by_inflight and not refused.allowed
+    assert kinds() == []  # reservations alone never raise the limit alert (nor silence it later)
+    for a in held[:8]:
+        enf.settle(a, event(1000, 1000))
+    assert kinds() == ["budget_warning"]  # 80% spent
+    enf.settle(held[8], event(1000, 1000))
+    assert kinds() == ["budget_warning"]  # 90%: still under the limit
+    enf.settle(held[9], event(1000, 1000))
+    assert kinds() == ["budget_warning", "budget_exhausted"]  # spent reached the limit
+    final = enf.admit(call())
+    assert not final.allowed and not final.held_by_inflight
+    assert "Cloud budget exhausted" in (final.message or "")
+    assert kinds() == ["budget_warning", "budget_exhausted"]  # once per window
+    enf.close()

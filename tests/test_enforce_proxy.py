@@ -191,12 +191,12 @@ def test_two_proxies_200_concurrent_requests_hold_the_daily_limit(
     for _status, headers, body in refused:
         assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
         msg = body["error"]["message"]
-        assert (
-            f"budget '{name}'" in msg
-            and "Cloud budget exhausted, operating local-only until" in msg
-            and "UTC" in msg
-        )
-        assert int(headers["retry-after"]) > 0
+        assert f"budget '{name}'" in msg.lower() or f"Budget '{name}'" in msg, msg
+        if "calls in flight" in msg and "Cloud budget exhausted" not in msg:
+            assert headers["retry-after"] == "2"  # held by calls in flight: seconds, not the reset
+        else:
+            assert "Cloud budget exhausted, operating local-only until" in msg and "UTC" in msg
+            assert int(headers["retry-after"]) > 60
     # the counters, read by a third party, hold the settled spend
     cfg, _ = parse_config(text, "x.yaml")
     enf = build_enforcer(cfg, db_url, prices=PriceBook.from_config(cfg))

@@ -94,7 +94,9 @@ def install(services: Any) -> Gate:
         if has_budgets:
             enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
     if services.gate is None:
-        services.gate = BudgetGate(services.enforcer)
+        services.enforcer.batch = True  # the proxy writes settlements in batches
+        wait_s = cfg.budgets.inflight_wait_s if cfg.budgets is not None else 0.0
+        services.gate = BudgetGate(services.enforcer, wait_s=wait_s)
     gate: Gate = services.gate
     return gate
 
@@ -114,7 +116,7 @@ def gate_from_config(config_path: str | None = None, db_url: str | None = None) 
     enforcer = build_enforcer(cfg, url, state=open_ledger(url))
     if cfg.budgets is not None:
         enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
-    return BudgetGate(enforcer)
+    return BudgetGate(enforcer, wait_s=cfg.budgets.inflight_wait_s if cfg.budgets is not None else 0.0)
 
 
 def reconcile_after_write(cfg: Any, ledger: Any) -> str | None:

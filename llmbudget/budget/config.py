@@ -173,6 +173,8 @@ class BudgetsConfig(BaseModel):
     input_token_factor: float = Field(default=4.0, ge=1.0, le=16.0)
     #: counters that cannot be read or seeded: `closed` refuses budgeted calls with a 503, `open` lets them through
     on_error: Literal["closed", "open"] = "closed"
+    #: a call refused only because calls in flight hold the rest waits this long for them to settle (0: never)
+    inflight_wait_s: float = Field(default=3.0, ge=0, le=60)
     #: seconds between reconciliations of the counters with the ledger in `llmbudget serve` (0: never)
     reconcile_interval_s: float = Field(default=5.0, ge=0, le=3600)
 

@@ -23,14 +23,17 @@ from ..alerts import Notice, Notifier
 from ..events import UsageEvent, new_id, utcnow
 from ..money import format_usd, from_nano, to_nano
 from .estimate import PriceFn, max_output_tokens
+from .lease import LeaseBook
 from .rules import Budget
 from .seed import SeedSpec, spec_for
-from .store import Charge, CounterStore, Reconciled, Refusal
+from .store import Charge, CounterStore, LeaseResult, Reconciled, Refusal, Spend
 from .windows import Window, format_reset
 
 log = logging.getLogger("llmbudget.budget")
 
 PAUSE_NS = "agent_pause"
+#: Retry-After of a call refused only because calls in flight hold the rest of the budget
+INFLIGHT_RETRY_S = 2
 
 
 def _amount_text(b: Budget, value: int) -> str:
@@ -50,6 +53,7 @@ class _Booked:
 class _Pending:
     booked: list[_Booked]
     call: CallInfo
+    charges: list[Charge]
 
 
 class BudgetEnforcer:
@@ -74,7 +78,7 @@ class BudgetEnforcer:
     ) -> None:
         self.budgets = list(budgets)
         self.by_name = {b.name: b for b in self.budgets}
-        self.store = store
+        self._store = store
         self.tz = tz
         self.price = price
         self.fallback = fallback
@@ -101,6 +105,25 @@ class BudgetEnforcer:
         #: the last periodic reconciliation: {counter: Reconciled}
         self.last_reconcile: dict[str, Reconciled] = {}
         self._reconciled_at: datetime | None = None
+        #: this process's lease of budget: calls far from the limit are admitted without I/O
+        self.book = LeaseBook(
+            store, store.reservation_id("lease-" + new_id()), ttl_s=ttl_s, on_flush=self._flushed
+        )
+        #: settlements written in batches by a background thread (serve), else at once (SDK wrappers)
+        self.batch = False
+        #: called (from any thread) when settlements free budget: waiting calls may try again
+        self.on_freed: Callable[[], None] | None = None
+
+    @property
+    def store(self) -> CounterStore:
+        """The shared counters (the lease writes to the same)."""
+        return self._store
+
+    @store.setter
+    def store(self, store: CounterStore) -> None:
+        self._store = store
+        if hasattr(self, "book"):
+            self.book.store = store
 
     # ------------------------------------------------------------------ admission
     def worst_case(self, call: CallInfo) -> tuple[int, int, Decimal | None]:
@@ -210,29 +233,64 @@ class BudgetEnforcer:
         booked = self._charges(call, now, tin + tout, None if cost is None else to_nano(cost))
         if not booked:
             return Admission(allowed=True)
-        rid = self.store.reservation_id(new_id())  # carries this process's owner id
+        charges = [x.charge for x in booked]
         seeds = self._seeds(booked, call)
-        refusal = self.store.reserve(rid, [x.charge for x in booked], self.ttl_s, seeds)
-        self._remember_seeded(seeds)
+        if seeds is None and self.book.take(charges):
+            refusal = None
+        else:
+            refusal = self.book.grow(charges, seeds)
+            self._remember_seeded(seeds)
         if refusal is None:
-            with self._lock:
-                self._pending[rid] = _Pending(booked, call)
-                if call.session:
-                    self._sessions[call.session] = time.monotonic()
-            return Admission(allowed=True, reservation_id=rid, budgets=tuple(x.budget.name for x in booked))
+            return self._admitted(call, booked, charges)
         return self._refuse(call, booked, refusal, now)
+
+    def _admitted(self, call: CallInfo, booked: list[_Booked], charges: list[Charge]) -> Admission:
+        rid = self.book.rid + "#" + new_id()
+        with self._lock:
+            self._pending[rid] = _Pending(booked, call, charges)
+            if call.session:
+                self._sessions[call.session] = time.monotonic()
+        return Admission(allowed=True, reservation_id=rid, budgets=tuple(x.budget.name for x in booked))
+
+    def admit_local(self, call: CallInfo) -> Admission | None:
+        """`admit` without any I/O when the lease covers the call; None when the store must be asked."""
+        pauses = self.cached_pauses()
+        if pauses is None:
+            return None
+        refused = self.pause_refusal(call, pauses)
+        if refused is not None:
+            return refused
+        if call.local or call.backend == self.fallback or not self.budgets:
+            return _ALLOWED
+        try:
+            tin, tout, cost = self.worst_case(call)
+            booked = self._charges(call, self.clock(), tin + tout, None if cost is None else to_nano(cost))
+        except Exception:
+            return None
+        if not booked:
+            return _ALLOWED
+        if cost is None and call.model not in self._unpriced_logged:
+            return None  # logged once by admit()
+        charges = [x.charge for x in booked]
+        if self._seeds(booked, call) is not None or not self.book.take(charges):
+            return None
+        return self._admitted(call, booked, charges)
 
     def _refuse(self, call: CallInfo, booked: list[_Booked], r: Refusal, now: datetime) -> Admission:
         hit = next(x for x in booked if x.budget.name == r.budget)
         b, w = hit.budget, hit.window
         reset = format_reset(w.reset, self.tz)
+        if r.spent + r.amount <= r.limit:
+            # spent money leaves room: calls in flight hold the rest until they settle
+            return self._refuse_inflight(call, hit, r)
         retry = max(1, math.ceil((w.reset - now).total_seconds())) if w.reset is not None else None
         usage = (
             f"budget '{b.name}' has spent {_amount_text(b, r.spent)} of its {b.describe_limit()} limit"
             + (f" ({_amount_text(b, r.reserved)} reserved by calls in flight)" if r.reserved else "")
             + f"; this call needs up to {_amount_text(b, r.amount)}"
         )
-        self._announce_limit(hit, r, reset)
+        # spent money alone leaves no room for this call: the budget is exhausted for it
+        self._check_warnings([hit], {k: (r.spent, 0) for k in hit.charge.read_keys[:1]}, exhausted=True)
         if b.action == "fallback" and self.fallback:
             notice = f"Cloud budget exhausted, operating local-only until {reset}"
             log.info("budget fallback budget=%s backend=%s to=%s", b.name, call.backend, self.fallback)
@@ -267,6 +325,31 @@ class BudgetEnforcer:
             allowed=False, status=429, message=msg, notice=notice, retry_after_s=retry, budgets=(b.name,)
         )
 
+    def _refuse_inflight(self, call: CallInfo, hit: _Booked, r: Refusal) -> Admission:
+        b = hit.budget
+        try:
+            n = self.store.inflight(hit.charge.read_keys)
+        except Exception:  # the count is for the message only
+            n = 0
+        held = f"{_amount_text(b, r.reserved)} reserved by {n} call{'' if n == 1 else 's'} in flight"
+        if not n:
+            held = f"{_amount_text(b, r.reserved)} reserved by calls in flight"
+        msg = (
+            f"Budget '{b.name}' has spent {_amount_text(b, r.spent)} of its {b.describe_limit()} limit and "
+            f"{held}; this call needs up to {_amount_text(b, r.amount)}. The reservations settle to the "
+            f"calls' real cost as they finish: retry in {INFLIGHT_RETRY_S} seconds."
+        )
+        log.info("budget refused_inflight budget=%s backend=%s agent=%s", b.name, call.backend, call.agent)
+        return Admission(
+            allowed=False,
+            status=429,
+            message=msg,
+            notice=f"Budget '{b.name}' is held by calls in flight",
+            retry_after_s=INFLIGHT_RETRY_S,
+            budgets=(b.name,),
+            held_by_inflight=True,
+        )
+
     # ------------------------------------------------------------------ settle / release
     def settle(self, admission: Admission, event: UsageEvent) -> None:
         """Replace the reservation by the real cost (tokens) of the recorded event."""
@@ -276,8 +359,7 @@ class BudgetEnforcer:
             pending = self._pending.pop(admission.reservation_id, None)
         if pending is None:
             return
-        actual: list[tuple[str, int]] = []
-        shown: list[tuple[str, int]] = []
+        spends: list[Spend] = []
         local = event.price_status == "local"  # the ledger never counts local calls against budgets
         for x in pending.booked:
             if x.budget.unit == "usd":
@@ -287,12 +369,47 @@ class BudgetEnforcer:
             else:
                 amount = event.input_tokens + event.output_tokens
                 ledger = 0 if local else amount
-            actual.append((x.charge.key, amount))
-            shown.append((x.charge.key, ledger))
-        if self.store.settle(admission.reservation_id, actual, event.id, shown):
-            # the ledger already had the event (its writer was faster): count it once, from the ledger
-            self.store.reconcile(self._specs(pending.booked, pending.call.session))
-        self._check_warnings(pending.booked)
+            spends.append(Spend(event.id, x.charge.key, int(amount), int(ledger)))
+        self.book.settled(pending.charges, spends, pending)
+        if self.batch:
+            self.book.start()  # written in the next batch (within FLUSH_S); the lease covers the call until then
+        else:
+            self.book.flush()
+        if self.on_freed is not None:
+            self.on_freed()
+
+    def flush(self) -> None:
+        """Write settled calls to the shared counters now (they are otherwise within milliseconds)."""
+        self.book.flush()
+
+    def _flushed(self, result: LeaseResult, notes: list[Any]) -> None:
+        """After a batch of settlements reached the counters: reconcile if needed, then warn and alert."""
+        pendings: list[_Pending] = [p for p in notes if isinstance(p, _Pending)]
+        totals = dict(result.totals)
+        if result.ledgered:
+            # the ledger already had some events (its writer was faster): count them once, from the ledger
+            specs: dict[str, SeedSpec] = {}
+            for p in pendings:
+                specs.update(self._specs(p.booked, p.call.session))
+            try:
+                for k, rec in self.store.reconcile(specs).items():
+                    totals[k] = (rec.after, totals.get(k, (0, 0))[1])
+            except Exception as e:
+                log.error("budget reconcile_failed error=%s: %s", type(e).__name__, e)
+        seen: set[str] = set()
+        booked: list[_Booked] = []
+        for p in pendings:
+            for x in p.booked:
+                if x.charge.key not in seen:
+                    seen.add(x.charge.key)
+                    booked.append(x)
+        if booked:
+            try:
+                self._check_warnings(booked, totals)
+            except Exception as e:
+                log.error("budget warning_check_failed error=%s: %s", type(e).__name__, e)
+        if self.on_freed is not None:
+            self.on_freed()
 
     @staticmethod
     def _specs(booked: list[_Booked], session: str | None) -> dict[str, SeedSpec]:
@@ -314,6 +431,9 @@ class BudgetEnforcer:
             sessions = set(self._sessions)
         specs = live_specs(self.budgets, self.store, self.tz, self.clock(), sessions=sessions)
         result = self.store.reconcile(specs)
+        # the counters may have moved (imports, reprices, another replica's reconciliation): the
+        # lease's unused part goes back, so the next calls are checked against the new figures
+        self.book.flush(final=True)
         drifted = {k: r.drift for k, r in result.items() if r.drift}
         if drifted:
             log.info("budget reconciled counters=%d drifted=%s", len(result), drifted)
@@ -358,26 +478,37 @@ class BudgetEnforcer:
         with self._lock:
             pending = self._pending.pop(admission.reservation_id, None)
         if pending is not None:
-            self.store.release(admission.reservation_id)
+            self.book.released(pending.charges)
+            if self.on_freed is not None:
+                self.on_freed()
 
     # ------------------------------------------------------------------ warnings
-    def _check_warnings(self, booked: list[_Booked]) -> None:
+    def _check_warnings(
+        self, booked: list[_Booked], totals: dict[str, tuple[int, int]], *, exhausted: bool = False
+    ) -> None:
+        """Warnings for thresholds that spent money crossed, in order, then the limit alert.
+
+        The limit alert fires when spent reaches the limit, or (`exhausted`) when spent money alone
+        refused a call; never from reservations of calls in flight.
+        """
         if self.notifier is None:
             return
-        keys = sorted({k for x in booked for k in x.charge.read_keys})
-        totals = self.store.totals(keys)
+        missing = sorted({k for x in booked for k in x.charge.read_keys if k not in totals})
+        if missing and not exhausted:  # buckets of a rolling window this batch did not touch
+            totals = {**totals, **self.store.totals(missing)}
         for x in booked:
             b = x.budget
             if b.limit <= 0:
                 continue
             spent = sum(totals.get(k, (0, 0))[0] for k in x.charge.read_keys)
             for t in (*b.warn, 1.0):
-                if spent < t * b.limit:
-                    continue
                 if t >= 1.0:
-                    self._announce_limit(
-                        x, Refusal(b.name, spent, 0, b.limit, 0), format_reset(x.window.reset, self.tz)
-                    )
+                    if spent >= b.limit or exhausted:
+                        self._announce_limit(
+                            x, Refusal(b.name, spent, 0, b.limit, 0), format_reset(x.window.reset, self.tz)
+                        )
+                    continue
+                if spent < t * b.limit:
                     continue
                 if not self.store.claim_once(f"warn|{x.charge.key}|{t}"):
                     continue
@@ -517,6 +648,7 @@ class BudgetEnforcer:
         self._stop.set()
         if self._reconciler is not None:
             self._reconciler.join(timeout=10)
+        self.book.close()  # pending settlements written, the lease given back
         self.store.close()
         if self.notifier is not None:
             self.notifier.close()
@@ -557,10 +689,38 @@ _ALLOWED = Admission(allowed=True)
 
 
 class BudgetGate:
-    """The proxy's `Gate`: the enforcer's blocking store calls run in a worker thread."""
+    """The proxy's `Gate`: admission from the lease on the event loop; store steps in a worker thread.
 
-    def __init__(self, enforcer: BudgetEnforcer) -> None:
+    A call refused only because calls in flight hold the rest of the budget waits up to `wait_s`
+    for them to settle (woken by each settlement here, polling for other processes'), then is
+    admitted or refused with a short Retry-After.
+    """
+
+    def __init__(self, enforcer: BudgetEnforcer, *, wait_s: float = 3.0) -> None:
         self.enforcer = enforcer
+        self.wait_s = wait_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._freed: asyncio.Condition | None = None
+        self._retry: asyncio.Lock | None = None
+        enforcer.on_freed = self._on_freed
+
+    def _on_freed(self) -> None:
+        loop, cond = self._loop, self._freed
+        if loop is None or cond is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            loop.create_task(self._notify(2))
+        else:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self._notify(2)))
+
+    async def _notify(self, n: int) -> None:
+        if self._freed is not None:
+            async with self._freed:
+                self._freed.notify(n)
 
     async def admit(self, call: CallInfo) -> Admission:
         enf = self.enforcer
@@ -571,15 +731,42 @@ class BudgetGate:
             if pauses is None:
                 pauses = await asyncio.to_thread(enf.paused)
             return enf.pause_refusal(call, pauses) or _ALLOWED
-        return await asyncio.to_thread(enf.admit, call)
+        adm = enf.admit_local(call)
+        if adm is None:
+            adm = await asyncio.to_thread(enf.admit, call)
+        if adm.held_by_inflight and self.wait_s > 0:
+            adm = await self._wait(call, adm)
+        return adm
+
+    async def _wait(self, call: CallInfo, adm: Admission) -> Admission:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._freed is None or self._retry is None:
+            self._loop, self._freed, self._retry = loop, asyncio.Condition(), asyncio.Lock()
+        cond, retry = self._freed, self._retry
+        deadline = loop.time() + self.wait_s
+        while adm.held_by_inflight:
+            left = deadline - loop.time()
+            if left <= 0:
+                return adm
+            try:
+                async with cond:  # woken by settlements here; other processes' are polled
+                    await asyncio.wait_for(cond.wait(), timeout=min(left, 0.25))
+            except TimeoutError:
+                pass
+            async with retry:  # one waiter asks the store at a time
+                got = self.enforcer.admit_local(call)
+                adm = got if got is not None else await asyncio.to_thread(self.enforcer.admit, call)
+            if adm.allowed:
+                await self._notify(1)  # room for this one: maybe for the next too
+        return adm
 
     async def settle(self, admission: Admission, event: UsageEvent) -> None:
         if admission.reservation_id:
-            await asyncio.to_thread(self.enforcer.settle, admission, event)
+            self.enforcer.settle(admission, event)  # in memory: written by the lease's batch
 
     async def release(self, admission: Admission) -> None:
         if admission.reservation_id:
-            await asyncio.to_thread(self.enforcer.release, admission)
+            self.enforcer.release(admission)
 
     # the SDK wrappers call these directly (no event loop)
     def admit_sync(self, call: CallInfo) -> Admission:

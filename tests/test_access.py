@@ -315,6 +315,39 @@ def test_metered_calls_need_a_json_body(fake: FakeUpstream, tmp_path: Path) -> N
         assert r.status_code == 200
 
 
+def test_a_page_from_another_site_never_gets_the_operators_key(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Provider APIs answer CORS preflights, so a page could fetch() JSON through a loopback proxy."""
+    monkeypatch.setenv("LLMB_K", "sk-operator")
+    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", extras={"access": LOOPBACK}) as p:
+        before = len(fake.requests)
+        evil = {"Origin": "http://evil.example"}
+        preflight = {**evil, "Access-Control-Request-Method": "POST"}
+        r = httpx.options(f"{p.url}/openai/v1/chat/completions", headers=preflight)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site"
+        r = httpx.post(f"{p.url}/openai/v1/chat/completions", json=CHAT, headers=evil)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site"
+        r = httpx.post(
+            f"{p.url}/anthropic/v1/messages",
+            json={"model": "m", "max_tokens": 1, "messages": []},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+        assert r.status_code == 403 and r.json()["type"] == "error"
+        assert len(fake.requests) == before
+        # the server's own pages, scripts without an Origin, and a caller paying with its own key pass
+        own = {"Origin": p.url}
+        assert httpx.post(f"{p.url}/openai/v1/chat/completions", json=CHAT, headers=own).status_code == 200
+        assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-operator"
+        r = httpx.post(
+            f"{p.url}/openai/v1/chat/completions",
+            json=CHAT,
+            headers={**evil, "Authorization": "Bearer sk-callers-own"},
+        )
+        assert r.status_code == 200
+        assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-callers-own"
+
+
 def test_websocket_upgrades_are_guarded_too(services: Services) -> None:
     from starlette.websockets import WebSocketDisconnect
 

@@ -39,6 +39,7 @@ from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import MAX_TEXT, UsageEvent, anthropic_call_id, new_id
 from ..keys import KeyRing
+from ..origin import origin_authority
 from ..services import AccessRules, OverheadMeter, Services
 from ..store.keys import KeyStore
 from . import anthropic, gemini, openai, paths
@@ -105,6 +106,10 @@ _ADMIN_NOT_A_KEY = (
     "llmbudget: the admin token is not a provider key and is never forwarded; use a virtual key (llmb-...)"
 )
 _NEEDS_JSON = "llmbudget: metered endpoints take Content-Type: application/json"
+_CROSS_SITE = (
+    "llmbudget: a request from another site's page gets no provider key from this server; "
+    "send your own key or a virtual key"
+)
 #: unmetered endpoints that cost nothing, open to a virtual key for any method (token counting, moderation)
 _FREE_SUFFIXES = ("/messages/count_tokens", ":countTokens", "/moderations", "/responses/input_tokens")
 #: methods that only read: a virtual key may use them on any path of its backends
@@ -337,7 +342,15 @@ class Proxy:
         ctype = b""
         conn_tokens: list[str] = []
         length: bytes | None = None
+        origin = host = b""
+        cross_site = False
         for k, v in scope["headers"]:
+            if k == b"origin":
+                origin = v
+            elif k == b"host":
+                host = v
+            elif k == b"sec-fetch-site":
+                cross_site = v.strip().lower() == b"cross-site"
             if k in _REQ_DROP:
                 if k == b"connection":
                     conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
@@ -382,6 +395,21 @@ class Proxy:
             if query is None:
                 return None
             has_key = False  # the virtual key is gone; the backend's own key goes in its place
+        elif (
+            not has_key
+            and backend.api_key_env
+            and (
+                cross_site
+                or (
+                    origin
+                    and origin_authority(origin.decode("latin-1")) != host.decode("latin-1").strip().lower()
+                )
+            )
+        ):
+            # a web page in the operator's browser (a preflight or a JSON fetch) never spends their key
+            await _send_error(send, protocol, 403, _CROSS_SITE, "cross_site")
+            log.info("proxy_cross_site_refused backend=%s", name)
+            return None
         elif not self.relay_open:
             if not has_key:
                 await _send_error(send, protocol, 401, _NEEDS_KEY, "unauthorized")

@@ -320,7 +320,7 @@ def test_a_page_from_another_site_never_gets_the_operators_key(
 ) -> None:
     """Provider APIs answer CORS preflights, so a page could fetch() JSON through a loopback proxy."""
     monkeypatch.setenv("LLMB_K", "sk-operator")
-    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", extras={"access": LOOPBACK}) as p:
+    with running_proxy(proxy_config(fake.url), tmp_path / "l.db", parts={"access": LOOPBACK}) as p:
         before = len(fake.requests)
         evil = {"Origin": "http://evil.example"}
         preflight = {**evil, "Access-Control-Request-Method": "POST"}

@@ -100,7 +100,16 @@ def build_app(services: Services) -> Any:
             await asyncio.to_thread(close_live, services)
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "backends": sorted(services.config.backends)})
+        body: dict[str, Any] = {"status": "ok", "backends": sorted(services.config.backends)}
+        if request.query_params.get("ready") in (None, "", "0", "false"):
+            return JSONResponse(body)  # liveness: the process answers
+        # readiness (a load balancer's check): the ledger and the budget counters answer too
+        try:
+            await asyncio.wait_for(asyncio.to_thread(_storage_ready, services), timeout=5)
+        except Exception as e:
+            cause = "storage did not answer within 5 s" if isinstance(e, TimeoutError) else str(e)
+            return JSONResponse({**body, "status": "unready", "cause": cause}, status_code=503)
+        return JSONResponse({**body, "ready": True})
 
     web = Starlette(
         routes=[Route("/healthz", healthz), *api_routes(services), *page_routes(services)], lifespan=lifespan
@@ -154,3 +163,18 @@ def close_live(services: Services) -> None:
     for part in parts:
         if part is not None:
             part.close()
+
+
+def _storage_ready(services: Any) -> None:
+    """Raise with the cause when the ledger's database or the budget counters do not answer."""
+    probe = getattr(services.ledger, "_probe", None)
+    if probe is not None and not probe():
+        from .config import mask_url
+
+        raise RuntimeError(f"the ledger's database at {mask_url(services.ledger.url)} is unreachable")
+    enf = services.enforcer
+    if enf is not None and enf.budgets:
+        try:
+            enf.store.totals(["__ready__"])
+        except Exception as e:
+            raise RuntimeError(f"budget counters unreachable: {e}") from e

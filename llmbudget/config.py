@@ -88,6 +88,8 @@ class StorageConfig(_Model):
     #: write: each accepted event's audit line is written before its answer ends (survives kill -9);
     #: fsync: plus a group-committed fsync before the answer ends (survives a power cut)
     durability: Literal["write", "fsync"] = "write"
+    #: PostgreSQL connections per process, for the ledger and for the budget counters each
+    pool_size: int = Field(default=4, ge=1, le=200)
 
 
 class ServerConfig(_Model):

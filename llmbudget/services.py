@@ -72,13 +72,18 @@ class Services:
 
     @classmethod
     def create(
-        cls, config: Config | None = None, *, config_path: str | None = None, db_url: str | None = None
+        cls,
+        config: Config | None = None,
+        *,
+        config_path: str | None = None,
+        db_url: str | None = None,
+        instance: str = "",
     ) -> Services:
         """Load config (unless given), open the ledger and build the price book."""
         from .pricing.book import PriceBook
 
         cfg = config if config is not None else load_config(config_path)
-        ledger = open_ledger(resolve_db_url(db_url, cfg), **ledger_options(cfg))
+        ledger = open_ledger(resolve_db_url(db_url, cfg), **ledger_options(cfg, instance=instance))
         return cls(config=cfg, ledger=ledger, prices=PriceBook.from_config(cfg))
 
     def close(self) -> None:

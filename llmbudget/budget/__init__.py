@@ -51,7 +51,9 @@ def build_enforcer(
     kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return BudgetEnforcer(
         budgets_from_config(b),
-        open_counters(db_url, b.redis_url, redis_prefix=redis_prefix or b.redis_prefix),
+        open_counters(
+            db_url, b.redis_url, redis_prefix=redis_prefix or b.redis_prefix, pool_size=cfg.storage.pool_size
+        ),
         tz=get_zone(b.timezone or cfg.timezone),
         price=price_fn,
         fallback=b.fallback,

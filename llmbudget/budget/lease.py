@@ -31,7 +31,7 @@ FLUSH_S = 0.025
 #: unused lease amounts are given back after this long without a call on their counter
 IDLE_S = 2.0
 #: a slice covers at most this many worst cases of the call that asked for it
-SLICE_CALLS = 64
+SLICE_CALLS = 1024
 #: and at most this fraction of what is free in the counter
 SLICE_SHARE = 4
 

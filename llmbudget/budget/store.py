@@ -1801,13 +1801,13 @@ def _text(x: Any) -> str:
 
 
 def open_counters(
-    db_url: str, redis_url: str | None = None, *, redis_prefix: str = "llmb:budget:"
+    db_url: str, redis_url: str | None = None, *, redis_prefix: str = "llmb:budget:", pool_size: int = 4
 ) -> CounterStore:
     """Counters in Redis when `redis_url` is set (seeded from the ledger at `db_url`), else in the ledger's database."""
     if redis_url:
         return RedisCounters(redis_url, prefix=redis_prefix, seeder=LedgerSeeder(db_url))
     if db_url.startswith(("postgresql://", "postgres://")):
-        return PostgresCounters(db_url)
+        return PostgresCounters(db_url, pool_size=pool_size)
     path = db_url[len("sqlite:///") :] if db_url.startswith("sqlite:///") else db_url
     if path.startswith("sqlite://"):
         path = path[len("sqlite://") :]

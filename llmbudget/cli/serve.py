@@ -61,13 +61,21 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default 4141 or server.port).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", help="Processes serving the port, each with its own event loop (default 1)."
+        ),
+    ] = 1,
 ) -> None:
-    """Serve the metering proxy, /healthz and the JSON API (one process, one port)."""
+    """Serve the metering proxy, /healthz and the JSON API (one port; one process unless --workers)."""
     import uvicorn
 
     from ..app import build_app
     from ..services import Services
 
+    if not 1 <= workers <= 64:
+        raise ValidationError("--workers", f"must be between 1 and 64, got {workers}")
     if log_level.lower() not in _LOG_LEVELS:
         raise ValidationError("--log-level", f"must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
     cfg = common.load(config)
@@ -84,20 +92,37 @@ def serve(
             soft_wrap=True,
             markup=False,
         )
-    check_listen(host, port)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # every record of every logger (uvicorn's WebSocket lines included): no secrets, no forged lines
-    logsafe.install()
-    services = Services.create(cfg, db_url=db)
-    try:
-        app = build_app(services)
-        names = ", ".join(f"/{n}" for n in sorted(cfg.backends)) or "(no backends configured)"
+    index = os.environ.get(WORKER_ENV)
+    if index is None:
+        check_listen(host, port)
+    if workers > 1 and index is None:
+        from .workers import supervise
+
+        child = ["serve", "--host", host, "--port", str(port), "--log-level", log_level]
+        child += ["--config", str(config)] if config else []
+        child += ["--db", str(db)] if db else []
         common.err_console.print(
-            f"llmbudget serving on http://{host}:{port}  backends: {names}",
+            f"llmbudget serving on http://{host}:{port} with {workers} worker processes",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
+        raise typer.Exit(supervise(child, workers))
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # every record of every logger (uvicorn's WebSocket lines included): no secrets, no forged lines
+    logsafe.install()
+    # a worker of several keeps its own audit log and spool (worker 0 the usual ones)
+    services = Services.create(cfg, db_url=db, instance=f"w{index}" if index not in (None, "0") else "")
+    try:
+        app = build_app(services)
+        names = ", ".join(f"/{n}" for n in sorted(cfg.backends)) or "(no backends configured)"
+        if index is None:
+            common.err_console.print(
+                f"llmbudget serving on http://{host}:{port}  backends: {names}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         tune_gc()
         # No access log: uvicorn's prints query strings (a Gemini `?key=` would land in it) and
         # costs ~15% CPU; the proxy logs what it does itself, without keys.
@@ -116,7 +141,8 @@ def serve(
             date_header=False,
             timeout_graceful_shutdown=10,
         )
-        _run_until_stopped(_server_class()(uv_config, services))
+        sockets = None if index is None else [_shared_socket(host, port)]
+        _run_until_stopped(_server_class()(uv_config, services), sockets)
     finally:
         services.close()  # flush every accepted event before the process ends
 
@@ -159,7 +185,23 @@ class _Stop(Exception):
     """SIGTERM after uvicorn's graceful shutdown: a normal way to stop."""
 
 
-def _run_until_stopped(server: Any) -> None:
+#: set by `serve --workers N` for each worker process it starts (0 .. N-1)
+WORKER_ENV = "LLMBUDGET_WORKER_INDEX"
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket several processes bind at once (SO_REUSEPORT: the kernel spreads connections)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_until_stopped(server: Any, sockets: list[socket.socket] | None = None) -> None:
     """Run uvicorn; Ctrl-C and SIGTERM end it cleanly (uvicorn re-raises them after its shutdown)."""
 
     def on_term(signum: int, frame: object) -> None:
@@ -167,7 +209,7 @@ def _run_until_stopped(server: Any) -> None:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except (KeyboardInterrupt, _Stop):
         pass
     finally:

@@ -22,8 +22,12 @@ __all__ = [
 ]
 
 
-def ledger_options(cfg: Config) -> dict[str, Any]:
-    """The `open_ledger` keyword options the config's `storage` section sets (audit log, batching, durability)."""
+def ledger_options(cfg: Config, *, instance: str = "") -> dict[str, Any]:
+    """The `open_ledger` keyword options the config's `storage` section sets (audit log, batching, durability).
+
+    `instance` names one of several processes on one host (`serve --workers`): each keeps its own
+    audit log and outage spool (`audit-w1.jsonl`, `spool-<db>-w1.jsonl`).
+    """
     st = cfg.storage
     return {
         "audit_log": st.audit_log,
@@ -31,6 +35,8 @@ def ledger_options(cfg: Config) -> dict[str, Any]:
         "batch_size": st.batch_size,
         "flush_interval_s": st.flush_interval_s,
         "durability": st.durability,
+        "pool_size": st.pool_size,
+        "instance": instance,
     }
 
 

@@ -166,6 +166,7 @@ class PostgresLedger(SQLLedger):
         connect_timeout_s: float = 5.0,
         durability: str = "write",
         replay_audit: bool = True,
+        instance: str = "",
     ) -> None:
         try:
             import psycopg
@@ -186,6 +187,7 @@ class PostgresLedger(SQLLedger):
             flush_interval_s=flush_interval_s,
             spool_dir=data_dir(),
             durability=durability,
+            instance=instance,
         )
         self._replay_on_start = replay_audit
         self._connect_timeout = timeout

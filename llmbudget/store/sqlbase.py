@@ -285,6 +285,7 @@ class SQLLedger(Ledger, AuditReplay):
         flush_interval_s: float,
         spool_dir: Path,
         durability: str = "write",
+        instance: str = "",
     ) -> None:
         if batch_size < 1:
             raise ValidationError("batch_size", "must be at least 1")
@@ -301,13 +302,15 @@ class SQLLedger(Ledger, AuditReplay):
         self.on_record: list[Callable[[UsageEvent], None]] = []
         self.audit_path: Path | None = None
         self._audit: AuditLog | None = None
+        tail = f"-{instance}" if instance else ""  # one of several processes: files of its own
         if audit:
-            self.audit_path = Path(audit_log) if audit_log else spool_dir / "audit.jsonl"
+            path = Path(audit_log) if audit_log else spool_dir / "audit.jsonl"
+            self.audit_path = path.with_name(f"{path.stem}{tail}{path.suffix}") if tail else path
         #: the database's own id (tags its audit lines), read or made when the ledger starts
         self.ledger_id = ""
         digest = hashlib.sha256(url.encode()).hexdigest()[:12]
-        self.spool_path = spool_dir / f"spool-{digest}.jsonl"
-        self.quarantine_path = spool_dir / f"quarantine-{digest}.jsonl"
+        self.spool_path = spool_dir / f"spool-{digest}{tail}.jsonl"
+        self.quarantine_path = spool_dir / f"quarantine-{digest}{tail}.jsonl"
         self._writer = BatchWriter(
             self._commit,
             batch_size=batch_size,

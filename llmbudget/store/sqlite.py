@@ -71,7 +71,10 @@ class SQLiteLedger(SQLLedger):
         busy_timeout_s: float = 30.0,
         durability: str = "write",
         replay_audit: bool = True,
+        pool_size: int | None = None,
+        instance: str = "",
     ) -> None:
+        del pool_size  # PostgreSQL only; SQLite opens a connection per thread
         self.path = sqlite_path(url_or_path or default_db_url())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +93,7 @@ class SQLiteLedger(SQLLedger):
             flush_interval_s=flush_interval_s,
             spool_dir=self.path.parent,
             durability=durability,
+            instance=instance,
         )
         self._replay_on_start = replay_audit
         self._wconn = self._connect()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -13,12 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ValidationError
-from ..money import decimal_str, format_usd, from_nano
+from ..money import format_usd, from_nano
 from ..timeranges import parse_range, parse_since
 from . import common
-
-#: events re-priced per ledger transaction
-_BATCH = 2000
 
 
 def _yaml_snippet(model: str, provider: str | None) -> str:
@@ -338,75 +334,28 @@ def reprice(
     Each call gets the price in force at its own timestamp. With --all every call in range is
     re-priced from the current book: an explicit request to rewrite history.
     """
-    from ..pricing import PriceBook, TokenUsage
+    from ..reprice import reprice as reprice_events
 
     cfg, ledger = common.open_ledger_for(config, db)
     try:
-        book = PriceBook.from_config(cfg)
-        local_backends = {name for name, b in cfg.backends.items() if b.local}
         start, end = parse_range(since, until, zone=cfg.zone())
-        filters = None if all_ else {"price_status": "unpriced"}
-        total = ledger.count(since=start, until=end, filters=filters)
-        examined = 0
-        changes: list[tuple[str, int | None, str]] = []
-        pending: list[tuple[str, int | None, str]] = []
-        delta_nano = 0
-        newly_priced: Counter[str] = Counter()
-        still: Counter[str] = Counter()
-        written = 0
-        with common.LateProgress("re-pricing", total) as bar:
-            for ev in ledger.iter_events(since=start, until=end, filters=filters):
-                examined += 1
-                if ev.price_status == "local":
-                    continue  # decided by the backend at capture time, not by a price
-                nano: int | None
-                if ev.provider == "local" or ev.backend in local_backends:
-                    nano, status = 0, "local"
-                else:
-                    nano, status = book.cost_nano(
-                        ev.model, TokenUsage.from_event(ev), provider=ev.provider, at=ev.timestamp
-                    )
-                old = ev.cost_nano
-                if (nano, status) != (old, ev.price_status):
-                    change = (ev.id, nano, status)
-                    changes.append(change)
-                    pending.append(change)
-                    delta_nano += (nano or 0) - (old or 0)
-                    if old is None and status in ("priced", "override"):
-                        newly_priced[ev.model] += 1
-                if nano is None:
-                    still[ev.model] += 1
-                if not dry_run and len(pending) >= _BATCH:
-                    written += ledger.update_costs(pending)
-                    pending = []
-                if examined & 0xFF == 0:
-                    bar(examined)
-            if not dry_run and pending:
-                written += ledger.update_costs(pending)
-        if written:
+        with common.LateProgress("re-pricing") as bar:
+            result = reprice_events(
+                cfg, ledger, since=start, until=end, all_events=all_, dry_run=dry_run, progress=bar
+            )
+        if result["written"]:
             common.reconcile_budgets(cfg, ledger)
     finally:
         ledger.close()
-    result = {
-        "dry_run": dry_run,
-        "all": all_,
-        "examined": examined,
-        "changed": len(changes),
-        "written": 0 if dry_run else written,
-        "newly_priced": sum(newly_priced.values()),
-        "still_unpriced": sum(still.values()),
-        "cost_delta_usd": decimal_str(from_nano(delta_nano)),
-        "cost_delta_nano": delta_nano,
-        "newly_priced_by_model": dict(newly_priced.most_common()),
-        "still_unpriced_by_model": dict(still.most_common()),
-    }
+    examined, changed, delta_nano = result["examined"], result["changed"], result["cost_delta_nano"]
+    still = result["still_unpriced_by_model"]
     if json_:
         common.print_json(result)
         return
     verb = "would change" if dry_run else "changed"
     scope = "calls in range" if all_ else "unpriced calls"
     common.console.print(
-        f"Examined {examined:,} {scope}; {verb} {len(changes):,} "
+        f"Examined {examined:,} {scope}; {verb} {changed:,} "
         f"({result['newly_priced']:,} newly priced, cost {'+' if delta_nano >= 0 else '-'}"
         f"{format_usd(abs(from_nano(delta_nano)))}).",
         highlight=False,
@@ -414,12 +363,12 @@ def reprice(
     if still:
         common.console.print(
             f"{sum(still.values()):,} calls are still unpriced: "
-            + ", ".join(f"{m} ({n:,})" for m, n in still.most_common(5))
+            + ", ".join(f"{m} ({n:,})" for m, n in list(still.items())[:5])
             + ". Add a `pricing:` override (see `llmbudget prices MODEL`).",
             markup=False,
             highlight=False,
         )
-    if dry_run and changes:
+    if dry_run and changed:
         common.console.print("Dry run: nothing was written.")
 
 

@@ -227,10 +227,11 @@ def test_long_names_stay_inside_their_cards(page: Page, fake: FakeUpstream, tmp_
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     with serve(_config(tmp_path, fake), db, log=tmp_path / "serve.log") as base:
         page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(base + "/")
+        _live(page)
         with _sdk(base, "a" * 256, "s" * 256) as c:
             _chat(c)
-        page.goto(base + "/")
-        expect(page.locator("article.card").first).to_be_visible(timeout=3000)
+        expect(page.locator("article.card").first).to_be_visible(timeout=5000)
         for path in ("/", "/sessions"):
             page.goto(base + path)
             overflow = page.evaluate(

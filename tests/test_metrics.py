@@ -114,6 +114,7 @@ def test_scrape_after_real_calls(proxy: RunningProxy) -> None:
         proxy.url,
         lambda s: (
             total(s, "llmbudget_requests_total") == 5
+            and total(s, "llmbudget_proxy_overhead_seconds_count") == 5
             and total(s, "llmbudget_quota_utilization", account="anthropic", window="5h") > 0
         ),
     )

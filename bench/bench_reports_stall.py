@@ -77,6 +77,9 @@ async def _measure(base: str, calls: int) -> dict[str, Any]:
                 done.append((time.perf_counter() - t0) * 1000)
 
         tasks = [asyncio.create_task(reporter()) for _ in range(REPORTERS)]
+        deadline = time.perf_counter() + 60
+        while not done and time.perf_counter() < deadline:  # steady state: reports are being answered
+            await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # let every reporter be inside a report
         busy = await _calls(session, url, calls)
         stop.set()

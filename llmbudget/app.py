@@ -73,6 +73,7 @@ def build_app(services: Services) -> Any:
     from .web.api import api_routes, install_error_handlers
     from .web.dashboard import page_routes
     from .web.metrics import install_metrics
+    from .web.reportpool import close_report_pool
 
     install_budgets(services)  # budgets configured: the gate goes into services.gate
     cfg = services.config
@@ -96,6 +97,7 @@ def build_app(services: Services) -> Any:
             yield
         finally:
             await proxy.shutdown()
+            await asyncio.to_thread(close_report_pool, services)
             await asyncio.to_thread(services.ledger.flush)
             await asyncio.to_thread(close_live, services)
 

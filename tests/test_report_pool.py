@@ -1,21 +1,27 @@
-"""Reports never stall the proxy: they run in threads a few at a time, wait or get a 503, and a huge range is cut to the ledger."""
+"""Reports never stall the proxy: they run in worker processes a few at a time, wait or get a 503, and a huge range is cut to the ledger."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fakes import reportfns
 from fakes.servers import RunningProxy, running_proxy
 from starlette.exceptions import HTTPException
 
 from llmbudget.config import Config
+from llmbudget.errors import ValidationError
 from llmbudget.events import UsageEvent
+from llmbudget.store import open_ledger
 from llmbudget.web.reportpool import ReportPool
 
 
@@ -113,3 +119,119 @@ def test_a_report_from_the_first_day_the_calendar_allows_is_cut_to_the_ledger(pr
 def test_a_range_after_the_last_event_is_empty(proxy: RunningProxy) -> None:
     r = httpx.get(proxy.url + "/api/costs", params={"by": "week", "since": "2030-01-01"}, timeout=10)
     assert r.status_code == 200 and r.json()["rows"] == [] and r.json()["total"]["calls"] == 0
+
+
+# ---------------------------------------------------------------- reports in worker processes
+def _record(ledger: Any, n: int) -> None:
+    t0 = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    ledger.record_many(
+        UsageEvent(
+            backend="openai",
+            model="gpt-4o-mini",
+            timestamp=t0 + timedelta(hours=i),
+            input_tokens=10,
+            output_tokens=5,
+            cost_usd=Decimal("0.001"),
+            price_status="priced",
+        )
+        for i in range(n)
+    )
+    ledger.flush()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Any]:
+    led = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}", audit_log=str(tmp_path / "audit.jsonl"))
+    _record(led, 3)
+    yield led
+    led.close()
+
+
+def _pool(ledger: Any, concurrency: int = 1, wait_s: float = 10) -> ReportPool:
+    return ReportPool(concurrency, wait_s, ledger=ledger, reopen=(ledger.url, {}))
+
+
+def test_a_report_runs_in_a_worker_process_on_its_own_ledger_and_errors_come_back_as_themselves(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    ledger = open_ledger(ledger_url, audit_log=str(tmp_path / "audit.jsonl"))
+    _record(ledger, 3)
+
+    async def main() -> None:
+        pool = _pool(ledger)
+        try:
+            first = await pool.report(reportfns.whoami, tag="a")
+            second = await pool.report(reportfns.whoami, tag="b")
+            with pytest.raises(ValidationError) as e:
+                await pool.report(reportfns.refuse)
+            assert e.value.field == "since" and "soon" in str(e.value)
+        finally:
+            pool.close()
+        assert first["pid"] != os.getpid() and first["ledger_url"] == ledger.url and first["calls"] == 3
+        assert second["pid"] == first["pid"] and second["tag"] == "b"  # the worker and its ledger stay
+
+    try:
+        asyncio.run(main())
+    finally:
+        ledger.close()
+
+
+def test_a_ledger_without_a_url_runs_its_reports_in_threads(ledger: Any) -> None:
+    pool = ReportPool(1, 10, ledger=ledger, reopen=None)
+    out = asyncio.run(pool.report(reportfns.whoami, tag="t"))
+    assert out["pid"] == os.getpid() and out["calls"] == 3
+
+
+def test_a_worker_that_dies_mid_report_is_a_503_and_the_next_report_gets_a_fresh_worker(ledger: Any) -> None:
+    async def main() -> None:
+        pool = _pool(ledger)
+        try:
+            before = await pool.report(reportfns.whoami, tag="x")
+            t0 = time.monotonic()
+            with pytest.raises(HTTPException) as e:
+                await pool.report(reportfns.crash)
+            assert time.monotonic() - t0 < 20
+            assert e.value.status_code == 503 and e.value.headers == {"Retry-After": "1"}
+            assert "worker" in e.value.detail and pool.crashed == 1
+            after = await pool.report(reportfns.whoami, tag="y")
+            assert after["pid"] != before["pid"] and after["calls"] == 3
+        finally:
+            pool.close()
+
+    asyncio.run(main())
+
+
+def test_closing_the_pool_stops_a_long_report_at_once(ledger: Any) -> None:
+    async def main() -> None:
+        pool = _pool(ledger)
+        running = asyncio.create_task(pool.report(reportfns.slow, seconds=60))
+        deadline = time.monotonic() + 30
+        while not (pool._executor and pool._executor._processes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        procs = list(pool._executor._processes.values()) if pool._executor else []
+        assert procs, "no worker started"
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        await asyncio.to_thread(pool.close)
+        assert time.monotonic() - t0 < 6
+        assert not any(p.is_alive() for p in procs)
+        with pytest.raises(BaseException):  # noqa: B017 - cancelled or broken, never a hang
+            await asyncio.wait_for(running, timeout=10)
+
+    asyncio.run(main())
+
+
+def test_the_api_answers_from_worker_processes_and_the_server_stops_them(tmp_path: Path) -> None:
+    config = Config.model_validate({"backends": {}, "server": {"report_concurrency": 2}})
+    with running_proxy(config, tmp_path / "ledger.db") as running:
+        _record(running.services.ledger, 4)
+        r = httpx.get(running.url + "/api/costs", params={"by": "day", "since": "2025-06-01"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["total"]["calls"] == 4
+        bad = httpx.get(running.url + "/api/costs", params={"since": "soon"}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == "since"
+        pool = running.services.report_pool
+        assert isinstance(pool, ReportPool) and pool._executor is not None
+        procs = list(pool._executor._processes.values())
+        assert procs and all(p.is_alive() for p in procs)
+    assert not any(p.is_alive() for p in procs)  # the server's shutdown stopped them

@@ -62,8 +62,7 @@ def _filters(params: dict[str, str]) -> dict[str, str]:
 
 def _report_routes(services: Services) -> list[BaseRoute]:
     zone = services.config.zone()
-    ledger = services.ledger
-    run_report = report_pool(services).run  # a few at a time, off the proxy's event loop
+    run_report = report_pool(services).report  # a few at a time, in worker processes
 
     async def costs(request: Request) -> JSONResponse:
         p = query_params(request, _RANGE | _FILTERS | {"by", "limit"})
@@ -71,7 +70,6 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         filters = _filters(p)
         data = await run_report(
             reports.costs_report,
-            ledger,
             zone=zone,
             since=p.get("since"),
             until=p.get("until"),
@@ -90,7 +88,6 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         filters = _filters(p)
         data = await run_report(
             reports.events_report,
-            ledger,
             zone=zone,
             since=p.get("since"),
             until=p.get("until"),
@@ -106,7 +103,6 @@ def _report_routes(services: Services) -> list[BaseRoute]:
         limit = _limit(p, reports.DEFAULT_SESSIONS_LIMIT)
         data = await run_report(
             reports.sessions_report,
-            ledger,
             zone=zone,
             since=p.get("since"),
             limit=limit,

@@ -296,6 +296,11 @@ def _budget_families(services: Services) -> Iterator[Any]:
         labels=labels,
     )
     limit = GaugeMetricFamily("llmbudget_budget_limit", "The budget's limit in its unit", labels=labels)
+    reserved = GaugeMetricFamily(
+        "llmbudget_budget_reserved",
+        "Held for calls in flight (and budget leased to this process's admission), not spent yet",
+        labels=labels,
+    )
     remaining = GaugeMetricFamily(
         "llmbudget_budget_remaining", "Limit minus spent and reserved, never below 0", labels=labels
     )
@@ -310,11 +315,12 @@ def _budget_families(services: Services) -> Iterator[Any]:
         lv = [b.name, b.scope, "" if b.scope == "global" else s.value, b.period, b.unit]
         spent.add_metric(lv, val(s.spent))
         limit.add_metric(lv, val(b.limit))
+        reserved.add_metric(lv, val(s.reserved))
         remaining.add_metric(lv, val(s.remaining))
     paused = GaugeMetricFamily("llmbudget_agent_paused", "1 for each paused agent", labels=["agent"])
     for agent in sorted(enf.paused()):
         paused.add_metric([agent], 1.0)
-    yield from (spent, limit, remaining, paused)
+    yield from (spent, limit, reserved, remaining, paused)
 
 
 def _quota_families(services: Services) -> Iterator[Any]:

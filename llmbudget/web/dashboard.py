@@ -156,7 +156,7 @@ def totals_html(o: dict[str, Any]) -> str:
 <span class="muted"><span id="today-calls">{t["calls"]:,}</span> calls · <span id="today-tokens">{t["tokens"]:,}</span> tokens</span></div>
 <div class="stat"><span class="k">This month</span><span class="v" id="month-cost" data-nano="{m["cost_nano"]}">{money(m["cost_nano"])}</span>
 <span class="muted"><span id="month-calls">{m["calls"]:,}</span> calls</span></div>
-<div class="stat"><span class="k">Projected month-end</span><span class="v" id="projected">{money(f["month_end_projected_nano"])}</span>
+<div class="stat"><span class="k">Projected month-end</span><span class="v" id="projected" data-nano="{f["month_end_projected_nano"]}">{money(f["month_end_projected_nano"])}</span>
 <span class="muted">at {money(round(float(f["per_day_usd"]) * 1e9))}/day ({e(f["rate_basis"])})</span></div>
 </section>{unpriced}"""
 

@@ -119,6 +119,10 @@ def test_dashboard_live_threshold_pause_and_csv(page: Page, fake: FakeUpstream, 
         # the next one updates the same card in place within a second
         _chat(planner)
         expect(card.locator('[data-f="tokens"]')).to_have_text("3,000", timeout=1000)
+        # the month-end projection moves with the month's spend: never below what is already spent
+        month = int(page.locator("#month-cost").get_attribute("data-nano") or 0)
+        projected = int(page.locator("#projected").get_attribute("data-nano") or 0)
+        assert month > 0 and projected >= month, (month, projected)
         cpr = card.locator('[data-f="cpr"]').inner_text()
         assert cpr.startswith("$0.000")
         expect(card.locator(".cpr")).to_have_attribute("title", f"Avg cost/request: {cpr} (last 10 requests)")

@@ -171,6 +171,7 @@
     const c = inc.cost_nano || 0;
     addTo("today-cost", c, money);
     addTo("month-cost", c, money);
+    addTo("projected", c, money); // the projection is this month's spend plus the rate's share: it moves with it
     addTo("today-calls", 1, num);
     addTo("month-calls", 1, num);
     addTo("today-tokens", inc.tokens, num);
@@ -230,6 +231,7 @@
     };
     set("today-cost", o.today.cost_nano);
     set("month-cost", o.month.cost_nano);
+    set("projected", o.forecast.month_end_projected_nano);
     for (const a of o.agents) loadCard(a.agent, a.last_request ? Date.parse(a.last_request) : 0);
   }
   function connect() {

@@ -7,7 +7,7 @@ lease holds and no call in flight uses is admitted without any I/O; settlements 
 and written in batches (`FLUSH_S`), each batch one atomic store step that adds the real spend and
 takes it out of the lease. Unused amounts go back after `IDLE_S` without calls.
 
-Exact at the limit: a slice is at most a quarter of what is free in the counter (and 64 calls'
+Exact at the limit: a slice is at most a quarter of what is free in the counter (and 1,024 calls'
 worst case), so slices shrink to single calls' worst cases as the remaining budget shrinks; a
 counter where the last slice was cut by what was free is "tight", and its unused amount is given
 back at every batch, so other processes can use it. The store checks every growth against the
@@ -27,7 +27,7 @@ from .store import Charge, CounterStore, LeaseResult, Refusal, Spend
 log = logging.getLogger("llmbudget.budget")
 
 #: a settled call's spend reaches the shared counters within this many seconds
-FLUSH_S = 0.025
+FLUSH_S = 0.1
 #: unused lease amounts are given back after this long without a call on their counter
 IDLE_S = 2.0
 #: a slice covers at most this many worst cases of the call that asked for it

@@ -382,6 +382,10 @@ class BudgetEnforcer:
         """Write settled calls to the shared counters now (they are otherwise within milliseconds)."""
         self.book.flush()
 
+    def give_back(self) -> None:
+        """Write settled calls and return the lease's unused part now (otherwise 2 s after the last call)."""
+        self.book.flush(final=True)
+
     def _flushed(self, result: LeaseResult, notes: list[Any]) -> None:
         """After a batch of settlements reached the counters: reconcile if needed, then warn and alert."""
         pendings: list[_Pending] = [p for p in notes if isinstance(p, _Pending)]

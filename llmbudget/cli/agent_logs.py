@@ -17,7 +17,7 @@ def import_codex_command(
     """`llmbudget import codex [PATH...]`: Codex CLI's session logs into the ledger."""
     from ..pricing import PriceBook
     from ..quota import codex
-    from .analyze import collect_warnings
+    from ..quota.report import collect_warnings
 
     cfg, ledger = common.open_ledger_for(config, db)
     try:
@@ -54,7 +54,7 @@ def watch_command(
     from ..errors import ValidationError
     from ..pricing import PriceBook
     from ..quota import live_import as li
-    from .analyze import collect_warnings
+    from ..quota.report import collect_warnings
 
     if not 0.05 <= interval_s <= 3600:
         raise ValidationError("--interval", f"must be between 0.05 and 3600 seconds, got {interval_s}")

@@ -1,14 +1,13 @@
 """CLI commands: `analyze` (quota analysis and 5-hour blocks) and the Claude Code import shell.
 
-Thin shells over `llmbudget.quota.analysis`, `quota.blocks` and `quota.claude_code`.
+Thin shells over `llmbudget.quota.report` (which runs `quota.analysis`, `quota.blocks` and
+`quota.claude_code`) and the Claude Code importer.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -20,43 +19,15 @@ from rich.table import Table
 from ..errors import ValidationError
 from ..events import parse_timestamp, utcnow
 from ..money import format_usd
+from ..quota.report import SECTIONS, analyze_report, collect_warnings
 from . import common
 
 log = logging.getLogger(__name__)
-
-SECTIONS = ("burn_rate", "weekly", "stagger", "rotation", "underspend", "blocks")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     app.command("analyze")(analyze)
-
-
-# ---------------------------------------------------------------------------- helpers
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def collect_warnings(*loggers: str) -> Iterator[list[str]]:
-    """Gather warnings logged by the library (e.g. a corrupted JSONL line) so the CLI can show them."""
-    handler = _Collect()
-    targets = [logging.getLogger(name) for name in loggers]
-    saved = [(lg, lg.propagate) for lg in targets]
-    for lg in targets:
-        lg.addHandler(handler)
-        lg.propagate = False  # shown once, by us, not again by the root handler
-    try:
-        yield handler.messages
-    finally:
-        for lg, prop in saved:
-            lg.removeHandler(handler)
-            lg.propagate = prop
 
 
 def _now(value: str | None) -> datetime:
@@ -170,8 +141,6 @@ def analyze(
 
     With no section flag every section is shown. `--prune` archives and deletes old readings.
     """
-    from ..quota import analysis as an
-    from ..quota import readings_log as rdg
     from ..timeranges import parse_since
 
     common.one_format(json_out, csv_)
@@ -189,59 +158,25 @@ def analyze(
     try:
         zone = _zone(cfg)
         start = parse_since(since, zone=zone, now=now)
-        out: dict[str, Any] = {"now": an._iso(now), "since": an._iso(start), "provider": provider}
-        warnings: list[str] = []
-        if chosen - {"blocks"}:
-            with collect_warnings("llmbudget.quota") as caught:
-                if from_log:
-                    readings = rdg.read_log(since=start, until=now + timedelta(seconds=1))
-                else:
-                    readings = _ledger_readings(ledger, start)
-            warnings.extend(caught)
-            everything = readings
-            readings = an.filter_provider(readings, provider)
-            out["readings"] = len(readings)
-            if provider is not None and not readings:
-                known = sorted({r.backend for r in everything} | {_account_name(p) for p in cfg.providers})
-                warnings.append(
-                    f"no readings of an account or kind named {provider!r} since {an._iso(start)}"
-                    + (f"; accounts: {', '.join(known)}" if known else "")
-                )
-            if "burn_rate" in chosen:
-                out["burn_rate"] = [r.to_dict() for r in an.burn_rates(readings, now=now)]
-            if "weekly" in chosen:
-                out["weekly"] = [r.to_dict() for r in an.weekly(readings)]
-            if "stagger" in chosen:
-                out["stagger"] = [r.to_dict() for r in an.stagger(readings, now=now)]
-            if "rotation" in chosen:
-                accounts = [_account_name(p) for p in cfg.providers]
-                if provider is not None:
-                    accounts = [a for a in accounts if a == provider]
-                out["rotation"] = an.rotation(readings, now=now, accounts=accounts, warn_at=cfg.quota.warn_at)
-            if "underspend" in chosen:
-                out["underspend"] = [r.to_dict() for r in an.underspend(readings, now=now)]
-        if "blocks" in chosen:
-            out["blocks"] = _blocks(ledger, cfg, start, now, logs, warnings)
-            if not logs:
-                out["codex_blocks"] = _codex_blocks(ledger, start, now)
+        prune_before = None
         if prune:
-            days = cfg.quota.retention_days
-            before = (
+            prune_before = (
                 parse_since(older_than, zone=zone, now=now, option="--older-than")
                 if older_than
-                else now - timedelta(days=days)
+                else now - timedelta(days=cfg.quota.retention_days)
             )
-            log_dir = rdg.default_log_dir()
-            res = an.prune_readings(
-                ledger,
-                before=before,
-                log_dir=log_dir,
-                archive_dir=log_dir / "archive",
-                now=now,
-                dry_run=dry_run,
-            )
-            out["prune"] = res.to_dict()
-        out["warnings"] = warnings
+        out = analyze_report(
+            cfg,
+            ledger,
+            sections=chosen,
+            start=start,
+            now=now,
+            provider=provider,
+            from_log=from_log,
+            logs=logs,
+            prune_before=prune_before,
+            dry_run=dry_run,
+        )
     finally:
         ledger.close()
     if json_out:
@@ -264,55 +199,6 @@ def _csv_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
     if "prune" in out:
         rows.append({"section": "prune", **out["prune"]})
     return rows
-
-
-def _account_name(p: Any) -> str:
-    """A configured provider's name (a ProviderConfig, or a plain mapping in older configs)."""
-    return str(p.get("name") if isinstance(p, dict) else p.name)
-
-
-def _ledger_readings(ledger: Any, since: datetime) -> list[Any]:
-    from ..quota.readings import QuotaReading
-
-    out = []
-    for d in ledger.readings(since=since):
-        try:
-            out.append(QuotaReading.from_dict(d))
-        except (ValueError, TypeError) as e:
-            logging.getLogger("llmbudget.quota").warning(
-                "skipping a stored reading backend=%s timestamp=%s error=%s",
-                d.get("backend"),
-                d.get("timestamp"),
-                e,
-            )
-    return out
-
-
-def _blocks(
-    ledger: Any, cfg: Any, start: datetime, now: datetime, logs: list[str] | None, warnings: list[str]
-) -> list[dict[str, Any]]:
-    from ..pricing import PriceBook
-    from ..quota import blocks as bl
-    from ..quota import claude_code as cc
-
-    if logs:
-        with collect_warnings("llmbudget.quota"):  # the scan lists them; printed once, by the CLI
-            events, scan = cc.load_events(logs, PriceBook.from_config(cfg))
-        warnings.extend(scan.warnings)
-        events = [e for e in events if e.timestamp >= start]
-    else:
-        # imported responses and Claude Code's calls through the proxy (one event when both saw it)
-        events = list(ledger.iter_events(since=start, filters={"agent": cc.AGENT}))
-    return [b.to_dict() for b in bl.identify_blocks(events, now=now)]
-
-
-def _codex_blocks(ledger: Any, start: datetime, now: datetime) -> list[dict[str, Any]]:
-    """Codex's calls (imported or through the proxy) in the same 5-hour blocks."""
-    from ..quota import blocks as bl
-    from ..quota import codex
-
-    events = list(ledger.iter_events(since=start, filters={"agent": codex.AGENT}))
-    return [b.to_dict() for b in bl.identify_blocks(events, now=now)]
 
 
 # ---------------------------------------------------------------------------- rendering

@@ -509,7 +509,7 @@ class Proxy:
             if admission.notice:
                 extra.append((b"x-llmbudget-notice", _header_safe(admission.notice)))
             req.reason = message  # the refusal's reason, shown with the event (dashboard: recent refusals)
-            self._record(
+            await self._record_durably(
                 req,
                 req.backend,
                 http_status=admission.status or 429,
@@ -517,7 +517,6 @@ class Proxy:
                 interrupted=False,
                 upstream_reached=False,
             )
-            await self._durable()
             await _send_error(send, req.protocol, admission.status or 429, message, "budget_exceeded", extra)
             return False
         # nothing reserved (no budget applies, pause check only): nothing to settle or release later
@@ -665,8 +664,9 @@ class Proxy:
                 log.warning(
                     "proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path, ctype
                 )
-                event = self._record(req, target, http_status=502, status="error", interrupted=False)
-                await self._durable()
+                event = await self._record_durably(
+                    req, target, http_status=502, status="error", interrupted=False
+                )
                 await _send_error(
                     send,
                     req.protocol,
@@ -775,7 +775,7 @@ class Proxy:
                             # The end marker ([DONE], message_stop) is in this chunk: an SDK stops
                             # reading there, before the body's last byte, so the call is recorded now.
                             recorded = True
-                            event = self._record(
+                            event = await self._record_durably(
                                 req,
                                 target,
                                 http_status=resp.status,
@@ -783,7 +783,6 @@ class Proxy:
                                 interrupted=False,
                                 ttft_ms=ttft,
                             )
-                            await self._durable()
                         await send({"type": "http.response.body", "body": out, "more_body": True})
                     if broken is not None:
                         break
@@ -815,7 +814,7 @@ class Proxy:
             interrupted = not meter.complete and broken is None
             if not recorded:
                 recorded = True
-                event = self._record(
+                event = await self._record_durably(
                     req,
                     target,
                     http_status=resp.status,
@@ -823,7 +822,6 @@ class Proxy:
                     interrupted=interrupted,
                     ttft_ms=ttft,
                 )
-                await self._durable()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:
             if not client_gone:
@@ -918,10 +916,9 @@ class Proxy:
     ) -> None:
         log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
         req.reason = self._unreachable(target, e)
-        event = self._record(
+        event = await self._record_durably(
             req, target, http_status=502, status="error", interrupted=False, upstream_reached=started
         )
-        await self._durable()
         await _send_error(
             send,
             req.protocol,
@@ -1024,6 +1021,33 @@ class Proxy:
             self.services.ledger.record(event)
         except Exception:
             log.exception("proxy_record_failed id=%s", event.id)
+
+    async def _record_durably(
+        self,
+        req: ProxyRequest,
+        target: str,
+        *,
+        http_status: int,
+        status: str | None,
+        interrupted: bool,
+        ttft_ms: float | None = None,
+        upstream_reached: bool = True,
+    ) -> UsageEvent | None:
+        """Record the call's event and wait until its audit line is as durable as configured.
+
+        Called before the answer's last byte goes out, so an answered call survives a kill.
+        """
+        event = self._record(
+            req,
+            target,
+            http_status=http_status,
+            status=status,
+            interrupted=interrupted,
+            ttft_ms=ttft_ms,
+            upstream_reached=upstream_reached,
+        )
+        await self._durable()
+        return event
 
     async def _durable(self) -> None:
         """With `storage.durability: fsync`, wait (without blocking the loop) for the recorded lines' fsync."""

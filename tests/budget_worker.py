@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from llmbudget.budget.store import Charge, PostgresCounters, RedisCounters, SQLiteCounters
+from llmbudget.budget.counters import Charge, PostgresCounters, RedisCounters, SQLiteCounters
 
 
 def main() -> None:

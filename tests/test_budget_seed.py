@@ -96,7 +96,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | No
 
 
 def _cleanup(enf: BudgetEnforcer) -> None:
-    from llmbudget.budget.store import RedisCounters
+    from llmbudget.budget.counters import RedisCounters
 
     if isinstance(enf.store, RedisCounters):
         for k in enf.store._r.scan_iter(match=enf.store.prefix + "*"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmbudget.budget.store import Charge, CounterStore, PostgresCounters, RedisCounters, SQLiteCounters
+from llmbudget.budget.counters import Charge, CounterStore, PostgresCounters, RedisCounters, SQLiteCounters
 
 WORKER = Path(__file__).with_name("budget_worker.py")
 
@@ -187,7 +187,7 @@ def test_unreachable_redis_is_one_clear_error() -> None:
 
 _HOLDER = """
 import sys, time
-from llmbudget.budget.store import Charge, PostgresCounters, RedisCounters, SQLiteCounters
+from llmbudget.budget.counters import Charge, PostgresCounters, RedisCounters, SQLiteCounters
 kind, url, prefix = sys.argv[1:4]
 store = {"sqlite": lambda: SQLiteCounters(url), "postgres": lambda: PostgresCounters(url),
          "redis": lambda: RedisCounters(url, prefix=prefix)}[kind]()
@@ -236,7 +236,7 @@ def test_reservations_of_a_killed_process_are_released_by_its_successor(
 def test_an_owner_on_another_host_is_released_when_its_heartbeat_is_stale(
     store_spec: tuple[str, str, str],
 ) -> None:
-    from llmbudget.budget import store as store_mod
+    from llmbudget.budget import counters as store_mod
 
     key = "daily|*|day:2025-01-03"
     remote, local = _open(store_spec), _open(store_spec)

@@ -28,10 +28,10 @@ def build_enforcer(
     """An enforcer for a Config: counters in Redis (`budgets.redis_url`) or the ledger's database."""
     from ..alerts import Notifier
     from ..config import get_zone
+    from .counters import open_counters
     from .enforcer import BudgetEnforcer
     from .estimate import price_fn_from_book
     from .rules import budgets_from_config
-    from .store import open_counters
 
     b = cfg.budgets
     if b is None:

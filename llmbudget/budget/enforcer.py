@@ -22,11 +22,11 @@ from ..admission import Admission, CallInfo
 from ..alerts import Notice, Notifier
 from ..events import UsageEvent, new_id, utcnow
 from ..money import format_usd, from_nano, to_nano
+from .counters import Charge, CounterStore, LeaseResult, Reconciled, Refusal, Spend
 from .estimate import PriceFn, max_output_tokens
 from .lease import LeaseBook
 from .rules import Budget
 from .seed import SeedSpec, spec_for
-from .store import Charge, CounterStore, LeaseResult, Reconciled, Refusal, Spend
 from .windows import Window, format_reset
 
 log = logging.getLogger("llmbudget.budget")

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from .counters import CounterStore
 from .rules import SCOPE_FIELD, Budget
 from .status import BudgetStatus, _literal, _spec_of
-from .store import CounterStore
 from .windows import Window, window_for
 
 

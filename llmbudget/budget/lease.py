@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .store import Charge, CounterStore, LeaseResult, Refusal, Spend
+from .counters import Charge, CounterStore, LeaseResult, Refusal, Spend
 
 log = logging.getLogger("llmbudget.budget")
 

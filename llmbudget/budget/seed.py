@@ -160,7 +160,7 @@ def has_ledger_tables(execute: Any, *, postgres: bool = False) -> bool:
     return int(rows[0][0]) == 2
 
 
-#: pending settlements of one counter, split by what the ledger already holds (see `budget.store`)
+#: pending settlements of one counter, split by what the ledger already holds (see `budget.counters`)
 PENDING_SUMS_SQL = (
     "SELECT COALESCE(SUM(CASE WHEN e.id IS NULL THEN p.amount ELSE 0 END), 0) AS un, "
     "COALESCE(SUM(CASE WHEN e.id IS NULL OR e.cost_nano IS NULL THEN p.kept ELSE 0 END), 0) AS kept "

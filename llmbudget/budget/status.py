@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 from ..events import utcnow
 from ..money import from_nano
 from ..store.buckets import to_us
+from .counters import CounterStore, Reconciled
 from .rules import Budget
 from .seed import SCOPE_COLUMN, SeedSpec, spec_for
-from .store import CounterStore, Reconciled
 from .windows import Window, format_reset, window_for
 
 

@@ -243,7 +243,7 @@ CREATE TABLE state (
 
 # ---- append new migrations below this line (see the module docstring) ----
 
-# budgets (llmbudget.budget.store): counters per (budget, scope value, window), reservations in
+# budgets (llmbudget.budget.counters): counters per (budget, scope value, window), reservations in
 # flight, and one-time claims (alert de-duplication). IF NOT EXISTS: the counter store also
 # creates them when it opens a database the ledger has not migrated yet.
 migration(
@@ -328,7 +328,7 @@ CREATE INDEX events_key_ts ON events (key, ts_us) WHERE key IS NOT NULL;
 """,
 )
 
-# budget counters follow the ledger (llmbudget.budget.store.reconcile): settlements the ledger does
+# budget counters follow the ledger (llmbudget.budget.counters: reconcile): settlements the ledger does
 # not hold yet, by event id. IF NOT EXISTS: the counter store creates it too.
 migration(
     "0010_budget_pending",

@@ -31,6 +31,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..store.buckets import merge_ranges, plan, to_us
+from ..store.dialect import pg_sql
 
 log = logging.getLogger("llmbudget.budget")
 
@@ -215,7 +216,7 @@ class LedgerSeeder:
                 )
                 self._conn = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
         if self._pg:
-            return list(self._conn.execute(sql.replace("?", "%s"), params).fetchall())
+            return list(self._conn.execute(pg_sql(sql), params).fetchall())
         return list(self._conn.execute(sql, params).fetchall())
 
     def _ledger(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import data_dir, mask_url
 from ..errors import DatabaseMissing, DatabaseUnreachable, StorageError
+from .dialect import pg_sql
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
 _PG_TYPES = {
@@ -37,15 +38,6 @@ _INSERT = (
     + ", ".join(f"%s::{_PG_TYPES.get(c, 'text')}[]" for c in EVENT_COLUMNS)
     + ") ON CONFLICT (id) DO NOTHING RETURNING id"
 )
-_QMARK = re.compile(r"\?")
-_sql_cache: dict[str, str] = {}
-
-
-def _pg_sql(sql: str) -> str:
-    out = _sql_cache.get(sql)
-    if out is None:
-        out = _sql_cache[sql] = _QMARK.sub("%s", sql)
-    return out
 
 
 def _conninfo(url: str) -> dict[str, Any]:
@@ -138,13 +130,13 @@ class _PGDB:
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cur = self.conn.execute(_pg_sql(sql), params or None)
+        cur = self.conn.execute(pg_sql(sql), params or None)
         return cur.fetchall() if cur.description else []
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany(_pg_sql(sql), rows)
+                cur.executemany(pg_sql(sql), rows)
 
 
 class PostgresLedger(SQLLedger):

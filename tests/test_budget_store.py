@@ -253,3 +253,46 @@ def test_an_owner_on_another_host_is_released_when_its_heartbeat_is_stale(
     finally:
         remote.close()
         _cleanup(local, store_spec)
+
+
+def test_a_lease_step_spends_gives_back_and_grows_in_one_atomic_step(
+    store_spec: tuple[str, str, str],
+) -> None:
+    """The same lease steps give the same answers on SQLite, PostgreSQL and Redis."""
+    from llmbudget.budget.counters import Spend
+    from llmbudget.budget.seed import SeedSpec
+
+    store = _open(store_spec)
+    key, team = "daily|*|day:2025-02-01", "team|a|day:2025-02-01"
+    rid = store.reservation_id("lease")
+    try:
+        first = store.lease(
+            rid,
+            grow=[Charge("daily", key, (key,), 100, 60), Charge("team", team, (team,), None, 60)],
+            calls={key: 2},
+        )
+        assert first.refusal is None and first.held == {key: 60, team: 60}
+        assert first.totals[key] == (0, 60)
+        assert store.inflight([key]) == 2  # the lease says how many calls it covers
+        # 25 spent (the ledger will show 20 of it), 10 given back, then 50 more asked: 25 + 35 + 50 > 100
+        second = store.lease(
+            rid,
+            spends=[Spend("e1", key, 25, 20)],
+            give_back={team: 10},
+            grow=[Charge("daily", key, (key,), 100, 50)],
+        )
+        assert second.refusal is not None
+        assert (second.refusal.spent, second.refusal.reserved, second.refusal.limit) == (25, 35, 100)
+        assert second.held == {key: 35, team: 50} and second.totals[key] == (25, 35)
+        assert not second.ledgered
+        third = store.lease(rid, grow=[Charge("daily", key, (key,), 100, 40)])  # exactly to the limit
+        assert third.refusal is None and third.held[key] == 75 and third.totals[key] == (25, 75)
+        last = store.lease(rid, give_back={key: 75, team: 50}, calls={key: 0})
+        assert last.held == {key: 0, team: 0}
+        assert store.totals([key, team]) == {key: (25, 0), team: (0, 0)}
+        assert store.inflight([key]) == 0
+        # the spend is pending until its event reaches the ledger: 20 the ledger will show, 5 kept beside
+        rec = store.reconcile({key: SeedSpec("usd", 0, 1)})[key]
+        assert (rec.before, rec.after, rec.ledger, rec.unledgered, rec.kept) == (25, 25, 0, 20, 5)
+    finally:
+        _cleanup(store, store_spec)

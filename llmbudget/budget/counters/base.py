@@ -349,7 +349,7 @@ def _guard_all(cls: Any) -> Any:
         "claim_once",
         "sweep",
     ):
-        setattr(cls, name, _guard(cls.__dict__[name]))
+        setattr(cls, name, _guard(getattr(cls, name)))
     return cls
 
 

@@ -194,10 +194,13 @@ class UsageEvent:
             raise ValidationError("model", "must be a string")
         for name in TEXT_FIELDS:
             v = getattr(self, name)
-            if v is not None:
+            # the usual value (short ASCII text without NUL) passes with four cheap checks
+            if v is not None and (type(v) is not str or len(v) > MAX_TEXT or not v.isascii() or "\x00" in v):
                 _check_text(name, v)
         for name in TOKEN_FIELDS:
             v = getattr(self, name)
+            if type(v) is int and 0 <= v <= MAX_TOKENS:
+                continue
             if type(v) is not int and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValidationError(name, f"must be an integer, got {v!r}")
             if v < 0:

@@ -726,6 +726,17 @@ class BudgetGate:
             async with self._freed:
                 self._freed.notify(n)
 
+    def clear_without_budgets(self, agent: str | None) -> bool:
+        """True when a call may go without asking `admit`: no budget is configured and its agent
+        (if any) is not paused by the fresh pause list. The proxy's hot path, with no CallInfo built."""
+        enf = self.enforcer
+        if enf.budgets:
+            return False
+        if not agent:
+            return True
+        pauses = enf.cached_pauses()
+        return pauses is not None and agent not in pauses
+
     async def admit(self, call: CallInfo) -> Admission:
         enf = self.enforcer
         if not enf.budgets:  # pauses only: no thread hop while the pause list is fresh

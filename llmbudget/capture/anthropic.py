@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..pricing import normalize
 from .base import BadRequest, CallMeter, data_lines, output_limit, parse_json_body
 
 
@@ -44,8 +45,6 @@ class AnthropicMeter(CallMeter):
     def usage(self) -> Any:
         if self.raw_usage is None:
             return None
-        from ..pricing import normalize
-
         return normalize.anthropic_usage(self.raw_usage)
 
 

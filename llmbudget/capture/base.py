@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 #: request keys whose string values are not text the model reads (ids, enums, base64 payloads)
 _SKIP_KEYS = frozenset(
     {
@@ -78,12 +80,24 @@ def estimate_tokens_from_json(data: Any) -> int:
     return math.ceil(chars / 4) + _PER_ITEM * max(items - 1, 0)
 
 
+def loads(data: bytes | str) -> Any:
+    """`json.loads`, through orjson when it can (several times faster on the proxy's path).
+
+    What orjson refuses but `json` reads (NaN, integers beyond 64 bits, lone surrogates, UTF-16
+    bodies) goes to `json.loads`, so what parses and what is refused is exactly `json`'s.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def parse_json_body(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or BadRequest saying what is wrong."""
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     except RecursionError:
@@ -212,7 +226,7 @@ class CallMeter:
     def read_body(self, body: bytes) -> None:
         """Read a whole (non-streamed) answer body (hook)."""
         try:
-            data = json.loads(body)
+            data = loads(body)
         except (ValueError, RecursionError):
             return
         if isinstance(data, dict):
@@ -237,7 +251,7 @@ def data_lines(block: bytes, marker: bytes) -> list[dict[str, Any]]:
     for line in block.split(b"\n"):
         if marker in line and line.startswith(b"data:"):
             try:
-                obj = json.loads(line[5:])
+                obj = loads(line[5:])
             except (ValueError, RecursionError):
                 continue  # garbage from upstream: pass it on, meter what parses
             if isinstance(obj, dict):

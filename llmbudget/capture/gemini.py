@@ -12,6 +12,7 @@ from .base import (
     CallMeter,
     choice_count,
     data_lines,
+    loads,
     output_limit,
     parse_json_body,
 )
@@ -96,7 +97,7 @@ class GeminiMeter(CallMeter):
 
     def read_body(self, body: bytes) -> None:
         try:
-            data = json.loads(body)
+            data = loads(body)
         except (ValueError, RecursionError):
             return
         items = data if isinstance(data, list) else [data]  # streamGenerateContent without alt=sse, buffered

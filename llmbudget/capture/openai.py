@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from ..pricing import normalize
 from .base import (
+    _TEXT_RE,
+    BadRequest,
     CallMeter,
     choice_count,
     data_lines,
     dump_json_body,
     first_model,
+    loads,
     output_limit,
     parse_json_body,
 )
@@ -21,8 +24,6 @@ _EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 def _normalize(endpoint: str, raw: dict[str, Any]) -> Any:
-    from ..pricing import normalize
-
     if endpoint == "responses":
         return normalize.openai_responses_usage(raw)
     if endpoint == "embeddings":
@@ -143,8 +144,6 @@ class ResponsesMeter(OpenAIMeter):
 
 
 def _text_chars(block: bytes) -> int:
-    from .base import _TEXT_RE
-
     return sum(len(m) for m in _TEXT_RE.findall(block))
 
 
@@ -162,7 +161,7 @@ def _drop_usage_only_events(block: bytes) -> bytes:
             text = part.strip()
             if text.startswith(b"data:"):
                 try:
-                    obj = json.loads(text[5:])
+                    obj = loads(text[5:])
                 except (ValueError, RecursionError):
                     obj = None
                 if isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict):
@@ -193,8 +192,6 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     endpoint = endpoint_for(path)
     if endpoint is None:
         return None
-    from .base import BadRequest
-
     req = parse_json_body(body)
     model = req.get("model")
     if not isinstance(model, str) or not model:

@@ -309,8 +309,12 @@ class Proxy:
             await self.passthrough(req, name, send)
             return
         gate = self.services.gate
-        if gate is not None and not await self._admit(gate, req, send):
-            return
+        if gate is not None:
+            clear = getattr(gate, "clear_without_budgets", None)
+            if (clear is None or not clear(attribution.get("agent"))) and not await self._admit(
+                gate, req, send
+            ):
+                return
         target = req.admission.fallback_backend if req.admission and req.admission.fallback_backend else name
         await self.dispatch(req, target, send, receive)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..events import MAX_COST_USD, MAX_TEXT, MAX_TOKENS, TOKEN_FIELDS, UsageEvent, utcnow
+from ..pricing import provider_for
 from ..pricing.normalize import ZERO_USAGE, TokenUsage
 from .base import CallMeter
 
@@ -25,8 +26,6 @@ def guess_provider(model: str, base_url: str | None, kind: str) -> str:
     $0; otherwise the provider is guessed from the protocol and model, and an unknown model stays
     `unpriced`.
     """
-    from ..pricing import provider_for
-
     provider = str(provider_for(model, base_url, kind))
     if provider == "local":
         provider = str(provider_for(model, None, kind))

@@ -67,7 +67,7 @@ def _int(value: Any) -> int:
 def _get(obj: Any, *path: str) -> Any:
     """Walk nested mappings; None when any step is missing or not a mapping."""
     for key in path:
-        if not isinstance(obj, Mapping):
+        if type(obj) is not dict and not isinstance(obj, Mapping):  # dict first: the parsed-JSON case
             return None
         obj = obj.get(key)
     return obj
@@ -301,7 +301,7 @@ def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None
 
 def _modalities(details: Any, direction: str, into: dict[str, Any]) -> None:
     """OpenAI `*_tokens_details` audio and image counts into `into` as `{direction}_{audio,image}_tokens`."""
-    if isinstance(details, Mapping):
+    if type(details) is dict or isinstance(details, Mapping):
         audio, image = details.get("audio_tokens"), details.get("image_tokens")
         if audio:
             into[f"{direction}_audio_tokens"] = audio

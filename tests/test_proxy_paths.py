@@ -58,6 +58,27 @@ def _refused_forms(ep: str) -> list[str]:
         f"/%2e%2e/%2e%2e{ep}",
         f"{head}/{last}%0d%0aX-Injected:%201",
         f"{head}/{last}%ff",
+        # a path parameter, which servers that strip `;...` read as the endpoint itself
+        ep + ";x",
+        ep + ";",
+        f"{head};v=1/{last}",
+        ep + "%3B",
+        ep + "%3bx",
+        # encoded twice: a server (or a proxy in front of it) that decodes again sees `..` or `/`
+        f"{head}/x/%252e%252e/{last}",
+        f"{head}%252F{last}",
+        f"{head}/{last}%2500",
+        # white space a lenient server trims, and controls (NUL, C1)
+        ep + "%20",
+        ep + "%20%20",
+        f"{head}/%20{last}",
+        ep + "%C2%A0",
+        ep + "%00",
+        f"{head}/{last}%00x",
+        ep + "%C2%85",
+        # look-alikes that a server folding compatibility forms reads as `/` or `..`
+        f"{head}%EF%BC%8F{last}",
+        f"{head}/x/%EF%BC%8E%EF%BC%8E/{last}",
     ]
 
 
@@ -163,6 +184,9 @@ def test_unusual_but_single_meaning_characters_are_forwarded_encoded(
         (b"/openai", "openai", "/", "/"),
         (b"/g/v1beta/models/m%3AgenerateContent", "g", "/v1beta/models/m:generateContent", None),
         (b"/o/a%20b/%C3%A9", "o", "/a b/\u00e9", "/a%20b/%C3%A9"),
+        (b"/o//a//b//", "o", "/a/b//", None),
+        (b"/o/a%25b", "o", "/a%b", "/a%25b"),
+        (b"/o/%EF%BD%81", "o", "/\uff41", "/%EF%BD%81"),
     ],
 )
 def test_read_path(raw: bytes, backend: str, rest: str, forward: str | None) -> None:
@@ -171,10 +195,42 @@ def test_read_path(raw: bytes, backend: str, rest: str, forward: str | None) -> 
     assert p.forward == (forward or rest)
 
 
-@pytest.mark.parametrize("raw", [b"/o/a%2Fb", b"/o/..", b"/o/%2e", b"/o/a%5cb", b"/o/%00", b"x", b"/o/%C3"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/o/a%2Fb",
+        b"/o/..",
+        b"/o/%2e",
+        b"/o/a%5cb",
+        b"/o/%00",
+        b"x",
+        b"/o/%C3",
+        b"/o/a;b",
+        b"/o/a%3Bb",
+        b"/o/%252e%252e",
+        b"/o/a%20",
+        b"/o/%E2%80%83a",
+        b"/o/%EF%BC%8F",
+    ],
+)
 def test_read_path_refuses(raw: bytes) -> None:
     with pytest.raises(PathRefused):
         read_path(raw)
+
+
+@pytest.mark.parametrize("protocol", sorted(CASES))
+def test_empty_segments_inside_the_path_are_merged_before_matching_and_forwarding(
+    protocol: str, proxy: RunningProxy, fake: FakeUpstream
+) -> None:
+    """`a//b` is `a/b` to most servers (nginx merges them): matched and forwarded as `a/b`, so metered."""
+    prefix, ep, body = CASES[protocol]
+    head, _, last = ep.rpartition("/")
+    for form in (f"/{ep}", f"{head}//{last}", ep.replace("/", "//")):
+        before = len(proxy.events(backend=prefix))
+        status, answer = send_raw(proxy.url, f"/{prefix}{form}", body)
+        assert status == 200, (form, answer)
+        assert fake.requests[-1]["raw_path"] == "/base" + ep, form
+        assert len(proxy.wait_events(before + 1, backend=prefix)) == before + 1, f"{form} went unmetered"
 
 
 @pytest.mark.parametrize("protocol", sorted(CASES))

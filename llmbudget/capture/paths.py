@@ -4,23 +4,36 @@ A client's path reaches the proxy percent-encoded (ASGI `raw_path`). Decoding it
 and forwarding the raw form would let the two disagree: `/v1/chat/completions%3F` is not the chat
 endpoint to a matcher that sees `.../completions?`, yet an upstream that decodes it serves chat,
 unmetered. So the path is split on its literal slashes, each segment decoded once, and a segment
-that would change the path's shape after decoding is refused: an encoded `/`, `\\`, `?` or `#`, a
-dot segment (`.`, `..`, `%2e%2e`), a control character, bytes that are not UTF-8. What is left is
-matched on the decoded segments and forwarded re-encoded from them, the same segments, so nothing
-can climb out of a backend's `base_url` path or split into another endpoint on the way.
+that another server could read differently is refused: an encoded `/`, `\\`, `?` or `#`, a `;`
+(a path parameter, which some servers strip), a dot segment (`.`, `..`, `%2e%2e`), a `%XX` left
+after decoding (`%252e`: encoded twice), leading or trailing white space (`completions%20`), a
+control character, bytes that are not UTF-8, and characters whose compatibility form is one of
+these (a full-width `／` or `．．`). Empty segments inside the path (`/v1//chat`) are dropped,
+as most servers merge them; trailing ones are kept. What is left is matched on the decoded
+segments and forwarded re-encoded from them, the same segments, so nothing can climb out of a
+backend's `base_url` path or split into another endpoint on the way.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes
 
-#: characters a path segment may carry unencoded (RFC 3986 `pchar` minus `%`)
-_SAFE = "-._~!$&'()*+,;=:@"
+#: characters a path segment may carry unencoded (RFC 3986 `pchar` minus `%` and `;`)
+_SAFE = "-._~!$&'()*+,=:@"
 #: a path made of these characters only needs no decoding (and no encoding) at all
-_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
-_FORBIDDEN = {"/": "an encoded '/'", "\\": "a '\\'", "?": "an encoded '?'", "#": "an encoded '#'"}
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+_FORBIDDEN = {
+    "/": "an encoded '/'",
+    "\\": "a '\\'",
+    "?": "an encoded '?'",
+    "#": "an encoded '#'",
+    ";": "a ';' (a path parameter, which some servers drop)",
+}
+_TWICE = re.compile(r"%[0-9A-Fa-f]{2}")
+_DOTS = "the path has a dot segment ('.' or '..'); send the resolved path"
 
 
 class PathRefused(ValueError):
@@ -38,19 +51,42 @@ class ProxyPath:
     forward: str
 
 
+def _check(text: str) -> None:
+    for ch, what in _FORBIDDEN.items():
+        if ch in text:
+            raise PathRefused(f"the path has {what} inside a segment; send the path without it")
+    if text in (".", ".."):
+        raise PathRefused(_DOTS)
+
+
 def _segment(raw: str) -> str:
     try:
         text = unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
         raise PathRefused("the path is not UTF-8 once percent-decoded") from None
-    for ch, what in _FORBIDDEN.items():
-        if ch in text:
-            raise PathRefused(f"the path has {what} inside a segment; send it unencoded or not at all")
-    if text in (".", ".."):
-        raise PathRefused("the path has a dot segment ('.' or '..'); send the resolved path")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    _check(text)
+    if "%" in text and _TWICE.search(text):
+        raise PathRefused("the path is percent-encoded twice ('%25' before hex digits); encode it once")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text):
         raise PathRefused("the path has a control character")
+    if text != text.strip():
+        raise PathRefused("a path segment starts or ends with white space")
+    if not text.isascii():
+        folded = unicodedata.normalize("NFKC", text)
+        if folded != text:
+            try:  # a full-width '／' or '．．' is a '/' or '..' to a server that folds compatibility forms
+                _check(folded)
+            except PathRefused as e:
+                raise PathRefused(f"{e} (written with look-alike characters)") from None
     return text
+
+
+def _merged(segments: list[str]) -> list[str]:
+    """Drop empty segments before a non-empty one (`a//b` is `a/b`); keep trailing ones (`b/`, `b//`)."""
+    last = len(segments)
+    while last > 0 and segments[last - 1] == "":
+        last -= 1
+    return [s for s in segments[:last] if s] + segments[last:]
 
 
 def read_path(raw_path: bytes | str) -> ProxyPath:
@@ -58,18 +94,19 @@ def read_path(raw_path: bytes | str) -> ProxyPath:
     raw = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else raw_path
     if not raw.startswith("/"):
         raise PathRefused("the path must start with '/'")
-    if _PLAIN.fullmatch(raw):  # nothing encoded (what SDKs send): only dot segments to look for
+    if _PLAIN.fullmatch(raw) and "//" not in raw:  # nothing encoded (what SDKs send)
         if "." in raw:
             for segment in raw.split("/"):
                 if segment in (".", ".."):
-                    raise PathRefused("the path has a dot segment ('.' or '..'); send the resolved path")
+                    raise PathRefused(_DOTS)
         name, _, tail = raw[1:].partition("/")
         return ProxyPath(backend=name, rest="/" + tail, forward="/" + tail)
     segments = [_segment(s) for s in raw[1:].split("/")]
+    rest = _merged(segments[1:])
     return ProxyPath(
         backend=segments[0],
-        rest="/" + "/".join(segments[1:]),
-        forward="/" + "/".join(quote(s, safe=_SAFE) for s in segments[1:]),
+        rest="/" + "/".join(rest),
+        forward="/" + "/".join(quote(s, safe=_SAFE) for s in rest),
     )
 
 

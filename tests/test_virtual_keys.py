@@ -24,7 +24,7 @@ from fakes.upstream import FakeUpstream
 from llmbudget.access import AccessPolicy
 from llmbudget.cli import main
 from llmbudget.config import Config
-from llmbudget.errors import ValidationError
+from llmbudget.errors import NotFound, ValidationError
 from llmbudget.events import UsageEvent
 from llmbudget.keys import PREFIX, KeyRing, hash_secret, make_key, parse_expires
 from llmbudget.store import open_ledger
@@ -183,7 +183,7 @@ def test_key_store_on_postgresql_and_sqlite(ledger_url: str, capsys: pytest.Capt
         again, _ = make_key("pg-key")
         store.add(again)  # a revoked name can be used again
         assert [k.state() for k in store.list()] == ["active"]
-        with pytest.raises(ValidationError, match="no key named 'nope'"):
+        with pytest.raises(NotFound, match="no key named 'nope'"):
             store.revoke("nope")
         # events carry the key's name, stored and filtered in both back-ends
         ledger.record_many([UsageEvent(backend="openai", model="m", key="pg-key"), UsageEvent("openai", "m")])
@@ -293,7 +293,9 @@ def test_keys_over_the_api(tmp_path: Path) -> None:
             r = c.post("/api/keys/k/revoke", json={}, headers=auth)
             assert r.json()["state"] == "revoked" and r.json()["changed"] is True
             r = c.post("/api/keys/ghost/revoke", json={}, headers=auth)
-            assert r.status_code == 400 and r.json()["error"]["field"] == "name"
+            assert r.status_code == 404, r.text
+            assert r.json()["error"]["code"] == "not_found" and r.json()["error"]["status"] == 404
+            assert "no key named 'ghost'; keys: k" in r.json()["error"]["message"]
     finally:
         services.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..errors import LLMBudgetError, ValidationError
+from ..errors import LLMBudgetError, NotFound, ValidationError
 from ..keys import VirtualKey
 
 _COLS = "name, key_hash, hint, agent, team, user_name, backends, created_us, expires_us, revoked_us"
@@ -76,14 +76,14 @@ class KeyStore:
         return [_row_to_key(r) for r in rows]
 
     def revoke(self, name: str) -> tuple[VirtualKey, bool]:
-        """Revoke the key named `name`; (key, changed). An unknown name is an error naming the known ones."""
+        """Revoke the key named `name`; (key, changed). An unknown name is NotFound, naming the known ones."""
         now_us = time.time_ns() // 1000
         with self.ledger._tx() as db:
             rows = db.execute(f"SELECT {_COLS} FROM virtual_keys WHERE name = ?", (name,))
             if not rows:
                 names = [r[0] for r in db.execute("SELECT name FROM virtual_keys ORDER BY name")]
                 known = ", ".join(names[:20]) or "(none)"
-                raise ValidationError("NAME", f"no key named {name!r}; keys: {known}")
+                raise NotFound(f"no key named {name!r}; keys: {known}")
             key = _row_to_key(rows[0])
             if key.revoked_us is not None:
                 return key, False

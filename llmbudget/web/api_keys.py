@@ -99,10 +99,7 @@ def routes(services: Services) -> list[BaseRoute]:
     async def revoke_key(request: Request) -> JSONResponse:
         query_params(request, ())
         name = request.path_params["name"]
-        try:
-            key, changed = await run_in_threadpool(store().revoke, name)
-        except ValidationError as e:
-            raise _renamed(e, "name") from None
+        key, changed = await run_in_threadpool(store().revoke, name)  # NotFound: a 404
         return JSONResponse({**key.to_dict(), "changed": changed})
 
     return [

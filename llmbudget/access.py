@@ -3,6 +3,8 @@
 `AccessGuard` is pure ASGI middleware around the whole app (no BaseHTTPMiddleware: it costs
 twice the CPU per request). What it enforces, in this order:
 
+0. **Header size.** A request whose header names and values total more than `MAX_HEADER_BYTES`
+   is a 431 before anything else reads them (uvicorn's httptools parser sets no bound of its own).
 1. **Host.** A request whose `Host` is not one the server answers to (loopback names, the bind
    address, any IP literal when bound to a wildcard address, `server.allowed_hosts`) is a 421,
    so a DNS-rebinding page cannot reach the API or spend through the proxy. `/healthz` is exempt.
@@ -11,6 +13,8 @@ twice the CPU per request). What it enforces, in this order:
    needs `Authorization: Bearer <token>` or the cookie set by `POST /login`, whatever the
    client's address (a reverse proxy connects from localhost). The cookie holds an HMAC of the
    token, never the token itself.
+   The login form counts attempts per client address (an IPv6 client by its /64): after
+   `LOGIN_ATTEMPTS` failed ones within `LOGIN_WINDOW_S` it answers 429 with `Retry-After`.
 3. **No cross-site actions.** POST/PUT/PATCH/DELETE under `/api` carry no `Origin` other than
    the server's own (403) and, but for a bodiless DELETE, are `application/json` (415), on loopback too:
    an HTML form or a `text/plain` fetch from another site can do neither.
@@ -22,17 +26,22 @@ endpoints) live in `capture/proxy.py` and read `AccessPolicy.relay_open`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import html
 import ipaddress
+import json
+import math
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from .capture.errors import error_bytes, guess_protocol
+from .capture.errors import error_bytes, error_payload, guess_protocol
 from .errors import ConfigError
 from .origin import origin_authority
 from .web.errors import error_body
@@ -48,6 +57,14 @@ _COOKIE_LABEL = b"llmbudget admin cookie v1"
 _STATE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _LOGIN_MAX_BODY = 16 * 1024
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+#: failed logins one client address may make within LOGIN_WINDOW_S before /login answers 429
+LOGIN_ATTEMPTS = 10
+LOGIN_WINDOW_S = 60.0
+#: client addresses the login limiter remembers at most (the least recent are forgotten first)
+_LOGIN_CLIENTS = 4096
+#: the most header bytes (names and values, summed) a request may carry; more is a 431
+MAX_HEADER_BYTES = 64 * 1024
+_TOO_MANY_HEADERS = f"the request's headers total more than {MAX_HEADER_BYTES // 1024} KiB"
 
 
 def is_loopback(host: str) -> bool:
@@ -177,14 +194,84 @@ def check_server_access(host: str, admin_token_env: str | None) -> None:
         )
 
 
+class LoginLimiter:
+    """Failed login attempts per client address in a sliding window (one process's memory).
+
+    An attempt counts as failed from the moment it is made and is taken back when the token was
+    right, so a burst of concurrent guesses is bounded too.
+    """
+
+    def __init__(
+        self,
+        attempts: int = LOGIN_ATTEMPTS,
+        window_s: float = LOGIN_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.attempts = attempts
+        self.window_s = window_s
+        self.clock = clock
+        self._failed: dict[str, deque[float]] = {}
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until `client` may try again; 0 when it may now."""
+        times = self._failed.get(client)
+        if times is None:
+            return 0.0
+        now = self.clock()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failed[client]
+            return 0.0
+        return times[0] + self.window_s - now if len(times) >= self.attempts else 0.0
+
+    def attempt(self, client: str) -> float:
+        """Count one attempt (as failed until `succeeded`); returns the time it was counted at."""
+        now = self.clock()
+        times = self._failed.get(client)
+        if times is None:
+            if len(self._failed) >= _LOGIN_CLIENTS:
+                self._forget(now)
+            times = self._failed[client] = deque()
+        times.append(now)
+        return now
+
+    def succeeded(self, client: str, at: float) -> None:
+        """The attempt counted at `at` had the right token: it is not a failure."""
+        times = self._failed.get(client)
+        if times is not None:
+            with contextlib.suppress(ValueError):
+                times.remove(at)
+
+    def _forget(self, now: float) -> None:
+        for name in [c for c, t in self._failed.items() if not t or t[-1] <= now - self.window_s]:
+            del self._failed[name]
+        while len(self._failed) >= _LOGIN_CLIENTS:
+            del self._failed[next(iter(self._failed))]
+
+
+def client_address(scope: Scope) -> str:
+    """Who is asking, for the login limiter: the peer's address (an IPv6 one by its /64 network)."""
+    client = scope.get("client")
+    host = str(client[0]) if client else ""
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
+        except ValueError:
+            return host
+    return host
+
+
 class AccessGuard:
     """Pure ASGI middleware enforcing `AccessPolicy` in front of the proxy and the web app."""
 
-    def __init__(self, app: ASGIApp, policy: AccessPolicy, backends: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, policy: AccessPolicy, backends: Mapping[str, str]) -> None:
         self.app = app
         self.policy = policy
-        self.backends = backends
+        #: backend name -> its wire protocol (`kind`)
+        self.backends = dict(backends)
         self._cookie = ("=" + policy.cookie_value()) if policy.token is not None else None
+        self.logins = LoginLimiter()
         #: raw Host header -> allowed, so the proxy's hot path pays a dict lookup
         self._hosts: dict[bytes, bool] = {}
 
@@ -207,23 +294,29 @@ class AccessGuard:
         path: str = scope["path"]
         first = path[1:].partition("/")[0]
         if first in self.backends:
-            # the proxy's hot path: only the Host is checked here (usually the first header)
+            # the proxy's hot path: one pass that sums the headers' size and finds the Host
+            size = 0
+            raw_host = None
             for k, v in scope["headers"]:
-                if k == b"host":
-                    ok = self._hosts.get(v)
-                    if ok is None:
-                        ok = self._host_ok(v)
-                    if ok:
-                        await self.app(scope, receive, send)
-                        return
-                    break
+                size += len(k) + len(v)
+                if k == b"host" and raw_host is None:
+                    raw_host = v
+            if size > MAX_HEADER_BYTES:
+                await self._too_large(scope, send, first)
+                return
+            if raw_host is not None:
+                ok = self._hosts.get(raw_host)
+                if ok is None:
+                    ok = self._host_ok(raw_host)
+                if ok:
+                    await self.app(scope, receive, send)
+                    return
             await self._refuse_host(scope, send, proxy=True)
             return
-        if path == "/healthz":
-            await self.app(scope, receive, send)
-            return
+        size = 0
         host = origin = auth = cookie = ctype = fetch_site = ""
         for k, v in scope["headers"]:
+            size += len(k) + len(v)
             if k == b"host":
                 host = v.decode("latin-1")
             elif k == b"origin":
@@ -236,6 +329,12 @@ class AccessGuard:
                 ctype = v.decode("latin-1")
             elif k == b"sec-fetch-site":
                 fetch_site = v.decode("latin-1").lower()
+        if size > MAX_HEADER_BYTES:
+            await self._too_large(scope, send, None)
+            return
+        if path == "/healthz":
+            await self.app(scope, receive, send)
+            return
         if not self.policy.host_allowed(host_name(host)):
             await self._refuse_host(scope, send, proxy=False)
             return
@@ -309,6 +408,23 @@ class AccessGuard:
         else:
             await _json_error(send, 421, message, "misdirected_request")
 
+    async def _too_large(self, scope: Scope, send: Send, backend: str | None) -> None:
+        if scope["type"] == "websocket":
+            await _ws_refuse(send)
+        elif backend is not None:
+            protocol = self.backends.get(backend) or guess_protocol(scope["path"])
+            payload = error_payload(protocol, 431, _TOO_MANY_HEADERS, "request_header_fields_too_large")
+            if protocol == "gemini":
+                payload["error"]["status"] = (
+                    "INVALID_ARGUMENT"  # Google's status for a request it will not read
+                )
+            body = json.dumps(payload).encode()
+            await _send(send, 431, body, b"application/json", [(b"connection", b"close")])
+        else:
+            await _json_error(
+                send, 431, _TOO_MANY_HEADERS, "request_header_fields_too_large", [(b"connection", b"close")]
+            )
+
     async def _unauthorized(self, scope: Scope, send: Send, first: str) -> None:
         if first not in ("api", "metrics") and scope.get("method") in ("GET", "HEAD"):
             qs = scope.get("query_string", b"")
@@ -350,6 +466,16 @@ class AccessGuard:
         if cross_site:
             await _json_error(send, 403, "cross-site login refused", "cross_site")
             return
+        client = client_address(scope)
+        wait = self.logins.retry_after(client)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            page = _login_page(nxt, f"Too many failed logins from your address; try again in {seconds} s.")
+            await _send(
+                send, 429, page, b"text/html; charset=utf-8", [(b"retry-after", str(seconds).encode())]
+            )
+            return
+        at = self.logins.attempt(client)
         body = await _read_bounded(receive, _LOGIN_MAX_BODY)
         if body is None:
             await _json_error(send, 413, "the login form is at most 16 KB", "too_large")
@@ -361,6 +487,7 @@ class AccessGuard:
             await asyncio.sleep(0.3)  # slows guessing down; the comparison itself is constant-time
             await _send(send, 401, _login_page(nxt, "Wrong token."), b"text/html; charset=utf-8")
             return
+        self.logins.succeeded(client, at)
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = f"{COOKIE_NAME}={self.policy.cookie_value()}; Path=/; HttpOnly; SameSite=Strict{secure}"
         await _redirect(send, nxt, [(b"set-cookie", cookie.encode())])
@@ -429,8 +556,6 @@ async def _redirect(send: Send, location: str, extra: list[tuple[bytes, bytes]] 
 async def _json_error(
     send: Send, status: int, message: str, code: str, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    import json
-
     body = json.dumps(error_body(status, message, code=code)).encode()
     await _send(send, status, body, b"application/json", extra)
 

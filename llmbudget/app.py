@@ -118,7 +118,11 @@ def build_app(services: Services) -> Any:
     )
 
     install_error_handlers(web)
-    return AccessGuard(LLMBudgetApp(services, web, proxy), policy, frozenset(services.config.backends))
+    return AccessGuard(
+        LLMBudgetApp(services, web, proxy),
+        policy,
+        {name: backend.kind for name, backend in services.config.backends.items()},
+    )
 
 
 def install_live(services: Services) -> Any:

@@ -7,6 +7,7 @@ does the same with `llmbudget serve` as its own process.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,14 @@ from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 from starlette.testclient import TestClient
 
-from llmbudget.access import COOKIE_NAME, AccessPolicy, check_server_access, host_name
+from llmbudget.access import (
+    COOKIE_NAME,
+    AccessPolicy,
+    LoginLimiter,
+    check_server_access,
+    client_address,
+    host_name,
+)
 from llmbudget.app import build_app
 from llmbudget.config import Config
 from llmbudget.errors import ConfigError
@@ -383,3 +391,36 @@ def test_serve_warns_about_a_short_admin_token(
         assert main(["serve", "--config", str(config), "--port", port, "--db", str(tmp_path / "l.db")]) == 1
     err = capsys.readouterr().err
     assert "$LLMB_SHORT is shorter than 24 characters" in err and "cannot listen" in err
+
+
+def test_login_limiter_window_and_addresses() -> None:
+    now = [1000.0]
+    limiter = LoginLimiter(attempts=3, window_s=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert limiter.retry_after("10.0.0.1") == 0
+        limiter.attempt("10.0.0.1")
+        now[0] += 10
+    assert limiter.retry_after("10.0.0.1") == pytest.approx(30)  # the first failure leaves at 1060
+    assert limiter.retry_after("10.0.0.2") == 0  # another address is not held back
+    at = limiter.attempt("10.0.0.2")
+    limiter.succeeded("10.0.0.2", at)  # a right token takes its attempt back
+    assert limiter._failed["10.0.0.2"] == deque()
+    now[0] = 1060.5
+    assert limiter.retry_after("10.0.0.1") == 0  # one failure left the window
+    limiter.attempt("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == pytest.approx(9.5)
+    now[0] = 2000
+    assert limiter.retry_after("10.0.0.1") == 0 and "10.0.0.1" not in limiter._failed
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        (("203.0.113.7", 5000), "203.0.113.7"),
+        (("2001:db8:1:2:aaaa::1", 5000), "2001:db8:1:2::/64"),
+        (("2001:db8:1:2:ffff::9", 5001), "2001:db8:1:2::/64"),  # one /64 is one client
+        (None, ""),
+    ],
+)
+def test_client_address(client: tuple[str, int] | None, key: str) -> None:
+    assert client_address({"client": client}) == key

@@ -32,11 +32,18 @@ rollup dimension columns hold '' for "not set" so that they can be part of a uni
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 DIALECTS = ("sqlite", "postgres")
+#: PostgreSQL advisory lock held while migrating: processes opening one database at once take turns
+PG_MIGRATION_LOCK = 4141001
+
+log = logging.getLogger(__name__)
 
 MigrationBody = str | Callable[[Any], None]
 
@@ -85,6 +92,45 @@ def split_statements(sql: str) -> list[str]:
     rest = "\n".join(buf).strip().rstrip(";").strip()
     if rest:
         out.append(rest)
+    return out
+
+
+def lock_migrations(db: Any) -> None:
+    """Keep two processes from migrating the same database at once (SQLite: `BEGIN IMMEDIATE` already does)."""
+    if db.dialect == "postgres":
+        db.execute(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
+
+
+def apply_migrations(
+    transaction: Callable[[], AbstractContextManager[Any]],
+    dialect: str,
+    lock: Callable[[Any], None] = lock_migrations,
+) -> list[tuple[str, str, bool]]:
+    """Apply the missing migrations, each in its own `transaction()` (a connection wrapper with
+    `.execute(sql, params)`, `?` placeholders, and `.dialect`); returns (name, applied_at, applied now)
+    of every migration. The ledger runs it when it opens, and so do budget counters kept in its database.
+    """
+    with transaction() as db:
+        # two processes opening a fresh database at once would both try to create the table
+        lock(db)
+        db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    out: list[tuple[str, str, bool]] = []
+    for m in MIGRATIONS[dialect]:
+        with transaction() as db:
+            lock(db)
+            row = db.execute("SELECT applied_at FROM migrations WHERE name = ?", (m.name,))
+            if row:
+                out.append((m.name, str(row[0][0]), False))
+                continue
+            if callable(m.body):
+                m.body(db)
+            else:
+                for stmt in split_statements(m.body):
+                    db.execute(stmt)
+            now = datetime.now().astimezone().isoformat(timespec="seconds")
+            db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (m.name, now))
+            log.info("migration_applied name=%s db=%s", m.name, dialect)
+            out.append((m.name, now, True))
     return out
 
 
@@ -244,8 +290,8 @@ CREATE TABLE state (
 # ---- append new migrations below this line (see the module docstring) ----
 
 # budgets (llmbudget.budget.counters): counters per (budget, scope value, window), reservations in
-# flight, and one-time claims (alert de-duplication). IF NOT EXISTS: the counter store also
-# creates them when it opens a database the ledger has not migrated yet.
+# flight, and one-time claims (alert de-duplication). IF NOT EXISTS: earlier versions of the
+# counter store created them itself.
 migration(
     "0006_budget_counters",
     """
@@ -329,7 +375,7 @@ CREATE INDEX events_key_ts ON events (key, ts_us) WHERE key IS NOT NULL;
 )
 
 # budget counters follow the ledger (llmbudget.budget.counters: reconcile): settlements the ledger does
-# not hold yet, by event id. IF NOT EXISTS: the counter store creates it too.
+# not hold yet, by event id. IF NOT EXISTS: earlier versions of the counter store created it.
 migration(
     "0010_budget_pending",
     """
@@ -359,3 +405,107 @@ ALTER TABLE events ADD COLUMN units TEXT NOT NULL DEFAULT '{}';
 # Why a recorded value differs from what was reported (an absurd upstream count replaced by the
 # estimate, output beyond what the request allowed, ...): NULL when nothing needed saying.
 migration("0012_events_reason", "ALTER TABLE events ADD COLUMN reason TEXT;")
+
+# Budget counters' owners (llmbudget.budget.counters: each process's heartbeat; the reservations of
+# a dead owner are released) and, on PostgreSQL, the functions that reserve and settle in one round
+# trip. Earlier versions of the counter store created both itself when it opened: IF NOT EXISTS, and
+# a function is created only when missing. A function's name carries its version: a changed body is a
+# new function in a new migration, so processes of two versions can share a database.
+_BUDGET_OWNERS = """
+CREATE TABLE IF NOT EXISTS budget_owners (
+    owner TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid BIGINT NOT NULL,
+    started TEXT NOT NULL DEFAULT '',
+    heartbeat DOUBLE PRECISION NOT NULL
+);
+"""
+_BUDGET_FUNCTIONS = {
+    "llmb_budget_reserve_v2": """
+CREATE OR REPLACE FUNCTION llmb_budget_reserve_v2(p_rid text, p_keys text[], p_items text[], p_amounts bigint[],
+    p_items_json text, p_charges jsonb, p_now double precision, p_ttl double precision) RETURNS bigint[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  c jsonb;
+  i integer := 0;
+  s bigint;
+  r bigint;
+BEGIN
+  -- A reservation need not survive a server crash: if lost, the settlement simply adds the real
+  -- spend. Not waiting for its WAL flush halves a call's disk waits; settlements stay durable.
+  PERFORM set_config('synchronous_commit', 'off', true);
+  -- every counter written must exist to be row-locked; sorted, so two calls never deadlock
+  INSERT INTO budget_counters(counter) SELECT k FROM unnest(p_items) AS k ORDER BY 1 ON CONFLICT DO NOTHING;
+  PERFORM 1 FROM budget_counters WHERE counter = ANY(p_keys) ORDER BY counter FOR UPDATE;
+  FOR c IN SELECT value FROM jsonb_array_elements(p_charges) LOOP
+    i := i + 1;
+    IF (c->>'l')::bigint >= 0 THEN
+      SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved), 0) INTO s, r FROM budget_counters
+        WHERE counter IN (SELECT jsonb_array_elements_text(c->'r'));
+      IF s + r + (c->>'a')::bigint > (c->>'l')::bigint THEN
+        RETURN ARRAY[i, s, r]::bigint[];
+      END IF;
+    END IF;
+  END LOOP;
+  UPDATE budget_counters AS b SET reserved = b.reserved + x.a, updated_at = p_now
+    FROM unnest(p_items, p_amounts) AS x(k, a) WHERE b.counter = x.k;
+  INSERT INTO budget_reservations(id, items, expires_at) VALUES (p_rid, p_items_json, p_now + p_ttl);
+  RETURN ARRAY[0, 0, 0]::bigint[];
+END
+$fn$""",
+    "llmb_budget_settle_v1": """
+CREATE OR REPLACE FUNCTION llmb_budget_settle_v1(p_rid text, p_keys text[], p_amounts bigint[],
+    p_now double precision) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_items text;
+BEGIN
+  DELETE FROM budget_reservations WHERE id = p_rid RETURNING items INTO v_items;
+  -- the reservation released and the real spend added in one upsert per counter, in key order
+  INSERT INTO budget_counters AS b (counter, spent, reserved, updated_at)
+    SELECT k, SUM(sp), SUM(rs), p_now FROM (
+      SELECT x->>0 AS k, 0::bigint AS sp, -((x->>1)::bigint) AS rs
+        FROM jsonb_array_elements(COALESCE(v_items, '[]')::jsonb) AS x
+      UNION ALL
+      SELECT u.k, u.a, 0 FROM unnest(p_keys, p_amounts) AS u(k, a)
+    ) AS parts GROUP BY k ORDER BY k
+  ON CONFLICT (counter) DO UPDATE SET spent = b.spent + excluded.spent,
+    reserved = GREATEST(0, b.reserved + excluded.reserved), updated_at = excluded.updated_at;
+  RETURN CASE WHEN v_items IS NULL THEN 0 ELSE 1 END;
+END
+$fn$""",
+    # v1 plus the pending rows of the event (amount the ledger will show, amount kept beside it);
+    # returns 1 when the ledger already holds the event (the caller reconciles those counters)
+    "llmb_budget_settle_v2": """
+CREATE OR REPLACE FUNCTION llmb_budget_settle_v2(p_rid text, p_keys text[], p_amounts bigint[],
+    p_now double precision, p_event text, p_shown bigint[]) RETURNS integer
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  found_event boolean := false;
+BEGIN
+  PERFORM llmb_budget_settle_v1(p_rid, p_keys, p_amounts, p_now);
+  IF p_event IS NULL THEN
+    RETURN 0;
+  END IF;
+  INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at)
+    SELECT p_event, u.k, u.s, u.a - u.s, p_now FROM unnest(p_keys, p_amounts, p_shown) AS u(k, a, s) ORDER BY 2
+  ON CONFLICT (event_id, counter) DO UPDATE SET amount = b.amount + excluded.amount,
+    kept = b.kept + excluded.kept, settled_at = excluded.settled_at;
+  IF to_regclass('events') IS NOT NULL THEN
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)' INTO found_event USING p_event;
+  END IF;
+  RETURN CASE WHEN found_event THEN 1 ELSE 0 END;
+END
+$fn$""",
+}
+
+
+def _budget_owners_and_functions(db: Any) -> None:
+    for stmt in split_statements(_BUDGET_OWNERS):
+        db.execute(stmt)
+    for name, body in _BUDGET_FUNCTIONS.items():
+        if db.execute("SELECT to_regproc(?)", (name,))[0][0] is None:
+            db.execute(body)
+
+
+migration("0013_budget_owners_and_functions", _BUDGET_OWNERS, postgres=_budget_owners_and_functions)

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import data_dir, mask_url
 from ..errors import DatabaseMissing, DatabaseUnreachable, StorageError
 from .dialect import pg_sql
+from .migrations import lock_migrations
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
 _PG_TYPES = {
@@ -233,7 +234,7 @@ class PostgresLedger(SQLLedger):
         return {r[0] for r in conn.execute(_INSERT, columns).fetchall()}
 
     def _lock_migrations(self, db: DB) -> None:
-        db.execute("SELECT pg_advisory_xact_lock(4141001)")
+        lock_migrations(db)
 
     def _is_outage(self, e: BaseException) -> bool:
         return isinstance(e, (DatabaseUnreachable, OSError, *self._errors())) and not isinstance(

@@ -30,7 +30,7 @@ from . import shutdown
 from .base import DIMENSIONS, FILTER_FIELDS, TIME_BUCKETS, CostRow, Ledger, SessionRow, UnpricedModel
 from .buckets import EPOCH, US_PER_DAY, US_PER_HOUR, Plan, from_us, merge_ranges, plan, to_us
 from .jsonl import AuditLog
-from .migrations import MIGRATIONS, ROLLUP_DIMS, split_statements
+from .migrations import ROLLUP_DIMS, apply_migrations
 from .replay import AuditReplay
 from .writer import BatchWriter, Quarantine, Spool, _Outage
 
@@ -391,31 +391,7 @@ class SQLLedger(Ledger, AuditReplay):
     # ------------------------------------------------------------------ migrations
     def migrate(self) -> list[tuple[str, str, bool]]:
         """Apply missing migrations; returns (name, applied_at, applied_now) for every migration."""
-        migrations = MIGRATIONS[self.dialect]
-        with self._tx() as db:
-            # two processes opening a fresh database at once would both try to create the table
-            self._lock_migrations(db)
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-        out: list[tuple[str, str, bool]] = []
-        for m in migrations:
-            with self._tx() as db:
-                self._lock_migrations(db)
-                row = db.execute("SELECT applied_at FROM migrations WHERE name = ?", (m.name,))
-                if row:
-                    out.append((m.name, str(row[0][0]), False))
-                    continue
-                if callable(m.body):
-                    m.body(db)
-                else:
-                    for stmt in split_statements(m.body):
-                        db.execute(stmt)
-                now = datetime.now().astimezone().isoformat(timespec="seconds")
-                db.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (m.name, now))
-                log.info("migration_applied name=%s db=%s", m.name, self.dialect)
-                out.append((m.name, now, True))
-        return out
+        return apply_migrations(self._tx, self.dialect, self._lock_migrations)
 
     def applied_migrations(self) -> list[tuple[str, str]]:
         """(name, applied_at) of every migration recorded in the database."""

@@ -10,109 +10,10 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ...errors import StorageError
+from ...store.migrations import apply_migrations
 from ..seed import SeedSpec
 from .base import Charge, Refusal, _all_keys, _guard, _guard_all, _items, _merge
 from .sql import SQLConn, SQLCounters
-
-_PG_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS budget_counters (
-      counter TEXT PRIMARY KEY, spent BIGINT NOT NULL DEFAULT 0, reserved BIGINT NOT NULL DEFAULT 0,
-      updated_at DOUBLE PRECISION NOT NULL DEFAULT 0)""",
-    """CREATE TABLE IF NOT EXISTS budget_reservations (
-      id TEXT PRIMARY KEY, items TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations(expires_at)",
-    "CREATE TABLE IF NOT EXISTS budget_claims (key TEXT PRIMARY KEY, claimed_at DOUBLE PRECISION NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS budget_pending (
-      event_id TEXT NOT NULL, counter TEXT NOT NULL, amount BIGINT NOT NULL, kept BIGINT NOT NULL DEFAULT 0,
-      settled_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (event_id, counter))""",
-    "CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter)",
-    """CREATE TABLE IF NOT EXISTS budget_owners (
-      owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, started TEXT NOT NULL DEFAULT '',
-      heartbeat DOUBLE PRECISION NOT NULL)""",
-]
-# One round trip per reservation and per settlement: the check-and-book runs inside the server as
-# one function call (autocommit: the call is its own transaction). Versioned names: a changed body
-# gets a new name, so processes of two versions can share a database.
-_PG_FUNCTIONS = {
-    "llmb_budget_reserve_v2": """
-CREATE OR REPLACE FUNCTION llmb_budget_reserve_v2(p_rid text, p_keys text[], p_items text[], p_amounts bigint[],
-    p_items_json text, p_charges jsonb, p_now double precision, p_ttl double precision) RETURNS bigint[]
-LANGUAGE plpgsql AS $fn$
-DECLARE
-  c jsonb;
-  i integer := 0;
-  s bigint;
-  r bigint;
-BEGIN
-  -- A reservation need not survive a server crash: if lost, the settlement simply adds the real
-  -- spend. Not waiting for its WAL flush halves a call's disk waits; settlements stay durable.
-  PERFORM set_config('synchronous_commit', 'off', true);
-  -- every counter written must exist to be row-locked; sorted, so two calls never deadlock
-  INSERT INTO budget_counters(counter) SELECT k FROM unnest(p_items) AS k ORDER BY 1 ON CONFLICT DO NOTHING;
-  PERFORM 1 FROM budget_counters WHERE counter = ANY(p_keys) ORDER BY counter FOR UPDATE;
-  FOR c IN SELECT value FROM jsonb_array_elements(p_charges) LOOP
-    i := i + 1;
-    IF (c->>'l')::bigint >= 0 THEN
-      SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(reserved), 0) INTO s, r FROM budget_counters
-        WHERE counter IN (SELECT jsonb_array_elements_text(c->'r'));
-      IF s + r + (c->>'a')::bigint > (c->>'l')::bigint THEN
-        RETURN ARRAY[i, s, r]::bigint[];
-      END IF;
-    END IF;
-  END LOOP;
-  UPDATE budget_counters AS b SET reserved = b.reserved + x.a, updated_at = p_now
-    FROM unnest(p_items, p_amounts) AS x(k, a) WHERE b.counter = x.k;
-  INSERT INTO budget_reservations(id, items, expires_at) VALUES (p_rid, p_items_json, p_now + p_ttl);
-  RETURN ARRAY[0, 0, 0]::bigint[];
-END
-$fn$""",
-    "llmb_budget_settle_v1": """
-CREATE OR REPLACE FUNCTION llmb_budget_settle_v1(p_rid text, p_keys text[], p_amounts bigint[],
-    p_now double precision) RETURNS integer
-LANGUAGE plpgsql AS $fn$
-DECLARE
-  v_items text;
-BEGIN
-  DELETE FROM budget_reservations WHERE id = p_rid RETURNING items INTO v_items;
-  -- the reservation released and the real spend added in one upsert per counter, in key order
-  INSERT INTO budget_counters AS b (counter, spent, reserved, updated_at)
-    SELECT k, SUM(sp), SUM(rs), p_now FROM (
-      SELECT x->>0 AS k, 0::bigint AS sp, -((x->>1)::bigint) AS rs
-        FROM jsonb_array_elements(COALESCE(v_items, '[]')::jsonb) AS x
-      UNION ALL
-      SELECT u.k, u.a, 0 FROM unnest(p_keys, p_amounts) AS u(k, a)
-    ) AS parts GROUP BY k ORDER BY k
-  ON CONFLICT (counter) DO UPDATE SET spent = b.spent + excluded.spent,
-    reserved = GREATEST(0, b.reserved + excluded.reserved), updated_at = excluded.updated_at;
-  RETURN CASE WHEN v_items IS NULL THEN 0 ELSE 1 END;
-END
-$fn$""",
-    # v1 plus the pending rows of the event (amount the ledger will show, amount kept beside it);
-    # returns 1 when the ledger already holds the event (the caller reconciles those counters)
-    "llmb_budget_settle_v2": """
-CREATE OR REPLACE FUNCTION llmb_budget_settle_v2(p_rid text, p_keys text[], p_amounts bigint[],
-    p_now double precision, p_event text, p_shown bigint[]) RETURNS integer
-LANGUAGE plpgsql AS $fn$
-DECLARE
-  found_event boolean := false;
-BEGIN
-  PERFORM llmb_budget_settle_v1(p_rid, p_keys, p_amounts, p_now);
-  IF p_event IS NULL THEN
-    RETURN 0;
-  END IF;
-  INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at)
-    SELECT p_event, u.k, u.s, u.a - u.s, p_now FROM unnest(p_keys, p_amounts, p_shown) AS u(k, a, s) ORDER BY 2
-  ON CONFLICT (event_id, counter) DO UPDATE SET amount = b.amount + excluded.amount,
-    kept = b.kept + excluded.kept, settled_at = excluded.settled_at;
-  IF to_regclass('events') IS NOT NULL THEN
-    EXECUTE 'SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)' INTO found_event USING p_event;
-  END IF;
-  RETURN CASE WHEN found_event THEN 1 ELSE 0 END;
-END
-$fn$""",
-}
-#: advisory lock id serializing the CREATE TABLEs of concurrent first starts
-_PG_DDL_LOCK = 0x6C6D6231
 
 
 @_guard_all
@@ -147,14 +48,9 @@ class PostgresCounters(SQLCounters):
 
     @_guard
     def _create_schema(self) -> None:
+        """The tables and functions come from the ledger's migrations (already applied when the ledger opened)."""
         try:
-            with self._write() as db:
-                db.execute("SELECT pg_advisory_xact_lock(?)", (_PG_DDL_LOCK,))
-                for stmt in _PG_SCHEMA:
-                    db.execute(stmt)
-                for name, body in _PG_FUNCTIONS.items():
-                    if db.execute("SELECT to_regproc(?)", (name,))[0][0] is None:
-                        db.execute(body)
+            apply_migrations(self._write, "postgres")
         except BaseException:
             self._pool.close()
             raise

@@ -60,6 +60,8 @@ class SQLConn:
     def __init__(self, conn: Any, postgres: bool) -> None:
         self.conn = conn
         self.postgres = postgres
+        #: "sqlite" | "postgres" (the ledger's migrations ask)
+        self.dialect = "postgres" if postgres else "sqlite"
         #: rows the last statement changed
         self.rowcount = 0
 

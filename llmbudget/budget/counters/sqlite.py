@@ -11,26 +11,10 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ...errors import StorageError
+from ...store.migrations import apply_migrations
 from ..seed import SeedSpec
 from .base import Charge, Refusal, _all_keys, _check, _items, _merge
 from .sql import _PENDING_UPSERT, SQLConn, SQLCounters
-
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS budget_counters (
-  counter TEXT PRIMARY KEY, spent INTEGER NOT NULL DEFAULT 0, reserved INTEGER NOT NULL DEFAULT 0,
-  updated_at REAL NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS budget_reservations (
-  id TEXT PRIMARY KEY, items TEXT NOT NULL, expires_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations(expires_at);
-CREATE TABLE IF NOT EXISTS budget_claims (key TEXT PRIMARY KEY, claimed_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS budget_pending (
-  event_id TEXT NOT NULL, counter TEXT NOT NULL, amount BIGINT NOT NULL, kept BIGINT NOT NULL DEFAULT 0,
-  settled_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (event_id, counter));
-CREATE INDEX IF NOT EXISTS budget_pending_counter ON budget_pending (counter);
-CREATE TABLE IF NOT EXISTS budget_owners (
-  owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid BIGINT NOT NULL, started TEXT NOT NULL DEFAULT '',
-  heartbeat DOUBLE PRECISION NOT NULL);
-"""
 
 
 class SQLiteCounters(SQLCounters):
@@ -49,10 +33,8 @@ class SQLiteCounters(SQLCounters):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._conn = SQLConn(self._db, postgres=False)
-            with self._write() as db:
-                for stmt in _SQLITE_SCHEMA.split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
+            # the tables come from the ledger's migrations (already applied when the ledger opened)
+            apply_migrations(self._write, "sqlite")
         except sqlite3.Error as e:
             raise StorageError(f"cannot open budget counters in {path}: {e}") from e
         self.reap()  # a predecessor killed on this storage leaves nothing reserved

@@ -29,6 +29,8 @@ from typing import Any
 from ...store.dialect import pg_sql
 from ..seed import SeedSpec, counter_sums_sql, has_ledger_tables, seed_sql, values_sql
 from .base import (
+    _LEDGERED,
+    _LEDGERED_PRICED,
     _PRUNE_OLD_SQL,
     _PRUNE_PENDING_SQL,
     KEEP_S,
@@ -331,13 +333,12 @@ class SQLCounters(CounterStore):
                 db.execute("UPDATE budget_counters SET spent = ? WHERE counter = ?", (after, key))
                 if ledger:  # settlements the ledger now holds count from the ledger only
                     db.execute(
-                        "UPDATE budget_pending SET amount = 0 WHERE counter = ? AND amount <> 0 "
-                        "AND event_id IN (SELECT id FROM events)",
+                        f"UPDATE budget_pending SET amount = 0 WHERE counter = ? AND amount <> 0 AND {_LEDGERED}",
                         (key,),
                     )
                     db.execute(
                         "DELETE FROM budget_pending WHERE counter = ? AND (amount = 0 AND (kept = 0 OR "
-                        "event_id IN (SELECT id FROM events WHERE cost_nano IS NOT NULL)) OR settled_at < ?)",
+                        f"{_LEDGERED_PRICED}) OR settled_at < ?)",
                         (key, now - KEEP_S),
                     )
                 out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)

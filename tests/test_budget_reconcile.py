@@ -123,6 +123,43 @@ def test_an_unpriced_gated_call_keeps_its_worst_case_until_priced(setup: tuple[s
         ledger.close()
 
 
+def test_status_without_reconciling_shows_the_drift_now_and_writes_nothing(
+    setup: tuple[str, str | None],
+) -> None:
+    db, redis = setup
+    ledger = open_ledger(db, audit=False)
+    budgets = "  daily_limit_usd: 5.00\n  limits:\n    - {scope: agent, limit_usd: 2.00, period: day}\n"
+    enf = enforcer(db, budgets, ledger, clock=Clock(NOW), redis=redis)
+    try:
+        adm = enf.admit(call(agent="a1"))  # the counters exist from here on
+        done = ev(NOW - timedelta(minutes=1), "0.50", source="proxy", agent="a1")
+        enf.settle(adm, done)
+        ledger.record(done)
+        ledger.flush()
+        adm = enf.admit(call(agent="a1"))
+        enf.settle(adm, ev(NOW, "0.25", source="proxy", agent="a1"))  # not in the ledger yet
+        ledger.record_many([ev(NOW - timedelta(hours=1), "3.00", agent="a2")])  # imported: no counter
+        stored = {k: enf.store.totals([k]) for k in enf.store.scan("")}
+        for _ in range(2):  # reading twice changes nothing: nothing was written
+            daily, *per_agent = budget_status(enf.budgets, enf.store, enf.tz, NOW, reconcile=False)
+            assert daily.spent == to_nano(Decimal("0.75"))  # what the counter holds now
+            assert daily.ledger == to_nano(Decimal("3.50")) and daily.unledgered == to_nano(Decimal("0.25"))
+            assert daily.drift == -to_nano(Decimal("3.00")) and daily.to_dict()["drift"] == "-3"
+            agents = {s.value: (s.spent, s.ledger, s.drift) for s in per_agent}
+            # a2 has no counter: it reads as the ledger's figure, no drift
+            assert agents == {
+                "a1": (to_nano(Decimal("0.75")), to_nano(Decimal("0.50")), 0),
+                "a2": (to_nano(Decimal("3.00")), to_nano(Decimal("3.00")), 0),
+            }
+            assert {k: enf.store.totals([k]) for k in enf.store.scan("")} == stored
+        enf.reconcile()
+        daily, *_ = budget_status(enf.budgets, enf.store, enf.tz, NOW, reconcile=False)
+        assert daily.spent == to_nano(Decimal("3.75")) and daily.drift == 0
+    finally:
+        _cleanup(enf)
+        ledger.close()
+
+
 def test_counters_that_cannot_be_read_fail_closed_unless_open(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'l.db'}"
     ledger = open_ledger(db, audit=False)

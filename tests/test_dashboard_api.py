@@ -107,6 +107,40 @@ def test_overview_totals_budgets_and_forecast(client: TestClient) -> None:
     assert [(r["agent"], r["reason"]) for r in o["refusals"]] == [("coder", "budget 'daily' is spent")]
 
 
+def test_budgets_page_shows_the_drift_now_without_reconciling(tmp_path: Path) -> None:
+    s = make_services(
+        f"sqlite:///{tmp_path / 'drift.db'}", budgets={"daily_limit_usd": "20", "reconcile_interval_s": 3600}
+    )
+    try:
+        with TestClient(build_app(s).web) as client:
+            enf = s.enforcer
+            assert enf is not None
+            enf.reconcile()  # the counters hold the ledger's spend
+            page = client.get("/budgets").text
+            assert "none: every counter agrees with the ledger" in page
+            assert "1 counter, 0 corrected" in page
+            before = client.get("/api/enforcement").json()
+            # usage that never met the gate (an import) after the counter exists
+            s.ledger.record_many([ev("importer", None, "1.50", 5)])
+            s.ledger.flush()
+            for _ in range(2):  # shown on every load, never corrected by one
+                body = client.get("/api/enforcement").json()
+                [b] = body["budgets"]
+                assert b["spent_nano"] == before["budgets"][0]["spent_nano"]  # the counter as it is
+                assert b["ledger_spent_nano"] - b["spent_nano"] == 1_500_000_000 == -b["drift_nano"]
+                assert body["enforcement"]["compared"] is True
+                assert list(body["enforcement"]["drift"].values()) == ["-1.5"]
+            assert "daily: −$1.50 (the next reconciliation corrects it)" in client.get("/budgets").text
+            enf.reconcile()  # what serve does every budgets.reconcile_interval_s
+            body = client.get("/api/enforcement").json()
+            assert body["budgets"][0]["drift_nano"] == 0
+            assert body["enforcement"]["last_reconcile"]["drift_nano"] == -1_500_000_000
+            assert "1 counter, 1 corrected by −$1.50" in client.get("/budgets").text
+    finally:
+        close_live(s)
+        s.close()
+
+
 def test_agent_cards(client: TestClient) -> None:
     cards = {c["agent"]: c for c in client.get("/api/agents").json()["agents"]}
     p = cards["planner"]

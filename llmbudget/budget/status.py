@@ -30,7 +30,8 @@ class BudgetStatus:
     ledger: int = 0
     #: settled by the gate, not in the ledger yet (plus unpriced calls' kept worst case)
     unledgered: int = 0
-    #: how far the counters were from the ledger before this report reconciled them
+    #: how far the counters were from the ledger before this report reconciled them (or, read
+    #: without reconciling, how far they are off now)
     drift: int = 0
 
     @property
@@ -168,6 +169,8 @@ def _status(
     rec: dict[str, Reconciled],
     store: CounterStore,
     tz: ZoneInfo,
+    *,
+    now_spent: bool = False,
 ) -> BudgetStatus:
     t = store.totals(keys)
     parts = [rec[k] for k in keys if k in rec]
@@ -175,7 +178,7 @@ def _status(
         b,
         value,
         w,
-        sum(r.after for r in parts),
+        sum(r.before if now_spent else r.after for r in parts),
         sum(v[1] for v in t.values()),
         tz,
         ledger=sum(r.ledger for r in parts),
@@ -191,14 +194,20 @@ def budget_status(
     now: datetime | None = None,
     *,
     max_values: int = 50,
+    reconcile: bool = True,
 ) -> list[BudgetStatus]:
     """Every budget in its current window; per-value budgets list each value seen (most spent first).
 
     Every counter shown is reconciled with the ledger first (created when missing), so the figures
     agree with `llmbudget costs` over the same window (DESIGN.md section 5); `drift` says by how
     much a counter was off before.
+
+    `reconcile=False` writes nothing (the dashboard's budgets page): `spent` is what the counters
+    hold now, compared with the ledger (`CounterStore.check`), and `drift` is how far they are off
+    now, corrected by the next reconciliation (every `budgets.reconcile_interval_s` in `serve`).
     """
     now = now or utcnow()
+    level = store.reconcile if reconcile else store.check
     out: list[BudgetStatus] = []
     for b in budgets:
         if b.period != "session" and (b.scope == "global" or _literal(b.match)):
@@ -207,8 +216,11 @@ def budget_status(
             assert w is not None
             prefix = b.counter_prefix(value)
             specs = {prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys}
-            out.append(_status(b, value, w, list(specs), store.reconcile(specs), store, tz))
+            out.append(_status(b, value, w, list(specs), level(specs), store, tz, now_spent=not reconcile))
             continue
+        grouped: dict[str, list[str]] = {}
+        windows: dict[str, Window | None] = {}
+        specs = {}
         if b.period != "session" and b.scope not in ("session", "key"):  # not rollup dimensions
             # values with ledger spend in this window but no counter yet (usage that never met the gate)
             w = window_for(b.period, now, tz)
@@ -216,13 +228,16 @@ def budget_status(
             for value in store.ledger_values(SCOPE_COLUMN[b.scope], to_us(w.start), to_us(now) + 1):
                 if b.scope_value(_Attr(b.scope, value)) is not None:
                     prefix = b.counter_prefix(value)
-                    store.ensure({prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys})
-        grouped: dict[str, list[str]] = {}
-        windows: dict[str, Window | None] = {}
-        specs = {}
+                    fresh = {prefix + k: spec_for(b, value, w, k, None) for k in w.read_keys}
+                    if reconcile:
+                        store.ensure(fresh)
+                    else:  # read as the ledger's figure below (`check` of a counter not created yet)
+                        specs.update(fresh)
+                        grouped[value] = list(fresh)
+                        windows[value] = w
         for key in store.scan(f"{b.name.replace('|', '%7C')}|"):
             got = _spec_of(b, key, now, tz)
-            if got is None:
+            if got is None or key in specs:
                 continue
             value, w, spec = got
             if b.period == "session" and b.scope != "session":
@@ -230,7 +245,10 @@ def budget_status(
             grouped.setdefault(value, []).append(key)
             windows[value] = w
             specs[key] = spec
-        rec = store.reconcile(specs)
-        rows = [_status(b, value, windows[value], keys, rec, store, tz) for value, keys in grouped.items()]
+        rec = level(specs)
+        rows = [
+            _status(b, value, windows[value], keys, rec, store, tz, now_spent=not reconcile)
+            for value, keys in grouped.items()
+        ]
         out.extend(sorted(rows, key=lambda r: -r.spent)[:max_values])
     return out

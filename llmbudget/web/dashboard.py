@@ -161,6 +161,44 @@ def totals_html(o: dict[str, Any]) -> str:
 </section>{unpriced}"""
 
 
+def _signed(nano: int) -> str:
+    return ("−" if nano < 0 else "+") + money(abs(nano))
+
+
+def drift_html(b: dict[str, Any], tz: Any) -> str:
+    """The drift between the counters and the ledger now, and what the last reconciliation corrected."""
+    h = b["enforcement"]
+    if not h["compared"]:
+        now = "not compared: the counters are unreadable" if h["failing"] else "not compared"
+    else:
+        off = []
+        for x in b["budgets"]:
+            n = int(x.get("drift_nano", 0)) if x["unit"] == "usd" else int(x["drift"])
+            if n:
+                amount = _signed(n) if x["unit"] == "usd" else f"{n:+,} tokens"
+                off.append(f"{x['name']}{' ' + x['value'] if x.get('value') else ''}: {amount}")
+        now = (
+            e("; ".join(off)) + " (the next reconciliation corrects it)"
+            if off
+            else "none: every counter agrees with the ledger"
+        )
+    last = h["last_reconcile"]
+    if last is None:
+        done = "none yet by this process"
+    elif "error" in last:
+        done = f"unknown ({e(last['error'])})"
+    else:
+        done = (
+            f"{e(clock(last['reconciled_at'], tz))}: {last['counters']:,} counter{'' if last['counters'] == 1 else 's'}, "
+            f"{last['drifted']:,} corrected"
+            + (f" by {_signed(int(last['drift_nano']))}" if last["drift_nano"] else "")
+        )
+    return (
+        f'<dt>Drift counters vs ledger (now)</dt><dd id="enf-drift">{now}</dd>'
+        f'<dt>Last reconciliation</dt><dd id="enf-reconciled">{done}</dd>'
+    )
+
+
 def enforcement_html(b: dict[str, Any], tz: Any) -> str:
     h = b["enforcement"]
     if h["failing"]:
@@ -169,8 +207,7 @@ def enforcement_html(b: dict[str, Any], tz: Any) -> str:
         state = "✔ enforcing"
     else:
         state = "no budgets configured (pauses still apply)"
-    drift = h["drift"]
-    drift_text = "not reported" if drift is None else e(json.dumps(drift))
+    drift_text = drift_html(b, tz)
     refusals = "".join(
         f"<tr><td>{e(when(r['timestamp'], tz))}</td><td>{e(r['agent'] or '–')}</td><td>{e(r['backend'])}</td>"
         f"<td>{e(r['model'])}</td><td>{e(r['reason'])}</td></tr>"
@@ -182,7 +219,7 @@ def enforcement_html(b: dict[str, Any], tz: Any) -> str:
 <dt>Counters</dt><dd>{e(h["counters"])} (on error: {e(h["on_error"])})</dd>
 <dt>Reserved (calls in flight)</dt><dd>{money(round(float(h["reserved_usd"]) * 1e9))}</dd>
 <dt>Settled (spent)</dt><dd>{money(round(float(h["settled_usd"]) * 1e9))}</dd>
-<dt>Drift counters vs ledger</dt><dd>{drift_text}</dd></dl>
+{drift_text}</dl>
 <h3>Recent refusals</h3><table><thead><tr><th>When</th><th>Agent</th><th>Backend</th><th>Model</th><th>Reason</th></tr></thead>
 <tbody>{refusals}</tbody></table>"""
 

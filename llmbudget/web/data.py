@@ -106,21 +106,24 @@ def spend_totals(ledger: Any, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- budgets and enforcement
-def budgets_panel(services: Services, now: datetime, *, reconcile: bool = True) -> dict[str, Any]:
+def budgets_panel(services: Services, now: datetime, *, compare: bool = True) -> dict[str, Any]:
     """Every budget with progress, state and run-out forecast; enforcement health.
 
-    `reconcile=False` (the overview) reads the counters as they are; the budgets page reconciles
-    them with the ledger first, as `llmbudget budget` does, and shows the drift it found.
+    Nothing here writes. `compare=False` (the overview) reads the counters only; the budgets page
+    also reads what the ledger's rollups hold for each counter's window (`CounterStore.check`, one
+    statement per counter) and shows the drift between the two as it is now. The serving process
+    reconciles them in the background (`budgets.reconcile_interval_s`); `last_reconcile` says when
+    it last did and what it corrected.
     """
     from .api_budget import _enforcer
 
     enf = _enforcer(services)
     out: dict[str, Any] = {"budgets": [], "paused_agents": [], "enforcement": {}}
     try:
-        if reconcile:
+        if compare:
             from ..budget.status import budget_status
 
-            statuses = budget_status(enf.budgets, enf.store, enf.tz, now)
+            statuses = budget_status(enf.budgets, enf.store, enf.tz, now, reconcile=False)
         else:
             from ..budget.glance import glance
 
@@ -158,12 +161,14 @@ def budgets_panel(services: Services, now: datetime, *, reconcile: bool = True) 
         "on_error": on_error,
         "failing": failing,
         "failing_closed": failing is not None and on_error != "open",
+        # counter minus (ledger + settled but not in the ledger yet), per budget, as it is now
         "drift": (
             {d["name"] + (f" {d['value']}" if d.get("value") else ""): d.get("drift") for d in out["budgets"]}
-            if reconcile and statuses
-            else _drift(services)
+            if compare and statuses
+            else None
         ),
-        "reconciled": reconcile,
+        "compared": compare and failing is None,
+        "last_reconcile": _drift(services),
     }
     return out
 
@@ -334,7 +339,7 @@ def overview(services: Services, now: datetime | None = None) -> dict[str, Any]:
     tz = services.config.zone()
     out: dict[str, Any] = {"generated_at": now.isoformat(), "timezone": str(tz.key)}
     out.update(spend_totals(services.ledger, tz, now))
-    out.update(budgets_panel(services, now, reconcile=False))
+    out.update(budgets_panel(services, now, compare=False))
     out["agents"] = agent_cards(services, now)
     out["notifications"] = list_notifications(services.ledger, limit=10)
     out["quota"] = quota_panel(services, now)

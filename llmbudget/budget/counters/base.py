@@ -292,6 +292,14 @@ class CounterStore(ABC):
         """Set each counter's spent to the ledger's spend for it plus its pending settlements."""
 
     @abstractmethod
+    def check(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        """What `reconcile` would find, without writing anything (pages looked at every few seconds).
+
+        `before` is the counter's spent now (the ledger's figure for a counter not created yet),
+        `after` what a reconciliation would set it to; their difference is the drift right now.
+        """
+
+    @abstractmethod
     def release(self, rid: str) -> None:
         """Drop the reservation `rid` (nothing was spent)."""
 
@@ -343,6 +351,7 @@ def _guard_all(cls: Any) -> Any:
         "lease",
         "inflight",
         "reconcile",
+        "check",
         "release",
         "totals",
         "scan",
@@ -378,6 +387,12 @@ _LEDGERED_PRICED = (
     "EXISTS (SELECT 1 FROM events e WHERE e.id = budget_pending.event_id AND e.cost_nano IS NOT NULL)"
 )
 _PRUNE_OLD_SQL = "DELETE FROM budget_pending WHERE settled_at < ?"
+
+
+def _checked(spent: Any, un: Any, kept: Any, before: Any) -> Reconciled:
+    """A `check` result: the ledger's part, pending, kept, and the counter's spent (None: no counter yet)."""
+    after = int(spent) + int(un) + int(kept)
+    return Reconciled(after if before is None else int(before), after, int(spent), int(un), int(kept))
 
 
 def _merge(pairs: Sequence[tuple[str, int]]) -> dict[str, int]:

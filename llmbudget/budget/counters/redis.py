@@ -19,6 +19,7 @@ from .base import (
     Reconciled,
     Refusal,
     Spend,
+    _checked,
     _count_calls,
     _guard_all,
     _items,
@@ -203,6 +204,34 @@ class RedisCounters(CounterStore):
             b, a = int(before), int(after)
             out[k] = Reconciled(a if b < 0 else b, a, amounts[k], int(un), int(kept))
         self._remember(keys)
+        return out
+
+    def check(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        keys = sorted(seeds)
+        if not keys:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(self.prefix + "p:" + k)
+            pipe.hget(self.prefix + "c:" + k, "s")
+        got = pipe.execute()
+        pending = [{_text(i): _text(v) for i, v in rows.items()} for rows in got[0::2]]
+        ids = sorted({i for rows in pending for i in rows})
+        # pending first, then the ledger: a settlement whose event lands in between counts once
+        seen = self.seeder.ledgered(ids) if self.seeder else {}
+        amounts = self.seeder.amounts({k: seeds[k] for k in keys}) if self.seeder else dict.fromkeys(keys, 0)
+        out: dict[str, Reconciled] = {}
+        for k, rows, s in zip(keys, pending, got[1::2], strict=True):
+            un = kept = 0
+            for i, v in rows.items():  # "amount:kept", counted as the reconcile script counts them
+                a, _, kk = v.partition(":")
+                priced = seen.get(i)
+                if priced is None:  # not in the ledger yet
+                    un += int(a)
+                    kept += int(kk)
+                elif not priced:  # in the ledger unpriced: its worst case is kept
+                    kept += int(kk)
+            out[k] = _checked(amounts[k], un, kept, None if s is None else int(_text(s)))
         return out
 
     def release(self, rid: str) -> None:

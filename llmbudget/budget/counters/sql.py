@@ -40,6 +40,7 @@ from .base import (
     Reconciled,
     Spend,
     _check,
+    _checked,
     _count_calls,
     _items,
     _lease_items,
@@ -348,6 +349,19 @@ class SQLCounters(CounterStore):
             self._next_prune = now + 60
             with self._write_one() as db:
                 db.execute(_PRUNE_PENDING_SQL if self._ledger(db) else _PRUNE_OLD_SQL, (now - KEEP_S,))
+        return out
+
+    def check(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
+        out: dict[str, Reconciled] = {}
+        with self._read() as db:
+            ledger = self._ledger(db)
+            for key in sorted(seeds):  # one statement per counter: one snapshot, nothing written
+                sql, params = counter_sums_sql(seeds[key], key, ledger)
+                [(spent, un, kept, before)] = db.execute(
+                    f"SELECT q.*, (SELECT spent FROM budget_counters WHERE counter = ?) FROM ({sql}) AS q",
+                    [key, *params],
+                )
+                out[key] = _checked(spent, un, kept, before)
         return out
 
     def inflight(self, keys: Sequence[str]) -> int:

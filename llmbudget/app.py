@@ -122,6 +122,7 @@ def build_app(services: Services) -> Any:
         LLMBudgetApp(services, web, proxy),
         policy,
         {name: backend.kind for name, backend in services.config.backends.items()},
+        proxy=proxy,
     )
 
 

@@ -265,6 +265,7 @@ def in_process_proxy(cfg: Config, db_url: str | None) -> Iterator[tuple[str, Any
             uvicorn.Config(
                 app,
                 lifespan="on",
+                interface="asgi3",
                 access_log=False,
                 log_level="warning",
                 proxy_headers=False,

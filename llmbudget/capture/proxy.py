@@ -315,8 +315,10 @@ class Proxy:
                 gate, req, send
             ):
                 return
-        target = req.admission.fallback_backend if req.admission and req.admission.fallback_backend else name
-        await self.dispatch(req, target, send, receive)
+        if req.admission is not None and req.admission.fallback_backend:
+            await self.dispatch(req, req.admission.fallback_backend, send, receive)
+        else:  # the usual call: its own backend, its own protocol (one frame less than dispatch)
+            await self.forward(req, name, send, receive)
 
     async def _refuse_header(self, send: Send, protocol: str, backend: str, header: bytes) -> None:
         name = header.decode("latin-1")

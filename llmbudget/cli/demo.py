@@ -43,6 +43,7 @@ def demo(
             loop="uvloop",
             http="httptools",
             lifespan="on",
+            interface="asgi3",
             access_log=False,
             proxy_headers=False,
             log_level="warning",

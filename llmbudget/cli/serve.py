@@ -133,6 +133,7 @@ def serve(
             loop="uvloop",
             http="httptools",
             lifespan="on",
+            interface="asgi3",
             access_log=False,
             # X-Forwarded-* rewriting is for apps behind a proxy; llmbudget uses no client address
             proxy_headers=False,

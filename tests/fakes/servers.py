@@ -69,6 +69,7 @@ def running_proxy(
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        interface="asgi3",
         access_log=False,
         log_level="warning",
         server_header=False,

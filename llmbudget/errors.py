@@ -12,6 +12,17 @@ class LLMBudgetError(Exception):
     code: str = "error"
 
 
+class CommandNotRun(LLMBudgetError):
+    """`llmbudget run` could not start its command; the CLI exits as a shell does (127, 126)."""
+
+    code = "command_not_run"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        #: 127: no such command; 126: found but not executable
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
 class ValidationError(LLMBudgetError, ValueError):
     """A value failed validation; the message names the field."""
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import LLMBudgetError
+from .errors import CommandNotRun, LLMBudgetError
 from .events import TOKEN_FIELDS, UsageEvent
 from .money import ZERO
 
@@ -300,10 +302,8 @@ def run_child(cmd: Sequence[str], env: Mapping[str, str]) -> int:
     """
     try:
         proc = subprocess.Popen(list(cmd), env=dict(env))
-    except FileNotFoundError:
-        raise LLMBudgetError(f"{cmd[0]}: command not found") from None
-    except PermissionError:
-        raise LLMBudgetError(f"{cmd[0]}: permission denied") from None
+    except OSError as e:
+        raise not_run(cmd[0], e, env.get("PATH")) from None
     interactive = sys.stdin is not None and sys.stdin.isatty()
     interrupted = False
 
@@ -336,6 +336,22 @@ def run_child(cmd: Sequence[str], env: Mapping[str, str]) -> int:
     if interrupted and rc == 0:
         return 130
     return rc
+
+
+def not_run(program: str, e: OSError, path: str | None) -> CommandNotRun:
+    """Why `program` did not start, in a shell's words and with a shell's exit code (127 or 126)."""
+    if isinstance(e, FileNotFoundError):
+        found = program if os.sep in program else shutil.which(program, path=path)
+        if found is None or not os.path.exists(found):
+            what = "No such file or directory" if os.sep in program else "command not found"
+            return CommandNotRun(f"{program}: {what}", 127)
+        # the file is there: what is missing is the interpreter its `#!` line names
+        return CommandNotRun(f"{program}: bad interpreter: No such file or directory", 126)
+    if isinstance(e, PermissionError) and os.sep in program and os.path.isdir(program):
+        return CommandNotRun(f"{program}: Is a directory", 126)
+    if isinstance(e, PermissionError):
+        return CommandNotRun(f"{program}: Permission denied", 126)
+    return CommandNotRun(f"{program}: cannot execute: {e.strerror or e}", 126)
 
 
 def read_summary(ledger: Any, session: str, *, settle_s: float = 0.0, quiet_s: float = 1.0) -> RunSummary:

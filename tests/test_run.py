@@ -245,7 +245,31 @@ def test_bad_budget_and_missing_command(setup: dict[str, Any]) -> None:
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1 and "no-such-program-xyz: command not found" in r.stderr
+    # as a shell: 127 and one line when there is no such command
+    assert r.returncode == 127, r.stderr
+    assert r.stderr.strip() == "error: no-such-program-xyz: command not found"
+
+
+def test_a_command_that_cannot_run_exits_like_a_shell(setup: dict[str, Any], tmp_path: Path) -> None:
+    plain = tmp_path / "not-executable.sh"
+    plain.write_text("#!/bin/sh\necho hi\n")
+    plain.chmod(0o644)
+    orphan = tmp_path / "orphan.sh"
+    orphan.write_text("#!/no/such/interpreter\necho hi\n")
+    orphan.chmod(0o755)
+    cases = [
+        (str(plain), 126, f"{plain}: Permission denied"),
+        (str(tmp_path), 126, f"{tmp_path}: Is a directory"),
+        (str(orphan), 126, f"{orphan}: bad interpreter: No such file or directory"),
+        (str(tmp_path / "missing"), 127, f"{tmp_path / 'missing'}: No such file or directory"),
+    ]
+    for program, code, message in cases:
+        r = subprocess.run(
+            [LLMBUDGET, "run", "--config", setup["config"], "--db", setup["db"], "--", program, "arg"],
+            capture_output=True,
+            text=True,
+        )
+        assert (r.returncode, r.stderr.strip()) == (code, f"error: {message}"), program
 
 
 def test_wrap_takes_the_runs_attribution_from_the_environment(

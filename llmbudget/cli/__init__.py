@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..errors import LLMBudgetError
+from ..errors import CommandNotRun, LLMBudgetError
 from . import common
 
 #: set to 1 (or true/yes) to see the traceback of an unexpected error
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     except LLMBudgetError as e:
         common.fail(str(e))
-        return 1
+        return e.exit_code if isinstance(e, CommandNotRun) else 1
     except KeyboardInterrupt:
         common.fail("interrupted")
         return 130

@@ -9,7 +9,8 @@ twice the CPU per request). What it enforces, in this order:
    address, any IP literal when bound to a wildcard address, `server.allowed_hosts`) is a 421,
    so a DNS-rebinding page cannot reach the API or spend through the proxy. `/healthz` is exempt.
 2. **Admin token.** When one is configured (`server.admin_token_env`; `serve` refuses to bind
-   off loopback without one) every request that is not for a backend, `/healthz` or `/login`
+   off loopback without one) every request that is not for a backend (also behind the
+   attribution prefix, `/_llmb/session=S/{backend}/...`), `/healthz` or `/login`
    needs `Authorization: Bearer <token>` or the cookie set by `POST /login`, whatever the
    client's address (a reverse proxy connects from localhost). The cookie holds an HMAC of the
    token, never the token itself.
@@ -43,6 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from .capture.errors import error_bytes, error_payload, guess_protocol
+from .capture.paths import PREFIX
 from .errors import ConfigError
 from .origin import origin_authority
 from .web.errors import error_body
@@ -340,8 +342,9 @@ class AccessGuard:
             return
         path: str = scope["path"]
         first = path[1:].partition("/")[0]
-        if first in self.backends:
-            # the proxy's hot path: one pass that sums the headers' size and finds the Host
+        if first in self.backends or first == PREFIX:
+            # the proxy's hot path: one pass that sums the headers' size and finds the Host (the
+            # attribution prefix, `/_llmb/.../{backend}/...`, reaches nothing but a backend either)
             size = 0
             raw_host = None
             for k, v in scope["headers"]:

@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .capture.errors import error_bytes, guess_protocol
+from .capture.paths import PREFIX, PathRefused, read_prefix
 from .services import Services
 
 Scope = MutableMapping[str, Any]
@@ -26,7 +28,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class LLMBudgetApp:
-    """Dispatches `/{backend}/...` to the proxy (a plain ASGI callable) and everything else to Starlette."""
+    """Dispatches `/{backend}/...` (and `/_llmb/.../{backend}/...`) to the proxy, a plain ASGI
+    callable, and everything else to Starlette."""
 
     def __init__(self, services: Services, web: Starlette, proxy: Any) -> None:
         self.services = services
@@ -51,6 +54,9 @@ class LLMBudgetApp:
             if first in self._backends:
                 await self.proxy(scope, receive, send)
                 return
+            if first == PREFIX:
+                await self._prefixed(scope, receive, send)
+                return
             if kind == "websocket":
                 await self.web(scope, receive, send)
                 return
@@ -58,6 +64,54 @@ class LLMBudgetApp:
                 await self.proxy.unknown_backend(scope, send)
                 return
         await self.web(scope, receive, send)
+
+    async def _prefixed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`/_llmb/session=S/agent=A/{backend}/...`: the call `/{backend}/...` attributed to S and A.
+
+        The prefix's values go in as the `X-LLMBudget-Session` / `-Agent` headers the client did not
+        send itself, so the proxy's usual order holds: a virtual key's fixed values win, then
+        explicit headers, then the prefix, then `attribution.rules` and known clients. The proxy
+        reads the rest of the path as it reads any path (`capture/paths.py` parses both). Only a
+        configured backend is reached this way; a plain `/{backend}/...` call never comes here.
+        """
+        try:
+            where = read_prefix(scope.get("raw_path") or scope["path"].encode("utf-8"))
+        except PathRefused as e:
+            await _refuse(scope, send, 400, str(e), "invalid_path")
+            return
+        if where.backend not in self._backends:
+            # (the configured names are not listed: the access guard let this through on its Host alone)
+            message = f"no backend named {where.backend[:100]!r}; requests go to /{PREFIX}/session=S/{{backend}}/..."
+            await _refuse(scope, send, 404, message, "unknown_backend")
+            return
+        headers = scope["headers"]
+        given = {k for k, _ in headers if k in _PREFIX_HEADERS.values()}
+        added = [
+            (h, v.encode("utf-8"))
+            for f, v in where.attribution.items()
+            if (h := _PREFIX_HEADERS[f]) not in given
+        ]
+        child = {**scope, "path": where.path, "raw_path": where.raw_path, "headers": [*headers, *added]}
+        await self.proxy(child, receive, send)
+
+
+#: the header each attribution-prefix field stands for
+_PREFIX_HEADERS = {"session": b"x-llmbudget-session", "agent": b"x-llmbudget-agent"}
+
+
+async def _refuse(scope: Scope, send: Send, status: int, message: str, code: str) -> None:
+    """An error in the (guessed) protocol's shape; a WebSocket upgrade gets it as its HTTP answer
+    (ASGI's `websocket.http.response`), or is closed before it is accepted (403) without that."""
+    kind = ""
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        kind = "websocket."
+    body = error_bytes(guess_protocol(scope["path"]), status, message, code)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": kind + "http.response.start", "status": status, "headers": headers})
+    await send({"type": kind + "http.response.body", "body": body})
 
 
 def build_app(services: Services) -> Any:

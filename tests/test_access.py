@@ -424,3 +424,23 @@ def test_login_limiter_window_and_addresses() -> None:
 )
 def test_client_address(client: tuple[str, int] | None, key: str) -> None:
     assert client_address({"client": client}) == key
+
+
+def test_the_attribution_prefix_is_a_proxied_path_off_loopback_too(
+    exposed: RunningProxy, fake: FakeUpstream
+) -> None:
+    url = f"{exposed.url}/_llmb/session=s-exposed/agent=a/openai/v1/chat/completions"
+    # the proxy's own rules, not the admin token's: no key is a 401 in the protocol's shape
+    r = httpx.post(url, json=CHAT)
+    assert r.status_code == 401 and "virtual key" in r.json()["error"]["message"]
+    r = httpx.post(url, json=CHAT, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 401 and "admin token" in r.json()["error"]["message"]
+    # nor does the prefix open the API or the dashboard without the token
+    for rest in ("/api/events", "/", "/login"):
+        r = httpx.get(f"{exposed.url}/_llmb/session=s-exposed{rest}", follow_redirects=False)
+        assert r.status_code in (400, 404), rest
+    r = httpx.post(url, json=CHAT, headers={"Authorization": "Bearer sk-mine"})
+    assert r.status_code == 200
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-mine"
+    [event] = exposed.wait_events(1, session="s-exposed")
+    assert event.agent == "a"

@@ -12,12 +12,21 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from fakes import upstream as fx
 from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 
-from llmbudget.capture.paths import PathRefused, read_path
+from llmbudget.capture.paths import (
+    MAX_VALUE_CHARS,
+    PathRefused,
+    prefix_path,
+    prefix_refusal,
+    read_path,
+    read_prefix,
+)
+from llmbudget.capture.proxy import MAX_ATTRIBUTION_CHARS
 from llmbudget.config import Config
 
 GEMINI_EP = f"/v1beta/models/{fx.GEMINI_MODEL}:generateContent"
@@ -244,3 +253,160 @@ def test_a_trailing_slash_after_the_endpoint_is_still_metered(
         send_raw(proxy.url, f"/{prefix}{form}", body)
         assert fake.requests[-1]["raw_path"] == "/base" + form
         assert len(proxy.wait_events(before + 1, backend=prefix)) == before + 1, f"{form} went unmetered"
+
+
+# ---------------------------------------------------------------- the attribution prefix
+PRE = "/_llmb/session=pr%208/agent=fixer"
+
+
+@pytest.mark.parametrize(
+    ("raw", "attribution", "rest_raw", "rest"),
+    [
+        (
+            b"/_llmb/session=s1/agent=a1/openai/v1/chat/completions",
+            {"session": "s1", "agent": "a1"},
+            b"/openai/v1/chat/completions",
+            "/openai/v1/chat/completions",
+        ),
+        (b"/_llmb/agent=a1/session=s1/o", {"agent": "a1", "session": "s1"}, b"/o", "/o"),
+        (b"/_llmb/session=pr%208/o/a%20b", {"session": "pr 8"}, b"/o/a%20b", "/o/a b"),
+        (b"/_llmb/agent=%C3%A9t%C3%A9/o/", {"agent": "\u00e9t\u00e9"}, b"/o/", "/o/"),
+        # split on the first literal `=`; the rest is left as sent for the proxy to read
+        (b"/_llmb/session=a=b%3Dc/o/x", {"session": "a=b=c"}, b"/o/x", "/o/x"),
+        (b"/_llmb/session=50%25/%6f/x", {"session": "50%"}, b"/%6f/x", "/o/x"),
+    ],
+)
+def test_read_prefix(raw: bytes, attribution: dict[str, str], rest_raw: bytes, rest: str) -> None:
+    p = read_prefix(raw)
+    assert (p.attribution, p.raw_path, p.path, p.backend) == (attribution, rest_raw, rest, rest.split("/")[1])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/_llmb/",
+        b"/_llmb/openai/v1/chat/completions",  # no field
+        b"/_llmb/session=s1",  # no backend
+        b"/_llmb/session=s1/",
+        b"/_llmb/session=s1//openai/v1",
+        b"/_llmb/session=/openai/v1",
+        b"/_llmb/session=%20%09/openai/v1",
+        b"/_llmb/user=u/openai/v1",
+        b"/_llmb/Session=s/openai/v1",
+        b"/_llmb/%73ession=s/openai/v1",
+        b"/_llmb/session=a/session=b/openai/v1",
+        b"/_llmb/session=a%2Fb/openai/v1",
+        b"/_llmb/session=a%5Cb/openai/v1",
+        b"/_llmb/session=a%3Fb/openai/v1",
+        b"/_llmb/session=a%23b/openai/v1",
+        b"/_llmb/session=../openai/v1",
+        b"/_llmb/session=%2e%2e/openai/v1",
+        b"/_llmb/session=%20s/openai/v1",  # white space at either end, as in any path segment
+        b"/_llmb/session=s%20/openai/v1",
+        b"/_llmb/session=a;b/openai/v1",
+        b"/_llmb/session=a%3Bb/openai/v1",
+        b"/_llmb/session=%2541/openai/v1",  # encoded twice
+        b"/_llmb/session=%EF%BC%8E%EF%BC%8E/openai/v1",  # a full-width '..'
+        b"/_llmb/session=a%C2%85b/openai/v1",  # a C1 control
+        b"/_llmb/session=a%0d%0aX-Injected:%201/openai/v1",
+        b"/_llmb/session=%ff/openai/v1",
+        b"/_llmb/session=" + b"x" * 257 + b"/openai/v1",
+        b"/_llmb/session=" + b"%C3%A9" * 257 + b"/openai/v1",
+        b"/_llmb/session=" + b"%41" * 100_000 + b"/openai/v1",  # refused before any decoding
+    ],
+)
+def test_read_prefix_refuses(raw: bytes) -> None:
+    with pytest.raises(PathRefused):
+        read_prefix(raw)
+
+
+def test_prefix_path_is_read_back_as_written() -> None:
+    assert MAX_VALUE_CHARS == MAX_ATTRIBUTION_CHARS  # the same bound as an X-LLMBudget-* header
+    for session, agent in [("pr 8", "fixer"), ("a=b,c@d:e", None), ("\u00e9%+", "x" * 256), ("s", "50%")]:
+        p = read_prefix(prefix_path(session=session, agent=agent) + "/openai/v1")
+        assert p.attribution == {"session": session, **({"agent": agent} if agent else {})}
+        assert p.raw_path == b"/openai/v1"
+    for bad in (
+        "a/b",
+        "..",
+        ".",
+        "",
+        " ",
+        "a\\b",
+        "a?b",
+        "a#b",
+        "a;b",
+        "%41",
+        "\uff0e\uff0e",
+        "a\nb",
+        "x" * 257,
+    ):
+        with pytest.raises(ValueError):
+            prefix_path(session=bad)
+        assert prefix_refusal(bad) is not None
+
+
+def test_a_prefixed_call_is_served_as_the_plain_path_and_attributed(
+    proxy: RunningProxy, fake: FakeUpstream
+) -> None:
+    for protocol, (prefix, ep, body) in CASES.items():
+        before = len(proxy.events(backend=prefix, session="pr 8"))
+        status, answer = send_raw(proxy.url, f"{PRE}/{prefix}{ep}", body)
+        assert status == 200, (protocol, answer)
+        got = fake.requests[-1]
+        # forwarded as `/{backend}{ep}` is, inside the base path, with no llmbudget header
+        assert got["raw_path"] == "/base" + ep
+        assert not [h for h in got["headers"] if h.startswith("x-llmbudget")]
+        events = proxy.wait_events(before + 1, backend=prefix, session="pr 8")
+        assert len(events) == before + 1 and events[-1].agent == "fixer", protocol
+
+
+def test_explicit_headers_win_over_the_prefix(proxy: RunningProxy) -> None:
+    _, ep, body = CASES["openai"]
+    r = httpx.post(
+        f"{proxy.url}/_llmb/session=from-path/agent=path-agent/openai{ep}",
+        json=body,
+        headers={"X-LLMBudget-Session": "from-header", "user-agent": "claude-cli/2.1.197 (external, cli)"},
+    )
+    assert r.status_code == 200
+    [event] = proxy.wait_events(1, session="from-header")
+    # the header's session; the path's agent, above what the user agent would infer (claude-code)
+    assert event.agent == "path-agent"
+    assert proxy.events(session="from-path") == []
+
+
+@pytest.mark.parametrize("protocol", sorted(CASES))
+def test_every_ambiguous_form_is_refused_under_the_prefix_too(
+    protocol: str, proxy: RunningProxy, fake: FakeUpstream
+) -> None:
+    prefix, ep, body = CASES[protocol]
+    for form in _refused_forms(ep):
+        before = len(fake.requests)
+        status, answer = send_raw(proxy.url, f"{PRE}/{prefix}{form}", body)
+        assert status == 400, (form, answer)
+        assert "path" in assert_protocol_error(protocol, answer), form
+        assert len(fake.requests) == before, f"{form} reached the upstream"
+
+
+def test_a_malformed_prefix_is_a_400_and_reaches_nothing(proxy: RunningProxy, fake: FakeUpstream) -> None:
+    before = len(fake.requests)
+    for protocol, (prefix, ep, body) in CASES.items():
+        for bad in ("/_llmb/session=a%2Fb", "/_llmb/session=..", "/_llmb/team=t", "/_llmb"):
+            status, answer = send_raw(proxy.url, f"{bad}/{prefix}{ep}", body)
+            assert status == 400, (bad, answer)
+            assert "_llmb" in assert_protocol_error(protocol, answer) or "path" in str(answer)
+    assert len(fake.requests) == before
+
+
+def test_the_prefix_reaches_nothing_but_a_backend(proxy: RunningProxy, fake: FakeUpstream) -> None:
+    before = len(fake.requests)
+    for rest in ("/api/events", "/healthz", "/metrics", "/", "/nosuch/v1/chat/completions", "/../api/events"):
+        r = httpx.get(f"{proxy.url}/_llmb/session=s{rest}")
+        assert r.status_code in (400, 404), (rest, r.text)
+        assert "events" not in r.json() and "status" not in r.json(), rest
+    r = httpx.get(f"{proxy.url}/_llmb/session=s/nosuch/v1/models")
+    assert r.json()["error"]["code"] == "unknown_backend" and "openai" not in r.text  # names no backend
+    # and the Host check holds as on any proxied path
+    r = httpx.post(f"{proxy.url}{PRE}/openai/v1/chat/completions", json={}, headers={"Host": "evil.example"})
+    assert r.status_code == 421
+    assert len(fake.requests) == before

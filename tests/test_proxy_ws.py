@@ -354,3 +354,25 @@ def test_virtual_key_on_an_exposed_server(
     assert (event.key, event.agent, event.team) == ("ci-bot", "ci", "platform")
     assert fake.connections[-1]["headers"]["authorization"] == "Bearer sk-operator-openai"
     assert secret not in json.dumps(fake.connections[-1]["headers"])
+
+
+def test_the_attribution_prefix_works_for_an_upgrade_too(
+    proxy: RunningProxy, fake: FakeWebSocketUpstream
+) -> None:
+    sid = f"ws {uuid.uuid4().hex[:8]}"
+    url = ws_url(proxy, f"/_llmb/session={sid.replace(' ', '%20')}/agent=ws-agent/openai/v1/responses")
+    with wsclient.connect(url, additional_headers=CODEX_HEADERS) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": fx.RESPONSES_MODEL, "input": "hi"}))
+        read_until(ws, "response.completed")
+    [event] = proxy.wait_events(1, session=sid)
+    # the path's agent ranks above what Codex's headers would infer (codex)
+    assert event.agent == "ws-agent" and event.backend == "openai" and event.streamed is True
+    sent = fake.connections[-1]
+    assert sent["path"] == "/v1/responses" and not [h for h in sent["headers"] if h.startswith("x-llmbudget")]
+    for path, code in (
+        ("/_llmb/session=a%2Fb/openai/v1/responses", 400),
+        ("/_llmb/session=s/nosuch/v1", 404),
+    ):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as e:
+            wsclient.connect(ws_url(proxy, path), additional_headers=CODEX_HEADERS, open_timeout=5).close()
+        assert e.value.response.status_code == code, path

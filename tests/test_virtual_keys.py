@@ -336,3 +336,14 @@ def test_a_key_cannot_spend_the_operators_key_on_unmetered_endpoints(
         headers={"Authorization": "Bearer sk-callers-own"},
     )
     assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-callers-own"
+
+
+def test_a_keys_fixed_attribution_wins_over_the_path_prefix(served: RunningProxy, fake: FakeUpstream) -> None:
+    secret = create(served, "prefixed", agent="ci")
+    base = f"{served.url}/_llmb/session=s-pre/agent=spoofed/openai/v1"
+    with openai.OpenAI(base_url=base, api_key=secret, max_retries=0) as sdk:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-operator-openai"
+    (event,) = served.wait_events(1)
+    # the key fixes the agent; the session it leaves open comes from the path
+    assert (event.key, event.agent, event.session) == ("prefixed", "ci", "s-pre")

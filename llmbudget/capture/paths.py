@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 #: characters a path segment may carry unencoded (RFC 3986 `pchar` minus `%` and `;`)
 _SAFE = "-._~!$&'()*+,=:@"
@@ -113,3 +113,120 @@ def read_path(raw_path: bytes | str) -> ProxyPath:
 def encode(path: str) -> str:
     """A decoded path as `read_path` checked it (no `/` inside a segment), percent-encoded to send."""
     return path if _PLAIN.fullmatch(path) else quote(path, safe=_SAFE + "/")
+
+
+# ---------------------------------------------------------------- the attribution prefix
+#: the first segment of a path carrying attribution: `/_llmb/session=S/agent=A/{backend}/{rest}`
+#: (a backend name starts with a letter or digit and has no `=`, so neither part can be a backend)
+PREFIX = "_llmb"
+_PREFIX_RAW = "/" + PREFIX + "/"
+#: the attribution fields a prefix may carry, each at most once, in any order
+PREFIX_FIELDS = ("session", "agent")
+#: the longest value, in characters once decoded: as an `X-LLMBudget-*` header (proxy.MAX_ATTRIBUTION_CHARS)
+MAX_VALUE_CHARS = 256
+#: the longest encoded `name=value` segment read at all (every character a 4-byte `%XX` sequence)
+_MAX_PAIR_RAW = len("session=") + MAX_VALUE_CHARS * 12
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixedPath:
+    """A path read past its attribution prefix: the fields it set and the path the proxy serves."""
+
+    #: field (`session`, `agent`) -> value, decoded once
+    attribution: dict[str, str]
+    #: what follows the prefix, `/{backend}/...` exactly as the client encoded it (ASGI `raw_path`)
+    raw_path: bytes
+    #: the same, percent-decoded as the server decodes a request's path (ASGI `path`)
+    path: str
+
+    @property
+    def backend(self) -> str:
+        """The first segment after the prefix, decoded: the backend, when one has that name."""
+        return self.path[1:].partition("/")[0]
+
+
+def read_prefix(raw_path: bytes | str) -> PrefixedPath:
+    """Read `/_llmb/name=value/.../{backend}/{rest}`; PathRefused when the prefix is malformed.
+
+    Each `name=value` segment is split on its first literal `=`, and the value decoded once and
+    checked by the same rules as a proxied path's segments (`_segment`: no encoded `/`, `\\`,
+    `?`, `#`, no `;`, no dot segment, nothing encoded twice, no white space at either end, no
+    control character or look-alike, UTF-8); it is not empty and at most `MAX_VALUE_CHARS`
+    characters, as an attribution header. The rest is left as sent: `read_path` reads it as any path.
+    """
+    raw = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else raw_path
+    if not raw.startswith(_PREFIX_RAW):
+        raise PathRefused(f"the path does not start with /{PREFIX}/")
+    attribution: dict[str, str] = {}
+    at = len(_PREFIX_RAW) - 1  # the slash before the next segment
+    while True:
+        end = raw.find("/", at + 1)
+        segment = raw[at + 1 : end if end >= 0 else len(raw)]
+        if "=" not in segment:
+            break
+        if len(segment) > _MAX_PAIR_RAW:
+            raise PathRefused(f"/{PREFIX}/: a value is longer than {MAX_VALUE_CHARS} characters")
+        name, _, value = segment.partition("=")
+        if name not in PREFIX_FIELDS:
+            raise PathRefused(
+                f"/{PREFIX}/: unknown field {name[:40]!r}; the prefix takes "
+                + " and ".join(f"{f}=VALUE" for f in PREFIX_FIELDS)
+            )
+        if name in attribution:
+            raise PathRefused(f"/{PREFIX}/: {name} is given twice")
+        try:
+            text = _segment(value)
+        except PathRefused as e:
+            raise PathRefused(f"/{PREFIX}/: {name}: {e}") from None
+        if not text:
+            raise PathRefused(f"/{PREFIX}/: {name} is empty")
+        if len(text) > MAX_VALUE_CHARS:
+            raise PathRefused(f"/{PREFIX}/: {name} is longer than {MAX_VALUE_CHARS} characters")
+        attribution[name] = text
+        if end < 0:
+            break
+        at = end
+    if not attribution:
+        raise PathRefused(f"/{PREFIX}/ is followed by no field: /{PREFIX}/session=S/agent=A/{{backend}}/...")
+    rest = raw[at:]
+    if "=" in segment or not segment:
+        raise PathRefused(
+            f"/{PREFIX}/: no backend after the attribution: /{PREFIX}/session=S/{{backend}}/..."
+        )
+    # decoded as the server decoded the whole path; the proxy refuses what `read_path` cannot read
+    return PrefixedPath(attribution=attribution, raw_path=rest.encode("latin-1"), path=unquote(rest))
+
+
+def prefix_path(*, session: str | None = None, agent: str | None = None) -> str:
+    """The attribution prefix for these values, `/_llmb/session=S/agent=A` (encoded as `read_prefix` reads it).
+
+    ValueError when a value cannot travel in a path (see `prefix_refusal`).
+    """
+    parts = []
+    for name, value in (("session", session), ("agent", agent)):
+        if value is None:
+            continue
+        why = prefix_refusal(value)
+        if why is not None:
+            raise ValueError(f"{name} {value!r} {why}")
+        parts.append(f"{name}={quote(value.strip(), safe=_SAFE)}")
+    if not parts:
+        raise ValueError("an attribution prefix needs a session or an agent")
+    return "/" + PREFIX + "/" + "/".join(parts)
+
+
+def prefix_refusal(value: str) -> str | None:
+    """Why `value` (trimmed) cannot go in an attribution prefix (`read_prefix` would refuse it), or None."""
+    text = value.strip()
+    if not text:
+        return "is empty"
+    if len(text) > MAX_VALUE_CHARS:
+        return f"is longer than {MAX_VALUE_CHARS} characters"
+    for ch in _FORBIDDEN:
+        if ch in text:
+            return f"has a {ch!r}, which cannot go in a URL path segment"
+    try:  # whatever else `read_prefix` refuses: a dot segment, a control character, a look-alike, ...
+        _segment(quote(text, safe=_SAFE))
+    except PathRefused as e:
+        return f"cannot go in a URL path segment ({str(e).removeprefix('the path ')})"
+    return None

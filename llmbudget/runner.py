@@ -1,14 +1,16 @@
 """`llmbudget run -- CMD`: run an agent with its providers' environment pointed at the proxy.
 
 The child gets base URLs for every protocol (`OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`,
-`GOOGLE_GEMINI_BASE_URL`), the run's attribution as headers for the clients that read headers
-from the environment (Claude Code's `ANTHROPIC_CUSTOM_HEADERS`, Gemini CLI's
-`GEMINI_CLI_CUSTOM_HEADERS`, Codex through `-c model_providers...` overrides) and as
-`LLMBUDGET_AGENT` / `LLMBUDGET_SESSION` for `wrap()`.
+`GOOGLE_GEMINI_BASE_URL`) that carry the run's attribution in their path
+(`/_llmb/session=S/agent=A/{backend}`, read by the server in `llmbudget.app`), the same as
+headers for the clients that read headers from the environment (Claude Code's
+`ANTHROPIC_CUSTOM_HEADERS`, Gemini CLI's `GEMINI_CLI_CUSTOM_HEADERS`, Codex through
+`-c model_providers...` overrides) and as `LLMBUDGET_AGENT` / `LLMBUDGET_SESSION` for `wrap()`.
 
 The proxy is a running `llmbudget serve` when one answers, else one started in this process on
 a free loopback port. The in-process proxy also stamps the run's session (and agent) on calls
-whose client cannot send headers (a plain SDK script), and it is always used with `--budget`:
+that come without the prefix (code that builds URLs from `LLMBUDGET_PROXY_URL`), and it is
+always used with `--budget`:
 the run's limit is a `session`-scoped budget added to that proxy's gate, counted in the ledger's
 database like every other budget.
 """
@@ -137,6 +139,25 @@ def attribution_headers(agent: str | None, session: str) -> dict[str, str]:
     return headers
 
 
+def routed_base(base: str, *, agent: str | None, session: str) -> str:
+    """The proxy's address with the run's attribution in the path: `BASE/_llmb/session=S/agent=A`.
+
+    Every base URL the child gets starts with it, so a client that sends no header of its own (a
+    plain SDK script) is still attributed by any `llmbudget serve`; ValueError for a value that
+    cannot go in a path (`attribution_refusal`).
+    """
+    from .capture.paths import prefix_path
+
+    return base.rstrip("/") + prefix_path(session=session, agent=agent)
+
+
+def attribution_refusal(value: str) -> str | None:
+    """Why a session or agent name cannot travel in the run's base URLs, or None when it can."""
+    from .capture.paths import prefix_refusal
+
+    return prefix_refusal(value)
+
+
 def child_env(
     base: str,
     cfg: Config,
@@ -149,16 +170,17 @@ def child_env(
     """The child's environment: the parent's, with every provider pointed at the proxy at `base`."""
     env = dict(environ)
     base = base.rstrip("/")
+    routed = routed_base(base, agent=agent, session=session)
     names = {kind: _backend_for(cfg, kind) for kind in ("openai", "anthropic", "gemini")}
     # Gemini CLI takes OPENAI_BASE_URL as a request to use an OpenAI-compatible server instead of
     # Gemini (packages/core/src/core/contentGenerator.ts `getAuthTypeFromEnv`): not for `gemini`
     if names["openai"] and not (program and Path(program).name in ("gemini", "gemini.cmd")):
-        env["OPENAI_BASE_URL"] = f"{base}/{names['openai']}/v1"
+        env["OPENAI_BASE_URL"] = f"{routed}/{names['openai']}/v1"
     if names["anthropic"]:
-        env["ANTHROPIC_BASE_URL"] = f"{base}/{names['anthropic']}"
+        env["ANTHROPIC_BASE_URL"] = f"{routed}/{names['anthropic']}"
     if names["gemini"]:
         # Gemini CLI (packages/core/src/core/contentGenerator.ts) and the google-genai SDK's gateway form
-        env["GOOGLE_GEMINI_BASE_URL"] = f"{base}/{names['gemini']}"
+        env["GOOGLE_GEMINI_BASE_URL"] = f"{routed}/{names['gemini']}"
     headers = attribution_headers(agent, session)
     # Claude Code: newline-separated `Name: value` lines added to every API call
     lines = [f"{k}: {v}" for k, v in headers.items()]
@@ -179,7 +201,8 @@ def codex_overrides(base: str, cfg: Config, *, agent: str | None, session: str) 
     """`-c` options making Codex use the proxy: Codex's built-in provider ignores OPENAI_BASE_URL.
 
     A custom provider (`model_providers.llmbudget`) speaking the Responses API over HTTPS, with
-    the run's attribution in `http_headers`; its key comes from `OPENAI_API_KEY`.
+    the run's attribution in `http_headers` (and in its base URL's path); its key comes from
+    `OPENAI_API_KEY`.
     """
     name = _backend_for(cfg, "openai")
     if name is None:
@@ -190,7 +213,7 @@ def codex_overrides(base: str, cfg: Config, *, agent: str | None, session: str) 
         "-c",
         f'{p}.name="llmbudget"',
         "-c",
-        f'{p}.base_url="{base.rstrip("/")}/{name}/v1"',
+        f'{p}.base_url="{routed_base(base, agent=agent, session=session)}/{name}/v1"',
         "-c",
         f'{p}.wire_api="responses"',
         "-c",

@@ -158,7 +158,7 @@ def test_run_uses_a_running_server(setup: dict[str, Any], fake: FakeUpstream, tm
             {**setup, "db": str(db)}, "--server", served.url, "--session", session, env={"SEND_SESSION": "1"}
         )
         assert r.returncode == 0, r.stderr
-        assert r.stdout.split()[0] == f"{served.url}/openai/v1"
+        assert r.stdout.split()[0] == f"{served.url}/_llmb/session={session}/openai/v1"
         s = summary_of(r.stderr)
         assert s["calls"] == 2 and s["proxy"] == served.url
         assert {e.session for e in served.events(session=session)} == {session}
@@ -208,9 +208,11 @@ def test_child_environment_and_codex_overrides() -> None:
         session="s1",
         environ={"ANTHROPIC_CUSTOM_HEADERS": "X-Mine: 1", "PATH": "/bin"},
     )
-    assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:9/openai/v1"
-    assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9/anthropic"
-    assert env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9/gemini"
+    routed = "http://127.0.0.1:9/_llmb/session=s1/agent=fixer"
+    assert env["OPENAI_BASE_URL"] == f"{routed}/openai/v1"
+    assert env["ANTHROPIC_BASE_URL"] == f"{routed}/anthropic"
+    assert env["GOOGLE_GEMINI_BASE_URL"] == f"{routed}/gemini"
+    assert env["LLMBUDGET_PROXY_URL"] == "http://127.0.0.1:9"
     assert env["ANTHROPIC_CUSTOM_HEADERS"] == "X-Mine: 1\nX-LLMBudget-Session: s1\nX-LLMBudget-Agent: fixer"
     assert env["GEMINI_CLI_CUSTOM_HEADERS"] == "X-LLMBudget-Session: s1, X-LLMBudget-Agent: fixer"
     assert (env["LLMBUDGET_SESSION"], env["LLMBUDGET_AGENT"], env["PATH"]) == ("s1", "fixer", "/bin")
@@ -221,14 +223,15 @@ def test_child_environment_and_codex_overrides() -> None:
     opts = dict(zip(cmd[1:-2:2], cmd[2:-2:2], strict=True))
     assert set(opts) == {"-c"} or True
     values = cmd[2:-2:2]
-    assert 'model_providers.llmbudget.base_url="http://127.0.0.1:9/openai/v1"' in values
+    assert 'model_providers.llmbudget.base_url="http://127.0.0.1:9/_llmb/session=s1/openai/v1"' in values
     assert 'model_providers.llmbudget.wire_api="responses"' in values
     assert 'model_providers.llmbudget.http_headers={"X-LLMBudget-Session" = "s1"}' in values
     assert values[-1] == 'model_provider="llmbudget"'
     gemini = runner.child_env(
         "http://127.0.0.1:9", cfg, agent=None, session="s1", environ={}, program="gemini"
     )
-    assert "OPENAI_BASE_URL" not in gemini and gemini["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9/gemini"
+    assert "OPENAI_BASE_URL" not in gemini
+    assert gemini["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:9/_llmb/session=s1/gemini"
     assert runner.child_command(["python", "x.py"], "http://x", cfg, agent=None, session="s") == [
         "python",
         "x.py",
@@ -270,6 +273,16 @@ def test_a_command_that_cannot_run_exits_like_a_shell(setup: dict[str, Any], tmp
             text=True,
         )
         assert (r.returncode, r.stderr.strip()) == (code, f"error: {message}"), program
+
+
+def test_a_session_or_agent_that_cannot_travel_in_a_url_path_is_refused(setup: dict[str, Any]) -> None:
+    for option, value in (("--session", "a/b"), ("--agent", ".."), ("--agent", "x?y")):
+        r = subprocess.run(
+            [LLMBUDGET, "run", "--config", setup["config"], option, value, "--", "true"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 1 and f"{option}: {value!r}" in r.stderr, r.stderr
 
 
 def test_wrap_takes_the_runs_attribution_from_the_environment(

@@ -64,6 +64,12 @@ def run(
     sid = (session or "").strip() or runner.new_session_id()
     if len(sid) > 200:
         raise ValidationError("--session", "must be at most 200 characters")
+    agent = (agent or "").strip() or None
+    # both travel in the path of the command's base URLs (so a running server attributes its calls)
+    for option, value in (("--session", sid), ("--agent", agent)):
+        why = None if value is None else runner.attribution_refusal(value)
+        if why is not None:
+            raise ValidationError(option, f"{value!r} {why}")
     cfg = common.load(config)
     url = server or runner.server_url(cfg)
     use_server = not in_process and limit is None and runner.probe_server(url)

@@ -54,9 +54,57 @@ def test_run_uses_the_configured_server(
     )
     assert done.returncode == 0, done.stderr
     base_url, custom_headers = done.stdout.split()[0], done.stdout.split("\n")[1]
-    assert base_url == f"{server.url}/anthropic"
+    assert base_url == f"{server.url}/_llmb/session=pr-7/anthropic"
     assert custom_headers == "X-LLMBudget-Session: pr-7"
     summary = json.loads(done.stderr.strip().splitlines()[-1])
     assert (summary["proxy"], summary["session"], summary["calls"]) == (server.url, "pr-7", 1)
     (event,) = [e for e in server.events() if e["session"] == "pr-7"]
     assert (event["agent"], event["backend"], event["source"]) == ("claude-code", "anthropic", "proxy")
+
+
+PLAIN_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import anthropic, openai
+
+    # the official SDKs as a plain script uses them: no llmbudget header, the base URLs from the environment
+    with openai.OpenAI(api_key="sk-test", max_retries=0) as o:
+        o.chat.completions.create(model="gpt-4o-mini", max_tokens=50,
+                                  messages=[{"role": "user", "content": "hi"}])
+    with anthropic.Anthropic(api_key="sk-ant-test", max_retries=0) as a:
+        a.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+                          messages=[{"role": "user", "content": "hi"}])
+    print(os.environ["OPENAI_BASE_URL"])
+    print(os.environ["ANTHROPIC_BASE_URL"])
+    """
+)
+
+
+def test_a_running_server_attributes_a_plain_sdk_script_from_the_base_url(
+    serve: Callable[..., Any],
+    write_config: Callable[..., Path],
+    llmbudget: Callable[..., Any],
+    cli_json: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    server = serve(config=write_config(storage={"flush_interval_s": 0.1}))
+    config = write_config(server={"port": int(server.url.rsplit(":", 1)[1])})
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN_SCRIPT)
+    done = llmbudget(
+        "run", "--config", str(config), "--db", server.db, "--agent", "fixer bot", "--session", "pr 8",
+        "--", sys.executable, str(script),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # the printed summary counts both calls: the server put them in the run's session
+    first = done.stderr.splitlines()[0]
+    assert "session pr 8" in first and "2 calls" in first and f"via {server.url}" in first, done.stderr
+    rows = cli_json("events", "--session", "pr 8", "--db", server.db, "--config", str(config))["events"]
+    assert sorted((r["agent"], r["backend"], r["source"]) for r in rows) == [
+        ("fixer bot", "anthropic", "proxy"),
+        ("fixer bot", "openai", "proxy"),
+    ]
+    # the attribution travelled in the base URLs' path
+    openai_url, anthropic_url = done.stdout.split()
+    assert openai_url == f"{server.url}/_llmb/session=pr%208/agent=fixer%20bot/openai/v1"
+    assert anthropic_url == f"{server.url}/_llmb/session=pr%208/agent=fixer%20bot/anthropic"

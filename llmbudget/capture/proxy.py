@@ -75,6 +75,8 @@ _HOP = frozenset(
 )
 _REQ_DROP = _HOP | {b"host", b"content-length"}
 _KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+#: request headers `client_side` looks at (every other header is forwarded untouched)
+_CLIENT_SPECIAL = _REQ_DROP | _KEY_HEADERS | {b"origin", b"sec-fetch-site", b"content-type"}
 _ATTR_HEADERS = {
     b"x-llmbudget-agent": "agent",
     b"x-llmbudget-session": "session",
@@ -342,7 +344,6 @@ class Proxy:
         `X-LLMBudget-*`, then `attribution.rules` and known clients, then the virtual key's fixed values.
         """
         attribution: dict[str, Any] = {}
-        headers: CIMultiDict[str] = CIMultiDict()
         has_key = False
         key_value: str | None = None
         ctype = b""
@@ -350,20 +351,28 @@ class Proxy:
         length: bytes | None = None
         origin = host = b""
         cross_site = False
+        forwarded: list[tuple[str, str]] = []
         for k, v in scope["headers"]:
-            if k == b"origin":
-                origin = v
-            elif k == b"host":
-                host = v
-            elif k == b"sec-fetch-site":
-                cross_site = v.strip().lower() == b"cross-site"
-            if k in _REQ_DROP:
-                if k == b"connection":
-                    conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
-                elif k == b"content-length":
-                    length = v
-                continue
-            if k.startswith(b"x-llmbudget-"):
+            if k in _CLIENT_SPECIAL:  # one set lookup for the usual header, forwarded as it is
+                if k in _REQ_DROP:
+                    if k == b"host":
+                        host = v
+                    elif k == b"connection":
+                        conn_tokens.extend(t.strip() for t in v.decode("latin-1").lower().split(","))
+                    elif k == b"content-length":
+                        length = v
+                    continue
+                if k == b"origin":
+                    origin = v
+                elif k == b"sec-fetch-site":
+                    cross_site = v.strip().lower() == b"cross-site"
+                elif k == b"content-type":
+                    ctype = v
+                else:  # a provider key header
+                    has_key = True
+                    if key_value is None or _VK_PREFIX in v:
+                        key_value = v.decode("latin-1")
+            elif k.startswith(b"x-llmbudget-"):
                 if (
                     len(v) > MAX_ATTRIBUTION_CHARS
                     and len(v.decode("utf-8", "replace")) > MAX_ATTRIBUTION_CHARS
@@ -376,13 +385,8 @@ class Proxy:
                 elif attr is not None:
                     attribution[attr] = v.decode("utf-8", "replace").strip() or None
                 continue  # attribution (and any other llmbudget header) is never forwarded
-            if k in _KEY_HEADERS:
-                has_key = True
-                if key_value is None or _VK_PREFIX in v:
-                    key_value = v.decode("latin-1")
-            elif k == b"content-type":
-                ctype = v
-            headers.add(k.decode("latin-1"), v.decode("latin-1"))
+            forwarded.append((k.decode("latin-1"), v.decode("latin-1")))
+        headers: CIMultiDict[str] = CIMultiDict(forwarded)
         if self.attributor is not None:
             self.attributor.fill(scope["headers"], attribution)
         for token in conn_tokens:  # headers the Connection header names are hop-by-hop too

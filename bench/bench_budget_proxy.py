@@ -13,7 +13,7 @@ added p50 at c=1 (budget minus none) and the throughput ratio at c=100 (budget /
     .venv/bin/python bench/bench_budget_proxy.py            # ~3 min
     .venv/bin/python bench/bench_budget_proxy.py --quick    # ~1.5 min
 
-Targets (DESIGN.md section 10): a non-binding budget adds <= 0.3 ms at c=1 and keeps >= 0.8x the
+Targets (README, Benchmarks): a non-binding budget adds <= 0.3 ms at c=1 and keeps >= 0.8x the
 throughput at c=100, on every counter store.
 """
 

@@ -1,6 +1,6 @@
 """A month's `costs(by="backend")` over 10 M events on SQLite, from the rollups.
 
-Target (DESIGN.md section 10): <= 200 ms. The 10 M-event ledger is generated once by
+Target (README, Benchmarks): <= 200 ms. The 10 M-event ledger is generated once by
 gen_events.py into bench/data/ (gitignored, several GB, a few minutes) and reused. Reported: p50
 and max of several runs, in UTC and in Europe/Berlin (whose March has a DST switch, so the month
 is 743 hours and its edges are hourly rollups), plus by day and the plain total.

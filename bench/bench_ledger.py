@@ -1,6 +1,6 @@
 """Ledger ingest: events/s into SQLite and PostgreSQL, through `record_many` and through `record()`.
 
-Target (DESIGN.md section 10): >= 50,000 events/s into SQLite. Events are generated before the
+Target (README, Benchmarks): >= 50,000 events/s into SQLite. Events are generated before the
 clock starts (realistic attribution, see gen_events.py); the figure includes rollups, sessions and
 (unless noted) the fsynced audit log, i.e. what the ledger does in production.
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_meter.py
 
-Target (DESIGN.md section 10): a meter update <= 5 µs. `main()` returns the figures as a dict
+Target (README, Benchmarks): a meter update <= 5 µs. `main()` returns the figures as a dict
 (µs per update) for `bench/run_all.py`.
 """
 

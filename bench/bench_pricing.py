@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_pricing.py
 
-Target (DESIGN.md section 10): a cached price lookup <= 2 µs. `main()` returns the figures as a
+Target (README, Benchmarks): a cached price lookup <= 2 µs. `main()` returns the figures as a
 dict (µs per call) for `bench/run_all.py`.
 """
 

@@ -1,4 +1,4 @@
-"""Who may use the server: the admin token, the Host allow-list and the cross-site rules (DESIGN.md section 9).
+"""Who may use the server: the admin token, the Host allow-list and the cross-site rules.
 
 `AccessGuard` is pure ASGI middleware around the whole app (no BaseHTTPMiddleware: it costs
 twice the CPU per request). What it enforces, in this order:

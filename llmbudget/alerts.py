@@ -72,7 +72,7 @@ class Notice:
         }
 
     def webhook_body(self, fmt: str) -> dict[str, Any]:
-        """The generic JSON body of DESIGN.md section 5, or Slack's `{"text": ...}`."""
+        """The generic JSON alert body, or Slack's `{"text": ...}`."""
         if fmt == "slack":
             return {"text": self.message}
         d = self.to_dict()

@@ -1,6 +1,6 @@
 """The one ASGI application `llmbudget serve` runs: the metering proxy beside the JSON API.
 
-The proxy route is a plain ASGI callable (no framework on the hot path, see RECIPES.md);
+The proxy route is a plain ASGI callable (no framework on the hot path);
 Starlette serves `/healthz`, `/api/...` and the dashboard.
 """
 

@@ -1,6 +1,6 @@
 """One YAML file, validated with pydantic; every error names the file, line and key.
 
-Lookup order (DESIGN.md section 8): `--config`, `$LLMBUDGET_CONFIG`, `./llmbudget.yaml`,
+Lookup order: `--config`, `$LLMBUDGET_CONFIG`, `./llmbudget.yaml`,
 `~/.config/llmbudget/config.yaml`; no file at all means defaults.
 """
 

@@ -1,4 +1,4 @@
-"""UsageEvent: the one record of an LLM call that everything else reads (DESIGN.md section 3)."""
+"""UsageEvent: the one record of an LLM call that everything else reads."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def parse_timestamp(value: str | datetime | int | float) -> datetime:
 
 @dataclass(slots=True)
 class UsageEvent:
-    """One LLM call. Token counts follow DESIGN.md section 3: input includes cached, output includes reasoning."""
+    """One LLM call. Token counts: input includes cached, output includes reasoning."""
 
     backend: str
     model: str

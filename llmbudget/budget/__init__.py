@@ -1,4 +1,4 @@
-"""Budgets that hold (DESIGN.md section 5): config, windows, atomic reservations, enforcement, alerts.
+"""Budgets that hold: config, windows, atomic reservations, enforcement, alerts.
 
 `install(services)` puts a `BudgetGate` into `services.gate` when the config has budgets;
 the proxy and the SDK wrappers then ask it before every call.

@@ -1,4 +1,4 @@
-"""The `budgets:` and `alerts:` configuration blocks (DESIGN.md section 5).
+"""The `budgets:` and `alerts:` configuration blocks.
 
 The short block users already write is accepted verbatim (`daily_limit_usd`, `monthly_limit_usd`,
 `per_backend: {name: "20.00/month"}`, `warning_threshold`, `hard_stop`), beside `timezone`,

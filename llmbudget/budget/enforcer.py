@@ -312,7 +312,7 @@ class BudgetEnforcer:
                 notice=f"Agent {call.agent!r} is paused",
                 budgets=(b.name,),
             )
-        # the sentence DESIGN.md section 5 names; true without a fallback too: local backends are
+        # the notice the README documents; true without a fallback too: local backends are
         # never counted, so they keep serving while cloud calls are refused
         notice = f"Cloud budget exhausted, operating local-only until {reset}"
         hint = (

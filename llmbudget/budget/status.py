@@ -199,7 +199,7 @@ def budget_status(
     """Every budget in its current window; per-value budgets list each value seen (most spent first).
 
     Every counter shown is reconciled with the ledger first (created when missing), so the figures
-    agree with `llmbudget costs` over the same window (DESIGN.md section 5); `drift` says by how
+    agree with `llmbudget costs` over the same window; `drift` says by how
     much a counter was off before.
 
     `reconcile=False` writes nothing (the dashboard's budgets page): `spent` is what the counters

@@ -1,4 +1,4 @@
-"""The metering proxy: a plain ASGI callable with one shared aiohttp session (DESIGN.md section 4).
+"""The metering proxy: a plain ASGI callable with one shared aiohttp session.
 
 `/{backend}/{rest}` goes to `{base_url}/{rest}` with the query string. Metered calls (see the
 per-protocol modules) become one `UsageEvent` each, handed to the ledger's `record()` just before

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def check_bind(host: str, admin_token_env: str | None) -> None:
-    """Refuse a non-loopback address without an admin token, or a token variable that is empty (DESIGN.md section 9)."""
+    """Refuse a non-loopback address without an admin token, or a token variable that is empty."""
     check_server_access(host, admin_token_env)
 
 

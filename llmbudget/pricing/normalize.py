@@ -1,6 +1,6 @@
 """Token semantics per provider, normalized to one shape so nothing is counted twice.
 
-`TokenUsage` follows the UsageEvent semantics of DESIGN.md section 3 (and genai-prices'
+`TokenUsage` follows the UsageEvent semantics (and genai-prices'
 `Usage`): `input_tokens` INCLUDES cached reads and cache writes, `output_tokens` INCLUDES
 reasoning. Each provider reports differently:
 

@@ -1,4 +1,4 @@
-"""5-hour billing blocks, the way ccusage computes them (DESIGN.md section 6).
+"""5-hour billing blocks, the way ccusage computes them.
 
 A block starts at its first entry floored to the hour (UTC) and lasts 5 hours; the next
 entry after the block's end, or after a gap of more than 5 hours since the last entry,

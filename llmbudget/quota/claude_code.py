@@ -1,4 +1,4 @@
-"""Import Claude Code's local session logs: usage that never passed the proxy (DESIGN.md section 6).
+"""Import Claude Code's local session logs: usage that never passed the proxy.
 
 Claude Code writes one JSONL file per session under `~/.claude/projects/<encoded-dir>/`
 (also `$CLAUDE_CONFIG_DIR/projects`, comma-separated directories allowed). Each

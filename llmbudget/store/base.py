@@ -226,7 +226,7 @@ class Ledger(ABC):
     def unpriced_models(self) -> list[UnpricedModel]:
         """Models with events still `unpriced`, most calls first."""
 
-    # ------------------------------------------------------------------ quota readings (DESIGN.md section 6)
+    # ------------------------------------------------------------------ quota readings
     @abstractmethod
     def record_reading(self, reading: dict[str, Any]) -> None:
         """Store a quota reading (a JSON-ready dict with at least `timestamp`, `backend`, `source`)."""

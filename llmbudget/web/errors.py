@@ -8,8 +8,7 @@ plus `"field": "since"` when one parameter is to blame. `code` is a short machin
 word: an `LLMBudgetError`'s own `code`, or `bad_request`, `not_found`, `method_not_allowed`,
 `internal_error` and the like for HTTP-level errors. `status` repeats the HTTP status. An
 unexpected exception is a 500 with a generic message (details go to the log, never to
-the client). The proxy's routes use each wire protocol's own error shape instead
-(DESIGN.md section 4).
+the client). The proxy's routes use each wire protocol's own error shape instead.
 """
 
 from __future__ import annotations

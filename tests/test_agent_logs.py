@@ -23,7 +23,7 @@ import pytest
 from llmbudget.events import anthropic_call_id
 from llmbudget.pricing import PriceBook
 from llmbudget.quota import codex
-from llmbudget.quota import live_import as li
+from llmbudget.quota.claude_code import CLAUDE_CODE
 from llmbudget.quota.follow import LogFollower, files_under
 from llmbudget.store import open_ledger
 
@@ -137,9 +137,7 @@ def test_claude_code_watcher_records_each_response_once_complete(tmp_path: Path)
     log.parent.mkdir(parents=True)
     req_a, req_b = "req_011CAAAAAAAAAAAAAAAAAAAA", "req_011CBBBBBBBBBBBBBBBBBBBB"
     with open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as ledger:
-        w = li.ClaudeCodeWatcher(
-            ledger, PriceBook(), li.roots_for("claude-code", [str(tmp_path)]), settle_s=5
-        )
+        w = CLAUDE_CODE.watcher(ledger, PriceBook(), CLAUDE_CODE.roots([str(tmp_path)]), settle_s=5)
         # a response logged once per content block, the usage growing; the last line still being written
         log.write_text(
             _cc_line("msg_A", req_a, 5, "2026-11-20T09:00:00Z")
@@ -173,7 +171,7 @@ def test_codex_watcher_and_the_import_agree(tmp_path: Path) -> None:
     dst = day / src.name
     lines = src.read_text().splitlines(keepends=True)
     with open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as ledger:
-        w = li.CodexWatcher(ledger, PriceBook(), li.roots_for("codex", [str(tmp_path)]))
+        w = codex.CODEX.watcher(ledger, PriceBook(), codex.CODEX.roots([str(tmp_path)]))
         dst.write_text("".join(lines[:8]))
         assert w.poll().new == 1
         with dst.open("a") as fh:

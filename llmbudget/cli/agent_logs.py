@@ -1,44 +1,84 @@
-"""`llmbudget import codex [PATH...]` and `import claude-code|codex --watch`: agents' own logs."""
+"""`llmbudget import claude-code|codex [PATH...]`, with `--watch` to follow: agents' own logs.
+
+Both sources run the same steps (open the ledger, import or follow through
+`llmbudget.quota.agentlogs`, print); what differs is the summary line each prints.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.markup import escape
 
+from ..errors import ValidationError
 from ..money import decimal_str, format_usd
+from ..pricing import PriceBook
+from ..quota import agentlogs, claude_code, codex
+from ..quota.report import collect_warnings
 from . import common
 
+#: the agents whose logs `import` reads: source name -> their logs
+SOURCES: dict[str, agentlogs.AgentLogs[Any, Any]] = {
+    claude_code.CLAUDE_CODE.name: claude_code.CLAUDE_CODE,
+    codex.CODEX.name: codex.CODEX,
+}
+#: what one call is called in the output
+_CALLS = {"claude-code": "Claude Code responses", "codex": "Codex calls"}
 
-def import_codex_command(
-    paths: list[str] | None, *, json_out: bool = False, config: str | None = None, db: str | None = None
+
+def _claude_code_summary(res: claude_code.ImportResult) -> str:
+    unpriced = f", {res.unpriced} unpriced (see `llmbudget prices --missing`)" if res.unpriced else ""
+    return (
+        f"Imported {res.new} new Claude Code responses ({res.already_imported} already imported) from "
+        f"{res.files} files: {res.sessions} sessions in {len(res.projects)} projects, "
+        f"{format_usd(res.cost_usd, 2)}{unpriced}. Merged {res.duplicates} repeated lines, "
+        f"skipped {res.synthetic} synthetic and {len(res.warnings)} unreadable lines."
+    )
+
+
+def _codex_summary(res: codex.CodexImportResult) -> str:
+    unpriced = f", {res.unpriced} unpriced (see `llmbudget prices --missing`)" if res.unpriced else ""
+    proxied = f"; skipped {res.proxied} calls already metered by the proxy" if res.proxied else ""
+    return (
+        f"Imported {res.new} new Codex calls ({res.calls - res.new} already imported) from {res.files} "
+        f"files: {res.sessions} sessions, {format_usd(res.cost_usd, 2)}{unpriced}{proxied}; "
+        f"{len(res.warnings)} unreadable lines."
+    )
+
+
+#: source name -> (import function, summary line)
+_IMPORTS: dict[str, tuple[Callable[[Any, Any, Any], Any], Callable[[Any], str]]] = {
+    "claude-code": (claude_code.import_claude_code, _claude_code_summary),
+    "codex": (codex.import_codex, _codex_summary),
+}
+
+
+def import_command(
+    source: str,
+    paths: list[str] | None,
+    *,
+    json_out: bool = False,
+    config: str | None = None,
+    db: str | None = None,
 ) -> None:
-    """`llmbudget import codex [PATH...]`: Codex CLI's session logs into the ledger."""
-    from ..pricing import PriceBook
-    from ..quota import codex
-    from ..quota.report import collect_warnings
-
+    """`llmbudget import claude-code|codex [PATH...]`: an agent's logs into the ledger, once."""
+    run, summary = _IMPORTS[source]
     cfg, ledger = common.open_ledger_for(config, db)
     try:
         with collect_warnings("llmbudget.quota"):  # the result lists them; printed once, below
-            res = codex.import_codex(ledger, paths or None, PriceBook.from_config(cfg))
+            res = run(ledger, paths or None, PriceBook.from_config(cfg))
+        if source == "claude-code":
+            common.reconcile_budgets(cfg, ledger)
     finally:
         ledger.close()
     if json_out:
         common.print_json(res.to_dict())
         return
     for w in res.warnings:
-        common.err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-    unpriced = f", {res.unpriced} unpriced (see `llmbudget prices --missing`)" if res.unpriced else ""
-    proxied = f"; skipped {res.proxied} calls already metered by the proxy" if res.proxied else ""
-    common.console.print(
-        f"Imported {res.new} new Codex calls ({res.calls - res.new} already imported) from {res.files} "
-        f"files: {res.sessions} sessions, {format_usd(res.cost_usd, 2)}{unpriced}{proxied}; "
-        f"{len(res.warnings)} unreadable lines.",
-        highlight=False,
-        soft_wrap=True,
-    )
+        common.err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
+    common.console.print(summary(res), highlight=False, soft_wrap=True)
 
 
 def watch_command(
@@ -51,26 +91,17 @@ def watch_command(
     db: str | None = None,
 ) -> None:
     """Follow `source`'s logs until Ctrl-C, recording usage as it is written."""
-    from ..errors import ValidationError
-    from ..pricing import PriceBook
-    from ..quota import live_import as li
-    from ..quota.report import collect_warnings
-
     if not 0.05 <= interval_s <= 3600:
         raise ValidationError("--interval", f"must be between 0.05 and 3600 seconds, got {interval_s}")
-    roots = li.roots_for(source, paths)
+    logs = SOURCES[source]
+    roots = logs.roots(paths)
     cfg, ledger = common.open_ledger_for(config, db)
-    prices = PriceBook.from_config(cfg)
-    watcher: Any = (
-        li.CodexWatcher(ledger, prices, roots)
-        if source == "codex"
-        else li.ClaudeCodeWatcher(ledger, prices, roots, settle_s=max(2.0, interval_s))
-    )
-    label = "Codex calls" if source == "codex" else "Claude Code responses"
-    totals = li.Batch()
+    watcher = logs.watcher(ledger, PriceBook.from_config(cfg), roots, settle_s=max(2.0, interval_s))
+    label = _CALLS[source]
+    totals = agentlogs.Batch()
     started = time.monotonic()
 
-    def on_batch(b: li.Batch) -> None:
+    def on_batch(b: agentlogs.Batch) -> None:
         for w in b.warnings:
             common.err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
         totals.new += b.new
@@ -101,7 +132,7 @@ def watch_command(
     )
     try:
         with collect_warnings("llmbudget.quota"):
-            li.watch(watcher, interval_s=interval_s, on_batch=on_batch)
+            agentlogs.watch(watcher, interval_s=interval_s, on_batch=on_batch)
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,7 +1,7 @@
-"""CLI commands: `analyze` (quota analysis and 5-hour blocks) and the Claude Code import shell.
+"""CLI command `analyze`: quota analysis and 5-hour blocks.
 
-Thin shells over `llmbudget.quota.report` (which runs `quota.analysis`, `quota.blocks` and
-`quota.claude_code`) and the Claude Code importer.
+A thin shell over `llmbudget.quota.report` (which runs `quota.analysis`, `quota.blocks` and
+`quota.claude_code`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.table import Table
 from ..errors import ValidationError
 from ..events import parse_timestamp, utcnow
 from ..money import format_usd
-from ..quota.report import SECTIONS, analyze_report, collect_warnings
+from ..quota.report import SECTIONS, analyze_report
 from . import common
 
 log = logging.getLogger(__name__)
@@ -382,37 +382,6 @@ def _render_blocks(blocks: list[dict[str, Any]], now: datetime, app: str = "Clau
     con.print(
         f"Burn rate: {rate['tokens_per_minute']:,.0f} tokens/min, {per_h}; projected at block end: "
         f"{_tokens(proj['tokens'])} tokens, {proj_cost}.",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-# ---------------------------------------------------------------------------- import claude-code
-def import_claude_code_command(
-    paths: list[str] | None, *, json_out: bool = False, config: str | None = None, db: str | None = None
-) -> None:
-    """`llmbudget import claude-code [PATH...]`: the shell the `import` command calls for this source."""
-    from ..pricing import PriceBook
-    from ..quota import claude_code as cc
-
-    cfg, ledger = common.open_ledger_for(config, db)
-    try:
-        with collect_warnings("llmbudget.quota"):  # the result lists them; printed once, below
-            res = cc.import_claude_code(ledger, paths or None, PriceBook.from_config(cfg))
-        common.reconcile_budgets(cfg, ledger)
-    finally:
-        ledger.close()
-    if json_out:
-        common.print_json(res.to_dict())
-        return
-    for w in res.warnings:
-        common.err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
-    unpriced = f", {res.unpriced} unpriced (see `llmbudget prices --missing`)" if res.unpriced else ""
-    common.console.print(
-        f"Imported {res.new} new Claude Code responses ({res.already_imported} already imported) from "
-        f"{res.files} files: {res.sessions} sessions in {len(res.projects)} projects, "
-        f"{format_usd(res.cost_usd, 2)}{unpriced}. Merged {res.duplicates} repeated lines, "
-        f"skipped {res.synthetic} synthetic and {len(res.warnings)} unreadable lines.",
         highlight=False,
         soft_wrap=True,
     )

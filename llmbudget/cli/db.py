@@ -8,6 +8,7 @@ with `--watch` such a source is followed as its logs grow.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,26 +16,12 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from . import common
+from . import agent_logs, common
 
 #: named import sources: name -> fn(paths, json_out=..., config=..., db=...)
-IMPORT_SOURCES: dict[str, Callable[..., None]] = {}
-
-
-def _claude_code(paths: list[str] | None, *, json_out: bool, config: str | None, db: str | None) -> None:
-    from .analyze import import_claude_code_command
-
-    import_claude_code_command(paths, json_out=json_out, config=config, db=db)
-
-
-def _codex(paths: list[str] | None, *, json_out: bool, config: str | None, db: str | None) -> None:
-    from .agent_logs import import_codex_command
-
-    import_codex_command(paths, json_out=json_out, config=config, db=db)
-
-
-IMPORT_SOURCES["claude-code"] = _claude_code
-IMPORT_SOURCES["codex"] = _codex
+IMPORT_SOURCES: dict[str, Callable[..., None]] = {
+    name: functools.partial(agent_logs.import_command, name) for name in agent_logs.SOURCES
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -138,11 +125,12 @@ def register(app: typer.Typer) -> None:
         """
         if watch:
             from ..errors import ValidationError
-            from .agent_logs import watch_command
 
-            if source not in ("claude-code", "codex"):
+            if source not in agent_logs.SOURCES:
                 raise ValidationError("--watch", f"follows claude-code or codex logs, not {source!r}")
-            watch_command(source, paths or None, interval_s=interval, json_out=json_out, config=config, db=db)
+            agent_logs.watch_command(
+                source, paths or None, interval_s=interval, json_out=json_out, config=config, db=db
+            )
             return
         if source in IMPORT_SOURCES and not Path(source).is_file():
             IMPORT_SOURCES[source](paths or None, json_out=json_out, config=config, db=db)

@@ -14,17 +14,19 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import NotFound, ValidationError
+from ..errors import ValidationError
 from ..events import UsageEvent, anthropic_call_id, parse_timestamp
-from ..money import ZERO, decimal_str
+from ..money import decimal_str
 from ..pricing.normalize import anthropic_usage
+from .agentlogs import AgentLogs, LogReader, LogScan, Totals, record
+from .follow import NewLine
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,14 @@ class ClaudeEntry:
 
 
 @dataclass(slots=True)
-class LogScan:
+class ClaudeScan(LogScan):
     """What reading the logs found: unique responses plus counts of what was merged or skipped."""
 
     entries: list[ClaudeEntry] = field(default_factory=list)
-    files: int = 0
-    lines: int = 0
     #: assistant lines with usage that repeated a response already seen (content blocks, resumed sessions)
     duplicates: int = 0
     #: Claude Code's own `<synthetic>` notices, not API calls
     synthetic: int = 0
-    #: one message per skipped line: `file:line: reason`
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -146,26 +144,7 @@ def find_log_files(paths: Sequence[str | os.PathLike[str]] | None = None) -> lis
 
     A directory holding a `projects` folder (a Claude config dir) is searched there.
     """
-    if paths:
-        roots = [Path(p).expanduser() for p in paths]
-        for r in roots:
-            if not r.exists():
-                raise NotFound(f"{r}: no such file or directory")
-    else:
-        roots = default_log_dirs()
-        if not roots:
-            raise NotFound(
-                "no Claude Code logs found in ~/.claude/projects, ~/.config/claude/projects or "
-                "$CLAUDE_CONFIG_DIR/projects; pass the directory as PATH"
-            )
-    files: set[Path] = set()
-    for r in roots:
-        if r.is_file():
-            files.add(r)
-            continue
-        base = r / "projects" if (r / "projects").is_dir() else r
-        files.update(p for p in base.rglob("*.jsonl") if p.is_file())
-    return sorted(files)
+    return CLAUDE_CODE.find_files(paths)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -264,66 +243,80 @@ def _parse_line(data: Any, file: Path, line: int) -> ClaudeEntry | None:
     )
 
 
-def _warn(scan: LogScan, file: Path, line: int, reason: str) -> None:
-    msg = f"{file}:{line}: skipped: {reason}"
-    scan.warnings.append(msg)
-    log.warning("claude_code.skip file=%s line=%d reason=%s", file, line, reason)
+@dataclass(slots=True)
+class _Pending:
+    """A response seen so far: its largest line, and when and in which session it was first logged."""
+
+    best: ClaudeEntry
+    first_ts: datetime
+    first_session: str | None
 
 
-def read_logs(files: Iterable[Path]) -> LogScan:
+class ClaudeCodeReader(LogReader[ClaudeEntry, ClaudeScan]):
+    """Merges the lines of each response (across all files) into one entry.
+
+    A response is logged once per content block, each line with the usage so far, and again when a
+    session is resumed. It is complete when the file it was logged in has moved on to another
+    response or has settled (stopped growing), or when every file was read to its end.
+    """
+
+    agent = "claude_code"
+    log: ClassVar[logging.Logger] = log
+
+    def __init__(self) -> None:
+        super().__init__(ClaudeScan())
+        self._pending: dict[str, _Pending] = {}
+        self._last_key: dict[Path, str] = {}
+        self._done: set[str] = set()
+        self._folder_cwd: dict[Path, str] = {}
+
+    def take(self, line: NewLine, data: Any) -> None:
+        if isinstance(data, dict) and isinstance(data.get("cwd"), str) and data["cwd"]:
+            self._folder_cwd.setdefault(_project_dir(line.path), data["cwd"])
+        entry = _parse_line(data, line.path, line.lineno)
+        if entry is None:
+            return
+        if entry.model == SYNTHETIC_MODEL:
+            self.scan.synthetic += 1
+            return
+        if entry.key in self._done:  # a response handed out already (watch mode)
+            self.scan.duplicates += 1
+            return
+        self._last_key[line.path] = entry.key
+        prev = self._pending.get(entry.key)
+        if prev is None:
+            self._pending[entry.key] = _Pending(entry, entry.timestamp, entry.session)
+            return
+        self.scan.duplicates += 1
+        if entry.timestamp < prev.first_ts:
+            prev.first_ts, prev.first_session = entry.timestamp, entry.session
+        if entry.usage_total > prev.best.usage_total:
+            prev.best = entry
+
+    def complete(self, settled: Callable[[Path], bool] | None = None) -> list[ClaudeEntry]:
+        out: list[ClaudeEntry] = []
+        for key, p in list(self._pending.items()):
+            entry = p.best
+            if settled is not None and self._last_key.get(entry.file) == key and not settled(entry.file):
+                continue
+            # the response happened when it was first logged, in the session that made it (a resumed
+            # session re-logs it later); its usage is the largest logged (the last content block)
+            entry.timestamp, entry.session = p.first_ts, p.first_session
+            entry.project = (
+                entry.cwd
+                or self._folder_cwd.get(entry.project_dir)
+                or decode_project_dir(entry.project_dir.name)
+            )
+            out.append(entry)
+            del self._pending[key]
+            self._done.add(key)
+        return out
+
+
+def read_logs(files: Iterable[Path]) -> ClaudeScan:
     """Read log files into unique responses. Corrupted lines are skipped with a warning naming file and line."""
-    scan = LogScan()
-    best: dict[str, ClaudeEntry] = {}
-    first_seen: dict[str, tuple[datetime, str | None]] = {}
-    folder_cwd: dict[Path, str] = {}
-    for file in files:
-        scan.files += 1
-        try:
-            fh = file.open("r", encoding="utf-8", errors="replace")
-        except OSError as e:
-            _warn(scan, file, 0, f"cannot read file: {e.strerror}")
-            continue
-        with fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                scan.lines += 1
-                try:
-                    data = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    _warn(scan, file, lineno, f"not valid JSON: {e.msg} (column {e.colno})")
-                    continue
-                if isinstance(data, dict) and isinstance(data.get("cwd"), str) and data["cwd"]:
-                    folder_cwd.setdefault(_project_dir(file), data["cwd"])
-                try:
-                    entry = _parse_line(data, file, lineno)
-                except ValidationError as e:
-                    _warn(scan, file, lineno, str(e))
-                    continue
-                if entry is None:
-                    continue
-                if entry.model == SYNTHETIC_MODEL:
-                    scan.synthetic += 1
-                    continue
-                prev = best.get(entry.key)
-                if prev is None:
-                    best[entry.key] = entry
-                    first_seen[entry.key] = (entry.timestamp, entry.session)
-                    continue
-                scan.duplicates += 1
-                if entry.timestamp < first_seen[entry.key][0]:
-                    first_seen[entry.key] = (entry.timestamp, entry.session)
-                if entry.usage_total > prev.usage_total:
-                    best[entry.key] = entry
-    for key, entry in best.items():
-        # the response happened when it was first logged, in the session that made it (a resumed
-        # session re-logs it later); its usage is the largest logged (the last content block)
-        entry.timestamp, entry.session = first_seen[key]
-        entry.project = (
-            entry.cwd or folder_cwd.get(entry.project_dir) or decode_project_dir(entry.project_dir.name)
-        )
-        scan.entries.append(entry)
-    scan.entries.sort(key=lambda e: (e.timestamp, e.key))
+    entries, scan = CLAUDE_CODE.read(files)
+    scan.entries = entries
     return scan
 
 
@@ -394,9 +387,28 @@ def _price(prices: Any, event: UsageEvent) -> UsageEvent:
     return prices.price_event(event)  # type: ignore[no-any-return]
 
 
+def _to_events(ledger: Any, prices: Any, entries: list[ClaudeEntry]) -> list[UsageEvent]:
+    """Events to record: one imported before under its legacy id keeps that id."""
+    return keep_earlier_ids(ledger, ((e, to_event(e, prices)) for e in entries))
+
+
+CLAUDE_CODE: AgentLogs[ClaudeEntry, ClaudeScan] = AgentLogs(
+    name="claude-code",
+    subdir="projects",
+    default_dirs=default_log_dirs,
+    missing=lambda: (
+        "no Claude Code logs found in ~/.claude/projects, ~/.config/claude/projects or "
+        "$CLAUDE_CONFIG_DIR/projects; pass the directory as PATH"
+    ),
+    reader=ClaudeCodeReader,
+    to_events=_to_events,
+    order=lambda e: (e.timestamp, e.key),
+)
+
+
 def load_events(
     paths: Sequence[str | os.PathLike[str]] | None, prices: Any
-) -> tuple[list[UsageEvent], LogScan]:
+) -> tuple[list[UsageEvent], ClaudeScan]:
     """Read the logs under `paths` (default locations when empty) into priced events, oldest first."""
     scan = read_logs(find_log_files(paths))
     return [to_event(e, prices) for e in scan.entries], scan
@@ -406,10 +418,10 @@ def import_claude_code(
     ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any
 ) -> ImportResult:
     """Import Claude Code's logs into the ledger; idempotent (re-importing records nothing new)."""
-    events, scan = load_events(paths, prices)
-    events = keep_earlier_ids(ledger, zip(scan.entries, events, strict=True))
-    new = ledger.record_many(events) if events else 0
-    cost = sum((e.cost_usd for e in events if e.cost_usd is not None), ZERO)
+    scan = read_logs(find_log_files(paths))
+    events = _to_events(ledger, prices, scan.entries)
+    new = record(ledger, events)
+    totals = Totals.of(events)
     return ImportResult(
         files=scan.files,
         lines=scan.lines,
@@ -417,9 +429,9 @@ def import_claude_code(
         duplicates=scan.duplicates,
         synthetic=scan.synthetic,
         new=new,
-        unpriced=sum(1 for e in events if e.price_status == "unpriced"),
-        cost_usd=cost,
-        sessions=len({e.session for e in events if e.session}),
+        unpriced=totals.unpriced,
+        cost_usd=totals.cost_usd,
+        sessions=totals.sessions,
         projects=sorted({e.tags["project"] for e in events}),
         warnings=list(scan.warnings),
     )

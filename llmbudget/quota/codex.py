@@ -19,21 +19,21 @@ lines copied into a resumed or forked session's file) adds nothing. Sessions Cod
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import NotFound, ValidationError
+from ..errors import ValidationError
 from ..events import UsageEvent, parse_timestamp
-from ..money import ZERO, decimal_str
-from .follow import NewLine, files_under
+from ..money import decimal_str
+from .agentlogs import AgentLogs, LogReader, LogScan, Totals, record
+from .follow import NewLine
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,14 @@ class _FileState:
 
 
 @dataclass(slots=True)
-class CodexScan:
+class CodexScan(LogScan):
     """What reading the logs found."""
 
     calls: list[CodexCall] = field(default_factory=list)
-    files: int = 0
-    lines: int = 0
     #: token counts that repeated the session's total (no new call)
     repeated: int = 0
     #: calls of sessions run through the proxy (`llmbudget run`), already metered there
     proxied: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -129,25 +126,9 @@ def default_log_dirs(env: dict[str, str] | None = None, home: Path | None = None
     return [d for d in (base / "sessions", base / "archived_sessions") if d.is_dir()]
 
 
-def log_roots(paths: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
-    """The files and directories to read: the given ones (a Codex home is searched under sessions/)."""
-    if paths:
-        roots = [Path(p).expanduser() for p in paths]
-        for r in roots:
-            if not r.exists():
-                raise NotFound(f"{r}: no such file or directory")
-        return [r / "sessions" if (r / "sessions").is_dir() else r for r in roots]
-    roots = default_log_dirs()
-    if not roots:
-        raise NotFound(
-            f"no Codex session logs found in {codex_home()}/sessions ($CODEX_HOME); pass the directory as PATH"
-        )
-    return roots
-
-
 def find_log_files(paths: Sequence[str | os.PathLike[str]] | None = None) -> list[Path]:
     """Every `*.jsonl` under the given paths (default: Codex's session directories), sorted."""
-    return files_under(log_roots(paths))
+    return CODEX.find_files(paths)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -166,35 +147,36 @@ def _usage(info: dict[str, Any], key: str) -> dict[str, int] | None:
     return out
 
 
-class CodexReader:
-    """Turns rollout lines into calls; keeps each file's session, model and running total."""
+class CodexReader(LogReader[CodexCall, CodexScan]):
+    """Turns rollout lines into calls; keeps each file's session, model and running total.
+
+    Codex logs one final token count per call, so a call is complete as soon as its line is read.
+    """
+
+    agent = "codex"
+    log: ClassVar[logging.Logger] = log
 
     def __init__(self) -> None:
+        super().__init__(CodexScan())
         self._files: dict[Path, _FileState] = {}
-        self.scan = CodexScan()
+        self._ready: list[CodexCall] = []
 
-    def feed(self, path: Path, lineno: int, text: str) -> CodexCall | None:
-        """One line of `path`; the call it records, if any. Bad lines become warnings."""
-        self.scan.lines += 1
-        state = self._files.get(path)
-        if state is None:
-            state = self._files[path] = _FileState()
-            self.scan.files += 1
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            self._warn(path, lineno, f"not valid JSON: {e.msg} (column {e.colno})")
-            return None
+    def take(self, line: NewLine, data: Any) -> None:
         if not isinstance(data, dict):
-            return None
+            return
         kind, payload = data.get("type"), data.get("payload")
         if not isinstance(payload, dict):
-            return None
-        try:
-            return self._item(state, kind, payload, data, path, lineno)
-        except ValidationError as e:
-            self._warn(path, lineno, str(e))
-            return None
+            return
+        state = self._files.get(line.path)
+        if state is None:
+            state = self._files[line.path] = _FileState()
+        call = self._item(state, kind, payload, data, line.path, line.lineno)
+        if call is not None:
+            self._ready.append(call)
+
+    def complete(self, settled: Callable[[Path], bool] | None = None) -> list[CodexCall]:
+        ready, self._ready = self._ready, []
+        return ready
 
     def _item(
         self,
@@ -265,39 +247,14 @@ class CodexReader:
         if state.provider == PROXIED_PROVIDER:
             self.scan.proxied += 1
             return None
-        self.scan.calls.append(call)
         return call
-
-    def _warn(self, path: Path, lineno: int, reason: str) -> None:
-        self.scan.warnings.append(f"{path}:{lineno}: skipped: {reason}")
-        log.warning("codex.skip file=%s line=%d reason=%s", path, lineno, reason)
 
 
 def read_logs(files: Iterable[Path]) -> CodexScan:
     """Read whole log files into calls, oldest first."""
-    reader = CodexReader()
-    for path in files:
-        try:
-            fh = path.open("r", encoding="utf-8", errors="replace")
-        except OSError as e:
-            reader.scan.warnings.append(f"{path}:0: skipped: cannot read file: {e.strerror}")
-            continue
-        with fh:
-            for lineno, text in enumerate(fh, start=1):
-                if text.strip():
-                    reader.feed(path, lineno, text)
-    reader.scan.calls.sort(key=lambda c: (c.timestamp, c.id))
-    return reader.scan
-
-
-def feed_lines(reader: CodexReader, lines: Iterable[NewLine]) -> list[CodexCall]:
-    """Calls found in lines a follower handed out (watch mode)."""
-    out = []
-    for ln in lines:
-        call = reader.feed(ln.path, ln.lineno, ln.text)
-        if call is not None:
-            out.append(call)
-    return out
+    calls, scan = CODEX.read(files)
+    scan.calls = calls
+    return scan
 
 
 # ---------------------------------------------------------------------------- events
@@ -331,23 +288,40 @@ def to_event(call: CodexCall, prices: Any) -> UsageEvent:
     return event
 
 
+def _to_events(ledger: Any, prices: Any, calls: list[CodexCall]) -> list[UsageEvent]:
+    return [to_event(c, prices) for c in calls]
+
+
+CODEX: AgentLogs[CodexCall, CodexScan] = AgentLogs(
+    name="codex",
+    subdir="sessions",
+    default_dirs=default_log_dirs,
+    missing=lambda: (
+        f"no Codex session logs found in {codex_home()}/sessions ($CODEX_HOME); pass the directory as PATH"
+    ),
+    reader=CodexReader,
+    to_events=_to_events,
+    order=lambda c: (c.timestamp, c.id),
+)
+
+
 def import_codex(
     ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any
 ) -> CodexImportResult:
     """Import Codex's session logs into the ledger; idempotent."""
-    files = find_log_files(paths)
-    scan = read_logs(files)
-    events = [to_event(c, prices) for c in scan.calls]
-    new = ledger.record_many(events) if events else 0
+    scan = read_logs(find_log_files(paths))
+    events = _to_events(ledger, prices, scan.calls)
+    new = record(ledger, events)
+    totals = Totals.of(events)
     return CodexImportResult(
-        files=len(files),
+        files=scan.files,
         lines=scan.lines,
         calls=len(events),
         new=new,
         repeated=scan.repeated,
         proxied=scan.proxied,
-        unpriced=sum(1 for e in events if e.price_status == "unpriced"),
-        cost_usd=sum((e.cost_usd for e in events if e.cost_usd is not None), ZERO),
-        sessions=len({e.session for e in events if e.session}),
+        unpriced=totals.unpriced,
+        cost_usd=totals.cost_usd,
+        sessions=totals.sessions,
         warnings=list(scan.warnings),
     )

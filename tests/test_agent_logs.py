@@ -15,12 +15,17 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmbudget.events import anthropic_call_id
+from llmbudget.admission import CallInfo
+from llmbudget.budget import build_enforcer
+from llmbudget.cli import main
+from llmbudget.config import parse_config
+from llmbudget.events import UsageEvent, anthropic_call_id
 from llmbudget.pricing import PriceBook
 from llmbudget.quota import codex
 from llmbudget.quota.claude_code import CLAUDE_CODE
@@ -280,3 +285,37 @@ def test_watch_claude_code_from_the_command_line(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Claude Code responses" in out and "2 new Claude Code responses" in err
+
+
+def test_import_codex_brings_the_budget_counters_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Calls imported from Codex's logs never met the gate: the import reconciles the budgets after."""
+    text = "budgets:\n  daily_limit_usd: 50.00\n  timezone: UTC\n"
+    cfg = tmp_path / "llmbudget.yaml"
+    cfg.write_text(text)
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    with open_ledger(db, audit=False) as ledger:  # a call through the gate: the counters hold $1.25
+        enf = build_enforcer(parse_config(text, str(cfg))[0], db, state=ledger, price_fn=lambda *a: None)
+        a = enf.admit(CallInfo("x", "openai", "openai", "m", 10, 10, agent="coder"))
+        spent = Decimal("1.25")
+        enf.settle(a, UsageEvent(backend="x", model="m", cost_usd=spent, price_status="priced"))
+        enf.close()
+    now = datetime.now(UTC).isoformat()
+    usage = {"input_tokens": 100_000, "cached_input_tokens": 0, "output_tokens": 2000}
+    info = {"last_token_usage": usage, "total_token_usage": usage}
+    lines = [
+        {"timestamp": now, "type": "session_meta", "payload": {"id": "s-today"}},
+        {"timestamp": now, "type": "turn_context", "payload": {"model": "gpt-5"}},
+        {"timestamp": now, "type": "event_msg", "payload": {"type": "token_count", "info": info}},
+    ]
+    log = tmp_path / "codex" / "sessions" / "rollout-today.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["import", "codex", str(tmp_path / "codex"), "--config", str(cfg), "--db", db, "--json"]) == 0
+    cost = Decimal(json.loads(capsys.readouterr().out)["cost_usd"])
+    assert cost > 0
+    assert main(["budget", "--config", str(cfg), "--db", db, "--json"]) == 0
+    daily = {b["name"]: b for b in json.loads(capsys.readouterr().out)["budgets"]}["daily"]
+    # the counters already held the imported calls: `budget` had nothing to correct
+    assert (Decimal(daily["spent"]), Decimal(daily["drift"])) == (spent + cost, 0)

@@ -69,8 +69,7 @@ def import_command(
     try:
         with collect_warnings("llmbudget.quota"):  # the result lists them; printed once, below
             res = run(ledger, paths or None, PriceBook.from_config(cfg))
-        if source == "claude-code":
-            common.reconcile_budgets(cfg, ledger)
+        common.reconcile_budgets(cfg, ledger)
     finally:
         ledger.close()
     if json_out:

@@ -8,6 +8,12 @@ generator is an aiohttp client (uvloop) in this process.
 
     .venv/bin/python bench/proxy_overhead.py            # full run (~1.5 min), prints JSON
     .venv/bin/python bench/proxy_overhead.py --quick    # shorter rounds
+    .venv/bin/python bench/proxy_overhead.py --dashboards 20   # also with 20 open live dashboards
+
+With `--dashboards N`, llmbudget is measured a second time in each round ("llmbudget_dashboards")
+while N clients hold the dashboard's live stream (`/api/live`) open and read every increment, and
+re-read `/api/overview` on each `resync` as the page does; the plain "llmbudget" rows of the same
+rounds are the comparison.
 
 Targets (README, Benchmarks): at concurrency 1 added p50 <= 0.5 ms and p99 <= 3 ms; at 10 and
 100 requests/s >= 0.85x the bare pass-through and CPU per request <= 1.3x the bare one's; first
@@ -272,12 +278,50 @@ async def open_streams(session: Any, url: str, n: int, pid: int) -> float:
     return rss
 
 
+async def _dashboard(session: Any, base: str, counts: dict[str, int]) -> None:
+    """One open dashboard: the live stream read to the end, `/api/overview` re-read on each resync."""
+    async with session.get(base + "/api/live", timeout=None) as r:
+        event = ""
+        async for raw in r.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                counts[event] = counts.get(event, 0) + 1
+                if event == "resync":
+                    async with session.get(base + "/api/overview") as o:
+                        await o.read()
+
+
 async def measure(
-    targets: dict[str, str], seconds: float, rounds: int, pids: dict[str, int]
+    targets: dict[str, str],
+    seconds: float,
+    rounds: int,
+    pids: dict[str, int],
+    dashboards: int = 0,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     import aiohttp
 
     results: dict[str, Any] = {}
+    counts = counts if counts is not None else {}
+    dash_base = targets["llmbudget"].split("/openai/", 1)[0]
+    if dashboards:
+        targets = {**targets, "llmbudget_dashboards": targets["llmbudget"]}
+        pids = {**pids, "llmbudget_dashboards": pids["llmbudget"]}
+
+    async def measured(session: Any, name: str, url: str, c: int) -> tuple[list[float], float]:
+        if name != "llmbudget_dashboards":
+            return await load(session, url, CHAT_BODY, c, seconds)
+        readers = [asyncio.create_task(_dashboard(session, dash_base, counts)) for _ in range(dashboards)]
+        await asyncio.sleep(0.3)  # every stream open before the load starts
+        try:
+            return await load(session, url, CHAT_BODY, c, seconds)
+        finally:
+            for t in readers:
+                t.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)) as session:
         for url in targets.values():  # warm up connections and code paths
             await load(session, url, CHAT_BODY, 10, 0.5)
@@ -288,7 +332,7 @@ async def measure(
             for _ in range(rounds):  # interleaved rounds: drift on a shared machine hits all alike
                 for name, url in targets.items():
                     before = cpu_s(pids[name])
-                    values, r = await load(session, url, CHAT_BODY, c, seconds)
+                    values, r = await measured(session, name, url, c)
                     cpu[name] += cpu_s(pids[name]) - before
                     lat[name].extend(values)
                     rps[name].append(r)
@@ -303,13 +347,15 @@ async def measure(
                     "n": len(lat[name]),
                     "cpu_us_per_req": round(cpu[name] / len(lat[name]) * 1e6),
                 }
-            for name in ("bare", "llmbudget"):
+            for name in ("bare", "llmbudget", "llmbudget_dashboards"):
+                if name not in row:
+                    continue
                 row[f"added_{name}"] = {
                     "p50_ms": round(row[name]["p50_ms"] - row["direct"]["p50_ms"], 3),
                     "p99_ms": round(row[name]["p99_ms"] - row["direct"]["p99_ms"], 3),
                 }
             results[f"c{c}"] = row
-        stream_urls = {k: v for k, v in targets.items()}
+        stream_urls = {k: v for k, v in targets.items() if k != "llmbudget_dashboards"}
         fb: dict[str, list[float]] = {k: [] for k in stream_urls}
         for _ in range(rounds):
             for name, url in stream_urls.items():
@@ -343,6 +389,9 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     """Run the whole benchmark; returns the figures (also printed as JSON when run directly)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter rounds")
+    ap.add_argument(
+        "--dashboards", type=int, default=0, metavar="N", help="also measure with N open live dashboards"
+    )
     ap.add_argument("--role", choices=["upstream", "bare"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -396,7 +445,11 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
             import uvloop
 
             pids = {"direct": procs[0].pid, "bare": procs[1].pid, "llmbudget": procs[2].pid}
-            results = uvloop.run(measure(targets, seconds, rounds, pids))
+            counts: dict[str, int] = {}
+            results = uvloop.run(measure(targets, seconds, rounds, pids, args.dashboards, counts))
+            if args.dashboards:
+                # what the open dashboards received: increments, resyncs (a slow reader's catch-up)
+                results["dashboards"] = {"open": args.dashboards, "received": counts}
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGINT)

@@ -40,10 +40,30 @@ log = logging.getLogger("llmbudget.live")
 #: increments waiting for the dispatcher; beyond this the oldest are dropped (never block the proxy)
 BACKLOG = 20_000
 #: increments one subscriber may have queued before it is told to resync
-SUBSCRIBER_QUEUE = 500
+SUBSCRIBER_QUEUE = 5000
 CHANNEL = "llmbudget:live"
 #: how often the dispatcher drains what was published (the pages' "within a second" has room)
 DISPATCH_S = 0.1
+
+
+class LiveItem(dict[str, Any]):
+    """An increment (or notice) with its server-sent-event frame, encoded once for every open stream."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        super().__init__(item)
+        self.frame = _encode_frame(item)
+
+
+def _encode_frame(item: dict[str, Any]) -> str:
+    return f"event: {item.get('type', 'usage')}\ndata: {json.dumps(item, separators=(',', ':'))}\n\n"
+
+
+def sse_frame(item: dict[str, Any]) -> str:
+    """The `event:`/`data:` frame of one item (encoded once per item when it came from the hub)."""
+    frame = getattr(item, "frame", None)
+    return frame if isinstance(frame, str) else _encode_frame(item)
 
 
 def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
@@ -70,35 +90,52 @@ def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
     }
 
 
+_RESYNC = {"type": "resync", "reason": "slow client: increments dropped"}
+
+
 class Subscription:
-    """One open stream's queue of increments, living on one event loop."""
+    """One open stream's pending increments, living on one event loop.
+
+    The hub hands over a batch (all it drained in one dispatch) as one list: one append and one
+    wake-up per page per batch, however many calls the batch holds. At most `maxsize` increments
+    wait; beyond that the pending ones are dropped for a single `resync` marker.
+    """
 
     def __init__(self, hub: LiveHub, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
         self.hub = hub
         self.loop = loop
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+        self.maxsize = maxsize
+        self.pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._ready = asyncio.Event()
         self.dropped = 0
 
     def offer(self, items: list[dict[str, Any]]) -> None:
-        """Runs on the subscriber's loop: enqueue, or drop everything and ask for a resync."""
-        q = self.queue
-        for item in items:
+        """Runs on the subscriber's loop: queue the batch, or drop everything and ask for a resync."""
+        pending = self.pending
+        if len(pending) + len(items) > self.maxsize:
+            self.dropped += len(pending) + len(items)
+            pending.clear()
+            pending.append(dict(_RESYNC))
+        else:
+            pending.extend(items)
+        self._ready.set()
+
+    async def get(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Everything pending (waiting up to `timeout` for something); [] when the wait timed out."""
+        if not self.pending:
+            self._ready.clear()
             try:
-                q.put_nowait(item)
-            except asyncio.QueueFull:
-                self.dropped += len(items)
-                while not q.empty():
-                    q.get_nowait()
-                q.put_nowait({"type": "resync", "reason": "slow client: increments dropped"})
-                return
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return []
+        items = list(self.pending)
+        self.pending.clear()
+        return items
 
     def end(self) -> None:
         """Runs on the subscriber's loop: the stream ends after what is queued."""
-        try:
-            self.queue.put_nowait({"type": "bye"})
-        except asyncio.QueueFull:
-            self.queue.get_nowait()
-            self.queue.put_nowait({"type": "bye"})
+        self.pending.append({"type": "bye"})
+        self._ready.set()
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
@@ -249,6 +286,9 @@ class LiveHub:
     def _deliver(self, items: list[dict[str, Any]]) -> None:
         with self._subs_lock:
             subs = list(self._subs)
+        if subs:
+            # encoded once here, not once per open page (20 pages cost 20 encodings of each call)
+            items = [x if isinstance(x, LiveItem) else LiveItem(x) for x in items]
         for sub in subs:
             try:
                 sub.loop.call_soon_threadsafe(sub.offer, items)

@@ -13,7 +13,6 @@ A comment line is sent every 15 seconds so proxies keep the connection open. The
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +22,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import LLMBudgetError
+from ..fanout import sse_frame
 from ..services import Services
 from .params import query_params
 
@@ -54,18 +54,12 @@ def routes(services: Services) -> list[BaseRoute]:
                     "hello", {"replica": hub.replica, "redis": bool(hub.redis_url)}
                 )
                 while True:
-                    try:
-                        item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
-                    except TimeoutError:
+                    items = await sub.get(HEARTBEAT_S)
+                    if not items:
                         yield ": keep-alive\n\n"
                         continue
-                    items = [item]
-                    while not sub.queue.empty() and len(items) < 200:
-                        items.append(sub.queue.get_nowait())
                     done = any(x.get("type") == "bye" for x in items)
-                    yield "".join(
-                        _frame(str(x.get("type", "usage")), x) for x in items if x.get("type") != "bye"
-                    )
+                    yield "".join(sse_frame(x) for x in items if x.get("type") != "bye")
                     if done:
                         return
             finally:

@@ -314,3 +314,50 @@ def test_anthropic_adds_cache_to_input(i: int, cr: int, cw: int, o: int) -> None
         }
     )
     assert u.input_tokens == i + cr + cw and u.uncached_input_tokens == i
+
+
+# ------------------------------------------------------------------ the plain chat shortcut
+_N = st.integers(min_value=0, max_value=10**13)
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-2, max_value=10**13),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["12", "x", ""]),
+)
+_DETAIL_KEYS = st.sampled_from(
+    ["cached_tokens", "cache_write_tokens", "audio_tokens", "image_tokens", "reasoning_tokens", "text_tokens"]
+)
+
+
+def _chat_usage(count: Any, details: Any) -> Any:
+    return st.fixed_dictionaries(
+        {"prompt_tokens": count, "completion_tokens": count},
+        optional={
+            "total_tokens": count,
+            "prompt_tokens_details": details,
+            "completion_tokens_details": details,
+        },
+    )
+
+
+#: OpenAI's own shape with plain counts (what the shortcut reads) and with anything in any field
+_PLAIN_USAGE = _chat_usage(_N, st.one_of(st.none(), st.dictionaries(_DETAIL_KEYS, _N, max_size=4)))
+_ODD_USAGE = _chat_usage(
+    _ANY,
+    st.one_of(
+        st.none(), st.lists(st.integers(), max_size=2), st.dictionaries(_DETAIL_KEYS, _ANY, max_size=4)
+    ),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_PLAIN_USAGE, _ODD_USAGE), st.sampled_from([None, True, False]))
+def test_plain_chat_shortcut_reads_exactly_as_the_general_reading(
+    usage: dict[str, Any], in_completion: bool | None
+) -> None:
+    from llmbudget.pricing.normalize import _general_chat_usage
+
+    assert openai_chat_usage(usage, reasoning_in_completion=in_completion) == _general_chat_usage(
+        usage, in_completion
+    )

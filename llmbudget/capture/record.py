@@ -164,6 +164,9 @@ def _salvage(fields: dict[str, Any], error: ValidationError) -> UsageEvent:
     raise error
 
 
+_INT_ONLY = {int}
+
+
 def trusted_usage(usage: TokenUsage, meter: CallMeter) -> tuple[TokenUsage, str | None]:
     """Replace counts no call can have (negative, over `MAX_TOKENS`, not integers) with what can be trusted.
 
@@ -172,6 +175,21 @@ def trusted_usage(usage: TokenUsage, meter: CallMeter) -> tuple[TokenUsage, str 
     usage and the event's `reason` naming each replaced value and what the upstream reported (None
     when every count was plausible, the usual case: a few comparisons).
     """
+    counts = (
+        usage.input_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+        usage.cache_write_1h_tokens,
+    )  # the TOKEN_FIELDS
+    if (
+        not usage.units
+        and set(map(type, counts)) == _INT_ONLY
+        and min(counts) >= 0
+        and max(counts) <= MAX_TOKENS
+    ):
+        return usage, None  # the usual case: every count a plausible integer
     changes: dict[str, Any] = {}
     notes: list[str] = []
     for name in TOKEN_FIELDS:

@@ -259,6 +259,15 @@ def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None
     when it exceeds `completion_tokens` or when `total_tokens` equals
     prompt + completion + reasoning.
     """
+    if type(usage) is dict and usage.keys() <= _PLAIN_CHAT_KEYS:
+        fast = _plain_chat_usage(usage, reasoning_in_completion)
+        if fast is not None:
+            return fast
+    return _general_chat_usage(usage, reasoning_in_completion)
+
+
+def _general_chat_usage(usage: Any, reasoning_in_completion: bool | None) -> TokenUsage:
+    """`openai_chat_usage` for every shape (the compatible servers' fields included)."""
     if not isinstance(usage, Mapping):
         return ZERO_USAGE
     prompt = _int(usage.get("prompt_tokens"))
@@ -297,6 +306,59 @@ def openai_chat_usage(usage: Any, *, reasoning_in_completion: bool | None = None
     _modalities(usage.get("prompt_tokens_details"), "input", units)
     _modalities(usage.get("completion_tokens_details"), "output", units)
     return TokenUsage.of(prompt, cached, cache_write, output, reasoning, units=units)
+
+
+#: the keys of OpenAI's own chat `usage`: an object with no others takes `_plain_chat_usage`
+_PLAIN_CHAT_KEYS = frozenset(
+    {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+    }
+)
+
+
+def _count(details: dict[str, Any] | None, key: str) -> int | None:
+    """A detail count that is a plain non-negative int (0 when absent), None for anything else."""
+    if details is None:
+        return 0
+    v = details.get(key)
+    if v is None:
+        return 0
+    return v if type(v) is int and v >= 0 else None
+
+
+def _plain_chat_usage(usage: dict[str, Any], reasoning_in_completion: bool | None) -> TokenUsage | None:
+    """`openai_chat_usage` for OpenAI's own shape with plain non-negative integers (the proxy's usual
+    answer), in a few lookups; None for anything else, which the general reading takes."""
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+        return None
+    ptd, ctd = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+    if (ptd is not None and type(ptd) is not dict) or (ctd is not None and type(ctd) is not dict):
+        return None
+    cached, write = _count(ptd, "cached_tokens"), _count(ptd, "cache_write_tokens")
+    reasoning = _count(ctd, "reasoning_tokens")
+    if cached is None or write is None or reasoning is None:
+        return None
+    output = completion
+    if reasoning:
+        separate = reasoning_in_completion is False
+        if reasoning_in_completion is None:
+            total = usage.get("total_tokens")
+            separate = reasoning > completion or (
+                total is not None and _int(total) == prompt + completion + reasoning
+            )
+        if separate:
+            output = completion + reasoning
+    units: dict[str, Any] = {}
+    if ptd:
+        _modalities(ptd, "input", units)
+    if ctd:
+        _modalities(ctd, "output", units)
+    return TokenUsage.of(prompt, cached, write, output, reasoning, units=units)
 
 
 def _modalities(details: Any, direction: str, into: dict[str, Any]) -> None:

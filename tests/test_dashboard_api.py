@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -288,3 +289,18 @@ def test_dashboard_store_on_postgres(pg_url: str) -> None:
         assert cards["coder"]["session_cost_usd"] == "2.500000000"
     finally:
         s.close()
+
+
+def test_a_call_after_a_session_ended_opens_it_again(client: TestClient, services: Services) -> None:
+    """The end shown is never before the session's last activity: a later call reopens the session."""
+    assert client.post("/api/sessions/s3/end", json={}).json()["ended"] is True
+    later = dataclasses.replace(ev("coder", "s3", "0.25", 0), timestamp=datetime.now(UTC))
+    services.ledger.record(later)  # the client went on calling
+    services.ledger.flush()
+    s3 = {s["session"]: s for s in client.get("/api/dashboard/sessions").json()["sessions"]}["s3"]
+    assert s3["ended"] is False and s3["end"] is None  # open again (before: ended before its last call)
+    assert client.get("/api/sessions/s3").json()["ended"] is False
+    r = client.post("/api/sessions/s3/end", json={"reason": "done"}).json()
+    assert r["changed"] is True and r["ended_by"] == "done"  # ending it again is a change
+    assert r["end"] >= r["last_activity"]
+    assert client.post("/api/sessions/s3/end", json={}).json()["changed"] is False

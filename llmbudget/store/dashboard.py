@@ -83,11 +83,23 @@ def session_breakdown(ledger: Any, session: str) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- session ends
 def end_session(ledger: Any, session: str, *, reason: str = "client", ended_us: int | None = None) -> bool:
-    """Mark a session ended (idempotent: the first end is kept); False when it was already ended."""
+    """Mark a session ended; False when it already was and has had no call since.
+
+    Ending is idempotent (the first end is kept) until the session is called again: a call after
+    its end opens it again (see `web.data`), and ending it then moves the mark.
+    """
     ended_us = ended_us if ended_us is not None else time.time_ns() // 1000
     with _sql(ledger)._tx() as db:
-        if db.execute("SELECT 1 FROM session_ends WHERE session = ?", (session,)):
-            return False
+        mark = db.execute("SELECT ended_us FROM session_ends WHERE session = ?", (session,))
+        if mark:
+            last = db.execute("SELECT MAX(ts_us) FROM events WHERE session = ?", (session,))[0][0]
+            if last is None or int(last) <= int(mark[0][0]):
+                return False
+            db.execute(
+                "UPDATE session_ends SET ended_us = ?, reason = ? WHERE session = ?",
+                (max(ended_us, int(last)), reason, session),
+            )
+            return True
         db.execute(
             "INSERT INTO session_ends (session, ended_us, reason) VALUES (?, ?, ?)",
             (session, ended_us, reason),

@@ -350,7 +350,8 @@ def overview(services: Services, now: datetime | None = None) -> dict[str, Any]:
 def _session_status(
     row: Any, ended: tuple[int, str] | None, idle: timedelta, now: datetime
 ) -> dict[str, Any]:
-    if ended is not None:
+    # a call after the client ended the session opens it again: an end is never before the last call
+    if ended is not None and from_us(ended[0]) >= row.end:
         return {"end": from_us(ended[0]).isoformat(), "ended": True, "ended_by": ended[1]}
     if now - row.end >= idle:
         return {"end": (row.end).isoformat(), "ended": True, "ended_by": "idle"}

@@ -246,6 +246,27 @@ def test_a_new_database_does_not_take_an_old_audit_file(tmp_path: Path) -> None:
     assert ids
 
 
+def test_a_log_truncated_in_place_and_grown_past_the_checkpoint_is_replayed_whole(ledger_url: str) -> None:
+    """logrotate's copytruncate keeps the inode: an offset into the old content must not skip new lines."""
+    from llmbudget.store.jsonl import AuditLog
+
+    with open_ledger(ledger_url) as led:
+        led.record_many([_ev(i) for i in range(20)])
+        audit, ledger_id = led.audit_path, led.ledger_id  # type: ignore[attr-defined]
+    # clean close: the checkpoint is at the end of the file; now it is copied away and truncated
+    ino = audit.stat().st_ino
+    os.truncate(audit, 0)
+    # a server went on writing (more than before) and was killed before storing any of it
+    lost = [_ev(100 + i, session="after-truncate") for i in range(40)]
+    with AuditLog(audit, ledger=ledger_id) as w:
+        w.append(lost)
+    assert audit.stat().st_ino == ino
+    with open_ledger(ledger_url) as led:
+        missing = [e.id for e in lost if led.get(e.id) is None]
+        assert missing == []  # before: the lines below the old offset were never read
+        assert led.count() == 60
+
+
 # ---------------------------------------------------------------------------- durability: fsync
 
 

@@ -3,7 +3,8 @@
 `record()` writes an event's line to the audit log before queueing it, so after a crash every
 accepted event is in the file even when it never reached the database. At start-up the ledger
 reads the file from its **checkpoint** (a byte offset, stored in the database per machine and
-file, with the file's device and inode so a rotated file starts over) and stores the lines of its
+file, with the file's device and inode and the 64 bytes before the offset, so a rotated file, or
+one truncated in place and written again, starts over) and stores the lines of its
 own database that are missing, idempotent on `id`. Lines are checked by id first (one indexed
 `IN (...)` per 2,000 lines); only missing ones are parsed into events.
 
@@ -38,7 +39,16 @@ log = logging.getLogger(__name__)
 #: state namespace of the checkpoints
 CHECKPOINTS = "audit_checkpoint"
 _CHUNK = 2000
+_TAIL = 64  # bytes before the checkpoint kept with it
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+def _tail(f: BinaryIO, offset: int) -> str:
+    """The bytes just before `offset` (hex): a file truncated in place and written again past the
+    checkpoint (logrotate's `copytruncate` keeps the inode) no longer has them there."""
+    n = min(offset, _TAIL)
+    f.seek(offset - n)
+    return f.read(n).hex()
 
 
 class AuditReplay:
@@ -86,6 +96,7 @@ class AuditReplay:
                 and cp.get("dev") == st.st_dev
                 and cp.get("ino") == st.st_ino
                 and 0 <= int(cp.get("offset", 0)) <= st.st_size
+                and cp.get("tail") in (None, _tail(f, int(cp["offset"])))  # None: an older checkpoint
             ):
                 start = int(cp["offset"])
             end = st.st_size if upto is None else min(upto, st.st_size)
@@ -101,6 +112,7 @@ class AuditReplay:
                     "dev": st.st_dev,
                     "ino": st.st_ino,
                     "offset": pos,
+                    "tail": _tail(f, pos),
                     "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 },
             )

@@ -158,6 +158,49 @@ def test_agent_cards(client: TestClient) -> None:
     assert client.get("/api/agents/nobody").json()["error"]["code"] == "not_found"
 
 
+def test_agent_cards_in_a_busy_hour(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+
+    def at(agent: str, minutes_ago: float, usd: str) -> UsageEvent:
+        return UsageEvent(
+            timestamp=now - timedelta(minutes=minutes_ago),
+            backend="openai",
+            provider="openai",
+            model="gpt-4o-mini",
+            input_tokens=10,
+            output_tokens=1,
+            cost_usd=Decimal(usd),
+            price_status="priced",
+            agent=agent,
+            session=f"{agent}-s",
+        )
+
+    events = [at("busy", 4.5 * i / 2000, "0.0001") for i in range(2000)]  # the newest 2,000 calls, nearly
+    events += [at("loop", 7.5 + 5 * i, "0.01") for i in range(11)]  # $0.01 in each earlier 5 minutes
+    events += [at("loop", 1 + i * 0.3, "0.10") for i in range(10)]  # then $1.00 in the last 5
+    events += [at("quiet", 20 + i, "0.02") for i in range(12)]  # active this hour, not lately
+    cfg = Config()
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'busy.db'}", flush_interval_s=0.05)
+    ledger.record_many(events)
+    s = Services(config=cfg, ledger=ledger, prices=PriceBook.from_config(cfg))
+    try:
+        with TestClient(build_app(s).web) as client:
+            cards = {c["agent"]: c for c in client.get("/api/agents").json()["agents"]}
+        assert set(cards) == {"busy", "loop", "quiet"}
+        loop = cards["loop"]
+        assert loop["runaway"] is True
+        assert (loop["spend_5m_nano"], loop["baseline_5m_nano"]) == (1_000_000_000, 10_000_000)
+        assert sum(c for _, c in loop["recent_spend"]) == 1_110_000_000  # the hour, a point a minute
+        assert len(loop["recent_spend"]) <= 60 and loop["avg_cost_usd"] == "0.100000000"
+        assert cards["busy"]["runaway"] is False and cards["busy"]["spend_5m_nano"] == 200_000_000
+        quiet = cards["quiet"]  # not among the newest 2,000 calls: its own newest 10 all the same
+        assert quiet["avg_cost_usd"] == "0.020000000" and quiet["session_calls"] == 12
+        assert quiet["runaway"] is False and quiet["spend_5m_nano"] == 0
+    finally:
+        close_live(s)
+        s.close()
+
+
 def test_sessions_detail_end_and_csv(client: TestClient) -> None:
     items = client.get("/api/dashboard/sessions").json()["sessions"]
     by = {s["session"]: s for s in items}

@@ -25,19 +25,34 @@ def _sql(ledger: Any) -> SQLLedger:
     return ledger
 
 
-_ACTIVITY = "SELECT agent, session, ts_us, cost_nano, input_tokens + output_tokens, status FROM events "
-
-
-def recent_activity(
-    ledger: Any, since_us: int, *, newest: int = 5000, limit: int = 50_000
-) -> list[tuple[Any, ...]]:
-    """(agent, session, ts_us, cost_nano, tokens, status), newest first: the newest `newest` events,
-    or every event since `since_us` when there are more of those (at most `limit`). Time index only."""
+def newest_calls(ledger: Any, newest: int, per_agent: int) -> list[tuple[Any, ...]]:
+    """(agent, session, ts_us, cost_nano, tokens) of each agent's newest `per_agent` calls among the
+    newest `newest` calls, newest first (so agents come in the order of their last call). The time
+    index gives the newest calls; only the ranked rows leave the database."""
     with _sql(ledger)._read() as db:
-        rows = db.execute(_ACTIVITY + "ORDER BY ts_us DESC LIMIT ?", (newest,))
-        if len(rows) == newest and int(rows[-1][2]) >= since_us:
-            rows = db.execute(_ACTIVITY + "WHERE ts_us >= ? ORDER BY ts_us DESC LIMIT ?", (since_us, limit))
-        return rows
+        return db.execute(
+            "SELECT agent, session, ts_us, cost_nano, tokens FROM (SELECT agent, session, ts_us, cost_nano, "
+            "tokens, ROW_NUMBER() OVER (PARTITION BY agent ORDER BY ts_us DESC, id DESC) AS n FROM (SELECT "
+            "id, agent, session, ts_us, cost_nano, input_tokens + output_tokens AS tokens FROM events "
+            "ORDER BY ts_us DESC, id DESC LIMIT ?) AS latest WHERE agent IS NOT NULL AND agent <> '') AS t "
+            "WHERE n <= ? ORDER BY ts_us DESC, agent",
+            (newest, per_agent),
+        )
+
+
+def spend_by_minute(ledger: Any, now_us: int, minutes: int = 60) -> list[tuple[str, int, int]]:
+    """(agent, minute of age, cost_nano) over the last `minutes` minutes before `now_us`, summed in SQL.
+
+    Ages are counted back from `now_us` (a call in the future is of age 0), so 5-minute slots of
+    age made of them are exact (`agentstats.runaway`)."""
+    with _sql(ledger)._read() as db:
+        rows = db.execute(
+            "SELECT agent, age, SUM(cost_nano) FROM (SELECT agent, CASE WHEN ts_us >= ? THEN 0 ELSE "
+            "(? - ts_us) / 60000000 END AS age, cost_nano FROM events WHERE ts_us > ? AND agent IS NOT NULL "
+            "AND agent <> '') AS t GROUP BY agent, age",
+            (now_us, now_us, now_us - minutes * 60_000_000),
+        )
+    return [(str(r[0]), int(r[1]), int(r[2] or 0)) for r in rows]
 
 
 def agent_session_totals(ledger: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:

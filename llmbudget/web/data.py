@@ -30,10 +30,11 @@ from ..services import Services
 from ..store.buckets import from_us, to_us
 from ..store.dashboard import (
     agent_session_totals,
-    recent_activity,
+    newest_calls,
     session_breakdown,
     session_ends,
     session_exists,
+    spend_by_minute,
 )
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 MAX_CARDS = 60
 #: sessions on the sessions page
 SESSIONS_SHOWN = 30
-_HOUR_US = 3600 * 1_000_000
 
 
 def usd(nano: int | None) -> str | None:
@@ -219,20 +219,24 @@ def agent_cards(services: Services, now: datetime, *, only: str | None = None) -
     day = _day_start(now, tz)
     today_rows = ledger.costs(since=day, until=now + timedelta(hours=1), by="agent", tz=tz)
     today = {r.key: r for r in today_rows if r.key}
-    hour_ago = now_us - _HOUR_US - 5 * 60 * 1_000_000
-    activity = recent_activity(ledger, hour_ago, newest=2000)
+    # each agent's newest TREND_WINDOW calls among the newest 2,000, and every agent's spend per
+    # minute of age over the past hour (the runaway rule): both computed in SQL, so a busy hour
+    # (14,000 calls at 10 M events a month) is never read into Python call by call
     recent: dict[str, list[tuple[Any, ...]]] = {}
-    for row in activity:
-        if row[0]:
-            recent.setdefault(row[0], []).append(row)
+    for row in newest_calls(ledger, 2000, TREND_WINDOW):
+        recent.setdefault(row[0], []).append(row)
+    by_minute: dict[str, list[tuple[int, int]]] = {}
+    for agent, age, nano in sorted(spend_by_minute(ledger, now_us), key=lambda r: (r[1], r[0])):
+        by_minute.setdefault(agent, []).append((now_us - age * 60_000_000, nano))
     from .api_budget import _enforcer
 
     try:
         paused = _enforcer(services).paused()
     except Exception:
         paused = {}
-    names = list(recent)
-    names += [a for a in sorted(today, key=lambda a: -today[a].cost_nano) if a not in recent]
+    names = list(recent)  # by their last call, then the rest of the past hour's by theirs
+    names += [a for a in by_minute if a not in recent]
+    names += [a for a in sorted(today, key=lambda a: -today[a].cost_nano) if a not in names]
     names += [a for a in sorted(paused) if a not in names]
     if only is not None:
         names = [only]
@@ -260,7 +264,7 @@ def agent_cards(services: Services, now: datetime, *, only: str | None = None) -
             calls, tokens, cost = (t.calls, t.input_tokens + t.output_tokens, t.cost_nano) if t else (0, 0, 0)
         else:
             calls, tokens, cost = st[0], st[1], st[2]
-        spend = [(int(r[2]), int(r[3] or 0)) for r in recent.get(a, []) if r[2] >= hour_ago]
+        spend = by_minute.get(a, [])  # one point a minute, newest first
         flagged, current, baseline = runaway(spend, now_us)
         avg = avg_cost(costs)
         tr = trend(costs)
@@ -284,7 +288,7 @@ def agent_cards(services: Services, now: datetime, *, only: str | None = None) -
                 "runaway": flagged,
                 "spend_5m_nano": current,
                 "baseline_5m_nano": baseline,
-                "recent_spend": [list(x) for x in spend[:500]],
+                "recent_spend": [list(x) for x in spend],
                 "today_cost_usd": usd(today[a].cost_nano) if a in today else "0",
                 "paused": p is not None,
                 "paused_reason": (p or {}).get("reason"),

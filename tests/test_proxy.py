@@ -851,3 +851,44 @@ def test_no_user_agent_or_encoding_is_invented_for_the_upstream(
     sent = fake.requests[-1]["headers"]
     assert "user-agent" not in sent
     assert sent["accept-encoding"] == "identity"
+
+
+def test_concurrent_calls_are_each_recorded_once_with_the_cost_they_were_answered_with(
+    proxy: RunningProxy,
+) -> None:
+    """Calls finishing together are built and written in batches: each is answered with its own
+    event id and cost, and each is in the ledger and the audit log exactly once."""
+    import asyncio
+
+    sess = session_id()
+    ledger: Any = proxy.services.ledger
+    writes_before = ledger._audit._written
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def calls() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{proxy.url}/burst/v1/chat/completions",
+                        json=body,
+                        headers={"Authorization": "Bearer sk-test", "X-LLMBudget-Session": sess},
+                    )
+                    for _ in range(60)
+                )
+            )
+
+    answers = asyncio.run(calls())
+    assert [r.status_code for r in answers] == [200] * 60
+    events = {e.id: e for e in proxy.wait_events(60, session=sess)}
+    assert len(events) == 60
+    for r in answers:
+        event = events[r.headers["x-llmbudget-request-id"]]
+        assert event.cost_usd is not None
+        assert r.headers["x-llmbudget-cost-usd"] == format(event.cost_usd.normalize(), "f")
+    audit_ids = [
+        json.loads(line)["id"] for line in Path(ledger.audit_path).read_text().splitlines() if sess in line
+    ]
+    assert sorted(audit_ids) == sorted(events)
+    # several calls shared one write of the audit log (the batch), and none was written twice
+    assert ledger._audit._written - writes_before < 60

@@ -185,6 +185,9 @@ class Proxy:
         self._gemini_state: dict[str, str] = {}
         self._reading_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: metered calls being forwarded now; with more than one, events are built and written in batches
+        self._inflight = 0
+        self._batch: list[tuple[ProxyRequest, str, dict[str, Any], asyncio.Future[UsageEvent | None]]] = []
         self.max_body = int(services.config.server.max_body_mb * 1024 * 1024)
         #: attribution.rules and known agent clients: fill what X-LLMBudget-* headers left unset
         self.attributor = Attributor.from_config(getattr(services.config, "attribution", None))
@@ -605,6 +608,7 @@ class Proxy:
         assert meter is not None
         url, headers = self._upstream(req, target)
         req.upstream_start = time.perf_counter()
+        self._inflight += 1
         try:
             resp = await self.session.request(
                 req.method,
@@ -615,7 +619,10 @@ class Proxy:
                 timeout=self._timeouts[target],
                 skip_auto_headers=None if "user-agent" in headers else _NO_UA,
             )
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except BaseException as e:
+            self._inflight -= 1
+            if not isinstance(e, aiohttp.ClientError | TimeoutError | OSError):
+                raise  # cancelled (the client went away) or a bug: nothing to answer
             await self._connect_failed(req, target, send, e)
             return
         try:
@@ -634,6 +641,7 @@ class Proxy:
                 return
             await self._buffered(req, target, resp, out_headers, send)
         finally:
+            self._inflight -= 1
             resp.release()
             if req.upstream_end and self.metrics is not None:
                 # what the proxy added: the whole call minus the wait on the upstream
@@ -690,16 +698,21 @@ class Proxy:
                 return
             if not meter.complete:  # an encoding llmbudget cannot read: passed on, usage unknown
                 status = "error"
-        event = self._record(
-            req, target, http_status=resp.status, status=status, interrupted=False, defer=True
-        )
+        batched = self._inflight > 1
+        if batched:
+            event = await self._record_batched(req, target, http_status=resp.status, status=status)
+        else:
+            event = self._record(
+                req, target, http_status=resp.status, status=status, interrupted=False, defer=True
+            )
         if event is not None:
             cost = "unpriced" if event.cost_usd is None else _fmt_cost(event.cost_usd)
             out_headers.append((b"x-llmbudget-cost-usd", cost.encode()))
         out_headers = [(k, v) for k, v in out_headers if k != b"content-length"]
         out_headers.append((b"content-length", str(len(body)).encode()))
         if event is not None:
-            self._record_now(event)
+            if not batched:
+                self._record_now(event)
             await self._durable()
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": body})
@@ -1025,6 +1038,37 @@ class Proxy:
         if why:
             event.reason = ("; ".join(r for r in (why, event.reason) if r))[:MAX_TEXT]
         return event
+
+    def _record_batched(self, req: ProxyRequest, target: str, **kw: Any) -> asyncio.Future[UsageEvent | None]:
+        """Build and record the call's event with the others that finish in this loop iteration:
+        one pass over warm code and one audit write for all of them."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[UsageEvent | None] = loop.create_future()
+        batch = self._batch
+        batch.append((req, target, kw, fut))
+        if len(batch) == 1:
+            loop.call_soon(self._flush_batch)
+        return fut
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        events = [
+            self._record(req, target, interrupted=False, defer=True, **kw) for req, target, kw, _ in batch
+        ]
+        kept = [e for e in events if e is not None]
+        if kept:
+            record_batch = getattr(self.services.ledger, "record_batch", None)
+            try:
+                if record_batch is not None:
+                    record_batch(kept)
+                else:
+                    for e in kept:
+                        self.services.ledger.record(e)
+            except Exception:
+                log.exception("proxy_record_failed batch=%d", len(kept))
+        for (_, _, _, fut), event in zip(batch, events, strict=True):
+            if not fut.done():
+                fut.set_result(event)
 
     def _record_now(self, event: UsageEvent) -> None:
         try:

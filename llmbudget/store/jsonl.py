@@ -167,6 +167,11 @@ class AuditLog:
         """Write one event's line (one `write` call; no fsync here, see `wait_synced`)."""
         self._write((event_line(ev)[:-1] + self._tail).encode("utf-8", "backslashreplace"))
 
+    def write_many(self, events: list[UsageEvent]) -> None:
+        """Write several events' lines with one `write` (no fsync here, see `wait_synced`)."""
+        tail = self._tail
+        self._write("".join([event_line(e)[:-1] + tail for e in events]).encode("utf-8", "backslashreplace"))
+
     def append(self, events: Iterable[UsageEvent]) -> int:
         """Write events, one line each, in one `write`; returns how many were written."""
         tail = self._tail

@@ -416,6 +416,23 @@ class SQLLedger(Ledger, AuditReplay):
         for fn in self.on_record:
             fn(event)
 
+    def record_batch(self, events: list[UsageEvent]) -> None:
+        """`record()` for several events: their audit lines in one write, then the writer."""
+        if self._closed:
+            raise StorageError(f"the ledger at {self._masked()} is closed")
+        audit = self._audit
+        if audit is not None:
+            try:
+                audit.write_many(events)
+            except OSError as e:
+                log.error("audit_log_write_failed path=%s error=%s", self.audit_path, e)
+        submit = self._writer.submit
+        hooks = self.on_record
+        for event in events:
+            submit(event)
+            for fn in hooks:
+                fn(event)
+
     def quarantined(self) -> list[dict[str, Any]]:
         """Events the database refused on their data, oldest first: `{quarantined_at, reason, event}`."""
         return self._writer.quarantine.entries() if self._writer.quarantine is not None else []

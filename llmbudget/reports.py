@@ -29,6 +29,7 @@ BY_CHOICES = (
     "backend",
     "task-type",
     "tier",
+    "key",
     "day",
     "week",
     "month",

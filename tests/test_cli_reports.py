@@ -95,6 +95,28 @@ def test_costs_by_with_filters_and_json(db: str, capsys: pytest.CaptureFixture[s
     assert code == 0 and "2 more rows not shown" in out and "coder" not in out
 
 
+def test_costs_by_key_groups_by_the_virtual_key(ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ledger_url
+    with open_ledger(url) as led:
+        led.record_many(
+            [
+                UsageEvent(backend="openai", model="gpt-4o", key=k, cost_usd=Decimal(c), price_status="priced")
+                for k, c in (("ci-bot", "0.5"), ("ci-bot", "0.25"), ("nightly", "0.1"), (None, "1"))
+            ]
+        )
+    code, out, _ = run(capsys, "costs", "--by", "key", "--since", "1d", "--json", "--db", url)
+    assert code == 0, out
+    data = json.loads(out)
+    assert data["by"] == "key"
+    assert {r["key"]: (r["calls"], r["cost_usd"]) for r in data["rows"]} == {
+        "ci-bot": (2, "0.750000000"),
+        "nightly": (1, "0.100000000"),
+        None: (1, "1.000000000"),
+    }
+    code, out, _ = run(capsys, "costs", "--by", "key", "--since", "1d", "--db", url)
+    assert code == 0 and "Key" in out and "ci-bot" in out and "(none)" in out
+
+
 def test_costs_csv_is_formula_safe(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "costs", "--by", "agent", "--since", "1d", "--csv", "--db", db)
     assert code == 0

@@ -63,7 +63,7 @@ ByOpt = Annotated[
     str | None,
     typer.Option(
         "--by",
-        help="Group by agent, session, user, team, model, backend, task-type, tier, day, week or month.",
+        help="Group by agent, session, user, team, model, backend, task-type, tier, key, day, week or month.",
     ),
 ]
 

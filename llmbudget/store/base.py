@@ -31,6 +31,7 @@ DIMENSIONS = (
     "tier",
     "price_status",
     "status",
+    "key",
 )
 #: time buckets accepted by `costs(by=...)`, in the configured timezone
 TIME_BUCKETS = ("hour", "day", "week", "month")

@@ -100,7 +100,9 @@ def test_costs_by_key_groups_by_the_virtual_key(ledger_url: str, capsys: pytest.
     with open_ledger(url) as led:
         led.record_many(
             [
-                UsageEvent(backend="openai", model="gpt-4o", key=k, cost_usd=Decimal(c), price_status="priced")
+                UsageEvent(
+                    backend="openai", model="gpt-4o", key=k, cost_usd=Decimal(c), price_status="priced"
+                )
                 for k, c in (("ci-bot", "0.5"), ("ci-bot", "0.25"), ("nightly", "0.1"), (None, "1"))
             ]
         )

@@ -5,8 +5,19 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 NANOS_PER_USD = 1_000_000_000
-_NANO = Decimal("0.000000001")
+_NANO = NANO_USD = Decimal("0.000000001")
 ZERO = Decimal(0)
+#: the largest budget limit accepted: its nano-USD fit the 64-bit counters with room to spare
+MAX_LIMIT_USD = Decimal(10**9)
+
+
+def limit_problem(amount: Decimal) -> str | None:
+    """Why `amount` cannot be a budget limit in USD (None when it can): finite, >= 0, at most $1e9."""
+    if not amount.is_finite() or amount < 0:
+        return "must be a non-negative amount"
+    if amount > MAX_LIMIT_USD:
+        return f"must be at most ${MAX_LIMIT_USD:,}"
+    return None
 
 
 def to_nano(usd: Decimal | int | str) -> int:

@@ -93,6 +93,11 @@ def test_hard_stop_false_makes_the_short_form_alert_only() -> None:
         (("20.00/month", "twenty/month"), 9, ["budgets.per_backend.claude", "amount"]),
         (("daily_limit_usd: 5.00", "daily_limit_usd: -5"), 6, ["budgets.daily_limit_usd", "non-negative"]),
         (("monthly_limit_usd: 50.00", "monthly_limit_usd: fifty"), 7, ["budgets.monthly_limit_usd", "20.00"]),
+        (
+            ("monthly_limit_usd: 50.00", "monthly_limit_usd: 1e400"),
+            7,
+            ["budgets.monthly_limit_usd", "at most $1,000,000,000"],
+        ),
         (("warning_threshold: 0.8", "warning_threshold: 80"), 11, ["warning_threshold", "(0, 1]"]),
         (
             ("hard_stop: true", "hard_stop: true\n  fallback: gpt"),

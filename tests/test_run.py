@@ -221,7 +221,7 @@ def test_child_environment_and_codex_overrides() -> None:
     )
     assert cmd[0] == "/usr/bin/codex" and cmd[-2:] == ["exec", "hi"]
     opts = dict(zip(cmd[1:-2:2], cmd[2:-2:2], strict=True))
-    assert set(opts) == {"-c"} or True
+    assert set(opts) == {"-c"}
     values = cmd[2:-2:2]
     assert 'model_providers.llmbudget.base_url="http://127.0.0.1:9/_llmb/session=s1/openai/v1"' in values
     assert 'model_providers.llmbudget.wire_api="responses"' in values
@@ -239,8 +239,22 @@ def test_child_environment_and_codex_overrides() -> None:
 
 
 def test_bad_budget_and_missing_command(setup: dict[str, Any]) -> None:
-    r = subprocess.run([LLMBUDGET, "run", "--budget", "two", "--", "true"], capture_output=True, text=True)
-    assert r.returncode == 1 and "--budget: must be an amount in USD" in r.stderr
+    for value, message in (
+        ("two", "must be an amount in USD such as 2.00"),
+        ("-1", "must be a positive amount in USD"),
+        ("nan", "must be a positive amount in USD"),
+        ("1e400", "must be at most $1,000,000,000"),
+        ("0.0000000001", "must be at least $0.000000001"),
+    ):
+        # refused before the command starts: `touch` would leave the file behind
+        marker = Path(setup["db"]).with_name(f"started-{value}")
+        r = subprocess.run(
+            [LLMBUDGET, "run", "--db", setup["db"], "--budget", value, "--", "touch", str(marker)],
+            capture_output=True,
+            text=True,
+        )
+        assert (r.returncode, r.stderr.strip()) == (1, f"error: --budget: {message}, got {value!r}"), value
+        assert not marker.exists(), value
     r = subprocess.run([LLMBUDGET, "run", "--config", setup["config"]], capture_output=True, text=True)
     assert r.returncode == 1 and "CMD: give the command to run" in r.stderr
     r = subprocess.run(

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..money import limit_problem
+
 SCOPES = ("global", "backend", "model", "agent", "session", "user", "team", "task_type", "key")
 ACTIONS = ("alert", "block", "fallback", "pause")
 VALID_PERIODS_TEXT = "day, week, month, session, or rolling hours/days such as 5h, 24h, 7d"
@@ -60,8 +62,9 @@ def _money(value: Any, what: str) -> Decimal:
         d = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value).strip().lstrip("$"))
     except InvalidOperation:
         raise ValueError(f"{what} must be an amount in USD such as 20.00, got {value!r}") from None
-    if not d.is_finite() or d < 0:
-        raise ValueError(f"{what} must be a non-negative amount, got {value!r}")
+    problem = limit_problem(d)
+    if problem is not None:
+        raise ValueError(f"{what} {problem}, got {value!r}")
     return d
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import ValidationError
+from ..money import NANO_USD, limit_problem
 from ..services import Services
 from . import common
 
@@ -22,6 +23,11 @@ def _budget(value: str | None) -> Decimal | None:
         raise ValidationError("--budget", f"must be an amount in USD such as 2.00, got {value!r}") from None
     if not d.is_finite() or d <= 0:
         raise ValidationError("--budget", f"must be a positive amount in USD, got {value!r}")
+    if d < NANO_USD:  # spend is counted in nano-USD: a smaller limit would be $0
+        raise ValidationError("--budget", f"must be at least $0.000000001, got {value!r}")
+    problem = limit_problem(d)
+    if problem is not None:
+        raise ValidationError("--budget", f"{problem}, got {value!r}")
     return d
 
 

@@ -228,3 +228,48 @@ def test_two_apps_in_one_process_keep_their_own_series(fake: FakeUpstream, tmp_p
 def test_bad_query_is_a_400_naming_it(proxy: RunningProxy) -> None:
     r = httpx.get(f"{proxy.url}/metrics?format=x", timeout=10)
     assert r.status_code == 400 and "format" in r.text
+
+
+def _cost_samples(m: Any) -> dict[str, float]:
+    from llmbudget.web.metrics import _PerCall
+
+    out: dict[str, float] = {}
+    for fam in _PerCall(m).collect():
+        if fam.name == "llmbudget_cost_usd":
+            for s in fam.samples:
+                out[s.labels["agent"]] = out.get(s.labels["agent"], 0.0) + s.value
+    return out
+
+
+def test_the_agent_label_cap_keeps_the_top_spenders(tmp_path: Path) -> None:
+    """Not the first N agents seen: an agent that outspends a labelled one takes its label."""
+    from llmbudget.events import UsageEvent
+    from llmbudget.pricing import PriceBook
+    from llmbudget.services import Services
+    from llmbudget.store import open_ledger
+    from llmbudget.web.metrics import Metrics
+
+    def call(agent: str, usd: str) -> UsageEvent:
+        return UsageEvent(
+            backend="openai", provider="openai", model="gpt-4o", agent=agent, cost_usd=Decimal(usd)
+        )
+
+    with open_ledger(f"sqlite:///{tmp_path / 'm.db'}") as led:
+        m = Metrics(Services(config=Config(), ledger=led, prices=PriceBook()), max_agents=2)
+        m.observe_events([call("early-1", "0.01"), call("early-2", "0.02"), call("small", "0.001")])
+        assert _cost_samples(m) == pytest.approx({"early-1": 0.01, "early-2": 0.02, "other": 0.001})
+        before = _cost_samples(m)
+        m.observe_events([call("big", "0.50"), call("big", "0.25")])
+        got = _cost_samples(m)
+        # big passed early-1 (the smallest labelled spender) and took its place
+        assert set(got) == {"early-2", "big", "other"}  # before: early-1 and early-2 kept for good
+        assert got == pytest.approx({"early-2": 0.02, "big": 0.75, "other": 0.001})
+        assert all(got[k] >= before.get(k, 0) for k in got)  # no series went down
+        m.observe_events([call("small", "0.001"), call("early-1", "0.001")])  # still below early-2
+        assert _cost_samples(m) == pytest.approx({"early-2": 0.02, "big": 0.75, "other": 0.003})
+        assert m.agent_label("big") == "big" and m.agent_label("early-1") == "other"
+        # the displaced agent's calls still count in every other family (requests, tokens)
+        from llmbudget.web.metrics import _PerCall
+
+        fams = {f.name: f for f in _PerCall(m).collect()}
+        assert sum(x.value for x in fams["llmbudget_requests"].samples) == 7

@@ -12,9 +12,10 @@ apps in one process never see each other's series.
   reconciliation) and the newest quota readings, so they are never stale and cost nothing between
   scrapes. A gauge that would be infinite is omitted.
 
-Agent labels are capped: the first `metrics.max_agents` agents this process sees keep their own
-label, every later one is counted under `other`, so a flood of agent names cannot explode the
-series count.
+Agent labels are capped: the top `metrics.max_agents` agents by spend in this process keep their
+own label, every other one is counted under `other`, so a flood of agent names cannot explode the
+series count. An agent that climbs into the top N takes the place of the one it passes, from that
+call on; every series only grows (see `Metrics._rank`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 #: time the proxy adds to a call: sub-millisecond is the target
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 OTHER = "other"
+#: agents whose spend is counted to rank them; later ones count as `other` (a bound on memory)
+MAX_TRACKED = 100_000
 #: (gen_ai_token_type value, UsageEvent field); cached, cache write and reasoning are parts of input/output
 TOKEN_TYPES = (
     ("input", "input_tokens"),
@@ -62,6 +65,10 @@ class _Hist:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1  # le=bound counts value <= bound
         self.total += value
+
+    def add(self, other: _Hist) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
 
     def add_to(self, fam: Any, labels: list[str]) -> None:
         buckets: list[tuple[str, float]] = []
@@ -103,8 +110,16 @@ class Metrics:
         self.services = services
         self.max_agents = max_agents
         self.registry = CollectorRegistry(auto_describe=False)
+        #: the agents with a label of their own: the top `max_agents` by spend in this process
         self._agents: set[str] = set()
+        #: spend per agent in this process (at most MAX_TRACKED agents), which ranks them
+        self._spend: dict[str, Decimal] = {}
+        #: a lower bound of the smallest spend among `_agents` (their spend only grows)
+        self._floor = Decimal(0)
+        #: series by capped key (agent label), and each seen key's series (a cache, cleared when
+        #: the labelled agents change)
         self._series: dict[tuple[Any, ...], _Series] = {}
+        self._route: dict[tuple[Any, ...], _Series] = {}
         self._lock = threading.Lock()
         self.overhead = _Hist(OVERHEAD_BUCKETS)
         #: what the proxy calls with the seconds it added to a call (on the event loop: one writer)
@@ -114,14 +129,54 @@ class Metrics:
 
     # ------------------------------------------------------------------ per call
     def agent_label(self, agent: str | None) -> str:
-        """The agent's label: itself while fewer than `max_agents` were seen, else `other`."""
+        """The agent's label: itself while it is among the top `max_agents` by spend, else `other`."""
         name = agent or "unknown"
-        if name in self._agents:
-            return name
-        if len(self._agents) < self.max_agents:
-            self._agents.add(name)
-            return name
-        return OTHER
+        return name if name in self._agents else OTHER
+
+    def _rank(self, name: str, cost: Decimal | None) -> None:
+        """Count the agent's spend and let it into the labelled agents when it now ranks there.
+
+        The first `max_agents` agents seen are labelled at once; after that an agent whose spend
+        passes the smallest labelled one's takes its place. Each call's cost goes to the series
+        its agent had at that moment and stays there: the newcomer's earlier spend stays in
+        `other`, the displaced agent's cost series ends (Prometheus keeps what it counted) and its
+        later calls count under `other`. No series ever goes down, so `rate()` and `increase()`
+        stay exact across a change.
+        """
+        spend = self._spend
+        if cost is not None and (name in spend or len(spend) < MAX_TRACKED):
+            spend[name] = spend.get(name, Decimal(0)) + cost
+        agents = self._agents
+        if name in agents:
+            return
+        if len(agents) < self.max_agents:
+            agents.add(name)
+            self._route.clear()
+            return
+        mine = spend.get(name)
+        if mine is None or mine <= self._floor or not agents:
+            return
+        low = min(agents, key=lambda a: (spend.get(a, Decimal(0)), a))
+        low_spend = spend.get(low, Decimal(0))
+        if mine > low_spend:
+            agents.remove(low)
+            agents.add(name)
+            self._fold(low)
+            self._route.clear()
+            low_spend = min(spend.get(a, Decimal(0)) for a in agents)
+        self._floor = low_spend
+
+    def _fold(self, agent: str) -> None:
+        """Move a displaced agent's series into `other`'s: all but its cost, whose series ends
+        (moving it would count it twice in a rate over the change)."""
+        for key in [k for k in self._series if k[4] == agent]:
+            s = self._series.pop(key)
+            into = self._series.setdefault((*key[:4], OTHER, key[5]), _Series())
+            for a, b in zip(into.tokens, s.tokens, strict=True):
+                a.add(b)
+            into.duration.add(s.duration)
+            into.requests += s.requests
+            into.unpriced += s.unpriced
 
     def observe_events(self, events: Iterable[UsageEvent]) -> None:
         """Add recorded calls to the per-call series (the fan-out's thread calls this)."""
@@ -133,16 +188,17 @@ class Metrics:
                     log.exception("metrics_observe_failed id=%s", ev.id)
 
     def _observe(self, ev: UsageEvent) -> None:
+        self._rank(ev.agent or "unknown", ev.cost_usd)
         key = (ev.backend, ev.provider, ev.request_model or ev.model, ev.model, ev.agent, ev.status)
-        series = self._series.get(key)
+        series = self._route.get(key)
         if series is None:
             agent = self.agent_label(ev.agent)
             capped = (key[0], key[1], key[2] or "unknown", key[3], agent, key[5])
             series = self._series.get(capped)
             if series is None:
                 series = self._series[capped] = _Series()
-            if len(self._series) < 100_000:
-                self._series[key] = series
+            if len(self._route) < 100_000:
+                self._route[key] = series
         tokens = series.tokens
         tokens[0].observe(ev.input_tokens)
         tokens[1].observe(ev.output_tokens)
@@ -200,7 +256,8 @@ class _PerCall:
         )
         cost = CounterMetricFamily(
             "llmbudget_cost_usd",
-            "Spend in USD by backend, model and agent (agents beyond metrics.max_agents count as 'other')",
+            "Spend in USD by backend, model and agent (agents outside the top metrics.max_agents by "
+            "spend count as 'other')",
             labels=["backend", "model", "agent"],
         )
         requests = CounterMetricFamily(
@@ -224,11 +281,7 @@ class _PerCall:
         req: dict[tuple[str, ...], int] = {}
         unp: dict[tuple[str, ...], int] = {}
         with m._lock:
-            seen: set[int] = set()
             for (backend, provider, model, answered, agent, status), s in m._series.items():
-                if id(s) in seen:
-                    continue
-                seen.add(id(s))
                 op = "embeddings" if "embed" in model else "chat"
                 for (ttype, _), h in zip(TOKEN_TYPES, s.tokens, strict=True):
                     _merge(tok, (op, provider, model, ttype), h)

@@ -319,3 +319,105 @@ def test_import_codex_brings_the_budget_counters_level(
     daily = {b["name"]: b for b in json.loads(capsys.readouterr().out)["budgets"]}["daily"]
     # the counters already held the imported calls: `budget` had nothing to correct
     assert (Decimal(daily["spent"]), Decimal(daily["drift"])) == (spent + cost, 0)
+
+
+def _codex_count(total_in: int, last_in: int, ts: str) -> str:
+    def usage(n: int) -> dict[str, int]:
+        return {
+            "input_tokens": n,
+            "cached_input_tokens": 0,
+            "output_tokens": 10,
+            "reasoning_output_tokens": 0,
+        }
+
+    info = {"total_token_usage": usage(total_in), "last_token_usage": usage(last_in)}
+    return json.dumps(
+        {"timestamp": ts, "type": "event_msg", "payload": {"type": "token_count", "info": info}}
+    )
+
+
+def test_a_call_no_ledger_could_hold_is_skipped_naming_file_and_line(tmp_path: Path) -> None:
+    """A line whose call fails the ledger's checks (absurd tokens, an endless session id) is skipped
+    like a corrupted line: the import and a running watch go on with the rest."""
+    absurd = 10**30
+    day = tmp_path / "codex" / "sessions" / "2026" / "11" / "22"
+    day.mkdir(parents=True)
+    meta = {"timestamp": "2026-11-22T10:00:00Z", "type": "session_meta", "payload": {"id": "s-poison"}}
+    turn = {"timestamp": "2026-11-22T10:00:00Z", "type": "turn_context", "payload": {"model": "gpt-5"}}
+    codex_log = day / "rollout-poison.jsonl"
+    codex_log.write_text(
+        "\n".join(
+            [
+                json.dumps(meta),
+                json.dumps(turn),
+                _codex_count(100, 100, "2026-11-22T10:00:01Z"),
+                _codex_count(absurd, absurd, "2026-11-22T10:00:02Z"),
+                _codex_count(absurd + 50, 50, "2026-11-22T10:00:03Z"),
+            ]
+        )
+        + "\n"
+    )
+    r = subprocess.run(
+        [LLMBUDGET, "import", "codex", str(tmp_path / "codex"), "--db", str(tmp_path / "c.db"), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert (data["calls"], data["new"]) == (2, 2)
+    assert [w.split(": skipped: ")[0] for w in data["warnings"]] == [f"{codex_log}:4"]
+    assert "beyond the bound" in data["warnings"][0]
+
+    projects = tmp_path / "claude" / "projects" / "-home-alice-code-webapp"
+    projects.mkdir(parents=True)
+    cc_log = projects / "sess-p.jsonl"
+    cc_log.write_text(
+        "\n".join(
+            [
+                _cc_line("msg_1", "req_011C1111111111111111111", 12, "2026-11-20T10:00:00Z", "sess-p"),
+                _cc_line("msg_2", "req_011C2222222222222222222", 13, "2026-11-20T10:00:01Z", "x" * 5000),
+                _cc_line("msg_3", "req_011C3333333333333333333", absurd, "2026-11-20T10:00:02Z", "sess-p"),
+                _cc_line("msg_4", "req_011C4444444444444444444", 14, "2026-11-20T10:00:03Z", "sess-p"),
+            ]
+        )
+        + "\n"
+    )
+    r = subprocess.run(
+        [LLMBUDGET, "import", "claude-code", str(tmp_path / "claude"), "--db", str(tmp_path / "cc.db")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Imported 2 new Claude Code responses" in r.stdout, r.stdout
+    assert f"{cc_log}:2: skipped: session" in r.stderr and f"{cc_log}:3: skipped: output_tokens" in r.stderr
+
+    # following the logs: the bad call is a warning and the watch records what comes after it
+    live = tmp_path / "live" / "sessions"
+    live.mkdir(parents=True)
+    db = tmp_path / "w.db"
+    proc = subprocess.Popen(
+        [LLMBUDGET, "import", "codex", str(live.parent), "--watch", "--interval", "0.2", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        lines = codex_log.read_text().splitlines(keepends=True)
+        (live / codex_log.name).write_text("".join(lines[:4]))
+        time.sleep(1.0)
+        with (live / codex_log.name).open("a") as fh:
+            fh.write(lines[4] + _codex_count(absurd + 90, 40, "2026-11-22T10:00:04Z") + "\n")
+        deadline = time.monotonic() + 20
+        found: list[Any] = []
+        while len(found) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if db.exists():
+                with open_ledger(f"sqlite:///{db}") as ledger:
+                    found = ledger.query(filters={"session": "s-poison"}, limit=None)
+        assert sorted(e.input_tokens for e in found) == [40, 50, 100]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"{live / codex_log.name}:4: skipped: input_tokens" in err, err

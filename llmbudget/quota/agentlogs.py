@@ -19,14 +19,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ..errors import NotFound, ValidationError
 from ..events import UsageEvent
 from ..money import ZERO
 from .follow import LogFollower, NewLine, files_under
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Logged(Protocol):
+    """A call read from a log: where it was logged."""
+
+    file: Path
+    line: int
+
+
+T = TypeVar("T", bound=Logged)
+C = TypeVar("C", bound=Logged)
 ScanT = TypeVar("ScanT", bound="LogScan")
 
 
@@ -134,9 +145,33 @@ class AgentLogs(Generic[T, ScanT]):
         reader.read_files(files)
         return sorted(reader.complete(), key=self.order), reader.scan
 
+    def events(self, ledger: Any, prices: Any, calls: list[T], scan: LogScan) -> list[UsageEvent]:
+        """The events to record for `calls`; a call that cannot be one is a warning in `scan`."""
+        return each_event(calls, lambda cs: self.to_events(ledger, prices, cs), scan, self.name)
+
     def watcher(self, ledger: Any, prices: Any, roots: list[Path], *, settle_s: float = 2.0) -> LogWatcher:
         """Follow the logs under `roots`, recording calls as they complete."""
         return LogWatcher(self, ledger, prices, roots, settle_s=settle_s)
+
+
+def each_event(
+    calls: list[C], convert: Callable[[list[C]], list[UsageEvent]], scan: LogScan, source: str
+) -> list[UsageEvent]:
+    """`convert(calls)`, except that a call whose event fails the ledger's checks (a token count
+    beyond any call's, a session id no ledger stores) is skipped with a warning naming its file and
+    line, as a corrupted line is: one bad call never stops an import or a watch."""
+    try:
+        return convert(calls)
+    except ValidationError:
+        pass
+    out: list[UsageEvent] = []
+    for call in calls:
+        try:
+            out.extend(convert([call]))
+        except ValidationError as e:
+            scan.warnings.append(f"{call.file}:{call.line}: skipped: {e}")
+            log.warning("%s.skip file=%s line=%d reason=%s", source, call.file, call.line, e)
+    return out
 
 
 def record(ledger: Any, events: list[UsageEvent]) -> int:
@@ -205,12 +240,12 @@ class LogWatcher:
         batch = Batch()
         for ln in self.follower.poll():
             self.reader.feed(ln)
-        batch.warnings = list(self.reader.scan.warnings)
-        self.reader.scan.warnings.clear()
         ready = self.reader.complete(lambda p: self.follower.idle_for(p, now) >= self.settle_s)
         if ready:
-            events = self.logs.to_events(self.ledger, self.prices, ready)
+            events = self.logs.events(self.ledger, self.prices, ready, self.reader.scan)
             batch.add(events, record(self.ledger, events))
+        batch.warnings = list(self.reader.scan.warnings)
+        self.reader.scan.warnings.clear()
         return batch
 
 

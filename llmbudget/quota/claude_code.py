@@ -25,7 +25,7 @@ from ..errors import ValidationError
 from ..events import UsageEvent, anthropic_call_id, parse_timestamp
 from ..money import decimal_str
 from ..pricing.normalize import anthropic_usage
-from .agentlogs import AgentLogs, LogReader, LogScan, Totals, record
+from .agentlogs import AgentLogs, LogReader, LogScan, Totals, each_event, record
 from .follow import NewLine
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,8 @@ def load_events(
 ) -> tuple[list[UsageEvent], ClaudeScan]:
     """Read the logs under `paths` (default locations when empty) into priced events, oldest first."""
     scan = read_logs(find_log_files(paths))
-    return [to_event(e, prices) for e in scan.entries], scan
+    events = each_event(scan.entries, lambda es: [to_event(e, prices) for e in es], scan, CLAUDE_CODE.name)
+    return events, scan
 
 
 def import_claude_code(
@@ -419,7 +420,7 @@ def import_claude_code(
 ) -> ImportResult:
     """Import Claude Code's logs into the ledger; idempotent (re-importing records nothing new)."""
     scan = read_logs(find_log_files(paths))
-    events = _to_events(ledger, prices, scan.entries)
+    events = CLAUDE_CODE.events(ledger, prices, scan.entries, scan)
     new = record(ledger, events)
     totals = Totals.of(events)
     return ImportResult(

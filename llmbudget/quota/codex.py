@@ -310,7 +310,7 @@ def import_codex(
 ) -> CodexImportResult:
     """Import Codex's session logs into the ledger; idempotent."""
     scan = read_logs(find_log_files(paths))
-    events = _to_events(ledger, prices, scan.calls)
+    events = CODEX.events(ledger, prices, scan.calls, scan)
     new = record(ledger, events)
     totals = Totals.of(events)
     return CodexImportResult(

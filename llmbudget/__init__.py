@@ -5,6 +5,7 @@ The public Python API is imported lazily so `import llmbudget` stays cheap.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -45,7 +46,6 @@ def __getattr__(name: str) -> Any:
         module_name, attr = _EXPORTS[name]
     except KeyError:
         raise AttributeError(f"module 'llmbudget' has no attribute {name!r}") from None
-    import importlib
 
     value = getattr(importlib.import_module(module_name), attr)
     globals()[name] = value

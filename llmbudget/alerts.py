@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from .events import new_id, utcnow
 from .money import decimal_str
@@ -181,7 +182,6 @@ class WebhookSender:
 
 def _host(url: str) -> str:
     # never log a webhook's full URL: Slack puts its secret in the path
-    from urllib.parse import urlsplit
 
     return urlsplit(url).netloc
 

@@ -16,9 +16,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .access import AccessGuard, AccessPolicy
+from .budget import install as install_budgets
+from .budget.thresholds import ThresholdWatch
 from .capture.errors import error_bytes, guess_protocol
 from .capture.paths import PREFIX, PathRefused, read_prefix
+from .capture.proxy import Proxy
+from .capture.translate import anthropic_to_openai_translator
+from .config import mask_url
+from .fanout import LiveHub
+from .otel import install_otel
 from .services import Services
+from .web.api import api_routes, install_error_handlers
+from .web.api_budget import _enforcer
+from .web.dashboard import page_routes
+from .web.metrics import install_metrics
+from .web.reportpool import close_report_pool
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -119,16 +132,6 @@ def build_app(services: Services) -> Any:
 
     The whole app sits behind `AccessGuard` (Host allow-list, admin token, cross-site rules).
     """
-    from .access import AccessGuard, AccessPolicy
-    from .budget import install as install_budgets
-    from .capture.proxy import Proxy
-    from .capture.translate import anthropic_to_openai_translator
-    from .otel import install_otel
-    from .web.api import api_routes, install_error_handlers
-    from .web.dashboard import page_routes
-    from .web.metrics import install_metrics
-    from .web.reportpool import close_report_pool
-
     install_budgets(services)  # budgets configured: the gate goes into services.gate
     cfg = services.config
     if cfg.budgets is not None and cfg.budgets.has_budgets():
@@ -183,10 +186,6 @@ def build_app(services: Services) -> Any:
 def install_live(services: Services) -> Any:
     """The live fan-out (`services.live`) fed by the ledger's record path and the notifier,
     and the alert-threshold watch fed by the fan-out."""
-    from .budget.thresholds import ThresholdWatch
-    from .fanout import LiveHub
-    from .web.api_budget import _enforcer
-
     if services.live is not None:
         return services.live
     cfg = services.config
@@ -230,8 +229,6 @@ def _storage_ready(services: Any) -> None:
     """Raise with the cause when the ledger's database or the budget counters do not answer."""
     probe = getattr(services.ledger, "_probe", None)
     if probe is not None and not probe():
-        from .config import mask_url
-
         raise RuntimeError(f"the ledger's database at {mask_url(services.ledger.url)} is unreachable")
     enf = services.enforcer
     if enf is not None and enf.budgets:

@@ -21,9 +21,13 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from . import __version__
+from .errors import ConfigError
 from .events import UsageEvent
 from .services import Services
 from .web.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
+
+# OpenTelemetry is the optional `otel` extra: imported only when an exporter is built.
 
 log = logging.getLogger("llmbudget.otel")
 
@@ -94,8 +98,6 @@ class OtelExport:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        from . import __version__
 
         self.hooked = False
         base = (endpoint or "").rstrip("/")
@@ -201,8 +203,6 @@ def install_otel(services: Services, hub: Any) -> OtelExport | None:
         try:
             exporter = OtelExport(endpoint, service_name=services.config.otel.service_name)
         except ImportError:
-            from .errors import ConfigError
-
             raise ConfigError(
                 "otel.endpoint (or $OTEL_EXPORTER_OTLP_ENDPOINT) is set but OpenTelemetry is not "
                 "installed: pip install 'llmbudget[otel]'",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,10 +37,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .app import build_app
+from .attribution import AttributionRule
+from .budget.config import BudgetsConfig, LimitConfig
+from .capture.paths import prefix_path, prefix_refusal
 from .config import Config
 from .errors import CommandNotRun, LLMBudgetError
 from .events import TOKEN_FIELDS, UsageEvent
-from .money import ZERO
+from .money import ZERO, decimal_str
+from .services import Services
 
 #: the provider id `llmbudget run` gives Codex (its session logs name it; `import codex` skips them)
 CODEX_PROVIDER = "llmbudget"
@@ -75,8 +81,6 @@ class RunSummary:
             self.cost_usd += ev.cost_usd
 
     def to_dict(self) -> dict[str, Any]:
-        from .money import decimal_str
-
         return {
             "session": self.session,
             "calls": self.calls,
@@ -146,15 +150,11 @@ def routed_base(base: str, *, agent: str | None, session: str) -> str:
     plain SDK script) is still attributed by any `llmbudget serve`; ValueError for a value that
     cannot go in a path (`attribution_refusal`).
     """
-    from .capture.paths import prefix_path
-
     return base.rstrip("/") + prefix_path(session=session, agent=agent)
 
 
 def attribution_refusal(value: str) -> str | None:
     """Why a session or agent name cannot travel in the run's base URLs, or None when it can."""
-    from .capture.paths import prefix_refusal
-
     return prefix_refusal(value)
 
 
@@ -241,9 +241,6 @@ def run_config(cfg: Config, *, agent: str | None, session: str, budget: Decimal 
     The stamp is an `attribution.rules` entry on the `Host` header (every HTTP/1.1 request has one),
     so it sits below explicit `X-LLMBudget-*` headers and above known-client inference.
     """
-    from .attribution import AttributionRule
-    from .budget.config import BudgetsConfig, LimitConfig
-
     rules = [AttributionRule(header="host", field="session", value=session)]
     if agent:
         rules.append(AttributionRule(header="host", field="agent", value=agent))
@@ -272,12 +269,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def in_process_proxy(cfg: Config, db_url: str | None) -> Iterator[tuple[str, Any]]:
     """Serve the same ASGI app as `llmbudget serve` on a free loopback port until the block ends."""
-    import logging
-
-    import uvicorn
-
-    from .app import build_app
-    from .services import Services
+    import uvicorn  # the server, only once a command is about to run under it
 
     services = Services.create(cfg, db_url=db_url)
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .config import Config, load_config, resolve_db_url
+from .pricing.book import PriceBook
 from .store import Ledger, ledger_options, open_ledger
 
 if TYPE_CHECKING:
@@ -80,8 +81,6 @@ class Services:
         instance: str = "",
     ) -> Services:
         """Load config (unless given), open the ledger and build the price book."""
-        from .pricing.book import PriceBook
-
         cfg = config if config is not None else load_config(config_path)
         ledger = open_ledger(resolve_db_url(db_url, cfg), **ledger_options(cfg, instance=instance))
         return cls(config=cfg, ledger=ledger, prices=PriceBook.from_config(cfg))

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from ..admission import Gate
     from .enforcer import BudgetEnforcer, BudgetGate
 
+# The factories below import inside: `config` imports `budget.config`, which runs this package
+# first (a cycle), and the CLI reaches `reconcile_after_write` without loading the enforcer,
+# the counters and the price book at start-up.
+
 __all__ = ["build_enforcer", "gate_from_config", "install", "reconcile_after_write"]
 
 

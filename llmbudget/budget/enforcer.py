@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from ..admission import Admission, CallInfo
 from ..alerts import Notice, Notifier
+from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import UsageEvent, new_id, utcnow
 from ..money import format_usd, from_nano, to_nano
 from .counters import Charge, CounterStore, LeaseResult, Reconciled, Refusal, Spend
@@ -27,6 +28,7 @@ from .estimate import PriceFn, max_output_tokens
 from .lease import LeaseBook
 from .rules import Budget
 from .seed import SeedSpec, spec_for
+from .status import live_specs
 from .windows import Window, format_reset
 
 log = logging.getLogger("llmbudget.budget")
@@ -426,8 +428,6 @@ class BudgetEnforcer:
     # ------------------------------------------------------------------ reconciliation
     def reconcile(self) -> dict[str, Reconciled]:
         """Reconcile every counter of the current windows with the ledger (imports, reprices, other writers)."""
-        from .status import live_specs
-
         cutoff = time.monotonic() - 24 * 3600
         with self._lock:
             for s in [s for s, t in self._sessions.items() if t < cutoff]:
@@ -659,8 +659,6 @@ class BudgetEnforcer:
 
 
 def _unavailable(e: Exception) -> Exception:
-    from ..errors import BudgetUnavailable, LLMBudgetError
-
     cause = str(e) if isinstance(e, LLMBudgetError) else f"{type(e).__name__}: {e}"
     return BudgetUnavailable(
         f"llmbudget cannot check the budget, so the call is refused: {cause}. "

@@ -13,6 +13,8 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from ..pricing import TokenUsage
+
 #: published maximum output tokens by model-name prefix (longest prefix wins)
 MAX_OUTPUT_BY_PREFIX: dict[str, int] = {
     "claude-opus-4": 32_000,
@@ -46,7 +48,7 @@ PriceFn = Callable[..., Decimal | None]
 def context_window(model: str, provider: str | None) -> int | None:
     """The model's context window from genai-prices' bundled data, None when unknown."""
     try:
-        from genai_prices import data_snapshot
+        from genai_prices import data_snapshot  # heavy (see pricing.book._genai): on first use
 
         snap = data_snapshot.get_snapshot()
         for pid in (provider, None) if provider else (None,):
@@ -76,7 +78,6 @@ def max_output_tokens(model: str, provider: str | None, input_tokens: int, defau
 
 def price_fn_from_book(book: Any) -> PriceFn:
     """Adapt the price book (`PriceBook.cost(model, TokenUsage, provider=, at=)`) to a PriceFn."""
-    from ..pricing import TokenUsage
 
     def one(model: str, provider: str, usage: Any, at: datetime) -> Decimal | None:
         # a provider we cannot match (a custom base URL) should not make a known model free to reserve:

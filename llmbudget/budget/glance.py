@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..store.base import FILTER_FIELDS
 from .counters import CounterStore
 from .rules import SCOPE_FIELD, Budget
 from .status import BudgetStatus, _literal, _spec_of
@@ -19,8 +20,6 @@ from .windows import Window, window_for
 
 
 def _ledger_scope(b: Budget) -> bool:
-    from ..store.base import FILTER_FIELDS
-
     return b.scope == "global" or SCOPE_FIELD.get(b.scope) in FILTER_FIELDS
 
 

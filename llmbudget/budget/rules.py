@@ -6,14 +6,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..money import to_nano
+from ..money import format_exact, from_nano, to_nano
 from .config import BudgetsConfig
 from .windows import Window, window_for
 
@@ -72,8 +72,6 @@ class Budget:
         return f"{self.name.replace('|', '%7C')}|{scope_value.replace('|', '%7C')}|"
 
     def describe_limit(self) -> str:
-        from ..money import format_exact, from_nano
-
         # exactly as configured: a $0.001 limit reads `$0.001`, not `<$0.01`
         return format_exact(from_nano(self.limit)) if self.unit == "usd" else f"{self.limit:,} tokens"
 
@@ -133,8 +131,6 @@ def budgets_from_config(cfg: BudgetsConfig) -> list[Budget]:
         n = seen.get(b.name, 0)
         seen[b.name] = n + 1
         if n:
-            from dataclasses import replace
-
             b = replace(b, name=f"{b.name}#{n + 1}")
         unique.append(b)
     return unique

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 from ..store.buckets import merge_ranges, plan, to_us
 from ..store.dialect import pg_sql
+from .windows import rolling_bucket_seconds
 
 log = logging.getLogger("llmbudget.budget")
 
@@ -80,8 +82,6 @@ def spec_for(budget: Any, value: str, window: Any, read_key: str, session: str |
     if (
         window.period.endswith("h") and window.period[:-1].isdigit()
     ):  # rolling: one bucket per read key, "5h:<epoch seconds>"
-        from .windows import rolling_bucket_seconds
-
         start = int(read_key.rsplit(":", 1)[1])
         size = rolling_bucket_seconds(int(window.period[:-1]))
         return SeedSpec(budget.unit, start * 1_000_000, (start + size) * 1_000_000, tuple(filters))
@@ -205,12 +205,10 @@ class LedgerSeeder:
     def _execute_locked(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         if self._conn is None:
             if self._pg:
-                import psycopg
+                import psycopg  # the optional `postgres` extra
 
                 self._conn = psycopg.connect(self.db_url, autocommit=True, connect_timeout=10)
             else:
-                import sqlite3
-
                 path = (
                     self.db_url[len("sqlite:///") :] if self.db_url.startswith("sqlite:///") else self.db_url
                 )

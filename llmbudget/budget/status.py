@@ -11,7 +11,7 @@ from ..events import utcnow
 from ..money import from_nano
 from ..store.buckets import to_us
 from .counters import CounterStore, Reconciled
-from .rules import Budget
+from .rules import SCOPE_FIELD, Budget
 from .seed import SCOPE_COLUMN, SeedSpec, spec_for
 from .windows import Window, format_reset, window_for
 
@@ -100,8 +100,6 @@ class _Attr:
     """A stand-in call carrying one attribution field, for `Budget.scope_value`."""
 
     def __init__(self, scope: str, value: str) -> None:
-        from .rules import SCOPE_FIELD
-
         setattr(self, SCOPE_FIELD[scope], value)
 
 

@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+from ..pricing import normalize
 from .base import (
     _TEXT_RE,
     BadRequest,
@@ -116,7 +117,6 @@ class GeminiMeter(CallMeter):
     def usage(self) -> Any:
         if self.raw_usage is None:
             return None
-        from ..pricing import normalize
 
         return normalize.gemini_usage(self.raw_usage)
 

@@ -16,7 +16,11 @@ import os
 import time
 from typing import Any
 
+import aiohttp
+from yarl import URL
+
 from ..events import UsageEvent
+from .errors import error_bytes
 
 log = logging.getLogger("llmbudget.capture")
 
@@ -338,11 +342,6 @@ class StreamTranslator:
 
 async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send: Any) -> UsageEvent | None:
     """Serve an Anthropic-protocol request on an OpenAI-compatible backend; returns the recorded event."""
-    import aiohttp
-    from yarl import URL
-
-    from .errors import error_bytes
-
     backend = proxy.backends[target]
     meter = req.meter
     try:

@@ -25,13 +25,16 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ..admission import Admission, CallInfo
-from ..errors import BudgetExceeded, ValidationError
+from ..config import load_config, resolve_db_url
+from ..errors import BudgetExceeded, BudgetUnavailable, ValidationError
 from ..events import UsageEvent, new_id
+from ..pricing import PriceBook
 from ..store import ledger_options, open_ledger
 from . import anthropic as anthropic_proto
 from . import openai as openai_proto
 from .base import BadRequest, CallMeter, choice_count, estimate_tokens_from_json, output_limit
-from .record import build_event, call_status, decode_body, feed_encoded, stream_decoder
+from .errors import error_bytes
+from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
 
 log = logging.getLogger("llmbudget.wrap")
 
@@ -105,8 +108,6 @@ class _Recorder:
         if self.provider:
             return self.provider
         try:
-            from .record import guess_provider
-
             return guess_provider(model, self.base_url, self.protocol)
         except Exception:
             return self.protocol
@@ -342,8 +343,6 @@ def _refusal_response(
     rec: _Recorder, mod: Any, request: Any, admission: Admission | None, error: Exception | None
 ) -> Any:
     """A refused retry, answered as the provider would (the SDK raises, and does not retry it)."""
-    from .errors import error_bytes
-
     if error is not None:
         status, message, code = 503, str(error), "budget_check_failed"
     else:
@@ -372,8 +371,6 @@ def _unrefused(e: BaseException) -> BaseException:
     except Exception:
         message = None
     if status == "503":
-        from ..errors import BudgetUnavailable
-
         return BudgetUnavailable(message or "budget unavailable")
     retry = response.headers.get("retry-after")  # type: ignore[union-attr]
     return BudgetExceeded(message or "budget exhausted", retry_after_s=int(retry) if retry else None)
@@ -730,14 +727,10 @@ def wrap(
     if isinstance(inner, _SyncTransport | _AsyncTransport):
         raise ValueError("this client is already wrapped")
     if ledger is None or prices is None:
-        from ..config import load_config, resolve_db_url
-
         cfg = load_config()
         if ledger is None:
             ledger = _default_ledger(resolve_db_url(None, cfg), cfg)
         if prices is None:
-            from ..pricing import PriceBook
-
             prices = PriceBook.from_config(cfg)
     attribution: dict[str, Any] = {
         # `llmbudget run` sets these for the command it runs

@@ -39,6 +39,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 import aiohttp
 from multidict import CIMultiDict
@@ -46,6 +47,7 @@ from multidict import CIMultiDict
 from ..admission import Admission
 from ..events import UsageEvent
 from ..origin import origin_authority
+from ..pricing.normalize import openai_realtime_usage
 from . import paths
 from .base import _TEXT_RE, BadRequest, output_limit
 from .openai import OpenAIMeter, ResponsesMeter, error_body
@@ -115,7 +117,6 @@ class RealtimeMeter(OpenAIMeter):
     def usage(self) -> Any:
         if self.raw_usage is None:
             return None
-        from ..pricing.normalize import openai_realtime_usage
 
         return openai_realtime_usage(self.raw_usage)
 
@@ -179,8 +180,6 @@ def _api_of(kind: str, rest: str) -> str | None:
 def _query_model(query: str) -> str | None:
     for part in query.split("&"):
         if part.startswith("model="):
-            from urllib.parse import unquote_plus
-
             value = unquote_plus(part[6:]).strip()
             return value[:200] or None
     return None

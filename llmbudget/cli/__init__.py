@@ -16,10 +16,12 @@ import traceback
 from typing import Annotated, Any
 
 import typer
+from typer.main import get_command
 
 from .. import __version__
 from ..errors import CommandNotRun, LLMBudgetError
-from . import common
+from ..store import install_signal_handlers
+from . import analyze, budget, common, db, demo, keys, prices, providers_cmd, quota, reports, run, serve
 
 #: set to 1 (or true/yes) to see the traceback of an unexpected error
 ENV_DEBUG = "LLMBUDGET_DEBUG"
@@ -57,8 +59,6 @@ def _root(
 
 
 def _register() -> None:
-    from . import analyze, budget, db, demo, keys, prices, providers_cmd, quota, reports, run, serve
-
     for module in (serve, demo, reports, prices, db, budget, quota, analyze, keys, providers_cmd, run):
         module.register(app)
 
@@ -87,8 +87,6 @@ def _one_line(text: str) -> str:
 
 def _command_path(args: list[str]) -> str:
     """`llmbudget costs` for `costs --by`: the command the arguments name, for errors raised without a context."""
-    from typer.main import get_command
-
     cmd: Any = get_command(app)
     path = ["llmbudget"]
     for arg in args:
@@ -119,8 +117,6 @@ def _usage_error(e: Any, args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and returns the exit code (0 ok, 1 error, 2 usage error)."""
-    from ..store import install_signal_handlers
-
     args = list(sys.argv[1:] if argv is None else argv)
     install_signal_handlers()  # SIGTERM/SIGINT flush every open ledger before the process ends
     try:

@@ -11,6 +11,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.markup import escape
@@ -20,6 +21,7 @@ from ..errors import ValidationError
 from ..events import parse_timestamp, utcnow
 from ..money import format_usd
 from ..quota.report import SECTIONS, analyze_report
+from ..timeranges import parse_since
 from . import common
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,6 @@ def _now(value: str | None) -> datetime:
 
 
 def _zone(cfg: Any) -> Any:
-    from zoneinfo import ZoneInfo
-
     return ZoneInfo(cfg.timezone) if cfg.timezone else datetime.now().astimezone().tzinfo or UTC
 
 
@@ -141,8 +141,6 @@ def analyze(
 
     With no section flag every section is shown. `--prune` archives and deletes old readings.
     """
-    from ..timeranges import parse_since
-
     common.one_format(json_out, csv_)
     if (dry_run or older_than) and not prune:
         raise ValidationError("--dry-run/--older-than", "only apply together with --prune")

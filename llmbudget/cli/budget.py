@@ -12,6 +12,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..alerts import KINDS, list_notifications
+from ..budget import build_enforcer
 from ..budget.report import budget_report
 from ..errors import ValidationError
 from ..money import format_exact, format_usd
@@ -25,8 +27,6 @@ agents_app = typer.Typer(
 @contextmanager
 def _enforcer(config: str | None, db: str | None) -> Iterator[tuple[Any, Any, Any]]:
     """(config, ledger, enforcer) for a command; prices are not needed to report, so none are loaded."""
-    from ..budget import build_enforcer
-
     cfg, ledger = common.open_ledger_for(config, db)
     try:
         enf = build_enforcer(cfg, ledger.url, state=ledger, price_fn=lambda *a: None)
@@ -208,8 +208,6 @@ def alerts(
     csv_: common.CsvOpt = False,
 ) -> None:
     """Budget warnings, exhausted budgets, pauses and utilization alerts, newest first."""
-    from ..alerts import KINDS, list_notifications
-
     common.one_format(json_, csv_)
     if limit < 1:
         raise ValidationError("--limit", f"must be at least 1, got {limit}")

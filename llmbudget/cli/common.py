@@ -13,7 +13,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .. import export
+from ..budget import reconcile_after_write
 from ..config import Config, default_db_url, load_config, resolve_db_url
+from ..errors import StorageError, ValidationError
+from ..store import ledger_options, open_ledger
+
+# The SQLite back-end and rich's progress bar are imported where used: `llmbudget --help` does not
+# load them at start-up.
 
 #: the width of tables written to a pipe or file (no terminal to fit): wide enough that no row wraps
 PIPE_WIDTH = 4096
@@ -70,12 +77,9 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
     `storage.url`) that does not exist is an error rather than a new empty ledger: a typo in the
     path must not look like "no spend".
     """
-    from ..store import ledger_options, open_ledger
-
     cfg = load_config(config)
     url = resolve_db_url(db, cfg)
     if must_exist and url != default_db_url() and "://" not in url.removeprefix("sqlite:///"):
-        from ..errors import StorageError
         from ..store.sqlite import sqlite_path
 
         path = sqlite_path(url)
@@ -91,8 +95,6 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
 def one_format(json_: bool, csv_: bool) -> None:
     """--json and --csv exclude each other."""
     if json_ and csv_:
-        from ..errors import ValidationError
-
         raise ValidationError("--json", "choose one of --json and --csv")
 
 
@@ -110,8 +112,6 @@ def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
     """Report rows as formula-safe CSV on stdout (export.py's writer); columns default to every key seen, in order."""
-    from .. import export
-
     flat = [flatten(r) for r in rows]
     if columns is None:
         columns = list(dict.fromkeys(k for r in flat for k in r))
@@ -192,8 +192,6 @@ class LateProgress:
 
 def reconcile_budgets(cfg: Any, ledger: Any) -> None:
     """After a write from outside the gate: bring the budget counters level with the ledger."""
-    from ..budget import reconcile_after_write
-
     warning = reconcile_after_write(cfg, ledger)
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

@@ -9,14 +9,26 @@ with `--watch` such a source is followed as its logs grow.
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
+from rich.table import Table
 
+from .. import export
+from ..config import load_config, resolve_db_url
+from ..errors import DatabaseMissing, NotFound, ValidationError
+from ..money import format_usd, from_nano
+from ..pricing import PriceBook, provider_for
 from . import agent_logs, common
+
+# The command's modules are imported when it runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
 
 #: named import sources: name -> fn(paths, json_out=..., config=..., db=...)
 IMPORT_SOURCES: dict[str, Callable[..., None]] = {
@@ -43,15 +55,12 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Apply pending schema migrations and list every migration with when it was applied."""
-        from ..errors import DatabaseMissing
-
         created = False
         try:
             _, ledger = common.open_ledger_for(config, db)
         except DatabaseMissing:
             if not create:
                 raise
-            from ..config import load_config, resolve_db_url
             from ..store.postgres import create_database
 
             url = resolve_db_url(db, load_config(config))
@@ -72,7 +81,6 @@ def register(app: typer.Typer) -> None:
                 }
             )
             return
-        from rich.table import Table
 
         if created:
             common.console.print(f"created database {url}", markup=False, highlight=False)
@@ -124,8 +132,6 @@ def register(app: typer.Typer) -> None:
         A bad line is reported by number and skipped; re-importing a file adds nothing.
         """
         if watch:
-            from ..errors import ValidationError
-
             if source not in agent_logs.SOURCES:
                 raise ValidationError("--watch", f"follows claude-code or codex logs, not {source!r}")
             agent_logs.watch_command(
@@ -140,9 +146,7 @@ def register(app: typer.Typer) -> None:
 
 def import_files(files: list[str], *, db: str | None, config: str | None, json_out: bool) -> None:
     """Import JSONL files with a progress bar (after a second) and a summary per file."""
-    from ..errors import NotFound
     from ..importer import import_jsonl
-    from ..pricing import PriceBook, provider_for
 
     for f in files:  # fail before touching the database
         if not Path(f).is_file():
@@ -176,7 +180,6 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
     if json_out:
         common.print_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
         return
-    from ..money import format_usd, from_nano
 
     for r in results:
         for bad in r.bad[:50]:
@@ -229,8 +232,6 @@ QUARANTINE_COLUMNS = ("quarantined_at", "id", "timestamp", "backend", "model", "
 
 def quarantine_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flatten quarantine entries for output: the event's main fields beside the reason."""
-    import json
-
     rows = []
     for q in entries:
         ev = q.get("event")
@@ -252,13 +253,6 @@ def quarantine_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def quarantine_command(config: str | None, db: str | None, *, json_out: bool, csv_out: bool) -> None:
     """`llmbudget db quarantine`: the quarantine file of the ledger's database, oldest first."""
-    import sys
-
-    from rich import box
-    from rich.table import Table
-
-    from ..errors import ValidationError
-
     if json_out and csv_out:
         raise ValidationError("--json", "choose one of --json and --csv")
     _, ledger = common.open_ledger_for(config, db, must_exist=True)
@@ -272,8 +266,6 @@ def quarantine_command(config: str | None, db: str | None, *, json_out: bool, cs
         common.print_json({"file": str(path), "count": len(rows), "events": rows})
         return
     if csv_out:
-        from .. import export
-
         export.write_rows_csv(rows, QUARANTINE_COLUMNS, sys.stdout)
         return
     if not rows:

@@ -12,6 +12,9 @@ from ..errors import ValidationError
 from . import common
 from .serve import _run_until_stopped, _server_class, check_listen, tune_gc
 
+# The command's modules are imported when it runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
+
 
 def demo(
     db: common.DbOpt = None,

@@ -6,9 +6,15 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from ..errors import ValidationError
+from ..export import write_rows_csv
 from . import common
+
+# The command's modules are imported when it runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
 
 keys_app = typer.Typer(
     help="Virtual keys: llmb-... secrets that fix an attribution and earn a backend's provider key.",
@@ -99,15 +105,11 @@ def keys_list(
         return
     flat = [{**r, "backends": ",".join(r["backends"]) if r["backends"] is not None else "*"} for r in rows]
     if csv_:
-        from ..export import write_rows_csv
-
         write_rows_csv(flat, _COLUMNS, sys.stdout)
         return
     if not flat:
         common.console.print("no virtual keys; create one with `llmbudget keys create NAME`", highlight=False)
         return
-    from rich.markup import escape
-    from rich.table import Table
 
     table = Table(title="Virtual keys")
     for col in _COLUMNS:

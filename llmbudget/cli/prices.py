@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -11,10 +13,15 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from .. import export
 from ..errors import ValidationError
 from ..money import format_usd, from_nano
+from ..pricing import PriceBook
 from ..timeranges import parse_range, parse_since
 from . import common
+
+# The command's modules are imported when it runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
 
 
 def _yaml_snippet(model: str, provider: str | None) -> str:
@@ -32,8 +39,6 @@ def _yaml_snippet(model: str, provider: str | None) -> str:
 
 
 def _yaml_str(s: str) -> str:
-    import json
-
     # a JSON string is a valid YAML scalar whatever characters the model name holds
     return s if s.replace("-", "").replace(".", "").replace("_", "").isalnum() else json.dumps(s)
 
@@ -139,7 +144,6 @@ def prices(
         return
     if model is None:
         raise ValidationError("MODEL", "give a model name (e.g. `llmbudget prices gpt-4o`) or --missing")
-    from ..pricing import PriceBook
 
     cfg = common.load(config)
     when = parse_since(at, zone=cfg.zone(), option="--at") if at is not None else None
@@ -210,11 +214,6 @@ def prices(
 
 def _csv(rows: list[dict[str, Any]]) -> None:
     """Rows as CSV on stdout (formula-safe); lists and maps become compact JSON in one cell."""
-    import json
-    import sys
-
-    from .. import export
-
     flat = [
         {k: json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v for k, v in r.items()}
         for r in rows
@@ -236,8 +235,6 @@ MISSING_COLUMNS = (
 
 
 def _missing(json_: bool, config: str | None, db: str | None, *, csv_: bool = False) -> None:
-    from ..pricing import PriceBook
-
     cfg, ledger = common.open_ledger_for(config, db)
     try:
         rows = ledger.unpriced_models()
@@ -264,10 +261,6 @@ def _missing(json_: bool, config: str | None, db: str | None, *, csv_: bool = Fa
         common.print_json(out)
         return
     if csv_:
-        import sys
-
-        from .. import export
-
         export.write_rows_csv(out, MISSING_COLUMNS, sys.stdout)
         return
     if not out:

@@ -9,6 +9,9 @@ import typer
 
 from . import common
 
+# The command's modules are imported when it runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""

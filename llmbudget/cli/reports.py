@@ -23,9 +23,10 @@ from rich.table import Table
 from .. import export as exp
 from .. import reports
 from ..errors import ValidationError
+from ..events import UsageEvent
 from ..money import format_usd
 from ..timeranges import parse_range
-from . import common
+from . import common, config_cmd
 
 SinceOpt = Annotated[
     str | None,
@@ -371,8 +372,6 @@ def events(
         common.print_json(data)
         return
     if csv_:
-        from ..events import UsageEvent
-
         exp.write_events_csv((UsageEvent.from_dict(e) for e in data["events"]), sys.stdout)
         return
     narrow = common.console.width < 110  # drop the seconds rather than squeeze the names
@@ -570,8 +569,6 @@ def _write_file(path: Path, write: Callable[[IO[str]], int]) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app, and the `config` group (cli/config_cmd.py)."""
-    from . import config_cmd
-
     config_cmd.register(app)
     app.command("costs")(costs)
     app.command("events")(events)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ..errors import ValidationError
-from ..money import NANO_USD, limit_problem
+from ..money import NANO_USD, decimal_str, format_usd, limit_problem
 from ..services import Services
+from ..store import open_ledger
 from . import common
+
+# The command's modules are imported when it runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
 
 
 def _budget(value: str | None) -> Decimal | None:
@@ -103,8 +110,6 @@ def run(
 
 
 def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -> int:
-    import os
-
     from .. import runner
 
     env = runner.child_env(base, cfg, agent=agent, session=session, environ=os.environ, program=cmd[0])
@@ -114,7 +119,6 @@ def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -
 def _summary_after_close(services: Services, session: str) -> Any:
     """Read the run back once the in-process proxy has flushed and closed its ledger."""
     from .. import runner
-    from ..store import open_ledger
 
     ledger = open_ledger(services.ledger.url) if hasattr(services.ledger, "url") else services.ledger
     try:
@@ -124,16 +128,11 @@ def _summary_after_close(services: Services, session: str) -> Any:
 
 
 def _report(summary: Any, seconds: float, where: str, limit: Any, json_out: bool) -> None:
-    from rich.markup import escape
-
-    from ..money import decimal_str, format_usd
-
     if json_out:
         data = summary.to_dict()
         data["seconds"] = round(seconds, 3)
         data["proxy"] = where
         data["budget_usd"] = None if limit is None else decimal_str(limit)
-        import json
 
         common.err_console.print(json.dumps(data), highlight=False, soft_wrap=True, markup=False)
         return

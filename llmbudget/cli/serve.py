@@ -15,10 +15,14 @@ import typer
 from .. import logsafe
 from ..access import check_server_access, is_loopback  # noqa: F401  (is_loopback: re-exported)
 from ..errors import LLMBudgetError, ValidationError
+from ..services import Services
 from . import common
 
 if TYPE_CHECKING:
     from ..services import Services
+
+# uvicorn, the app and the worker supervisor are imported when `serve` runs: `llmbudget --help`
+# and the other commands do not load them at start-up.
 
 
 def check_bind(host: str, admin_token_env: str | None) -> None:
@@ -72,7 +76,6 @@ def serve(
     import uvicorn
 
     from ..app import build_app
-    from ..services import Services
 
     if not 1 <= workers <= 64:
         raise ValidationError("--workers", f"must be between 1 and 64, got {workers}")

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+from .serve import WORKER_ENV
+
 log = logging.getLogger("llmbudget.serve")
 
 _CHILD = "import sys; from llmbudget.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -24,7 +26,7 @@ _CHILD = "import sys; from llmbudget.cli import main; sys.exit(main(sys.argv[1:]
 def _die_with_parent() -> None:
     """In the worker, before exec: SIGTERM it when this process dies, even by kill -9 (Linux)."""
     try:
-        import ctypes
+        import ctypes  # Linux only, in the worker: not loaded by the supervisor
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: workers outlive a killed supervisor
@@ -33,8 +35,6 @@ def _die_with_parent() -> None:
 
 def supervise(args: list[str], workers: int) -> int:
     """Run `workers` copies of `llmbudget <args>` until SIGTERM/SIGINT; returns the exit code."""
-    from .serve import WORKER_ENV
-
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

@@ -12,7 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from ..app import build_app
 from ..config import ENV_HOME, Config
+from ..services import Services
 from .agents import run_agents
 from .upstream import SimulatedUpstream
 
@@ -96,8 +100,6 @@ class AgentThread:
 
 
 async def _wait_healthy(base: str, stop: asyncio.Event) -> None:
-    import aiohttp
-
     async with aiohttp.ClientSession() as s:
         while not stop.is_set():
             try:
@@ -123,9 +125,6 @@ def run_demo(
     `announce(text)` prints; `server_factory(app, services)` builds serve's uvicorn server and
     `run_server(server)` runs it until it stops (Ctrl-C, SIGTERM, or `should_exit`).
     """
-    from ..app import build_app
-    from ..services import Services
-
     tmp = Path(tempfile.mkdtemp(prefix="llmbudget-demo-"))
     # quota logs, spool and anything else kept in the data directory stay in the demo's own
     os.environ[ENV_HOME] = str(tmp)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import book
 from .normalize import (
     TokenUsage,
     anthropic_usage,
@@ -40,8 +41,6 @@ _BOOK = {"PriceBook", "PriceInfo", "PriceResult", "context_window", "estimate_co
 def __getattr__(name: str) -> Any:
     # the book imports genai-prices' data (~0.3 s); keep `import llmbudget.pricing` cheap for normalize users
     if name in _BOOK:
-        from . import book
-
         value = getattr(book, name)
         globals()[name] = value
         return value

@@ -32,6 +32,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ..events import UNIT_KEYS
+from ..money import to_nano
 from .normalize import TokenUsage
 
 if TYPE_CHECKING:
@@ -121,8 +123,6 @@ class PriceResult:
     @property
     def cost_nano(self) -> int | None:
         """The cost in integer nano-USD (the storage unit), None when unpriced."""
-        from ..money import to_nano
-
         return None if self.cost_usd is None else to_nano(self.cost_usd)
 
 
@@ -226,7 +226,7 @@ class _Rate:
 
 
 def _registry() -> Any:
-    from genai_prices.units import _get_registry
+    from genai_prices.units import _get_registry  # heavy, as in _genai(): on first use
 
     return _get_registry()
 
@@ -742,8 +742,6 @@ def _price_context(gp_provider_id: str, tier: str | None) -> dict[str, str] | No
 
 def _metered_price_keys() -> frozenset[str]:
     """Price keys of the units llmbudget reads from responses (and so charges)."""
-    from ..events import UNIT_KEYS
-
     reg = _registry()
     keys = {_REQUESTS_KEY}
     for usage_key in (*_USAGE_ATTRS, *UNIT_KEYS):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .readings import QuotaReading
+from .rotation import rank_accounts
 
 #: windows whose growth is tracked, most important first
 BURN_WINDOWS = ("7d", "5h")
@@ -402,8 +403,6 @@ def rotation(
 
     `accounts` names configured accounts; one without any reading is ranked UNKNOWN.
     """
-    from .rotation import rank_accounts
-
     newest: dict[str, QuotaReading | None] = {name: None for name in accounts}
     newest.update(latest(readings))
     ranked = rank_accounts(newest, now) if warn_at is None else rank_accounts(newest, now, warn_at=warn_at)

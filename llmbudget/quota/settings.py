@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .providers import known_kinds
+
 BUILTIN_KINDS = (
     "anthropic-unified",
     "anthropic-api",
@@ -46,8 +48,6 @@ class ProviderConfig(BaseModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        from .providers import known_kinds
-
         kinds = known_kinds()
         if v not in kinds:
             builtin = [k for k in kinds if k in BUILTIN_KINDS]

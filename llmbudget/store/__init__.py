@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..config import default_db_url, mask_url
+from ..errors import StorageError
 from .base import CostRow, Ledger, SessionRow, UnpricedModel
 from .shutdown import flush_all, install_signal_handlers
 
 if TYPE_CHECKING:
     from ..config import Config
+
+# Each back-end is imported when a URL asks for it: PostgreSQL needs the optional psycopg, and the
+# CLI does not load either at start-up.
 
 __all__ = [
     "CostRow",
@@ -42,8 +47,6 @@ def ledger_options(cfg: Config, *, instance: str = "") -> dict[str, Any]:
 
 def open_ledger(url: str | None = None, **options: Any) -> Ledger:
     """Open the ledger at `url` (`sqlite:///path`, a path, `postgresql://...`); None means the default SQLite file."""
-    from ..config import default_db_url, mask_url
-
     url = url or default_db_url()
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresLedger
@@ -51,8 +54,6 @@ def open_ledger(url: str | None = None, **options: Any) -> Ledger:
         return PostgresLedger(url, **options)
     scheme = url.split("://", 1)[0] if "://" in url else None
     if scheme is not None and scheme != "sqlite":
-        from ..errors import StorageError
-
         hint = " (Redis holds budget counters: set budgets.redis_url)" if scheme.startswith("redis") else ""
         raise StorageError(
             f"unsupported database URL scheme {scheme!r} in {mask_url(url)}; the ledger takes "

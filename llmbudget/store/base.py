@@ -139,7 +139,7 @@ class Ledger(ABC):
     @staticmethod
     def open(url: str | None = None, **options: Any) -> Ledger:
         """Open (and migrate) the ledger at `url`: `sqlite:///path`, a plain path, or `postgresql://...`."""
-        from . import open_ledger
+        from . import open_ledger  # the package imports this module first (a cycle)
 
         return open_ledger(url, **options)
 

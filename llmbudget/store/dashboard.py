@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ValidationError
+from ..money import decimal_str, from_nano
 from .sqlbase import SQLLedger
 
 #: threshold scopes: `session` compares an agent's spend in its current session, `agent` its spend today
@@ -155,8 +156,6 @@ class Threshold:
     updated_us: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        from ..money import decimal_str, from_nano
-
         return {
             "scope": self.scope,
             "agent": self.agent,

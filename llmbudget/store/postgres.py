@@ -20,6 +20,9 @@ from .dialect import pg_sql
 from .migrations import lock_migrations
 from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
 
+# psycopg and psycopg_pool are the optional `postgres` extra: imported where used, so the module
+# loads (and reports a missing extra clearly) without them.
+
 _PG_TYPES = {
     "ts_us": "bigint",
     "input_tokens": "bigint",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from ..config import mask_url
 from ..errors import DatabaseUnreachable, StorageError, ValidationError
 from ..events import PRICE_STATUSES, UsageEvent, parse_timestamp
 from ..money import from_nano, to_nano
@@ -1071,8 +1072,6 @@ class SQLLedger(Ledger, AuditReplay):
 
     # ------------------------------------------------------------------ helpers
     def _masked(self) -> str:
-        from ..config import mask_url
-
         return mask_url(self.url)
 
     def __repr__(self) -> str:

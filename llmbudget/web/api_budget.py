@@ -14,6 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from ..alerts import KINDS, list_notifications
+from ..budget import build_enforcer
+from ..budget.report import budget_report
 from ..errors import ValidationError
 from ..services import Services
 from .params import flag, query_params
@@ -23,8 +26,6 @@ def _enforcer(services: Services) -> Any:
     """The serving enforcer, or one built on demand (no budgets configured: pauses and notices still work)."""
     enf = services.enforcer
     if enf is None:
-        from ..budget import build_enforcer
-
         enf = build_enforcer(
             services.config, services.ledger.url, state=services.ledger, price_fn=lambda *a: None
         )
@@ -34,8 +35,6 @@ def _enforcer(services: Services) -> Any:
 
 def routes(services: Services) -> list[BaseRoute]:
     """The budget routes, collected by `llmbudget.web.api`."""
-    from ..alerts import KINDS, list_notifications
-    from ..budget.report import budget_report
 
     async def budgets(request: Request) -> JSONResponse:
         utilization = flag(query_params(request, {"utilization"}), "utilization")

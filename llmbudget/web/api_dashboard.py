@@ -37,7 +37,9 @@ from ..store.dashboard import (
     list_thresholds,
     session_exists,
 )
+from ..store.dashboard import set_threshold as store_threshold
 from . import charts, data
+from .dashboard import card_html
 from .params import query_params
 
 
@@ -93,8 +95,6 @@ def _threshold_from(body: dict[str, Any]) -> Threshold:
 
 def routes(services: Services) -> list[BaseRoute]:
     """The dashboard's JSON routes, collected by `llmbudget.web.api`."""
-    from .dashboard import card_html
-
     tz = services.config.zone()
 
     async def overview(request: Request) -> JSONResponse:
@@ -164,8 +164,6 @@ def routes(services: Services) -> list[BaseRoute]:
         return JSONResponse({"thresholds": [t.to_dict() for t in items]})
 
     async def set_threshold(request: Request) -> JSONResponse:
-        from ..store.dashboard import set_threshold as store_threshold
-
         t = _threshold_from(await json_body(request))
         saved = await run_in_threadpool(store_threshold, services.ledger, t)
         _invalidate()

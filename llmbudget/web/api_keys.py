@@ -14,7 +14,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import ValidationError
+from ..keys import make_key, parse_expires
 from ..services import Services
+from ..store.keys import KeyStore
 from .params import query_params
 
 _FIELDS = ("name", "agent", "team", "user", "backends", "expires")
@@ -53,8 +55,6 @@ def _renamed(e: ValidationError, field: str) -> ValidationError:
 
 def routes(services: Services) -> list[BaseRoute]:
     """The key routes, collected by `llmbudget.web.api`."""
-    from ..keys import make_key, parse_expires
-    from ..store.keys import KeyStore
 
     def store() -> KeyStore:
         return KeyStore(services.ledger)

@@ -6,6 +6,7 @@ Behind the same access guard as the API: off loopback it needs the admin token
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +31,6 @@ def routes(services: Services) -> list[BaseRoute]:
         m = services.metrics
         if not isinstance(m, Metrics):
             raise MetricsUnavailable("metrics are not collected in this process")
-        from prometheus_client import CONTENT_TYPE_LATEST
 
         body = await run_in_threadpool(m.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})

@@ -11,8 +11,11 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
+from ..errors import NotFound
 from ..money import from_nano
 from ..services import Services
+from ..store.buckets import US_PER_HOUR, from_us, to_us
+from ..store.dashboard import hourly_by_backend
 from .data import _day_start, usd
 
 TITLES = {
@@ -39,9 +42,6 @@ def chart_data(services: Services, name: str, now: datetime) -> dict[str, Any]:
     day = _day_start(now, tz)
     until = day + timedelta(days=1)
     if name == "daily":
-        from ..store.buckets import US_PER_HOUR, from_us, to_us
-        from ..store.dashboard import hourly_by_backend
-
         start = day - timedelta(days=29)
         days = [(start + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(30)]
         index = {d: i for i, d in enumerate(days)}
@@ -72,8 +72,6 @@ def chart_data(services: Services, name: str, now: datetime) -> dict[str, Any]:
         }
     by = {"models": "model", "agents": "agent", "tiers": "tier"}.get(name)
     if by is None:
-        from ..errors import NotFound
-
         raise NotFound(f"no chart {name!r}; one of {', '.join(CHARTS)}")
     start = day - timedelta(days=29)
     rows = ledger.costs(since=start, until=until, by=by, tz=tz)

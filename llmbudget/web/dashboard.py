@@ -21,9 +21,12 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..alerts import list_notifications
+from ..errors import NotFound
 from ..events import utcnow
 from ..export import write_rows_csv
 from ..services import Services
+from ..store.dashboard import list_thresholds
 from . import charts as ch
 from . import data
 from .fmt import clock, money, tokens, when
@@ -273,9 +276,6 @@ def sessions_page(services: Services) -> str:
 
 
 def budgets_page(services: Services) -> str:
-    from ..alerts import list_notifications
-    from ..store.dashboard import list_thresholds
-
     now = utcnow()
     tz = services.config.zone()
     b = data.budgets_panel(services, now)
@@ -361,8 +361,6 @@ def page_routes(services: Services) -> list[BaseRoute]:
     async def chart_svg(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in ch.CHARTS:
-            from ..errors import NotFound
-
             raise NotFound(f"no chart {name!r}; one of {', '.join(ch.CHARTS)}")
         d = await run_in_threadpool(ch.chart_data, services, name, utcnow())
         return Response(

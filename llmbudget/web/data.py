@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,10 +23,15 @@ from ..agentstats import (
     runaway,
     trend,
 )
+from ..alerts import list_notifications
 from ..budget.forecast import burn_rate, month_bounds, project, run_out
+from ..budget.glance import glance
+from ..budget.status import budget_status
 from ..errors import NotFound, ValidationError
 from ..events import TOKEN_FIELDS, UsageEvent, parse_timestamp, utcnow
 from ..money import decimal_str, from_nano
+from ..quota.rotation import rank_accounts, recommendation
+from ..quota.summary import countdown, stored_latest
 from ..services import Services
 from ..store.buckets import from_us, to_us
 from ..store.dashboard import (
@@ -36,6 +42,8 @@ from ..store.dashboard import (
     session_exists,
     spend_by_minute,
 )
+from ..timeranges import parse_since
+from .api_budget import _enforcer
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +123,12 @@ def budgets_panel(services: Services, now: datetime, *, compare: bool = True) ->
     reconciles them in the background (`budgets.reconcile_interval_s`); `last_reconcile` says when
     it last did and what it corrected.
     """
-    from .api_budget import _enforcer
-
     enf = _enforcer(services)
     out: dict[str, Any] = {"budgets": [], "paused_agents": [], "enforcement": {}}
     try:
         if compare:
-            from ..budget.status import budget_status
-
             statuses = budget_status(enf.budgets, enf.store, enf.tz, now, reconcile=False)
         else:
-            from ..budget.glance import glance
-
             statuses = glance(enf.budgets, enf.store, enf.tz, now, ledger=services.ledger)
         failing = None
     except Exception as e:  # the counter store is unreachable: say so, the page still renders
@@ -228,7 +230,6 @@ def agent_cards(services: Services, now: datetime, *, only: str | None = None) -
     by_minute: dict[str, list[tuple[int, int]]] = {}
     for agent, age, nano in sorted(spend_by_minute(ledger, now_us), key=lambda r: (r[1], r[0])):
         by_minute.setdefault(agent, []).append((now_us - age * 60_000_000, nano))
-    from .api_budget import _enforcer
 
     try:
         paused = _enforcer(services).paused()
@@ -300,9 +301,6 @@ def agent_cards(services: Services, now: datetime, *, only: str | None = None) -
 # ---------------------------------------------------------------- quota
 def quota_panel(services: Services, now: datetime) -> dict[str, Any]:
     """One row per account: severity, 5h and 7d utilization, reset countdown; which account next."""
-    from ..quota.rotation import rank_accounts, recommendation
-    from ..quota.summary import countdown, stored_latest
-
     latest = stored_latest(services.ledger)
     ranked = rank_accounts(latest, now, warn_at=services.config.quota.warn_at)
     use, avoid = recommendation(ranked)
@@ -337,8 +335,6 @@ def quota_panel(services: Services, now: datetime) -> dict[str, Any]:
 # ---------------------------------------------------------------- overview
 def overview(services: Services, now: datetime | None = None) -> dict[str, Any]:
     """Everything the overview page shows."""
-    from ..alerts import list_notifications
-
     now = now or utcnow()
     tz = services.config.zone()
     out: dict[str, Any] = {"generated_at": now.isoformat(), "timezone": str(tz.key)}
@@ -394,8 +390,6 @@ SESSION_CSV_COLUMNS = ("session", "start", "end", "tokens", "cost_usd", "agents"
 
 def session_csv_rows(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The sessions table's rows for CSV (cost numeric, agents joined)."""
-    from decimal import Decimal
-
     for s in items:
         yield {
             "session": s["session"],
@@ -432,8 +426,6 @@ def events_list(services: Services, params: dict[str, str], limit: int = 100) ->
     filters = {k: v for k, v in params.items() if k in EVENT_FILTERS and v}
     since = None
     if params.get("since"):
-        from ..timeranges import parse_since
-
         since = parse_since(params["since"], zone=services.config.zone(), option="since")
     evs = services.ledger.query(since=since, filters=filters or None, limit=limit)
     return [_event_row(e) for e in evs]
@@ -467,8 +459,6 @@ _KINDS = (
 
 def explain(services: Services, event_id: str) -> dict[str, Any]:
     """Why a call cost what it did: tokens by kind × the price in force on its date, and the price's source."""
-    from decimal import Decimal
-
     e = services.ledger.get(event_id)
     if e is None:
         raise NotFound(f"no event {event_id!r}")

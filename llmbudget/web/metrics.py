@@ -28,9 +28,15 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from ..events import UsageEvent
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ..budget.glance import glance
+from ..events import UsageEvent, utcnow
 from ..money import from_nano
+from ..quota.readings_log import latest_by_backend
 from ..services import Services
+from .api_budget import _enforcer
 
 log = logging.getLogger("llmbudget.metrics")
 
@@ -105,8 +111,6 @@ class Metrics:
     """
 
     def __init__(self, services: Services, *, max_agents: int = 20) -> None:
-        from prometheus_client import CollectorRegistry
-
         self.services = services
         self.max_agents = max_agents
         self.registry = CollectorRegistry(auto_describe=False)
@@ -220,8 +224,6 @@ class Metrics:
     # ------------------------------------------------------------------ scrape
     def exposition(self) -> bytes:
         """The Prometheus text format of every series (blocking: budget and quota reads)."""
-        from prometheus_client import generate_latest
-
         return generate_latest(self.registry)
 
 
@@ -235,8 +237,6 @@ class _PerCall:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-
         m = self.metrics
         tokens = HistogramMetricFamily(
             "gen_ai_client_token_usage",
@@ -335,12 +335,6 @@ class _ScrapeTime:
 
 
 def _budget_families(services: Services) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
-    from ..budget.glance import glance
-    from ..events import utcnow
-    from .api_budget import _enforcer
-
     enf = _enforcer(services)
     labels = ["budget", "scope", "value", "period", "unit"]
     spent = GaugeMetricFamily(
@@ -377,10 +371,6 @@ def _budget_families(services: Services) -> Iterator[Any]:
 
 
 def _quota_families(services: Services) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
-    from ..quota.readings_log import latest_by_backend
-
     labels = ["account", "provider", "window"]
     util = GaugeMetricFamily(
         "llmbudget_quota_utilization",

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import LLMBudgetError
 from ..services import Services
+from ..store import ledger_options, open_ledger
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ def _open_worker_ledger(url: str, options: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group; the server stops us
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)  # the proxy's process wins the CPU whenever both want it
-    from ..store import open_ledger
 
     # no audit log, no replay, a spool name of its own: the serving process owns every write
     opts = {**options, "audit": False, "replay_audit": False, "instance": f"report{os.getpid()}"}
@@ -202,8 +202,6 @@ def report_pool(services: Services) -> ReportPool:
     """The app's one ReportPool (made from `server.report_concurrency` / `report_wait_s` on first use)."""
     pool = services.report_pool
     if pool is None:
-        from ..store import ledger_options
-
         server = services.config.server
         url = reopenable(services.ledger)
         reopen = None if url is None else (url, ledger_options(services.config))

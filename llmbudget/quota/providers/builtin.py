@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..headers import parse_go_duration
-from .base import api_key, error_message, reading_from_response, url, utcnow
+from .base import api_key, error_message, reading_from_response, unknown, url, utcnow
 
 if TYPE_CHECKING:
     import aiohttp
@@ -86,8 +86,6 @@ class OpenAICompatibleProvider:
         key = api_key(account, self.key_env)
         model = account.model or self.default_model
         if not model:
-            from .base import unknown
-
             return [unknown(account, "no probe model: set `model:` for this account")]
         body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": _PROMPT}]}
         r, _, _ = await _probe_call(

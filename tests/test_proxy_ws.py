@@ -342,6 +342,9 @@ def test_virtual_key_on_an_exposed_server(
         assert refused.value.response.status_code == 401
         sid = str(uuid.uuid4())
         headers = {
+            # Codex's own headers would infer agent codex and its session
+            **{k: v for k, v in CODEX_HEADERS.items() if k != "authorization"},
+            "session-id": str(uuid.uuid4()),
             "Authorization": f"Bearer {secret}",
             "X-LLMBudget-Session": sid,
             "X-LLMBudget-Agent": "other",
@@ -350,8 +353,9 @@ def test_virtual_key_on_an_exposed_server(
             ws.send(json.dumps({"type": "response.create", "model": fx.RESPONSES_MODEL, "input": "hi"}))
             read_until(ws, "response.completed")
         [event] = proxy.wait_events(1, session=sid)
-    # the key fixes its attribution (a header cannot override it) and is swapped for the backend's
-    assert (event.key, event.agent, event.team) == ("ci-bot", "ci", "platform")
+    # the key fixes its attribution (neither a header nor the client's inferred agent overrides it),
+    # the explicit session beats Codex's own, and the key is swapped for the backend's
+    assert (event.key, event.agent, event.team, event.session) == ("ci-bot", "ci", "platform", sid)
     assert fake.connections[-1]["headers"]["authorization"] == "Bearer sk-operator-openai"
     assert secret not in json.dumps(fake.connections[-1]["headers"])
 

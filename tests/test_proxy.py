@@ -892,3 +892,33 @@ def test_concurrent_calls_are_each_recorded_once_with_the_cost_they_were_answere
     assert sorted(audit_ids) == sorted(events)
     # several calls shared one write of the audit log (the batch), and none was written twice
     assert ledger._audit._written - writes_before < 60
+
+
+def test_a_cookie_set_by_an_upstream_never_reaches_another_clients_call(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The proxy's one upstream session is shared by every client: it keeps no cookies, so what a
+    provider's edge sets in one client's answer is never sent upstream with anyone's next call."""
+    port = fake.url.rsplit(":", 1)[1]
+    config = Config.model_validate(  # a host name: aiohttp's cookie jar keeps no cookies of IP hosts
+        {
+            "backends": {
+                "openai": {"kind": "openai", "base_url": f"http://localhost:{port}", "provider": "openai"}
+            }
+        }
+    )
+    with running_proxy(config, tmp_path / "ledger.db") as running:
+        first = httpx.get(
+            f"{running.url}/openai/v1/models",
+            headers={"Authorization": "Bearer sk-one", "x-fake-set-cookie": "edge=abc123; Path=/"},
+        )
+        assert first.status_code == 200 and "edge=abc123" in first.headers.get("set-cookie", "")
+        second = httpx.post(
+            f"{running.url}/openai/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": "Bearer sk-two"},
+        )
+        assert second.status_code == 200
+        sent = fake.requests[-1]["headers"]
+        assert sent["authorization"] == "Bearer sk-two"
+        assert "cookie" not in {k.lower() for k in sent}

@@ -216,9 +216,13 @@ class Proxy:
             connector = aiohttp.TCPConnector(
                 limit=2000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
             )
-            # auto_decompress off: bytes pass through exactly as the upstream encoded them
+            # auto_decompress off: bytes pass through exactly as the upstream encoded them.
+            # No cookie jar: the session is shared by every client, so a cookie one client's
+            # answer set must never ride along with another client's call (Set-Cookie still
+            # reaches the client that got it; its own Cookie header is forwarded as sent).
             self.session = aiohttp.ClientSession(
                 connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             )

@@ -11,6 +11,7 @@ SSE/JSON), `cut` (stream closed mid-way, no terminator), `hold` (first chunk, th
 the test calls `release()`), `slow` (a pause between chunks), `gzip` (OpenAI chat compressed
 whatever the client's Accept-Encoding said). `x-fake-remaining: N` sets the OpenAI
 `x-ratelimit-remaining-requests` header of the answer (quota readings from a burst).
+`GET /v1/models` with `x-fake-set-cookie: VALUE` answers with that `Set-Cookie`.
 
 What the "provider" reports can be changed per request too: `x-fake-usage: <JSON object>` replaces
 the usage object of the answer (Anthropic `usage`, also in `message_start`; OpenAI `usage`; Gemini
@@ -203,9 +204,10 @@ class FakeUpstream:
         if remaining is not None:
             return await self.openai_remaining(request, body or {}, remaining)
         if path.endswith("/v1/models") and request.method == "GET":
+            cookie = request.headers.get("x-fake-set-cookie")  # a provider's edge setting a cookie
             return web.json_response(
                 {"object": "list", "data": [{"id": OPENAI_CHAT_MODEL, "object": "model"}]},
-                headers=OPENAI_RATE_HEADERS,
+                headers={**OPENAI_RATE_HEADERS, **({"Set-Cookie": cookie} if cookie else {})},
             )
         if path.endswith("/messages/count_tokens"):
             return web.json_response({"input_tokens": 42})

@@ -1,14 +1,23 @@
 """`llmbudget run` from outside: it finds the `llmbudget serve` named by the config and the
-server attributes the command's calls from the headers the run and the client send."""
+server attributes the command's calls from the headers the run and the client send; a run killed
+with `kill -9` loses no answered call."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fakes.servers import free_port
+
+LLMBUDGET = Path(sys.executable).with_name("llmbudget")
 
 SCRIPT = textwrap.dedent(
     """
@@ -108,3 +117,54 @@ def test_a_running_server_attributes_a_plain_sdk_script_from_the_base_url(
     openai_url, anthropic_url = done.stdout.split()
     assert openai_url == f"{server.url}/_llmb/session=pr%208/agent=fixer%20bot/openai/v1"
     assert anthropic_url == f"{server.url}/_llmb/session=pr%208/agent=fixer%20bot/anthropic"
+
+
+LOOP_SCRIPT = textwrap.dedent(
+    """
+    import openai
+
+    # an agent calling at its own pace until it is stopped; each answered call's event id on stdout
+    with openai.OpenAI(api_key="sk-test", max_retries=0) as o:
+        while True:
+            raw = o.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+            raw.parse()
+            print(raw.headers["x-llmbudget-request-id"], flush=True)
+    """
+)
+
+
+def test_a_run_killed_with_kill_9_loses_no_answered_call(
+    write_config: Callable[..., Path],
+    llmbudget: Callable[..., Any],
+    cli_json: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """`llmbudget run` with its in-process proxy, SIGKILLed with its command mid-run: every call the
+    command saw answered is in the ledger once the next process that writes to it has started."""
+    config = write_config(server={"port": free_port()})  # nothing answers there: the in-process proxy
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP_SCRIPT)
+    proc = subprocess.Popen(
+        [str(LLMBUDGET), "run", "--config", str(config), "--db", db, "--session", "doomed", "--",
+         sys.executable, str(script)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    answered: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(answered) < 60:
+        line = proc.stdout.readline()
+        assert line and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        answered.append(line.strip())
+    os.killpg(proc.pid, signal.SIGKILL)  # `run` and its command, as `kill -9 -PGID` does
+    proc.communicate(timeout=10)
+    # the next process that writes to the ledger (another run) replays what the killed one logged
+    done = llmbudget("run", "--config", str(config), "--db", db, "--session", "next", "--", "true")
+    assert done.returncode == 0, done.stderr
+    rows = cli_json("events", "--session", "doomed", "--limit", "1000", "--db", db)["events"]
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    missing = set(answered) - set(ids)
+    assert not missing, f"{len(missing)} of {len(answered)} answered calls lost"

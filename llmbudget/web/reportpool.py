@@ -24,6 +24,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,9 +48,24 @@ WORKER_NICE = 10
 _worker_ledger: Any = None
 
 
+#: how often a report worker checks that the server that started it is still alive
+PARENT_CHECK_S = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once the server that started it is gone, even killed with `kill -9`: the
+    worker holds both ends of its task pipe, so it would otherwise wait on it forever."""
+    while parent != 1 and os.getppid() == parent:  # 1: orphaned before this thread started
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
 def _open_worker_ledger(url: str, options: dict[str, Any]) -> None:
     """A worker's initializer: open the ledger once, read-only in effect (it never records)."""
     global _worker_ledger
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), name="llmbudget-parent-watch", daemon=True
+    ).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group; the server stops us
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)  # the proxy's process wins the CPU whenever both want it

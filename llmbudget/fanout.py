@@ -32,6 +32,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from .events import UsageEvent
 from .money import decimal_str, from_nano
 
@@ -57,7 +59,8 @@ class LiveItem(dict[str, Any]):
 
 
 def _encode_frame(item: dict[str, Any]) -> str:
-    return f"event: {item.get('type', 'usage')}\ndata: {json.dumps(item, separators=(',', ':'))}\n\n"
+    data = orjson.dumps(item, default=str).decode()  # compact, as json.dumps with (",", ":")
+    return f"event: {item.get('type', 'usage')}\ndata: {data}\n\n"
 
 
 def sse_frame(item: dict[str, Any]) -> str:

@@ -22,8 +22,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: attribution fields a rule may set (besides `tags.<key>`); mirrors `events.ATTRIBUTION`
-RULE_FIELDS = ("agent", "session", "user", "team", "task_id", "task_type", "tier")
+from .attribution_table import CLIENT_TEXT
+
+#: attribution fields a rule may set (besides `tags.<key>`): those a caller sets as text
+RULE_FIELDS = CLIENT_TEXT
 #: attribution values are bounded like the X-LLMBudget-* headers' values
 MAX_VALUE_LEN = 200
 

@@ -11,14 +11,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from .attribution_table import CLIENT_TEXT
 from .errors import ValidationError
 from .money import decimal_str, from_nano, to_nano
 
 PRICE_STATUSES = frozenset({"priced", "unpriced", "local", "override"})
 STATUSES = frozenset({"ok", "error", "interrupted", "blocked", "fallback"})
 SOURCES = frozenset({"proxy", "sdk", "import", "api"})
-#: attribution fields, in the order reports show them
-ATTRIBUTION = ("agent", "session", "user", "team", "task_id", "task_type", "tier")
+#: the text attribution fields a caller sets, in the order reports show them (`attribution_table`)
+ATTRIBUTION = CLIENT_TEXT
 TOKEN_FIELDS = (
     "input_tokens",
     "cached_input_tokens",

@@ -46,24 +46,6 @@ from .store.base import Ledger
 #: namespace of the ids derived from line content
 ID_NAMESPACE = uuid.UUID("6f1d2c3e-8b7a-4c1e-9d0a-4c6c5b9f3a10")
 _OURS_MARKERS = ("input_tokens", "output_tokens", "price_status", "provider", "source")
-_LOGGED_KEYS = (
-    "timestamp",
-    "backend",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "task_id",
-    "task_type",
-    "duration_ms",
-    "agent",
-    "session",
-    "user",
-    "team",
-    "tier",
-    "provider",
-    "id",
-)
 
 #: progress callback: (bytes read, file size)
 Progress = Callable[[int, int], None]

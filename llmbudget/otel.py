@@ -23,13 +23,15 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError
-from .events import UsageEvent
+from .events import ATTRIBUTION, UsageEvent
 from .services import Services
 from .web.metrics import DURATION_BUCKETS, TOKEN_BUCKETS
 
 # OpenTelemetry is the optional `otel` extra: imported only when an exporter is built.
 
 log = logging.getLogger("llmbudget.otel")
+#: attribution fields exported only as `llmbudget.<name>` (agent and session have GenAI names)
+_PLAIN_ATTRIBUTION = tuple(n for n in ATTRIBUTION if n not in ("agent", "session"))
 
 ENV_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
@@ -66,7 +68,7 @@ def span_attributes(ev: UsageEvent) -> dict[str, Any]:
         attrs["llmbudget.agent"] = ev.agent
     if ev.session:
         attrs["gen_ai.conversation.id"] = ev.session
-    for name in ("user", "team", "task_id", "task_type", "tier"):
+    for name in _PLAIN_ATTRIBUTION:
         v = getattr(ev, name)
         if v:
             attrs[f"llmbudget.{name}"] = v

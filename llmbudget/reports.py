@@ -13,54 +13,36 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from . import attribution_table
 from .errors import ValidationError
 from .events import PRICE_STATUSES, SOURCES, STATUSES
 from .money import from_nano
 from .store.base import CostRow, Ledger, SessionRow
 from .timeranges import month_window, parse_range, today_window
 
-#: `--by` choices, CLI spelling (task-type), in the order help shows them
-BY_CHOICES = (
-    "agent",
-    "session",
-    "user",
-    "team",
-    "model",
-    "backend",
-    "task-type",
-    "tier",
-    "key",
-    "day",
-    "week",
-    "month",
+#: `--by` choices, CLI spelling (task-type), in the order help shows them: the attribution
+#: fields' (`attribution_table`), the call's own dimensions, then the time buckets
+BY_CHOICES = (*attribution_table.BY_CHOICES, "model", "backend", "day", "week", "month")
+#: the ledger's name for each `--by` choice; the field names (`task_type`) are accepted too
+_BY_TO_LEDGER = (
+    dict(attribution_table.BY_CHOICES)
+    | {f: f for f in attribution_table.BY_CHOICES.values()}
+    | {c: c for c in ("model", "backend", "provider", "day", "week", "month", "hour")}
 )
-#: the ledger's name for each `--by` choice
-_BY_TO_LEDGER = {c: c.replace("-", "_") for c in BY_CHOICES} | {
-    "task_type": "task_type",
-    "provider": "provider",
-    "hour": "hour",
-}
+#: `--by` choices as a help text lists them
+BY_HELP = ", ".join(BY_CHOICES[:-1]) + f" or {BY_CHOICES[-1]}"
 TIME_BY = frozenset({"hour", "day", "week", "month"})
 
 #: filter names accepted by the CLI (as --name) and the API (as ?name=), mapped to ledger fields
-FILTER_NAMES: dict[str, str] = {
-    "agent": "agent",
-    "session": "session",
-    "user": "user",
-    "team": "team",
+#: (the attribution fields' from `attribution_table`, then the call's own)
+FILTER_NAMES: dict[str, str] = attribution_table.FILTER_NAMES | {
     "model": "model",
     "backend": "backend",
     "provider": "provider",
-    "task-type": "task_type",
-    "task_type": "task_type",
-    "task": "task_id",
-    "task_id": "task_id",
-    "tier": "tier",
     "status": "status",
     "price-status": "price_status",
     "price_status": "price_status",
     "source": "source",
-    "key": "key",
 }
 _ENUMS = {"status": STATUSES, "price_status": PRICE_STATUSES, "source": SOURCES}
 

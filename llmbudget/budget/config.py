@@ -15,9 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ..attribution_table import SCOPE_FIELDS
 from ..money import limit_problem
 
-SCOPES = ("global", "backend", "model", "agent", "session", "user", "team", "task_type", "key")
+#: budget scopes: everything, the call's backend or model, then the attribution fields' (`attribution_table`)
+SCOPES = ("global", "backend", "model", *SCOPE_FIELDS)
 ACTIONS = ("alert", "block", "fallback", "pause")
 VALID_PERIODS_TEXT = "day, week, month, session, or rolling hours/days such as 5h, 24h, 7d"
 _PERIOD_RE = re.compile(r"^(?:day|week|month|session|[1-9][0-9]{0,4}[hd])$")

@@ -13,22 +13,13 @@ from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..attribution_table import SCOPE_FIELDS
 from ..money import format_exact, from_nano, to_nano
 from .config import BudgetsConfig
 from .windows import Window, window_for
 
-#: CallInfo / UsageEvent attribute read for each scope
-SCOPE_FIELD = {
-    "backend": "backend",
-    "model": "model",
-    "agent": "agent",
-    "session": "session",
-    "user": "user",
-    "team": "team",
-    "task_type": "task_type",
-    #: a virtual key's name
-    "key": "key",
-}
+#: CallInfo / UsageEvent attribute read for each scope (`key`: a virtual key's name)
+SCOPE_FIELD = {"backend": "backend", "model": "model", **SCOPE_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..attribution_table import BY_NAME, SCOPE_FIELDS
 from ..store.buckets import merge_ranges, plan, to_us
 from ..store.dialect import pg_sql
 from .windows import rolling_bucket_seconds
@@ -41,12 +42,7 @@ log = logging.getLogger("llmbudget.budget")
 SCOPE_COLUMN = {
     "backend": "backend",
     "model": "model",
-    "agent": "agent",
-    "user": "user_name",
-    "team": "team",
-    "task_type": "task_type",
-    "session": "session",
-    "key": "key",
+    **{scope: BY_NAME[field].column for scope, field in SCOPE_FIELDS.items()},
 }
 #: scopes that are not rollup dimensions: their seeds read raw events (each has an index)
 RAW_COLUMNS = frozenset({"session", "key"})

@@ -35,6 +35,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..admission import Admission, CallInfo
+from ..attribution_table import HEADER_FIELDS
 from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import MAX_TEXT, UsageEvent, anthropic_call_id, new_id
@@ -77,17 +78,8 @@ _REQ_DROP = _HOP | {b"host", b"content-length"}
 _KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
 #: request headers `client_side` looks at (every other header is forwarded untouched)
 _CLIENT_SPECIAL = _REQ_DROP | _KEY_HEADERS | {b"origin", b"sec-fetch-site", b"content-type"}
-_ATTR_HEADERS = {
-    b"x-llmbudget-agent": "agent",
-    b"x-llmbudget-session": "session",
-    b"x-llmbudget-user": "user",
-    b"x-llmbudget-team": "team",
-    b"x-llmbudget-task": "task_id",
-    b"x-llmbudget-task-id": "task_id",
-    b"x-llmbudget-task-type": "task_type",
-    b"x-llmbudget-tier": "tier",
-    b"x-llmbudget-tags": "tags",
-}
+#: `X-LLMBudget-*` request header (lower case) -> attribution field, from the attribution table
+_ATTR_HEADERS: dict[bytes, str] = dict(HEADER_FIELDS)
 #: response headers that carry quota signals (parsed by `llmbudget.quota.headers`)
 _RATE_PREFIXES_B = (
     b"anthropic-ratelimit-",

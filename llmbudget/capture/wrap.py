@@ -41,7 +41,6 @@ log = logging.getLogger("llmbudget.wrap")
 _ADMISSION_HEADER = "x-llmbudget-admission"
 #: settle tasks started from finalizers, kept referenced until done
 _pending: set[Any] = set()
-_ATTR_KEYS = ("agent", "session", "user", "team", "task_id", "task_type", "tier")
 
 
 # ------------------------------------------------------------------ a loop for async gates called from sync code

@@ -64,7 +64,7 @@ ByOpt = Annotated[
     str | None,
     typer.Option(
         "--by",
-        help="Group by agent, session, user, team, model, backend, task-type, tier, key, day, week or month.",
+        help=f"Group by {reports.BY_HELP}.",
     ),
 ]
 

@@ -15,23 +15,19 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from .. import attribution_table
 from ..events import UsageEvent
 from ..money import decimal_str, from_nano
 
-#: report dimensions accepted by `costs(by=...)` (CLI spelling `task-type` maps to `task_type`)
+#: report dimensions accepted by `costs(by=...)` (CLI spelling `task-type` maps to `task_type`):
+#: the attribution fields with a `--by` choice (`attribution_table`), then the call's own
 DIMENSIONS = (
-    "agent",
-    "session",
-    "user",
-    "team",
+    *attribution_table.BY_CHOICES.values(),
     "model",
     "backend",
     "provider",
-    "task_type",
-    "tier",
     "price_status",
     "status",
-    "key",
 )
 #: time buckets accepted by `costs(by=...)`, in the configured timezone
 TIME_BUCKETS = ("hour", "day", "week", "month")
@@ -40,17 +36,10 @@ FILTER_FIELDS = (
     "backend",
     "provider",
     "model",
-    "agent",
-    "session",
-    "user",
-    "team",
-    "task_id",
-    "task_type",
-    "tier",
+    *attribution_table.FILTER_FIELDS,
     "status",
     "price_status",
     "source",
-    "key",
 )
 
 

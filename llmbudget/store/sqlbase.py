@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from .. import attribution_table
 from ..config import mask_url
 from ..errors import DatabaseUnreachable, StorageError, ValidationError
 from ..events import PRICE_STATUSES, UsageEvent, parse_timestamp
@@ -83,7 +84,8 @@ EVENT_COLUMNS = (
     "units",
     "reason",
 )
-COLUMN_OF = {"user": "user_name"}
+#: event field -> column where they differ (only attribution fields do: `attribution_table`)
+COLUMN_OF = attribution_table.COLUMN_OF
 #: the dimension fields kept in the rollups (event attribute names)
 ROLLUP_FIELDS = tuple("user" if c == "user_name" else c for c in ROLLUP_DIMS)
 SUM_COLUMNS = (

@@ -32,7 +32,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "until": {"type": "string", "description": "as since; a date means through the end of that day"},
     "by": {
         "type": "string",
-        "description": "agent, session, user, team, model, backend, task-type, tier, key, day, week or month",
+        "description": reports.BY_HELP,
     },
     "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
     "kind": {"type": "string"},

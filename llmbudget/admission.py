@@ -5,7 +5,8 @@ absent when no budgets are configured) to admit it. The gate reserves the call's
 cost atomically against every budget that applies and answers with an `Admission`: allowed,
 refused (429 in the protocol's error shape), or served by a fallback backend. When the call
 ends the proxy settles the admission with the recorded event, or releases it when nothing was
-spent (connection failure before any byte).
+spent (connection failure before any byte). `wrap()` asks the same gate: through its async face
+for an async client, its sync face for a sync one.
 """
 
 from __future__ import annotations
@@ -68,8 +69,21 @@ class Admission:
 
 
 class Gate(Protocol):
+    """Admits, settles and releases calls; one gate, two faces that answer alike.
+
+    The async face serves the proxy and async SDK clients, awaited on the caller's event loop.
+    The sync face serves sync SDK clients (`wrap()`), called in the caller's thread with no event
+    loop. The proxy needs only the async face; `wrap()` of a sync client needs the sync one.
+    """
+
     async def admit(self, call: CallInfo) -> Admission: ...
 
     async def settle(self, admission: Admission, event: UsageEvent) -> None: ...
 
     async def release(self, admission: Admission) -> None: ...
+
+    def admit_sync(self, call: CallInfo) -> Admission: ...
+
+    def settle_sync(self, admission: Admission, event: UsageEvent) -> None: ...
+
+    def release_sync(self, admission: Admission) -> None: ...

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -9,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from llmbudget.admission import CallInfo
 from llmbudget.budget import build_enforcer
-from llmbudget.budget.enforcer import BudgetEnforcer
+from llmbudget.budget.enforcer import BudgetEnforcer, BudgetGate
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 from llmbudget.money import format_exact
@@ -318,4 +321,49 @@ def test_warning_comes_before_the_limit_alert_which_fires_when_spent_reaches_the
     assert not final.allowed and not final.held_by_inflight
     assert "Cloud budget exhausted" in (final.message or "")
     assert kinds() == ["budget_warning", "budget_exhausted"]  # once per window
+    enf.close()
+
+
+def test_both_faces_of_the_gate_wait_for_calls_in_flight_to_settle(tmp_path: Path) -> None:
+    """A call refused only because calls in flight hold the budget waits for a settlement: the
+    sync face in the caller's thread, the async face on the caller's event loop, alike."""
+    per_call = cost(1000, 1000)
+    clock = Clock(datetime(2025, 3, 29, 12, 0, tzinfo=UTC))
+    enf, _ = make(tmp_path, f"budgets:\n  daily_limit_usd: {per_call * 3}\n  timezone: UTC\n", clock)
+    gate = BudgetGate(enf, wait_s=5)
+    held = [gate.admit_sync(call()) for _ in range(3)]
+    assert all(a.allowed and a.reservation_id for a in held)
+
+    def release_one_later() -> threading.Thread:  # a call that spent nothing frees its worst case
+        adm = held.pop()
+        t = threading.Timer(0.3, lambda: gate.release_sync(adm))
+        t.start()
+        return t
+
+    t = release_one_later()
+    started = time.monotonic()
+    admitted = gate.admit_sync(call())
+    waited = time.monotonic() - started
+    t.join()
+    assert admitted.allowed and admitted.reservation_id and 0.25 <= waited < 4, waited
+    held.append(admitted)
+
+    async def admit_async() -> tuple[object, float]:
+        t = release_one_later()
+        started = time.monotonic()
+        adm = await gate.admit(call())
+        waited = time.monotonic() - started
+        await asyncio.to_thread(t.join)
+        return adm, waited
+
+    adm, waited = asyncio.run(admit_async())
+    assert getattr(adm, "allowed", False) and 0.25 <= waited < 4, waited
+    # nothing settles: both faces give up after wait_s with the short Retry-After
+    gate.wait_s = 0.5
+    started = time.monotonic()
+    refused = gate.admit_sync(call())
+    assert not refused.allowed and refused.held_by_inflight and refused.retry_after_s == 2
+    assert time.monotonic() - started >= 0.5
+    refused = asyncio.run(gate.admit(call()))
+    assert not refused.allowed and refused.held_by_inflight
     enf.close()

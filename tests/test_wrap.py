@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -210,22 +211,44 @@ def test_wrap_rejects_other_objects() -> None:
 
 
 class Gate:
-    """A real gate: a fixed answer, and a log of what it saw."""
+    """A real gate: a fixed answer, and a log of what it saw and through which face (with the
+    event loop each async step ran on, None for the sync face)."""
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
         self.calls: list[CallInfo] = []
         self.settled: list[UsageEvent] = []
         self.released = 0
+        self.faces: list[tuple[str, str, asyncio.AbstractEventLoop | None]] = []
+
+    def _seen(self, step: str, face: str) -> None:
+        loop = asyncio.get_running_loop() if face == "async" else None
+        self.faces.append((step, face, loop))
 
     async def admit(self, call: CallInfo) -> Admission:
+        self._seen("admit", "async")
         self.calls.append(call)
         return self.admission
 
     async def settle(self, admission: Admission, event: UsageEvent) -> None:
+        self._seen("settle", "async")
         self.settled.append(event)
 
     async def release(self, admission: Admission) -> None:
+        self._seen("release", "async")
+        self.released += 1
+
+    def admit_sync(self, call: CallInfo) -> Admission:
+        self._seen("admit", "sync")
+        self.calls.append(call)
+        return self.admission
+
+    def settle_sync(self, admission: Admission, event: UsageEvent) -> None:
+        self._seen("settle", "sync")
+        self.settled.append(event)
+
+    def release_sync(self, admission: Admission) -> None:
+        self._seen("release", "sync")
         self.released += 1
 
 
@@ -286,6 +309,91 @@ def test_gate_fallback_uses_the_fallback_client(fake: FakeUpstream, ledger: Ledg
     [ev] = events(ledger)
     assert (ev.backend, ev.price_status, ev.cost_usd) == ("local", "local", Decimal(0))
     assert gate.released == 1
+
+
+def _threads() -> set[threading.Thread]:
+    return set(threading.enumerate())
+
+
+def test_a_sync_client_asks_the_gates_sync_face_in_its_own_thread(fake: FakeUpstream, ledger: Ledger) -> None:
+    """No event loop and no thread of wrap()'s own: the sync face, called where the call is made,
+    also from a thread of a running event loop (asyncio.to_thread) and from the loop's own thread."""
+    gate = Gate(Admission(allowed=True, reservation_id="r"))
+    client = oai(fake, ledger, gate=gate)
+
+    def call() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert list(stream)
+
+    call()
+    before = _threads()  # the ledger's writer started with the first event
+
+    async def inside_a_loop() -> None:
+        await asyncio.to_thread(call)
+        call()  # blocking the loop's own thread, as a sync client inside async code does
+
+    asyncio.run(inside_a_loop())
+    assert _threads() - before == set(), "wrap() left a thread of its own behind"
+    assert len(events(ledger)) == 6 and len(gate.settled) == 6
+    assert {(face, loop) for _step, face, loop in gate.faces} == {("sync", None)}
+    assert [step for step, _face, _loop in gate.faces] == ["admit", "settle"] * 6
+    client.close()
+
+
+def test_a_sync_client_refuses_a_gate_without_a_sync_face(fake: FakeUpstream, ledger: Ledger) -> None:
+    class AsyncOnly:
+        async def admit(self, call: CallInfo) -> Admission:
+            return Admission(allowed=True)
+
+        async def settle(self, admission: Admission, event: UsageEvent) -> None:
+            pass
+
+        async def release(self, admission: Admission) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="sync face"):
+        oai(fake, ledger, gate=AsyncOnly())
+    # an async client needs only the async face
+    client = wrap(
+        openai.AsyncOpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0),
+        ledger=ledger,
+        prices=PRICES,
+        gate=AsyncOnly(),
+    )
+    asyncio.run(client.close())
+
+
+def test_an_async_client_awaits_the_gates_async_face_on_the_callers_loop(
+    fake: FakeUpstream, ledger: Ledger
+) -> None:
+    gate = Gate(Admission(allowed=True, reservation_id="r"))
+
+    async def run() -> asyncio.AbstractEventLoop:
+        client = wrap(
+            openai.AsyncOpenAI(api_key="sk", base_url=f"{fake.url}/v1", max_retries=0),
+            ledger=ledger,
+            prices=PRICES,
+            provider="openai",
+            gate=gate,
+        )
+        try:
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert [c async for c in stream]
+        finally:
+            await client.close()
+        return asyncio.get_running_loop()
+
+    loop = asyncio.run(run())
+    assert len(gate.settled) == 2
+    assert {(face, seen) for _step, face, seen in gate.faces} == {("async", loop)}
 
 
 def test_async_anthropic_stream_manager_is_gated(fake: FakeUpstream, ledger: Ledger) -> None:

@@ -1,7 +1,9 @@
 """Budget enforcement: reserve a call's worst case before it is sent, settle to the real cost after.
 
-`BudgetEnforcer` is synchronous (the SDK wrappers call it directly); `BudgetGate` adapts it to
-the proxy's async `Gate` protocol (`llmbudget.admission`) by running store calls in a thread.
+`BudgetEnforcer` is synchronous. `BudgetGate` is the one gate over it (`Gate` in
+`llmbudget.admission`), with two faces: the async one (the proxy, async SDK clients) admits from
+the lease on the caller's event loop and runs store steps in a worker thread; the sync one (sync
+SDK clients) calls the enforcer in the caller's thread, with no event loop.
 """
 
 from __future__ import annotations
@@ -691,11 +693,14 @@ _ALLOWED = Admission(allowed=True)
 
 
 class BudgetGate:
-    """The proxy's `Gate`: admission from the lease on the event loop; store steps in a worker thread.
+    """The gate over one enforcer, with an async face and a sync face that answer alike.
 
-    A call refused only because calls in flight hold the rest of the budget waits up to `wait_s`
-    for them to settle (woken by each settlement here, polling for other processes'), then is
-    admitted or refused with a short Retry-After.
+    Async (`admit`, `settle`, `release`): the proxy and async SDK clients, on the caller's event
+    loop; admission from the lease without I/O, store steps in a worker thread. Sync
+    (`admit_sync`, `settle_sync`, `release_sync`): sync SDK clients, in the caller's thread, no
+    event loop. A call refused only because calls in flight hold the rest of the budget waits up
+    to `wait_s` for them to settle (woken by each settlement here, polling for other processes'),
+    then is admitted or refused with a short Retry-After.
     """
 
     def __init__(self, enforcer: BudgetEnforcer, *, wait_s: float = 3.0) -> None:
@@ -704,9 +709,16 @@ class BudgetGate:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._freed: asyncio.Condition | None = None
         self._retry: asyncio.Lock | None = None
+        #: the sync face's waiters: woken by settlements, one asks the store at a time
+        self._freed_sync = threading.Condition()
+        self._retry_sync = threading.Lock()
+        self._sync_waiters = 0
         enforcer.on_freed = self._on_freed
 
     def _on_freed(self) -> None:
+        if self._sync_waiters:  # read without the lock: a missed wake-up is caught by the poll
+            with self._freed_sync:
+                self._freed_sync.notify(2)
         loop, cond = self._loop, self._freed
         if loop is None or cond is None or loop.is_closed():
             return
@@ -735,6 +747,7 @@ class BudgetGate:
         pauses = enf.cached_pauses()
         return pauses is not None and agent not in pauses
 
+    # ------------------------------------------------------------------ the async face
     async def admit(self, call: CallInfo) -> Admission:
         enf = self.enforcer
         if not enf.budgets:  # pauses only: no thread hop while the pause list is fresh
@@ -781,12 +794,45 @@ class BudgetGate:
         if admission.reservation_id:
             self.enforcer.release(admission)
 
-    # the SDK wrappers call these directly (no event loop)
+    # ------------------------------------------------------------------ the sync face
     def admit_sync(self, call: CallInfo) -> Admission:
-        return self.enforcer.admit(call)
+        enf = self.enforcer
+        if not enf.budgets:  # pauses only (the list is cached for a second)
+            if not call.agent:
+                return _ALLOWED
+            return enf.pause_refusal(call, enf.paused()) or _ALLOWED
+        adm = enf.admit_local(call)
+        if adm is None:
+            adm = enf.admit(call)
+        if adm.held_by_inflight and self.wait_s > 0:
+            adm = self._wait_sync(call, adm)
+        return adm
+
+    def _wait_sync(self, call: CallInfo, adm: Admission) -> Admission:
+        cond = self._freed_sync
+        deadline = time.monotonic() + self.wait_s
+        while adm.held_by_inflight:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return adm
+            with cond:  # woken by settlements here; other processes' are polled
+                self._sync_waiters += 1
+                try:
+                    cond.wait(timeout=min(left, 0.25))
+                finally:
+                    self._sync_waiters -= 1
+            with self._retry_sync:  # one waiter asks the store at a time
+                got = self.enforcer.admit_local(call)
+                adm = got if got is not None else self.enforcer.admit(call)
+            if adm.allowed:
+                with cond:  # room for this one: maybe for the next too
+                    cond.notify(1)
+        return adm
 
     def settle_sync(self, admission: Admission, event: UsageEvent) -> None:
-        self.enforcer.settle(admission, event)
+        if admission.reservation_id:
+            self.enforcer.settle(admission, event)
 
     def release_sync(self, admission: Admission) -> None:
-        self.enforcer.release(admission)
+        if admission.reservation_id:
+            self.enforcer.release(admission)

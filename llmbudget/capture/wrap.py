@@ -5,7 +5,9 @@ protocol meters as the proxy and becomes the same `UsageEvent` (`source: sdk`): 
 completions, responses, completions, embeddings, messages (streamed and not, `messages.stream`
 included). A stream is metered when its iteration ends, when it is closed, or when it is
 abandoned and garbage-collected. With a budget `gate`, the resource methods ask it first and
-raise `BudgetExceeded` (or call `fallback`, another client) when it refuses.
+raise `BudgetExceeded` (or call `fallback`, another client) when it refuses. A sync client asks
+the gate's sync face in its own thread (no event loop, no thread of ours); an async client awaits
+its async face on the caller's event loop.
 
     from openai import OpenAI
     from llmbudget import wrap
@@ -41,25 +43,8 @@ log = logging.getLogger("llmbudget.wrap")
 _ADMISSION_HEADER = "x-llmbudget-admission"
 #: settle tasks started from finalizers, kept referenced until done
 _pending: set[Any] = set()
-
-
-# ------------------------------------------------------------------ a loop for async gates called from sync code
-
-
-class _GateLoop:
-    """One background event loop per process, so a sync client can call an async gate (and its locks stay put)."""
-
-    _loop: asyncio.AbstractEventLoop | None = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def run(cls, coro: Any, timeout: float = 60.0) -> Any:
-        with cls._lock:
-            if cls._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, daemon=True, name="llmbudget-gate").start()
-                cls._loop = loop
-        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result(timeout)
+#: what a gate offers a sync client: called in the caller's thread, no event loop
+_SYNC_FACE = ("admit_sync", "settle_sync", "release_sync")
 
 
 # ------------------------------------------------------------------ shared state of one wrapped client
@@ -245,7 +230,7 @@ def _make_sync_stream(base: type) -> type:
             rec, adm = self._call.rec, self._call.admission
             if ev is not None and adm is not None and rec.gate is not None:
                 try:
-                    _GateLoop.run(rec.gate.settle(adm, ev))
+                    rec.gate.settle_sync(adm, ev)
                 except Exception:
                     log.exception("wrap_settle_failed id=%s", ev.id)
 
@@ -411,12 +396,12 @@ class _SyncTransport:
         request, meter, admission, retry = _prepare(self._rec, request)
         if retry is not None and self._rec.gate is not None:
             try:
-                admission = _GateLoop.run(self._rec.gate.admit(retry))
+                admission = self._rec.gate.admit_sync(retry)
             except Exception as e:
                 return _refusal_response(self._rec, self._mod, request, None, e)
             if not admission.allowed or admission.fallback_backend:
                 if admission.fallback_backend:  # the fallback client serves first attempts only
-                    _GateLoop.run(self._rec.gate.release(admission))
+                    self._rec.gate.release_sync(admission)
                 return _refusal_response(self._rec, self._mod, request, admission, None)
         if meter is None:
             return self._inner.handle_request(request)
@@ -424,7 +409,7 @@ class _SyncTransport:
             response = self._inner.handle_request(request)
         except BaseException:
             if admission is not None and self._rec.gate is not None:
-                _GateLoop.run(self._rec.gate.release(admission))
+                self._rec.gate.release_sync(admission)
             raise
         return _wrap_response(self._rec, request, response, meter, admission, self._stream_cls)
 
@@ -550,14 +535,14 @@ def _done(rec: _Recorder, key: str) -> None:
     rec.calls.pop(key, None)
     leftover = rec.admissions.pop(key, None)  # never sent (the SDK failed before its transport)
     if leftover is not None and rec.gate is not None and leftover.reservation_id:
-        _GateLoop.run(rec.gate.release(leftover))
+        rec.gate.release_sync(leftover)
 
 
 def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
     @functools.wraps(original)
     def method(*args: Any, **kwargs: Any) -> Any:
         call = _call_info(rec, kwargs, name)
-        admission: Admission = _GateLoop.run(rec.gate.admit(call))
+        admission: Admission = rec.gate.admit_sync(call)
         if not admission.allowed:
             raise _refused(admission)
         if admission.fallback_backend:
@@ -566,7 +551,7 @@ def _gate_sync(rec: _Recorder, original: Any, name: str, fallback: Any, path: tu
                     admission.notice or admission.message or "budget exhausted",
                     retry_after_s=admission.retry_after_s,
                 )
-            _GateLoop.run(rec.gate.release(admission))
+            rec.gate.release_sync(admission)
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
             return _resolve(fallback, path)(*args, **kwargs)
@@ -714,7 +699,9 @@ def wrap(
     `ledger` defaults to the configured ledger (config lookup as the CLI), `prices` to its price
     book. `backend` names the events' backend (default `openai` / `anthropic`). With a `gate`, a
     refused call raises `BudgetExceeded` with the notice; a fallback admission calls `fallback`
-    (another client, wrap it to meter it too) or raises when none is given.
+    (another client, wrap it to meter it too) or raises when none is given. A sync client calls
+    the gate's sync face (`admit_sync`, ...) in its own thread, an async client awaits its async
+    face on the caller's event loop; `BudgetGate` (`gate_from_config()`) has both.
     """
     module = type(client).__module__.split(".")[0]
     if module not in ("openai", "anthropic"):
@@ -725,6 +712,12 @@ def wrap(
         raise TypeError("this client has no HTTP transport to wrap (unsupported SDK version?)")
     if isinstance(inner, _SyncTransport | _AsyncTransport):
         raise ValueError("this client is already wrapped")
+    is_async = hasattr(inner, "handle_async_request")
+    if gate is not None and not is_async and not all(callable(getattr(gate, m, None)) for m in _SYNC_FACE):
+        raise TypeError(
+            f"a {type(client).__name__} client needs a gate with a sync face "
+            "(admit_sync, settle_sync, release_sync), such as llmbudget.budget.gate_from_config()"
+        )
     if ledger is None or prices is None:
         cfg = load_config()
         if ledger is None:
@@ -755,7 +748,6 @@ def wrap(
         local=local,
     )
     mod = sys.modules[type(inner).__module__.split(".")[0]]
-    is_async = hasattr(inner, "handle_async_request")
     http._transport = (_AsyncTransport if is_async else _SyncTransport)(inner, rec, mod)
     if gate is not None:
         for path, name in _OPENAI_METHODS if module == "openai" else _ANTHROPIC_METHODS:

@@ -25,6 +25,7 @@ from .capture.proxy import Proxy
 from .capture.translate import anthropic_to_openai_translator
 from .config import mask_url
 from .fanout import LiveHub
+from .live_follow import LedgerFollower
 from .otel import install_otel
 from .services import Services
 from .web.api import api_routes, install_error_handlers
@@ -210,6 +211,7 @@ def install_live(services: Services) -> Any:
     ).start()
     services.threshold_watch = watch
     hub.add_local_listener(watch.on_events)
+    hub.add_follower(LedgerFollower(services.ledger).poll)
     hub.start()
     return hub
 

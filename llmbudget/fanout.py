@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,8 @@ BACKLOG = 20_000
 #: increments one subscriber may have queued before it is told to resync
 SUBSCRIBER_QUEUE = 5000
 CHANNEL = "llmbudget:live"
+#: how often the dispatcher asks its followers for calls other processes recorded
+FOLLOW_S = 1.0
 #: how often the dispatcher drains what was published (the pages' "within a second" has room)
 DISPATCH_S = 0.1
 
@@ -155,6 +158,8 @@ class LiveHub:
         self._subs: set[Subscription] = set()
         self._subs_lock = threading.Lock()
         self._local: list[Callable[[list[UsageEvent]], None]] = []
+        self._followers: list[Callable[[], list[UsageEvent]]] = []
+        self._next_follow = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._redis: Any = None
@@ -187,6 +192,12 @@ class LiveHub:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+    def add_follower(self, fn: Callable[[], list[UsageEvent]]) -> None:
+        """Call `fn()` in the dispatcher thread every FOLLOW_S for events other processes recorded
+        (imports, `import ... --watch`, `wrap()` elsewhere); this process's open pages get them.
+        They are not published to Redis: every replica follows the same ledger for its own pages."""
+        self._followers.append(fn)
 
     def add_local_listener(self, fn: Callable[[list[UsageEvent]], None]) -> None:
         """Call `fn(events)` in the dispatcher thread with this process's own recorded events."""
@@ -235,6 +246,8 @@ class LiveHub:
         while not self._stop.is_set():
             self._wake.wait(DISPATCH_S)
             self._wake.clear()
+            if self._followers and time.monotonic() >= self._next_follow:
+                self._follow()
             batch: list[Any] = []
             pending = self._pending
             while pending:
@@ -263,6 +276,17 @@ class LiveHub:
                 except Exception as e:  # Redis down: this replica's pages still see its own traffic
                     log.warning("live_redis_publish_failed error=%s", type(e).__name__)
             self._deliver(items)
+
+    def _follow(self) -> None:
+        self._next_follow = time.monotonic() + FOLLOW_S
+        others: list[UsageEvent] = []
+        for fn in self._followers:
+            try:
+                others.extend(fn())
+            except Exception as e:  # the database briefly unavailable: the next turn catches up
+                log.warning("live_follow_failed error=%s", type(e).__name__)
+        if others and self._subs:
+            self._deliver([increment(e, self.replica) for e in others])
 
     def _listen(self) -> None:
         while not self._stop.is_set():

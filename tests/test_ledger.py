@@ -534,12 +534,23 @@ def test_events_carry_only_the_indexes_the_filters_need(tmp_path: Path) -> None:
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL"
         )
     }
+    plan = " ".join(
+        str(r[3])
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM events WHERE source <> 'proxy' AND ts_us >= ? "
+            "ORDER BY ts_us DESC, id DESC LIMIT ?",
+            (0, 10),
+        )
+    )
     conn.close()
-    # events_key_ts is partial: only calls made with a virtual key pay for it (`scope: key` seeds)
+    # events_key_ts is partial: only calls made with a virtual key pay for it (`scope: key` seeds);
+    # events_not_proxy_ts too: only imported and wrap() calls, which a live server looks for
     assert names == {
         "events_ts",
         "events_session_ts",
         "events_task_id_ts",
         "events_unpriced",
         "events_key_ts",
+        "events_not_proxy_ts",
     }
+    assert "events_not_proxy_ts" in plan

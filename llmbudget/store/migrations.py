@@ -509,3 +509,10 @@ def _budget_owners_and_functions(db: Any) -> None:
 
 
 migration("0013_budget_owners_and_functions", _BUDGET_OWNERS, postgres=_budget_owners_and_functions)
+
+# what a running server looks for every second to show other processes' calls on its live pages
+# (imports, `--watch`, `wrap()` elsewhere): only those rows are in the index, never the proxy's
+migration(
+    "0014_events_not_proxy",
+    "CREATE INDEX IF NOT EXISTS events_not_proxy_ts ON events (ts_us) WHERE source <> 'proxy';",
+)

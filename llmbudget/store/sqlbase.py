@@ -755,6 +755,17 @@ class SQLLedger(Ledger, AuditReplay):
                 out.extend(row_to_event(r) for r in rows)
             return out
 
+    def recorded_elsewhere(self, since: datetime, limit: int = 5000) -> list[UsageEvent]:
+        """Events at or after `since` that did not come through a proxy (imports, `wrap()`), newest
+        first: one read of the partial index `events_not_proxy_ts`, whatever the proxy's traffic."""
+        cols = ", ".join(EVENT_COLUMNS)
+        sql = (
+            f"SELECT {cols} FROM events WHERE source <> 'proxy' AND ts_us >= ? "
+            "ORDER BY ts_us DESC, id DESC LIMIT ?"
+        )
+        with self._read() as db:
+            return [row_to_event(r) for r in db.execute(sql, [to_us(since), int(limit)])]
+
     def iter_events(
         self,
         *,

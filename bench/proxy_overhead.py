@@ -11,9 +11,9 @@ generator is an aiohttp client (uvloop) in this process.
     .venv/bin/python bench/proxy_overhead.py --dashboards 20   # also with 20 open live dashboards
 
 With `--dashboards N`, llmbudget is measured a second time in each round ("llmbudget_dashboards")
-while N clients hold the dashboard's live stream (`/api/live`) open and read every increment, and
-re-read `/api/overview` on each `resync` as the page does; the plain "llmbudget" rows of the same
-rounds are the comparison.
+while N clients in a process of their own (as browsers are) hold the dashboard's live stream
+(`/api/live`) open, read every increment, and re-read `/api/overview` on each `resync` as the
+page does; the plain "llmbudget" rows of the same rounds are the comparison.
 
 Targets (README, Benchmarks): at concurrency 1 added p50 <= 0.5 ms and p99 <= 3 ms; at 10 and
 100 requests/s >= 0.85x the bare pass-through and CPU per request <= 1.3x the bare one's; first
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -293,6 +294,28 @@ async def _dashboard(session: Any, base: str, counts: dict[str, int]) -> None:
                         await o.read()
 
 
+def run_dashboards(base: str, n: int, out: str) -> None:
+    """The open pages, in a process of their own (as browsers are): `n` live streams read until
+    SIGTERM, then what they received written to `out` as JSON."""
+    import aiohttp
+    import uvloop
+
+    counts: dict[str, int] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with aiohttp.ClientSession() as session:
+            readers = [asyncio.create_task(_dashboard(session, base, counts)) for _ in range(n)]
+            await stop.wait()
+            for t in readers:
+                t.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    uvloop.run(main())
+    Path(out).write_text(json.dumps(counts))
+
+
 async def measure(
     targets: dict[str, str],
     seconds: float,
@@ -313,14 +336,22 @@ async def measure(
     async def measured(session: Any, name: str, url: str, c: int) -> tuple[list[float], float]:
         if name != "llmbudget_dashboards":
             return await load(session, url, CHAT_BODY, c, seconds)
-        readers = [asyncio.create_task(_dashboard(session, dash_base, counts)) for _ in range(dashboards)]
-        await asyncio.sleep(0.3)  # every stream open before the load starts
-        try:
-            return await load(session, url, CHAT_BODY, c, seconds)
-        finally:
-            for t in readers:
-                t.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            pages = subprocess.Popen(
+                [
+                    *(sys.executable, __file__, "--role", "dashboards", "--upstream", dash_base),
+                    *("--port", str(dashboards), "--out", out.name),
+                ]
+            )
+            await asyncio.sleep(1.0)  # every stream open before the load starts
+            try:
+                return await load(session, url, CHAT_BODY, c, seconds)
+            finally:
+                pages.terminate()
+                pages.wait(30)
+                with contextlib.suppress(ValueError):
+                    for k, v in json.loads(Path(out.name).read_text() or "{}").items():
+                        counts[k] = counts.get(k, 0) + v
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)) as session:
         for url in targets.values():  # warm up connections and code paths
@@ -392,7 +423,8 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     ap.add_argument(
         "--dashboards", type=int, default=0, metavar="N", help="also measure with N open live dashboards"
     )
-    ap.add_argument("--role", choices=["upstream", "bare"], help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=["upstream", "bare", "dashboards"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     args = ap.parse_args(argv or [])
@@ -402,6 +434,9 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
         return {}
     if args.role == "bare":
         run_bare(args.port, args.upstream)
+        return {}
+    if args.role == "dashboards":
+        run_dashboards(args.upstream, args.port, args.out)
         return {}
 
     seconds, rounds = (1.0, 2) if args.quick else (2.0, 3)

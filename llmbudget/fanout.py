@@ -44,6 +44,8 @@ log = logging.getLogger("llmbudget.live")
 BACKLOG = 20_000
 #: increments one subscriber may have queued before it is told to resync
 SUBSCRIBER_QUEUE = 5000
+#: the pub/sub channel, suffixed with the Redis database number (`:db3`): Redis channels are
+#: shared by every database of a server, and two deployments on two databases must not mix
 CHANNEL = "llmbudget:live"
 #: how often the dispatcher asks its followers for calls other processes recorded
 FOLLOW_S = 1.0
@@ -99,52 +101,78 @@ def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
 _RESYNC = {"type": "resync", "reason": "slow client: increments dropped"}
 
 
-class Subscription:
-    """One open stream's pending increments, living on one event loop.
+class LiveBatch(list[dict[str, Any]]):
+    """What one dispatch hands every open page: its increments and their frames joined once."""
 
-    The hub hands over a batch (all it drained in one dispatch) as one list: one append and one
-    wake-up per page per batch, however many calls the batch holds. At most `maxsize` increments
-    wait; beyond that the pending ones are dropped for a single `resync` marker.
+    __slots__ = ("text",)
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        super().__init__(items)
+        self.text = "".join(sse_frame(x) for x in items)
+
+
+class Subscription:
+    """One open stream's pending batches, living on one event loop.
+
+    The hub hands over a batch (all it drained in one dispatch, its frames already joined) as one
+    object: one append and one wake-up per page per batch, however many calls the batch holds.
+    At most `maxsize` increments wait; beyond that the pending ones are dropped for a single
+    `resync` marker.
     """
 
     def __init__(self, hub: LiveHub, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
         self.hub = hub
         self.loop = loop
         self.maxsize = maxsize
-        self.pending: collections.deque[dict[str, Any]] = collections.deque()
+        self.pending: collections.deque[list[dict[str, Any]]] = collections.deque()
+        self.waiting = 0
         self._ready = asyncio.Event()
         self.dropped = 0
 
     def offer(self, items: list[dict[str, Any]]) -> None:
         """Runs on the subscriber's loop: queue the batch, or drop everything and ask for a resync."""
-        pending = self.pending
-        if len(pending) + len(items) > self.maxsize:
-            self.dropped += len(pending) + len(items)
-            pending.clear()
-            pending.append(dict(_RESYNC))
+        if self.waiting + len(items) > self.maxsize:
+            self.dropped += self.waiting + len(items)
+            self.pending.clear()
+            self.pending.append([dict(_RESYNC)])
+            self.waiting = 1
         else:
-            pending.extend(items)
+            self.pending.append(items)
+            self.waiting += len(items)
         self._ready.set()
 
-    async def get(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Everything pending (waiting up to `timeout` for something); [] when the wait timed out."""
+    async def batches(self, timeout: float | None = None) -> list[list[dict[str, Any]]]:
+        """Every pending batch (waiting up to `timeout` for one); [] when the wait timed out."""
         if not self.pending:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return []
-        items = list(self.pending)
+        out = list(self.pending)
         self.pending.clear()
-        return items
+        self.waiting = 0
+        return out
+
+    async def get(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every pending increment, in order (waiting up to `timeout`); [] when the wait timed out."""
+        return [x for batch in await self.batches(timeout) for x in batch]
 
     def end(self) -> None:
         """Runs on the subscriber's loop: the stream ends after what is queued."""
-        self.pending.append({"type": "bye"})
+        self.pending.append([{"type": "bye"}])
         self._ready.set()
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
+
+
+def batch_text(batch: list[dict[str, Any]]) -> str:
+    """The SSE text of a batch: joined once by the hub, else frame by frame (markers)."""
+    text = getattr(batch, "text", None)
+    if isinstance(text, str):
+        return text
+    return "".join(sse_frame(x) for x in batch if x.get("type") != "bye")
 
 
 class LiveHub:
@@ -163,6 +191,7 @@ class LiveHub:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._redis: Any = None
+        self.channel = CHANNEL
         self._pubsub: Any = None
         self.published = 0
         self.delivered = 0
@@ -211,6 +240,8 @@ class LiveHub:
             import redis
 
             self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+            db = self._redis.connection_pool.connection_kwargs.get("db", 0)
+            self.channel = f"{CHANNEL}:db{db}"
             t = threading.Thread(target=self._listen, name="llmbudget-live-redis", daemon=True)
             t.start()
             self._threads.append(t)
@@ -271,7 +302,7 @@ class LiveHub:
             if self._redis is not None:
                 try:
                     if self._pubsub is not None:
-                        self._redis.publish(CHANNEL, json.dumps(items, separators=(",", ":")))
+                        self._redis.publish(self.channel, json.dumps(items, separators=(",", ":")))
                         continue
                 except Exception as e:  # Redis down: this replica's pages still see its own traffic
                     log.warning("live_redis_publish_failed error=%s", type(e).__name__)
@@ -293,7 +324,7 @@ class LiveHub:
             try:
                 if self._pubsub is None:
                     ps = self._redis.pubsub(ignore_subscribe_messages=True)
-                    ps.subscribe(CHANNEL)
+                    ps.subscribe(self.channel)
                     self._pubsub = ps
                 msg = self._pubsub.get_message(timeout=0.5)
             except Exception as e:  # Redis down: retry; meanwhile publishing falls back to this process
@@ -314,8 +345,8 @@ class LiveHub:
         with self._subs_lock:
             subs = list(self._subs)
         if subs:
-            # encoded once here, not once per open page (20 pages cost 20 encodings of each call)
-            items = [x if isinstance(x, LiveItem) else LiveItem(x) for x in items]
+            # encoded and joined once here, not once per open page (20 pages cost 20 encodings)
+            items = LiveBatch([x if isinstance(x, LiveItem) else LiveItem(x) for x in items])
         for sub in subs:
             try:
                 sub.loop.call_soon_threadsafe(sub.offer, items)

@@ -204,15 +204,53 @@ def test_fanout_through_redis_reaches_every_replica(redis_url: str) -> None:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.1)
         a.publish(_ev("from-a", "s", "0.01"))
-        return await task
+        got: list[dict[str, Any]] = []
+        sub = b.subscribe()
+        try:  # other servers sharing this Redis database may publish too: look for ours
+            end = time.monotonic() + 5
+            while time.monotonic() < end and not any(x.get("agent") == "from-a" for x in got):
+                got.extend(await sub.get(0.2))
+        finally:
+            sub.close()
+        task.cancel()
+        return got
 
     try:
         got = asyncio.run(main())
     finally:
         a.close()
         b.close()
-    assert got and got[0]["agent"] == "from-a" and got[0]["replica"] == a.replica != b.replica
+    mine = [x for x in got if x.get("agent") == "from-a"]
+    assert mine and mine[0]["replica"] == a.replica != b.replica
     json.dumps(got)
+
+
+def test_fanout_on_another_redis_database_is_not_heard(redis_url: str) -> None:
+    """Redis channels are shared by every database of a server: the channel names the database."""
+    other = redis_url.rsplit("/", 1)[0] + "/" + ("9" if not redis_url.endswith("/9") else "8")
+    a, b = LiveHub(other).start(), LiveHub(redis_url).start()
+    assert a.channel != b.channel
+
+    async def main() -> list[dict[str, Any]]:
+        sub = b.subscribe()
+        deadline = time.monotonic() + 5
+        while a._pubsub is None or b._pubsub is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        a.publish(_ev("other-db", "s", "0.01"))
+        got: list[dict[str, Any]] = []
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            got.extend(await sub.get(0.2))
+        sub.close()
+        return got
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert not [x for x in got if x.get("agent") == "other-db"]
 
 
 def _spent(ts: datetime, usd: str) -> UsageEvent:

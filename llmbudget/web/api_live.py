@@ -22,7 +22,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import LLMBudgetError
-from ..fanout import sse_frame
+from ..fanout import batch_text
 from ..services import Services
 from .params import query_params
 
@@ -54,13 +54,14 @@ def routes(services: Services) -> list[BaseRoute]:
                     "hello", {"replica": hub.replica, "redis": bool(hub.redis_url)}
                 )
                 while True:
-                    items = await sub.get(HEARTBEAT_S)
-                    if not items:
+                    batches = await sub.batches(HEARTBEAT_S)
+                    if not batches:
                         yield ": keep-alive\n\n"
                         continue
-                    done = any(x.get("type") == "bye" for x in items)
-                    yield "".join(sse_frame(x) for x in items if x.get("type") != "bye")
-                    if done:
+                    text = "".join(batch_text(b) for b in batches)
+                    if text:
+                        yield text
+                    if any(b and b[-1].get("type") == "bye" for b in batches):
                         return
             finally:
                 sub.close()

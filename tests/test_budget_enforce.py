@@ -367,3 +367,21 @@ def test_both_faces_of_the_gate_wait_for_calls_in_flight_to_settle(tmp_path: Pat
     refused = asyncio.run(gate.admit(call()))
     assert not refused.allowed and refused.held_by_inflight
     enf.close()
+
+
+def test_calls_without_an_agent_are_admitted_from_the_lease_without_the_store(tmp_path: Path) -> None:
+    """Only an agent can be paused: a call without one never waits for the pause list, so once
+    the lease holds budget it is admitted in-process (no thread hop, no store round trip)."""
+    enf, _ = make(
+        tmp_path, "budgets:\n  daily_limit_usd: 1000\n", Clock(datetime(2026, 3, 4, 12, tzinfo=UTC))
+    )
+    first = enf.admit(call())  # the first call takes the lease from the store
+    assert first.allowed and first.reservation_id
+    assert enf.cached_pauses() is None  # nothing has read the pause list: no agent asked
+    later = [enf.admit_local(call()) for _ in range(5)]
+    assert all(a is not None and a.allowed and a.reservation_id for a in later)
+    # with an agent, the pause list is read first (one store read a second), then the lease
+    assert enf.admit_local(call(agent="bot")) is None
+    enf.paused()
+    agent_call = enf.admit_local(call(agent="bot"))
+    assert agent_call is not None and agent_call.allowed

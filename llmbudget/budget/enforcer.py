@@ -258,12 +258,13 @@ class BudgetEnforcer:
 
     def admit_local(self, call: CallInfo) -> Admission | None:
         """`admit` without any I/O when the lease covers the call; None when the store must be asked."""
-        pauses = self.cached_pauses()
-        if pauses is None:
-            return None
-        refused = self.pause_refusal(call, pauses)
-        if refused is not None:
-            return refused
+        if call.agent:  # only an agent can be paused: a call without one needs no pause list
+            pauses = self.cached_pauses()
+            if pauses is None:
+                return None
+            refused = self.pause_refusal(call, pauses)
+            if refused is not None:
+                return refused
         if call.local or call.backend == self.fallback or not self.budgets:
             return _ALLOWED
         try:

@@ -27,6 +27,7 @@ from .config import mask_url
 from .fanout import LiveHub
 from .live_follow import LedgerFollower
 from .otel import install_otel
+from .quota.probe import ProbeSession
 from .services import Services
 from .web.api import api_routes, install_error_handlers
 from .web.api_budget import _enforcer
@@ -146,6 +147,9 @@ def build_app(services: Services) -> Any:
     install_metrics(services, hub)  # before the proxy, which observes its overhead
     install_otel(services, hub)
     proxy = Proxy(services)
+    if services.probe_session is None:  # quota probes: one session, opened on the first probe
+        services.probe_session = ProbeSession()
+    probes = services.probe_session
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -155,6 +159,7 @@ def build_app(services: Services) -> Any:
             yield
         finally:
             await proxy.shutdown()
+            await probes.close()
             await asyncio.to_thread(close_report_pool, services)
             await asyncio.to_thread(services.ledger.flush)
             await asyncio.to_thread(close_live, services)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .fanout import LiveHub
     from .keys import KeyRing
     from .pricing.book import PriceBook
+    from .quota.probe import ProbeSession
 
 #: serves a call on a backend of another wire protocol: (proxy, request, backend, send) -> the event
 Translator = Callable[..., Awaitable["UsageEvent | None"]]
@@ -70,6 +71,8 @@ class Services:
     otel: Closable | None = None
     #: the dashboard's report pool (`llmbudget.web.reportpool.ReportPool`)
     report_pool: object | None = None
+    #: the server's one HTTP session for quota probes (`/api/quota/summary`), closed by the app's lifespan
+    probe_session: ProbeSession | None = None
 
     @classmethod
     def create(

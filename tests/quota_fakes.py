@@ -296,6 +296,8 @@ class FakeProviders:
     base: str
     #: (scenario, method, path suffix, request headers, json body)
     requests: list[tuple[str, str, str, dict[str, str], Any]] = field(default_factory=list)
+    #: the client's (host, port) of each request: one per TCP connection the client opened
+    peers: list[Any] = field(default_factory=list)
 
     def url(self, scenario: str) -> str:
         return f"{self.base}/{scenario}"
@@ -322,6 +324,7 @@ def fake_providers() -> Iterator[FakeProviders]:
         fake.requests.append(
             (scenario, request.method, request.match_info["rest"], dict(request.headers), body)
         )
+        fake.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         if scenario == "hang":
             await state["release"].wait()
             return web.Response(status=200)

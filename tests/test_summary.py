@@ -373,6 +373,10 @@ def test_quota_api(fake: FakeProviders, cfg_db: tuple[Path, str]) -> None:
             s = r.json()
             assert s["recommendation"] == "→ Current recommendation: use max-1 | avoid max-2"
             assert s["text"].endswith(s["recommendation"])
+            # probes go out on the server's one session: a second round opens none
+            again = client.get("/api/quota/summary?max_age=0s").json()
+            assert sorted(again["probed"]) == ["grok", "max-1", "max-2"]
+            assert services.probe_session is not None and services.probe_session.opened == 1
             latest = client.get("/api/quota").json()
             by = {b["backend"]: b for b in latest["backends"]}
             assert by["max-2"]["severity"] == "CRITICAL" and by["max-1"]["mark"] == "✓"

@@ -53,15 +53,47 @@ async def probe_account(account: ProviderConfig, session: aiohttp.ClientSession)
     return readings
 
 
+def new_session() -> aiohttp.ClientSession:
+    """An HTTP session for probes (on the running event loop): no connection limit, no proxy from the environment."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False)
+
+
+class ProbeSession:
+    """One probe session for a long-lived process (the server): opened on first use on the running
+    event loop, reused by every probe after it, closed by `close()` (the app's lifespan)."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: sessions opened so far (a new one only when the last was closed or its loop ended)
+        self.opened = 0
+
+    def get(self) -> aiohttp.ClientSession:
+        """The session, opened now when there is none on the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session, self._loop = new_session(), loop
+            self.opened += 1
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
 async def probe_all(
     accounts: Sequence[ProviderConfig], *, session: aiohttp.ClientSession | None = None
 ) -> list[QuotaReading]:
-    """Probe all accounts concurrently; results in the order of `accounts`."""
+    """Probe all accounts concurrently; results in the order of `accounts`.
+
+    On `session` when given (left open), else on a session of its own, closed before returning.
+    """
     if not accounts:
         return []
     own = session is None
     if session is None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False)
+        session = new_session()
     try:
         groups = await asyncio.gather(*(probe_account(a, session) for a in accounts))
     finally:

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from ..config import Config
 from ..errors import ConfigError, StorageError, ValidationError
 from ..money import format_exact, format_usd
@@ -165,10 +167,16 @@ async def build_summary_async(
     probe: bool = True,
     log_readings: bool = True,
     log_dir: Path | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> Summary:
-    """Reuse fresh readings, probe the configured accounts that have none, rank and recommend."""
+    """Reuse fresh readings, probe the configured accounts that have none, rank and recommend.
+
+    Probes go out on `session` when given (the server's, kept open), else on one of their own.
+    The ledger's blocking reads and writes run in a worker thread, so the caller's event loop
+    keeps serving meanwhile.
+    """
     now = now or datetime.now(UTC)
-    latest = stored_latest(ledger, log_dir)
+    latest = await asyncio.to_thread(stored_latest, ledger, log_dir)
     fresh = {name: r for name, r in latest.items() if now - r.timestamp <= max_age}
     if not cfg.providers and not fresh:
         # an empty block would read as "all fine" to an agent
@@ -180,15 +188,10 @@ async def build_summary_async(
         )
     configured = [p.name for p in cfg.providers]
     stale = [p for p in cfg.providers if p.name not in fresh]
-    probed: list[QuotaReading] = await probe_all(stale) if probe else []
+    probed: list[QuotaReading] = await probe_all(stale, session=session) if probe else []
     storage_errors: list[str] = []
-    for r in probed:
-        if log_readings:
-            try:
-                store_reading(ledger, r, log_dir=log_dir)
-            except (StorageError, OSError) as e:
-                storage_errors.append(f"{r.backend}: {e}")
-                log.info("quota reading not stored account=%s error=%s", r.backend, e)
+    if log_readings and probed:
+        storage_errors = await asyncio.to_thread(_store_readings, ledger, probed, log_dir)
     current: dict[str, QuotaReading | None] = {name: fresh.get(name) for name in configured}
     current.update({r.backend: r for r in probed})
     # backends seen only in real traffic (piggyback) join when their reading is fresh
@@ -205,6 +208,18 @@ async def build_summary_async(
         reused=[n for n in current if n in fresh],
         storage_errors=storage_errors,
     )
+
+
+def _store_readings(ledger: Any, readings: list[QuotaReading], log_dir: Path | None) -> list[str]:
+    """Store each probed reading; the ones that could not be stored, as `account: reason`."""
+    errors: list[str] = []
+    for r in readings:
+        try:
+            store_reading(ledger, r, log_dir=log_dir)
+        except (StorageError, OSError) as e:
+            errors.append(f"{r.backend}: {e}")
+            log.info("quota reading not stored account=%s error=%s", r.backend, e)
+    return errors
 
 
 def build_summary(cfg: Config, ledger: Any, **kw: Any) -> Summary:

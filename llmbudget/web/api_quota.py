@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -12,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from ..quota.probe import ProbeSession
 from ..quota.readings_log import latest_by_backend
 from ..quota.severity import WARN_AT, assess, overall
-from ..quota.summary import DEFAULT_MAX_AGE, build_summary, parse_max_age
+from ..quota.summary import DEFAULT_MAX_AGE, build_summary_async, parse_max_age
 from ..services import Services
 from .params import flag, query_params
 
@@ -42,13 +42,17 @@ def routes(services: Services) -> list[BaseRoute]:
             await run_in_threadpool(quota_latest, services.ledger, warn_at=services.config.quota.warn_at)
         )
 
+    if services.probe_session is None:  # routes served without the app (its lifespan closes it)
+        services.probe_session = ProbeSession()
+    probes = services.probe_session
+
     async def quota_summary(request: Request) -> JSONResponse:
         params = query_params(request, {"max_age", "probe"})
         age = parse_max_age(params["max_age"]) if params.get("max_age") else DEFAULT_MAX_AGE
         probe = flag(params, "probe", default=True)
-        # the ledger reads and writes are blocking: run the whole summary (probes too) off the event loop
-        s = await run_in_threadpool(
-            partial(build_summary, services.config, services.ledger, max_age=age, probe=probe)
+        # on the server's event loop and its one probe session; the ledger's steps go to a thread
+        s = await build_summary_async(
+            services.config, services.ledger, max_age=age, probe=probe, session=probes.get()
         )
         return JSONResponse(s.to_dict())
 

@@ -1107,9 +1107,17 @@ class Proxy:
             await asyncio.wrap_future(fut)
 
     def _settle_later(self, req: ProxyRequest, event: UsageEvent) -> None:
-        """After the answer went out: settle the budget reservation in the background."""
-        if req.admission is not None:
+        """After the answer went out: settle the budget reservation (in memory: no task needed)."""
+        if req.admission is None:
+            return
+        settle_sync = getattr(self.services.gate, "settle_sync", None)
+        if settle_sync is None:
             self._spawn(self._settle(req, event))
+            return
+        try:
+            settle_sync(req.admission, event)
+        except Exception:
+            log.exception("proxy_settle_failed id=%s", event.id)
 
     async def _settle(self, req: ProxyRequest, event: UsageEvent) -> None:
         gate = self.services.gate

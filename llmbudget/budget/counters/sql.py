@@ -57,6 +57,16 @@ _PENDING_UPSERT = (
 )
 
 
+#: `_PENDING_UPSERT` for PostgreSQL in one statement: arrays of event ids, counters, amounts, kept
+_PENDING_UPSERT_PG = (
+    "INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at) "
+    "SELECT u.e, u.k, u.a, u.kept, ? FROM unnest(?::text[], ?::text[], ?::bigint[], ?::bigint[]) "
+    "AS u(e, k, a, kept) "
+    "ON CONFLICT (event_id, counter) DO UPDATE SET amount = b.amount + excluded.amount, "
+    "kept = b.kept + excluded.kept, settled_at = excluded.settled_at"
+)
+
+
 class SQLConn:
     """One connection during one step: `?` placeholders on both dialects, rows as lists of tuples."""
 
@@ -299,10 +309,22 @@ class SQLCounters(CounterStore):
                 held.setdefault(key, [0, 0])[0] += amount
         for key in sorted(set(d_spent) | set(d_res)):
             self._bump(db, key, d_spent.get(key, 0), d_res.get(key, 0), now)
-        db.executemany(
-            _PENDING_UPSERT,
-            [(e, k, a, kept, now) for (e, k), (a, kept) in sorted(_pending_rows(spends).items())],
-        )
+        pending = sorted(_pending_rows(spends).items())
+        if pending and db.postgres:
+            # one statement for the whole batch (one row per event and counter, already summed):
+            # psycopg's executemany sends a statement per row
+            db.execute(
+                _PENDING_UPSERT_PG,
+                (
+                    now,
+                    [e for (e, _k), _v in pending],
+                    [k for (_e, k), _v in pending],
+                    [a for _ek, (a, _kept) in pending],
+                    [kept for _ek, (_a, kept) in pending],
+                ),
+            )
+        else:
+            db.executemany(_PENDING_UPSERT, [(e, k, a, kept, now) for (e, k), (a, kept) in pending])
         items = _lease_items(held, calls)
         if items:
             db.execute(

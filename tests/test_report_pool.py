@@ -169,6 +169,8 @@ def test_a_report_runs_in_a_worker_process_on_its_own_ledger_and_errors_come_bac
             pool.close()
         assert first["pid"] != os.getpid() and first["ledger_url"] == ledger.url and first["calls"] == 3
         assert second["pid"] == first["pid"] and second["tag"] == "b"  # the worker and its ledger stay
+        # a report only gets the CPU the proxy leaves: idle scheduling (Linux), and the lowest nice
+        assert first["policy"] == os.SCHED_IDLE and first["nice"] == 19
 
     try:
         asyncio.run(main())

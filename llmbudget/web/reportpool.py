@@ -42,7 +42,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 #: how much lower a report worker's CPU priority is than the server's (`nice`)
-WORKER_NICE = 10
+WORKER_NICE = 19
 
 #: the ledger a worker process opened in `_open_worker_ledger`
 _worker_ledger: Any = None
@@ -69,6 +69,12 @@ def _open_worker_ledger(url: str, options: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group; the server stops us
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)  # the proxy's process wins the CPU whenever both want it
+    idle = getattr(os, "SCHED_IDLE", None)
+    if idle is not None:
+        # Linux: run only when no other task wants the CPU, and yield at once when the proxy
+        # wakes (a nice level alone still lets a report hold a core for a scheduler slice)
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, idle, os.sched_param(0))
 
     # no audit log, no replay, a spool name of its own: the serving process owns every write
     opts = {**options, "audit": False, "replay_audit": False, "instance": f"report{os.getpid()}"}

@@ -10,7 +10,14 @@ from llmbudget.errors import ValidationError
 
 
 def whoami(ledger: Any, *, tag: str) -> dict[str, Any]:
-    return {"pid": os.getpid(), "tag": tag, "ledger_url": ledger.url, "calls": len(ledger.query(limit=100))}
+    return {
+        "pid": os.getpid(),
+        "tag": tag,
+        "ledger_url": ledger.url,
+        "calls": len(ledger.query(limit=100)),
+        "policy": os.sched_getscheduler(0),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+    }
 
 
 def refuse(ledger: Any) -> dict[str, Any]:

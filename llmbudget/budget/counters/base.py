@@ -389,6 +389,15 @@ _LEDGERED_PRICED = (
 _PRUNE_OLD_SQL = "DELETE FROM budget_pending WHERE settled_at < ?"
 
 
+def _refusal_at(charges: Sequence[Charge], answer: Sequence[Any]) -> Refusal | None:
+    """A store's (index, spent, reserved) answer as a Refusal: index 0 is none refused, else the 1-based charge."""
+    idx, spent, reserved = (int(x) for x in answer)
+    if idx == 0:
+        return None
+    c = charges[idx - 1]
+    return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
+
+
 def _checked(spent: Any, un: Any, kept: Any, before: Any) -> Reconciled:
     """A `check` result: the ledger's part, pending, kept, and the counter's spent (None: no counter yet)."""
     after = int(spent) + int(un) + int(kept)

@@ -12,7 +12,7 @@ from typing import Any
 from ...errors import StorageError
 from ...store.migrations import apply_migrations
 from ..seed import SeedSpec
-from .base import Charge, Refusal, _all_keys, _guard, _guard_all, _items, _merge
+from .base import Charge, Refusal, _all_keys, _guard, _guard_all, _items, _merge, _refusal_at
 from .sql import SQLConn, SQLCounters
 
 
@@ -155,11 +155,7 @@ class PostgresCounters(SQLCounters):
                     ttl_s,
                 ),
             )[0]
-        idx, spent, reserved = (int(x) for x in row[0])
-        if idx == 0:
-            return None
-        c = charges[idx - 1]
-        return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
+        return _refusal_at(charges, row[0])
 
     def settle(
         self,

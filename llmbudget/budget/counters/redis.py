@@ -25,6 +25,7 @@ from .base import (
     _items,
     _lease_keys,
     _merge,
+    _refusal_at,
 )
 
 log = logging.getLogger("llmbudget.budget")
@@ -148,11 +149,7 @@ class RedisCounters(CounterStore):
             ]
         )
         self._remember(fresh)
-        idx, spent, reserved = (int(x) for x in res)
-        if idx == 0:
-            return None
-        c = charges[idx - 1]
-        return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
+        return _refusal_at(charges, res)
 
     def settle(
         self,

@@ -188,6 +188,7 @@ class LiveHub:
         self._local: list[Callable[[list[UsageEvent]], None]] = []
         self._followers: list[Callable[[], list[UsageEvent]]] = []
         self._next_follow = 0.0
+        self._follow_idle = True
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._redis: Any = None
@@ -310,13 +311,19 @@ class LiveHub:
 
     def _follow(self) -> None:
         self._next_follow = time.monotonic() + FOLLOW_S
+        if not self._subs:  # nobody watching: no reads; what is recorded meanwhile is not news
+            self._follow_idle = True
+            return
         others: list[UsageEvent] = []
         for fn in self._followers:
             try:
                 others.extend(fn())
             except Exception as e:  # the database briefly unavailable: the next turn catches up
                 log.warning("live_follow_failed error=%s", type(e).__name__)
-        if others and self._subs:
+        if self._follow_idle:  # the first look since a page opened only learns what is there
+            self._follow_idle = False
+            return
+        if others:
             self._deliver([increment(e, self.replica) for e in others])
 
     def _listen(self) -> None:

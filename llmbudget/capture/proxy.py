@@ -1048,6 +1048,16 @@ class Proxy:
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, []
+        try:
+            self._flush(batch)
+        finally:  # whatever happened, no call waits forever for its event
+            for _, _, _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _flush(
+        self, batch: list[tuple[ProxyRequest, str, dict[str, Any], asyncio.Future[UsageEvent | None]]]
+    ) -> None:
         events = [
             self._record(req, target, interrupted=False, defer=True, **kw) for req, target, kw, _ in batch
         ]

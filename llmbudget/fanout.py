@@ -63,9 +63,13 @@ class LiveItem(dict[str, Any]):
         self.frame = _encode_frame(item)
 
 
+def frame(kind: str, payload: Any) -> str:
+    """One server-sent event: `event: kind` and the payload as compact JSON."""
+    return f"event: {kind}\ndata: {orjson.dumps(payload, default=str).decode()}\n\n"
+
+
 def _encode_frame(item: dict[str, Any]) -> str:
-    data = orjson.dumps(item, default=str).decode()  # compact, as json.dumps with (",", ":")
-    return f"event: {item.get('type', 'usage')}\ndata: {data}\n\n"
+    return frame(str(item.get("type", "usage")), item)
 
 
 def sse_frame(item: dict[str, Any]) -> str:

@@ -13,21 +13,20 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
-from .events import SOURCES, UsageEvent, utcnow
+from .events import UsageEvent, utcnow
+from .store.base import Ledger
 
-#: the sources of events that never pass through a server's own record path
-OTHER_SOURCES = tuple(sorted(SOURCES - {"proxy"}))
 #: ids remembered as handed out (the oldest are forgotten first)
 SEEN_MAX = 100_000
 
 
 class LedgerFollower:
-    """`poll()` returns the events of OTHER_SOURCES not returned before, oldest first."""
+    """`poll()` returns the events not recorded by a proxy (`Ledger.recorded_elsewhere`) that it did
+    not return before, oldest first."""
 
     def __init__(
-        self, ledger: Any, *, window_s: float = 900.0, clock: Callable[[], datetime] = utcnow
+        self, ledger: Ledger, *, window_s: float = 900.0, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self.ledger = ledger
         self.window = timedelta(seconds=window_s)
@@ -36,16 +35,7 @@ class LedgerFollower:
         self._primed = False
 
     def poll(self) -> list[UsageEvent]:
-        since = self.clock() - self.window
-        elsewhere = getattr(self.ledger, "recorded_elsewhere", None)
-        if elsewhere is not None:  # one read of a partial index that holds no proxy call
-            found: list[UsageEvent] = elsewhere(since)
-        else:
-            found = []
-            for source in OTHER_SOURCES:
-                found.extend(
-                    self.ledger.query(since=since, filters={"source": source}, limit=5000, newest_first=True)
-                )
+        found = self.ledger.recorded_elsewhere(self.clock() - self.window)
         seen = self._seen
         fresh = [e for e in found if e.id not in seen]
         for e in fresh:

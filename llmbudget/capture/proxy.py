@@ -1063,13 +1063,8 @@ class Proxy:
         ]
         kept = [e for e in events if e is not None]
         if kept:
-            record_batch = getattr(self.services.ledger, "record_batch", None)
             try:
-                if record_batch is not None:
-                    record_batch(kept)
-                else:
-                    for e in kept:
-                        self.services.ledger.record(e)
+                self.services.ledger.record_batch(kept)
             except Exception:
                 log.exception("proxy_record_failed batch=%d", len(kept))
         for (_, _, _, fut), event in zip(batch, events, strict=True):

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .. import attribution_table
-from ..events import UsageEvent
+from ..events import SOURCES, UsageEvent
 from ..money import decimal_str, from_nano
 
 #: report dimensions accepted by `costs(by=...)` (CLI spelling `task-type` maps to `task_type`):
@@ -137,6 +137,12 @@ class Ledger(ABC):
     def record(self, event: UsageEvent) -> None:
         """Accept an event: buffered, written in the next batch, appended to the audit log. Never blocks on I/O."""
 
+    def record_batch(self, events: list[UsageEvent]) -> None:
+        """`record()` for events accepted together: their audit lines in one write where the
+        ledger has an audit log."""
+        for event in events:
+            self.record(event)
+
     @abstractmethod
     def record_many(self, events: Iterable[UsageEvent]) -> int:
         """Write events now (synchronously, in batches); returns how many were new (idempotent on `id`)."""
@@ -154,6 +160,14 @@ class Ledger(ABC):
         """Re-price events: (id, cost_nano or None, price_status); rollups are adjusted. Returns rows changed."""
 
     # ------------------------------------------------------------------ reads
+    def recorded_elsewhere(self, since: datetime, limit: int = 5000) -> list[UsageEvent]:
+        """Events at or after `since` that did not come through a proxy (imports, `wrap()`), newest
+        first (a running server's live pages show them)."""
+        found: list[UsageEvent] = []
+        for source in sorted(SOURCES - {"proxy"}):
+            found += self.query(since=since, filters={"source": source}, limit=limit)
+        return sorted(found, key=lambda e: (e.timestamp, e.id), reverse=True)[:limit]
+
     @abstractmethod
     def get(self, event_id: str) -> UsageEvent | None:
         """One event by id."""

@@ -163,25 +163,21 @@ class AuditLog:
         """The event's line as written here (with the ledger tag and newline)."""
         return event_line(ev)[:-1] + self._tail
 
-    def write(self, ev: UsageEvent) -> None:
-        """Write one event's line (one `write` call; no fsync here, see `wait_synced`)."""
-        self._write((event_line(ev)[:-1] + self._tail).encode("utf-8", "backslashreplace"))
-
     def write_many(self, events: list[UsageEvent]) -> None:
-        """Write several events' lines with one `write` (no fsync here, see `wait_synced`)."""
+        """Write events' lines, one each, with one `write` (no fsync here, see `wait_synced`)."""
         tail = self._tail
         self._write("".join([event_line(e)[:-1] + tail for e in events]).encode("utf-8", "backslashreplace"))
 
     def append(self, events: Iterable[UsageEvent]) -> int:
-        """Write events, one line each, in one `write`; returns how many were written."""
-        tail = self._tail
-        lines = [event_line(e)[:-1] + tail for e in events]
-        if not lines:
+        """Write events, one line each, in one `write`, and wait for their fsync when configured;
+        returns how many were written."""
+        batch = list(events)
+        if not batch:
             return 0
-        self._write("".join(lines).encode("utf-8", "backslashreplace"))
+        self.write_many(batch)
         if self.fsync:
             self.wait_synced()
-        return len(lines)
+        return len(batch)
 
     def _write(self, data: bytes) -> None:
         fd = self._fd

@@ -405,29 +405,19 @@ class SQLLedger(Ledger, AuditReplay):
 
     # ------------------------------------------------------------------ writes
     def record(self, event: UsageEvent) -> None:
+        self.record_batch([event])
+
+    def record_batch(self, events: list[UsageEvent]) -> None:
         if self._closed:
             raise StorageError(f"the ledger at {self._masked()} is closed")
-        if not isinstance(event, UsageEvent):
-            raise ValidationError("event", f"must be a UsageEvent, got {type(event).__name__}")
+        for event in events:
+            if not isinstance(event, UsageEvent):
+                raise ValidationError("event", f"must be a UsageEvent, got {type(event).__name__}")
         audit = self._audit
         if audit is not None:
             try:  # the write-ahead record: on disk (page cache) before the caller answers anyone
-                audit.write(event)
-            except OSError as e:  # the database write below still happens; never lose the event
-                log.error("audit_log_write_failed path=%s error=%s", self.audit_path, e)
-        self._writer.submit(event)
-        for fn in self.on_record:
-            fn(event)
-
-    def record_batch(self, events: list[UsageEvent]) -> None:
-        """`record()` for several events: their audit lines in one write, then the writer."""
-        if self._closed:
-            raise StorageError(f"the ledger at {self._masked()} is closed")
-        audit = self._audit
-        if audit is not None:
-            try:
                 audit.write_many(events)
-            except OSError as e:
+            except OSError as e:  # the database write below still happens; never lose the event
                 log.error("audit_log_write_failed path=%s error=%s", self.audit_path, e)
         submit = self._writer.submit
         hooks = self.on_record
@@ -756,8 +746,7 @@ class SQLLedger(Ledger, AuditReplay):
             return out
 
     def recorded_elsewhere(self, since: datetime, limit: int = 5000) -> list[UsageEvent]:
-        """Events at or after `since` that did not come through a proxy (imports, `wrap()`), newest
-        first: one read of the partial index `events_not_proxy_ts`, whatever the proxy's traffic."""
+        """One read of the partial index `events_not_proxy_ts`, whatever the proxy's traffic."""
         cols = ", ".join(EVENT_COLUMNS)
         sql = (
             f"SELECT {cols} FROM events WHERE source <> 'proxy' AND ts_us >= ? "

@@ -13,16 +13,14 @@ A comment line is sent every 15 seconds so proxies keep the connection open. The
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..errors import LLMBudgetError
-from ..fanout import batch_text
+from ..fanout import batch_text, frame
 from ..services import Services
 from .params import query_params
 
@@ -32,10 +30,6 @@ HEARTBEAT_S = 15.0
 class LiveUnavailable(LLMBudgetError):
     code = "live_unavailable"
     http_status = 503
-
-
-def _frame(kind: str, payload: Any) -> str:
-    return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 def routes(services: Services) -> list[BaseRoute]:
@@ -50,9 +44,7 @@ def routes(services: Services) -> list[BaseRoute]:
 
         async def stream() -> AsyncIterator[str]:
             try:
-                yield "retry: 1000\n" + _frame(
-                    "hello", {"replica": hub.replica, "redis": bool(hub.redis_url)}
-                )
+                yield "retry: 1000\n" + frame("hello", {"replica": hub.replica, "redis": bool(hub.redis_url)})
                 while True:
                     batches = await sub.batches(HEARTBEAT_S)
                     if not batches:

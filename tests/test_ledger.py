@@ -111,6 +111,22 @@ def test_same_id_twice_in_one_batch_is_stored_once(ledger: Ledger, ledger_url: s
     assert total.calls == 1
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 21, 256, 341, 600])
+def test_a_batch_of_any_size_is_stored_whole_and_every_field_survives(ledger: Ledger, n: int) -> None:
+    # batches go in as multi-row statements of fixed sizes: every size must come out exactly
+    events = [ev(i / 10, agent=f"a{i % 7}", session=f"s{i % 5}", input_tokens=i + 1) for i in range(n)]
+    assert ledger.record_many(events) == n
+    half = [*events[: n // 2], ev(999, input_tokens=7)]  # mostly stored already: only one is new
+    assert ledger.record_many(half) == 1
+    stored = {e.id: e for e in ledger.query(limit=n + 10)}
+    assert len(stored) == n + 1
+    for e in events:
+        assert stored[e.id].input_tokens == e.input_tokens and stored[e.id].agent == e.agent
+    (total,) = ledger.costs(since=None, until=None)
+    assert total.calls == n + 1
+    assert total.input_tokens == n * (n + 1) // 2 + 7
+
+
 def test_record_queues_and_flush_makes_durable(ledger_url: str) -> None:
     led = open_ledger(ledger_url, batch_size=7, flush_interval_s=10)  # only size or flush() writes
     events = [ev(i) for i in range(30)]

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .access import AccessGuard, AccessPolicy
+from .access.guard import AccessGuard
+from .access.policy import AccessPolicy
 from .budget import install as install_budgets
 from .budget.thresholds import ThresholdWatch
 from .capture.errors import error_bytes, guess_protocol

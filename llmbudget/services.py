@@ -32,7 +32,7 @@ Translator = Callable[..., Awaitable["UsageEvent | None"]]
 
 
 class AccessRules(Protocol):
-    """What the proxy asks of the access policy (`llmbudget.access.AccessPolicy`)."""
+    """What the proxy asks of the access policy (`llmbudget.access.policy.AccessPolicy`)."""
 
     @property
     def relay_open(self) -> bool: ...

@@ -19,14 +19,8 @@ from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 from starlette.testclient import TestClient
 
-from llmbudget.access import (
-    COOKIE_NAME,
-    AccessPolicy,
-    LoginLimiter,
-    check_server_access,
-    client_address,
-    host_name,
-)
+from llmbudget.access.login import LoginLimiter, client_address
+from llmbudget.access.policy import COOKIE_NAME, AccessPolicy, check_server_access, host_name
 from llmbudget.app import build_app
 from llmbudget.config import Config
 from llmbudget.errors import ConfigError

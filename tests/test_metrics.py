@@ -18,7 +18,7 @@ from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmbudget.access import AccessPolicy
+from llmbudget.access.policy import AccessPolicy
 from llmbudget.config import Config
 
 TOKEN = "adm-metrics-0123456789abcdef"

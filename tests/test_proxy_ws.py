@@ -321,7 +321,7 @@ def test_budget_refuses_mid_connection_then_the_upgrade(fake: FakeWebSocketUpstr
 def test_virtual_key_on_an_exposed_server(
     fake: FakeWebSocketUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmbudget.access import AccessPolicy
+    from llmbudget.access.policy import AccessPolicy
     from llmbudget.keys import make_key
     from llmbudget.store.keys import KeyStore
 

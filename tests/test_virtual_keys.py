@@ -21,7 +21,7 @@ from fakes import upstream as fx
 from fakes.servers import RunningProxy, running_proxy
 from fakes.upstream import FakeUpstream
 
-from llmbudget.access import AccessPolicy
+from llmbudget.access.policy import AccessPolicy
 from llmbudget.cli import main
 from llmbudget.config import Config
 from llmbudget.errors import NotFound, ValidationError

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import logsafe
-from ..access import check_server_access, is_loopback  # noqa: F401  (is_loopback: re-exported)
+from ..access.policy import check_server_access, is_loopback  # noqa: F401  (is_loopback: re-exported)
 from ..errors import LLMBudgetError, ValidationError
 from ..services import Services
 from . import common

@@ -280,7 +280,8 @@ async def open_streams(session: Any, url: str, n: int, pid: int) -> float:
 
 
 async def _dashboard(session: Any, base: str, counts: dict[str, int]) -> None:
-    """One open dashboard: the live stream read to the end, `/api/overview` re-read on each resync."""
+    """One open dashboard: the live stream read to the end and every frame parsed as the page
+    does, the calls the increments cover counted, `/api/overview` re-read on each resync."""
     async with session.get(base + "/api/live", timeout=None) as r:
         event = ""
         async for raw in r.content:
@@ -289,6 +290,9 @@ async def _dashboard(session: Any, base: str, counts: dict[str, int]) -> None:
                 event = line[6:].strip()
             elif line.startswith("data:"):
                 counts[event] = counts.get(event, 0) + 1
+                data = json.loads(line[5:])
+                if event == "usage":
+                    counts["calls"] = counts.get("calls", 0) + int(data.get("calls", 1))
                 if event == "resync":
                     async with session.get(base + "/api/overview") as o:
                         await o.read()
@@ -333,9 +337,15 @@ async def measure(
         targets = {**targets, "llmbudget_dashboards": targets["llmbudget"]}
         pids = {**pids, "llmbudget_dashboards": pids["llmbudget"]}
 
-    async def measured(session: Any, name: str, url: str, c: int) -> tuple[list[float], float]:
+    async def loaded(session: Any, name: str, url: str, c: int) -> tuple[list[float], float, float]:
+        """The load's latencies and requests/s, and the serving process's CPU seconds during it."""
+        before = cpu_s(pids[name])
+        values, r = await load(session, url, CHAT_BODY, c, seconds)
+        return values, r, cpu_s(pids[name]) - before
+
+    async def measured(session: Any, name: str, url: str, c: int) -> tuple[list[float], float, float]:
         if name != "llmbudget_dashboards":
-            return await load(session, url, CHAT_BODY, c, seconds)
+            return await loaded(session, name, url, c)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             pages = subprocess.Popen(
                 [
@@ -344,8 +354,8 @@ async def measure(
                 ]
             )
             await asyncio.sleep(1.0)  # every stream open before the load starts
-            try:
-                return await load(session, url, CHAT_BODY, c, seconds)
+            try:  # CPU counted from here: what the open pages cost while calls are made
+                return await loaded(session, name, url, c)
             finally:
                 pages.terminate()
                 pages.wait(30)
@@ -362,9 +372,8 @@ async def measure(
             cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(rounds):  # interleaved rounds: drift on a shared machine hits all alike
                 for name, url in targets.items():
-                    before = cpu_s(pids[name])
-                    values, r = await measured(session, name, url, c)
-                    cpu[name] += cpu_s(pids[name]) - before
+                    values, r, used = await measured(session, name, url, c)
+                    cpu[name] += used
                     lat[name].extend(values)
                     rps[name].append(r)
             row: dict[str, Any] = {}

@@ -3,8 +3,9 @@
 `publish()` is what the ledger's record path calls: an append to a deque (well under a
 microsecond), never I/O, never a lock, never a thread woken, so the proxy is never slowed by
 dashboards. One background thread drains the deque every `DISPATCH_S` (a tenth of a second: waking
-it for each event cost the proxy a GIL hand-off per call), turns events into small increments
-(agent, session, tokens, cost, model, ...) and either
+it for each event cost the proxy a GIL hand-off per call), turns the events of one dispatch into
+small increments (agent, session, tokens, cost, model, ...), one per agent, session, model and
+status however many calls it sums (`increments()`), and either
 
 - hands them to this process's subscribers (no Redis), or
 - publishes them on a Redis channel (`live.redis_url`, else `budgets.redis_url`); a second
@@ -79,7 +80,7 @@ def sse_frame(item: dict[str, Any]) -> str:
 
 
 def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
-    """The small JSON-ready increment a page applies for one event."""
+    """The small JSON-ready increment a page applies for one event (`calls` is 1)."""
     nano = ev.cost_nano
     return {
         "type": "usage",
@@ -92,6 +93,7 @@ def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
         "model": ev.model,
         "tier": ev.tier,
         "status": ev.status,
+        "calls": 1,
         "input_tokens": ev.input_tokens,
         "output_tokens": ev.output_tokens,
         "cached_input_tokens": ev.cached_input_tokens,
@@ -100,6 +102,55 @@ def increment(ev: UsageEvent, replica: str) -> dict[str, Any]:
         "cost_usd": None if nano is None else decimal_str(from_nano(nano)),
         "replica": replica,
     }
+
+
+#: per-call costs a coalesced increment carries for the cards' "last 10 requests" trend
+RECENT_COSTS = 10
+
+
+def increments(events: list[UsageEvent], replica: str) -> list[dict[str, Any]]:
+    """The increments a page applies for one dispatch's events: one per (agent, session, backend,
+    provider, model, tier, status), however many calls it sums.
+
+    An increment for one call is `increment()`'s. For several, the counts and tokens are summed,
+    `calls` says how many, `cost_nano` sums the priced ones (None when none was priced),
+    `recent_costs` holds the last `RECENT_COSTS` priced calls' costs in order, and `id`/`ts` are the
+    latest call's. A page applies it exactly as it would apply each call: totals, cards and budget
+    bars come out the same, while a stream at thousands of calls a second stays a few small frames
+    per dispatch for every open page (and for the browser that parses them).
+    """
+    groups: dict[tuple[Any, ...], list[UsageEvent]] = {}
+    for ev in events:
+        key = (ev.agent, ev.session, ev.backend, ev.provider, ev.model, ev.tier, ev.status)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [ev]
+        else:
+            group.append(ev)
+    if len(groups) == len(events):
+        return [increment(ev, replica) for ev in events]
+    # in the order of each group's latest call, so a card ends on the session that came last
+    order = {id(ev): i for i, ev in enumerate(events)}
+    out: list[dict[str, Any]] = []
+    for group in sorted(groups.values(), key=lambda g: order[id(g[-1])]):
+        inc = increment(group[-1], replica)
+        if len(group) > 1:
+            known = [c for c in (ev.cost_nano for ev in group) if c is not None]
+            nano = sum(known) if known else None
+            inp = sum(ev.input_tokens for ev in group)
+            outp = sum(ev.output_tokens for ev in group)
+            inc.update(
+                calls=len(group),
+                input_tokens=inp,
+                output_tokens=outp,
+                cached_input_tokens=sum(ev.cached_input_tokens for ev in group),
+                tokens=inp + outp,
+                cost_nano=nano,
+                cost_usd=None if nano is None else decimal_str(from_nano(nano)),
+                recent_costs=known[-RECENT_COSTS:],
+            )
+        out.append(inc)
+    return out
 
 
 _RESYNC = {"type": "resync", "reason": "slow client: increments dropped"}
@@ -302,7 +353,8 @@ class LiveHub:
                         log.exception("live_local_listener_failed")
             if self._redis is None and not self._subs:
                 continue  # nobody is watching: the increments would go nowhere
-            items = [increment(x, self.replica) if isinstance(x, UsageEvent) else x for x in batch]
+            # one increment per agent/session/model/... of this dispatch, then the notices
+            items = increments(events, self.replica) + [x for x in batch if not isinstance(x, UsageEvent)]
             self.published += len(items)
             if self._redis is not None:
                 try:
@@ -328,7 +380,7 @@ class LiveHub:
             self._follow_idle = False
             return
         if others:
-            self._deliver([increment(e, self.replica) for e in others])
+            self._deliver(increments(others, self.replica))
 
     def _listen(self) -> None:
         while not self._stop.is_set():

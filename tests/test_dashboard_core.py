@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbudget.agentstats import avg_cost, cost_level, runaway, trend
 from llmbudget.alerts import Notifier
 from llmbudget.budget.forecast import month_bounds, month_end_projection, run_out
 from llmbudget.budget.thresholds import ThresholdWatch, applicable
 from llmbudget.events import UsageEvent
-from llmbudget.fanout import LiveHub
+from llmbudget.fanout import RECENT_COSTS, LiveHub, increment, increments
 from llmbudget.store import open_ledger
 from llmbudget.store.dashboard import Threshold, set_threshold
 
@@ -288,3 +290,97 @@ def test_first_day_of_use_projects_from_todays_burn(tmp_path: Path) -> None:
         assert Decimal(f["per_day_usd"]) == 2
     finally:
         ledger.close()
+
+
+_calls = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", None]),  # agent
+        st.sampled_from(["s1", "s2"]),  # session
+        st.sampled_from(["gpt-4o-mini", "gpt-4o"]),  # model
+        st.one_of(st.none(), st.integers(0, 10**12)),  # cost in nano-dollars (None: unpriced)
+        st.integers(0, 10**6),  # input tokens
+        st.integers(0, 10**5),  # output tokens
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_calls)
+def test_coalesced_increments_add_up_to_the_calls_they_cover(calls: list[tuple[Any, ...]]) -> None:
+    events = [
+        UsageEvent(
+            timestamp=T0 + timedelta(seconds=i),
+            backend="openai",
+            provider="openai",
+            model=model,
+            input_tokens=inp,
+            output_tokens=out,
+            cost_usd=None if nano is None else Decimal(nano) / NANO,
+            price_status="unpriced" if nano is None else "priced",
+            agent=agent,
+            session=session,
+        )
+        for i, (agent, session, model, nano, inp, out) in enumerate(calls)
+    ]
+    got = increments(events, "r1")
+    one_each = [increment(e, "r1") for e in events]
+
+    def totals(incs: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[int]]:
+        out: dict[tuple[Any, ...], list[int]] = {}
+        for x in incs:
+            acc = out.setdefault((x["agent"], x["session"], x["model"]), [0, 0, 0, 0, 0])
+            acc[0] += x["calls"]
+            acc[1] += x["tokens"]
+            acc[2] += x["input_tokens"]
+            acc[3] += x["cost_nano"] or 0
+            acc[4] += x["cost_nano"] is not None
+        return out
+
+    # what a page sums (calls, tokens, cost per agent/session/model) is exactly the per-call sum
+    want, have = totals(one_each), totals(got)
+    assert {k: v[:4] for k, v in have.items()} == {k: v[:4] for k, v in want.items()}
+    assert len(got) == len(have)  # one increment per group
+    for x in got:
+        group = [e for e in events if (e.agent, e.session, e.model) == (x["agent"], x["session"], x["model"])]
+        assert x["id"] == group[-1].id and x["calls"] == len(group)  # the latest call's id and time
+        known = [e.cost_nano for e in group if e.cost_nano is not None]
+        assert x["cost_nano"] == (sum(known) if known else None)
+        if x["calls"] > 1:  # the cards' trend still sees each call's own cost, in order
+            assert x["recent_costs"] == known[-RECENT_COSTS:]
+            assert (x["cost_usd"] is None) == (not known)
+            assert not known or Decimal(x["cost_usd"]) == Decimal(sum(known)) / NANO
+    # groups come in the order of their latest call: a card ends on the session that came last
+    order = [max(i for i, e in enumerate(events) if e.id in {x["id"]}) for x in got]
+    assert order == sorted(order)
+
+
+def test_a_burst_reaches_a_page_as_one_increment_per_agent() -> None:
+    hub = LiveHub().start()
+    burst = [_ev("burst", "s", "0.001") for _ in range(500)] + [_ev("other", "s", "0.002")]
+
+    async def main() -> list[dict[str, Any]]:
+        sub = hub.subscribe()
+        try:
+            await asyncio.sleep(0.05)
+            for e in burst:
+                hub.publish(e)
+            got: list[dict[str, Any]] = []
+            while sum(x.get("calls", 0) for x in got) < len(burst):
+                more = await sub.get(2)
+                assert more, "the burst did not arrive"
+                got.extend(more)
+            return got
+        finally:
+            sub.close()
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        hub.close()
+    assert len(got) <= 4  # one per agent per dispatch (the burst may straddle two dispatches)
+    by_agent: dict[str, int] = {}
+    for x in got:
+        by_agent[x["agent"]] = by_agent.get(x["agent"], 0) + x["calls"]
+    assert by_agent == {"burst": 500, "other": 1}
+    assert sum(x["cost_nano"] for x in got) == 500 * 1_000_000 + 2_000_000

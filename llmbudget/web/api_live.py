@@ -3,7 +3,10 @@
 Events on the stream:
 
     event: hello     {"replica": "...", "redis": true}          once, on connect
-    event: usage     {"agent", "session", "tokens", "cost_usd", "cost_nano", "model", "backend", ...}
+    event: usage     {"agent", "session", "calls", "tokens", "cost_usd", "cost_nano", "model", ...}
+                     the calls of one dispatch (a tenth of a second) with the same agent, session,
+                     backend, provider, model, tier and status, summed; `calls` says how many,
+                     `recent_costs` their last 10 costs when more than one
     event: notice    a notification (`/api/notifications` shape)
     event: resync    {"reason": ...}: increments were dropped (slow client); re-read the totals once
 

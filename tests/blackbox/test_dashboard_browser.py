@@ -12,6 +12,7 @@ import io
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -135,6 +136,15 @@ def test_dashboard_live_threshold_pause_and_csv(page: Page, fake: FakeUpstream, 
         expect(page.locator('article.card[data-agent="coder"] [data-f="tokens"]')).to_have_text(
             "3,000", timeout=3000
         )
+        # a concurrent burst reaches the page summed (one increment per agent per dispatch): the
+        # totals and the card still count every call exactly once
+        calls_before = int(page.locator("#today-calls").inner_text().replace(",", ""))
+        with _sdk(base, "coder", "sess-coder") as c, ThreadPoolExecutor(10) as pool:
+            list(pool.map(lambda _: _chat(c), range(30)))
+        expect(page.locator('article.card[data-agent="coder"] [data-f="tokens"]')).to_have_text(
+            "48,000", timeout=3000
+        )
+        expect(page.locator("#today-calls")).to_have_text(f"{calls_before + 30:,}", timeout=3000)
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
         # edit a threshold in the Budgets page; the next call crosses it and the notice appears live

@@ -144,7 +144,9 @@
     }
     st.tokens += inc.tokens;
     st.cost += inc.cost_nano || 0;
-    if (inc.cost_nano !== null) st.recent.push(inc.cost_nano);
+    // an increment may sum several calls (`calls`): their own costs come in `recent_costs`
+    const costs = inc.recent_costs || (inc.cost_nano !== null ? [inc.cost_nano] : []);
+    for (const c of costs) st.recent.push(c);
     st.recent = st.recent.slice(-10);
     const ts = Date.parse(inc.ts) * 1000;
     st.spend.unshift([ts, inc.cost_nano || 0]);
@@ -172,8 +174,8 @@
     addTo("today-cost", c, money);
     addTo("month-cost", c, money);
     addTo("projected", c, money); // the projection is this month's spend plus the rate's share: it moves with it
-    addTo("today-calls", 1, num);
-    addTo("month-calls", 1, num);
+    addTo("today-calls", inc.calls || 1, num);
+    addTo("month-calls", inc.calls || 1, num);
     addTo("today-tokens", inc.tokens, num);
     for (const b of document.querySelectorAll(".budget")) {
       const scope = b.dataset.scope, value = b.dataset.value;
@@ -247,7 +249,6 @@
       const inc = JSON.parse(ev.data);
       applyToTotals(inc);
       applyToCard(inc);
-      document.dispatchEvent(new CustomEvent("llmbudget:usage", { detail: inc }));
     });
     es.addEventListener("notice", (ev) => applyNotice(JSON.parse(ev.data)));
     es.addEventListener("resync", () => resync());

@@ -48,7 +48,7 @@ PriceFn = Callable[..., Decimal | None]
 def context_window(model: str, provider: str | None) -> int | None:
     """The model's context window from genai-prices' bundled data, None when unknown."""
     try:
-        from genai_prices import data_snapshot  # heavy (see pricing.book._genai): on first use
+        from genai_prices import data_snapshot  # heavy (see pricing.genai): on first use
 
         snap = data_snapshot.get_snapshot()
         for pid in (provider, None) if provider else (None,):

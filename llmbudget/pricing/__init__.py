@@ -1,13 +1,12 @@
 """The price book: genai-prices underneath, user overrides (exact, regex, dated), unpriced state.
 
-`normalize` turns each provider's usage report into one `TokenUsage`; `book` prices it.
+`normalize` turns each provider's usage report into one `TokenUsage`; `book` prices it. Importing
+this package stays cheap: genai-prices' data is loaded on the first lookup, not here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from . import book
+from .book import PriceBook, context_window, estimate_cost
 from .normalize import (
     TokenUsage,
     anthropic_usage,
@@ -16,6 +15,8 @@ from .normalize import (
     openai_embeddings_usage,
     openai_responses_usage,
 )
+from .providers import provider_for
+from .results import PriceInfo, PriceResult
 
 __all__ = [
     "PriceBook",
@@ -31,17 +32,3 @@ __all__ = [
     "openai_responses_usage",
     "provider_for",
 ]
-
-if TYPE_CHECKING:
-    from .book import PriceBook, PriceInfo, PriceResult, context_window, estimate_cost, provider_for
-
-_BOOK = {"PriceBook", "PriceInfo", "PriceResult", "context_window", "estimate_cost", "provider_for"}
-
-
-def __getattr__(name: str) -> Any:
-    # the book imports genai-prices' data (~0.3 s); keep `import llmbudget.pricing` cheap for normalize users
-    if name in _BOOK:
-        value = getattr(book, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'llmbudget.pricing' has no attribute {name!r}")

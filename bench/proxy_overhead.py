@@ -311,6 +311,9 @@ def run_dashboards(base: str, n: int, out: str) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         async with aiohttp.ClientSession() as session:
             readers = [asyncio.create_task(_dashboard(session, base, counts)) for _ in range(n)]
+            while counts.get("hello", 0) < n:  # every page has its stream open
+                await asyncio.sleep(0.01)
+            Path(out + ".ready").touch()
             await stop.wait()
             for t in readers:
                 t.cancel()
@@ -353,7 +356,12 @@ async def measure(
                     *("--port", str(dashboards), "--out", out.name),
                 ]
             )
-            await asyncio.sleep(1.0)  # every stream open before the load starts
+            ready = Path(out.name + ".ready")
+            deadline = time.monotonic() + 60
+            while not ready.exists() and time.monotonic() < deadline:  # every page open first
+                await asyncio.sleep(0.05)
+            ready.unlink(missing_ok=True)
+            await asyncio.sleep(0.5)  # the pages' process settled (it started just now)
             try:  # CPU counted from here: what the open pages cost while calls are made
                 return await loaded(session, name, url, c)
             finally:

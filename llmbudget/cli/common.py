@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -17,7 +18,7 @@ from .. import export
 from ..budget import reconcile_after_write
 from ..config import Config, default_db_url, load_config, resolve_db_url
 from ..errors import StorageError, ValidationError
-from ..store import ledger_options, open_ledger
+from ..store import Ledger, ledger_options, open_ledger
 
 # The SQLite back-end and rich's progress bar are imported where used: `llmbudget --help` does not
 # load them at start-up.
@@ -90,6 +91,16 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
             )
     # a read-only report leaves the audit log's replay to the processes that write
     return cfg, open_ledger(url, **ledger_options(cfg), replay_audit=not must_exist)
+
+
+@contextlib.contextmanager
+def reading_ledger(config: str | None, db: str | None) -> Iterator[tuple[Config, Ledger]]:
+    """The config and its ledger, which must exist already (a report never creates one); closed after."""
+    cfg, ledger = open_ledger_for(config, db, must_exist=True)
+    try:
+        yield cfg, ledger
+    finally:
+        ledger.close()
 
 
 def one_format(json_: bool, csv_: bool) -> None:

@@ -1,258 +1,37 @@
-"""CLI commands: `costs`, `events`, `sessions`, `export` — thin shells over `llmbudget.reports`.
+"""CLI commands `costs`, `events` and `sessions`: thin shells over `llmbudget.reports`.
 
 Every report prints a Rich table, or with `--json` exactly what `GET /api/...` answers, or
-with `--csv` its rows as formula-safe CSV.
+with `--csv` its rows as formula-safe CSV (`report_tables.py` prints them).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Callable, Iterator
-from datetime import datetime
-from decimal import Decimal
-from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated
 
 import typer
-from rich import box
-from rich.markup import escape
-from rich.table import Table
 
-from .. import export as exp
 from .. import reports
-from ..errors import ValidationError
-from ..events import UsageEvent
-from ..money import format_usd
-from ..timeranges import parse_range
-from . import common, config_cmd
-
-SinceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--since",
-        help="Start: a date (2025-03-01), a month (2025-03), 7d, 24h, 2w, today, yesterday, "
-        "'this week', 'last week', 'this month', 'last month'.",
-    ),
-]
-UntilOpt = Annotated[
-    str | None,
-    typer.Option("--until", help="End, same forms as --since; a date or period means through its end."),
-]
-AgentOpt = Annotated[str | None, typer.Option("--agent", help="Only this agent.")]
-SessionOpt = Annotated[str | None, typer.Option("--session", help="Only this session.")]
-UserOpt = Annotated[str | None, typer.Option("--user", help="Only this user.")]
-TeamOpt = Annotated[str | None, typer.Option("--team", help="Only this team.")]
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="Only this model (as the provider answered it).")
-]
-BackendOpt = Annotated[str | None, typer.Option("--backend", help="Only this configured backend.")]
-ProviderOpt = Annotated[
-    str | None, typer.Option("--provider", help="Only this provider (openai, anthropic, ...).")
-]
-TaskTypeOpt = Annotated[str | None, typer.Option("--task-type", help="Only this task type.")]
-TaskOpt = Annotated[str | None, typer.Option("--task", help="Only this task id.")]
-TierOpt = Annotated[str | None, typer.Option("--tier", help="Only this tier (role).")]
-KeyOpt = Annotated[
-    str | None, typer.Option("--key", help="Only calls made with this virtual key (its name).")
-]
-StatusOpt = Annotated[
-    str | None, typer.Option("--status", help="Only this status: ok, error, interrupted, blocked, fallback.")
-]
-ByOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--by",
-        help=f"Group by {reports.BY_HELP}.",
-    ),
-]
-
-
-def _filters(**values: str | None) -> dict[str, str]:
-    return reports.build_filters({k.replace("_", "-"): v for k, v in values.items()})
-
+from . import common, config_cmd, export_cmd, report_tables
+from .report_options import (
+    AgentOpt,
+    BackendOpt,
+    ByOpt,
+    KeyOpt,
+    ModelOpt,
+    ProviderOpt,
+    SessionOpt,
+    SinceOpt,
+    StatusOpt,
+    TaskOpt,
+    TaskTypeOpt,
+    TeamOpt,
+    TierOpt,
+    UntilOpt,
+    UserOpt,
+)
+from .report_options import filters as _filters
 
 _one_format = common.one_format
-
-
-@contextlib.contextmanager
-def _ledger(config: str | None, db: str | None) -> Iterator[tuple[Any, Any]]:
-    cfg, ledger = common.open_ledger_for(config, db, must_exist=True)
-    try:
-        yield cfg, ledger
-    finally:
-        ledger.close()
-
-
-# ---------------------------------------------------------------------- formatting
-
-
-def _int(n: int | None) -> str:
-    return f"{n or 0:,}"
-
-
-def _cost_cell(row: dict[str, Any]) -> str:
-    """Cost for a table: `unpriced` when every call was, never `$0`; `*` when some calls are not in it."""
-    if row.get("cost_usd") is None:
-        return "unpriced" if row.get("unpriced_calls") else "-"
-    return format_usd(Decimal(row["cost_usd"])) + ("*" if row.get("unpriced_calls") else "")
-
-
-#: caption of a table with a `*` cost: the known part only
-PARTIAL_NOTE = (
-    "* known cost only: unpriced calls are not in it (`llmbudget prices --missing` lists their models)"
-)
-
-
-def _note_partial(table: Table, rows: list[dict[str, Any]]) -> None:
-    if any(r.get("cost_usd") is not None and r.get("unpriced_calls") for r in rows):
-        table.caption = PARTIAL_NOTE if not table.caption else f"{table.caption}\n{PARTIAL_NOTE}"
-
-
-def _unpriced_cell(row: dict[str, Any]) -> str:
-    n = row.get("unpriced_calls") or 0
-    return f"{n:,}" if n else ""
-
-
-def _local(ts: str | None, zone: Any, *, short: bool = False) -> str:
-    """A UTC RFC 3339 string in the report's zone; `short` drops the year and seconds for narrow terminals."""
-    if not ts:
-        return ""
-    fmt = "%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S"
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(zone).strftime(fmt)
-
-
-def _range_title(since: str | None, until: str | None, zone: Any) -> str:
-    a = _local(since, zone) if since else "the beginning"
-    b = _local(until, zone) if until else "now"
-    return f"{a} → {b} ({zone.key})"
-
-
-def _cost_table(
-    title: str, key_header: str, rows: list[dict[str, Any]], total: dict[str, Any] | None
-) -> Table:
-    t = Table(title=title, title_justify="left")
-    t.add_column(key_header, overflow="fold")
-    # cached and reasoning columns only when some row has such tokens: narrow terminals stay readable
-    extra = [f for f in ("cached_input_tokens", "reasoning_tokens") if any(r[f] for r in rows)]
-    headers = {"cached_input_tokens": "Cached", "reasoning_tokens": "Reasoning"}
-    for name in ("Calls", "Input", "Output", *(headers[f] for f in extra), "Cost", "Unpriced"):
-        t.add_column(name, justify="right", no_wrap=True)
-
-    def cells(r: dict[str, Any]) -> list[str]:
-        return [
-            _int(r["calls"]),
-            _int(r["input_tokens"]),
-            _int(r["output_tokens"]),
-            *(_int(r[f]) for f in extra),
-            _cost_cell(r),
-            _unpriced_cell(r),
-        ]
-
-    for r in rows:
-        t.add_row("(none)" if r["key"] is None else escape(str(r["key"])), *cells(r))
-    if total is not None and len(rows) > 1:
-        t.add_section()
-        t.add_row("Total", *cells(total), style="bold")
-    if not rows:
-        t.caption = "no calls recorded in this range"
-    _note_partial(t, [*rows, *([total] if total is not None else [])])
-    return t
-
-
-def _fitted_table(
-    title: str, headers: list[str], rows: list[list[str]], *, fixed: set[str], right: set[str]
-) -> Table:
-    """A table whose `fixed` columns never shrink and whose text columns wrap, for narrow terminals."""
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for i, h in enumerate(headers):
-        widest = max([len(h), *(len(r[i]) for r in rows)])
-        t.add_column(
-            h,
-            justify="right" if h in right else "left",
-            no_wrap=h in fixed,
-            overflow="fold",
-            min_width=widest if h in fixed else min(widest, max(len(h), 6)),
-        )
-    for r in rows:
-        t.add_row(*(escape(c) for c in r))  # names, models and sessions are data, not markup
-    return t
-
-
-COST_COLUMNS = (
-    "key",
-    "calls",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "cost_usd",
-    "unpriced_calls",
-)
-
-
-def _print_costs(data: dict[str, Any], zone: Any, csv_: bool) -> None:
-    if data["view"] == "overview":
-        if csv_:
-            rows = [
-                {**data["today"]["total"], "section": "today", "key": "today", **_win(data["today"])},
-                {
-                    **data["this_month"]["total"],
-                    "section": "this_month",
-                    "key": "this_month",
-                    **_win(data["this_month"]),
-                },
-            ]
-            rows += [
-                {**r, "section": "backend", **_win(data["by_backend"])} for r in data["by_backend"]["rows"]
-            ]
-            exp.write_rows_csv(rows, ("section", *COST_COLUMNS, "since", "until"), sys.stdout)
-            return
-        spend = Table(title=f"Spend ({zone.key})", title_justify="left")
-        for name, just in (
-            ("Period", "left"),
-            ("Calls", "right"),
-            ("Tokens", "right"),
-            ("Cost", "right"),
-            ("Unpriced", "right"),
-        ):
-            spend.add_column(name, justify=just)  # type: ignore[arg-type]
-        for label, part in (("Today", data["today"]), ("This month", data["this_month"])):
-            tot = part["total"]
-            spend.add_row(
-                label, _int(tot["calls"]), _int(tot["total_tokens"]), _cost_cell(tot), _unpriced_cell(tot)
-            )
-        _note_partial(spend, [data["today"]["total"], data["this_month"]["total"]])
-        common.console.print(spend)
-        common.console.print(
-            _cost_table("This month by backend", "Backend", data["by_backend"]["rows"], None)
-        )
-        return
-    if csv_:
-        exp.write_rows_csv(data["rows"], COST_COLUMNS, sys.stdout)
-        return
-    by = data["by"]
-    header = {"task_type": "Task type"}.get(by, by.capitalize())
-    table = _cost_table(
-        f"Costs by {by.replace('_', '-')}: {_range_title(data['since'], data['until'], zone)}",
-        header,
-        data["rows"],
-        data["total"],
-    )
-    if data.get("more_rows"):
-        more = f"{data['more_rows']:,} more rows not shown (--limit); the total covers them all"
-        table.caption = more if not table.caption else f"{more}\n{table.caption}"
-    common.console.print(table)
-
-
-def _win(part: dict[str, Any]) -> dict[str, Any]:
-    return {"since": part["since"], "until": part["until"]}
-
-
-# ---------------------------------------------------------------------- commands
 
 
 def costs(
@@ -299,7 +78,7 @@ def costs(
     reports.normalize_by(by)  # a bad --by fails before the database is opened
     if limit is not None:
         reports.check_limit(limit)
-    with _ledger(config, db) as (cfg, ledger):
+    with common.reading_ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
         data = reports.costs_report(
             ledger, zone=zone, since=since, until=until, by=by, filters=filters, limit=limit
@@ -307,20 +86,7 @@ def costs(
     if json_:
         common.print_json(data)
         return
-    _print_costs(data, zone, csv_)
-
-
-EVENT_TABLE = (
-    ("Time", "timestamp"),
-    ("Backend", "backend"),
-    ("Model", "model"),
-    ("Agent", "agent"),
-    ("Session", "session"),
-    ("In", "input_tokens"),
-    ("Out", "output_tokens"),
-    ("Cost", "cost_usd"),
-    ("Status", "status"),
-)
+    report_tables.print_costs(data, zone, csv_)
 
 
 def events(
@@ -363,7 +129,7 @@ def events(
         status=status,
         key=key,
     )
-    with _ledger(config, db) as (cfg, ledger):
+    with common.reading_ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
         data = reports.events_report(
             ledger, zone=zone, since=since, until=until, filters=filters, limit=limit
@@ -371,54 +137,7 @@ def events(
     if json_:
         common.print_json(data)
         return
-    if csv_:
-        exp.write_events_csv((UsageEvent.from_dict(e) for e in data["events"]), sys.stdout)
-        return
-    narrow = common.console.width < 110  # drop the seconds rather than squeeze the names
-    rows = []
-    for e in data["events"]:
-        cost = "unpriced" if e["cost_usd"] is None else format_usd(Decimal(e["cost_usd"]))
-        rows.append(
-            [
-                _local(e["timestamp"], zone, short=narrow),
-                e["backend"],
-                e["model"],
-                e["agent"] or "",
-                e["session"] or "",
-                _int(e["input_tokens"]),
-                _int(e["output_tokens"]),
-                cost,
-                e["status"],
-            ]
-        )
-    headers = [h for h, _ in EVENT_TABLE]
-    if all(e["status"] == "ok" for e in data["events"]):  # the column only when something went wrong
-        headers.pop()
-        rows = [r[:-1] for r in rows]
-    t = _fitted_table(
-        f"Events, newest first ({zone.key})",
-        headers,
-        rows,
-        fixed={"Time", "In", "Out", "Cost"},
-        right={"In", "Out", "Cost"},
-    )
-    if not data["events"]:
-        t.caption = "no events match"
-    common.console.print(t)
-
-
-SESSION_COLUMNS = (
-    "session",
-    "start",
-    "end",
-    "calls",
-    "input_tokens",
-    "output_tokens",
-    "tokens",
-    "cost_usd",
-    "unpriced_calls",
-    "agents",
-)
+    report_tables.print_events(data, zone, csv_)
 
 
 def sessions(
@@ -434,143 +153,19 @@ def sessions(
     """Recent sessions (30 by default): Session ID | Start | End | Tokens | Cost | Agents."""
     _one_format(json_, csv_)
     reports.check_limit(limit)
-    with _ledger(config, db) as (cfg, ledger):
+    with common.reading_ledger(config, db) as (cfg, ledger):
         zone = cfg.zone()
         data = reports.sessions_report(ledger, zone=zone, since=since, limit=limit)
     if json_:
         common.print_json(data)
         return
-    if csv_:
-        csv_rows = [{**s, "agents": ";".join(s["agents"])} for s in data["sessions"]]
-        exp.write_rows_csv(csv_rows, SESSION_COLUMNS, sys.stdout)
-        return
-    narrow = common.console.width < 110
-    with_unpriced = any(x["unpriced_calls"] for x in data["sessions"])
-    headers = [
-        "Session ID",
-        "Start",
-        "End",
-        "Tokens",
-        "Cost",
-        *(["Unpriced"] if with_unpriced else []),
-        "Agents",
-    ]
-    rows: list[list[str]] = []
-    for x in data["sessions"]:
-        row = [
-            x["session"],
-            _local(x["start"], zone, short=narrow),
-            _local(x["end"], zone, short=narrow),
-            _int(x["tokens"]),
-            _cost_cell(x),
-        ]
-        if with_unpriced:
-            row.append(_unpriced_cell(x))
-        rows.append([*row, ", ".join(x["agents"])])
-    t = _fitted_table(
-        f"Sessions, most recent first ({zone.key})",
-        headers,
-        rows,
-        fixed={"Start", "End", "Tokens", "Cost", "Unpriced"},
-        right={"Tokens", "Cost", "Unpriced"},
-    )
-    if not data["sessions"]:
-        t.caption = "no sessions recorded"
-    common.console.print(t)
-
-
-def export(
-    csv_: Annotated[bool, typer.Option("--csv", help="Write CSV (formula-safe) with a header row.")] = False,
-    json_: Annotated[
-        bool, typer.Option("--json", help="Write JSON Lines: one event per line (re-importable).")
-    ] = False,
-    array: Annotated[
-        bool, typer.Option("--array", help="With --json: one JSON array instead of JSON Lines.")
-    ] = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
-    ] = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    agent: AgentOpt = None,
-    session: SessionOpt = None,
-    user: UserOpt = None,
-    team: TeamOpt = None,
-    model: ModelOpt = None,
-    backend: BackendOpt = None,
-    provider: ProviderOpt = None,
-    task_type: TaskTypeOpt = None,
-    task: TaskOpt = None,
-    tier: TierOpt = None,
-    status: StatusOpt = None,
-    key: KeyOpt = None,
-    config: common.ConfigOpt = None,
-    db: common.DbOpt = None,
-) -> None:
-    """Stream every matching event, oldest first, as CSV or JSON (to stdout or --output FILE)."""
-    if csv_ == json_:
-        raise ValidationError("--csv", "choose exactly one of --csv and --json")
-    if array and not json_:
-        raise ValidationError("--array", "only goes with --json")
-    filters = _filters(
-        agent=agent,
-        session=session,
-        user=user,
-        team=team,
-        model=model,
-        backend=backend,
-        provider=provider,
-        task_type=task_type,
-        task=task,
-        tier=tier,
-        status=status,
-        key=key,
-    )
-    with _ledger(config, db) as (cfg, ledger):
-        start, end = parse_range(since, until, zone=cfg.zone())
-        total = ledger.count(since=start, until=end, filters=filters)
-        events = ledger.iter_events(since=start, until=end, filters=filters)
-        writer: Callable[..., int] = (
-            exp.write_events_csv if csv_ else exp.write_json_array if array else exp.write_json_lines
-        )
-        progress = common.LateProgress("exporting", total, check_every=1024)
-        try:
-            if output is None:
-                try:
-                    n = writer(events, sys.stdout, on_row=progress)
-                    sys.stdout.flush()
-                except BrokenPipeError:  # `llmbudget export --csv | head`: the reader left, stop quietly
-                    with contextlib.suppress(OSError):
-                        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - swallow the final flush
-                    return
-            else:
-                n = _write_file(output, lambda f: writer(events, f, on_row=progress))
-        finally:
-            progress.close()
-    if output is not None:
-        common.err_console.print(f"exported {n:,} events to {output}", highlight=False)
-
-
-def _write_file(path: Path, write: Callable[[IO[str]], int]) -> int:
-    """Write through a temporary file and rename, so a failed export never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            n = write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ValidationError("--output", f"cannot write {path}: {e.strerror or e}") from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return n
+    report_tables.print_sessions(data, zone, csv_)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app, and the `config` group (cli/config_cmd.py)."""
+    """Add the report commands to the app, with `export` (cli/export_cmd.py) and the `config` group (cli/config_cmd.py)."""
     config_cmd.register(app)
     app.command("costs")(costs)
     app.command("events")(events)
     app.command("sessions")(sessions)
-    app.command("export")(export)
+    export_cmd.register(app)

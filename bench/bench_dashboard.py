@@ -96,7 +96,9 @@ def main(quick: bool = False, events: int | None = None, overview_only: bool = F
     from llmbudget.pricing import PriceBook
     from llmbudget.services import Services
     from llmbudget.store import open_ledger
-    from llmbudget.web import data
+    from llmbudget.web.data.agents import agent_cards
+    from llmbudget.web.data.budgets import budgets_panel
+    from llmbudget.web.data.spend import spend_totals
 
     n = events or (100_000 if quick else 1_000_000)
     url = ledger_ending_now(n)
@@ -126,13 +128,13 @@ def main(quick: bool = False, events: int | None = None, overview_only: bool = F
                 figures[f"{tag}_cpu_ms"] = cpu
             now = datetime.now(UTC)
             for name, fn in (
-                ("part_totals", lambda: data.spend_totals(ledger, cfg.zone(), now)),
-                ("part_budgets", lambda: data.budgets_panel(services, now, compare=False)),
-                ("part_budgets_compared", lambda: data.budgets_panel(services, now)),
-                ("part_agent_cards", lambda: data.agent_cards(services, now)),
+                ("part_totals", lambda: spend_totals(ledger, cfg.zone(), now)),
+                ("part_budgets", lambda: budgets_panel(services, now, compare=False)),
+                ("part_budgets_compared", lambda: budgets_panel(services, now)),
+                ("part_agent_cards", lambda: agent_cards(services, now)),
             ):
                 figures[f"{name}_p50_ms"] = _times(fn, runs)[0]
-            figures["agent_cards"] = len(data.agent_cards(services, now))
+            figures["agent_cards"] = len(agent_cards(services, now))
     finally:
         close_live(services)
         services.close()

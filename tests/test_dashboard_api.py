@@ -326,9 +326,9 @@ def test_dashboard_store_on_postgres(pg_url: str) -> None:
         assert session_ends(s.ledger, ["s1", "s2"])["s1"][1] == "client"
         set_threshold(s.ledger, Threshold("agent", "coder", 10, True))
         assert list_thresholds(s.ledger)[0].auto_pause is True
-        from llmbudget.web import data
+        from llmbudget.web.data.agents import agent_cards
 
-        cards = {c["agent"]: c for c in data.agent_cards(s, datetime.now(UTC))}
+        cards = {c["agent"]: c for c in agent_cards(s, datetime.now(UTC))}
         assert cards["coder"]["session_cost_usd"] == "2.500000000"
     finally:
         s.close()

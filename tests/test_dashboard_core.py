@@ -271,7 +271,7 @@ def _spent(ts: datetime, usd: str) -> UsageEvent:
 def test_first_day_of_use_projects_from_todays_burn(tmp_path: Path) -> None:
     from zoneinfo import ZoneInfo
 
-    from llmbudget.web.data import spend_totals
+    from llmbudget.web.data.spend import spend_totals
 
     ledger = open_ledger(f"sqlite:///{tmp_path / 'f.db'}", flush_interval_s=0.05)
     try:

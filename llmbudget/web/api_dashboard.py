@@ -38,8 +38,13 @@ from ..store.dashboard import (
     session_exists,
 )
 from ..store.dashboard import set_threshold as store_threshold
-from . import charts, data
+from . import charts
 from .dashboard import card_html
+from .data import agents as agent_data
+from .data import budgets as budget_data
+from .data import events as event_data
+from .data import overview as overview_data
+from .data import sessions as session_data
 from .params import query_params
 
 
@@ -99,16 +104,16 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def overview(request: Request) -> JSONResponse:
         query_params(request, set())
-        return JSONResponse(await run_in_threadpool(data.overview, services))
+        return JSONResponse(await run_in_threadpool(overview_data.overview, services))
 
     async def agents(request: Request) -> JSONResponse:
         query_params(request, set())
-        return JSONResponse({"agents": await run_in_threadpool(data.agent_cards, services, utcnow())})
+        return JSONResponse({"agents": await run_in_threadpool(agent_data.agent_cards, services, utcnow())})
 
     async def agent(request: Request) -> JSONResponse:
         query_params(request, set())
         name = request.path_params["name"]
-        cards = await run_in_threadpool(lambda: data.agent_cards(services, utcnow(), only=name))
+        cards = await run_in_threadpool(lambda: agent_data.agent_cards(services, utcnow(), only=name))
         c = cards[0]
         if c["last_request"] is None and not c["paused"]:
             raise NotFound(f"no calls from agent {name!r}")
@@ -116,11 +121,13 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def sessions(request: Request) -> JSONResponse:
         query_params(request, set())
-        return JSONResponse({"sessions": await run_in_threadpool(data.sessions, services)})
+        return JSONResponse({"sessions": await run_in_threadpool(session_data.sessions, services)})
 
     async def session(request: Request) -> JSONResponse:
         query_params(request, set())
-        return JSONResponse(await run_in_threadpool(data.session_detail, services, request.path_params["id"]))
+        return JSONResponse(
+            await run_in_threadpool(session_data.session_detail, services, request.path_params["id"])
+        )
 
     async def end(request: Request) -> JSONResponse:
         body = await json_body(request)
@@ -135,12 +142,12 @@ def routes(services: Services) -> list[BaseRoute]:
         changed = await run_in_threadpool(
             lambda: end_session(services.ledger, sid, reason=reason or "client")
         )
-        detail = await run_in_threadpool(data.session_detail, services, sid)
+        detail = await run_in_threadpool(session_data.session_detail, services, sid)
         return JSONResponse({**detail, "changed": changed})
 
     async def explain(request: Request) -> JSONResponse:
         query_params(request, set())
-        return JSONResponse(await run_in_threadpool(data.explain, services, request.path_params["id"]))
+        return JSONResponse(await run_in_threadpool(event_data.explain, services, request.path_params["id"]))
 
     async def chart(request: Request) -> JSONResponse:
         query_params(request, set())
@@ -151,7 +158,7 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def enforcement(request: Request) -> JSONResponse:
         query_params(request, set())
-        return JSONResponse(await run_in_threadpool(data.budgets_panel, services, utcnow()))
+        return JSONResponse(await run_in_threadpool(budget_data.budgets_panel, services, utcnow()))
 
     def _invalidate() -> None:
         watch = services.threshold_watch

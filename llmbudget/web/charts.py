@@ -16,7 +16,7 @@ from ..money import from_nano
 from ..services import Services
 from ..store.buckets import US_PER_HOUR, from_us, to_us
 from ..store.dashboard import hourly_by_backend
-from .data import _day_start, usd
+from .data.spend import day_start, usd
 
 TITLES = {
     "daily": "Daily spend, last 30 days, by backend",
@@ -39,7 +39,7 @@ def chart_data(services: Services, name: str, now: datetime) -> dict[str, Any]:
     """One chart's data as JSON-ready dict (money as exact decimal strings)."""
     ledger = services.ledger
     tz = services.config.zone()
-    day = _day_start(now, tz)
+    day = day_start(now, tz)
     until = day + timedelta(days=1)
     if name == "daily":
         start = day - timedelta(days=29)

@@ -28,7 +28,10 @@ from ..export import write_rows_csv
 from ..services import Services
 from ..store.dashboard import list_thresholds
 from . import charts as ch
-from . import data
+from .data import budgets as budget_data
+from .data import events as event_data
+from .data import overview as overview_data
+from .data import sessions as session_data
 from .fmt import clock, money, tokens, when
 
 STATIC = Path(__file__).with_name("static")
@@ -231,7 +234,7 @@ def enforcement_html(b: dict[str, Any], tz: Any) -> str:
 def overview_page(services: Services) -> str:
     now = utcnow()
     tz = services.config.zone()
-    o = data.overview(services, now)
+    o = overview_data.overview(services, now)
     cards = (
         "".join(card_html(c, tz) for c in o["agents"])
         or '<p class="empty" id="no-agents">No agent calls yet.</p>'
@@ -254,7 +257,7 @@ def overview_page(services: Services) -> str:
 
 def sessions_page(services: Services) -> str:
     tz = services.config.zone()
-    items = data.sessions(services)
+    items = session_data.sessions(services)
     rows = (
         "".join(
             f'<tr class="srow" data-session="{e(s["session"])}" tabindex="0"><td><button type="button" class="linklike">{e(s["session"])}</button></td>'
@@ -267,7 +270,7 @@ def sessions_page(services: Services) -> str:
     )
     idle = services.config.dashboard.session_idle_minutes
     body = f"""<h1>Sessions</h1>
-<p class="muted">The last {data.SESSIONS_SHOWN} sessions. A session ends when its client says so (<code>POST /api/sessions/ID/end</code>) or after {idle:g} minutes without a call. Click a row for the per-agent breakdown.</p>
+<p class="muted">The last {session_data.SESSIONS_SHOWN} sessions. A session ends when its client says so (<code>POST /api/sessions/ID/end</code>) or after {idle:g} minutes without a call. Click a row for the per-agent breakdown.</p>
 <p><a id="csv" href="/api/dashboard/sessions.csv" download="sessions.csv">Download CSV</a></p>
 <table id="sessions"><thead><tr><th>Session ID</th><th>Start</th><th>End</th><th>Tokens</th><th>Cost</th><th>Agents</th></tr></thead>
 <tbody>{rows}</tbody></table>
@@ -278,7 +281,7 @@ def sessions_page(services: Services) -> str:
 def budgets_page(services: Services) -> str:
     now = utcnow()
     tz = services.config.zone()
-    b = data.budgets_panel(services, now)
+    b = budget_data.budgets_panel(services, now)
     budgets = "".join(progress(x) for x in b["budgets"]) or '<p class="empty">No budgets configured.</p>'
     ths = list_thresholds(services.ledger)
     trows = (
@@ -316,11 +319,11 @@ def budgets_page(services: Services) -> str:
 
 def events_page(services: Services, params: dict[str, str]) -> str:
     tz = services.config.zone()
-    clean = {k: v for k, v in params.items() if k in (*data.EVENT_FILTERS, "since") and v}
-    items = data.events_list(services, clean, limit=200)
+    clean = {k: v for k, v in params.items() if k in (*event_data.EVENT_FILTERS, "since") and v}
+    items = event_data.events_list(services, clean, limit=200)
     inputs = "".join(
         f'<label>{k} <input name="{k}" value="{e(clean.get(k, ""))}" size="10"></label>'
-        for k in ("since", *data.EVENT_FILTERS)
+        for k in ("since", *event_data.EVENT_FILTERS)
     )
     rows = (
         "".join(
@@ -368,11 +371,11 @@ def page_routes(services: Services) -> list[BaseRoute]:
         )
 
     async def sessions_csv(request: Request) -> Response:
-        items = await run_in_threadpool(data.sessions, services)
+        items = await run_in_threadpool(session_data.sessions, services)
 
         def stream() -> Iterator[str]:
             buf = io.StringIO()
-            write_rows_csv(data.session_csv_rows(items), data.SESSION_CSV_COLUMNS, buf)
+            write_rows_csv(session_data.session_csv_rows(items), session_data.SESSION_CSV_COLUMNS, buf)
             yield buf.getvalue()
 
         return StreamingResponse(

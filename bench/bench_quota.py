@@ -32,6 +32,7 @@ from llmbudget.quota import analysis as an
 from llmbudget.quota.headers import parse_rate_limit_headers
 from llmbudget.quota.readings import QuotaReading, Window
 from llmbudget.quota.readings_log import append_log, read_log
+from llmbudget.quota.weekly import weekly
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -168,7 +169,7 @@ def _readings(days: int, accounts: int = 10, every_min: int = 5) -> list[QuotaRe
 def _analysis_s(readings: list[QuotaReading], now: datetime) -> float:
     def run() -> None:
         an.burn_rates(readings, now=now)
-        an.weekly(readings)
+        weekly(readings)
         an.stagger(readings, now=now)
         an.underspend(readings, now=now)
         an.rotation(readings, now=now)

@@ -11,6 +11,7 @@ import pytest
 
 from llmbudget.errors import ConfigError
 from llmbudget.quota import analysis as an
+from llmbudget.quota import prune, weekly
 from llmbudget.quota.readings import QuotaReading, Window
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -116,7 +117,7 @@ def test_weekly_peak_average_and_exhaustion_events() -> None:
         rd("key", mon, status="allowed"),
         rd("key", mon + 7 * 24 * H, status="rejected"),
     ]
-    rows = {(r.backend, r.week): r for r in an.weekly(rs)}
+    rows = {(r.backend, r.week): r for r in weekly.weekly(rs)}
     w47 = rows[("a", "2026-W47")]
     assert w47.readings == 6
     assert w47.peak == pytest.approx(1.0)
@@ -133,7 +134,7 @@ def test_weekly_peak_average_and_exhaustion_events() -> None:
 
 
 def test_iso_week_at_year_boundary() -> None:
-    assert an.iso_week(datetime(2027, 1, 1, tzinfo=UTC)) == "2026-W53"
+    assert weekly.iso_week(datetime(2027, 1, 1, tzinfo=UTC)) == "2026-W53"
 
 
 # ---------------------------------------------------------------------------- stagger
@@ -219,7 +220,7 @@ def test_quota_section_errors_name_file_line_and_key(text: str, line: int, fragm
 def test_quota_section_defaults_and_values() -> None:
     from llmbudget.config import parse_config
 
-    assert parse_config("", None)[0].quota.retention_days == an.DEFAULT_RETENTION_DAYS == 30
+    assert parse_config("", None)[0].quota.retention_days == prune.DEFAULT_RETENTION_DAYS == 30
     assert parse_config("quota:\n", "c.yaml")[0].quota.warn_at == 0.8
     q = parse_config("quota:\n  retention_days: 7\n  warn_at: 0.9\n", "c.yaml")[0].quota
     assert (q.retention_days, q.warn_at) == (7, 0.9)
@@ -240,10 +241,10 @@ def test_prune_log_files_dry_run_then_archive(tmp_path: Path) -> None:
     edge = _write_log(logs, "2026-10-21", 2)  # the cutoff falls inside this day: kept
     new = _write_log(logs, "2026-11-19", 1)
     before = datetime(2026, 10, 21, 12, tzinfo=UTC)
-    dry = an.prune_readings(None, before=before, log_dir=logs, archive_dir=archive, now=NOW, dry_run=True)
+    dry = prune.prune_readings(None, before=before, log_dir=logs, archive_dir=archive, now=NOW, dry_run=True)
     assert dry.log_files == [str(old)] and dry.log_readings == 3
     assert old.exists() and not archive.exists()
-    res = an.prune_readings(None, before=before, log_dir=logs, archive_dir=archive, now=NOW)
+    res = prune.prune_readings(None, before=before, log_dir=logs, archive_dir=archive, now=NOW)
     assert res.log_readings == 3 and not old.exists() and edge.exists() and new.exists()
     with gzip.open(archive / "readings-2026-10-01.jsonl.gz", "rt") as fh:
         lines = fh.read().splitlines()
@@ -275,7 +276,7 @@ def test_prune_ledger_twice_in_one_second_keeps_both_archives(ledger_url: str, t
     with open_ledger(ledger_url, audit=False) as ledger:
         for batch in range(2):
             ledger.record_reading(rd(f"acct-{batch}", NOW - 40 * 24 * H).to_dict())
-            res = an.prune_readings(
+            res = prune.prune_readings(
                 ledger, before=NOW - 30 * 24 * H, log_dir=tmp_path / "none", archive_dir=archive, now=NOW
             )
             assert res.ledger_readings == 1

@@ -1,23 +1,20 @@
 """Quota analysis over stored readings: pure functions of a list of `QuotaReading` and an injected `now`.
 
 - `burn_rates`: how fast each account's 7d (and 5h) utilization grows, and when it runs out at that rate.
-- `weekly`: peak and average 7d utilization per account per ISO week, with exhaustion events.
 - `stagger`: windows resetting in the next 48 hours, soonest first.
 - `underspend`: "use it or lose it", a 5h window mostly unused that resets soon.
 - `rotation`: accounts ranked by headroom (the ranking itself lives in `quota.rotation`).
-- `prune_readings`: archive to gzip JSONL and delete readings past the retention period.
+
+Peak and average utilization per week are `quota/weekly.py`; archiving and deleting old readings
+is `quota/prune.py` (the one part that writes files).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from .readings import QuotaReading
@@ -25,7 +22,6 @@ from .rotation import rank_accounts
 
 #: windows whose growth is tracked, most important first
 BURN_WINDOWS = ("7d", "5h")
-DEFAULT_RETENTION_DAYS = 30
 STAGGER_HORIZON = timedelta(hours=48)
 #: underspend: at least this share of the 5h window unused ...
 UNDERSPEND_UNUSED = 0.40
@@ -37,11 +33,13 @@ ACTIVE_WITHIN = timedelta(hours=6)
 _RESET_TOLERANCE = timedelta(minutes=2)
 
 
-def _iso(dt: datetime | None) -> str | None:
+def iso_utc(dt: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`; None stays None."""
     return None if dt is None else dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _pct(f: float | None) -> float | None:
+def pct(f: float | None) -> float | None:
+    """A share as a percentage with two decimals; None stays None."""
     return None if f is None else round(f * 100, 2)
 
 
@@ -68,7 +66,8 @@ def filter_provider(readings: Iterable[QuotaReading], name: str | None) -> list[
     return [r for r in rs if name in (r.backend, r.provider)]
 
 
-def _utilization(r: QuotaReading, window: str) -> float | None:
+def utilization(r: QuotaReading, window: str) -> float | None:
+    """The reading's utilization of one window (0..1), None when it has none."""
     w = r.windows.get(window)
     return None if w is None else w.utilization
 
@@ -105,13 +104,13 @@ class BurnRate:
             "backend": self.backend,
             "window": self.window,
             "readings": self.readings,
-            "since": _iso(self.since),
-            "last": _iso(self.last),
-            "utilization_pct": _pct(self.utilization),
-            "change_pct": _pct(self.change),
+            "since": iso_utc(self.since),
+            "last": iso_utc(self.last),
+            "utilization_pct": pct(self.utilization),
+            "change_pct": pct(self.change),
             "per_hour_pct": None if self.per_hour is None else round(self.per_hour * 100, 3),
-            "reset": _iso(self.reset),
-            "exhaustion": _iso(self.exhaustion),
+            "reset": iso_utc(self.reset),
+            "exhaustion": iso_utc(self.exhaustion),
             "exhausts_before_reset": self.exhausts_before_reset,
         }
 
@@ -151,19 +150,19 @@ def burn_rates(
     out: list[BurnRate] = []
     for name, rs in by_account(readings).items():
         for window in windows:
-            points = [r for r in rs if _utilization(r, window) is not None]
+            points = [r for r in rs if utilization(r, window) is not None]
             if not points:
                 continue
             cycle = _same_cycle(points, window)
             first, last = cycle[0], cycle[-1]
-            u0, u1 = _utilization(first, window), _utilization(last, window)
+            u0, u1 = utilization(first, window), utilization(last, window)
             assert u0 is not None and u1 is not None
             reset = last.windows[window].reset
             if reset is not None and reset <= now:
                 continue  # the cycle these readings describe is over: nothing left to project
             t0 = first.timestamp
             slope = _slope_per_hour(
-                [((r.timestamp - t0).total_seconds() / 3600, _utilization(r, window) or 0.0) for r in cycle]
+                [((r.timestamp - t0).total_seconds() / 3600, utilization(r, window) or 0.0) for r in cycle]
             )
             exhaustion: datetime | None = None
             before: bool | None = None
@@ -194,107 +193,6 @@ def burn_rates(
     return out
 
 
-# ---------------------------------------------------------------------------- weekly
-@dataclass(slots=True)
-class ExhaustionEvent:
-    """A run of consecutive exhausted readings (≥ 100% of a window, or rejected)."""
-
-    backend: str
-    start: datetime
-    last_seen: datetime
-    readings: int
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "start": _iso(self.start),
-            "last_seen": _iso(self.last_seen),
-            "readings": self.readings,
-            "reason": self.reason,
-        }
-
-
-@dataclass(slots=True)
-class WeekRow:
-    backend: str
-    #: ISO week, `2026-W47`
-    week: str
-    readings: int
-    peak: float | None
-    average: float | None
-    exhaustions: list[ExhaustionEvent] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "week": self.week,
-            "readings": self.readings,
-            "peak_7d_pct": _pct(self.peak),
-            "average_7d_pct": _pct(self.average),
-            "exhaustions": [e.to_dict() for e in self.exhaustions],
-        }
-
-
-def iso_week(ts: datetime) -> str:
-    """`YYYY-Www` of a UTC timestamp."""
-    y, w, _ = ts.astimezone(UTC).isocalendar()
-    return f"{y}-W{w:02d}"
-
-
-def _exhaustion_reason(r: QuotaReading) -> str:
-    parts = [
-        f"{name} at {round((w.utilization or 0) * 100)}%"
-        for name, w in sorted(r.windows.items())
-        if w.utilization is not None and w.utilization >= 1.0
-    ]
-    if r.status == "rejected":
-        parts.insert(0, "rejected")
-    return ", ".join(parts)
-
-
-def exhaustion_events(readings: Iterable[QuotaReading]) -> list[ExhaustionEvent]:
-    """Exhaustion episodes per account: consecutive exhausted readings count once."""
-    out: list[ExhaustionEvent] = []
-    for name, rs in by_account(readings).items():
-        current: ExhaustionEvent | None = None
-        for r in rs:
-            if is_exhausted(r):
-                if current is None:
-                    current = ExhaustionEvent(name, r.timestamp, r.timestamp, 0, _exhaustion_reason(r))
-                    out.append(current)
-                current.last_seen = r.timestamp
-                current.readings += 1
-            elif r.has_data:  # a reading with no data says nothing about recovery
-                current = None
-    return out
-
-
-def weekly(readings: Iterable[QuotaReading]) -> list[WeekRow]:
-    """Peak and average 7d utilization per account per ISO week, with the exhaustion events that began in it.
-
-    Weeks of an account with neither a 7d figure nor an exhaustion event are left out."""
-    rs = list(readings)
-    rows: dict[tuple[str, str], WeekRow] = {}
-    values: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in rs:
-        key = (r.backend, iso_week(r.timestamp))
-        row = rows.setdefault(
-            key, WeekRow(backend=r.backend, week=key[1], readings=0, peak=None, average=None)
-        )
-        row.readings += 1
-        u = _utilization(r, "7d")
-        if u is not None:
-            values[key].append(u)
-    for key, vs in values.items():
-        rows[key].peak = max(vs)
-        rows[key].average = sum(vs) / len(vs)
-    for ev in exhaustion_events(rs):
-        rows[(ev.backend, iso_week(ev.start))].exhaustions.append(ev)
-    # an account without a 7d window (an API key, credit) has nothing to show here unless it was exhausted
-    return [rows[k] for k in sorted(rows) if rows[k].peak is not None or rows[k].exhaustions]
-
-
 # ---------------------------------------------------------------------------- stagger
 @dataclass(slots=True)
 class ResetRow:
@@ -309,10 +207,10 @@ class ResetRow:
         return {
             "backend": self.backend,
             "window": self.window,
-            "reset": _iso(self.reset),
+            "reset": iso_utc(self.reset),
             "in_hours": round(self.in_seconds / 3600, 2),
-            "utilization_pct": _pct(self.utilization),
-            "observed": _iso(self.observed),
+            "utilization_pct": pct(self.utilization),
+            "observed": iso_utc(self.observed),
         }
 
 
@@ -357,11 +255,11 @@ class Underspend:
     def to_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
-            "utilization_pct": _pct(self.utilization),
-            "unused_pct": _pct(self.unused),
-            "reset": _iso(self.reset),
+            "utilization_pct": pct(self.utilization),
+            "unused_pct": pct(self.unused),
+            "reset": iso_utc(self.reset),
             "minutes_to_reset": round((self.reset - self.now).total_seconds() / 60),
-            "observed": _iso(self.observed),
+            "observed": iso_utc(self.observed),
             "message": self.message,
         }
 
@@ -407,96 +305,3 @@ def rotation(
     newest.update(latest(readings))
     ranked = rank_accounts(newest, now) if warn_at is None else rank_accounts(newest, now, warn_at=warn_at)
     return [r.to_dict() for r in ranked]
-
-
-# ---------------------------------------------------------------------------- prune
-@dataclass(slots=True)
-class PruneResult:
-    before: datetime
-    dry_run: bool
-    ledger_readings: int = 0
-    log_files: list[str] = field(default_factory=list)
-    log_readings: int = 0
-    archives: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "before": _iso(self.before),
-            "dry_run": self.dry_run,
-            "ledger_readings": self.ledger_readings,
-            "log_files": list(self.log_files),
-            "log_readings": self.log_readings,
-            "archives": list(self.archives),
-        }
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
-def prune_readings(
-    ledger: Any, *, before: datetime, log_dir: Path, archive_dir: Path, now: datetime, dry_run: bool = False
-) -> PruneResult:
-    """Archive readings older than `before` to gzip JSONL under `archive_dir`, then delete them.
-
-    Both places readings live are pruned: the ledger (one archive per run) and the daily
-    JSONL log (a file whose whole day lies before `before` is moved into
-    `archive_dir/readings-YYYY-MM-DD.jsonl.gz`). With `dry_run` nothing is written or deleted.
-    """
-    res = PruneResult(before=before, dry_run=dry_run)
-    old_days: list[Path] = []
-    if log_dir.is_dir():
-        for p in sorted(log_dir.glob("readings-*.jsonl")):
-            end = _day_end(p)
-            if end is not None and end <= before:  # the whole day lies before the cut-off
-                old_days.append(p)
-    if ledger is not None:
-        if dry_run:
-            res.ledger_readings = ledger.prune_readings(before, dry_run=True)
-        else:
-            rows = ledger.readings(until=before, limit=None)
-            if rows:
-                archive_dir.mkdir(parents=True, exist_ok=True)
-                stem = f"ledger-readings-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}"
-                path = archive_dir / f"{stem}.jsonl.gz"
-                n = 1
-                while path.exists():  # never overwrite an earlier archive
-                    n += 1
-                    path = archive_dir / f"{stem}-{n}.jsonl.gz"
-                _write_gzip_lines(
-                    path, (json.dumps(r, default=str, separators=(",", ":")) + "\n" for r in rows)
-                )
-                res.archives.append(str(path))
-            res.ledger_readings = ledger.prune_readings(before)
-    for p in old_days:
-        res.log_files.append(str(p))
-        res.log_readings += _count_lines(p)
-        if dry_run:
-            continue
-        archive_dir.mkdir(parents=True, exist_ok=True)
-        dest = archive_dir / (p.name + ".gz")
-        # append as another gzip member if an earlier run archived the same day (gzip reads both)
-        with p.open("rb") as src, gzip.open(dest, "ab") as out:
-            for chunk in iter(lambda: src.read(1 << 16), b""):
-                out.write(chunk)
-        os.unlink(p)
-        res.archives.append(str(dest))
-    return res
-
-
-def _day_end(path: Path) -> datetime | None:
-    """The end (exclusive) of the UTC day a `readings-YYYY-MM-DD.jsonl` file holds."""
-    try:
-        day = datetime.strptime(path.stem.removeprefix("readings-"), "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return day + timedelta(days=1)
-
-
-def _write_gzip_lines(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
-        for line in lines:
-            fh.write(line)
-    os.replace(tmp, path)  # the archive is complete before anything is deleted

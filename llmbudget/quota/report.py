@@ -21,7 +21,9 @@ from . import blocks as bl
 from . import claude_code as cc
 from . import codex
 from . import readings_log as rdg
+from .prune import prune_readings
 from .readings import QuotaReading
+from .weekly import weekly
 
 #: the report's sections, in the order they are shown
 SECTIONS = ("burn_rate", "weekly", "stagger", "rotation", "underspend", "blocks")
@@ -69,7 +71,7 @@ def analyze_report(
     """The analyze report's sections since `start`, warnings included; with `prune_before`, readings older
     than it are archived and deleted (listed only, with `dry_run`)."""
     chosen = set(sections)
-    out: dict[str, Any] = {"now": an._iso(now), "since": an._iso(start), "provider": provider}
+    out: dict[str, Any] = {"now": an.iso_utc(now), "since": an.iso_utc(start), "provider": provider}
     warnings: list[str] = []
     if chosen - {"blocks"}:
         with collect_warnings("llmbudget.quota") as caught:
@@ -84,13 +86,13 @@ def analyze_report(
         if provider is not None and not readings:
             known = sorted({r.backend for r in everything} | {_account_name(p) for p in cfg.providers})
             warnings.append(
-                f"no readings of an account or kind named {provider!r} since {an._iso(start)}"
+                f"no readings of an account or kind named {provider!r} since {an.iso_utc(start)}"
                 + (f"; accounts: {', '.join(known)}" if known else "")
             )
         if "burn_rate" in chosen:
             out["burn_rate"] = [r.to_dict() for r in an.burn_rates(readings, now=now)]
         if "weekly" in chosen:
-            out["weekly"] = [r.to_dict() for r in an.weekly(readings)]
+            out["weekly"] = [r.to_dict() for r in weekly(readings)]
         if "stagger" in chosen:
             out["stagger"] = [r.to_dict() for r in an.stagger(readings, now=now)]
         if "rotation" in chosen:
@@ -106,7 +108,7 @@ def analyze_report(
             out["codex_blocks"] = _codex_blocks(ledger, start, now)
     if prune_before is not None:
         log_dir = rdg.default_log_dir()
-        res = an.prune_readings(
+        res = prune_readings(
             ledger,
             before=prune_before,
             log_dir=log_dir,

@@ -155,7 +155,7 @@ def generate(
 def _bulk_sqlite(db: str, n: int, start: datetime, span: timedelta, seed: int, copies: int = 1) -> None:
     from llmbudget.store import open_ledger
     from llmbudget.store.migrations import ROLLUP_DIMS
-    from llmbudget.store.sqlbase import EVENT_COLUMNS, event_to_row
+    from llmbudget.store.rows import EVENT_COLUMNS, event_to_row
     from llmbudget.store.sqlite import sqlite_path
 
     open_ledger(db, audit=False).close()  # schema via the real migrations

@@ -28,7 +28,7 @@ from llmbudget.capture.wrap import wrap
 from llmbudget.cli import app
 from llmbudget.errors import ValidationError
 from llmbudget.store import base as store_base
-from llmbudget.store import open_ledger, sqlbase
+from llmbudget.store import open_ledger, rows
 from llmbudget.web import openapi
 
 TEXT = [f for f in FIELDS if f.client_text]
@@ -93,8 +93,8 @@ def test_wrap_takes_each_fields_keyword() -> None:
 
 @pytest.mark.parametrize("f", FIELDS, ids=IDS)
 def test_the_ledger_stores_and_filters_each_field(f: AttributionField, tmp_path: Path) -> None:
-    assert f.column in sqlbase.EVENT_COLUMNS
-    assert sqlbase.column(f.name) == f.column
+    assert f.column in rows.EVENT_COLUMNS
+    assert rows.column(f.name) == f.column
     assert (f.name in store_base.FILTER_FIELDS) == bool(f.filters)
     assert (f.name in store_base.DIMENSIONS) == (f.by is not None)
     # the migrations really create the column

@@ -16,9 +16,11 @@ from typing import Any
 
 from ..config import data_dir, mask_url
 from ..errors import DatabaseMissing, DatabaseUnreachable, StorageError
+from .connection import DB
 from .dialect import pg_sql
 from .migrations import lock_migrations
-from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
+from .rows import EVENT_COLUMNS
+from .sqlbase import SQLLedger
 
 # psycopg and psycopg_pool are the optional `postgres` extra: imported where used, so the module
 # loads (and reports a missing extra clearly) without them.

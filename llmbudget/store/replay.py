@@ -23,14 +23,13 @@ import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import LLMBudgetError
 from ..events import UsageEvent
+from .side_tables import SideTables
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
     from .jsonl import AuditLog
     from .writer import BatchWriter
 
@@ -51,24 +50,17 @@ def _tail(f: BinaryIO, offset: int) -> str:
     return f.read(n).hex()
 
 
-class AuditReplay:
-    """Mixed into `SQLLedger`: start-up replay and the moving checkpoint of its audit log."""
+class AuditReplay(SideTables):
+    """Part of `SQLLedger`: start-up replay and the moving checkpoint of its audit log.
+
+    The checkpoints are kept in the state table, hence `SideTables` underneath.
+    """
 
     audit_path: Path | None
     ledger_id: str
     _audit: AuditLog | None
     _writer: BatchWriter
     _cp_pending: tuple[int, int] | None
-
-    # provided by SQLLedger
-    def get_state(self, namespace: str, key: str) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def set_state(self, namespace: str, key: str, value: dict[str, Any] | None) -> None:
-        raise NotImplementedError
-
-    def _read(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError
 
     def checkpoint_key(self) -> str:
         """The checkpoint's key: this machine and the audit file's absolute path."""

@@ -18,7 +18,9 @@ from typing import Any
 
 from ..config import default_db_url
 from ..errors import StorageError
-from .sqlbase import DB, EVENT_COLUMNS, SQLLedger
+from .connection import DB
+from .rows import EVENT_COLUMNS
+from .sqlbase import SQLLedger
 
 #: what to check when the file cannot be opened
 _CHECK = (

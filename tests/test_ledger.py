@@ -20,6 +20,7 @@ from llmbudget.events import UsageEvent
 from llmbudget.store import Ledger, open_ledger
 from llmbudget.store.buckets import bucket_key, to_us
 from llmbudget.store.jsonl import read_events
+from llmbudget.store.sqlite import READER_CACHE_KIB, WRITER_CACHE_KIB, SQLiteLedger
 
 T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
@@ -570,3 +571,20 @@ def test_events_carry_only_the_indexes_the_filters_need(tmp_path: Path) -> None:
         "events_not_proxy_ts",
     }
     assert "events_not_proxy_ts" in plan
+
+
+def test_the_sqlite_writer_holds_a_small_page_cache_however_much_it_writes(tmp_path: Path) -> None:
+    # the server's memory must not grow with every page the writer ever touched (a 64 MiB cache
+    # did, by about 350 bytes per event): the writing connection keeps a few MiB, the readers more
+    led = open_ledger(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        assert isinstance(led, SQLiteLedger)
+        led.record_many([ev(i / 60) for i in range(3000)])
+        (writer,) = led._wconn.execute("PRAGMA cache_size").fetchone()
+        assert writer == -WRITER_CACHE_KIB and WRITER_CACHE_KIB <= 8192
+        with led._read() as db:
+            ((reader,),) = db.execute("PRAGMA cache_size")
+        assert reader == -READER_CACHE_KIB
+        assert led.count() == 3000
+    finally:
+        led.close()

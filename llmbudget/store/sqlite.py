@@ -29,6 +29,12 @@ _CHECK = (
 )
 
 _INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+#: page cache of a reading connection, in KiB (rollup pages stay hot; pages are read through mmap)
+READER_CACHE_KIB = 65536
+#: page cache of the one writing connection, in KiB. The writer appends (ids and times ascend), so
+#: a few MiB hold every page it touches; a 64 MiB cache grew the server's memory by every page it
+#: ever wrote, up to 64 MiB more than this.
+WRITER_CACHE_KIB = 4096
 _ROW = f"({', '.join('?' * len(EVENT_COLUMNS))})"
 #: rows per multi-row INSERT, largest first: a batch goes in as a few statements, not one per row
 _CHUNKS = (256, 64, 16, 4, 1)
@@ -119,7 +125,7 @@ class SQLiteLedger(SQLLedger):
             instance=instance,
         )
         self._replay_on_start = replay_audit
-        self._wconn = self._connect()
+        self._wconn = self._connect(cache_kib=WRITER_CACHE_KIB)
         mode = self._enter_wal()
         if str(mode).lower() != "wal":
             raise StorageError(f"cannot switch {self.path} to WAL mode (got {mode!r})")
@@ -144,13 +150,13 @@ class SQLiteLedger(SQLLedger):
             except sqlite3.Error as e:
                 raise StorageError(f"cannot open the SQLite ledger {self.path}: {e}. {_CHECK}") from e
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, cache_kib: int = READER_CACHE_KIB) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: rollup pages stay hot
+            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
             conn.execute("PRAGMA temp_store=MEMORY")
             conn.execute("PRAGMA mmap_size=268435456")  # reports read rollup pages without copies
         except sqlite3.Error as e:

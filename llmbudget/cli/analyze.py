@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..config import Config
 from ..errors import ValidationError
 from ..events import parse_timestamp, utcnow
 from ..money import format_usd
@@ -41,7 +42,7 @@ def _now(value: str | None) -> datetime:
         raise ValidationError("--now", str(e)) from e
 
 
-def _zone(cfg: Any) -> Any:
+def _zone(cfg: Config) -> tzinfo:
     return ZoneInfo(cfg.timezone) if cfg.timezone else datetime.now().astimezone().tzinfo or UTC
 
 

@@ -24,7 +24,9 @@ from typing import Any, ClassVar
 from ..errors import ValidationError
 from ..events import UsageEvent, anthropic_call_id, parse_timestamp
 from ..money import decimal_str
+from ..pricing import PriceBook
 from ..pricing.normalize import anthropic_usage
+from ..store import Ledger
 from .agentlogs import AgentLogs, LogReader, LogScan, Totals, each_event, record
 from .follow import NewLine
 
@@ -343,7 +345,7 @@ def event_id_for(message_id: str, request_id: str | None) -> str:
     )
 
 
-def keep_earlier_ids(ledger: Any, pairs: Iterable[tuple[ClaudeEntry, UsageEvent]]) -> list[UsageEvent]:
+def keep_earlier_ids(ledger: Ledger, pairs: Iterable[tuple[ClaudeEntry, UsageEvent]]) -> list[UsageEvent]:
     """Events to record: one imported before under its legacy id keeps that id (re-imports add nothing)."""
     out: list[UsageEvent] = []
     for entry, ev in pairs:
@@ -354,7 +356,7 @@ def keep_earlier_ids(ledger: Any, pairs: Iterable[tuple[ClaudeEntry, UsageEvent]
     return out
 
 
-def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
+def to_event(entry: ClaudeEntry, prices: PriceBook | None) -> UsageEvent:
     """One UsageEvent for a response, priced with the price book (`prices`, a PriceBook or None)."""
     tags = {"project": entry.project or entry.project_dir.name}
     if entry.version:
@@ -382,12 +384,12 @@ def to_event(entry: ClaudeEntry, prices: Any) -> UsageEvent:
     return event
 
 
-def _price(prices: Any, event: UsageEvent) -> UsageEvent:
+def _price(prices: PriceBook, event: UsageEvent) -> UsageEvent:
     """Price an event with the PriceBook; an unknown model stays `unpriced`."""
-    return prices.price_event(event)  # type: ignore[no-any-return]
+    return prices.price_event(event)
 
 
-def _to_events(ledger: Any, prices: Any, entries: list[ClaudeEntry]) -> list[UsageEvent]:
+def _to_events(ledger: Ledger, prices: PriceBook | None, entries: list[ClaudeEntry]) -> list[UsageEvent]:
     """Events to record: one imported before under its legacy id keeps that id."""
     return keep_earlier_ids(ledger, ((e, to_event(e, prices)) for e in entries))
 
@@ -407,7 +409,7 @@ CLAUDE_CODE: AgentLogs[ClaudeEntry, ClaudeScan] = AgentLogs(
 
 
 def load_events(
-    paths: Sequence[str | os.PathLike[str]] | None, prices: Any
+    paths: Sequence[str | os.PathLike[str]] | None, prices: PriceBook | None
 ) -> tuple[list[UsageEvent], ClaudeScan]:
     """Read the logs under `paths` (default locations when empty) into priced events, oldest first."""
     scan = read_logs(find_log_files(paths))
@@ -416,7 +418,7 @@ def load_events(
 
 
 def import_claude_code(
-    ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any
+    ledger: Ledger, paths: Sequence[str | os.PathLike[str]] | None, prices: PriceBook | None
 ) -> ImportResult:
     """Import Claude Code's logs into the ledger; idempotent (re-importing records nothing new)."""
     scan = read_logs(find_log_files(paths))

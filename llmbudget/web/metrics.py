@@ -30,9 +30,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ..budget.glance import glance
 from ..events import UsageEvent, utcnow
+from ..fanout import LiveHub
 from ..money import from_nano
 from ..quota.readings_log import latest_by_backend
 from ..services import Services
@@ -76,7 +78,7 @@ class _Hist:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.total += other.total
 
-    def add_to(self, fam: Any, labels: list[str]) -> None:
+    def add_to(self, fam: HistogramMetricFamily, labels: list[str]) -> None:
         buckets: list[tuple[str, float]] = []
         acc = 0
         for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
@@ -233,10 +235,10 @@ class _PerCall:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def describe(self) -> list[Any]:
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         m = self.metrics
         tokens = HistogramMetricFamily(
             "gen_ai_client_token_usage",
@@ -319,10 +321,10 @@ class _ScrapeTime:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def describe(self) -> list[Any]:
+    def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         services = self.metrics.services
         try:
             yield from _budget_families(services)
@@ -334,7 +336,7 @@ class _ScrapeTime:
             log.warning("metrics_quota_unreadable error=%s", type(e).__name__)
 
 
-def _budget_families(services: Services) -> Iterator[Any]:
+def _budget_families(services: Services) -> Iterator[Metric]:
     enf = _enforcer(services)
     labels = ["budget", "scope", "value", "period", "unit"]
     spent = GaugeMetricFamily(
@@ -370,7 +372,7 @@ def _budget_families(services: Services) -> Iterator[Any]:
     yield from (spent, limit, reserved, remaining, paused)
 
 
-def _quota_families(services: Services) -> Iterator[Any]:
+def _quota_families(services: Services) -> Iterator[Metric]:
     labels = ["account", "provider", "window"]
     util = GaugeMetricFamily(
         "llmbudget_quota_utilization",
@@ -395,7 +397,7 @@ def _quota_families(services: Services) -> Iterator[Any]:
     yield from (util, reset)
 
 
-def install_metrics(services: Services, hub: Any) -> Metrics:
+def install_metrics(services: Services, hub: LiveHub) -> Metrics:
     """Build the app's metrics once (`services.metrics`), fed by the live fan-out `hub`."""
     m = services.metrics
     if not isinstance(m, Metrics):

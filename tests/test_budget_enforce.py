@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 from llmbudget.admission import CallInfo
 from llmbudget.budget import build_enforcer
-from llmbudget.budget.enforcer import BudgetEnforcer, BudgetGate
+from llmbudget.budget.enforcer import BudgetEnforcer
+from llmbudget.budget.gate import BudgetGate
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 from llmbudget.money import format_exact

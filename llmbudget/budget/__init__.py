@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..admission import Gate
-    from .enforcer import BudgetEnforcer, BudgetGate
+    from .enforcer import BudgetEnforcer
+    from .gate import BudgetGate
 
 # The factories below import inside: `config` imports `budget.config`, which runs this package
 # first (a cycle), and the CLI reaches `reconcile_after_write` without loading the enforcer,
@@ -82,7 +83,7 @@ def install(services: Any) -> Gate:
     """
     from ..config import resolve_db_url
     from .config import AlertsConfig
-    from .enforcer import BudgetGate
+    from .gate import BudgetGate
     from .watch import UtilizationWatcher
 
     cfg = services.config
@@ -115,7 +116,7 @@ def gate_from_config(config_path: str | None = None, db_url: str | None = None) 
     """
     from ..config import load_config, resolve_db_url
     from ..store import open_ledger
-    from .enforcer import BudgetGate
+    from .gate import BudgetGate
 
     cfg = load_config(config_path)
     url = resolve_db_url(db_url, cfg)

@@ -31,7 +31,7 @@ from .otel import install_otel
 from .quota.probe import ProbeSession
 from .services import Services
 from .web.api import api_routes, install_error_handlers
-from .web.api_budget import _enforcer
+from .web.api_budget import serving_enforcer
 from .web.dashboard import page_routes
 from .web.metrics import install_metrics
 from .web.reportpool import close_report_pool
@@ -202,7 +202,7 @@ def install_live(services: Services) -> Any:
     on_record = getattr(services.ledger, "on_record", None)
     if on_record is not None:
         on_record.append(hub.publish)
-    enforcer = _enforcer(services)
+    enforcer = serving_enforcer(services)
     notifier = getattr(enforcer, "notifier", None)
     if notifier is not None:
         notifier.listeners.append(hub.publish_notice)

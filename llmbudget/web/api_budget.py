@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -16,13 +15,14 @@ from starlette.routing import BaseRoute, Route
 
 from ..alerts import KINDS, list_notifications
 from ..budget import build_enforcer
+from ..budget.enforcer import BudgetEnforcer
 from ..budget.report import budget_report
 from ..errors import ValidationError
 from ..services import Services
 from .params import flag, query_params
 
 
-def _enforcer(services: Services) -> Any:
+def serving_enforcer(services: Services) -> BudgetEnforcer:
     """The serving enforcer, or one built on demand (no budgets configured: pauses and notices still work)."""
     enf = services.enforcer
     if enf is None:
@@ -38,7 +38,7 @@ def routes(services: Services) -> list[BaseRoute]:
 
     async def budgets(request: Request) -> JSONResponse:
         utilization = flag(query_params(request, {"utilization"}), "utilization")
-        enf = await run_in_threadpool(_enforcer, services)
+        enf = await run_in_threadpool(serving_enforcer, services)
         data = await run_in_threadpool(
             budget_report, enf, services.ledger, services.config, utilization=utilization
         )
@@ -70,14 +70,14 @@ def routes(services: Services) -> list[BaseRoute]:
             if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
                 raise ValidationError("reason", "must be a string")
             reason = body.get("reason") or reason
-        enf = await run_in_threadpool(_enforcer, services)
+        enf = await run_in_threadpool(serving_enforcer, services)
         was = name in await run_in_threadpool(enf.paused)
         await run_in_threadpool(lambda: enf.pause(name, reason=reason, by="api"))
         return JSONResponse({"agent": name, "paused": True, "changed": not was})
 
     async def resume(request: Request) -> JSONResponse:
         name = request.path_params["name"]
-        enf = await run_in_threadpool(_enforcer, services)
+        enf = await run_in_threadpool(serving_enforcer, services)
         changed = await run_in_threadpool(enf.resume, name)
         return JSONResponse({"agent": name, "paused": False, "changed": changed})
 

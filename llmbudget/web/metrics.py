@@ -38,7 +38,7 @@ from ..fanout import LiveHub
 from ..money import from_nano
 from ..quota.readings_log import latest_by_backend
 from ..services import Services
-from .api_budget import _enforcer
+from .api_budget import serving_enforcer
 
 log = logging.getLogger("llmbudget.metrics")
 
@@ -337,7 +337,7 @@ class _ScrapeTime:
 
 
 def _budget_families(services: Services) -> Iterator[Metric]:
-    enf = _enforcer(services)
+    enf = serving_enforcer(services)
     labels = ["budget", "scope", "value", "period", "unit"]
     spent = GaugeMetricFamily(
         "llmbudget_budget_spent",

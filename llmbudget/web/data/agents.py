@@ -17,7 +17,7 @@ from ...agentstats import (
 from ...services import Services
 from ...store.buckets import from_us, to_us
 from ...store.dashboard import agent_session_totals, newest_calls, spend_by_minute
-from ..api_budget import _enforcer
+from ..api_budget import serving_enforcer
 from .spend import day_start, usd
 
 #: agent cards shown on the overview at most (most expensive today first, active ones always)
@@ -43,7 +43,7 @@ def agent_cards(services: Services, now: datetime, *, only: str | None = None) -
         by_minute.setdefault(agent, []).append((now_us - age * 60_000_000, nano))
 
     try:
-        paused = _enforcer(services).paused()
+        paused = serving_enforcer(services).paused()
     except Exception:
         paused = {}
     names = list(recent)  # by their last call, then the rest of the past hour's by theirs

@@ -12,7 +12,7 @@ from ...budget.status import budget_status
 from ...events import UsageEvent
 from ...services import Services
 from ...store import Ledger
-from ..api_budget import _enforcer
+from ..api_budget import serving_enforcer
 from .spend import usd
 
 
@@ -25,7 +25,7 @@ def budgets_panel(services: Services, now: datetime, *, compare: bool = True) ->
     reconciles them in the background (`budgets.reconcile_interval_s`); `last_reconcile` says when
     it last did and what it corrected.
     """
-    enf = _enforcer(services)
+    enf = serving_enforcer(services)
     out: dict[str, Any] = {"budgets": [], "paused_agents": [], "enforcement": {}}
     try:
         if compare:

@@ -45,7 +45,8 @@ from .replay import AuditReplay
 from .rollups import Rollups, hourly_of
 from .rows import event_to_row
 from .side_tables import SideTables
-from .writer import BatchWriter, Quarantine, Spool, _Outage
+from .spool import Quarantine, Spool
+from .writer import BatchWriter, _Outage
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+from .connection import DB
 
 DIALECTS = ("sqlite", "postgres")
 #: PostgreSQL advisory lock held while migrating: processes opening one database at once take turns
@@ -45,7 +46,7 @@ PG_MIGRATION_LOCK = 4141001
 
 log = logging.getLogger(__name__)
 
-MigrationBody = str | Callable[[Any], None]
+MigrationBody = str | Callable[[DB], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +96,16 @@ def split_statements(sql: str) -> list[str]:
     return out
 
 
-def lock_migrations(db: Any) -> None:
+def lock_migrations(db: DB) -> None:
     """Keep two processes from migrating the same database at once (SQLite: `BEGIN IMMEDIATE` already does)."""
     if db.dialect == "postgres":
         db.execute(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
 
 
 def apply_migrations(
-    transaction: Callable[[], AbstractContextManager[Any]],
+    transaction: Callable[[], AbstractContextManager[DB]],
     dialect: str,
-    lock: Callable[[Any], None] = lock_migrations,
+    lock: Callable[[DB], None] = lock_migrations,
 ) -> list[tuple[str, str, bool]]:
     """Apply the missing migrations, each in its own `transaction()` (a connection wrapper with
     `.execute(sql, params)`, `?` placeholders, and `.dialect`); returns (name, applied_at, applied now)
@@ -316,7 +317,7 @@ CREATE TABLE IF NOT EXISTS budget_claims (
 
 # Ingest speed: every index on `events` is paid on each insert. Low-cardinality attribution
 # fields do not need their own: a filter on them is narrowed through the rollups to the hours
-# that hold matches (SQLLedger._hour_ranges), then read with the time index. Session and task id
+# that hold matches (`_hour_ranges`, llmbudget/store/reads.py), then read with the time index. Session and task id
 # (not rollup dimensions, many distinct values) keep theirs.
 migration(
     "0007_events_drop_dimension_indexes",
@@ -500,7 +501,7 @@ $fn$""",
 }
 
 
-def _budget_owners_and_functions(db: Any) -> None:
+def _budget_owners_and_functions(db: DB) -> None:
     for stmt in split_statements(_BUDGET_OWNERS):
         db.execute(stmt)
     for name, body in _BUDGET_FUNCTIONS.items():

@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from llmbudget.admission import CallInfo
-from llmbudget.budget import build_enforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent
 

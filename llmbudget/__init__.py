@@ -35,7 +35,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
     "LLMBudgetError",
 ]
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # __getattr__ below loads these on first use: `import llmbudget` stays cheap
     from .errors import BudgetExceeded, BudgetUnavailable, LLMBudgetError
     from .events import UsageEvent
     from .store import Ledger

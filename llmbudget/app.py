@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from .access.guard import AccessGuard
 from .access.policy import AccessPolicy
-from .budget import install as install_budgets
+from .budget.factory import install as install_budgets
 from .budget.thresholds import ThresholdWatch
 from .capture.errors import error_bytes, guess_protocol
 from .capture.paths import PREFIX, PathRefused, read_prefix

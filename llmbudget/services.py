@@ -10,25 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from .admission import Gate
+from .budget.enforcer import BudgetEnforcer
+from .budget.thresholds import ThresholdWatch
+from .budget.watch import UtilizationWatcher
 from .config import Config, load_config, resolve_db_url
+from .events import UsageEvent
+from .fanout import LiveHub
+from .keys import KeyRing
 from .pricing.book import PriceBook
+from .quota.probe import ProbeSession
 from .store import Ledger, ledger_options, open_ledger
 
-if TYPE_CHECKING:
-    from .admission import Gate
-    from .budget.enforcer import BudgetEnforcer
-    from .budget.thresholds import ThresholdWatch
-    from .budget.watch import UtilizationWatcher
-    from .events import UsageEvent
-    from .fanout import LiveHub
-    from .keys import KeyRing
-    from .pricing.book import PriceBook
-    from .quota.probe import ProbeSession
-
 #: serves a call on a backend of another wire protocol: (proxy, request, backend, send) -> the event
-Translator = Callable[..., Awaitable["UsageEvent | None"]]
+Translator = Callable[..., Awaitable[UsageEvent | None]]
 
 
 class AccessRules(Protocol):

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from llmbudget.admission import CallInfo
-from llmbudget.budget import build_enforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.cli import main
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent, anthropic_call_id

@@ -20,7 +20,7 @@ from fakes.upstream import FakeUpstream
 from test_enforce_proxy import real_cost, start_servers, stop_servers
 
 from llmbudget.admission import CallInfo
-from llmbudget.budget import build_enforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.budget.status import budget_status
 from llmbudget.capture.base import estimate_tokens_from_json
 from llmbudget.config import parse_config

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from llmbudget.admission import CallInfo
 from llmbudget.app import build_app
-from llmbudget.budget import build_enforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.cli import main
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent

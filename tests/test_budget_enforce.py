@@ -11,8 +11,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from llmbudget.admission import CallInfo
-from llmbudget.budget import build_enforcer
 from llmbudget.budget.enforcer import BudgetEnforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.budget.gate import BudgetGate
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent

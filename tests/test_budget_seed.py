@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from llmbudget.admission import CallInfo
-from llmbudget.budget import build_enforcer
 from llmbudget.budget.enforcer import BudgetEnforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.budget.status import budget_status
 from llmbudget.config import parse_config
 from llmbudget.events import UsageEvent

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llmbudget.admission import CallInfo
-from llmbudget.budget import build_enforcer
 from llmbudget.budget.config import UtilizationConfig
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.budget.utilization import Cycle, cycles_from_readings, findings, recommend
 from llmbudget.budget.watch import check_utilization
 from llmbudget.config import parse_config

@@ -24,7 +24,7 @@ from fakes import upstream as fx
 from fakes.servers import free_port
 from fakes.upstream import FakeUpstream
 
-from llmbudget.budget import build_enforcer
+from llmbudget.budget.factory import build_enforcer
 from llmbudget.budget.status import budget_status
 from llmbudget.config import parse_config
 from llmbudget.money import from_nano

@@ -10,7 +10,7 @@ import pytest
 from fakes.upstream import FakeUpstream
 
 import llmbudget
-from llmbudget.budget import gate_from_config
+from llmbudget.budget.factory import gate_from_config
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from fakes.servers import running_proxy
 from fakes.upstream import FakeUpstream
 
 import llmbudget
-from llmbudget.budget import gate_from_config
+from llmbudget.budget.factory import gate_from_config
 from llmbudget.config import Config
 
 

@@ -203,7 +203,7 @@ def test_a_plugin_kind_loads_and_probes(monkeypatch: pytest.MonkeyPatch) -> None
     import sys
     import types
 
-    from llmbudget.quota import providers as registry
+    from llmbudget.quota import kinds
 
     mod = types.ModuleType("fake_quota_plugin")
 
@@ -226,8 +226,8 @@ def test_a_plugin_kind_loads_and_probes(monkeypatch: pytest.MonkeyPatch) -> None
     mod.Static = Static  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_quota_plugin", mod)
     ep = md.EntryPoint(name="static", value="fake_quota_plugin:Static", group=ENTRY_POINT_GROUP)
-    real = registry._plugins
-    monkeypatch.setattr(registry, "_plugins", lambda: {**real(), "static": ep})
+    real = kinds.plugins
+    monkeypatch.setattr(kinds, "plugins", lambda: {**real(), "static": ep})
     cfg, _ = parse_config("providers:\n  - {name: mine, kind: static, options: {greeting: hi}}\n", "c.yaml")
     (r,) = probe(cfg.providers[0])
     assert (r.backend, r.provider, r.extra["greeting"]) == ("mine", "static", "hi")

@@ -19,7 +19,7 @@ from fakes import upstream as fx
 from fakes.upstream import FakeUpstream
 
 import llmbudget
-from llmbudget.budget import gate_from_config
+from llmbudget.budget.factory import gate_from_config
 from llmbudget.budget.status import budget_status
 
 

@@ -1,146 +1,25 @@
 """Budgets that hold: config, windows, atomic reservations, enforcement, alerts.
 
-`install(services)` puts a `BudgetGate` into `services.gate` when the config has budgets;
-the proxy and the SDK wrappers then ask it before every call.
+The enforcer and its gate are built in `llmbudget.budget.factory` (`install`, `gate_from_config`,
+`build_enforcer`, `reconcile_after_write`). This package imports nothing: `llmbudget.config`
+imports `llmbudget.budget.config`, which runs this file first. The factories' names stay
+reachable from here (`from llmbudget.budget import gate_from_config`), resolved on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ..admission import Gate
-    from .enforcer import BudgetEnforcer
-    from .gate import BudgetGate
-
-# The factories below import inside: `config` imports `budget.config`, which runs this package
-# first (a cycle), and the CLI reaches `reconcile_after_write` without loading the enforcer,
-# the counters and the price book at start-up.
+if TYPE_CHECKING:  # __getattr__ below resolves these on first use: the package imports nothing
+    from .factory import build_enforcer, gate_from_config, install, reconcile_after_write
 
 __all__ = ["build_enforcer", "gate_from_config", "install", "reconcile_after_write"]
 
 
-def build_enforcer(
-    cfg: Any,
-    db_url: str,
-    *,
-    state: Any | None = None,
-    prices: Any | None = None,
-    price_fn: Any | None = None,
-    clock: Any | None = None,
-    redis_prefix: str | None = None,
-) -> BudgetEnforcer:
-    """An enforcer for a Config: counters in Redis (`budgets.redis_url`) or the ledger's database."""
-    from ..alerts import Notifier
-    from ..config import get_zone
-    from .counters import open_counters
-    from .enforcer import BudgetEnforcer
-    from .estimate import price_fn_from_book
-    from .rules import budgets_from_config
-
-    b = cfg.budgets
-    if b is None:
-        from .config import BudgetsConfig
-
-        b = BudgetsConfig()
-    alerts = cfg.alerts
-    if price_fn is None:
-        if prices is None:
-            from ..pricing import PriceBook
-
-            prices = PriceBook.from_config(cfg)
-        price_fn = price_fn_from_book(prices)
-    notifier = Notifier(
-        state, alerts.webhooks if alerts else [], keep=alerts.keep_notifications if alerts else 500
-    )
-    kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
-    return BudgetEnforcer(
-        budgets_from_config(b),
-        open_counters(
-            db_url, b.redis_url, redis_prefix=redis_prefix or b.redis_prefix, pool_size=cfg.storage.pool_size
-        ),
-        tz=get_zone(b.timezone or cfg.timezone),
-        price=price_fn,
-        fallback=b.fallback,
-        fallback_model=b.fallback_model,
-        ttl_s=b.reservation_ttl_s,
-        default_max_output=b.default_max_output_tokens,
-        input_factor=b.input_token_factor,
-        notifier=notifier,
-        state=state,
-        on_error=b.on_error,
-        **kw,
-    )
-
-
-def install(services: Any) -> Gate:
-    """Attach the budget gate to `services.gate` (the enforcer to `services.enforcer`).
-
-    The gate is installed whether or not budgets exist: a paused agent is refused either way (with
-    no budgets the gate only reads the pause list, cached for a second). With budgets it also
-    reconciles the counters with the ledger every `budgets.reconcile_interval_s`. Starts the
-    utilization watcher (committed budgets, quota readings).
-    """
-    from ..config import resolve_db_url
-    from .config import AlertsConfig
-    from .gate import BudgetGate
-    from .watch import UtilizationWatcher
-
-    cfg = services.config
-    has_budgets = cfg.budgets is not None and cfg.budgets.has_budgets()
-    alerts = cfg.alerts or AlertsConfig()
-    watch = alerts.utilization.enabled and (bool(cfg.providers) or has_budgets)
-    if services.enforcer is None:
-        db_url = getattr(services.ledger, "url", None) or resolve_db_url(None, cfg)
-        enforcer = build_enforcer(cfg, db_url, state=services.ledger, prices=services.prices)
-        services.enforcer = enforcer
-        if watch and (cfg.providers or any(b.committed for b in enforcer.budgets)):
-            services.utilization_watcher = UtilizationWatcher(
-                enforcer, services.ledger, alerts.utilization
-            ).start()
-        if has_budgets:
-            enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
-    if services.gate is None:
-        services.enforcer.batch = True  # the proxy writes settlements in batches
-        wait_s = cfg.budgets.inflight_wait_s if cfg.budgets is not None else 0.0
-        services.gate = BudgetGate(services.enforcer, wait_s=wait_s)
-    gate: Gate = services.gate
-    return gate
-
-
-def gate_from_config(config_path: str | None = None, db_url: str | None = None) -> BudgetGate:
-    """A gate for `llmbudget.wrap(client, gate=...)` from the configured file.
-
-    Without budgets the gate still refuses paused agents. With budgets it reconciles the counters
-    with the ledger in a background thread, as `llmbudget serve` does.
-    """
-    from ..config import load_config, resolve_db_url
-    from ..store import open_ledger
-    from .gate import BudgetGate
-
-    cfg = load_config(config_path)
-    url = resolve_db_url(db_url, cfg)
-    enforcer = build_enforcer(cfg, url, state=open_ledger(url))
-    if cfg.budgets is not None:
-        enforcer.start_reconciler(cfg.budgets.reconcile_interval_s)
-    return BudgetGate(enforcer, wait_s=cfg.budgets.inflight_wait_s if cfg.budgets is not None else 0.0)
-
-
-def reconcile_after_write(cfg: Any, ledger: Any) -> str | None:
-    """Reconcile the budget counters after a write from outside the gate (import, reprice).
-
-    Returns a warning to print when the counters could not be reached (the write itself stands;
-    `llmbudget serve` reconciles again within `budgets.reconcile_interval_s`).
-    """
-    if cfg.budgets is None or not cfg.budgets.has_budgets():
-        return None
-    try:
-        ledger.flush()
-        enforcer = build_enforcer(cfg, ledger.url, state=ledger, price_fn=lambda *a: None)
-        try:
-            enforcer.reconcile()
-        finally:
-            enforcer.close()
-    except Exception as e:
-        return f"budget counters not reconciled ({type(e).__name__}: {e}); `llmbudget budget` will"
-    return None
+def __getattr__(name: str) -> object:
+    if name not in __all__:
+        raise AttributeError(f"module 'llmbudget.budget' has no attribute {name!r}")
+    value = getattr(importlib.import_module("llmbudget.budget.factory"), name)
+    globals()[name] = value
+    return value

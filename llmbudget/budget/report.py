@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config import Config
 from ..events import utcnow
+from ..store import Ledger
 from .config import AlertsConfig
+from .enforcer import BudgetEnforcer
 from .status import budget_status
 from .utilization import recommend
 from .watch import current_cycles
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..store import Ledger
-    from .enforcer import BudgetEnforcer
 
 
 def budget_report(

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..alerts import KINDS, list_notifications
-from ..budget import build_enforcer
+from ..budget.factory import build_enforcer
 from ..budget.report import budget_report
 from ..errors import ValidationError
 from ..money import format_exact, format_usd

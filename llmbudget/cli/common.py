@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import export
-from ..budget import reconcile_after_write
+from ..budget.factory import reconcile_after_write
 from ..config import Config, default_db_url, load_config, resolve_db_url
 from ..errors import StorageError, ValidationError
 from ..store import Ledger, ledger_options, open_ledger
 
-# The SQLite back-end and rich's progress bar are imported where used: `llmbudget --help` does not
+# rich's progress bar and the SQLite back-end are imported where used: `llmbudget --help` does not
 # load them at start-up.
 
 #: the width of tables written to a pipe or file (no terminal to fit): wide enough that no row wraps
@@ -81,7 +81,7 @@ def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = Fa
     cfg = load_config(config)
     url = resolve_db_url(db, cfg)
     if must_exist and url != default_db_url() and "://" not in url.removeprefix("sqlite:///"):
-        from ..store.sqlite import sqlite_path
+        from ..store.sqlite import sqlite_path  # start-up: `llmbudget --help` loads no back-end
 
         path = sqlite_path(url)
         if not path.exists():

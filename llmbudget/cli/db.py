@@ -23,12 +23,10 @@ from rich.table import Table
 from .. import export
 from ..config import load_config, resolve_db_url
 from ..errors import DatabaseMissing, NotFound, ValidationError
+from ..importer import import_jsonl
 from ..money import format_usd, from_nano
 from ..pricing import PriceBook, provider_for
 from . import agent_logs, common
-
-# The command's modules are imported when it runs: `llmbudget --help` and the other commands
-# do not load them at start-up.
 
 #: named import sources: name -> fn(paths, json_out=..., config=..., db=...)
 IMPORT_SOURCES: dict[str, Callable[..., None]] = {
@@ -61,7 +59,7 @@ def register(app: typer.Typer) -> None:
         except DatabaseMissing:
             if not create:
                 raise
-            from ..store.postgres import create_database
+            from ..store.postgres import create_database  # optional extra (psycopg)
 
             url = resolve_db_url(db, load_config(config))
             created = create_database(url)
@@ -146,8 +144,6 @@ def register(app: typer.Typer) -> None:
 
 def import_files(files: list[str], *, db: str | None, config: str | None, json_out: bool) -> None:
     """Import JSONL files with a progress bar (after a second) and a summary per file."""
-    from ..importer import import_jsonl
-
     for f in files:  # fail before touching the database
         if not Path(f).is_file():
             raise NotFound(f"{f}: no such file")

@@ -29,7 +29,7 @@ def demo(
     """
     import uvicorn
 
-    from ..demo.run import run_demo
+    from ..demo.run import run_demo  # start-up: loaded when the command runs
 
     if duration is not None and not 0 < duration <= 7 * 86400:
         raise ValidationError("--duration", f"must be a number of seconds above 0, got {duration:g}")

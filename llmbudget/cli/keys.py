@@ -11,10 +11,9 @@ from rich.table import Table
 
 from ..errors import ValidationError
 from ..export import write_rows_csv
+from ..keys import make_key, parse_expires
+from ..store.keys import KeyStore
 from . import common
-
-# The command's modules are imported when it runs: `llmbudget --help` and the other commands
-# do not load them at start-up.
 
 keys_app = typer.Typer(
     help="Virtual keys: llmb-... secrets that fix an attribution and earn a backend's provider key.",
@@ -59,9 +58,6 @@ def keys_create(
     json_: common.JsonOpt = False,
 ) -> None:
     """Create a virtual key and print its secret once (only its hash is stored)."""
-    from ..keys import make_key, parse_expires
-    from ..store.keys import KeyStore
-
     cfg, ledger = common.open_ledger_for(config, db)
     with ledger:
         key, secret = make_key(
@@ -93,8 +89,6 @@ def keys_list(
     csv_: common.CsvOpt = False,
 ) -> None:
     """List virtual keys (names, state, attribution; never a secret)."""
-    from ..store.keys import KeyStore
-
     if json_ and csv_:
         raise ValidationError("--json", "choose one of --json and --csv")
     _, ledger = common.open_ledger_for(config, db)
@@ -130,8 +124,6 @@ def keys_revoke(
     json_: common.JsonOpt = False,
 ) -> None:
     """Revoke a virtual key: every server refuses it within a second."""
-    from ..store.keys import KeyStore
-
     _, ledger = common.open_ledger_for(config, db)
     with ledger:
         key, changed = KeyStore(ledger).revoke(name)

@@ -17,11 +17,9 @@ from .. import export
 from ..errors import ValidationError
 from ..money import format_usd, from_nano
 from ..pricing import PriceBook
+from ..reprice import reprice as reprice_events
 from ..timeranges import parse_range, parse_since
 from . import common
-
-# The command's modules are imported when it runs: `llmbudget --help` and the other commands
-# do not load them at start-up.
 
 
 def _yaml_snippet(model: str, provider: str | None) -> str:
@@ -327,8 +325,6 @@ def reprice(
     Each call gets the price in force at its own timestamp. With --all every call in range is
     re-priced from the current book: an explicit request to rewrite history.
     """
-    from ..reprice import reprice as reprice_events
-
     cfg, ledger = common.open_ledger_for(config, db)
     try:
         start, end = parse_range(since, until, zone=cfg.zone())

@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..quota import pi_config
 from . import common
-
-# The command's modules are imported when it runs: `llmbudget --help` and the other commands
-# do not load them at start-up.
 
 
 def register(app: typer.Typer) -> None:
@@ -32,8 +30,6 @@ def register(app: typer.Typer) -> None:
         json_out: common.JsonOpt = False,
     ) -> None:
         """Print the `providers:` entries for a pi agent's models.json; keys by variable name, never copied."""
-        from ..quota import pi_config
-
         source = Path(path).expanduser() if path else pi_config.default_path()
         entries = pi_config.read_pi_providers(source)
         if json_out:

@@ -68,7 +68,7 @@ def run(
 
     Put the command after `--`: `llmbudget run --agent fixer --budget 2.00 -- claude -p "fix the tests"`.
     """
-    from .. import runner
+    from .. import runner  # start-up: loaded when the command runs
 
     cmd = list(ctx.args)
     if not cmd:
@@ -110,7 +110,7 @@ def run(
 
 
 def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -> int:
-    from .. import runner
+    from .. import runner  # start-up: loaded when the command runs
 
     env = runner.child_env(base, cfg, agent=agent, session=session, environ=os.environ, program=cmd[0])
     return runner.run_child(runner.child_command(cmd, base, cfg, agent=agent, session=session), env)
@@ -118,7 +118,7 @@ def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -
 
 def _summary_after_close(services: Services, session: str) -> Any:
     """Read the run back once the in-process proxy has flushed and closed its ledger."""
-    from .. import runner
+    from .. import runner  # start-up: loaded when the command runs
 
     ledger = open_ledger(services.ledger.url) if hasattr(services.ledger, "url") else services.ledger
     try:

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -17,12 +17,10 @@ from ..access.policy import check_server_access, is_loopback  # noqa: F401  (is_
 from ..errors import LLMBudgetError, ValidationError
 from ..services import Services
 from . import common
+from .workers import WORKER_ENV, supervise
 
-if TYPE_CHECKING:
-    from ..services import Services
-
-# uvicorn, the app and the worker supervisor are imported when `serve` runs: `llmbudget --help`
-# and the other commands do not load them at start-up.
+# uvicorn and the app are imported when `serve` runs: `llmbudget --help` and the other commands
+# do not load them at start-up.
 
 
 def check_bind(host: str, admin_token_env: str | None) -> None:
@@ -75,7 +73,7 @@ def serve(
     """Serve the metering proxy, /healthz and the JSON API (one port; one process unless --workers)."""
     import uvicorn
 
-    from ..app import build_app
+    from ..app import build_app  # start-up: loaded when the command runs
 
     if not 1 <= workers <= 64:
         raise ValidationError("--workers", f"must be between 1 and 64, got {workers}")
@@ -99,8 +97,6 @@ def serve(
     if index is None:
         check_listen(host, port)
     if workers > 1 and index is None:
-        from .workers import supervise
-
         child = ["serve", "--host", host, "--port", str(port), "--log-level", log_level]
         child += ["--config", str(config)] if config else []
         child += ["--db", str(db)] if db else []
@@ -187,10 +183,6 @@ def _server_class() -> Any:
 
 class _Stop(Exception):
     """SIGTERM after uvicorn's graceful shutdown: a normal way to stop."""
-
-
-#: set by `serve --workers N` for each worker process it starts (0 .. N-1)
-WORKER_ENV = "LLMBUDGET_WORKER_INDEX"
 
 
 def _shared_socket(host: str, port: int) -> socket.socket:

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 
-from .serve import WORKER_ENV
-
 log = logging.getLogger("llmbudget.serve")
+#: set by `serve --workers N` for each worker process it starts (0 .. N-1)
+WORKER_ENV = "LLMBUDGET_WORKER_INDEX"
 
 _CHILD = "import sys; from llmbudget.cli import main; sys.exit(main(sys.argv[1:]))"
 

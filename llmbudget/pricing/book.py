@@ -35,6 +35,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from ..config import Config, PriceOverride
+from ..events import UsageEvent
 from .compiled import Compiled
 from .genai import (
     REQUESTS_KEY,
@@ -51,9 +53,7 @@ from .normalize import TokenUsage
 from .providers import norm_provider
 from .results import PriceInfo, PriceResult, PriceStatus
 
-if TYPE_CHECKING:
-    from ..config import Config, PriceOverride
-    from ..events import UsageEvent
+if TYPE_CHECKING:  # genai-prices: `Price` names its types, which load with its data on first use
     from .genai import Price
 
 #: the four token prices every book entry may have (shown on their own rows by `llmbudget prices`)

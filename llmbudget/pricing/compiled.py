@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .genai import USAGE_ATTRS, registry
 from .normalize import TokenUsage
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # genai-prices: `Price` names its types, which load with its data on first use
     from genai_prices.units import UnitDef
 
     from .genai import Price

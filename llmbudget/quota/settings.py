@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .providers import known_kinds
+from .kinds import known_kinds
 
 BUILTIN_KINDS = (
     "anthropic-unified",

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..config import default_db_url, mask_url
+from ..config import Config, default_db_url, mask_url
 from ..errors import StorageError
 from .base import CostRow, Ledger, SessionRow, UnpricedModel
 from .shutdown import flush_all, install_signal_handlers
-
-if TYPE_CHECKING:
-    from ..config import Config
-
-# Each back-end is imported when a URL asks for it: PostgreSQL needs the optional psycopg, and the
-# CLI does not load either at start-up.
 
 __all__ = [
     "CostRow",
@@ -49,7 +43,7 @@ def open_ledger(url: str | None = None, **options: Any) -> Ledger:
     """Open the ledger at `url` (`sqlite:///path`, a path, `postgresql://...`); None means the default SQLite file."""
     url = url or default_db_url()
     if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresLedger
+        from .postgres import PostgresLedger  # optional extra (psycopg): imported when a URL asks for it
 
         return PostgresLedger(url, **options)
     scheme = url.split("://", 1)[0] if "://" in url else None
@@ -59,6 +53,7 @@ def open_ledger(url: str | None = None, **options: Any) -> Ledger:
             f"unsupported database URL scheme {scheme!r} in {mask_url(url)}; the ledger takes "
             f"sqlite:///path/to/file.db, a file path, or postgresql://user@host/db{hint}"
         )
+    # start-up: the CLI imports this package, `llmbudget --help` must not load a back-end
     from .sqlite import SQLiteLedger
 
     return SQLiteLedger(url, **options)

@@ -128,7 +128,7 @@ class Ledger(ABC):
     @staticmethod
     def open(url: str | None = None, **options: Any) -> Ledger:
         """Open (and migrate) the ledger at `url`: `sqlite:///path`, a plain path, or `postgresql://...`."""
-        from . import open_ledger  # the package imports this module first (a cycle)
+        from . import open_ledger  # Ledger.open: the package imports this base class first
 
         return open_ledger(url, **options)
 

@@ -23,15 +23,13 @@ import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from ..errors import LLMBudgetError
 from ..events import UsageEvent
+from .jsonl import AuditLog
 from .side_tables import SideTables
-
-if TYPE_CHECKING:
-    from .jsonl import AuditLog
-    from .writer import BatchWriter
+from .writer import BatchWriter
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..alerts import KINDS, list_notifications
-from ..budget import build_enforcer
 from ..budget.enforcer import BudgetEnforcer
+from ..budget.factory import build_enforcer
 from ..budget.report import budget_report
 from ..errors import ValidationError
 from ..services import Services

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ...errors import LLMBudgetError
 from ..headers import parse_rate_limit_headers
 from ..readings import QuotaReading
+from ..settings import ProviderConfig
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import aiohttp
-
-    from ..settings import ProviderConfig
 
 
 @runtime_checkable

@@ -6,13 +6,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..headers import parse_go_duration
+from ..readings import QuotaReading
+from ..settings import ProviderConfig
 from .base import api_key, error_message, reading_from_response, unknown, url, utcnow
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from ..readings import QuotaReading
-    from ..settings import ProviderConfig
 
 _PROMPT = "."
 

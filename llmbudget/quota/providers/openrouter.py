@@ -13,12 +13,11 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from llmbudget.quota.providers.base import api_key, reading_from_response, url, utcnow
+from llmbudget.quota.readings import QuotaReading
+from llmbudget.quota.settings import ProviderConfig
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from llmbudget.quota.readings import QuotaReading
-    from llmbudget.quota.settings import ProviderConfig
 
 
 class OpenRouterProvider:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..admission import Admission, CallInfo
@@ -34,7 +33,7 @@ from .counters import Charge, CounterStore, Reconciled, Refusal, Spend
 from .estimate import PriceFn, max_output_tokens
 from .lease import LeaseBook
 from .notices import BudgetNotices, amount_text
-from .pauses import Pauses
+from .pauses import PauseRecord, Pauses
 from .reconcile import Reconciliation
 from .rules import Budget
 from .seed import SeedSpec, spec_for
@@ -83,8 +82,8 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
         self.clock = clock
         self._pending: dict[str, Pending] = {}
         self._lock = threading.Lock()
-        self._pauses: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
-        self._memory_pauses: dict[str, dict[str, Any]] = {}
+        self._pauses: tuple[float, dict[str, PauseRecord]] = (0.0, {})
+        self._memory_pauses: dict[str, PauseRecord] = {}
         self._unpriced_logged: set[str] = set()
         #: counters known to exist (created, seeded from the ledger) in the store
         self._seeded: set[str] = set()

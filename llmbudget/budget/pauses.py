@@ -18,6 +18,8 @@ from .counters import CounterStore
 log = logging.getLogger("llmbudget.budget")
 
 PAUSE_NS = "agent_pause"
+#: a pause as the ledger's state holds it (JSON): agent, paused_at, reason, budget, by
+PauseRecord = dict[str, Any]
 
 
 class Pauses:
@@ -27,12 +29,10 @@ class Pauses:
     state: Ledger | None
     notifier: Notifier | None
     store: CounterStore
-    _pauses: tuple[float, dict[str, dict[str, Any]]]
-    _memory_pauses: dict[str, dict[str, Any]]
+    _pauses: tuple[float, dict[str, PauseRecord]]
+    _memory_pauses: dict[str, PauseRecord]
 
-    def pause_refusal(
-        self, call: CallInfo, pauses: dict[str, dict[str, Any]] | None = None
-    ) -> Admission | None:
+    def pause_refusal(self, call: CallInfo, pauses: dict[str, PauseRecord] | None = None) -> Admission | None:
         """The refusal of a call from a paused agent, None when its agent is not paused."""
         if not call.agent:
             return None
@@ -47,14 +47,14 @@ class Pauses:
             budgets=tuple([paused["budget"]] if paused.get("budget") else []),
         )
 
-    def cached_pauses(self) -> dict[str, dict[str, Any]] | None:
+    def cached_pauses(self) -> dict[str, PauseRecord] | None:
         """The paused agents if read within the last second (no I/O), else None."""
         if self.state is None:
             return dict(self._memory_pauses)
         expires, cached = self._pauses
         return cached if time.monotonic() < expires else None
 
-    def paused(self) -> dict[str, dict[str, Any]]:
+    def paused(self) -> dict[str, PauseRecord]:
         """Paused agents (cached for one second: a pause from another process shows within a second)."""
         if self.state is None:
             return dict(self._memory_pauses)
@@ -109,7 +109,7 @@ class Pauses:
         return was
 
     @staticmethod
-    def _pause_message(agent: str, info: dict[str, Any]) -> str:
+    def _pause_message(agent: str, info: PauseRecord) -> str:
         why = f" by budget '{info['budget']}'" if info.get("budget") else ""
         reason = f" ({info['reason']})" if info.get("reason") else ""
         return (
@@ -121,9 +121,9 @@ class Pauses:
 def set_pause(
     state: Ledger | None,
     agent: str,
-    value: dict[str, Any] | None,
+    value: PauseRecord | None,
     *,
-    memory: dict[str, dict[str, Any]] | None = None,
+    memory: dict[str, PauseRecord] | None = None,
 ) -> bool:
     """Store (or clear with None) an agent's pause; returns whether it was paused before."""
     if state is None:

@@ -46,6 +46,7 @@ from .errors import CommandNotRun, LLMBudgetError
 from .events import TOKEN_FIELDS, UsageEvent
 from .money import ZERO, decimal_str
 from .services import Services
+from .wire import OPENAI, PROTOCOLS
 
 #: the provider id `llmbudget run` gives Codex (its session logs name it; `import codex` skips them)
 CODEX_PROVIDER = "llmbudget"
@@ -124,6 +125,15 @@ def server_url(cfg: Config) -> str:
     return f"http://{host}:{cfg.server.port}"
 
 
+#: programs that misread a protocol's base-URL variable -> the variables not set for them. Gemini CLI
+#: takes OPENAI_BASE_URL as a request to use an OpenAI-compatible server instead of Gemini
+#: (packages/core/src/core/contentGenerator.ts `getAuthTypeFromEnv`)
+_NOT_FOR_PROGRAM = {
+    "gemini": frozenset({OPENAI.base_url_env}),
+    "gemini.cmd": frozenset({OPENAI.base_url_env}),
+}
+
+
 def _backend_for(cfg: Config, kind: str) -> str | None:
     """The backend the child's `kind` SDKs go to: one named like the kind, else the first non-local one."""
     b = cfg.backends.get(kind)
@@ -171,16 +181,11 @@ def child_env(
     env = dict(environ)
     base = base.rstrip("/")
     routed = routed_base(base, agent=agent, session=session)
-    names = {kind: _backend_for(cfg, kind) for kind in ("openai", "anthropic", "gemini")}
-    # Gemini CLI takes OPENAI_BASE_URL as a request to use an OpenAI-compatible server instead of
-    # Gemini (packages/core/src/core/contentGenerator.ts `getAuthTypeFromEnv`): not for `gemini`
-    if names["openai"] and not (program and Path(program).name in ("gemini", "gemini.cmd")):
-        env["OPENAI_BASE_URL"] = f"{routed}/{names['openai']}/v1"
-    if names["anthropic"]:
-        env["ANTHROPIC_BASE_URL"] = f"{routed}/{names['anthropic']}"
-    if names["gemini"]:
-        # Gemini CLI (packages/core/src/core/contentGenerator.ts) and the google-genai SDK's gateway form
-        env["GOOGLE_GEMINI_BASE_URL"] = f"{routed}/{names['gemini']}"
+    skipped = _NOT_FOR_PROGRAM.get(Path(program).name, frozenset()) if program else frozenset()
+    for protocol in PROTOCOLS.values():
+        name = _backend_for(cfg, protocol.name)
+        if name is not None and protocol.base_url_env not in skipped:
+            env[protocol.base_url_env] = f"{routed}/{name}{protocol.base_url_suffix}"
     headers = attribution_headers(agent, session)
     # Claude Code: newline-separated `Name: value` lines added to every API call
     lines = [f"{k}: {v}" for k, v in headers.items()]
@@ -204,7 +209,7 @@ def codex_overrides(base: str, cfg: Config, *, agent: str | None, session: str) 
     the run's attribution in `http_headers` (and in its base URL's path); its key comes from
     `OPENAI_API_KEY`.
     """
-    name = _backend_for(cfg, "openai")
+    name = _backend_for(cfg, OPENAI.name)
     if name is None:
         return []
     headers = ", ".join(f'"{k}" = "{v}"' for k, v in attribution_headers(agent, session).items())

@@ -31,12 +31,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
-from ..capture.errors import error_bytes, error_payload, guess_protocol
+from ..capture.errors import error_bytes, guess_protocol
 from ..capture.paths import PREFIX
 from ..origin import origin_authority
 from .login import LoginLimiter, login
@@ -251,12 +250,7 @@ class AccessGuard:
             await ws_refuse(send)
         elif backend is not None:
             protocol = self.backends.get(backend) or guess_protocol(scope["path"])
-            payload = error_payload(protocol, 431, _TOO_MANY_HEADERS, "request_header_fields_too_large")
-            if protocol == "gemini":
-                payload["error"]["status"] = (
-                    "INVALID_ARGUMENT"  # Google's status for a request it will not read
-                )
-            body = json.dumps(payload).encode()
+            body = error_bytes(protocol, 431, _TOO_MANY_HEADERS, "request_header_fields_too_large")
             await send_body(send, 431, body, b"application/json", [(b"connection", b"close")])
         else:
             await json_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..pricing import normalize
@@ -48,7 +49,7 @@ class AnthropicMeter(CallMeter):
         return normalize.anthropic_usage(self.raw_usage)
 
 
-def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
+def make_meter(path: str, method: str, body: bytes, query: str = "") -> CallMeter | None:
     """A meter for `/v1/messages` (count_tokens and everything else pass through unmetered)."""
     if method != "POST" or not path.rstrip("/").endswith("/messages"):
         return None
@@ -61,20 +62,10 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     )
     meter.stream = req.get("stream") is True
     meter.max_output_tokens = output_limit(req, "max_tokens")
-    # fast mode is billed at its own rates (usage reports `speed: fast`); reserve at them
-    meter.requested_tier = "fast" if req.get("speed") == "fast" else None
+    meter.requested_tier = requested_tier(req)
     return meter
 
 
-def error_body(status: int, message: str, code: str) -> dict[str, Any]:
-    """Anthropic's error shape."""
-    kind = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        429: "rate_limit_error",
-        502: "api_error",
-        529: "overloaded_error",
-    }
-    return {"type": "error", "error": {"type": kind.get(status, "api_error"), "message": message}}
+def requested_tier(request: Mapping[str, Any]) -> str | None:
+    """Fast mode is billed at its own rates (usage reports `speed: fast`): reserved at them."""
+    return "fast" if request.get("speed") == "fast" else None

@@ -199,6 +199,10 @@ class CallMeter:
         self.body = dump_json_body(self.request)
         return self.body
 
+    def upstream_path(self, path: str) -> str:
+        """The path to send the request to after `set_model` (Gemini names the model in the path)."""
+        return path
+
     # ---------------------------------------------------------------- answer side
     def feed(self, chunk: bytes) -> bytes:
         """Scan one streamed chunk; return the bytes to pass on (the same object unless filtering)."""

@@ -114,6 +114,9 @@ class GeminiMeter(CallMeter):
         self.request_model = model
         return self.body
 
+    def upstream_path(self, path: str) -> str:
+        return self.path or path
+
     def usage(self) -> Any:
         if self.raw_usage is None:
             return None
@@ -145,17 +148,3 @@ def make_meter(path: str, method: str, body: bytes, query: str = "") -> CallMete
         except BadRequest as e:
             raise BadRequest(f"generationConfig.{e}", code="INVALID_ARGUMENT") from None
     return meter
-
-
-def error_body(status: int, message: str, code: str) -> dict[str, Any]:
-    """Google's error shape."""
-    names = {
-        400: "INVALID_ARGUMENT",
-        401: "UNAUTHENTICATED",
-        403: "PERMISSION_DENIED",
-        404: "NOT_FOUND",
-        429: "RESOURCE_EXHAUSTED",
-        502: "UNAVAILABLE",
-        503: "UNAVAILABLE",
-    }
-    return {"error": {"code": status, "message": message, "status": names.get(status, "INTERNAL")}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ..pricing import normalize
@@ -185,7 +186,7 @@ def endpoint_for(path: str) -> str | None:
     return None
 
 
-def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
+def make_meter(path: str, method: str, body: bytes, query: str = "") -> CallMeter | None:
     """A meter for a metered OpenAI call (None: pass through unmetered); BadRequest on a broken body."""
     if method != "POST":
         return None
@@ -199,7 +200,7 @@ def make_meter(path: str, method: str, body: bytes) -> CallMeter | None:
     cls = ResponsesMeter if endpoint == "responses" else OpenAIMeter
     meter = cls(protocol="openai", endpoint=endpoint, request=req, body=body, request_model=model)
     meter.stream = req.get("stream") is True and endpoint != "embeddings"
-    meter.requested_tier = requested_tier(req.get("service_tier"))
+    meter.requested_tier = tier_of(req)
     if endpoint == "responses":
         meter.max_output_tokens = output_limit(req, "max_output_tokens")
     elif endpoint != "embeddings":
@@ -226,13 +227,6 @@ def requested_tier(value: Any) -> str | None:
     return None
 
 
-def error_body(status: int, message: str, code: str) -> dict[str, Any]:
-    """OpenAI's error shape, so the SDK raises its normal exception."""
-    kind = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        404: "not_found_error",
-        429: "rate_limit_exceeded",
-        502: "api_connection_error",
-    }.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def tier_of(request: Mapping[str, Any]) -> str | None:
+    """The tier a request (or an SDK method's keywords) asks for in `service_tier`."""
+    return requested_tier(request.get("service_tier"))

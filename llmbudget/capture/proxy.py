@@ -26,9 +26,8 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -38,20 +37,20 @@ from ..admission import Admission, CallInfo
 from ..attribution_table import HEADER_FIELDS
 from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
-from ..events import MAX_TEXT, UsageEvent, anthropic_call_id, new_id
+from ..events import MAX_TEXT, UsageEvent, new_id
 from ..keys import KeyRing
 from ..origin import origin_authority
+from ..quota.piggyback import PendingReading, piggyback_reading
+from ..quota.readings_log import store_reading
 from ..services import AccessRules, OverheadMeter, Services
 from ..store.keys import KeyStore
-from . import anthropic, gemini, openai, paths
+from ..wire import KEY_HEADERS, RATE_PREFIXES, WireProtocol, protocol_for
+from . import openai, paths
 from .base import BadRequest, CallMeter
 from .clients import Attributor
-from .errors import error_bytes, guess_protocol
 from .guard import StreamGuard
+from .protocols import PROTOCOLS, MeteredProtocol, guess_metered
 from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
-
-if TYPE_CHECKING:
-    from ..quota.readings import QuotaReading
 
 log = logging.getLogger("llmbudget.proxy")
 
@@ -75,22 +74,15 @@ _HOP = frozenset(
     }
 )
 _REQ_DROP = _HOP | {b"host", b"content-length"}
-_KEY_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+#: every header a client's key may travel in (whichever protocol's: a client may send any backend's)
+_KEY_HEADERS = KEY_HEADERS
+_KEY_HEADER_NAMES = tuple(sorted(h.decode("latin-1") for h in KEY_HEADERS))
 #: request headers `client_side` looks at (every other header is forwarded untouched)
 _CLIENT_SPECIAL = _REQ_DROP | _KEY_HEADERS | {b"origin", b"sec-fetch-site", b"content-type"}
 #: `X-LLMBudget-*` request header (lower case) -> attribution field, from the attribution table
 _ATTR_HEADERS: dict[bytes, str] = dict(HEADER_FIELDS)
-#: response headers that carry quota signals (parsed by `llmbudget.quota.headers`)
-_RATE_PREFIXES_B = (
-    b"anthropic-ratelimit-",
-    b"x-ratelimit-",
-    b"retry-after",
-    b"x-litellm-",
-    b"x-llmbudget-cost-usd",
-    b"x-request-cost",
-    b"x-cost-usd",
-)
-_MAKERS = {"openai": openai.make_meter, "anthropic": anthropic.make_meter}
+#: response headers that carry quota signals (parsed by `llmbudget.quota.headers`): every protocol's
+_RATE_PREFIXES_B = RATE_PREFIXES
 _VK_PREFIX = b"llmb-"
 _NEEDS_KEY = (
     "llmbudget: this server needs a virtual key (Authorization: Bearer llmb-...; "
@@ -139,7 +131,8 @@ class ProxyRequest:
     query: str
     headers: CIMultiDict[str]
     body: bytes
-    protocol: str
+    #: the wire protocol of the backend the client called
+    proto: MeteredProtocol
     backend: str
     meter: CallMeter | None
     attribution: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +148,11 @@ class ProxyRequest:
     upstream_start: float = 0.0
     upstream_end: float = 0.0
 
+    @property
+    def protocol(self) -> str:
+        """The name of the call's wire protocol (`openai`, `anthropic`, `gemini`)."""
+        return self.proto.name
+
 
 #: translate(proxy, request, target_backend, send) -> recorded event; plugged in for cross-protocol fallback
 Translator = Callable[["Proxy", ProxyRequest, str, Send], Awaitable[UsageEvent | None]]
@@ -166,13 +164,17 @@ class Proxy:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.backends: dict[str, BackendConfig] = dict(services.config.backends)
+        #: backend -> (its config, its wire protocol): what a request needs, found with one lookup
+        self._routes: dict[str, tuple[BackendConfig, MeteredProtocol]] = {
+            n: (b, PROTOCOLS[b.kind]) for n, b in self.backends.items()
+        }
         self.session: aiohttp.ClientSession | None = None
         self._timeouts = {
             n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0), sock_read=b.timeout_s)
             for n, b in self.backends.items()
         }
         #: backend -> [newest error, newest response] seen since the last store
-        self._readings: dict[str, list[_PendingReading | None]] = {}
+        self._readings: dict[str, list[PendingReading | None]] = {}
         #: Gemini backends: "ok" or "error", the state the last pending reading said
         self._gemini_state: dict[str, str] = {}
         self._reading_task: asyncio.Task[None] | None = None
@@ -246,15 +248,15 @@ class Proxy:
             log.info("proxy_bad_path reason=%s", e)
             return
         name, rest = where.backend, where.rest
-        backend = self.backends.get(name)
-        if backend is None:
+        route = self._routes.get(name)
+        if route is None:
             await self.unknown_backend(scope, send)
             return
-        prepared = await self.client_side(scope, name, backend, send)
+        backend, protocol = route
+        prepared = await self.client_side(scope, name, backend, protocol, send)
         if prepared is None:
             return
         headers, attribution, has_key, query, ctype, length = prepared
-        protocol = backend.kind
         try:
             body = await _read_body(receive, length, self.max_body)
         except _TooLarge as e:
@@ -263,10 +265,7 @@ class Proxy:
             return
         method = scope["method"]
         try:
-            if protocol == "gemini":
-                meter = gemini.make_meter(rest, method, body, query)
-            else:
-                meter = _MAKERS[protocol](rest, method, body)
+            meter = protocol.make_meter(rest, method, body, query)
         except BadRequest as e:
             await _send_error(send, protocol, e.status, str(e), e.code)
             log.info("proxy_bad_request backend=%s path=%s reason=%s", name, rest, e)
@@ -281,7 +280,7 @@ class Proxy:
             query=query,
             headers=headers,
             body=meter.body if meter else body,
-            protocol=protocol,
+            proto=protocol,
             backend=name,
             meter=meter,
             attribution=attribution,
@@ -321,7 +320,9 @@ class Proxy:
         else:  # the usual call: its own backend, its own protocol (one frame less than dispatch)
             await self.forward(req, name, send, receive)
 
-    async def _refuse_header(self, send: Send, protocol: str, backend: str, header: bytes) -> None:
+    async def _refuse_header(
+        self, send: Send, protocol: MeteredProtocol, backend: str, header: bytes
+    ) -> None:
         name = header.decode("latin-1")
         await _send_error(
             send,
@@ -333,7 +334,7 @@ class Proxy:
         log.info("proxy_bad_header backend=%s header=%s", backend, name)
 
     async def client_side(
-        self, scope: Scope, name: str, backend: BackendConfig, send: Send
+        self, scope: Scope, name: str, backend: BackendConfig, protocol: MeteredProtocol, send: Send
     ) -> tuple[CIMultiDict[str], dict[str, Any], bool, str, bytes, bytes | None] | None:
         """Read a request's headers and query as every proxied call (HTTP or WebSocket) needs them.
 
@@ -376,7 +377,7 @@ class Proxy:
                     len(v) > MAX_ATTRIBUTION_CHARS
                     and len(v.decode("utf-8", "replace")) > MAX_ATTRIBUTION_CHARS
                 ):
-                    await self._refuse_header(send, backend.kind, name, k)
+                    await self._refuse_header(send, protocol, name, k)
                     return None
                 attr = _ATTR_HEADERS.get(k)
                 if attr == "tags":
@@ -392,13 +393,12 @@ class Proxy:
             if token not in ("keep-alive", "close", ""):
                 headers.popall(token, None)
         query = scope.get("query_string", b"").decode("latin-1")
-        if query and ("key=" in query):
+        if query and ("key=" in query):  # Gemini's `?key=`, taken from a request to any backend
             for p in query.split("&"):
                 if p.startswith("key="):
                     has_key = True
                     if key_value is None or p.startswith("key=llmb-"):
                         key_value = p[4:]
-        protocol = backend.kind
         if key_value is not None and key_value.find("llmb-", 0, 12) >= 0:
             query = await self._virtual_key(key_value, name, headers, query, attribution, send, protocol)
             if query is None:
@@ -428,10 +428,10 @@ class Proxy:
                 return None
         return headers, attribution, has_key, query, ctype, length
 
-    def _protocol_of(self, scope: Scope) -> str:
+    def _protocol_of(self, scope: Scope) -> MeteredProtocol:
         """The wire protocol of the backend a request names (guessed from the path when none)."""
-        backend = self.backends.get(scope["path"][1:].partition("/")[0])
-        return backend.kind if backend is not None else guess_protocol(scope["path"])
+        route = self._routes.get(scope["path"][1:].partition("/")[0])
+        return route[1] if route is not None else guess_metered(scope["path"])
 
     async def _virtual_key(
         self,
@@ -441,7 +441,7 @@ class Proxy:
         query: str,
         attribution: dict[str, Any],
         send: Send,
-        protocol: str,
+        protocol: MeteredProtocol,
     ) -> str | None:
         """Resolve a presented `llmb-` key: fix its attribution, drop it from the request; None when refused."""
         secret = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
@@ -462,11 +462,11 @@ class Proxy:
                 "backend_not_allowed",
             )
             return None
-        for h in ("authorization", "x-api-key", "x-goog-api-key"):
+        for h in _KEY_HEADER_NAMES:
             headers.popall(h, None)
         attribution.update(key.fixed())  # after the headers: what the key fixes, no header overrides
         attribution["key"] = key.name
-        if "key=" in query:
+        if "key=" in query:  # Gemini's `?key=`
             query = "&".join(p for p in query.split("&") if not p.startswith("key="))
         return query
 
@@ -502,7 +502,7 @@ class Proxy:
             cause = str(e) if isinstance(e, LLMBudgetError) else f"{type(e).__name__}: {e}"
             await _send_error(
                 send,
-                req.protocol,
+                req.proto,
                 503,
                 cause
                 if isinstance(e, BudgetUnavailable)
@@ -526,7 +526,7 @@ class Proxy:
                 interrupted=False,
                 upstream_reached=False,
             )
-            await _send_error(send, req.protocol, admission.status or 429, message, "budget_exceeded", extra)
+            await _send_error(send, req.proto, admission.status or 429, message, "budget_exceeded", extra)
             return False
         # nothing reserved (no budget applies, pause check only): nothing to settle or release later
         req.admission = admission if admission.reservation_id or admission.fallback_backend else None
@@ -535,8 +535,7 @@ class Proxy:
             req.notice = admission.notice
             if admission.fallback_model:
                 req.body = meter.set_model(admission.fallback_model)
-                if req.protocol == "gemini":
-                    req.path = getattr(meter, "path", req.path)
+                req.path = meter.upstream_path(req.path)
         return True
 
     # ---------------------------------------------------------------- dispatch (the fallback seam)
@@ -544,22 +543,23 @@ class Proxy:
         self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None
     ) -> None:
         """Serve `req` on backend `target`; a different protocol goes through a registered translator."""
-        backend = self.backends.get(target)
-        if backend is None:
+        route = self._routes.get(target)
+        if route is None:
             await _send_error(
-                send, req.protocol, 502, f"fallback backend {target!r} is not configured", "bad_fallback"
+                send, req.proto, 502, f"fallback backend {target!r} is not configured", "bad_fallback"
             )
             await self._release(req)
             return
-        if backend.kind != req.protocol:
+        protocol = route[1]
+        if protocol is not req.proto:
             translators = self.services.translators
-            translate: Translator | None = translators.get((req.protocol, backend.kind))
+            translate: Translator | None = translators.get((req.proto.name, protocol.name))
             if translate is None:
                 await _send_error(
                     send,
-                    req.protocol,
+                    req.proto,
                     502,
-                    f"fallback backend {target!r} speaks {backend.kind}, this call is {req.protocol} "
+                    f"fallback backend {target!r} speaks {protocol.name}, this call is {req.proto.name} "
                     "and no translator is installed",
                     "bad_fallback",
                 )
@@ -580,12 +580,9 @@ class Proxy:
             key = os.environ.get(backend.api_key_env)
             if key:
                 headers = headers.copy()
-                if backend.kind == "anthropic":
-                    headers["x-api-key"] = key
-                elif backend.kind == "gemini":
-                    headers["x-goog-api-key"] = key
-                else:
-                    headers["Authorization"] = f"Bearer {key}"
+                # the target's protocol: the call's own (a translated call builds its own request)
+                protocol = req.proto
+                headers[protocol.upstream_key_header] = protocol.upstream_key_scheme + key
         if "accept-encoding" not in headers or req.meter is not None:
             # Metered: usage must be readable, so ask for an uncompressed answer (a client always
             # accepts identity). A client that sent no Accept-Encoding gets identity too, where
@@ -621,12 +618,13 @@ class Proxy:
                 raise  # cancelled (the client went away) or a bug: nothing to answer
             await self._connect_failed(req, target, send, e)
             return
+        protocol = req.proto
         try:
-            if resp.status < 400 or req.protocol != "gemini":  # a Gemini error is noted with its body
-                self._note_rate_headers(target, resp)
-            if req.protocol == "anthropic":
+            if resp.status < 400 or not protocol.quota_in_error_body:  # else noted with its body
+                self._note_rate_headers(target, protocol, resp)
+            if protocol.call_id is not None and protocol.call_id_header is not None:
                 # the id Claude Code's logs lead to as well, so an import never counts this call twice
-                req.event_id = anthropic_call_id(resp.headers.get("request-id")) or req.event_id
+                req.event_id = protocol.call_id(resp.headers.get(protocol.call_id_header)) or req.event_id
             out_headers = _response_headers(resp.raw_headers)
             out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
             if req.notice:
@@ -662,10 +660,10 @@ class Proxy:
             return
         req.upstream_end = time.perf_counter()
         status: str | None = None
-        if resp.status >= 400 and req.protocol == "gemini":
+        if resp.status >= 400 and req.proto.quota_in_error_body:
             # Gemini's quota is in the error body (QuotaFailure, RetryInfo): parsed later, off this path
             plain = decode_body(body, resp.headers.get("Content-Encoding"))
-            self._note_rate_headers(target, resp, plain[:65536])
+            self._note_rate_headers(target, req.proto, resp, plain[:65536])
         if resp.status < 400:
             plain = decode_body(body, resp.headers.get("Content-Encoding"))
             meter.read_body(plain)
@@ -673,7 +671,7 @@ class Proxy:
                 # a 200 whose (readable) body is not the protocol's answer: never passed on as success
                 ctype = resp.headers.get("Content-Type", "")
                 req.reason = (
-                    f"backend {target!r} answered 200 with a body that is not a {req.protocol} answer"
+                    f"backend {target!r} answered 200 with a body that is not a {req.proto.name} answer"
                 )
                 log.warning(
                     "proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path, ctype
@@ -683,7 +681,7 @@ class Proxy:
                 )
                 await _send_error(
                     send,
-                    req.protocol,
+                    req.proto,
                     502,
                     f"{req.reason} (Content-Type {ctype or '(none)'!r})",
                     "upstream_bad_answer",
@@ -821,8 +819,7 @@ class Proxy:
                 req.reason = f"backend {target!r} {broken}"
                 log.warning("proxy_bad_stream backend=%s path=%s reason=%s", target, req.path, broken)
                 tail += (
-                    _stream_error_event(
-                        req.protocol,
+                    req.proto.stream_error(
                         b"application/json" if json_array else b"text/event-stream",
                         req.reason,
                         started=guard is not None and guard.started,
@@ -858,8 +855,7 @@ class Proxy:
                     req, target, http_status=resp.status, status=None, interrupted=True, ttft_ms=ttft
                 )
             # Tell the client in its protocol: an SSE error event (SDKs raise on it), else a cut connection.
-            note = _stream_error_event(
-                req.protocol,
+            note = req.proto.stream_error(
                 ctype_of(out_headers),
                 f"the upstream {target!r} closed the stream early ({type(e).__name__})",
             )
@@ -902,10 +898,10 @@ class Proxy:
             log.warning(
                 "proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__
             )
-            await _send_error(send, req.protocol, 502, self._unreachable(target, e), "upstream_unreachable")
+            await _send_error(send, req.proto, 502, self._unreachable(target, e), "upstream_unreachable")
             return
         try:
-            self._note_rate_headers(target, resp)
+            self._note_rate_headers(target, req.proto, resp)
             out_headers = _response_headers(resp.raw_headers)  # no request id: nothing is recorded
             await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
             try:
@@ -925,7 +921,7 @@ class Proxy:
             f"no backend named {first!r}; configured backends: {', '.join(names) or '(none)'}. "
             "Requests go to /{backend}/{path}."
         )
-        await _send_error(send, guess_protocol(scope["path"]), 404, message, "unknown_backend")
+        await _send_error(send, guess_metered(scope["path"]), 404, message, "unknown_backend")
 
     def _unreachable(self, target: str, e: BaseException) -> str:
         return f"llmbudget could not reach backend {target!r} at {self._where[target]} ({type(e).__name__})"
@@ -940,7 +936,7 @@ class Proxy:
         )
         await _send_error(
             send,
-            req.protocol,
+            req.proto,
             502,
             req.reason,
             "upstream_unreachable",
@@ -960,7 +956,7 @@ class Proxy:
         try:
             return guess_provider(model, backend.base_url, backend.kind)
         except Exception:  # the price book is optional on this path; fall back to the wire protocol
-            return {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}[backend.kind]
+            return PROTOCOLS[backend.kind].provider
 
     def _record(
         self,
@@ -1147,7 +1143,7 @@ class Proxy:
 
     # ---------------------------------------------------------------- piggyback quota readings
     def _note_rate_headers(
-        self, backend: str, resp: aiohttp.ClientResponse, body: bytes | None = None
+        self, backend: str, protocol: MeteredProtocol, resp: aiohttp.ClientResponse, body: bytes | None = None
     ) -> None:
         """Keep this response's rate-limit headers as the backend's newest pending quota reading.
 
@@ -1155,7 +1151,8 @@ class Proxy:
         storing happen off the request path in `_reading_loop`, once per READING_INTERVAL_S, for
         the newest response of each backend (and its newest error), so the latest state is never
         lost while a busy proxy writes at most two readings per backend per interval.
-        `body` is a Gemini error body: Gemini sends no rate-limit headers, its 429 carries the quota.
+        `body` is an error body of a protocol whose quota is in its error bodies (Gemini sends no
+        rate-limit headers, its 429 carries the quota).
         """
         raw = resp.raw_headers
         found = False
@@ -1165,7 +1162,7 @@ class Proxy:
                 break
         status = resp.status
         if not found and body is None:
-            if status >= 400 or self.backends[backend].kind != "gemini":
+            if status >= 400 or not protocol.quota_in_error_body:
                 return
             # Gemini: a success after nothing or an error says "allowed"; store that state change
             if self._gemini_state.get(backend) == "ok":
@@ -1174,7 +1171,7 @@ class Proxy:
         elif body is not None:
             self._gemini_state[backend] = "error"
         # the raw header tuple is immutable: kept as is, decoded and parsed later off this path
-        pending = _PendingReading(raw if found else (), time.time(), status, body)
+        pending = PendingReading(raw if found else (), time.time(), status, body)
         slot = self._readings.get(backend)
         if slot is None:
             self._readings[backend] = slot = [None, None]
@@ -1194,7 +1191,7 @@ class Proxy:
         if not self._readings:
             return
         pending, self._readings = self._readings, {}
-        batch: list[tuple[str, _PendingReading]] = []
+        batch: list[tuple[str, PendingReading]] = []
         for backend, (error, newest) in pending.items():
             if error is not None and error is not newest:
                 batch.append((backend, error))
@@ -1203,67 +1200,18 @@ class Proxy:
         await asyncio.to_thread(store_piggyback, self.services, batch, self.backends)
 
 
-@dataclass(slots=True)
-class _PendingReading:
-    """A response's quota signals, kept raw on the request path and parsed later."""
-
-    #: the response's raw headers (bytes pairs, as aiohttp keeps them)
-    raw: Any
-    #: when the answer came (unix seconds)
-    when: float
-    http_status: int
-    #: a Gemini error body (Gemini's quota is in the 429 body, not in headers)
-    body: bytes | None = None
-
-
-def piggyback_reading(backend: str, kind: str, pending: _PendingReading) -> QuotaReading | None:
-    """Parse one response's quota signals into a `piggyback` reading (None when it carries none)."""
-    from ..quota.headers import parse_rate_limit_headers
-    from ..quota.readings import QuotaReading
-
-    pairs = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in pending.raw
-        if k.lower().startswith(_RATE_PREFIXES_B)
-    ]
-    when = datetime.fromtimestamp(pending.when, UTC)
-    reading = parse_rate_limit_headers(
-        pairs, now=when, backend=backend, source="piggyback", http_status=pending.http_status
-    )
-    if kind != "gemini":
-        return reading
-    if reading is None:
-        reading = QuotaReading(
-            timestamp=when,
-            backend=backend,
-            provider="gemini",
-            source="piggyback",
-            http_status=pending.http_status,
-        )
-    else:
-        reading.provider = "gemini"
-    if pending.body is not None:
-        from ..quota.providers.builtin import parse_google_error
-
-        parse_google_error(pending.body, reading)
-    elif pending.http_status < 400:
-        reading.status = "allowed"  # the call went through: under quota (as the Gemini probe says)
-    return reading if reading.has_data or pending.http_status == 429 else None
-
-
 def store_piggyback(
     services: Services,
-    pending: list[tuple[str, _PendingReading]],
+    pending: list[tuple[str, PendingReading]],
     backends: dict[str, BackendConfig] | None = None,
 ) -> int:
     """Parse and store pending rate-limit signals as `piggyback` quota readings, oldest first."""
-    from ..quota.readings_log import store_reading
-
     stored = 0
     for backend, item in pending:
-        kind = backends[backend].kind if backends and backend in backends else "openai"
+        config = backends.get(backend) if backends else None
+        protocol = protocol_for(config.kind if config is not None else None)
         try:
-            reading = piggyback_reading(backend, kind, item)
+            reading = piggyback_reading(backend, protocol, item)
             if reading is None:
                 continue
             store_reading(services, reading)
@@ -1316,13 +1264,13 @@ def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
 
 async def _send_error(
     send: Send,
-    protocol: str,
+    protocol: WireProtocol,
     status: int,
     message: str,
     code: str,
     extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = error_bytes(protocol, status, message, code)
+    body = protocol.error_bytes(status, message, code)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -1343,22 +1291,6 @@ def ctype_of(headers: list[tuple[bytes, bytes]]) -> bytes:
         if k == b"content-type":
             return v
     return b""
-
-
-def _stream_error_event(
-    protocol: str, ctype: bytes, message: str, *, started: bool | None = None, code: str = "upstream_cut"
-) -> bytes | None:
-    """The protocol's error where a stream breaks: an SSE error event, or (Gemini's JSON-array
-    stream, when `started` says whether its `[` went out) an error object closing the array.
-    None when the stream is neither."""
-    payload = error_bytes(protocol, 502, message, code)
-    if ctype.startswith(b"text/event-stream"):
-        head = b"event: error\n" if protocol == "anthropic" else b""
-        # leading blank line ends any partial event the client already holds
-        return b"\n\n" + head + b"data: " + payload + b"\n\n"
-    if started is None:
-        return None
-    return (b",\n" if started else b"[") + payload + b"]\n"
 
 
 def host_port(base_url: str) -> str:

@@ -20,7 +20,7 @@ import aiohttp
 from yarl import URL
 
 from ..events import UsageEvent
-from .errors import error_bytes
+from ..wire import ANTHROPIC, OPENAI, protocol_for
 
 log = logging.getLogger("llmbudget.capture")
 
@@ -178,7 +178,7 @@ def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None)
                 "input": _tool_input(fn.get("arguments")),
             }
         )
-    usage = resp.get("usage") or {}
+    input_tokens, output_tokens = OPENAI.usage_counts(resp.get("usage") or {})
     return {
         "id": f"msg_{resp.get('id') or 'local'}",
         "type": "message",
@@ -187,10 +187,7 @@ def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None)
         "content": content,
         "stop_reason": _STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": int(usage.get("prompt_tokens") or 0),
-            "output_tokens": int(usage.get("completion_tokens") or 0),
-        },
+        "usage": ANTHROPIC.usage_object(input_tokens, output_tokens),
     }
 
 
@@ -249,11 +246,7 @@ class StreamTranslator:
     def _chunk(self, chunk: dict[str, Any]) -> bytes:
         out = b"" if self._started else self._start(chunk)
         if chunk.get("usage"):
-            u = chunk["usage"]
-            self._usage = {
-                "input_tokens": int(u.get("prompt_tokens") or 0),
-                "output_tokens": int(u.get("completion_tokens") or 0),
-            }
+            self._usage = ANTHROPIC.usage_object(*OPENAI.usage_counts(chunk["usage"]))
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             text = delta.get("content")
@@ -351,7 +344,10 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
     oai = anthropic_request_to_openai(body)
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     if backend.api_key_env and os.environ.get(backend.api_key_env):
-        headers["Authorization"] = f"Bearer {os.environ[backend.api_key_env]}"
+        target_protocol = protocol_for(backend.kind)
+        headers[target_protocol.upstream_key_header] = (
+            target_protocol.upstream_key_scheme + os.environ[backend.api_key_env]
+        )
     base = backend.base_url if backend.base_url.endswith("/v1") else backend.base_url + "/v1"
     out_headers = [(b"x-llmbudget-request-id", req.event_id.encode())]
     if req.notice:
@@ -361,7 +357,7 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
     started = time.perf_counter()
 
     async def fail(status: int, message: str) -> UsageEvent | None:
-        err = error_bytes("anthropic", status, message, "upstream_unreachable")
+        err = req.proto.error_bytes(status, message, "upstream_unreachable")
         event: UsageEvent | None = proxy._record(
             req, target, http_status=status, status="error", interrupted=False
         )

@@ -32,10 +32,9 @@ from ..errors import BudgetExceeded, BudgetUnavailable, ValidationError
 from ..events import UsageEvent, new_id
 from ..pricing import PriceBook
 from ..store import ledger_options, open_ledger
-from . import anthropic as anthropic_proto
 from . import openai as openai_proto
 from .base import BadRequest, CallMeter, choice_count, estimate_tokens_from_json, output_limit
-from .errors import error_bytes
+from .protocols import ANTHROPIC_METERED, OPENAI_METERED, MeteredProtocol
 from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
 
 log = logging.getLogger("llmbudget.wrap")
@@ -56,7 +55,7 @@ class _Recorder:
     def __init__(
         self,
         *,
-        protocol: str,
+        protocol: MeteredProtocol,
         backend: str,
         base_url: str,
         attribution: dict[str, Any],
@@ -82,9 +81,7 @@ class _Recorder:
 
     def meter_for(self, path: str, method: str, body: bytes) -> CallMeter | None:
         try:
-            if self.protocol == "anthropic":
-                return anthropic_proto.make_meter(path, method, body)
-            return openai_proto.make_meter(path, method, body)
+            return self.protocol.make_meter(path, method, body, "")
         except BadRequest:
             return None  # let the provider answer a broken request in its own words
 
@@ -92,9 +89,9 @@ class _Recorder:
         if self.provider:
             return self.provider
         try:
-            return guess_provider(model, self.base_url, self.protocol)
+            return guess_provider(model, self.base_url, self.protocol.name)
         except Exception:
-            return self.protocol
+            return self.protocol.provider
 
     def event(
         self,
@@ -338,7 +335,7 @@ def _refusal_response(
     if admission is not None and admission.retry_after_s is not None:
         headers["retry-after"] = str(int(admission.retry_after_s))
     return mod.Response(
-        status, headers=headers, content=error_bytes(rec.protocol, status, message, code), request=request
+        status, headers=headers, content=rec.protocol.error_bytes(status, message, code), request=request
     )
 
 
@@ -464,13 +461,6 @@ class _AsyncTransport:
 # ------------------------------------------------------------------ gate at the resource methods
 
 
-def _requested_tier(protocol: str, given: dict[str, Any]) -> str | None:
-    """The tier a call asks for, as the proxy reads it from the body."""
-    if protocol == "anthropic":
-        return "fast" if given.get("speed") == "fast" else None
-    return openai_proto.requested_tier(given.get("service_tier"))
-
-
 def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
     model = kwargs.get("model")
     model = model if isinstance(model, str) else ""
@@ -496,13 +486,14 @@ def _call_info(rec: _Recorder, kwargs: dict[str, Any], method: str) -> CallInfo:
     attribution = {k: v for k, v in rec.attribution.items() if k != "tags"}
     return CallInfo(
         backend=rec.backend,
-        protocol=rec.protocol,
+        protocol=rec.protocol.name,
         provider=rec.provider_of(model),
         model=model,
         est_input_tokens=estimate_tokens_from_json(text),
         max_output_tokens=max_out,
         choices=choices,
-        service_tier=_requested_tier(rec.protocol, given),
+        # the tier a call asks for, as the proxy reads it from the body
+        service_tier=rec.protocol.requested_tier(given),
         local=rec.local,
         streamed=kwargs.get("stream") is True or method == "stream",
         **attribution,
@@ -663,13 +654,21 @@ def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
-_OPENAI_METHODS = [
+_OPENAI_METHODS: list[tuple[tuple[str, ...], str]] = [
     (("chat", "completions", "create"), "chat"),
     (("responses", "create"), "responses"),
     (("completions", "create"), "completions"),
     (("embeddings", "create"), "embeddings"),
 ]
-_ANTHROPIC_METHODS = [(("messages", "create"), "messages"), (("messages", "stream"), "stream")]
+_ANTHROPIC_METHODS: list[tuple[tuple[str, ...], str]] = [
+    (("messages", "create"), "messages"),
+    (("messages", "stream"), "stream"),
+]
+#: the SDK (its top-level module) -> the wire protocol it speaks and its gated resource methods
+_SDKS: dict[str, tuple[MeteredProtocol, list[tuple[tuple[str, ...], str]]]] = {
+    "openai": (OPENAI_METERED, _OPENAI_METHODS),
+    "anthropic": (ANTHROPIC_METERED, _ANTHROPIC_METHODS),
+}
 
 
 # ------------------------------------------------------------------ public API
@@ -704,7 +703,8 @@ def wrap(
     face on the caller's event loop; `BudgetGate` (`gate_from_config()`) has both.
     """
     module = type(client).__module__.split(".")[0]
-    if module not in ("openai", "anthropic"):
+    sdk = _SDKS.get(module)
+    if sdk is None:
         raise TypeError(f"wrap() takes an openai or anthropic client, not {type(client).__name__}")
     http = getattr(client, "_client", None)
     inner = getattr(http, "_transport", None)
@@ -736,8 +736,9 @@ def wrap(
         "tags": dict(tags or {}),
     }
     base_url = str(getattr(client, "base_url", ""))
+    protocol, methods = sdk
     rec = _Recorder(
-        protocol=module,
+        protocol=protocol,
         backend=backend or module,
         base_url=base_url,
         attribution=attribution,
@@ -750,7 +751,7 @@ def wrap(
     mod = sys.modules[type(inner).__module__.split(".")[0]]
     http._transport = (_AsyncTransport if is_async else _SyncTransport)(inner, rec, mod)
     if gate is not None:
-        for path, name in _OPENAI_METHODS if module == "openai" else _ANTHROPIC_METHODS:
+        for path, name in methods:
             resource = _resolve(client, path[:-1])
             original = getattr(resource, path[-1])
             if not is_async:

@@ -50,7 +50,8 @@ from ..origin import origin_authority
 from ..pricing.normalize import openai_realtime_usage
 from . import paths
 from .base import _TEXT_RE, BadRequest, output_limit
-from .openai import OpenAIMeter, ResponsesMeter, error_body
+from .openai import OpenAIMeter, ResponsesMeter
+from .protocols import OPENAI_METERED, MeteredProtocol
 from .proxy import ProxyRequest, _send_error
 
 if TYPE_CHECKING:
@@ -105,10 +106,6 @@ _NO_WEBSOCKET = frozenset({400, 404, 405, 426, 501})
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
 #: how many (backend, attribution) -> last model memos are kept for the upgrade's budget check
 _MEMO_SIZE = 1024
-GEMINI_LIVE_REFUSED = (
-    "llmbudget does not relay Gemini Live (BidiGenerateContent) WebSockets: its usage cannot be "
-    "metered per response yet. Use generateContent / streamGenerateContent over HTTP through this proxy."
-)
 
 
 class RealtimeMeter(OpenAIMeter):
@@ -135,6 +132,8 @@ class _Conn:
     """One relayed connection."""
 
     backend: str
+    #: the backend's wire protocol (the one with relayed WebSocket APIs: OpenAI's)
+    protocol: MeteredProtocol
     #: responses | realtime
     api: str
     path: str
@@ -166,17 +165,6 @@ def _deny_send(scope: Scope, send: Send) -> Send:
     return deny
 
 
-def _api_of(kind: str, rest: str) -> str | None:
-    if kind != "openai":
-        return None
-    p = rest.rstrip("/")
-    if p.endswith("/responses"):
-        return "responses"
-    if p.endswith("/realtime"):
-        return "realtime"
-    return None
-
-
 def _query_model(query: str) -> str | None:
     for part in query.split("&"):
         if part.startswith("model="):
@@ -198,7 +186,7 @@ def _error_frame(status: int, message: str, code: str, *, event_id: str | None =
     frame: dict[str, Any] = {
         "type": "error",
         "status": status,
-        "error": error_body(status, message, code)["error"],
+        "error": OPENAI_METERED.error_body(status, message, code)["error"],
     }
     if event_id:
         frame["error"]["event_id"] = event_id
@@ -224,14 +212,14 @@ class WebSocketRelay:
         try:
             where = paths.read_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         except paths.PathRefused as e:
-            await _send_error(deny, "openai", 400, str(e), "invalid_path")
+            await _send_error(deny, OPENAI_METERED, 400, str(e), "invalid_path")
             return
         name, rest = where.backend, where.rest
-        backend = proxy.backends.get(name)
-        if backend is None:
+        route = proxy._routes.get(name)
+        if route is None:
             await proxy.unknown_backend(scope, deny)
             return
-        protocol = backend.kind
+        backend, protocol = route
         host = origin = ""
         for k, v in scope["headers"]:
             if k == b"host":
@@ -249,20 +237,19 @@ class WebSocketRelay:
                 "cross_site",
             )
             return
-        api = _api_of(protocol, rest)
+        api = protocol.websocket_api(rest)
         if api is None:
-            gemini_live = protocol == "gemini" and "BidiGenerateContent" in rest
+            refusal = protocol.websocket_refusal(rest)
             message = (
-                GEMINI_LIVE_REFUSED
-                if gemini_live
-                else f"llmbudget relays WebSockets only for OpenAI /v1/responses and /v1/realtime, not {rest!r} "
-                f"on a {protocol} backend"
+                refusal
+                or f"llmbudget relays WebSockets only for OpenAI /v1/responses and /v1/realtime, not {rest!r} "
+                f"on a {protocol.name} backend"
             )
             log.info("proxy_ws_refused backend=%s path=%s reason=not_relayed", name, rest)
             # 426: Codex falls back to HTTPS at once on it (any other refusal is retried first)
-            await _send_error(deny, protocol, 400 if gemini_live else 426, message, "websocket_not_supported")
+            await _send_error(deny, protocol, 400 if refusal else 426, message, "websocket_not_supported")
             return
-        prepared = await proxy.client_side(scope, name, backend, deny)
+        prepared = await proxy.client_side(scope, name, backend, protocol, deny)
         if prepared is None:
             return
         headers, attribution, has_key, query, _ctype, _length = prepared
@@ -277,6 +264,7 @@ class WebSocketRelay:
         ]
         conn = _Conn(
             backend=name,
+            protocol=protocol,
             api=api,
             path=rest,
             attribution=attribution,
@@ -308,11 +296,19 @@ class WebSocketRelay:
     def _turn_req(self, conn: _Conn, request: dict[str, Any], model: str | None) -> ProxyRequest:
         if conn.api == "realtime":
             meter: OpenAIMeter = RealtimeMeter(
-                protocol="openai", endpoint="realtime", request=request, body=b"", request_model=model
+                protocol=conn.protocol.name,
+                endpoint="realtime",
+                request=request,
+                body=b"",
+                request_model=model,
             )
         else:
             meter = ResponsesMeter(
-                protocol="openai", endpoint="responses", request=request, body=b"", request_model=model
+                protocol=conn.protocol.name,
+                endpoint="responses",
+                request=request,
+                body=b"",
+                request_model=model,
             )
         meter.stream = True
         return ProxyRequest(
@@ -321,7 +317,7 @@ class WebSocketRelay:
             query="",
             headers=conn.headers,
             body=b"",
-            protocol="openai",
+            proto=conn.protocol,
             backend=conn.backend,
             meter=meter,
             attribution=conn.attribution,
@@ -350,7 +346,7 @@ class WebSocketRelay:
                 await self.proxy._release(req)
                 await _send_error(
                     deny,
-                    "openai",
+                    conn.protocol,
                     429,
                     req.admission.message or req.admission.notice or "budget exhausted",
                     "budget_exceeded",
@@ -391,7 +387,7 @@ class WebSocketRelay:
             )
             await _send_error(
                 deny,
-                "openai",
+                conn.protocol,
                 status,
                 f"backend {conn.backend!r} refused the WebSocket upgrade (HTTP {e.status})",
                 "upstream_refused",
@@ -404,7 +400,7 @@ class WebSocketRelay:
                 type(e).__name__,
             )
             await _send_error(
-                deny, "openai", 502, proxy._unreachable(conn.backend, e), "upstream_unreachable"
+                deny, conn.protocol, 502, proxy._unreachable(conn.backend, e), "upstream_unreachable"
             )
         return None
 

@@ -155,11 +155,7 @@ def import_files(files: list[str], *, db: str | None, config: str | None, json_o
         if b is not None:
             return b.provider or ("local" if b.local else provider_for(model, b.base_url, b.kind))
         guess = provider_for(model)
-        return (
-            guess
-            if guess != "unknown"
-            else provider_for(model, kind=backend if backend in ("anthropic", "gemini") else None)
-        )
+        return guess if guess != "unknown" else provider_for(model, kind=backend)
 
     results = []
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ..wire import PROTOCOLS
+
 #: our provider names (events, config) -> genai-prices provider ids
 PROVIDER_IDS: dict[str, str] = {
     "openai": "openai",
@@ -122,10 +124,9 @@ def provider_for(model: str, base_url: str | None = None, kind: str | None = Non
         for suffix, name in _HOSTS:
             if host == suffix or host.endswith("." + suffix):
                 return name
-    if kind == "anthropic":
-        return "anthropic"
-    if kind == "gemini":
-        return "google"
+    protocol = PROTOCOLS.get(kind or "")
+    if protocol is not None and protocol.names_provider:
+        return protocol.provider
     m = (model or "").strip().lower()
     if "/" in m and base_url is None:
         m = m.split("/", 1)[1]  # "openai/gpt-4o" style names without a host

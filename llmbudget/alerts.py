@@ -16,14 +16,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 from .events import new_id, utcnow
 from .money import decimal_str
+from .store.base import Ledger
 
 log = logging.getLogger("llmbudget.alerts")
 
@@ -38,6 +40,43 @@ KINDS = (
     "utilization_conservative",
     "threshold_crossed",
 )
+
+
+class NoticeDict(TypedDict):
+    """A notice as stored in the ledger, listed by `GET /api/notifications` and sent to the live pages."""
+
+    id: str
+    timestamp: str
+    kind: str
+    level: str
+    budget: str | None
+    scope: str | None
+    spent_usd: str | None
+    limit_usd: str | None
+    threshold: float | None
+    reset: str | None
+    message: str
+
+
+class Webhook(Protocol):
+    """One `alerts.webhooks` entry (`llmbudget.budget.config.WebhookConfig`)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def timeout_s(self) -> float: ...
+
+
+class _Job(TypedDict):
+    url: str
+    body: Mapping[str, object]
+    left: int
+    attempt: int
+    timeout: float
 
 
 @dataclass(slots=True)
@@ -56,7 +95,7 @@ class Notice:
     id: str = field(default_factory=new_id)
     timestamp: datetime = field(default_factory=utcnow)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> NoticeDict:
         """JSON-ready: money as decimal strings, time as RFC 3339."""
         return {
             "id": self.id,
@@ -72,11 +111,11 @@ class Notice:
             "message": self.message,
         }
 
-    def webhook_body(self, fmt: str) -> dict[str, Any]:
+    def webhook_body(self, fmt: str) -> dict[str, object]:
         """The generic JSON alert body, or Slack's `{"text": ...}`."""
         if fmt == "slack":
             return {"text": self.message}
-        d = self.to_dict()
+        d: Mapping[str, object] = self.to_dict()
         return {
             k: d[k]
             for k in ("kind", "budget", "scope", "spent_usd", "limit_usd", "threshold", "reset", "message")
@@ -89,7 +128,7 @@ class WebhookSender:
     def __init__(self, *, backoff_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self._heap: list[tuple[float, int, dict[str, Any]]] = []
+        self._heap: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -99,9 +138,9 @@ class WebhookSender:
         self.delivered = 0
         self.failed = 0
 
-    def send(self, url: str, body: dict[str, Any], *, retries: int = 4, timeout_s: float = 5.0) -> None:
+    def send(self, url: str, body: Mapping[str, object], *, retries: int = 4, timeout_s: float = 5.0) -> None:
         """Queue one POST; returns at once."""
-        job = {"url": url, "body": body, "left": retries, "attempt": 0, "timeout": timeout_s}
+        job: _Job = {"url": url, "body": body, "left": retries, "attempt": 0, "timeout": timeout_s}
         with self._cv:
             if self._closed:
                 return
@@ -144,7 +183,7 @@ class WebhookSender:
                 self._cv.notify_all()
 
     @staticmethod
-    def _post(job: dict[str, Any]) -> tuple[bool, str]:
+    def _post(job: _Job) -> tuple[bool, str]:
         data = json.dumps(job["body"], default=str).encode()
         req = urllib.request.Request(
             job["url"],
@@ -191,8 +230,8 @@ class Notifier:
 
     def __init__(
         self,
-        state: Any | None,
-        webhooks: list[Any] | None = None,
+        state: Ledger | None,
+        webhooks: Sequence[Webhook] | None = None,
         *,
         keep: int = 500,
         sender: WebhookSender | None = None,
@@ -202,7 +241,7 @@ class Notifier:
         self.keep = keep
         self.sender = sender or WebhookSender()
         #: called with each notice's dict after it is stored (the dashboard's live fan-out)
-        self.listeners: list[Any] = []
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def notify(self, notice: Notice) -> None:
         """Log, store and post a notice. Never raises: alerting must not break a request."""
@@ -217,13 +256,13 @@ class Notifier:
         )
         if self.state is not None:
             try:
-                self.state.set_state(NOTIFICATIONS_NS, notice.id, notice.to_dict())
+                self.state.set_state(NOTIFICATIONS_NS, notice.id, dict(notice.to_dict()))
                 self._prune()
             except Exception as e:  # a full disk must not fail the request that crossed a threshold
                 log.error("notice store_failed kind=%s error=%s", notice.kind, type(e).__name__)
         for fn in self.listeners:
             try:
-                fn(notice.to_dict())
+                fn(dict(notice.to_dict()))
             except Exception:  # a broken listener must not break the request that crossed a threshold
                 log.exception("notice listener_failed kind=%s", notice.kind)
         for hook in self.webhooks:
@@ -244,7 +283,7 @@ class Notifier:
         self.sender.close()
 
 
-def list_notifications(state: Any, *, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
+def list_notifications(state: Ledger, *, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
     """Stored notifications, newest first."""
     items = state.list_state(NOTIFICATIONS_NS)
     out = [items[k] for k in sorted(items, reverse=True)]

@@ -9,8 +9,9 @@ import `llmbudget.config` (which imports it).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -46,7 +47,7 @@ def normalize_period(text: str) -> str:
     return p
 
 
-def _forbid_unknown(model: type[BaseModel], data: Any) -> Any:
+def _forbid_unknown(model: type[BaseModel], data: object) -> object:
     """Reject unknown keys with the list of valid ones (pydantic's message names none for nested models)."""
     if isinstance(data, dict):
         unknown = [k for k in data if k not in model.model_fields]
@@ -57,7 +58,7 @@ def _forbid_unknown(model: type[BaseModel], data: Any) -> Any:
     return data
 
 
-def _money(value: Any, what: str) -> Decimal:
+def _money(value: object, what: str) -> Decimal:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be an amount in USD, got {value!r}")
     try:
@@ -79,7 +80,7 @@ class BackendAmount(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _parse(cls, value: Any) -> Any:
+    def _parse(cls, value: object) -> object:
         if isinstance(value, BackendAmount):
             return value
         if isinstance(value, dict):
@@ -117,7 +118,7 @@ class LimitConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _keys(cls, data: Any) -> Any:
+    def _keys(cls, data: object) -> object:
         data = _forbid_unknown(cls, data)
         if isinstance(data, dict) and "limit_usd" in data and data["limit_usd"] is not None:
             data = {**data, "limit_usd": _money(data["limit_usd"], "limit_usd")}
@@ -125,8 +126,8 @@ class LimitConfig(BaseModel):
 
     @field_validator("period", mode="before")
     @classmethod
-    def _period(cls, v: Any) -> str:
-        return normalize_period(v)
+    def _period(cls, v: object) -> str:
+        return normalize_period(str(v))
 
     @field_validator("warn")
     @classmethod
@@ -185,18 +186,18 @@ class BudgetsConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _keys(cls, data: Any) -> Any:
+    def _keys(cls, data: object) -> object:
         return _forbid_unknown(cls, data)
 
     @field_validator("daily_limit_usd", "weekly_limit_usd", "monthly_limit_usd", mode="before")
     @classmethod
-    def _limits_usd(cls, v: Any, info: ValidationInfo) -> Any:
+    def _limits_usd(cls, v: object, info: ValidationInfo) -> Decimal | None:
         # a field validator, so an error points at the key's own line
         return None if v is None else _money(v, str(info.field_name))
 
     @field_validator("per_backend", mode="before")
     @classmethod
-    def _per_backend(cls, v: Any) -> Any:
+    def _per_backend(cls, v: object) -> dict[object, object]:
         if v is None:
             return {}
         if not isinstance(v, dict):
@@ -253,7 +254,7 @@ class WebhookConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _keys(cls, data: Any) -> Any:
+    def _keys(cls, data: object) -> object:
         return _forbid_unknown(cls, data)
 
     @field_validator("url")
@@ -284,7 +285,7 @@ class UtilizationConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _keys(cls, data: Any) -> Any:
+    def _keys(cls, data: object) -> object:
         return _forbid_unknown(cls, data)
 
 
@@ -300,16 +301,36 @@ class AlertsConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _keys(cls, data: Any) -> Any:
+    def _keys(cls, data: object) -> object:
         return _forbid_unknown(cls, data)
 
 
-def validate_budget_section(cfg: Any, lm: Any) -> None:
+class _ErrorAt(Protocol):
+    """The config's line map: an error pointing at a key's line (`llmbudget.config.LineMap`)."""
+
+    def error(self, loc: tuple[str | int, ...], message: str) -> Exception: ...
+
+
+class _Backend(Protocol):
+    @property
+    def local(self) -> bool: ...
+
+
+class _Sections(Protocol):
+    """The parts of the whole config (`llmbudget.config.Config`) the cross-checks read."""
+
+    @property
+    def budgets(self) -> BudgetsConfig | None: ...
+    @property
+    def backends(self) -> Mapping[str, _Backend]: ...
+
+
+def validate_budget_section(cfg: _Sections, lm: _ErrorAt) -> None:
     """Cross-checks that need the rest of the config (backend names); errors name file, line and key."""
-    b: BudgetsConfig | None = getattr(cfg, "budgets", None)
+    b = cfg.budgets
     if b is None:
         return
-    backends: dict[str, Any] = cfg.backends
+    backends = cfg.backends
     choices = ", ".join(sorted(backends)) or "(no backends are configured)"
     for name in b.per_backend:
         if name not in backends:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
 
 from ..pricing import TokenUsage
+from ..pricing.book import PriceBook
 
 #: published maximum output tokens by model-name prefix (longest prefix wins)
 MAX_OUTPUT_BY_PREFIX: dict[str, int] = {
@@ -76,10 +76,10 @@ def max_output_tokens(model: str, provider: str | None, input_tokens: int, defau
     return max(1, limit)
 
 
-def price_fn_from_book(book: Any) -> PriceFn:
+def price_fn_from_book(book: PriceBook) -> PriceFn:
     """Adapt the price book (`PriceBook.cost(model, TokenUsage, provider=, at=)`) to a PriceFn."""
 
-    def one(model: str, provider: str, usage: Any, at: datetime) -> Decimal | None:
+    def one(model: str, provider: str, usage: TokenUsage, at: datetime) -> Decimal | None:
         # a provider we cannot match (a custom base URL) should not make a known model free to reserve:
         # retry by model name alone
         for prov in (provider, None) if provider else (None,):

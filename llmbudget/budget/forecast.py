@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypedDict
 
 #: the shortest elapsed time a rate is computed over
 MIN_ELAPSED = timedelta(hours=1)
@@ -28,6 +28,16 @@ def project(spent: int, rate: float, now: datetime, end: datetime) -> int:
     return int(spent + rate * left)
 
 
+class RunOutDict(TypedDict):
+    """A budget's forecast as the dashboard's budgets page shows it."""
+
+    runs_out_at: str | None
+    exhausted: bool
+    holds_until_reset: bool
+    rate_per_hour: float
+    projected_at_reset: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class RunOut:
     """When a budget runs out at its burn rate."""
@@ -41,7 +51,7 @@ class RunOut:
     rate_per_s: float
     projected_at_reset: int | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RunOutDict:
         return {
             "runs_out_at": None if self.at is None else self.at.isoformat(),
             "exhausted": self.exhausted,

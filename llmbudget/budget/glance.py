@@ -9,10 +9,9 @@ figures and their drift.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..store.base import FILTER_FIELDS
+from ..store.base import FILTER_FIELDS, Ledger
 from .counters import CounterStore
 from .rules import SCOPE_FIELD, Budget
 from .status import BudgetStatus, _literal, _spec_of
@@ -23,7 +22,7 @@ def _ledger_scope(b: Budget) -> bool:
     return b.scope == "global" or SCOPE_FIELD.get(b.scope) in FILTER_FIELDS
 
 
-def _ledger_spend(ledger: Any, b: Budget, value: str, w: Window, now: datetime, tz: ZoneInfo) -> int:
+def _ledger_spend(ledger: Ledger, b: Budget, value: str, w: Window, now: datetime, tz: ZoneInfo) -> int:
     """What the ledger's rollups hold for a budget with no counter yet (usage that never met the gate)."""
     filters = {} if b.scope == "global" else {SCOPE_FIELD[b.scope]: value}
     rows = ledger.costs(since=w.start, until=w.reset or now, tz=tz, filters=filters)
@@ -38,7 +37,7 @@ def glance(
     tz: ZoneInfo,
     now: datetime,
     *,
-    ledger: Any = None,
+    ledger: Ledger | None = None,
     max_values: int = 20,
 ) -> list[BudgetStatus]:
     """Every budget in its current window from the counters (no writes); a counter not created yet

@@ -20,9 +20,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from .counters import Charge, CounterStore, LeaseResult, Refusal, Spend
+from .seed import SeedSpec
 
 log = logging.getLogger("llmbudget.budget")
 
@@ -45,7 +45,7 @@ class LeaseBook:
         rid: str,
         *,
         ttl_s: float,
-        on_flush: Callable[[LeaseResult, list[Any]], None],
+        on_flush: Callable[[LeaseResult, list[object]], None],
         on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self.store = store
@@ -65,7 +65,7 @@ class LeaseBook:
         #: (spent, reserved) per counter from the last store step
         self.totals: dict[str, tuple[int, int]] = {}
         self._spends: list[Spend] = []
-        self._notes: list[Any] = []
+        self._notes: list[object] = []
         self._lock = threading.Lock()
         self._io = threading.Lock()
         self._wake = threading.Event()
@@ -88,7 +88,7 @@ class LeaseBook:
                 self.last_use[c.key] = now
         return True
 
-    def grow(self, charges: Sequence[Charge], seeds: Mapping[str, Any] | None) -> Refusal | None:
+    def grow(self, charges: Sequence[Charge], seeds: Mapping[str, SeedSpec] | None) -> Refusal | None:
         """Take a slice from the shared counters for what the lease lacks, then admit; or the refusal."""
         self.start()
         with self._io:
@@ -134,7 +134,7 @@ class LeaseBook:
         return max(0, c.limit - used)
 
     # ------------------------------------------------------------------ settlement
-    def settled(self, charges: Sequence[Charge], spends: Sequence[Spend], note: Any) -> None:
+    def settled(self, charges: Sequence[Charge], spends: Sequence[Spend], note: object) -> None:
         """A call ended: its worst case leaves the lease's used part, its real amount waits for the batch."""
         with self._lock:
             self._unuse(charges)
@@ -157,7 +157,7 @@ class LeaseBook:
 
     # ------------------------------------------------------------------ store steps
     def _step(
-        self, grow: Sequence[Charge], seeds: Mapping[str, Any] | None, *, final: bool = False
+        self, grow: Sequence[Charge], seeds: Mapping[str, SeedSpec] | None, *, final: bool = False
     ) -> LeaseResult:
         """One atomic store step: write the pending spends, give back what is unused, grow. Holds `_io`."""
         now = time.monotonic()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TypedDict, cast
 
 from ..admission import Admission, CallInfo
 from ..alerts import Notice, Notifier
@@ -18,8 +18,16 @@ from .counters import CounterStore
 log = logging.getLogger("llmbudget.budget")
 
 PAUSE_NS = "agent_pause"
-#: a pause as the ledger's state holds it (JSON): agent, paused_at, reason, budget, by
-PauseRecord = dict[str, Any]
+
+
+class PauseRecord(TypedDict, total=False):
+    """A pause as the ledger's state holds it (JSON, namespace `agent_pause`)."""
+
+    agent: str
+    paused_at: str
+    reason: str
+    budget: str | None
+    by: str
 
 
 class Pauses:
@@ -39,12 +47,13 @@ class Pauses:
         paused = (self.paused() if pauses is None else pauses).get(call.agent)
         if paused is None:
             return None
+        budget = paused.get("budget")
         return Admission(
             allowed=False,
             status=429,
             message=self._pause_message(call.agent, paused),
             notice=f"Agent {call.agent!r} is paused",
-            budgets=tuple([paused["budget"]] if paused.get("budget") else []),
+            budgets=(budget,) if budget else (),
         )
 
     def cached_pauses(self) -> dict[str, PauseRecord] | None:
@@ -62,7 +71,7 @@ class Pauses:
         if time.monotonic() < expires:
             return cached
         try:
-            cached = self.state.list_state(PAUSE_NS)
+            cached = cast(dict[str, PauseRecord], self.state.list_state(PAUSE_NS))
         except Exception as e:  # the ledger briefly unavailable: keep the last known pauses
             log.error("budget pause_read_failed error=%s", type(e).__name__)
         self._pauses = (time.monotonic() + 1.0, cached)
@@ -70,7 +79,7 @@ class Pauses:
 
     def pause(self, agent: str, *, reason: str, budget: str | None = None, by: str = "budget") -> None:
         """Pause an agent: its calls get 429 until resumed. Stored in the ledger, survives restarts."""
-        value = {
+        value: PauseRecord = {
             "agent": agent,
             "paused_at": utcnow().isoformat(),
             "reason": reason,
@@ -135,5 +144,5 @@ def set_pause(
             mem[agent] = value
         return was
     was = state.get_state(PAUSE_NS, agent) is not None
-    state.set_state(PAUSE_NS, agent, value)
+    state.set_state(PAUSE_NS, agent, None if value is None else dict(value))
     return was

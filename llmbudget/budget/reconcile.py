@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 from zoneinfo import ZoneInfo
 
 from ..events import utcnow
@@ -25,6 +25,16 @@ from .seed import SeedSpec, spec_for
 from .status import live_specs
 
 log = logging.getLogger("llmbudget.budget")
+
+
+class DriftDict(TypedDict):
+    """What the last reconciliation corrected, for the dashboard's health panel."""
+
+    reconciled_at: str
+    counters: int
+    drifted: int
+    drift_nano: int
+    unledgered_nano: int
 
 
 class Reconciliation(BudgetNotices):
@@ -47,7 +57,7 @@ class Reconciliation(BudgetNotices):
     _stop: threading.Event
     _reconciler: threading.Thread | None
 
-    def _flushed(self, result: LeaseResult, notes: list[Any]) -> None:
+    def _flushed(self, result: LeaseResult, notes: list[object]) -> None:
         """After a batch of settlements reached the counters: reconcile if needed, then warn and alert."""
         pendings: list[Pending] = [p for p in notes if isinstance(p, Pending)]
         totals = dict(result.totals)
@@ -104,7 +114,7 @@ class Reconciliation(BudgetNotices):
         self._reconciled_at = utcnow()
         return result
 
-    def drift(self) -> dict[str, Any] | None:
+    def drift(self) -> DriftDict | None:
         """What the last reconciliation corrected (dashboard health; no I/O), None before the first."""
         if self._reconciled_at is None:
             return None

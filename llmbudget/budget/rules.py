@@ -10,12 +10,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..attribution_table import SCOPE_FIELDS
 from ..money import format_exact, from_nano, to_nano
-from .config import BudgetsConfig
+from .config import BudgetsConfig, LimitConfig
 from .windows import Window, window_for
 
 #: CallInfo / UsageEvent attribute read for each scope (`key`: a virtual key's name)
@@ -43,7 +42,7 @@ class Budget:
         """True when crossing the limit refuses (or diverts) the call."""
         return self.action != "alert"
 
-    def scope_value(self, call: Any) -> str | None:
+    def scope_value(self, call: object) -> str | None:
         """The value of this budget's scope for a call (`*` for global); None: the budget does not apply."""
         if self.scope == "global":
             return "*"
@@ -54,7 +53,7 @@ class Budget:
             return None
         return str(value)
 
-    def window(self, call: Any, now: datetime, tz: ZoneInfo) -> Window | None:
+    def window(self, call: object, now: datetime, tz: ZoneInfo) -> Window | None:
         return window_for(self.period, now, tz, session=getattr(call, "session", None))
 
     def counter_prefix(self, scope_value: str) -> str:
@@ -67,7 +66,7 @@ class Budget:
         return format_exact(from_nano(self.limit)) if self.unit == "usd" else f"{self.limit:,} tokens"
 
 
-def _limit_name(lim: Any) -> str:
+def _limit_name(lim: LimitConfig) -> str:
     match = lim.match if lim.match and lim.match != "*" else "each" if lim.scope != "global" else ""
     parts = [lim.scope] + ([match] if match else []) + [lim.period]
     return ":".join(parts)

@@ -27,14 +27,16 @@ import contextlib
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..attribution_table import BY_NAME, SCOPE_FIELDS
 from ..store.buckets import merge_ranges, plan, to_us
-from ..store.dialect import pg_sql
-from .windows import rolling_bucket_seconds
+from ..store.dialect import Param, pg_sql
+from .rules import Budget
+from .windows import Window, rolling_bucket_seconds
 
 log = logging.getLogger("llmbudget.budget")
 
@@ -66,7 +68,7 @@ class SeedSpec:
         return self.start_us is None or any(c in RAW_COLUMNS for c, _ in self.filters)
 
 
-def spec_for(budget: Any, value: str, window: Any, read_key: str, session: str | None) -> SeedSpec:
+def spec_for(budget: Budget, value: str, window: Window, read_key: str, session: str | None) -> SeedSpec:
     """The seed of the counter of `budget` for scope `value` and one of `window`'s read keys."""
     filters: list[tuple[str, str]] = []
     if budget.scope != "global":
@@ -81,6 +83,7 @@ def spec_for(budget: Any, value: str, window: Any, read_key: str, session: str |
         start = int(read_key.rsplit(":", 1)[1])
         size = rolling_bucket_seconds(int(window.period[:-1]))
         return SeedSpec(budget.unit, start * 1_000_000, (start + size) * 1_000_000, tuple(filters))
+    assert window.start is not None and window.end is not None  # only a session's window has none
     return SeedSpec(budget.unit, to_us(window.start), to_us(window.end), tuple(filters))
 
 
@@ -88,11 +91,11 @@ def _measure(unit: str) -> str:
     return "cost_nano" if unit == "usd" else "input_tokens + output_tokens"
 
 
-def seed_sql(spec: SeedSpec) -> tuple[str, list[Any]]:
+def seed_sql(spec: SeedSpec) -> tuple[str, list[Param]]:
     """A scalar SQL expression (`?` placeholders) worth the spend the ledger holds for `spec`."""
     measure = _measure(spec.unit)
     cond = "price_status <> 'local'"
-    fparams: list[Any] = []
+    fparams: list[Param] = []
     for col, val in spec.filters:
         cond += f" AND {col} = ?"
         fparams.append(val)
@@ -122,11 +125,11 @@ def seed_sql(spec: SeedSpec) -> tuple[str, list[Any]]:
     return ("(" + " + ".join(parts) + ")") if parts else "0", params
 
 
-def values_sql(column: str, start_us: int, end_us: int) -> tuple[str, list[Any]]:
+def values_sql(column: str, start_us: int, end_us: int) -> tuple[str, list[Param]]:
     """Distinct non-empty values of a ledger column with non-local calls in [start_us, end_us) (status listing)."""
     p = plan(start_us, end_us, None, ZoneInfo("UTC"))
     parts: list[str] = []
-    params: list[Any] = []
+    params: list[Param] = []
     cond = f"{column} <> '' AND price_status <> 'local'"
     for table, bucket, ranges in (("rollup_daily", "day", p.days), ("rollup_hourly", "hour", p.hours)):
         for lo, hi in merge_ranges(ranges):
@@ -140,7 +143,9 @@ def values_sql(column: str, start_us: int, end_us: int) -> tuple[str, list[Any]]
     return " UNION ".join(parts) or f"SELECT {column} FROM events WHERE 1 = 0", params
 
 
-def has_ledger_tables(execute: Any, *, postgres: bool = False) -> bool:
+def has_ledger_tables(
+    execute: Callable[[str, list[Param]], Sequence[tuple[Any, ...]]], *, postgres: bool = False
+) -> bool:
     """True when the database holds the ledger's tables (a counters-only file seeds nothing).
 
     Asked of the catalog, so a database that cannot be read (locked, connection lost) raises
@@ -167,7 +172,7 @@ PENDING_SUMS_SQL = (
 PENDING_SUMS_NO_LEDGER_SQL = "SELECT COALESCE(SUM(amount), 0) AS un, COALESCE(SUM(kept), 0) AS kept FROM budget_pending WHERE counter = ?"
 
 
-def counter_sums_sql(spec: SeedSpec | None, key: str, ledger: bool) -> tuple[str, list[Any]]:
+def counter_sums_sql(spec: SeedSpec | None, key: str, ledger: bool) -> tuple[str, list[Param]]:
     """One statement (one snapshot) giving (ledger spend, pending not in the ledger, kept) of a counter."""
     expr, params = seed_sql(spec) if ledger and spec is not None else ("0", [])
     sums = PENDING_SUMS_SQL if ledger else PENDING_SUMS_NO_LEDGER_SQL
@@ -184,7 +189,7 @@ class LedgerSeeder:
         self._ok = False
         self._lock = threading.Lock()
 
-    def _execute(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _execute(self, sql: str, params: Sequence[Param]) -> list[tuple[Any, ...]]:
         with self._lock:  # one connection shared by the gate's worker threads
             try:
                 return self._execute_locked(sql, params)
@@ -198,7 +203,7 @@ class LedgerSeeder:
                 self._conn.close()
             self._conn = None
 
-    def _execute_locked(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _execute_locked(self, sql: str, params: Sequence[Param]) -> list[tuple[Any, ...]]:
         if self._conn is None:
             if self._pg:
                 import psycopg  # the optional `postgres` extra

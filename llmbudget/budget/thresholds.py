@@ -20,12 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..alerts import Notice, Notifier
 from ..events import UsageEvent, utcnow
 from ..money import format_usd, from_nano
+from ..store.base import Ledger
 from ..store.dashboard import ANY_AGENT, Threshold, agent_session_totals, list_thresholds
 
 log = logging.getLogger("llmbudget.budget")
@@ -48,7 +48,7 @@ class ThresholdWatch:
 
     def __init__(
         self,
-        ledger: Any,
+        ledger: Ledger,
         *,
         tz: ZoneInfo,
         notifier: Notifier | None,

@@ -10,13 +10,28 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from ..events import parse_timestamp
 from .config import UtilizationConfig
+from .status import BudgetStatus
 
 #: below this elapsed share, a projection is noise: the cycle just started
 MIN_ELAPSED_FOR_PROJECTION = 0.25
+
+
+class CycleDict(TypedDict):
+    """A cycle as `llmbudget budget --utilization --json` and `GET /api/budgets` show it."""
+
+    name: str
+    source: str
+    used: float
+    elapsed: float
+    pace: float | None
+    projected: float | None
+    remaining: float
+    start: str | None
+    reset: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +61,7 @@ class Cycle:
         p = self.pace
         return None if p is None else min(1.0, p)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> CycleDict:
         return {
             "name": self.name,
             "source": self.source,
@@ -70,7 +85,7 @@ class Finding:
     key: str
 
 
-def cycle_from_status(status: Any, now: datetime) -> Cycle | None:
+def cycle_from_status(status: BudgetStatus, now: datetime) -> Cycle | None:
     """A committed budget's cycle (`BudgetStatus` of a calendar or rolling window)."""
     w = status.window
     b = status.budget

@@ -5,18 +5,21 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime
-from typing import Any
 
 from ..alerts import Notice
 from ..events import utcnow
+from ..store.base import Ledger
 from .config import UtilizationConfig
+from .enforcer import BudgetEnforcer
 from .status import budget_status
 from .utilization import Cycle, Finding, cycle_from_status, cycles_from_readings, findings
 
 log = logging.getLogger("llmbudget.budget")
 
 
-def current_cycles(enforcer: Any, ledger: Any | None, cfg: UtilizationConfig, now: datetime) -> list[Cycle]:
+def current_cycles(
+    enforcer: BudgetEnforcer, ledger: Ledger | None, cfg: UtilizationConfig, now: datetime
+) -> list[Cycle]:
     """Cycles of `committed: true` budgets and of the newest quota readings."""
     cycles: list[Cycle] = []
     committed = [b for b in enforcer.budgets if b.committed]
@@ -35,7 +38,7 @@ def current_cycles(enforcer: Any, ledger: Any | None, cfg: UtilizationConfig, no
 
 
 def check_utilization(
-    enforcer: Any, ledger: Any | None, cfg: UtilizationConfig, now: datetime | None = None
+    enforcer: BudgetEnforcer, ledger: Ledger | None, cfg: UtilizationConfig, now: datetime | None = None
 ) -> list[Finding]:
     """Announce new findings (each once per cycle, across processes); returns the ones announced."""
     now = now or utcnow()
@@ -58,7 +61,7 @@ def check_utilization(
 class UtilizationWatcher:
     """A daemon thread running `check_utilization` every `interval_s`."""
 
-    def __init__(self, enforcer: Any, ledger: Any | None, cfg: UtilizationConfig) -> None:
+    def __init__(self, enforcer: BudgetEnforcer, ledger: Ledger | None, cfg: UtilizationConfig) -> None:
         self.enforcer, self.ledger, self.cfg = enforcer, ledger, cfg
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmbudget-utilization", daemon=True)

@@ -6,6 +6,9 @@ The statements never hold a literal `?` or `%` (values always travel as paramete
 
 from __future__ import annotations
 
+#: a statement's parameter (PostgreSQL's `= ANY(?)` takes a list)
+Param = str | int | float | None | list[str] | list[int]
+
 _cache: dict[str, str] = {}
 
 

@@ -32,9 +32,9 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, SupportsInt, TypeVar
 
 from ...config import mask_url
 from ...errors import DatabaseUnreachable, StorageError
@@ -157,6 +157,9 @@ class CounterStore(ABC):
     #: this process's owner id ("host:pid:token"); reservation ids start with it and a "/"
     owner: str = ""
     _lease: threading.Thread | None = None
+    #: set by the back-ends whose methods `_guard_all` wraps: where they are, what their driver raises
+    url: str
+    _driver_errors: tuple[type[BaseException], ...]
 
     def _init_owner(self) -> None:
         self.host = socket.gethostname()
@@ -323,11 +326,18 @@ class CounterStore(ABC):
         """Release connections."""
 
 
-def _guard(method: Any) -> Any:
+_Store = TypeVar("_Store", bound=CounterStore)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+#: what a driver gives back for a number (an int, a numeric string, Redis' bytes)
+_Num = SupportsInt | str | bytes
+
+
+def _guard(method: Callable[Concatenate[_Store, _P], _R]) -> Callable[Concatenate[_Store, _P], _R]:
     """Turn a store's driver errors (server down, connection lost) into one clear `DatabaseUnreachable`."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: _Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         except StorageError:
@@ -342,7 +352,7 @@ def _guard(method: Any) -> Any:
     return wrapper
 
 
-def _guard_all(cls: Any) -> Any:
+def _guard_all(cls: type[_Store]) -> type[_Store]:
     for name in (
         "reserve",
         "ensure",
@@ -389,7 +399,7 @@ _LEDGERED_PRICED = (
 _PRUNE_OLD_SQL = "DELETE FROM budget_pending WHERE settled_at < ?"
 
 
-def _refusal_at(charges: Sequence[Charge], answer: Sequence[Any]) -> Refusal | None:
+def _refusal_at(charges: Sequence[Charge], answer: Sequence[_Num]) -> Refusal | None:
     """A store's (index, spent, reserved) answer as a Refusal: index 0 is none refused, else the 1-based charge."""
     idx, spent, reserved = (int(x) for x in answer)
     if idx == 0:
@@ -398,7 +408,7 @@ def _refusal_at(charges: Sequence[Charge], answer: Sequence[Any]) -> Refusal | N
     return Refusal(c.budget, spent, reserved, int(c.limit or 0), c.amount)
 
 
-def _checked(spent: Any, un: Any, kept: Any, before: Any) -> Reconciled:
+def _checked(spent: _Num, un: _Num, kept: _Num, before: _Num | None) -> Reconciled:
     """A `check` result: the ledger's part, pending, kept, and the counter's spent (None: no counter yet)."""
     after = int(spent) + int(un) + int(kept)
     return Reconciled(after if before is None else int(before), after, int(spent), int(un), int(kept))

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ...errors import StorageError
+from ...store.dialect import Param
 from ...store.migrations import apply_migrations
 from ..seed import SeedSpec
 from .base import Charge, Refusal, _all_keys, _guard, _guard_all, _items, _merge, _refusal_at
@@ -69,16 +70,16 @@ class PostgresCounters(SQLCounters):
     def _write_one(self) -> AbstractContextManager[SQLConn]:
         return self._read()  # autocommit: the statement is its own transaction
 
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Param]]:
         return f"{column} = ANY(?)", [list(values)]
 
-    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Any]]:
+    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Param]]:
         return f"left({column}, ?) = ?", [len(prefix), prefix]
 
-    def _owned(self, owner: str) -> tuple[str, list[Any]]:
+    def _owned(self, owner: str) -> tuple[str, list[Param]]:
         return "left(id, ?) = ?", [len(owner) + 1, owner + "/"]
 
-    def _pop_reservations(self, db: SQLConn, where: str, params: Sequence[Any]) -> list[str]:
+    def _pop_reservations(self, db: SQLConn, where: str, params: Sequence[Param]) -> list[str]:
         return [
             r[0] for r in db.execute(f"DELETE FROM budget_reservations WHERE {where} RETURNING items", params)
         ]

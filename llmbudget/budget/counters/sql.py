@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ...store.dialect import pg_sql
+from ...store.dialect import Param, pg_sql
 from ..seed import SeedSpec, counter_sums_sql, has_ledger_tables, seed_sql, values_sql
 from .base import (
     _LEDGERED,
@@ -78,7 +78,7 @@ class SQLConn:
         #: rows the last statement changed
         self.rowcount = 0
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str, params: Sequence[Param] = ()) -> list[tuple[Any, ...]]:
         if self.postgres:
             cur = self.conn.execute(pg_sql(sql), params or None)
             self.rowcount = cur.rowcount
@@ -87,7 +87,7 @@ class SQLConn:
         self.rowcount = cur.rowcount
         return list(cur.fetchall())
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Param]]) -> None:
         if not rows:
             return
         if self.postgres:
@@ -127,19 +127,19 @@ class SQLCounters(CounterStore):
         """A connection for reads."""
 
     @abstractmethod
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Param]]:
         """`column` is one of `values`: the condition and its parameters."""
 
     @abstractmethod
-    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Any]]:
+    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Param]]:
         """`column` starts with `prefix`: the condition and its parameters."""
 
     @abstractmethod
-    def _owned(self, owner: str) -> tuple[str, list[Any]]:
+    def _owned(self, owner: str) -> tuple[str, list[Param]]:
         """Reservation ids of `owner` ("owner/..."): the condition on `id` and its parameters."""
 
     @abstractmethod
-    def _pop_reservations(self, db: SQLConn, where: str, params: Sequence[Any]) -> list[str]:
+    def _pop_reservations(self, db: SQLConn, where: str, params: Sequence[Param]) -> list[str]:
         """Delete the reservations matching `where`; their items (JSON) in any order."""
 
     def _create_counters(self, db: SQLConn, keys: Sequence[str]) -> None:

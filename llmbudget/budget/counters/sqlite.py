@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from ...errors import StorageError
+from ...store.dialect import Param
 from ...store.migrations import apply_migrations
 from ..seed import SeedSpec
 from .base import Charge, Refusal, _all_keys, _check, _items, _merge
@@ -59,17 +60,17 @@ class SQLiteCounters(SQLCounters):
         with self._lock:
             yield self._conn
 
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Param]]:
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
 
-    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Any]]:
+    def _prefix(self, column: str, prefix: str) -> tuple[str, list[Param]]:
         return f"substr({column}, 1, ?) = ?", [len(prefix), prefix]
 
-    def _owned(self, owner: str) -> tuple[str, list[Any]]:
+    def _owned(self, owner: str) -> tuple[str, list[Param]]:
         # ids of one owner are "owner/...": a range of the primary key ('0' follows '/')
         return "id >= ? AND id < ?", [owner + "/", owner + "0"]
 
-    def _pop_reservations(self, db: SQLConn, where: str, params: Sequence[Any]) -> list[str]:
+    def _pop_reservations(self, db: SQLConn, where: str, params: Sequence[Param]) -> list[str]:
         rows = db.execute(f"SELECT items FROM budget_reservations WHERE {where}", params)
         if rows:
             db.execute(f"DELETE FROM budget_reservations WHERE {where}", params)

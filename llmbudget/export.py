@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO
 
 from .events import UsageEvent
 from .money import decimal_str
@@ -45,7 +45,7 @@ def neutralize(text: str) -> str:
     return text
 
 
-def csv_cell(value: Any) -> Any:
+def csv_cell(value: object) -> str | int | float:
     """One CSV cell: numbers as they are, None empty, booleans as true/false, text neutralized."""
     if value is None:
         return ""
@@ -60,7 +60,7 @@ def csv_cell(value: Any) -> Any:
     return neutralize(str(value))
 
 
-def _event_cells(event: UsageEvent) -> list[Any]:
+def _event_cells(event: UsageEvent) -> list[str | int | float]:
     d = event.to_dict()
     # cost_usd arrives as an exact decimal string; keep it numeric so it is never neutralized
     d["cost_usd"] = None if event.cost_usd is None else event.cost_usd
@@ -112,7 +112,7 @@ def write_json_array(
     return n
 
 
-def write_rows_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], out: IO[str]) -> int:
+def write_rows_csv(rows: Iterable[Mapping[str, object]], columns: Sequence[str], out: IO[str]) -> int:
     """Report rows (dicts) as CSV with the given columns, neutralized like events; returns the count."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(columns)

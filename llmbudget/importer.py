@@ -36,11 +36,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .errors import LLMBudgetError, NotFound, ValidationError
 from .events import ATTRIBUTION, MAX_TOKENS, UsageEvent, parse_timestamp
 from .money import from_nano, to_nano, usd
+from .pricing.book import PriceBook
 from .store.base import Ledger
 
 #: namespace of the ids derived from line content
@@ -49,6 +50,27 @@ _OURS_MARKERS = ("input_tokens", "output_tokens", "price_status", "provider", "s
 
 #: progress callback: (bytes read, file size)
 Progress = Callable[[int, int], None]
+
+
+class BadLineDict(TypedDict):
+    line: int
+    field: str | None
+    message: str
+
+
+class ImportResultDict(TypedDict):
+    """One file's import as `llmbudget import --json` prints it."""
+
+    path: str
+    lines: int
+    loaded: int
+    duplicates: int
+    bad_lines: int
+    unpriced: int
+    cost_usd: str | None
+    cost_nano: int
+    errors: list[BadLineDict]
+    seconds: float
 
 
 @dataclass(slots=True)
@@ -61,7 +83,7 @@ class BadLine:
         where = f" field {self.field}:" if self.field else ""
         return f"line {self.line}:{where} {self.message}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> BadLineDict:
         return {"line": self.line, "field": self.field, "message": self.message}
 
 
@@ -76,7 +98,7 @@ class ImportResult:
     bad: list[BadLine] = field(default_factory=list)
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ImportResultDict:
         return {
             "path": self.path,
             "lines": self.lines,
@@ -204,7 +226,7 @@ def import_jsonl(
     ledger: Ledger,
     path: str | Path,
     *,
-    prices: Any = None,
+    prices: PriceBook | None = None,
     provider_of: Callable[[str, str], str] | None = None,
     progress: Progress | None = None,
     batch: int = 5000,

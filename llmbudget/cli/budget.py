@@ -13,10 +13,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..alerts import KINDS, list_notifications
+from ..budget.enforcer import BudgetEnforcer
 from ..budget.factory import build_enforcer
 from ..budget.report import budget_report
+from ..config import Config
 from ..errors import ValidationError
 from ..money import format_exact, format_usd
+from ..store import Ledger
 from . import common
 
 agents_app = typer.Typer(
@@ -25,7 +28,7 @@ agents_app = typer.Typer(
 
 
 @contextmanager
-def _enforcer(config: str | None, db: str | None) -> Iterator[tuple[Any, Any, Any]]:
+def _enforcer(config: str | None, db: str | None) -> Iterator[tuple[Config, Ledger, BudgetEnforcer]]:
     """(config, ledger, enforcer) for a command; prices are not needed to report, so none are loaded."""
     cfg, ledger = common.open_ledger_for(config, db)
     try:

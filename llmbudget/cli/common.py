@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from ..budget.factory import reconcile_after_write
 from ..config import Config, default_db_url, load_config, resolve_db_url
 from ..errors import StorageError, ValidationError
 from ..store import Ledger, ledger_options, open_ledger
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 # rich's progress bar and the SQLite back-end are imported where used: `llmbudget --help` does not
 # load them at start-up.
@@ -71,7 +74,7 @@ def load(config: str | None) -> Config:
     return load_config(config)
 
 
-def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = False) -> tuple[Config, Any]:
+def open_ledger_for(config: str | None, db: str | None, *, must_exist: bool = False) -> tuple[Config, Ledger]:
     """Load the config and open the ledger it (or --db) names.
 
     With `must_exist` (read-only reports), a SQLite file named explicitly (--db, $LLMBUDGET_DB or
@@ -109,9 +112,9 @@ def one_format(json_: bool, csv_: bool) -> None:
         raise ValidationError("--json", "choose one of --json and --csv")
 
 
-def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(row: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     """Nested mappings as dotted columns (`reading.windows.5h.utilization`); lists stay one (JSON) cell."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for k, v in row.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping) and v:
@@ -121,7 +124,7 @@ def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+def print_csv(rows: Iterable[Mapping[str, object]], columns: Sequence[str] | None = None) -> None:
     """Report rows as formula-safe CSV on stdout (export.py's writer); columns default to every key seen, in order."""
     flat = [flatten(r) for r in rows]
     if columns is None:
@@ -129,7 +132,7 @@ def print_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None =
     export.write_rows_csv(flat, columns, sys.stdout)
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     """JSON to stdout, no colour, Decimals and datetimes as strings."""
     typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
@@ -156,8 +159,8 @@ class LateProgress:
         self.enabled = enabled and err_console.is_terminal
         self.unit_bytes, self.check_every = unit_bytes, check_every
         self.started = time.monotonic()
-        self._bar: Any = None
-        self._task: Any = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
 
     def __call__(self, done: int, total: int | None = None) -> None:
         if not self.enabled or (self.check_every > 1 and done % self.check_every):
@@ -187,7 +190,8 @@ class LateProgress:
             )
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total or None)
-        self._bar.update(self._task, completed=done, total=self.total or None)
+        if self._task is not None:
+            self._bar.update(self._task, completed=done, total=self.total or None)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -201,7 +205,7 @@ class LateProgress:
         self.close()
 
 
-def reconcile_budgets(cfg: Any, ledger: Any) -> None:
+def reconcile_budgets(cfg: Config, ledger: Ledger) -> None:
     """After a write from outside the gate: bring the budget counters level with the ledger."""
     warning = reconcile_after_write(cfg, ledger)
     if warning:

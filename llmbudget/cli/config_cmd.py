@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 import yaml
@@ -173,7 +173,11 @@ def _data_dir_source() -> str:
     return "the default"
 
 
-def in_effect(cfg: Config, *, config: str | None, path: Path | None, db: str | None) -> dict[str, Any]:
+#: one value in effect and where it came from
+InEffect = TypedDict("InEffect", {"value": str | None, "from": str})
+
+
+def in_effect(cfg: Config, *, config: str | None, path: Path | None, db: str | None) -> dict[str, InEffect]:
     """The values llmbudget will use after every lookup order, each with where it came from (secrets masked)."""
     return {
         "config_file": {"value": str(path) if path else None, "from": _config_source(config, path)},

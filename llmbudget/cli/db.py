@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich import box
@@ -23,10 +23,13 @@ from rich.table import Table
 from .. import export
 from ..config import load_config, resolve_db_url
 from ..errors import DatabaseMissing, NotFound, ValidationError
-from ..importer import import_jsonl
+from ..importer import ImportResult, import_jsonl
 from ..money import format_usd, from_nano
 from ..pricing import PriceBook, provider_for
 from . import agent_logs, common
+
+if TYPE_CHECKING:  # start-up: only a type here; `llmbudget --help` loads no back-end
+    from ..store.sqlbase import SQLLedger
 
 #: named import sources: name -> fn(paths, json_out=..., config=..., db=...)
 IMPORT_SOURCES: dict[str, Callable[..., None]] = {
@@ -64,9 +67,10 @@ def register(app: typer.Typer) -> None:
             url = resolve_db_url(db, load_config(config))
             created = create_database(url)
             _, ledger = common.open_ledger_for(config, db)
+        sql = cast("SQLLedger", ledger)  # every ledger open_ledger opens is a SQL ledger
         try:
             now = {name for name, _, fresh in getattr(ledger, "migrations_applied_now", []) if fresh}
-            rows = ledger.applied_migrations()
+            rows = sql.applied_migrations()
             url = ledger._masked() if hasattr(ledger, "_masked") else ""
         finally:
             ledger.close()
@@ -191,7 +195,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
-def _import_summary(r: Any, cost: str) -> str:
+def _import_summary(r: ImportResult, cost: str) -> str:
     """One line: what was loaded and skipped, and what the file's calls cost (unpriced counted, never $0)."""
     skipped = [
         p
@@ -248,9 +252,10 @@ def quarantine_command(config: str | None, db: str | None, *, json_out: bool, cs
     if json_out and csv_out:
         raise ValidationError("--json", "choose one of --json and --csv")
     _, ledger = common.open_ledger_for(config, db, must_exist=True)
+    sql = cast("SQLLedger", ledger)  # every ledger open_ledger opens is a SQL ledger
     try:
-        path = ledger.quarantine_path
-        entries = ledger.quarantined()
+        path = sql.quarantine_path
+        entries = sql.quarantined()
     finally:
         ledger.close()
     rows = quarantine_rows(entries)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import typer
 
 from .. import logsafe
 from ..errors import ValidationError
+from ..services import Services
 from . import common
 from .serve import _run_until_stopped, _server_class, check_listen, tune_gc
 
@@ -37,7 +39,7 @@ def demo(
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logsafe.install()
 
-    def server_factory(app: Any, services: Any) -> Any:
+    def server_factory(app: Callable[..., Awaitable[None]], services: Services) -> uvicorn.Server:
         tune_gc()
         cfg = uvicorn.Config(
             app,

@@ -16,7 +16,7 @@ from rich.table import Table
 from .. import export
 from ..errors import ValidationError
 from ..money import format_usd, from_nano
-from ..pricing import PriceBook
+from ..pricing import PriceBook, PriceInfo
 from ..reprice import reprice as reprice_events
 from ..timeranges import parse_range, parse_since
 from . import common
@@ -52,7 +52,7 @@ def _money(v: Decimal | None) -> str:
     return f"${n:f}"
 
 
-def _price_rows(info: Any) -> list[tuple[str, str]]:
+def _price_rows(info: PriceInfo) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     labels = {
         "input_mtok": "Input",
@@ -88,7 +88,7 @@ _UNIT_LABELS = {
 }
 
 
-def _unit_row(key: str, price: Any) -> tuple[str, str]:
+def _unit_row(key: str, price: Decimal) -> tuple[str, str]:
     """A row for one of the other unit prices (genai-prices price key -> base price)."""
     if key.endswith("_mtok"):
         label = _UNIT_LABELS.get(key) or key[: -len("_mtok")].replace("_", " ").capitalize() + " tokens"

@@ -7,7 +7,7 @@ for an error such as a broken config), so a cron job or CI step can act on it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich import box
@@ -18,6 +18,7 @@ from ..money import format_exact, format_usd
 from ..quota.monitor import AccountStatus, MonitorResult, run_monitor
 from ..quota.severity import Severity
 from ..quota.summary import DEFAULT_MAX_AGE, build_summary, countdown, parse_max_age
+from ..store import Ledger
 from . import common
 
 #: exit code of `monitor` when any account is CRITICAL
@@ -172,7 +173,7 @@ def register(app: typer.Typer) -> None:
         Exit code 2 when any account is CRITICAL.
         """
         common.one_format(json_, csv_)
-        ledger: Any = None
+        ledger: Ledger | None = None
         if no_log:
             cfg = common.load(config)
         else:

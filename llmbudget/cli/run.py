@@ -6,16 +6,20 @@ import json
 import os
 import time
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from ..config import Config
 from ..errors import ValidationError
 from ..money import NANO_USD, decimal_str, format_usd, limit_problem
 from ..services import Services
 from ..store import open_ledger
 from . import common
+
+if TYPE_CHECKING:  # start-up: only a type here; the runner loads when the command runs
+    from ..runner import RunSummary
 
 # The command's modules are imported when it runs: `llmbudget --help` and the other commands
 # do not load them at start-up.
@@ -109,14 +113,14 @@ def run(
     raise typer.Exit(rc)
 
 
-def _run(cmd: list[str], base: str, cfg: Any, agent: str | None, session: str) -> int:
+def _run(cmd: list[str], base: str, cfg: Config, agent: str | None, session: str) -> int:
     from .. import runner  # start-up: loaded when the command runs
 
     env = runner.child_env(base, cfg, agent=agent, session=session, environ=os.environ, program=cmd[0])
     return runner.run_child(runner.child_command(cmd, base, cfg, agent=agent, session=session), env)
 
 
-def _summary_after_close(services: Services, session: str) -> Any:
+def _summary_after_close(services: Services, session: str) -> RunSummary:
     """Read the run back once the in-process proxy has flushed and closed its ledger."""
     from .. import runner  # start-up: loaded when the command runs
 
@@ -127,7 +131,7 @@ def _summary_after_close(services: Services, session: str) -> Any:
         ledger.close()
 
 
-def _report(summary: Any, seconds: float, where: str, limit: Any, json_out: bool) -> None:
+def _report(summary: RunSummary, seconds: float, where: str, limit: Decimal | None, json_out: bool) -> None:
     if json_out:
         data = summary.to_dict()
         data["seconds"] = round(seconds, 3)

@@ -8,7 +8,9 @@ import logging
 import os
 import signal
 import socket
-from typing import Annotated, Any
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +20,9 @@ from ..errors import LLMBudgetError, ValidationError
 from ..services import Services
 from . import common
 from .workers import WORKER_ENV, supervise
+
+if TYPE_CHECKING:
+    import uvicorn
 
 # uvicorn and the app are imported when `serve` runs: `llmbudget --help` and the other commands
 # do not load them at start-up.
@@ -162,17 +167,17 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 50)
 
 
-def _server_class() -> Any:
+def _server_class() -> Callable[[uvicorn.Config, Services], uvicorn.Server]:
     import uvicorn
 
     class Server(uvicorn.Server):
         """uvicorn, plus: open dashboard streams end at the first stop signal (else they hold shutdown)."""
 
-        def __init__(self, config: Any, services: Services) -> None:
+        def __init__(self, config: uvicorn.Config, services: Services) -> None:
             super().__init__(config)
             self.services = services
 
-        def handle_exit(self, sig: int, frame: Any) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             hub = self.services.live
             if hub is not None:
                 hub.end_streams()
@@ -197,7 +202,7 @@ def _shared_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_until_stopped(server: Any, sockets: list[socket.socket] | None = None) -> None:
+def _run_until_stopped(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
     """Run uvicorn; Ctrl-C and SIGTERM end it cleanly (uvicorn re-raises them after its shutdown)."""
 
     def on_term(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -24,6 +25,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from ..errors import NotFound, ValidationError
 from ..events import UsageEvent
 from ..money import ZERO
+from ..pricing.book import PriceBook
+from ..store.base import Ledger
 from .follow import LogFollower, NewLine, files_under
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ class LogReader(ABC, Generic[T, ScanT]):
         self.log.warning("%s.skip file=%s line=%d reason=%s", self.agent, path, lineno, reason)
 
     @abstractmethod
-    def take(self, line: NewLine, data: Any) -> None:
+    def take(self, line: NewLine, data: object) -> None:
         """Read one parsed line (raise ValidationError to skip it with a warning)."""
 
     @abstractmethod
@@ -117,9 +120,9 @@ class AgentLogs(Generic[T, ScanT]):
     missing: Callable[[], str]
     reader: Callable[[], LogReader[T, ScanT]]
     #: `(ledger, prices, calls)` -> the events to record, priced (prices None: left unpriced)
-    to_events: Callable[[Any, Any, list[T]], list[UsageEvent]]
+    to_events: Callable[[Ledger, PriceBook | None, list[T]], list[UsageEvent]]
     #: how to order the calls of a whole read
-    order: Callable[[T], Any]
+    order: Callable[[T], tuple[datetime, str]]
 
     def roots(self, paths: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
         """The files and directories to read: the given ones (an agent home is searched under
@@ -145,11 +148,15 @@ class AgentLogs(Generic[T, ScanT]):
         reader.read_files(files)
         return sorted(reader.complete(), key=self.order), reader.scan
 
-    def events(self, ledger: Any, prices: Any, calls: list[T], scan: LogScan) -> list[UsageEvent]:
+    def events(
+        self, ledger: Ledger, prices: PriceBook | None, calls: list[T], scan: LogScan
+    ) -> list[UsageEvent]:
         """The events to record for `calls`; a call that cannot be one is a warning in `scan`."""
         return each_event(calls, lambda cs: self.to_events(ledger, prices, cs), scan, self.name)
 
-    def watcher(self, ledger: Any, prices: Any, roots: list[Path], *, settle_s: float = 2.0) -> LogWatcher:
+    def watcher(
+        self, ledger: Ledger, prices: PriceBook | None, roots: list[Path], *, settle_s: float = 2.0
+    ) -> LogWatcher:
         """Follow the logs under `roots`, recording calls as they complete."""
         return LogWatcher(self, ledger, prices, roots, settle_s=settle_s)
 
@@ -174,7 +181,7 @@ def each_event(
     return out
 
 
-def record(ledger: Any, events: list[UsageEvent]) -> int:
+def record(ledger: Ledger, events: list[UsageEvent]) -> int:
     """Record events in the ledger; how many were new (an id already there is skipped)."""
     return ledger.record_many(events) if events else 0
 
@@ -227,7 +234,13 @@ class LogWatcher:
     """
 
     def __init__(
-        self, logs: AgentLogs[Any, Any], ledger: Any, prices: Any, roots: list[Path], *, settle_s: float
+        self,
+        logs: AgentLogs[Any, Any],
+        ledger: Ledger,
+        prices: PriceBook | None,
+        roots: list[Path],
+        *,
+        settle_s: float,
     ) -> None:
         self.logs = logs
         self.ledger = ledger

@@ -15,10 +15,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypedDict
 
 from .readings import QuotaReading
-from .rotation import rank_accounts
+from .rotation import RankedDict, rank_accounts
 
 #: windows whose growth is tracked, most important first
 BURN_WINDOWS = ("7d", "5h")
@@ -31,6 +31,39 @@ UNDERSPEND_WITHIN = timedelta(hours=2)
 ACTIVE_WITHIN = timedelta(hours=6)
 #: two resets closer than this are the same reset (providers round differently from call to call)
 _RESET_TOLERANCE = timedelta(minutes=2)
+
+
+class BurnRateDict(TypedDict):
+    backend: str
+    window: str
+    readings: int
+    since: str | None
+    last: str | None
+    utilization_pct: float | None
+    change_pct: float | None
+    per_hour_pct: float | None
+    reset: str | None
+    exhaustion: str | None
+    exhausts_before_reset: bool | None
+
+
+class ResetRowDict(TypedDict):
+    backend: str
+    window: str
+    reset: str | None
+    in_hours: float
+    utilization_pct: float | None
+    observed: str | None
+
+
+class UnderspendDict(TypedDict):
+    backend: str
+    utilization_pct: float | None
+    unused_pct: float | None
+    reset: str | None
+    minutes_to_reset: int
+    observed: str | None
+    message: str
 
 
 def iso_utc(dt: datetime | None) -> str | None:
@@ -99,7 +132,7 @@ class BurnRate:
     #: True when the window runs out before it resets (the thing to act on)
     exhausts_before_reset: bool | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> BurnRateDict:
         return {
             "backend": self.backend,
             "window": self.window,
@@ -203,7 +236,7 @@ class ResetRow:
     utilization: float | None
     observed: datetime
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ResetRowDict:
         return {
             "backend": self.backend,
             "window": self.window,
@@ -252,7 +285,7 @@ class Underspend:
             f"resets in {mins // 60}h{mins % 60:02d}m"
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> UnderspendDict:
         return {
             "backend": self.backend,
             "utilization_pct": pct(self.utilization),
@@ -296,7 +329,7 @@ def rotation(
     now: datetime,
     accounts: Iterable[str] = (),
     warn_at: float | None = None,
-) -> list[dict[str, Any]]:
+) -> list[RankedDict]:
     """Accounts ranked by headroom, maxed/rejected/invalid-key last (`quota.rotation.rank_accounts`).
 
     `accounts` names configured accounts; one without any reading is ranked UNKNOWN.

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TypedDict
 
 from ..events import UsageEvent
 from ..money import ZERO, decimal_str
@@ -25,13 +25,47 @@ BLOCK_HOURS = 5
 _CENT = Decimal("0.01")
 
 
+class BurnRateDict(TypedDict):
+    tokens_per_minute: float
+    cost_per_hour_usd: str | None
+
+
+class ProjectionDict(TypedDict):
+    tokens: int
+    cost_usd: str | None
+    remaining_minutes: int
+
+
+class BlockDict(TypedDict):
+    """A block as `llmbudget analyze --json` shows it."""
+
+    start: str | None
+    end: str | None
+    first_activity: str | None
+    last_activity: str | None
+    is_active: bool
+    is_gap: bool
+    entries: int
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+    tokens: int
+    total_tokens: int
+    cost_usd: str
+    unpriced_entries: int
+    models: list[str]
+    burn_rate: BurnRateDict | None
+    projection: ProjectionDict | None
+
+
 @dataclass(slots=True)
 class BurnRate:
     tokens_per_minute: float
     #: None when every entry of the block is unpriced
     cost_per_hour_usd: Decimal | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> BurnRateDict:
         return {
             "tokens_per_minute": round(self.tokens_per_minute, 3),
             "cost_per_hour_usd": None
@@ -48,7 +82,7 @@ class Projection:
     cost_usd: Decimal | None
     remaining_minutes: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ProjectionDict:
         return {
             "tokens": self.tokens,
             "cost_usd": None if self.cost_usd is None else decimal_str(self.cost_usd),
@@ -88,7 +122,7 @@ class Block:
     def total_tokens(self) -> int:
         return self.tokens + self.cache_write_tokens + self.cache_read_tokens
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> BlockDict:
         def iso(d: datetime | None) -> str | None:
             return None if d is None else d.isoformat().replace("+00:00", "Z")
 

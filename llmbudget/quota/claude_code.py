@@ -193,7 +193,7 @@ def _int_field(usage: dict[str, Any], name: str) -> int:
     return v
 
 
-def _parse_line(data: Any, file: Path, line: int) -> ClaudeEntry | None:
+def _parse_line(data: object, file: Path, line: int) -> ClaudeEntry | None:
     """An assistant response with usage, or None for every other kind of line. Raises ValidationError."""
     if not isinstance(data, dict) or data.get("type") != "assistant":
         return None
@@ -272,7 +272,7 @@ class ClaudeCodeReader(LogReader[ClaudeEntry, ClaudeScan]):
         self._done: set[str] = set()
         self._folder_cwd: dict[Path, str] = {}
 
-    def take(self, line: NewLine, data: Any) -> None:
+    def take(self, line: NewLine, data: object) -> None:
         if isinstance(data, dict) and isinstance(data.get("cwd"), str) and data["cwd"]:
             self._folder_cwd.setdefault(_project_dir(line.path), data["cwd"])
         entry = _parse_line(data, line.path, line.lineno)

@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 from ..errors import ValidationError
 from ..events import UsageEvent, parse_timestamp
 from ..money import decimal_str
+from ..pricing.book import PriceBook
+from ..store.base import Ledger
 from .agentlogs import AgentLogs, LogReader, LogScan, Totals, record
 from .follow import NewLine
 
@@ -161,7 +163,7 @@ class CodexReader(LogReader[CodexCall, CodexScan]):
         self._files: dict[Path, _FileState] = {}
         self._ready: list[CodexCall] = []
 
-    def take(self, line: NewLine, data: Any) -> None:
+    def take(self, line: NewLine, data: object) -> None:
         if not isinstance(data, dict):
             return
         kind, payload = data.get("type"), data.get("payload")
@@ -181,7 +183,7 @@ class CodexReader(LogReader[CodexCall, CodexScan]):
     def _item(
         self,
         state: _FileState,
-        kind: Any,
+        kind: object,
         payload: dict[str, Any],
         data: dict[str, Any],
         path: Path,
@@ -258,7 +260,7 @@ def read_logs(files: Iterable[Path]) -> CodexScan:
 
 
 # ---------------------------------------------------------------------------- events
-def to_event(call: CodexCall, prices: Any) -> UsageEvent:
+def to_event(call: CodexCall, prices: PriceBook | None) -> UsageEvent:
     """One UsageEvent for a call, priced with the price book (None: left unpriced)."""
     u = call.usage
     inp = max(u["input_tokens"], u["cached_input_tokens"])
@@ -288,7 +290,7 @@ def to_event(call: CodexCall, prices: Any) -> UsageEvent:
     return event
 
 
-def _to_events(ledger: Any, prices: Any, calls: list[CodexCall]) -> list[UsageEvent]:
+def _to_events(ledger: Ledger, prices: PriceBook | None, calls: list[CodexCall]) -> list[UsageEvent]:
     return [to_event(c, prices) for c in calls]
 
 
@@ -306,7 +308,7 @@ CODEX: AgentLogs[CodexCall, CodexScan] = AgentLogs(
 
 
 def import_codex(
-    ledger: Any, paths: Sequence[str | os.PathLike[str]] | None, prices: Any
+    ledger: Ledger, paths: Sequence[str | os.PathLike[str]] | None, prices: PriceBook | None
 ) -> CodexImportResult:
     """Import Codex's session logs into the ledger; idempotent."""
     scan = read_logs(find_log_files(paths))

@@ -6,17 +6,33 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from ..config import Config
 from ..errors import ConfigError, StorageError
+from ..store.base import Ledger
 from .probe import probe_all_sync
-from .readings import QuotaReading
+from .readings import QuotaReading, ReadingDict
 from .readings_log import store_reading
 from .settings import ProviderConfig
-from .severity import Assessment, Severity, assess, overall
+from .severity import Assessment, AssessmentDict, Severity, assess, overall
 
 log = logging.getLogger("llmbudget.quota")
+
+
+class AccountStatusDict(AssessmentDict):
+    account: str
+    kind: str
+    reading: ReadingDict
+
+
+class MonitorDict(TypedDict):
+    """What `llmbudget quota --json` prints."""
+
+    accounts: list[AccountStatusDict]
+    counts: dict[str, int]
+    overall: str
+    storage_errors: list[str]
 
 
 @dataclass(slots=True)
@@ -24,7 +40,7 @@ class AccountStatus:
     reading: QuotaReading
     assessment: Assessment
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AccountStatusDict:
         return {
             "account": self.reading.backend,
             "kind": self.reading.provider,
@@ -47,7 +63,7 @@ class MonitorResult:
     def any_critical(self) -> bool:
         return any(a.assessment.severity is Severity.CRITICAL for a in self.accounts)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> MonitorDict:
         counts = {s.value: 0 for s in Severity}
         for a in self.accounts:
             counts[a.assessment.severity.value] += 1
@@ -81,7 +97,7 @@ def select_accounts(cfg: Config, names: list[str] | None = None) -> list[Provide
 def run_monitor(
     cfg: Config,
     *,
-    ledger: Any = None,
+    ledger: Ledger | None = None,
     names: list[str] | None = None,
     log_readings: bool = True,
     log_dir: Path | None = None,

@@ -21,7 +21,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import NotFound, ValidationError
@@ -41,8 +40,8 @@ class PiProvider:
     model: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+    def to_dict(self) -> dict[str, str | None]:
+        d: dict[str, str | None] = {"name": self.name, "kind": self.kind}
         for k in ("base_url", "api_key_env", "model"):
             if getattr(self, k):
                 d[k] = getattr(self, k)

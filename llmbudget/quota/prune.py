@@ -13,12 +13,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from ..store import Ledger
 from .analysis import iso_utc
 
 DEFAULT_RETENTION_DAYS = 30
+
+
+class PruneDict(TypedDict):
+    """What `llmbudget analyze --prune-before` reports."""
+
+    before: str | None
+    dry_run: bool
+    ledger_readings: int
+    log_files: list[str]
+    log_readings: int
+    archives: list[str]
 
 
 @dataclass(slots=True)
@@ -30,7 +41,7 @@ class PruneResult:
     log_readings: int = 0
     archives: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PruneDict:
         return {
             "before": iso_utc(self.before),
             "dry_run": self.dry_run,

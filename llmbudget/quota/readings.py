@@ -11,11 +11,53 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 Source = Literal["probe", "piggyback"]
 #: `anthropic-ratelimit-unified-status` values
 UNIFIED_STATUSES = ("allowed", "allowed_warning", "rejected")
+
+
+class WindowDict(TypedDict):
+    utilization: float | None
+    reset: str | None
+    status: str | None
+
+
+class LimitDict(TypedDict):
+    limit: int | None
+    remaining: int | None
+    reset: str | None
+    unlimited: bool
+
+
+class ReadingDict(TypedDict):
+    """A reading as JSON (`QuotaReading.to_dict()`): the readings log's line, the ledger's row, the API's answer."""
+
+    timestamp: str | None
+    backend: str
+    provider: str
+    source: Source
+    status: str | None
+    windows: dict[str, WindowDict]
+    representative_claim: str | None
+    reset: str | None
+    fallback_percentage: float | None
+    overage_status: str | None
+    limits: dict[str, LimitDict]
+    retry_after_s: float | None
+    cost_usd: str | None
+    key_valid: bool | None
+    credit_usd: str | None
+    limit_usd: str | None
+    usage_usd: str | None
+    violations: list[dict[str, object]]
+    retry_delay_s: float | None
+    http_status: int | None
+    model: str | None
+    reason: str | None
+    raw: dict[str, str]
+    extra: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -28,7 +70,7 @@ class Window:
     #: the window's own status header when sent (`anthropic-ratelimit-unified-5h-status`)
     status: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> WindowDict:
         return {"utilization": self.utilization, "reset": _iso(self.reset), "status": self.status}
 
     @classmethod
@@ -57,7 +99,7 @@ class Limit:
             return None
         return max(0.0, min(1.0, 1.0 - self.remaining / self.limit))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> LimitDict:
         return {
             "limit": self.limit,
             "remaining": self.remaining,
@@ -105,7 +147,7 @@ class QuotaReading:
     limit_usd: Decimal | None = None
     usage_usd: Decimal | None = None
     #: Gemini `QuotaFailure` violations: [{"quota_metric", "quota_id", "quota_value", "description"...}]
-    violations: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[dict[str, object]] = field(default_factory=list)
     #: Gemini `RetryInfo.retryDelay` in seconds
     retry_delay_s: float | None = None
     http_status: int | None = None
@@ -144,7 +186,7 @@ class QuotaReading:
             or self.retry_delay_s is not None
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ReadingDict:
         """JSON-ready dict; Decimals as strings (exact), datetimes as RFC 3339."""
         return {
             "timestamp": _iso(self.timestamp),

@@ -11,14 +11,22 @@ import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ..config import data_dir
+from ..store.base import Ledger
 from .readings import QuotaReading
 
 log = logging.getLogger("llmbudget.quota")
 
 _log_lock = threading.Lock()
+
+
+class HasLedger(Protocol):
+    """Whatever holds the ledger (`llmbudget.services.Services`)."""
+
+    @property
+    def ledger(self) -> Ledger: ...
 
 
 def default_log_dir() -> Path:
@@ -44,7 +52,11 @@ def append_log(reading: QuotaReading, *, log_dir: Path | str | None = None) -> P
 
 
 def store_reading(
-    services_or_ledger: Any, reading: QuotaReading, *, log_dir: Path | str | None = None, log: bool = True
+    services_or_ledger: HasLedger | Ledger | None,
+    reading: QuotaReading,
+    *,
+    log_dir: Path | str | None = None,
+    log: bool = True,
 ) -> None:
     """Store a reading in the ledger (`record_reading`) and append it to the daily JSONL log.
 
@@ -59,7 +71,8 @@ def store_reading(
             append_log(reading, log_dir=log_dir)
         except OSError as e:
             log_error = e
-    ledger = getattr(services_or_ledger, "ledger", services_or_ledger)
+    # a Services gives its ledger; a Ledger (or None) is itself
+    ledger = cast("Ledger | None", getattr(services_or_ledger, "ledger", services_or_ledger))
     if ledger is not None:
         ledger.record_reading(reading.to_dict())
     if log_error is not None:

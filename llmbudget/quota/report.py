@@ -23,6 +23,7 @@ from . import codex
 from . import readings_log as rdg
 from .prune import prune_readings
 from .readings import QuotaReading
+from .settings import ProviderConfig
 from .weekly import weekly
 
 #: the report's sections, in the order they are shown
@@ -121,7 +122,7 @@ def analyze_report(
     return out
 
 
-def _account_name(p: Any) -> str:
+def _account_name(p: ProviderConfig | dict[str, object]) -> str:
     """A configured provider's name (a ProviderConfig, or a plain mapping in older configs)."""
     return str(p.get("name") if isinstance(p, dict) else p.name)
 
@@ -142,8 +143,8 @@ def _ledger_readings(ledger: Ledger, since: datetime) -> list[QuotaReading]:
 
 
 def _blocks(
-    ledger: Any, cfg: Any, start: datetime, now: datetime, logs: list[str] | None, warnings: list[str]
-) -> list[dict[str, Any]]:
+    ledger: Ledger, cfg: Config, start: datetime, now: datetime, logs: list[str] | None, warnings: list[str]
+) -> list[bl.BlockDict]:
     if logs:
         with collect_warnings("llmbudget.quota"):  # the scan lists them; printed once, by the CLI
             events, scan = cc.load_events(logs, PriceBook.from_config(cfg))
@@ -155,7 +156,7 @@ def _blocks(
     return [b.to_dict() for b in bl.identify_blocks(events, now=now)]
 
 
-def _codex_blocks(ledger: Any, start: datetime, now: datetime) -> list[dict[str, Any]]:
+def _codex_blocks(ledger: Ledger, start: datetime, now: datetime) -> list[bl.BlockDict]:
     """Codex's calls (imported or through the proxy) in the same 5-hour blocks."""
     events = list(ledger.iter_events(since=start, filters={"agent": codex.AGENT}))
     return [b.to_dict() for b in bl.identify_blocks(events, now=now)]

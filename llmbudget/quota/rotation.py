@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypedDict
 
 from .readings import QuotaReading
 from .severity import WARN_AT, Severity, assess, effective_utilization
@@ -44,6 +44,21 @@ LONG = timedelta(days=1)
 #: weight of the weekly-scale headroom against the hours-scale one
 LONG_WEIGHT = 0.75
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class RankedDict(TypedDict):
+    """One account of the quota summary's ranking."""
+
+    rank: int
+    backend: str
+    provider: str
+    severity: str
+    category: str
+    basis: str | None
+    headroom: float | None
+    binding: str | None
+    reset: str | None
+    reasons: list[str]
 
 
 @dataclass(slots=True)
@@ -65,7 +80,7 @@ class RankedAccount:
     #: windows | metered | per-minute | none (usable accounts); None for the others
     basis: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> RankedDict:
         return {
             "rank": self.rank,
             "backend": self.backend,
@@ -217,7 +232,7 @@ def rank_accounts(
 
     far = datetime.max.replace(tzinfo=now.tzinfo)
 
-    def key(item: tuple[bool, RankedAccount]) -> tuple[Any, ...]:
+    def key(item: tuple[bool, RankedAccount]) -> tuple[int, bool, int, float, datetime, str]:
         warn, row = item
         room = row.headroom if row.headroom is not None else -1.0
         basis = BASES.index(row.basis) if row.basis in BASES else len(BASES)

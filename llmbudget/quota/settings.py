@@ -105,6 +105,6 @@ class QuotaSettings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _empty(cls, v: Any) -> Any:
+    def _empty(cls, v: object) -> object:
         # `quota:` with nothing under it means the defaults
         return {} if v is None else v

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TypedDict
 
 from .readings import QuotaReading
 
@@ -40,6 +40,12 @@ class Severity(StrEnum):
 SEVERITY_ORDER = (Severity.CRITICAL, Severity.WARNING, Severity.OK, Severity.UNKNOWN)
 
 
+class AssessmentDict(TypedDict):
+    severity: str
+    reasons: list[str]
+    blocker: str | None
+
+
 @dataclass(slots=True)
 class Assessment:
     severity: Severity
@@ -47,7 +53,7 @@ class Assessment:
     #: why a CRITICAL account is unusable: invalid_key | rejected | out_of_credit | maxed (None otherwise)
     blocker: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AssessmentDict:
         return {"severity": self.severity.value, "reasons": list(self.reasons), "blocker": self.blocker}
 
 
@@ -55,7 +61,7 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
-def _violation(v: dict[str, Any]) -> str:
+def _violation(v: Mapping[str, object]) -> str:
     name = str(v.get("quota_id") or v.get("quota_metric") or "?")
     return name + (f" (limit {v['quota_value']})" if v.get("quota_value") not in (None, "") else "")
 

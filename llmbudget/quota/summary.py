@@ -19,6 +19,7 @@ import aiohttp
 from ..config import Config
 from ..errors import ConfigError, StorageError, ValidationError
 from ..money import format_exact, format_usd
+from ..store.base import Ledger
 from .probe import probe_all
 from .readings import QuotaReading
 from .readings_log import latest_by_backend, read_log, store_reading
@@ -151,7 +152,7 @@ def describe(row: RankedAccount, now: datetime) -> str:
     return " · ".join(parts) if parts else (r.reason or "no quota data")
 
 
-def stored_latest(ledger: Any, log_dir: Path | None = None) -> dict[str, QuotaReading]:
+def stored_latest(ledger: Ledger | None, log_dir: Path | None = None) -> dict[str, QuotaReading]:
     """Newest stored reading per account: from the ledger, or from the JSONL log without one."""
     if ledger is not None:
         return latest_by_backend(ledger.latest_readings())
@@ -160,7 +161,7 @@ def stored_latest(ledger: Any, log_dir: Path | None = None) -> dict[str, QuotaRe
 
 async def build_summary_async(
     cfg: Config,
-    ledger: Any,
+    ledger: Ledger | None,
     *,
     max_age: timedelta = DEFAULT_MAX_AGE,
     now: datetime | None = None,
@@ -210,7 +211,7 @@ async def build_summary_async(
     )
 
 
-def _store_readings(ledger: Any, readings: list[QuotaReading], log_dir: Path | None) -> list[str]:
+def _store_readings(ledger: Ledger | None, readings: list[QuotaReading], log_dir: Path | None) -> list[str]:
     """Store each probed reading; the ones that could not be stored, as `account: reason`."""
     errors: list[str] = []
     for r in readings:
@@ -222,6 +223,6 @@ def _store_readings(ledger: Any, readings: list[QuotaReading], log_dir: Path | N
     return errors
 
 
-def build_summary(cfg: Config, ledger: Any, **kw: Any) -> Summary:
+def build_summary(cfg: Config, ledger: Ledger | None, **kw: Any) -> Summary:
     """`build_summary_async` for synchronous callers (the CLI)."""
     return asyncio.run(build_summary_async(cfg, ledger, **kw))

@@ -9,10 +9,27 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
 
 from .analysis import by_account, is_exhausted, iso_utc, pct, utilization
 from .readings import QuotaReading
+
+
+class ExhaustionDict(TypedDict):
+    backend: str
+    start: str | None
+    last_seen: str | None
+    readings: int
+    reason: str
+
+
+class WeekRowDict(TypedDict):
+    backend: str
+    week: str
+    readings: int
+    peak_7d_pct: float | None
+    average_7d_pct: float | None
+    exhaustions: list[ExhaustionDict]
 
 
 @dataclass(slots=True)
@@ -25,7 +42,7 @@ class ExhaustionEvent:
     readings: int
     reason: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ExhaustionDict:
         return {
             "backend": self.backend,
             "start": iso_utc(self.start),
@@ -45,7 +62,7 @@ class WeekRow:
     average: float | None
     exhaustions: list[ExhaustionEvent] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> WeekRowDict:
         return {
             "backend": self.backend,
             "week": self.week,

@@ -8,7 +8,7 @@ daily rollups that writes keep current, never a month of raw events.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -232,7 +232,7 @@ class Ledger(ABC):
 
     # ------------------------------------------------------------------ quota readings
     @abstractmethod
-    def record_reading(self, reading: dict[str, Any]) -> None:
+    def record_reading(self, reading: Mapping[str, Any]) -> None:
         """Store a quota reading (a JSON-ready dict with at least `timestamp`, `backend`, `source`)."""
 
     @abstractmethod

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from ..errors import ValidationError
 from ..money import decimal_str, from_nano
+from .base import Ledger
 from .sqlbase import SQLLedger
 
 #: threshold scopes: `session` compares an agent's spend in its current session, `agent` its spend today
@@ -20,13 +21,13 @@ THRESHOLD_SCOPES = ("session", "agent")
 ANY_AGENT = "*"
 
 
-def _sql(ledger: Any) -> SQLLedger:
+def _sql(ledger: Ledger) -> SQLLedger:
     if not isinstance(ledger, SQLLedger):
         raise ValidationError("ledger", f"the dashboard needs a SQL ledger, got {type(ledger).__name__}")
     return ledger
 
 
-def newest_calls(ledger: Any, newest: int, per_agent: int) -> list[tuple[Any, ...]]:
+def newest_calls(ledger: Ledger, newest: int, per_agent: int) -> list[tuple[Any, ...]]:
     """(agent, session, ts_us, cost_nano, tokens) of each agent's newest `per_agent` calls among the
     newest `newest` calls, newest first (so agents come in the order of their last call). The time
     index gives the newest calls; only the ranked rows leave the database."""
@@ -41,7 +42,7 @@ def newest_calls(ledger: Any, newest: int, per_agent: int) -> list[tuple[Any, ..
         )
 
 
-def spend_by_minute(ledger: Any, now_us: int, minutes: int = 60) -> list[tuple[str, int, int]]:
+def spend_by_minute(ledger: Ledger, now_us: int, minutes: int = 60) -> list[tuple[str, int, int]]:
     """(agent, minute of age, cost_nano) over the last `minutes` minutes before `now_us`, summed in SQL.
 
     Ages are counted back from `now_us` (a call in the future is of age 0), so 5-minute slots of
@@ -56,7 +57,7 @@ def spend_by_minute(ledger: Any, now_us: int, minutes: int = 60) -> list[tuple[s
     return [(str(r[0]), int(r[1]), int(r[2] or 0)) for r in rows]
 
 
-def agent_session_totals(ledger: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+def agent_session_totals(ledger: Ledger, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
     """(session, agent) -> [calls, tokens, cost_nano, unpriced_calls], through the session index."""
     out: dict[tuple[str, str], list[int]] = {}
     with _sql(ledger)._read() as db:
@@ -70,7 +71,7 @@ def agent_session_totals(ledger: Any, pairs: list[tuple[str, str]]) -> dict[tupl
     return out
 
 
-def session_breakdown(ledger: Any, session: str) -> list[dict[str, Any]]:
+def session_breakdown(ledger: Ledger, session: str) -> list[dict[str, Any]]:
     """Per-agent totals of one session, most expensive first."""
     with _sql(ledger)._read() as db:
         rows = db.execute(
@@ -98,7 +99,7 @@ def session_breakdown(ledger: Any, session: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- session ends
-def end_session(ledger: Any, session: str, *, reason: str = "client", ended_us: int | None = None) -> bool:
+def end_session(ledger: Ledger, session: str, *, reason: str = "client", ended_us: int | None = None) -> bool:
     """Mark a session ended; False when it already was and has had no call since.
 
     Ending is idempotent (the first end is kept) until the session is called again: a call after
@@ -123,7 +124,7 @@ def end_session(ledger: Any, session: str, *, reason: str = "client", ended_us: 
     return True
 
 
-def session_ends(ledger: Any, sessions: list[str]) -> dict[str, tuple[int, str]]:
+def session_ends(ledger: Ledger, sessions: list[str]) -> dict[str, tuple[int, str]]:
     """session -> (ended_us, reason) for the sessions a client ended."""
     out: dict[str, tuple[int, str]] = {}
     if not sessions:
@@ -139,12 +140,21 @@ def session_ends(ledger: Any, sessions: list[str]) -> dict[str, tuple[int, str]]
     return out
 
 
-def session_exists(ledger: Any, session: str) -> bool:
+def session_exists(ledger: Ledger, session: str) -> bool:
     with _sql(ledger)._read() as db:
         return bool(db.execute("SELECT 1 FROM sessions WHERE session = ?", (session,)))
 
 
 # ---------------------------------------------------------------- alert thresholds
+class ThresholdDict(TypedDict):
+    scope: str
+    agent: str
+    limit_usd: str
+    limit_nano: int
+    auto_pause: bool
+    updated_us: int
+
+
 @dataclass(frozen=True, slots=True)
 class Threshold:
     """Alert when an agent's spend reaches `limit_nano` (per session, or today); optionally pause it."""
@@ -155,7 +165,7 @@ class Threshold:
     auto_pause: bool
     updated_us: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ThresholdDict:
         return {
             "scope": self.scope,
             "agent": self.agent,
@@ -166,7 +176,7 @@ class Threshold:
         }
 
 
-def list_thresholds(ledger: Any) -> list[Threshold]:
+def list_thresholds(ledger: Ledger) -> list[Threshold]:
     with _sql(ledger)._read() as db:
         rows = db.execute(
             "SELECT scope, agent, limit_nano, auto_pause, updated_us FROM alert_thresholds ORDER BY scope, agent"
@@ -174,7 +184,7 @@ def list_thresholds(ledger: Any) -> list[Threshold]:
     return [Threshold(str(r[0]), str(r[1]), int(r[2]), bool(r[3]), int(r[4])) for r in rows]
 
 
-def set_threshold(ledger: Any, t: Threshold) -> Threshold:
+def set_threshold(ledger: Ledger, t: Threshold) -> Threshold:
     """Create or replace the threshold of (scope, agent)."""
     if t.scope not in THRESHOLD_SCOPES:
         raise ValidationError("scope", f"must be one of {', '.join(THRESHOLD_SCOPES)}, got {t.scope!r}")
@@ -193,7 +203,7 @@ def set_threshold(ledger: Any, t: Threshold) -> Threshold:
     return Threshold(t.scope, t.agent, t.limit_nano, t.auto_pause, now)
 
 
-def delete_threshold(ledger: Any, scope: str, agent: str) -> bool:
+def delete_threshold(ledger: Ledger, scope: str, agent: str) -> bool:
     with _sql(ledger)._tx() as db:
         found = bool(
             db.execute("SELECT 1 FROM alert_thresholds WHERE scope = ? AND agent = ?", (scope, agent))
@@ -202,7 +212,7 @@ def delete_threshold(ledger: Any, scope: str, agent: str) -> bool:
     return found
 
 
-def hourly_by_backend(ledger: Any, start_us: int, end_us: int) -> list[tuple[int, str, int]]:
+def hourly_by_backend(ledger: Ledger, start_us: int, end_us: int) -> list[tuple[int, str, int]]:
     """(hour, backend, cost_nano) from the hourly rollups in [start, end): one query for the daily chart."""
     h0, h1 = start_us // 3_600_000_000, -(-end_us // 3_600_000_000)
     with _sql(ledger)._read() as db:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from .rows import time_range
 class SideTables(Connections):
     """Part of `SQLLedger`: the `quota_readings` and `state` tables."""
 
-    def record_reading(self, reading: dict[str, Any]) -> None:
+    def record_reading(self, reading: Mapping[str, Any]) -> None:
         for key in ("timestamp", "backend", "source"):
             if not reading.get(key):
                 raise ValidationError(key, "is required in a quota reading")

@@ -26,7 +26,6 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -124,8 +123,9 @@ class Metrics:
         self._floor = Decimal(0)
         #: series by capped key (agent label), and each seen key's series (a cache, cleared when
         #: the labelled agents change)
-        self._series: dict[tuple[Any, ...], _Series] = {}
-        self._route: dict[tuple[Any, ...], _Series] = {}
+        #: (backend, provider, requested model, answered model, agent label, status)
+        self._series: dict[tuple[str, str, str, str, str, str], _Series] = {}
+        self._route: dict[tuple[str, str, str, str, str | None, str], _Series] = {}
         self._lock = threading.Lock()
         self.overhead = _Hist(OVERHEAD_BUCKETS)
         #: what the proxy calls with the seconds it added to a call (on the event loop: one writer)

@@ -29,23 +29,24 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import LLMBudgetError
 from ..services import Services
-from ..store import ledger_options, open_ledger
+from ..store import Ledger, ledger_options, open_ledger
 
 T = TypeVar("T")
+P = ParamSpec("P")
 log = logging.getLogger(__name__)
 
 #: how much lower a report worker's CPU priority is than the server's (`nice`)
 WORKER_NICE = 19
 
 #: the ledger a worker process opened in `_open_worker_ledger`
-_worker_ledger: Any = None
+_worker_ledger: Ledger | None = None
 
 
 #: how often a report worker checks that the server that started it is still alive
@@ -60,7 +61,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def _open_worker_ledger(url: str, options: dict[str, Any]) -> None:
+def _open_worker_ledger(url: str, options: dict[str, object]) -> None:
     """A worker's initializer: open the ledger once, read-only in effect (it never records)."""
     global _worker_ledger
     threading.Thread(
@@ -81,7 +82,14 @@ def _open_worker_ledger(url: str, options: dict[str, Any]) -> None:
     _worker_ledger = open_ledger(url, **opts)
 
 
-def _run_in_worker(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+#: what a worker sends back: the report, or an error of llmbudget's as (type, args, attributes)
+_Outcome = (
+    tuple[Literal["ok"], dict[str, Any]]
+    | tuple[Literal["error"], type[LLMBudgetError], tuple[object, ...], dict[str, object]]
+)
+
+
+def _run_in_worker(fn: Callable[..., dict[str, Any]], kwargs: dict[str, object]) -> _Outcome:
     """`fn(ledger, **kwargs)` in a worker; llmbudget's own errors travel back as (type, args, attributes)."""
     try:
         return ("ok", fn(_worker_ledger, **kwargs))
@@ -89,14 +97,14 @@ def _run_in_worker(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any,
         return ("error", type(e), e.args, dict(vars(e)))
 
 
-def _rebuild(cls: type[LLMBudgetError], args: tuple[Any, ...], attrs: dict[str, Any]) -> LLMBudgetError:
+def _rebuild(cls: type[LLMBudgetError], args: tuple[object, ...], attrs: dict[str, object]) -> LLMBudgetError:
     err = cls.__new__(cls)
     Exception.__init__(err, *args)
     err.__dict__.update(attrs)
     return err
 
 
-def reopenable(ledger: Any) -> str | None:
+def reopenable(ledger: object) -> str | None:
     """The storage URL a worker process can open `ledger` from; None when there is none."""
     url = getattr(ledger, "url", None)
     if isinstance(url, str) and url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -117,8 +125,8 @@ class ReportPool:
         concurrency: int = 2,
         wait_s: float = 10.0,
         *,
-        ledger: Any = None,
-        reopen: tuple[str, dict[str, Any]] | None = None,
+        ledger: Ledger | None = None,
+        reopen: tuple[str, dict[str, object]] | None = None,
     ) -> None:
         self.concurrency = concurrency
         self.wait_s = wait_s
@@ -156,7 +164,7 @@ class ReportPool:
         finally:
             slots.release()
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` in a worker thread once a turn is free; 503 when none comes in time."""
         async with self._turn():
             return await run_in_threadpool(functools.partial(fn, *args, **kwargs))
@@ -180,8 +188,7 @@ class ReportPool:
                 ) from None
         if out[0] == "error":
             raise _rebuild(out[1], out[2], out[3])
-        result: dict[str, Any] = out[1]
-        return result
+        return out[1]
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ...errors import LLMBudgetError
 from ..headers import parse_rate_limit_headers
@@ -25,7 +25,7 @@ from ..readings import QuotaReading
 from ..settings import ProviderConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     import aiohttp
 
@@ -88,7 +88,7 @@ def scrub(text: str, *secrets: str) -> str:
 def error_message(body: bytes | str, *secrets: str) -> str:
     """The human message of a provider's JSON error body (OpenAI, Anthropic, Google shapes), scrubbed."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    msg: Any = None
+    msg: object = None
     try:
         data = json.loads(text)
     except ValueError:
@@ -109,7 +109,7 @@ def reading_from_response(
     account: ProviderConfig,
     *,
     status: int,
-    headers: Mapping[str, str] | Any,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
     body: bytes,
     now: datetime,
     secrets: tuple[str, ...] = (),

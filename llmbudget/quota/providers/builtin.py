@@ -163,8 +163,8 @@ def parse_google_error(body: bytes, r: QuotaReading) -> None:
         r.key_valid = False
 
 
-def _violation(v: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _violation(v: dict[str, Any]) -> dict[str, object]:
+    out: dict[str, object] = {
         "quota_metric": v.get("quotaMetric"),
         "quota_id": v.get("quotaId"),
         "quota_value": v.get("quotaValue"),

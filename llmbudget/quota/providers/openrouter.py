@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmbudget.quota.providers.base import api_key, reading_from_response, url, utcnow
 from llmbudget.quota.readings import QuotaReading
@@ -68,7 +68,7 @@ class OpenRouterProvider:
         return [r]
 
 
-def _usd(v: Any, name: str, r: QuotaReading) -> Decimal | None:
+def _usd(v: object, name: str, r: QuotaReading) -> Decimal | None:
     if v is None:
         return None
     try:

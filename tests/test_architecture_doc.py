@@ -36,7 +36,7 @@ def test_every_layer_of_the_contract_is_described() -> None:
 IMPORT_REASONS = ("optional extra", "genai-prices", "start-up", "Ledger.open", "__getattr__")
 # moved to the top when those modules are next reworked; nothing may be added here
 NOT_YET_AT_THE_TOP = {
-    "llmbudget/capture/proxy.py": 6,
+    "llmbudget/capture/proxy.py": 1,
     "llmbudget/capture/ws.py": 1,
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -13,14 +13,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..alerts import KINDS, list_notifications
-from ..budget.enforcer import BudgetEnforcer
-from ..budget.factory import build_enforcer
-from ..budget.report import budget_report
 from ..config import Config
 from ..errors import ValidationError
 from ..money import format_exact, format_usd
 from ..store import Ledger
 from . import common
+
+if TYPE_CHECKING:  # start-up: only a type here; the enforcer loads when a command runs
+    from ..budget.enforcer import BudgetEnforcer
 
 agents_app = typer.Typer(
     help="Pause or resume an agent (its calls get HTTP 429 while paused).", no_args_is_help=True
@@ -30,6 +30,8 @@ agents_app = typer.Typer(
 @contextmanager
 def _enforcer(config: str | None, db: str | None) -> Iterator[tuple[Config, Ledger, BudgetEnforcer]]:
     """(config, ledger, enforcer) for a command; prices are not needed to report, so none are loaded."""
+    from ..budget.factory import build_enforcer  # start-up: loaded when the command runs
+
     cfg, ledger = common.open_ledger_for(config, db)
     try:
         enf = build_enforcer(cfg, ledger.url, state=ledger, price_fn=lambda *a: None)
@@ -96,6 +98,8 @@ def budget(
     """Every budget: limit, spent, reserved, remaining, percent, reset and status."""
     common.one_format(json_, csv_)
     with _enforcer(config, db) as (cfg, ledger, enf):
+        from ..budget.report import budget_report  # start-up: loaded when the command runs
+
         data = budget_report(enf, ledger, cfg, utilization=utilization)
     if json_:
         common.print_json(data)

@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import export
-from ..budget.factory import reconcile_after_write
 from ..config import Config, default_db_url, load_config, resolve_db_url
 from ..errors import StorageError, ValidationError
 from ..store import Ledger, ledger_options, open_ledger
@@ -207,6 +206,8 @@ class LateProgress:
 
 def reconcile_budgets(cfg: Config, ledger: Ledger) -> None:
     """After a write from outside the gate: bring the budget counters level with the ledger."""
+    from ..budget.factory import reconcile_after_write  # start-up: loaded when a command writes
+
     warning = reconcile_after_write(cfg, ledger)
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

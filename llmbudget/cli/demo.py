@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .. import logsafe
 from ..errors import ValidationError
-from ..services import Services
 from . import common
 from .serve import _run_until_stopped, _server_class, check_listen, tune_gc
+
+if TYPE_CHECKING:  # start-up: only a type here; the services load when the command runs
+    from ..services import Services
 
 # The command's modules are imported when it runs: `llmbudget --help` and the other commands
 # do not load them at start-up.

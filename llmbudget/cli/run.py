@@ -14,12 +14,12 @@ from rich.markup import escape
 from ..config import Config
 from ..errors import ValidationError
 from ..money import NANO_USD, decimal_str, format_usd, limit_problem
-from ..services import Services
 from ..store import open_ledger
 from . import common
 
-if TYPE_CHECKING:  # start-up: only a type here; the runner loads when the command runs
+if TYPE_CHECKING:  # start-up: only types here; the runner and the services load when the command runs
     from ..runner import RunSummary
+    from ..services import Services
 
 # The command's modules are imported when it runs: `llmbudget --help` and the other commands
 # do not load them at start-up.

@@ -17,12 +17,13 @@ import typer
 from .. import logsafe
 from ..access.policy import check_server_access, is_loopback  # noqa: F401  (is_loopback: re-exported)
 from ..errors import LLMBudgetError, ValidationError
-from ..services import Services
 from . import common
 from .workers import WORKER_ENV, supervise
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from ..services import Services  # start-up: only a type here; the services load when serve runs
 
 # uvicorn and the app are imported when `serve` runs: `llmbudget --help` and the other commands
 # do not load them at start-up.
@@ -116,6 +117,8 @@ def serve(
     # every record of every logger (uvicorn's WebSocket lines included): no secrets, no forged lines
     logsafe.install()
     # a worker of several keeps its own audit log and spool (worker 0 the usual ones)
+    from ..services import Services  # start-up: loaded when the command runs
+
     services = Services.create(cfg, db_url=db, instance=f"w{index}" if index not in (None, "0") else "")
     try:
         app = build_app(services)

@@ -292,9 +292,9 @@ def test_budget_refuses_mid_connection_then_the_upgrade(fake: FakeWebSocketUpstr
             proxy.wait_events(1, session=sid)
             # the reservation settles in the background, spawned before the frame went out
             deadline = time.monotonic() + 10
-            while proxy.app.proxy._tasks and time.monotonic() < deadline:
+            while proxy.app.proxy.recorder.pending and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert not proxy.app.proxy._tasks
+            assert not proxy.app.proxy.recorder.pending
             ws.send(json.dumps(create))
             err = json.loads(ws.recv(timeout=5))
             with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:

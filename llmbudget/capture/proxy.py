@@ -37,7 +37,7 @@ from ..admission import Admission, CallInfo
 from ..attribution_table import HEADER_FIELDS
 from ..config import BackendConfig
 from ..errors import BudgetUnavailable, LLMBudgetError
-from ..events import MAX_TEXT, UsageEvent, new_id
+from ..events import UsageEvent, new_id
 from ..keys import KeyRing
 from ..origin import origin_authority
 from ..quota.piggyback import PendingReading, piggyback_reading
@@ -48,9 +48,10 @@ from ..wire import KEY_HEADERS, RATE_PREFIXES, WireProtocol, protocol_for
 from . import openai, paths
 from .base import BadRequest, CallMeter
 from .clients import Attributor
+from .encoding import decode_body, feed_encoded, stream_decoder
 from .guard import StreamGuard
 from .protocols import PROTOCOLS, MeteredProtocol, guess_metered
-from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
+from .record import CallRecorder, Target
 
 log = logging.getLogger("llmbudget.proxy")
 
@@ -168,6 +169,10 @@ class Proxy:
         self._routes: dict[str, tuple[BackendConfig, MeteredProtocol]] = {
             n: (b, PROTOCOLS[b.kind]) for n, b in self.backends.items()
         }
+        #: backend -> what its calls' events name and are priced as
+        self._targets: dict[str, Target] = {n: Target.of_backend(n, b) for n, b in self.backends.items()}
+        #: the one path from a finished call to its event and settled admission
+        self.recorder = CallRecorder(services.ledger, services.prices, services.gate, source="proxy")
         self.session: aiohttp.ClientSession | None = None
         self._timeouts = {
             n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0), sock_read=b.timeout_s)
@@ -178,7 +183,6 @@ class Proxy:
         #: Gemini backends: "ok" or "error", the state the last pending reading said
         self._gemini_state: dict[str, str] = {}
         self._reading_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         #: metered calls being forwarded now; with more than one, events are built and written in batches
         self._inflight = 0
         self._batch: list[tuple[ProxyRequest, str, dict[str, Any], asyncio.Future[UsageEvent | None]]] = []
@@ -224,8 +228,7 @@ class Proxy:
 
     async def shutdown(self) -> None:
         """Finish background work, store pending quota readings, close the session."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.recorder.drain()
         if self._reading_task is not None:
             self._reading_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -474,17 +477,17 @@ class Proxy:
         """What the budget gate is told about a metered call before it is forwarded."""
         meter = req.meter
         assert meter is not None
-        backend = self.backends[req.backend]
+        target = self._targets[req.backend]
         return CallInfo(
             backend=req.backend,
-            protocol=req.protocol,
-            provider=self._provider(meter.request_model or "", backend),
+            protocol=req.proto.name,
+            provider=target.provider_of(meter.request_model or ""),
             model=meter.request_model or "",
             est_input_tokens=meter.est_input_tokens(),
             max_output_tokens=meter.max_output_tokens,
             choices=meter.choices,
             service_tier=meter.requested_tier,
-            local=backend.local,
+            local=target.local,
             streamed=meter.stream,
             **{k: v for k, v in req.attribution.items() if k != "tags"},
             tags=dict(req.attribution.get("tags") or {}),
@@ -518,7 +521,7 @@ class Proxy:
             if admission.notice:
                 extra.append((b"x-llmbudget-notice", _header_safe(admission.notice)))
             req.reason = message  # the refusal's reason, shown with the event (dashboard: recent refusals)
-            await self._record_durably(
+            await self.record_call(
                 req,
                 req.backend,
                 http_status=admission.status or 429,
@@ -567,7 +570,7 @@ class Proxy:
                 return
             event = await translate(self, req, target, send)
             if event is not None and req.admission is not None:
-                await self._settle(req, event)
+                await self.recorder.settle(req.admission, event)
             return
         await self.forward(req, target, send, receive)
 
@@ -676,7 +679,7 @@ class Proxy:
                 log.warning(
                     "proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path, ctype
                 )
-                event = await self._record_durably(
+                event = await self.record_call(
                     req, target, http_status=502, status="error", interrupted=False
                 )
                 await _send_error(
@@ -687,8 +690,8 @@ class Proxy:
                     "upstream_bad_answer",
                     [(b"x-llmbudget-request-id", req.event_id.encode())],
                 )
-                if event is not None:
-                    self._settle_later(req, event)
+                if event is not None and req.admission is not None:
+                    self.recorder.settle_later(req.admission, event)
                 return
             if not meter.complete:  # an encoding llmbudget cannot read: passed on, usage unknown
                 status = "error"
@@ -706,12 +709,12 @@ class Proxy:
         out_headers.append((b"content-length", str(len(body)).encode()))
         if event is not None:
             if not batched:
-                self._record_now(event)
-            await self._durable()
+                self.recorder.record(event)
+            await self.recorder.durable()
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": body})
-        if event is not None:
-            self._settle_later(req, event)
+        if event is not None and req.admission is not None:
+            self.recorder.settle_later(req.admission, event)
 
     async def _stream(
         self,
@@ -792,7 +795,7 @@ class Proxy:
                             # The end marker ([DONE], message_stop) is in this chunk: an SDK stops
                             # reading there, before the body's last byte, so the call is recorded now.
                             recorded = True
-                            event = await self._record_durably(
+                            event = await self.record_call(
                                 req,
                                 target,
                                 http_status=resp.status,
@@ -830,7 +833,7 @@ class Proxy:
             interrupted = not meter.complete and broken is None
             if not recorded:
                 recorded = True
-                event = await self._record_durably(
+                event = await self.record_call(
                     req,
                     target,
                     http_status=resp.status,
@@ -877,8 +880,8 @@ class Proxy:
                 interrupted=interrupted,
                 ttft_ms=ttft,
             )
-        if event is not None:
-            self._settle_later(req, event)
+        if event is not None and req.admission is not None:
+            self.recorder.settle_later(req.admission, event)
 
     async def passthrough(self, req: ProxyRequest, target: str, send: Send) -> None:
         """Forward an unmetered request and stream its answer back unchanged."""
@@ -931,7 +934,7 @@ class Proxy:
     ) -> None:
         log.warning("proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__)
         req.reason = self._unreachable(target, e)
-        event = await self._record_durably(
+        event = await self.record_call(
             req, target, http_status=502, status="error", interrupted=False, upstream_reached=started
         )
         await _send_error(
@@ -943,21 +946,11 @@ class Proxy:
             [(b"x-llmbudget-request-id", req.event_id.encode())],
         )
         if started and req.admission is not None and event is not None:
-            self._spawn(self._settle(req, event))
+            self.recorder.spawn(self.recorder.settle(req.admission, event))
         else:
             await self._release(req)
 
     # ---------------------------------------------------------------- events
-    def _provider(self, model: str, backend: BackendConfig) -> str:
-        if backend.provider:
-            return backend.provider
-        if backend.local:
-            return "local"
-        try:
-            return guess_provider(model, backend.base_url, backend.kind)
-        except Exception:  # the price book is optional on this path; fall back to the wire protocol
-            return PROTOCOLS[backend.kind].provider
-
     def _record(
         self,
         req: ProxyRequest,
@@ -974,61 +967,22 @@ class Proxy:
         meter = req.meter
         if meter is None:
             return None
-        try:
-            event = self._build_event(
-                req,
-                target,
-                http_status=http_status,
-                status=status,
-                interrupted=interrupted,
-                ttft_ms=ttft_ms,
-                upstream_reached=upstream_reached,
-            )
-        except Exception:
-            log.exception("proxy_event_failed backend=%s path=%s", target, req.path)
-            return None
-        if not defer:
-            self._record_now(event)
-        return event
-
-    def _build_event(
-        self,
-        req: ProxyRequest,
-        target: str,
-        *,
-        http_status: int,
-        status: str | None,
-        interrupted: bool,
-        ttft_ms: float | None,
-        upstream_reached: bool,
-    ) -> UsageEvent:
-        meter = req.meter
-        assert meter is not None
-        backend = self.backends[target]
-        if status is None:
-            status = call_status(
-                meter, http_status=http_status, interrupted=interrupted, fallback=req.fallback
-            )
-        model = meter.model or meter.request_model or ""
-        event = build_event(
+        event = self.recorder.build(
             meter,
+            self._targets[target],
             event_id=req.event_id,
-            backend=target,
-            provider=self._provider(model, backend),
-            prices=self.services.prices,
-            local=backend.local,
             attribution=req.attribution,
             http_status=http_status,
             status=status,
+            interrupted=interrupted,
+            fallback=req.fallback,
             started=req.started,
             ttft_ms=ttft_ms,
-            source="proxy",
             upstream_reached=upstream_reached,
+            reason=req.reason,
         )
-        # why the call failed (a broken answer, an unreachable backend, an error inside the stream)
-        why = req.reason or (meter.stream_error if status == "error" else None)
-        if why:
-            event.reason = ("; ".join(r for r in (why, event.reason) if r))[:MAX_TEXT]
+        if event is not None and not defer:
+            self.recorder.record(event)
         return event
 
     def _record_batched(self, req: ProxyRequest, target: str, **kw: Any) -> asyncio.Future[UsageEvent | None]:
@@ -1059,21 +1013,12 @@ class Proxy:
         ]
         kept = [e for e in events if e is not None]
         if kept:
-            try:
-                self.services.ledger.record_batch(kept)
-            except Exception:
-                log.exception("proxy_record_failed batch=%d", len(kept))
+            self.recorder.record_batch(kept)
         for (_, _, _, fut), event in zip(batch, events, strict=True):
             if not fut.done():
                 fut.set_result(event)
 
-    def _record_now(self, event: UsageEvent) -> None:
-        try:
-            self.services.ledger.record(event)
-        except Exception:
-            log.exception("proxy_record_failed id=%s", event.id)
-
-    async def _record_durably(
+    async def record_call(
         self,
         req: ProxyRequest,
         target: str,
@@ -1086,7 +1031,8 @@ class Proxy:
     ) -> UsageEvent | None:
         """Record the call's event and wait until its audit line is as durable as configured.
 
-        Called before the answer's last byte goes out, so an answered call survives a kill.
+        Called before the answer's last byte goes out, so an answered call survives a kill. `status`
+        None: read from the answer (ok, error, interrupted, fallback).
         """
         event = self._record(
             req,
@@ -1097,49 +1043,13 @@ class Proxy:
             ttft_ms=ttft_ms,
             upstream_reached=upstream_reached,
         )
-        await self._durable()
+        await self.recorder.durable()
         return event
 
-    async def _durable(self) -> None:
-        """With `storage.durability: fsync`, wait (without blocking the loop) for the recorded lines' fsync."""
-        durable = getattr(self.services.ledger, "durable_future", None)
-        fut = durable() if durable is not None else None
-        if fut is not None:
-            await asyncio.wrap_future(fut)
-
-    def _settle_later(self, req: ProxyRequest, event: UsageEvent) -> None:
-        """After the answer went out: settle the budget reservation (in memory: no task needed)."""
-        if req.admission is None:
-            return
-        settle_sync = getattr(self.services.gate, "settle_sync", None)
-        if settle_sync is None:
-            self._spawn(self._settle(req, event))
-            return
-        try:
-            settle_sync(req.admission, event)
-        except Exception:
-            log.exception("proxy_settle_failed id=%s", event.id)
-
-    async def _settle(self, req: ProxyRequest, event: UsageEvent) -> None:
-        gate = self.services.gate
-        if gate is not None and req.admission is not None:
-            try:
-                await gate.settle(req.admission, event)
-            except Exception:
-                log.exception("proxy_settle_failed id=%s", event.id)
-
     async def _release(self, req: ProxyRequest) -> None:
-        gate = self.services.gate
-        if gate is not None and req.admission is not None:
-            try:
-                await gate.release(req.admission)
-            except Exception:
-                log.exception("proxy_release_failed id=%s", req.event_id)
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        t = asyncio.ensure_future(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        """Give back what the call's admission reserved (it spent nothing)."""
+        if req.admission is not None:
+            await self.recorder.release(req.admission, req.event_id)
 
     # ---------------------------------------------------------------- piggyback quota readings
     def _note_rate_headers(

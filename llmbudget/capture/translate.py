@@ -21,6 +21,7 @@ from yarl import URL
 
 from ..events import UsageEvent
 from ..wire import ANTHROPIC, OPENAI, protocol_for
+from .proxy import Proxy, ProxyRequest, Send
 
 log = logging.getLogger("llmbudget.capture")
 
@@ -333,7 +334,9 @@ class StreamTranslator:
 # ------------------------------------------------------------------------------------------ proxy adapter
 
 
-async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send: Any) -> UsageEvent | None:
+async def anthropic_to_openai_translator(
+    proxy: Proxy, req: ProxyRequest, target: str, send: Send
+) -> UsageEvent | None:
     """Serve an Anthropic-protocol request on an OpenAI-compatible backend; returns the recorded event."""
     backend = proxy.backends[target]
     meter = req.meter
@@ -358,10 +361,7 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
 
     async def fail(status: int, message: str) -> UsageEvent | None:
         err = req.proto.error_bytes(status, message, "upstream_unreachable")
-        event: UsageEvent | None = proxy._record(
-            req, target, http_status=status, status="error", interrupted=False
-        )
-        await proxy._durable()
+        event = await proxy.record_call(req, target, http_status=status, status="error", interrupted=False)
         await send(
             {
                 "type": "http.response.start",
@@ -392,10 +392,9 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             answer = json.dumps(openai_response_to_anthropic(data, oai.get("model"))).encode()
             if meter is not None:
                 meter.read_body(answer)
-            event: UsageEvent | None = proxy._record(
+            event = await proxy.record_call(
                 req, target, http_status=200, status="fallback", interrupted=False
             )
-            await proxy._durable()
             await send(
                 {
                     "type": "http.response.start",
@@ -438,7 +437,7 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
             if meter is not None:
                 meter.feed(tail)
                 meter.end()
-            event = proxy._record(
+            event = await proxy.record_call(
                 req,
                 target,
                 http_status=200,
@@ -446,7 +445,6 @@ async def anthropic_to_openai_translator(proxy: Any, req: Any, target: str, send
                 interrupted=interrupted,
                 ttft_ms=ttft,
             )
-            await proxy._durable()
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         return event
     finally:

@@ -34,8 +34,9 @@ from ..pricing import PriceBook
 from ..store import ledger_options, open_ledger
 from . import openai as openai_proto
 from .base import BadRequest, CallMeter, choice_count, estimate_tokens_from_json, output_limit
+from .encoding import decode_body, feed_encoded, stream_decoder
 from .protocols import ANTHROPIC_METERED, OPENAI_METERED, MeteredProtocol
-from .record import build_event, call_status, decode_body, feed_encoded, guess_provider, stream_decoder
+from .record import CallRecorder, Target
 
 log = logging.getLogger("llmbudget.wrap")
 
@@ -50,34 +51,29 @@ _SYNC_FACE = ("admit_sync", "settle_sync", "release_sync")
 
 
 class _Recorder:
-    """What a wrapped client needs to turn a finished call into an event."""
+    """What a wrapped client needs to meter, admit and record its calls."""
 
     def __init__(
         self,
         *,
         protocol: MeteredProtocol,
-        backend: str,
-        base_url: str,
+        target: Target,
+        recorder: CallRecorder,
         attribution: dict[str, Any],
-        ledger: Any,
-        prices: Any,
         gate: Any,
-        provider: str | None,
-        local: bool,
     ) -> None:
+        self.target = target
         self.protocol = protocol
-        self.backend = backend
-        self.base_url = base_url
+        self.backend = target.backend
+        self.local = target.local
+        self.provider_of = target.provider_of
+        #: the one path from a finished call to its event (shared with the proxy)
+        self.recorder = recorder
         self.attribution = attribution
-        self.ledger = ledger
-        self.prices = prices
         self.gate = gate
-        self.provider = provider
-        self.local = local
         self.admissions: dict[str, Admission] = {}
         #: the call of each gated method invocation, by admission key: an SDK retry is admitted again
         self.calls: dict[str, CallInfo] = {}
-        self.fallback = False
 
     def meter_for(self, path: str, method: str, body: bytes) -> CallMeter | None:
         try:
@@ -85,52 +81,33 @@ class _Recorder:
         except BadRequest:
             return None  # let the provider answer a broken request in its own words
 
-    def provider_of(self, model: str) -> str:
-        if self.provider:
-            return self.provider
-        try:
-            return guess_provider(model, self.base_url, self.protocol.name)
-        except Exception:
-            return self.protocol.provider
-
     def event(
         self,
         meter: CallMeter,
         *,
-        event_id: str,
         http_status: int,
         interrupted: bool,
         started: float,
         ttft_ms: float | None,
-        admission: Admission | None,
     ) -> UsageEvent | None:
-        try:
-            status = call_status(
-                meter, http_status=http_status, interrupted=interrupted, fallback=self.fallback
-            )
-            model = meter.model or meter.request_model or ""
-            ev = build_event(
-                meter,
-                event_id=event_id,
-                backend=self.backend,
-                provider=self.provider_of(model),
-                prices=self.prices,
-                local=self.local,
-                attribution=self.attribution,
-                http_status=http_status,
-                status=status,
-                started=started,
-                ttft_ms=ttft_ms,
-                source="sdk",
-            )
-            self.ledger.record(ev)
-            durable = getattr(self.ledger, "wait_durable", None)
-            if durable is not None:  # storage.durability: fsync; a no-op otherwise
-                durable()
-            return ev
-        except Exception:
-            log.exception("wrap_record_failed backend=%s", self.backend)
-            return None
+        """Build and record the call's event, waiting for its audit line as configured; never raises."""
+        recorder = self.recorder
+        event = recorder.build(
+            meter,
+            self.target,
+            event_id=new_id(),
+            attribution=self.attribution,
+            http_status=http_status,
+            status=None,
+            interrupted=interrupted,
+            fallback=False,
+            started=started,
+            ttft_ms=ttft_ms,
+        )
+        if event is not None:
+            recorder.record(event)
+            recorder.durable_sync()  # storage.durability: fsync; a no-op otherwise
+        return event
 
 
 class _Call:
@@ -183,12 +160,10 @@ class _Call:
         interrupted = self.status < 400 and not self.meter.complete
         self.event = self.rec.event(
             self.meter,
-            event_id=new_id(),
             http_status=self.status,
             interrupted=interrupted,
             started=self.started,
             ttft_ms=self.ttft if self.streamed else None,
-            admission=self.admission,
         )
         return self.event
 
@@ -224,12 +199,9 @@ def _make_sync_stream(base: type) -> type:
 
         def _finish(self, *, cut: bool) -> None:
             ev = self._call.finish(cut=cut)
-            rec, adm = self._call.rec, self._call.admission
-            if ev is not None and adm is not None and rec.gate is not None:
-                try:
-                    rec.gate.settle_sync(adm, ev)
-                except Exception:
-                    log.exception("wrap_settle_failed id=%s", ev.id)
+            adm = self._call.admission
+            if ev is not None and adm is not None:
+                self._call.rec.recorder.settle_later(adm, ev)  # the gate's sync face, in this thread
 
         def __del__(self) -> None:  # abandoned without close: still metered
             if not self._call.done:
@@ -262,12 +234,9 @@ def _make_async_stream(base: type) -> type:
 
         async def _finish(self, *, cut: bool) -> None:
             ev = self._call.finish(cut=cut)
-            rec, adm = self._call.rec, self._call.admission
-            if ev is not None and adm is not None and rec.gate is not None:
-                try:
-                    await rec.gate.settle(adm, ev)
-                except Exception:
-                    log.exception("wrap_settle_failed id=%s", ev.id)
+            adm = self._call.admission
+            if ev is not None and adm is not None:
+                await self._call.rec.recorder.settle(adm, ev)
 
         def __del__(self) -> None:
             if not self._call.done:
@@ -279,7 +248,7 @@ def _make_async_stream(base: type) -> type:
                     except RuntimeError:
                         log.warning("wrap_settle_skipped id=%s reason=no_event_loop", ev.id)
                         return
-                    task = loop.create_task(rec.gate.settle(adm, ev))
+                    task = loop.create_task(rec.recorder.settle(adm, ev))
                     _pending.add(task)
                     task.add_done_callback(_pending.discard)
 
@@ -739,14 +708,12 @@ def wrap(
     protocol, methods = sdk
     rec = _Recorder(
         protocol=protocol,
-        backend=backend or module,
-        base_url=base_url,
+        target=Target(
+            backend=backend or module, protocol=protocol, base_url=base_url, provider=provider, local=local
+        ),
+        recorder=CallRecorder(ledger, prices, gate, source="sdk"),
         attribution=attribution,
-        ledger=ledger,
-        prices=prices,
         gate=gate,
-        provider=provider,
-        local=local,
     )
     mod = sys.modules[type(inner).__module__.split(".")[0]]
     http._transport = (_AsyncTransport if is_async else _SyncTransport)(inner, rec, mod)

@@ -574,7 +574,7 @@ class WebSocketRelay:
             return True
         message = admission.message or admission.notice or "budget exhausted"
         req.reason = message
-        proxy._record(
+        await proxy.record_call(
             req,
             conn.backend,
             http_status=admission.status or 429,
@@ -582,7 +582,6 @@ class WebSocketRelay:
             interrupted=False,
             upstream_reached=False,
         )
-        await proxy._durable()
         log.info("proxy_ws_refused backend=%s path=%s reason=budget", conn.backend, conn.path)
         eid = event_id if isinstance(event_id, str) else None
         await self._send_quietly(
@@ -717,7 +716,7 @@ class WebSocketRelay:
             meter.model = conn.model
         if reason and interrupted:
             req.reason = reason
-        event = proxy._record(
+        event = await proxy.record_call(
             req,
             conn.backend,
             http_status=http_status,
@@ -725,12 +724,11 @@ class WebSocketRelay:
             interrupted=interrupted,
             ttft_ms=turn.ttft_ms,
         )
-        await proxy._durable()
         if event is not None:
             if event.model:
                 self._remember(conn, event.model)
             if req.admission is not None:
-                proxy._settle_later(req, event)
+                proxy.recorder.settle_later(req.admission, event)
         elif req.admission is not None:
             await proxy._release(req)
         return event

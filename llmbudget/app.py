@@ -24,6 +24,7 @@ from .capture.errors import error_bytes, guess_protocol
 from .capture.paths import PREFIX, PathRefused, read_prefix
 from .capture.proxy import Proxy
 from .capture.translate import anthropic_to_openai_translator
+from .capture.ws import WebSocketRelay
 from .config import mask_url
 from .fanout import LiveHub
 from .live_follow import LedgerFollower
@@ -147,7 +148,7 @@ def build_app(services: Services) -> Any:
     hub = install_live(services)
     install_metrics(services, hub)  # before the proxy, which observes its overhead
     install_otel(services, hub)
-    proxy = Proxy(services)
+    proxy = Proxy(services, websockets=WebSocketRelay)
     if services.probe_session is None:  # quota probes: one session, opened on the first probe
         services.probe_session = ProbeSession()
     probes = services.probe_session

@@ -23,7 +23,7 @@ from llmbudget.admission import CallInfo
 from llmbudget.attribution_table import FIELDS, AttributionField
 from llmbudget.budget import config as budget_config
 from llmbudget.budget import rules, seed
-from llmbudget.capture import paths, proxy
+from llmbudget.capture import paths, proxy, request
 from llmbudget.capture.wrap import wrap
 from llmbudget.cli import app
 from llmbudget.errors import ValidationError
@@ -51,7 +51,7 @@ def test_the_table_is_well_formed() -> None:
 
 
 def test_the_proxy_reads_each_fields_headers_and_no_other() -> None:
-    table = proxy._ATTR_HEADERS
+    table = request._ATTR_HEADERS
     assert type(table) is dict  # the hot path looks a header up in a plain dict
     assert table == {h.encode(): f.name for f in FIELDS for h in f.headers}
     assert all(type(k) is bytes for k in table)

@@ -21,7 +21,9 @@ from yarl import URL
 
 from ..events import UsageEvent
 from ..wire import ANTHROPIC, OPENAI, protocol_for
-from .proxy import Proxy, ProxyRequest, Send
+from .asgi import Send
+from .proxy import Proxy
+from .request import ProxyRequest
 
 log = logging.getLogger("llmbudget.capture")
 

@@ -24,7 +24,7 @@ reported with its line number and the field at fault, and skipped; the rest is l
 
 CLI: `import` is one Typer command whose first argument is the SOURCE: a file path, or the name
 of a known log format. `claude-code` is dispatched to the Claude Code importer
-(`llmbudget import claude-code [PATH...]`); further formats are added to `cli.db.IMPORT_SOURCES`.
+(`llmbudget import claude-code [PATH...]`); further formats are added to `cli.import_cmd.IMPORT_SOURCES`.
 """
 
 from __future__ import annotations

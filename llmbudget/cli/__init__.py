@@ -21,7 +21,21 @@ from typer.main import get_command
 from .. import __version__
 from ..errors import CommandNotRun, LLMBudgetError
 from ..store import install_signal_handlers
-from . import analyze, budget, common, db, demo, keys, prices, providers_cmd, quota, reports, run, serve
+from . import (
+    analyze,
+    budget,
+    common,
+    db,
+    demo,
+    import_cmd,
+    keys,
+    prices,
+    providers_cmd,
+    quota,
+    reports,
+    run,
+    serve,
+)
 
 #: set to 1 (or true/yes) to see the traceback of an unexpected error
 ENV_DEBUG = "LLMBUDGET_DEBUG"
@@ -59,7 +73,20 @@ def _root(
 
 
 def _register() -> None:
-    for module in (serve, demo, reports, prices, db, budget, quota, analyze, keys, providers_cmd, run):
+    for module in (
+        serve,
+        demo,
+        reports,
+        prices,
+        db,
+        import_cmd,
+        budget,
+        quota,
+        analyze,
+        keys,
+        providers_cmd,
+        run,
+    ):
         module.register(app)
 
 

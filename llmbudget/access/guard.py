@@ -50,6 +50,17 @@ _TOO_MANY_HEADERS = f"the request's headers total more than {MAX_HEADER_BYTES //
 _F = TypeVar("_F", bound=Callable[..., object])
 
 
+def _size_and_host(headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes | None]:
+    """One pass over a request's headers: their total size and the first Host."""
+    size = 0
+    raw_host = None
+    for k, v in headers:
+        size += len(k) + len(v)
+        if k == b"host" and raw_host is None:
+            raw_host = v
+    return size, raw_host
+
+
 def _mark_coroutine_function(fn: _F) -> _F:
     """Let `inspect`/`asyncio.iscoroutinefunction` see a sync ASGI entry as a coroutine function
     (uvicorn and other servers tell ASGI 3 from ASGI 2 that way)."""
@@ -104,12 +115,7 @@ class AccessGuard:
             and scope["type"] == "http"
             and scope["path"][1:].partition("/")[0] in self.backends
         ):
-            size = 0
-            raw_host = None
-            for k, v in scope["headers"]:
-                size += len(k) + len(v)
-                if k == b"host" and raw_host is None:
-                    raw_host = v
+            size, raw_host = _size_and_host(scope["headers"])
             if size <= MAX_HEADER_BYTES and raw_host is not None:
                 ok = self._hosts.get(raw_host)
                 if ok is None:
@@ -130,12 +136,7 @@ class AccessGuard:
         if first in self.backends or first == PREFIX:
             # the proxy's hot path: one pass that sums the headers' size and finds the Host (the
             # attribution prefix, `/_llmb/.../{backend}/...`, reaches nothing but a backend either)
-            size = 0
-            raw_host = None
-            for k, v in scope["headers"]:
-                size += len(k) + len(v)
-                if k == b"host" and raw_host is None:
-                    raw_host = v
+            size, raw_host = _size_and_host(scope["headers"])
             if size > MAX_HEADER_BYTES:
                 await self._too_large(scope, send, first)
                 return

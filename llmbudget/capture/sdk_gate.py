@@ -82,6 +82,13 @@ def _done(rec: ClientState, key: str) -> None:
         rec.gate.release_sync(leftover)
 
 
+def _no_fallback(admission: Admission) -> BudgetExceeded:
+    """The refusal of a call the gate sends to a fallback when the wrapped client was given none."""
+    return BudgetExceeded(
+        admission.notice or admission.message or "budget exhausted", retry_after_s=admission.retry_after_s
+    )
+
+
 def gate_sync(rec: ClientState, original: Any, name: str, fallback: Any, path: tuple[str, ...]) -> Any:
     @functools.wraps(original)
     def method(*args: Any, **kwargs: Any) -> Any:
@@ -91,10 +98,7 @@ def gate_sync(rec: ClientState, original: Any, name: str, fallback: Any, path: t
             raise _refused(admission)
         if admission.fallback_backend:
             if fallback is None:
-                raise BudgetExceeded(
-                    admission.notice or admission.message or "budget exhausted",
-                    retry_after_s=admission.retry_after_s,
-                )
+                raise _no_fallback(admission)
             rec.gate.release_sync(admission)
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
@@ -121,10 +125,7 @@ def gate_async(rec: ClientState, original: Any, name: str, fallback: Any, path: 
             raise _refused(admission)
         if admission.fallback_backend:
             if fallback is None:
-                raise BudgetExceeded(
-                    admission.notice or admission.message or "budget exhausted",
-                    retry_after_s=admission.retry_after_s,
-                )
+                raise _no_fallback(admission)
             await rec.gate.release(admission)
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}

@@ -28,7 +28,6 @@ _CHECK = (
     "(set by --db, $LLMBUDGET_DB or storage.url in the config)."
 )
 
-_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 #: page cache of a reading connection, in KiB (rollup pages stay hot; pages are read through mmap)
 READER_CACHE_KIB = 65536
 #: page cache of the one writing connection, in KiB. The writer appends (ids and times ascend), so

@@ -131,13 +131,21 @@ def run_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=2048)
 
 
-def run_bare(port: int, upstream: str) -> None:
-    """The floor: a plain ASGI callable on uvicorn forwarding with one shared aiohttp session."""
+def run_bare(port: int, upstream: str, lean: bool = False) -> None:
+    """The floor: a plain ASGI callable on uvicorn forwarding with one shared aiohttp session.
+
+    `lean`: the same pass-through forwarding with llmbudget's own upstream client
+    (`llmbudget/capture/upstream.py`) instead of aiohttp, so that what metering itself costs can be
+    read apart from what the cheaper client saves.
+    """
     import aiohttp
     import uvicorn
 
+    from llmbudget.capture.upstream import Origin, UpstreamPool
+
     state: dict[str, Any] = {}
     hop = {b"host", b"content-length", b"connection", b"transfer-encoding", b"keep-alive"}
+    origin = Origin(upstream)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -147,9 +155,11 @@ def run_bare(port: int, upstream: str) -> None:
                     state["s"] = aiohttp.ClientSession(
                         auto_decompress=False, connector=aiohttp.TCPConnector(limit=2000)
                     )
+                    state["pool"] = UpstreamPool()
                     await send({"type": "lifespan.startup.complete"})
                 else:
                     await state["s"].close()
+                    await state["pool"].close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         body, more = b"", True
@@ -159,7 +169,13 @@ def run_bare(port: int, upstream: str) -> None:
             more = msg.get("more_body", False)
         path = scope["path"].partition("/openai")[2]
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k not in hop]
-        async with state["s"].request(scope["method"], upstream + path, headers=headers, data=body) as r:
+        if lean:
+            r = await state["pool"].request(
+                origin, scope["method"], path, dict(headers), body, connect_timeout=30, read_timeout=600
+            )
+        else:
+            r = await state["s"].request(scope["method"], upstream + path, headers=headers, data=body)
+        try:
             await send(
                 {
                     "type": "http.response.start",
@@ -170,6 +186,8 @@ def run_bare(port: int, upstream: str) -> None:
             async for chunk in r.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+        finally:
+            r.release()
 
     uvicorn.run(
         app,
@@ -395,7 +413,7 @@ async def measure(
                     "n": len(lat[name]),
                     "cpu_us_per_req": round(cpu[name] / len(lat[name]) * 1e6),
                 }
-            for name in ("bare", "llmbudget", "llmbudget_dashboards"):
+            for name in ("bare", "bare_lean", "llmbudget", "llmbudget_dashboards"):
                 if name not in row:
                     continue
                 row[f"added_{name}"] = {
@@ -440,7 +458,7 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     ap.add_argument(
         "--dashboards", type=int, default=0, metavar="N", help="also measure with N open live dashboards"
     )
-    ap.add_argument("--role", choices=["upstream", "bare", "dashboards"], help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=["upstream", "bare", "bare_lean", "dashboards"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -449,8 +467,8 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     if args.role == "upstream":
         run_upstream(args.port)
         return {}
-    if args.role == "bare":
-        run_bare(args.port, args.upstream)
+    if args.role in ("bare", "bare_lean"):
+        run_bare(args.port, args.upstream, lean=args.role == "bare_lean")
         return {}
     if args.role == "dashboards":
         run_dashboards(args.upstream, args.port, args.out)
@@ -459,7 +477,7 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
     seconds, rounds = (1.0, 2) if args.quick else (2.0, 3)
     py = sys.executable
     here = str(Path(__file__).resolve())
-    up_port, bare_port, llmb_port = free_port(), free_port(), free_port()
+    up_port, bare_port, lean_port, llmb_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -486,17 +504,29 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
                     [py, here, "--role", "bare", "--port", str(bare_port), "--upstream", upstream]
                 )
             )
+            procs.append(
+                subprocess.Popen(
+                    [py, here, "--role", "bare_lean", "--port", str(lean_port), "--upstream", upstream]
+                )
+            )
             procs.append(subprocess.Popen(llmb_cmd, env=env, stderr=subprocess.DEVNULL))
             wait_port(bare_port)
+            wait_port(lean_port)
             wait_port(llmb_port)
             targets = {
                 "direct": f"{upstream}/v1/chat/completions",
                 "bare": f"http://127.0.0.1:{bare_port}/openai/v1/chat/completions",
+                "bare_lean": f"http://127.0.0.1:{lean_port}/openai/v1/chat/completions",
                 "llmbudget": f"http://127.0.0.1:{llmb_port}/openai/v1/chat/completions",
             }
             import uvloop
 
-            pids = {"direct": procs[0].pid, "bare": procs[1].pid, "llmbudget": procs[2].pid}
+            pids = {
+                "direct": procs[0].pid,
+                "bare": procs[1].pid,
+                "bare_lean": procs[2].pid,
+                "llmbudget": procs[3].pid,
+            }
             counts: dict[str, int] = {}
             results = uvloop.run(measure(targets, seconds, rounds, pids, args.dashboards, counts))
             if args.dashboards:

@@ -24,6 +24,7 @@ from .encoding import decode_body, feed_encoded, stream_decoder
 from .guard import StreamGuard
 from .proxy_calls import MeteredCalls
 from .request import ProxyRequest
+from .upstream import UpstreamResponse
 
 log = logging.getLogger("llmbudget.proxy")
 
@@ -32,7 +33,7 @@ async def buffered_answer(
     proxy: MeteredCalls,
     req: ProxyRequest,
     target: str,
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     out_headers: list[tuple[bytes, bytes]],
     send: Send,
 ) -> None:
@@ -47,14 +48,14 @@ async def buffered_answer(
     status: str | None = None
     if resp.status >= 400 and req.proto.quota_in_error_body:
         # Gemini's quota is in the error body (QuotaFailure, RetryInfo): parsed later, off this path
-        plain = decode_body(body, resp.headers.get("Content-Encoding"))
+        plain = decode_body(body, resp.header("Content-Encoding"))
         proxy.readings.note(target, req.proto, resp, plain[:65536])
     if resp.status < 400:
-        plain = decode_body(body, resp.headers.get("Content-Encoding"))
+        plain = decode_body(body, resp.header("Content-Encoding"))
         meter.read_body(plain)
         if not meter.complete and (plain or not body):
             # a 200 whose (readable) body is not the protocol's answer: never passed on as success
-            ctype = resp.headers.get("Content-Type", "")
+            ctype = resp.header("Content-Type") or ""
             req.reason = f"backend {target!r} answered 200 with a body that is not a {req.proto.name} answer"
             log.warning("proxy_unreadable_answer backend=%s path=%s content_type=%s", target, req.path, ctype)
             event = await proxy.record_call(req, target, http_status=502, status="error", interrupted=False)
@@ -97,14 +98,14 @@ async def streamed_answer(
     proxy: MeteredCalls,
     req: ProxyRequest,
     target: str,
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     out_headers: list[tuple[bytes, bytes]],
     send: Send,
     receive: Receive | None,
 ) -> None:
     meter = req.meter
     assert meter is not None
-    encoding = resp.headers.get("Content-Encoding")
+    encoding = resp.header("Content-Encoding")
     decoder = stream_decoder(encoding)
     #: a compressed stream we must filter is decompressed and passed on as identity
     inflate: zlib._Decompress | None = None

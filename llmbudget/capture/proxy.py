@@ -55,6 +55,7 @@ from .proxy_calls import MeteredCalls
 from .readings import RateReadings
 from .record import CallRecorder, Target
 from .request import MAX_ATTRIBUTION_CHARS, ClientSide, ProxyRequest, parse_tags
+from .upstream import Origin, UpstreamPool
 
 __all__ = [
     "MAX_ATTRIBUTION_CHARS",
@@ -97,6 +98,9 @@ class Proxy(MeteredCalls):
         #: the one path from a finished call to its event and settled admission
         self.recorder = CallRecorder(services.ledger, services.prices, services.gate, source="proxy")
         self.session: aiohttp.ClientSession | None = None
+        #: metered calls go upstream through their own lean keep-alive pool (`upstream.py`)
+        self.upstream = UpstreamPool()
+        self._origins = {n: Origin(b.base_url) for n, b in self.backends.items()}
         self._timeouts = {
             n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0), sock_read=b.timeout_s)
             for n, b in self.backends.items()
@@ -145,6 +149,7 @@ class Proxy(MeteredCalls):
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
+            self.upstream = UpstreamPool()
             self.readings.start()
 
     async def shutdown(self) -> None:
@@ -154,6 +159,7 @@ class Proxy(MeteredCalls):
         if self.session is not None:
             await self.session.close()
             self.session = None
+            await self.upstream.close()
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,13 +286,11 @@ class Proxy(MeteredCalls):
             return
         await self.forward(req, target, send, receive)
 
-    def _upstream(self, req: ProxyRequest, backend_name: str) -> tuple[URL, CIMultiDict[str]]:
-        backend = self.backends[backend_name]
-        # the decoded path the meters matched, encoded once: exactly what was matched goes upstream
-        url = backend.base_url + paths.encode(req.path) + ("?" + req.query if req.query else "")
+    def _upstream_headers(self, req: ProxyRequest, backend: BackendConfig) -> CIMultiDict[str]:
         headers = req.headers
         if not req.has_key and backend.api_key_env:
-            key = os.environ.get(backend.api_key_env)
+            # stripped: a key pasted into an env file often carries its newline along
+            key = os.environ.get(backend.api_key_env, "").strip()
             if key:
                 headers = headers.copy()
                 # the target's protocol: the call's own (a translated call builds its own request)
@@ -299,7 +303,13 @@ class Proxy(MeteredCalls):
             # which costs a multidict copy per request).
             headers = headers.copy() if headers is req.headers else headers
             headers["Accept-Encoding"] = "identity"
-        return URL(url, encoded=True), headers
+        return headers
+
+    def _upstream(self, req: ProxyRequest, backend_name: str) -> tuple[URL, CIMultiDict[str]]:
+        backend = self.backends[backend_name]
+        # the decoded path the meters matched, encoded once: exactly what was matched goes upstream
+        url = backend.base_url + paths.encode(req.path) + ("?" + req.query if req.query else "")
+        return URL(url, encoded=True), self._upstream_headers(req, backend)
 
     async def forward(
         self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None
@@ -308,18 +318,22 @@ class Proxy(MeteredCalls):
         assert self.session is not None, "Proxy.startup() was not called (lifespan off?)"
         meter = req.meter
         assert meter is not None
-        url, headers = self._upstream(req, target)
+        origin = self._origins[target]
+        # the decoded path the meters matched, encoded once: exactly what was matched goes upstream
+        where = origin.base_path + paths.encode(req.path) + ("?" + req.query if req.query else "")
+        headers = self._upstream_headers(req, self.backends[target])
+        timeout = self._timeouts[target]
         req.upstream_start = time.perf_counter()
         self._inflight += 1
         try:
-            resp = await self.session.request(
+            resp = await self.upstream.request(
+                origin,
                 req.method,
-                url,
-                headers=headers,
-                data=req.body,
-                allow_redirects=False,
-                timeout=self._timeouts[target],
-                skip_auto_headers=None if "user-agent" in headers else _NO_UA,
+                where or "/",
+                headers,
+                req.body,
+                connect_timeout=timeout.sock_connect or 30.0,
+                read_timeout=timeout.sock_read or 600.0,
             )
         except BaseException as e:
             self._inflight -= 1
@@ -333,12 +347,12 @@ class Proxy(MeteredCalls):
                 self._note_rate_headers(target, protocol, resp)
             if protocol.call_id is not None and protocol.call_id_header is not None:
                 # the id Claude Code's logs lead to as well, so an import never counts this call twice
-                req.event_id = protocol.call_id(resp.headers.get(protocol.call_id_header)) or req.event_id
+                req.event_id = protocol.call_id(resp.header(protocol.call_id_header)) or req.event_id
             out_headers = response_headers(resp.raw_headers)
             out_headers.append((b"x-llmbudget-request-id", req.event_id.encode()))
             if req.notice:
                 out_headers.append((b"x-llmbudget-notice", header_safe(req.notice)))
-            ctype = resp.headers.get("Content-Type", "")
+            ctype = resp.header("Content-Type") or ""
             if resp.status < 400 and (meter.stream or ctype.startswith("text/event-stream")):
                 await streamed_answer(self, req, target, resp, out_headers, send, receive)
                 return

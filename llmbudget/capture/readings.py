@@ -20,6 +20,7 @@ from ..quota.piggyback import PendingReading, piggyback_reading
 from ..quota.readings_log import store_reading
 from ..services import Services
 from ..wire import RATE_PREFIXES, WireProtocol, protocol_for
+from .upstream import UpstreamResponse
 
 log = logging.getLogger("llmbudget.proxy")
 
@@ -40,7 +41,11 @@ class RateReadings:
         self._task: asyncio.Task[None] | None = None
 
     def note(
-        self, backend: str, protocol: WireProtocol, resp: aiohttp.ClientResponse, body: bytes | None = None
+        self,
+        backend: str,
+        protocol: WireProtocol,
+        resp: aiohttp.ClientResponse | UpstreamResponse,
+        body: bytes | None = None,
     ) -> None:
         """Keep this response's rate-limit headers as the backend's newest pending quota reading.
 

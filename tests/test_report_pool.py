@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 from fakes import reportfns
 from fakes.servers import RunningProxy, running_proxy
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 
 from llmbudget.config import Config
 from llmbudget.errors import ValidationError
@@ -176,6 +178,27 @@ def test_a_report_runs_in_a_worker_process_on_its_own_ledger_and_errors_come_bac
         asyncio.run(main())
     finally:
         ledger.close()
+
+
+def test_a_report_comes_back_encoded_in_the_worker_byte_for_byte_as_the_api_would_encode_it(
+    ledger: Any,
+) -> None:
+    async def main() -> None:
+        pool = _pool(ledger)
+        try:
+            raw = await pool.report_json(reportfns.whoami, tag="caf\u00e9 \u2014 \U0001f600")
+            with pytest.raises(ValidationError):  # errors still come back as themselves
+                await pool.report_json(reportfns.refuse)
+        finally:
+            pool.close()
+        data = json.loads(raw)
+        assert data["pid"] != os.getpid() and data["calls"] == 3  # encoded in the worker process
+        assert raw == JSONResponse(data).body  # what the server would have sent itself
+        threads = ReportPool(1, 10, ledger=ledger, reopen=None)
+        local = await threads.report_json(reportfns.whoami, tag="t")
+        assert json.loads(local)["pid"] == os.getpid()
+
+    asyncio.run(main())
 
 
 def test_a_ledger_without_a_url_runs_its_reports_in_threads(ledger: Any) -> None:

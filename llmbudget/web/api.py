@@ -19,7 +19,7 @@ below; `api_routes()` appends their routes, in that order, after the report rout
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import reports
@@ -62,9 +62,9 @@ def _filters(params: dict[str, str]) -> dict[str, str]:
 
 def _report_routes(services: Services) -> list[BaseRoute]:
     zone = services.config.zone()
-    run_report = report_pool(services).report  # a few at a time, in worker processes
+    run_report = report_pool(services).report_json  # a few at a time, in worker processes
 
-    async def costs(request: Request) -> JSONResponse:
+    async def costs(request: Request) -> Response:
         p = query_params(request, _RANGE | _FILTERS | {"by", "limit"})
         limit = _optional_limit(p)
         filters = _filters(p)
@@ -80,9 +80,9 @@ def _report_routes(services: Services) -> list[BaseRoute]:
             until_option="until",
             by_option="by",
         )
-        return JSONResponse(data)
+        return Response(data, media_type="application/json")
 
-    async def events(request: Request) -> JSONResponse:
+    async def events(request: Request) -> Response:
         p = query_params(request, _RANGE | _FILTERS | {"limit"})
         limit = _limit(p, reports.DEFAULT_EVENTS_LIMIT)
         filters = _filters(p)
@@ -96,9 +96,9 @@ def _report_routes(services: Services) -> list[BaseRoute]:
             since_option="since",
             until_option="until",
         )
-        return JSONResponse(data)
+        return Response(data, media_type="application/json")
 
-    async def sessions(request: Request) -> JSONResponse:
+    async def sessions(request: Request) -> Response:
         p = query_params(request, frozenset({"since", "limit"}))
         limit = _limit(p, reports.DEFAULT_SESSIONS_LIMIT)
         data = await run_report(
@@ -108,7 +108,7 @@ def _report_routes(services: Services) -> list[BaseRoute]:
             limit=limit,
             since_option="since",
         )
-        return JSONResponse(data)
+        return Response(data, media_type="application/json")
 
     return [
         Route("/api/costs", costs, methods=["GET"]),

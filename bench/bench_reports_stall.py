@@ -3,7 +3,9 @@
 `llmbudget serve` (its own process, a SQLite ledger of 100,000 events over two years) and the fast
 fake upstream of proxy_overhead.py (its own process). The load generator sends sequential proxied
 chat calls and measures each one; in the second phase 8 clients loop on the costliest report
-there is (`/api/costs?by=day` from the earliest date the API accepts to now) the whole time.
+there is (`/api/costs?by=day` from the earliest date the API accepts to now) the whole time, from
+a process of their own (as a dashboard or a script would). Direct calls to the upstream are
+measured the same way in each phase, for the proxy's added latency.
 
     .venv/bin/python bench/bench_reports_stall.py [--quick]
 
@@ -53,37 +55,56 @@ async def _calls(session: Any, url: str, n: int) -> list[float]:
     return out
 
 
-async def _measure(base: str, calls: int) -> dict[str, Any]:
+async def _reporters(base: str, out: str) -> None:
+    """Loop on the costly report with REPORTERS clients until terminated; one line per answer in `out`."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
+
+        async def reporter() -> None:
+            while True:
+                t0 = time.perf_counter()
+                async with session.get(base + REPORT, timeout=aiohttp.ClientTimeout(total=120)) as r:
+                    await r.read()
+                    status = r.status
+                    retry = float(r.headers.get("retry-after", "1"))
+                with open(out, "a") as f:
+                    f.write(f"{status} {(time.perf_counter() - t0) * 1000:.3f}\n")
+                if status == 503:
+                    await asyncio.sleep(retry / 10)
+                else:
+                    assert status in (200, 400), status
+
+        await asyncio.gather(*(reporter() for _ in range(REPORTERS)))
+
+
+async def _measure(base: str, direct: str, calls: int, out: Path) -> dict[str, Any]:
     import aiohttp
 
     url = base + "/openai/v1/chat/completions"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
         await _calls(session, url, 50)  # warm up
+        await _calls(session, direct, 50)
         alone = await _calls(session, url, calls)
-        stop = asyncio.Event()
-        done: list[float] = []
-        refused = [0]
-
-        async def reporter() -> None:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                async with session.get(base + REPORT, timeout=aiohttp.ClientTimeout(total=120)) as r:
-                    await r.read()
-                    if r.status == 503:
-                        refused[0] += 1
-                        await asyncio.sleep(float(r.headers.get("retry-after", "1")) / 10)
-                        continue
-                    assert r.status in (200, 400), r.status
-                done.append((time.perf_counter() - t0) * 1000)
-
-        tasks = [asyncio.create_task(reporter()) for _ in range(REPORTERS)]
-        deadline = time.perf_counter() + 60
-        while not done and time.perf_counter() < deadline:  # steady state: reports are being answered
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # let every reporter be inside a report
-        busy = await _calls(session, url, calls)
-        stop.set()
-        await asyncio.gather(*tasks)
+        direct_alone = await _calls(session, direct, calls)
+        # the reports come from another process, as a dashboard's or a script's would
+        reporters = subprocess.Popen(
+            [sys.executable, __file__, "--role", "reporters", "--base", base, "--out", str(out)]
+        )
+        try:
+            deadline = time.perf_counter() + 60
+            while time.perf_counter() < deadline:  # steady state: reports are being answered
+                if out.exists() and out.read_text().strip():
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # let every reporter be inside a report
+            busy = await _calls(session, url, calls)
+            direct_busy = await _calls(session, direct, calls)
+        finally:
+            reporters.terminate()
+            reporters.wait(30)
+    answers = [line.split() for line in out.read_text().splitlines() if line.strip()]
+    done = [float(ms) for status, ms in answers if status != "503"]
     return {
         "proxied_alone_ms": {"p50": _pct(alone, 0.5), "p99": _pct(alone, 0.99)},
         "proxied_with_8_reports_ms": {"p50": _pct(busy, 0.5), "p99": _pct(busy, 0.99)},
@@ -91,8 +112,18 @@ async def _measure(base: str, calls: int) -> dict[str, Any]:
             "p50": round(_pct(busy, 0.5) - _pct(alone, 0.5), 2),
             "p99": round(_pct(busy, 0.99) - _pct(alone, 0.99), 2),
         },
+        # what the proxy adds to a call compared with calling the upstream directly, alone and
+        # while the reports run (the direct calls are measured the same way right after)
+        "added_vs_direct_alone_ms": {
+            "p50": round(_pct(alone, 0.5) - _pct(direct_alone, 0.5), 2),
+            "p99": round(_pct(alone, 0.99) - _pct(direct_alone, 0.99), 2),
+        },
+        "added_vs_direct_with_reports_ms": {
+            "p50": round(_pct(busy, 0.5) - _pct(direct_busy, 0.5), 2),
+            "p99": round(_pct(busy, 0.99) - _pct(direct_busy, 0.99), 2),
+        },
         "reports_answered": len(done),
-        "reports_refused_503": refused[0],
+        "reports_refused_503": len(answers) - len(done),
         "report_p50_ms": round(statistics.median(done), 1) if done else None,
         "calls_measured": calls,
     }
@@ -140,7 +171,14 @@ def main(quick: bool = False) -> dict[str, Any]:
             )
             wait_port(up_port)
             wait_port(port)
-            figures = uvloop.run(_measure(f"http://127.0.0.1:{port}", calls))
+            figures = uvloop.run(
+                _measure(
+                    f"http://127.0.0.1:{port}",
+                    f"http://127.0.0.1:{up_port}/v1/chat/completions",
+                    calls,
+                    Path(tmp) / "reports.txt",
+                )
+            )
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGINT)
@@ -155,4 +193,9 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(quick="--quick" in sys.argv), indent=2))
+    if sys.argv[1:3] == ["--role", "reporters"]:
+        import uvloop
+
+        uvloop.run(_reporters(sys.argv[sys.argv.index("--base") + 1], sys.argv[sys.argv.index("--out") + 1]))
+    else:
+        print(json.dumps(main(quick="--quick" in sys.argv), indent=2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import trustme
 from fakes.servers import RunningProxy, running_proxy
 
 from llmbudget.config import Config
@@ -130,6 +132,16 @@ class RawUpstream:
             w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await w.drain()
             w.write(json_head + b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER)
+        elif mode == "twice":  # two answers to one request in one write: the connection is out of step
+            one = json_head + b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER
+            w.write(one + one.replace(b"hello", b"HIJACK"))
+        elif mode == "huge-head":
+            w.write(b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"a" * 4000 + b"\r\n")
+            for _ in range(100):
+                w.write(b"x-more: " + b"b" * 4000 + b"\r\n")
+                await w.drain()
+            await asyncio.sleep(0.5)
+            return False
         elif mode == "garbage":
             w.write(b"\x00\x01not http at all\r\n\r\n")
             await w.drain()
@@ -224,7 +236,12 @@ def test_every_framing_of_an_answer_is_metered(mode: str, proxy: RunningProxy, u
 
 @pytest.mark.parametrize(
     ("mode", "cause"),
-    [("garbage", "ClientPayloadError"), ("stall", "ServerTimeoutError"), ("cut", "ClientPayloadError")],
+    [
+        ("garbage", "ClientPayloadError"),
+        ("stall", "ServerTimeoutError"),
+        ("cut", "ClientPayloadError"),
+        ("huge-head", "ClientPayloadError"),
+    ],
 )
 def test_a_broken_answer_is_a_502_recorded_with_its_cause(
     mode: str, cause: str, proxy: RunningProxy, upstream: RawUpstream
@@ -262,3 +279,106 @@ def test_the_request_head_goes_out_as_the_backend_needs_it(
     assert int(fields["content-length"]) > 0
     assert not any(k.startswith("x-llmbudget-") for k in fields)  # attribution is never forwarded
     assert event_of(proxy, r).agent == "head-check"
+
+
+def test_a_second_answer_to_one_request_is_never_taken_for_the_next_call(
+    proxy: RunningProxy, upstream: RawUpstream
+) -> None:
+    r = chat(proxy, "twice")
+    assert r.status_code == 200 and r.content == ANSWER
+    before = upstream.connections
+    for _ in range(3):
+        nxt = chat(proxy, "keep")
+        assert nxt.status_code == 200 and b"HIJACK" not in nxt.content
+    assert upstream.connections - before == 1  # a fresh connection, then kept alive again
+
+
+@pytest.fixture(scope="module")
+def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """An HTTPS upstream on 127.0.0.1 with a certificate from a test CA, and that CA."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port: list[int] = []
+    servers: list[asyncio.Server] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        server = loop.run_until_complete(asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx))
+        servers.append(server)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    pem = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    yield f"https://127.0.0.1:{port[0]}", pem
+
+    async def close() -> None:
+        for server in servers:
+            server.close()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    asyncio.run_coroutine_threadsafe(close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_an_https_upstream_is_verified_against_the_systems_trust_store(
+    trusted: bool,
+    tls_upstream: tuple[str, Any],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, ca_pem = tls_upstream
+    if trusted:  # the test CA trusted the way an operator trusts a private CA: SSL_CERT_FILE
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_pem))
+    else:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    config = Config.model_validate(
+        {"backends": {"tls": {"kind": "openai", "base_url": url, "provider": "openai"}}}
+    )
+    with running_proxy(config, tmp_path / "ledger.db") as running:
+        r = httpx.post(
+            f"{running.url}/tls/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": "Bearer sk-client"},
+            timeout=15,
+        )
+        if trusted:
+            assert r.status_code == 200 and r.content == ANSWER
+            assert event_of(running, r).output_tokens == 7
+        else:  # an upstream whose certificate is not trusted is never spoken to
+            assert r.status_code == 502
+            assert "SSL" in r.json()["error"]["message"] or "Certificate" in r.json()["error"]["message"]
+            assert event_of(running, r).status == "error"

@@ -31,6 +31,8 @@ from yarl import URL
 _HIGH_WATER: Final = 1 << 20
 #: an idle connection older than this is closed instead of reused
 KEEPALIVE_S: Final = 60.0
+#: an answer's status line and headers may take at most this many bytes (aiohttp allows 8 KiB a line)
+MAX_HEAD: Final = 256 * 1024
 
 
 class Origin:
@@ -214,6 +216,8 @@ class _Connection(asyncio.Protocol):
         self._raw: list[tuple[bytes, bytes]] = []
         self._interim = False
         self._until_eof = False
+        #: bytes received before the answer's head was complete
+        self._head_bytes = 0
         #: read timeout: seconds allowed between two reads, `_last` the loop time of the last one
         self._read_timeout = 0.0
         self._last = 0.0
@@ -224,6 +228,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         resp = self.resp = UpstreamResponse(self)
         self._raw = []
+        self._head_bytes = 0
         self._read_timeout = read_timeout
         self._last = self.loop.time()
         self._timer = self.loop.call_at(self._last + read_timeout, self._check_timeout)
@@ -283,6 +288,12 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._last = self.loop.time()
+        if not resp._head.done():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                resp._fail(aiohttp.ClientPayloadError(f"the upstream's answer head is over {MAX_HEAD} bytes"))
+                self.close()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
@@ -313,13 +324,19 @@ class _Connection(asyncio.Protocol):
             resp._fail(aiohttp.ServerDisconnectedError())
 
     # ------------------------------------------------------------------ httptools callbacks
+    def on_message_begin(self) -> None:
+        resp = self.resp
+        if resp is not None and resp._done:
+            # a second answer to one request (in the same read): the connection is out of step
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         resp = self.resp
-        if resp is None:
+        if resp is None or resp._done:
             return
         if 100 <= status < 200:  # 100 Continue and the like: the real answer follows
             self._interim = True
@@ -336,15 +353,16 @@ class _Connection(asyncio.Protocol):
         resp._started(status, raw)
 
     def on_body(self, body: bytes) -> None:
-        if self.resp is not None:
-            self.resp._feed(body)
+        resp = self.resp
+        if resp is not None and not resp._done:
+            resp._feed(body)
 
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
             return
         resp = self.resp
-        if resp is not None:
+        if resp is not None and not resp._done:
             self._stop_timer()
             resp._finish(keep_alive=self.parser.should_keep_alive() and not self._until_eof)
 

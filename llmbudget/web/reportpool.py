@@ -40,7 +40,7 @@ from ..services import Services
 from ..store import Ledger, ledger_options, open_ledger
 
 T = TypeVar("T")
-O = TypeVar("O")
+R = TypeVar("R")
 P = ParamSpec("P")
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class ReportPool:
             raise _rebuild(out[1], out[2], out[3])
         return out[1]
 
-    async def _in_worker(self, run: Callable[..., O], fn: Callable[..., Any], kwargs: dict[str, Any]) -> O:
+    async def _in_worker(self, run: Callable[..., R], fn: Callable[..., Any], kwargs: dict[str, Any]) -> R:
         async with self._turn():
             executor = self._pool()
             try:

@@ -7,6 +7,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmbudget.budget.rules import budgets_from_config
 from llmbudget.budget.windows import format_reset, window_for
@@ -267,3 +269,30 @@ def test_per_backend_bare_number_means_per_month() -> None:
     assert cfg.budgets is not None
     assert cfg.budgets.per_backend["claude"].period == "month"
     assert cfg.budgets.per_backend["claude"].limit_usd == Decimal(20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    times=st.lists(
+        st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)),
+        min_size=1,
+        max_size=12,
+    ),
+    period=st.sampled_from(["day", "week", "month", "1h", "5h", "25h", "36h", "168h"]),
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns", "Australia/Lord_Howe"]),
+)
+def test_a_remembered_window_is_the_window_worked_out_afresh(
+    times: list[datetime], period: str, zone: str
+) -> None:
+    """Calls ask for the same window all day, so the last one is remembered: whatever came before,
+    the window for a moment is the one worked out with nothing remembered."""
+    from llmbudget.budget import windows
+
+    tz = ZoneInfo(zone)
+    for now in times:  # each call after the others: the remembered window is the previous call's
+        remembered = window_for(period, now, tz)
+        windows._calendar.clear()
+        windows._rolling.clear()
+        assert remembered == window_for(period, now, tz)
+        assert remembered is not None and remembered.start is not None and remembered.end is not None
+        assert remembered.start <= now < remembered.end

@@ -26,7 +26,7 @@ from ..admission import Admission, CallInfo
 from ..alerts import Notifier
 from ..errors import BudgetUnavailable, LLMBudgetError
 from ..events import UsageEvent, new_id, utcnow
-from ..money import to_nano
+from ..money import from_nano, to_nano
 from ..store.base import Ledger
 from .booking import Booked, Pending
 from .counters import Charge, CounterStore, Reconciled, Refusal, Spend
@@ -123,17 +123,24 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
         Output is every output the request can produce: the limit (or the model's maximum) times
         its choices (`n`, `best_of`, `candidateCount`).
         """
+        tin, tout, nano = self.worst_case_nano(call)
+        return tin, tout, None if nano is None else from_nano(nano)
+
+    def worst_case_nano(self, call: CallInfo) -> tuple[int, int, int | None]:
+        """`worst_case` with the cost in integer nano-USD (what the counters hold)."""
         tin = max(0, math.ceil(int(call.est_input_tokens) * self.input_factor))
         tout = call.max_output_tokens
         if tout is None or tout <= 0:
             tout = max_output_tokens(call.model, call.provider, tin, self.default_max_output)
         tout = int(tout) * max(1, int(call.choices))
-        if call.service_tier:
-            # a dearer tier asked for is reserved at its rates (never under the standard ones)
-            cost = self.price(call.model, call.provider, tin, int(tout), self.clock(), call.service_tier)
-        else:
-            cost = self.price(call.model, call.provider, tin, int(tout), self.clock())
-        return tin, int(tout), cost
+        price = self.price
+        nano_of = getattr(price, "nano", None)  # the price book's own: no Decimal on the way
+        # a dearer tier asked for is reserved at its rates (never under the standard ones)
+        tier = (call.service_tier,) if call.service_tier else ()
+        if nano_of is not None:
+            return tin, tout, nano_of(call.model, call.provider, tin, tout, self.clock(), *tier)
+        cost = price(call.model, call.provider, tin, tout, self.clock(), *tier)
+        return tin, tout, None if cost is None else to_nano(cost)
 
     def _charges(self, call: CallInfo, now: datetime, tokens: int, cost_nano: int | None) -> list[Booked]:
         out: list[Booked] = []
@@ -196,7 +203,7 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
 
     def _admit(self, call: CallInfo) -> Admission:
         now = self.clock()
-        tin, tout, cost = self.worst_case(call)
+        tin, tout, cost = self.worst_case_nano(call)
         if cost is None and call.model not in self._unpriced_logged:
             self._unpriced_logged.add(call.model)
             log.warning(
@@ -204,7 +211,7 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
                 call.model,
                 call.backend,
             )
-        booked = self._charges(call, now, tin + tout, None if cost is None else to_nano(cost))
+        booked = self._charges(call, now, tin + tout, cost)
         if not booked:
             return Admission(allowed=True)
         charges = [x.charge for x in booked]
@@ -238,8 +245,8 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
         if call.local or call.backend == self.fallback or not self.budgets:
             return ALLOWED
         try:
-            tin, tout, cost = self.worst_case(call)
-            booked = self._charges(call, self.clock(), tin + tout, None if cost is None else to_nano(cost))
+            tin, tout, cost = self.worst_case_nano(call)
+            booked = self._charges(call, self.clock(), tin + tout, cost)
         except Exception:
             return None
         if not booked:

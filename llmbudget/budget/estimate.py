@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 
+from ..money import from_nano
 from ..pricing import TokenUsage
 from ..pricing.book import PriceBook
 
@@ -76,38 +77,42 @@ def max_output_tokens(model: str, provider: str | None, input_tokens: int, defau
     return max(1, limit)
 
 
-def price_fn_from_book(book: PriceBook) -> PriceFn:
-    """Adapt the price book (`PriceBook.cost(model, TokenUsage, provider=, at=)`) to a PriceFn."""
+class BookPrice:
+    """The price book as a `PriceFn`, with `nano()`: the same price in integer nano-USD, without a
+    Decimal on the way (the admission's hot path wants nano-USD anyway)."""
 
-    def one(model: str, provider: str, usage: TokenUsage, at: datetime) -> Decimal | None:
+    def __init__(self, book: PriceBook) -> None:
+        self.book = book
+
+    def _one(self, model: str, provider: str, usage: TokenUsage, at: datetime) -> int | None:
         # a provider we cannot match (a custom base URL) should not make a known model free to reserve:
         # retry by model name alone
         for prov in (provider, None) if provider else (None,):
             try:
-                result = book.cost(model, usage, provider=prov, at=at)
+                nano, _ = self.book.cost_nano(model, usage, provider=prov, at=at)
             except LookupError:
                 continue
-            cost = getattr(result, "cost_usd", result)
-            if isinstance(cost, Decimal):
-                return cost
+            if nano is not None:
+                return nano
         return None
 
-    def price(
+    def nano(
+        self,
         model: str,
         provider: str,
         input_tokens: int,
         output_tokens: int,
         at: datetime,
         service_tier: str | None = None,
-    ) -> Decimal | None:
-        standard = one(
-            model, provider, TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens), at
-        )
+    ) -> int | None:
+        tin, tout = max(0, int(input_tokens)), max(0, int(output_tokens))
+        # two counts with no parts: nothing for `TokenUsage.of` to reconcile
+        standard = self._one(model, provider, TokenUsage(input_tokens=tin, output_tokens=tout), at)
         if not service_tier or standard is None:
             return standard
         # the tier asked for (priority, fast) may cost more than the standard prices: reserve the dearer,
         # so a hard limit holds whichever tier serves the call
-        tiered = one(
+        tiered = self._one(
             model,
             provider,
             TokenUsage.of(input_tokens=input_tokens, output_tokens=output_tokens, service_tier=service_tier),
@@ -115,4 +120,19 @@ def price_fn_from_book(book: PriceBook) -> PriceFn:
         )
         return standard if tiered is None else max(standard, tiered)
 
-    return price
+    def __call__(
+        self,
+        model: str,
+        provider: str,
+        input_tokens: int,
+        output_tokens: int,
+        at: datetime,
+        service_tier: str | None = None,
+    ) -> Decimal | None:
+        nano = self.nano(model, provider, input_tokens, output_tokens, at, service_tier)
+        return None if nano is None else from_nano(nano)
+
+
+def price_fn_from_book(book: PriceBook) -> PriceFn:
+    """Adapt the price book (`PriceBook.cost_nano(model, TokenUsage, provider=, at=)`) to a PriceFn."""
+    return BookPrice(book)

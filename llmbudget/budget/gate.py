@@ -37,6 +37,8 @@ class BudgetGate:
         self._freed_sync = threading.Condition()
         self._retry_sync = threading.Lock()
         self._sync_waiters = 0
+        #: calls of the async face waiting for a settlement (none: a settlement wakes nothing)
+        self._async_waiters = 0
         enforcer.on_freed = self._on_freed
 
     def _on_freed(self) -> None:
@@ -44,8 +46,8 @@ class BudgetGate:
             with self._freed_sync:
                 self._freed_sync.notify(2)
         loop, cond = self._loop, self._freed
-        if loop is None or cond is None or loop.is_closed():
-            return
+        if not self._async_waiters or loop is None or cond is None or loop.is_closed():
+            return  # read without the lock: a missed wake-up is caught by the waiters' poll
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -98,11 +100,14 @@ class BudgetGate:
             left = deadline - loop.time()
             if left <= 0:
                 return adm
+            self._async_waiters += 1
             try:
                 async with cond:  # woken by settlements here; other processes' are polled
                     await asyncio.wait_for(cond.wait(), timeout=min(left, 0.25))
             except TimeoutError:
                 pass
+            finally:
+                self._async_waiters -= 1
             async with retry:  # one waiter asks the store at a time
                 got = self.enforcer.admit_local(call)
                 adm = got if got is not None else await asyncio.to_thread(self.enforcer.admit, call)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -58,12 +59,17 @@ class Budget:
 
     def counter_prefix(self, scope_value: str) -> str:
         """Counters of one budget and scope value; the window key is appended."""
-        # '|' separates the parts of a counter key; escape it inside names and values
-        return f"{self.name.replace('|', '%7C')}|{scope_value.replace('|', '%7C')}|"
+        return _counter_prefix(self.name, scope_value)
 
     def describe_limit(self) -> str:
         # exactly as configured: a $0.001 limit reads `$0.001`, not `<$0.01`
         return format_exact(from_nano(self.limit)) if self.unit == "usd" else f"{self.limit:,} tokens"
+
+
+@functools.lru_cache(maxsize=8192)
+def _counter_prefix(name: str, scope_value: str) -> str:
+    # '|' separates the parts of a counter key; escape it inside names and values
+    return f"{name.replace('|', '%7C')}|{scope_value.replace('|', '%7C')}|"
 
 
 def _limit_name(lim: LimitConfig) -> str:

@@ -45,23 +45,17 @@ def window_for(period: str, now: datetime, tz: ZoneInfo, *, session: str | None 
         key = f"session:{session}"
         return Window(period, key, (key,), None, None)
     if period in ("day", "week", "month"):
-        local = now.astimezone(tz)
-        if period == "day":
-            start = datetime(local.year, local.month, local.day, tzinfo=tz)
-            nxt = start.date() + timedelta(days=1)
-            key = f"day:{start.date().isoformat()}"
-        elif period == "week":  # ISO weeks start on Monday
-            first = local.date() - timedelta(days=local.weekday())
-            start = datetime(first.year, first.month, first.day, tzinfo=tz)
-            nxt = first + timedelta(days=7)
-            iso = first.isocalendar()
-            key = f"week:{iso.year}-W{iso.week:02d}"
-        else:
-            start = datetime(local.year, local.month, 1, tzinfo=tz)
-            nxt = (start.date().replace(day=28) + timedelta(days=4)).replace(day=1)
-            key = f"month:{start.year}-{start.month:02d}"
-        end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
-        return Window(period, key, (key,), start.astimezone(UTC), end.astimezone(UTC))
+        known = _calendar.get((period, tz))
+        if (
+            known is not None
+            and known.start is not None
+            and known.end is not None
+            and known.start <= now < known.end
+        ):
+            return known  # the usual call: the window of the one before it
+        window = _calendar_window(period, now, tz)
+        _calendar[(period, tz)] = window
+        return window
     if period.endswith("h") and period[:-1].isdigit():
         hours = int(period[:-1])
         size = rolling_bucket_seconds(hours)
@@ -70,13 +64,44 @@ def window_for(period: str, now: datetime, tz: ZoneInfo, *, session: str | None 
         # Buckets covering [now - hours, now]: counting whole buckets over-counts (never under-counts)
         # by at most one bucket, so a hard limit holds over every true rolling window.
         oldest = (ts - hours * 3600) - (ts - hours * 3600) % size
+        seen = _rolling.get(period)
+        if seen is not None and seen[0] == (oldest, current):
+            return seen[1]
         starts = list(range(oldest, current + 1, size))
         keys = tuple(f"{period}:{s}" for s in starts)
         start = datetime.fromtimestamp(oldest, UTC)
         # the oldest bucket stops counting once `hours` have passed since its end
         end = datetime.fromtimestamp(oldest + size + hours * 3600, UTC)
-        return Window(period, keys[-1], keys, start, end)
+        window = Window(period, keys[-1], keys, start, end)
+        _rolling[period] = ((oldest, current), window)
+        return window
     raise ValueError(f"unknown period {period!r}")
+
+
+#: the calendar window each (period, zone) was last asked for, and the rolling one per period with
+#: the bucket it was computed in: every call of a day asks for the same window (windows are frozen)
+_calendar: dict[tuple[str, ZoneInfo], Window] = {}
+_rolling: dict[str, tuple[tuple[int, int], Window]] = {}
+
+
+def _calendar_window(period: str, now: datetime, tz: ZoneInfo) -> Window:
+    local = now.astimezone(tz)
+    if period == "day":
+        start = datetime(local.year, local.month, local.day, tzinfo=tz)
+        nxt = start.date() + timedelta(days=1)
+        key = f"day:{start.date().isoformat()}"
+    elif period == "week":  # ISO weeks start on Monday
+        first = local.date() - timedelta(days=local.weekday())
+        start = datetime(first.year, first.month, first.day, tzinfo=tz)
+        nxt = first + timedelta(days=7)
+        iso = first.isocalendar()
+        key = f"week:{iso.year}-W{iso.week:02d}"
+    else:
+        start = datetime(local.year, local.month, 1, tzinfo=tz)
+        nxt = (start.date().replace(day=28) + timedelta(days=4)).replace(day=1)
+        key = f"month:{start.year}-{start.month:02d}"
+    end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
+    return Window(period, key, (key,), start.astimezone(UTC), end.astimezone(UTC))
 
 
 def format_reset(reset: datetime | None, tz: ZoneInfo) -> str:

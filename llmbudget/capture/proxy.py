@@ -1,4 +1,5 @@
-"""The metering proxy: a plain ASGI callable with one shared aiohttp session.
+"""The metering proxy: a plain ASGI callable. Metered calls go upstream on its own lean client
+(`llmbudget/capture/upstream.py`); everything else on one shared aiohttp session.
 
 `/{backend}/{rest}` goes to `{base_url}/{rest}` with the query string. Metered calls (see the
 per-protocol modules, `llmbudget/capture/protocols.py`) become one `UsageEvent` each, handed to the

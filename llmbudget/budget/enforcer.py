@@ -13,6 +13,7 @@ each: the pause list (`llmbudget/budget/pauses.py`), threshold warnings and the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -81,6 +82,8 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
         self.state = state
         self.clock = clock
         self._pending: dict[str, Pending] = {}
+        #: numbers the admissions of this process (their ids are keys of `_pending`, never stored)
+        self._admissions = itertools.count(1)
         self._lock = threading.Lock()
         self._pauses: tuple[float, dict[str, PauseRecord]] = (0.0, {})
         self._memory_pauses: dict[str, PauseRecord] = {}
@@ -226,7 +229,7 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
         return self._refuse(call, booked, refusal, now)
 
     def _admitted(self, call: CallInfo, booked: list[Booked], charges: list[Charge]) -> Admission:
-        rid = self.book.rid + "#" + new_id()
+        rid = f"{self.book.rid}#{next(self._admissions)}"  # known to this process only
         with self._lock:
             self._pending[rid] = Pending(booked, call, charges)
             if call.session:
@@ -343,11 +346,12 @@ class BudgetEnforcer(Reconciliation, BudgetNotices, Pauses):
             return
         spends: list[Spend] = []
         local = event.price_status == "local"  # the ledger never counts local calls against budgets
+        cost = event.cost_nano
         for x in pending.booked:
             if x.budget.unit == "usd":
                 # an answer we cannot price keeps its reserved worst case: never under-count
-                amount = event.cost_nano if event.cost_nano is not None else x.charge.amount
-                ledger = 0 if local or event.cost_nano is None else event.cost_nano
+                amount = cost if cost is not None else x.charge.amount
+                ledger = 0 if local or cost is None else cost
             else:
                 amount = event.input_tokens + event.output_tokens
                 ledger = 0 if local else amount

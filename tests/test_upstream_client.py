@@ -39,11 +39,17 @@ ANSWER = json.dumps(
 ).encode()
 
 
+#: what the "flood" answer streams
+FLOOD_BYTES = 48 * 1024 * 1024
+
+
 class RawUpstream:
     """HTTP/1.1 written by hand, so the edges of the protocol are the test's to choose."""
 
     def __init__(self) -> None:
         self.connections = 0
+        #: bytes of the "flood" answer the upstream got rid of so far
+        self.flood_sent = 0
         #: each request's head as received (request line and headers)
         self.heads: list[bytes] = []
         self.port = 0
@@ -132,6 +138,22 @@ class RawUpstream:
             w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await w.drain()
             w.write(json_head + b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER)
+        elif mode == "flood":  # a long stream, as fast as the proxy reads it
+            w.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            line = (
+                b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"'
+                + b"x" * 900
+                + b'"}}]}\n\n'
+            )
+            piece = line * 64
+            self.flood_sent = 0
+            while self.flood_sent < FLOOD_BYTES:
+                w.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                await w.drain()
+                self.flood_sent += len(piece)
+            w.write(b"0\r\n\r\n")
         elif mode == "twice":  # two answers to one request in one write: the connection is out of step
             one = json_head + b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER
             w.write(one + one.replace(b"hello", b"HIJACK"))
@@ -382,3 +404,30 @@ def test_an_https_upstream_is_verified_against_the_systems_trust_store(
             assert r.status_code == 502
             assert "SSL" in r.json()["error"]["message"] or "Certificate" in r.json()["error"]["message"]
             assert event_of(running, r).status == "error"
+
+
+def test_a_stream_the_client_reads_slowly_is_read_from_the_upstream_no_faster(
+    proxy: RunningProxy, upstream: RawUpstream
+) -> None:
+    """Back-pressure: while the client reads nothing, the proxy stops reading the upstream after a
+    bounded amount (its own buffer and the sockets'), and every byte arrives once the client reads."""
+    with httpx.stream(
+        "POST",
+        f"{proxy.url}/raw/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-mode": "flood", "authorization": "Bearer sk-client"},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        received = len(next(chunks))
+        time.sleep(1.5)  # the client reads nothing: the upstream must be held back
+        held_at = upstream.flood_sent
+        assert held_at < FLOOD_BYTES // 2, held_at
+        for chunk in chunks:
+            received += len(chunk)
+    assert upstream.flood_sent >= FLOOD_BYTES  # resumed once the client read, to the end
+    assert received >= FLOOD_BYTES  # every line passed on (the proxy adds at most an end marker)
+    event = event_of(proxy, r)
+    # the upstream ended its stream without a usage chunk or [DONE]: recorded, as cut short
+    assert event.streamed and event.status == "interrupted"

@@ -3,15 +3,15 @@
 A metered call is one request with its whole body known and one answer, buffered or streamed, so
 its way upstream needs far less than a general client: the request's head and body go out in one
 write, the answer is parsed by `httptools` (llhttp, the parser uvicorn uses) as it arrives, and its
-connection goes back to the pool when the answer is complete. That costs a fraction of what a
-general client's request machinery costs per call (on the proxy's hot path the difference is a
-quarter of its CPU per call), which is what pays for metering. Everything else (unmetered
-pass-through, the fallback translator, WebSocket relays) keeps the shared aiohttp session.
+connection goes back to the pool when the answer is complete. A pass-through on it costs about
+half the CPU per call of the same pass-through on aiohttp (`bench/proxy_overhead.py`, `bare_lean`
+against `bare`), which is what pays for metering. Everything else (unmetered pass-through, the
+fallback translator, WebSocket relays) keeps the shared aiohttp session.
 
 Errors are those the rest of the proxy already handles: `OSError` (could not connect),
 `aiohttp.ServerDisconnectedError` (the upstream closed before its answer was complete),
-`aiohttp.ClientPayloadError` (an answer that is not HTTP), `aiohttp.ServerTimeoutError` (connect
-or read timeout). Like aiohttp, a request is never retried: a metered call is not idempotent.
+`aiohttp.ClientPayloadError` (an answer that is not HTTP, or cut after its head),
+`aiohttp.ServerTimeoutError` (connect or read timeout). Like aiohttp, a request is never retried: a metered call is not idempotent.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Final, cast
 
 import aiohttp
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 #: a streamed answer stops being read from the socket while this much is waiting for the client
@@ -58,7 +57,7 @@ class UpstreamResponse:
     """One answer: status and headers as soon as they arrive, the body whole or chunk by chunk.
 
     Quacks like the part of `aiohttp.ClientResponse` the proxy uses: `status`, `raw_headers`,
-    `headers`, `read()`, `content.iter_any()`, `release()`.
+    `read()`, `content.iter_any()`, `release()`; `header(name)` reads one header.
     """
 
     __slots__ = (
@@ -67,7 +66,6 @@ class UpstreamResponse:
         "_done",
         "_error",
         "_head",
-        "_headers",
         "_keep",
         "_paused",
         "_size",
@@ -81,7 +79,6 @@ class UpstreamResponse:
         self._conn: _Connection | None = conn
         self.status = 0
         self.raw_headers: tuple[tuple[bytes, bytes], ...] = ()
-        self._headers: CIMultiDictProxy[str] | None = None
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._done = False
@@ -93,16 +90,8 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ what the proxy reads
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        if self._headers is None:
-            self._headers = CIMultiDictProxy(
-                CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers)
-            )
-        return self._headers
-
     def header(self, name: str) -> str | None:
-        """The first value of header `name` (any case), without building `headers`."""
+        """The first value of header `name` (any case)."""
         want = name.lower().encode("latin-1")
         for k, v in self.raw_headers:
             if k.lower() == want:
@@ -151,6 +140,9 @@ class UpstreamResponse:
         if conn is None:
             return
         if self._done and self._keep and self._error is None:
+            if self._paused:  # a reader that stopped early: the next answer must be read
+                self._paused = False
+                conn.resume()
             conn.idle()
         else:
             conn.close()

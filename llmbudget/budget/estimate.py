@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 from ..money import from_nano
 from ..pricing import TokenUsage
@@ -120,16 +121,9 @@ class BookPrice:
         )
         return standard if tiered is None else max(standard, tiered)
 
-    def __call__(
-        self,
-        model: str,
-        provider: str,
-        input_tokens: int,
-        output_tokens: int,
-        at: datetime,
-        service_tier: str | None = None,
-    ) -> Decimal | None:
-        nano = self.nano(model, provider, input_tokens, output_tokens, at, service_tier)
+    def __call__(self, *args: Any, **kwargs: Any) -> Decimal | None:
+        """The same price in USD (`PriceFn`): `nano()`'s arguments."""
+        nano = self.nano(*args, **kwargs)
         return None if nano is None else from_nano(nano)
 
 

@@ -431,3 +431,25 @@ def test_a_stream_the_client_reads_slowly_is_read_from_the_upstream_no_faster(
     event = event_of(proxy, r)
     # the upstream ended its stream without a usage chunk or [DONE]: recorded, as cut short
     assert event.streamed and event.status == "interrupted"
+
+
+def test_a_configured_key_with_a_line_break_inside_is_never_sent(
+    proxy: RunningProxy, upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMB_TEST_RAW_KEY", "sk-operator\r\nX-Smuggled: 1")
+    sent = len(upstream.heads)
+    r = httpx.post(
+        f"{proxy.url}/raw/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-mode": "keep"},
+        timeout=15,
+    )
+    assert r.status_code == 502 and "sk-operator" not in r.text  # refused, the key not shown
+    assert len(upstream.heads) == sent  # nothing reached the upstream
+    assert not any(b"x-smuggled" in h.lower() for h in upstream.heads)
+    event = event_of(proxy, r)
+    assert event.status == "error" and event.http_status == 502
+    # an unmetered call (aiohttp's way upstream) is refused the same way, not a 500
+    models = httpx.get(f"{proxy.url}/raw/v1/models", headers={"x-mode": "keep"}, timeout=15)
+    assert models.status_code == 502 and "sk-operator" not in models.text
+    assert not any(b"x-smuggled" in h.lower() for h in upstream.heads)

@@ -381,7 +381,8 @@ class Proxy(MeteredCalls):
                 timeout=self._timeouts[target],
                 skip_auto_headers=None if "user-agent" in headers else _NO_UA,
             )
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            # ValueError: aiohttp refusing a header value with a line break (a configured key)
             log.warning(
                 "proxy_connect_failed backend=%s path=%s error=%s", target, req.path, type(e).__name__
             )

@@ -434,6 +434,9 @@ class UpstreamPool:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
         text = "".join(lines)
+        if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
+            # a value with a line break of its own (say a configured key) would smuggle a header in
+            raise aiohttp.ClientError("a header of the request holds a line break; nothing was sent")
         try:
             head = text.encode("latin-1")
         except UnicodeEncodeError:  # a configured key or value beyond latin-1: sent as UTF-8

@@ -1,6 +1,8 @@
 """What the metering proxy costs: the same load straight to a fast fake upstream, through a bare
-pass-through proxy (an ASGI callable + one shared aiohttp session, no metering: the floor any Python
-proxy reaches here), and through `llmbudget serve`, interleaved in one run.
+pass-through proxy (an ASGI callable + one shared aiohttp session, no metering: the comparison the
+targets name), through the same pass-through on llmbudget's own upstream client (`bare_lean`: what
+metering itself costs, apart from what the cheaper client saves), and through `llmbudget serve`,
+interleaved in one run.
 
 Reports added latency p50/p99 at concurrency 1, 10 and 100, requests/s, time to first streamed
 byte, and llmbudget's RSS with 200 open streams. Each server runs in its own process; the load
@@ -132,7 +134,7 @@ def run_upstream(port: int) -> None:
 
 
 def run_bare(port: int, upstream: str, lean: bool = False) -> None:
-    """The floor: a plain ASGI callable on uvicorn forwarding with one shared aiohttp session.
+    """A pass-through: a plain ASGI callable on uvicorn forwarding with one shared aiohttp session.
 
     `lean`: the same pass-through forwarding with llmbudget's own upstream client
     (`llmbudget/capture/upstream.py`) instead of aiohttp, so that what metering itself costs can be

@@ -162,10 +162,10 @@ def test_a_report_runs_in_a_worker_process_on_its_own_ledger_and_errors_come_bac
     async def main() -> None:
         pool = _pool(ledger)
         try:
-            first = await pool.report(reportfns.whoami, tag="a")
-            second = await pool.report(reportfns.whoami, tag="b")
+            first = json.loads(await pool.report_json(reportfns.whoami, tag="a"))
+            second = json.loads(await pool.report_json(reportfns.whoami, tag="b"))
             with pytest.raises(ValidationError) as e:
-                await pool.report(reportfns.refuse)
+                await pool.report_json(reportfns.refuse)
             assert e.value.field == "since" and "soon" in str(e.value)
         finally:
             pool.close()
@@ -203,7 +203,7 @@ def test_a_report_comes_back_encoded_in_the_worker_byte_for_byte_as_the_api_woul
 
 def test_a_ledger_without_a_url_runs_its_reports_in_threads(ledger: Any) -> None:
     pool = ReportPool(1, 10, ledger=ledger, reopen=None)
-    out = asyncio.run(pool.report(reportfns.whoami, tag="t"))
+    out = json.loads(asyncio.run(pool.report_json(reportfns.whoami, tag="t")))
     assert out["pid"] == os.getpid() and out["calls"] == 3
 
 
@@ -211,14 +211,14 @@ def test_a_worker_that_dies_mid_report_is_a_503_and_the_next_report_gets_a_fresh
     async def main() -> None:
         pool = _pool(ledger)
         try:
-            before = await pool.report(reportfns.whoami, tag="x")
+            before = json.loads(await pool.report_json(reportfns.whoami, tag="x"))
             t0 = time.monotonic()
             with pytest.raises(HTTPException) as e:
-                await pool.report(reportfns.crash)
+                await pool.report_json(reportfns.crash)
             assert time.monotonic() - t0 < 20
             assert e.value.status_code == 503 and e.value.headers == {"Retry-After": "1"}
             assert "worker" in e.value.detail and pool.crashed == 1
-            after = await pool.report(reportfns.whoami, tag="y")
+            after = json.loads(await pool.report_json(reportfns.whoami, tag="y"))
             assert after["pid"] != before["pid"] and after["calls"] == 3
         finally:
             pool.close()
@@ -229,7 +229,7 @@ def test_a_worker_that_dies_mid_report_is_a_503_and_the_next_report_gets_a_fresh
 def test_closing_the_pool_stops_a_long_report_at_once(ledger: Any) -> None:
     async def main() -> None:
         pool = _pool(ledger)
-        running = asyncio.create_task(pool.report(reportfns.slow, seconds=60))
+        running = asyncio.create_task(pool.report_json(reportfns.slow, seconds=60))
         deadline = time.monotonic() + 30
         while not (pool._executor and pool._executor._processes) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

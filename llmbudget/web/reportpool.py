@@ -40,7 +40,6 @@ from ..services import Services
 from ..store import Ledger, ledger_options, open_ledger
 
 T = TypeVar("T")
-R = TypeVar("R")
 P = ParamSpec("P")
 log = logging.getLogger(__name__)
 
@@ -84,25 +83,12 @@ def _open_worker_ledger(url: str, options: dict[str, object]) -> None:
     _worker_ledger = open_ledger(url, **opts)
 
 
-#: what a worker sends back: the report, or an error of llmbudget's as (type, args, attributes)
+#: what a worker sends back: the report encoded as JSON, or an error of llmbudget's as
+#: (type, args, attributes)
 _Outcome = (
-    tuple[Literal["ok"], dict[str, Any]]
-    | tuple[Literal["error"], type[LLMBudgetError], tuple[object, ...], dict[str, object]]
-)
-
-
-_JsonOutcome = (
     tuple[Literal["ok"], bytes]
     | tuple[Literal["error"], type[LLMBudgetError], tuple[object, ...], dict[str, object]]
 )
-
-
-def _run_in_worker(fn: Callable[..., dict[str, Any]], kwargs: dict[str, object]) -> _Outcome:
-    """`fn(ledger, **kwargs)` in a worker; llmbudget's own errors travel back as (type, args, attributes)."""
-    try:
-        return ("ok", fn(_worker_ledger, **kwargs))
-    except LLMBudgetError as e:  # their __init__ takes other arguments than args: rebuilt by hand
-        return ("error", type(e), e.args, dict(vars(e)))
 
 
 def json_bytes(data: dict[str, Any]) -> bytes:
@@ -112,10 +98,13 @@ def json_bytes(data: dict[str, Any]) -> bytes:
     )
 
 
-def _json_in_worker(fn: Callable[..., dict[str, Any]], kwargs: dict[str, object]) -> _JsonOutcome:
-    """`_run_in_worker`, the report encoded as JSON there: the server passes the bytes on as they are."""
-    out = _run_in_worker(fn, kwargs)
-    return ("ok", json_bytes(out[1])) if out[0] == "ok" else out
+def _run_in_worker(fn: Callable[..., dict[str, Any]], kwargs: dict[str, object]) -> _Outcome:
+    """`fn(ledger, **kwargs)` in a worker, encoded there (the server passes the bytes on as they
+    are); llmbudget's own errors travel back as (type, args, attributes)."""
+    try:
+        return ("ok", json_bytes(fn(_worker_ledger, **kwargs)))
+    except LLMBudgetError as e:  # their __init__ takes other arguments than args: rebuilt by hand
+        return ("error", type(e), e.args, dict(vars(e)))
 
 
 def _rebuild(cls: type[LLMBudgetError], args: tuple[object, ...], attrs: dict[str, object]) -> LLMBudgetError:
@@ -136,9 +125,10 @@ def reopenable(ledger: object) -> str | None:
 class ReportPool:
     """Runs reports `concurrency` at a time, in worker processes when `reopen` names a ledger to open.
 
-    `run(fn, ...)` runs any callable in a thread; `report(fn, **kwargs)` runs `fn(ledger, **kwargs)`
-    (a module-level function returning a JSON-ready dict) in a worker process, or in a thread on
-    `ledger` when there is no `reopen`. Both wait at most `wait_s` for a turn, then answer 503.
+    `run(fn, ...)` runs any callable in a thread; `report_json(fn, **kwargs)` runs `fn(ledger, **kwargs)`
+    (a module-level function returning a JSON-ready dict) and encodes its result, in a worker
+    process, or in a thread on `ledger` when there is no `reopen`. Both wait at most `wait_s` for a
+    turn, then answer 503.
     """
 
     def __init__(
@@ -190,30 +180,16 @@ class ReportPool:
         async with self._turn():
             return await run_in_threadpool(functools.partial(fn, *args, **kwargs))
 
-    async def report(self, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-        """`fn(ledger, **kwargs)` in a worker process (threads without `reopen`); 503 when no turn or the worker died."""
-        if self.reopen is None:
-            return await self.run(fn, self.ledger, **kwargs)
-        out = await self._in_worker(_run_in_worker, fn, kwargs)
-        if out[0] == "error":
-            raise _rebuild(out[1], out[2], out[3])
-        return out[1]
-
     async def report_json(self, fn: Callable[..., dict[str, Any]], **kwargs: Any) -> bytes:
-        """`report`, encoded as JSON in the worker: the server's event loop never decodes or encodes
-        a large report (a two-year `by=day` is about a millisecond of each), it passes the bytes on."""
+        """`fn(ledger, **kwargs)` encoded as JSON, in a worker process (threads without `reopen`); 503
+        when no turn comes or the worker died. The server's event loop never decodes or encodes a
+        large report (a two-year `by=day` is about a millisecond of each): it passes the bytes on."""
         if self.reopen is None:
             return await self.run(lambda: json_bytes(fn(self.ledger, **kwargs)))
-        out = await self._in_worker(_json_in_worker, fn, kwargs)
-        if out[0] == "error":
-            raise _rebuild(out[1], out[2], out[3])
-        return out[1]
-
-    async def _in_worker(self, run: Callable[..., R], fn: Callable[..., Any], kwargs: dict[str, Any]) -> R:
         async with self._turn():
             executor = self._pool()
             try:
-                return await asyncio.get_running_loop().run_in_executor(executor, run, fn, kwargs)
+                out = await asyncio.get_running_loop().run_in_executor(executor, _run_in_worker, fn, kwargs)
             except BrokenProcessPool as e:
                 self.crashed += 1
                 log.warning("report_worker_died report=%s error=%s", getattr(fn, "__name__", fn), e)
@@ -223,6 +199,9 @@ class ReportPool:
                     "a report worker process stopped before the report was done; try again",
                     headers={"Retry-After": "1"},
                 ) from None
+        if out[0] == "error":
+            raise _rebuild(out[1], out[2], out[3])
+        return out[1]
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:

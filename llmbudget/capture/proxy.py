@@ -17,12 +17,10 @@ of events. Rate-limit headers of every answer become piggyback quota readings
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -52,7 +50,7 @@ from .asgi import (
 from .base import BadRequest
 from .clients import Attributor
 from .protocols import PROTOCOLS, MeteredProtocol, guess_metered
-from .proxy_calls import MeteredCalls
+from .proxy_calls import MeteredCalls, Pending
 from .readings import RateReadings
 from .record import CallRecorder, Target
 from .request import MAX_ATTRIBUTION_CHARS, ClientSide, ProxyRequest, parse_tags
@@ -99,8 +97,9 @@ class Proxy(MeteredCalls):
         #: the one path from a finished call to its event and settled admission
         self.recorder = CallRecorder(services.ledger, services.prices, services.gate, source="proxy")
         self.session: aiohttp.ClientSession | None = None
-        #: metered calls go upstream through their own lean keep-alive pool (`upstream.py`)
-        self.upstream = UpstreamPool()
+        #: metered calls go upstream through their own lean keep-alive pool (`upstream.py`), opened
+        #: with the session by `startup()`
+        self.upstream: UpstreamPool | None = None
         self._origins = {n: Origin(b.base_url) for n, b in self.backends.items()}
         self._timeouts = {
             n: aiohttp.ClientTimeout(total=None, sock_connect=min(b.timeout_s, 30.0), sock_read=b.timeout_s)
@@ -111,7 +110,7 @@ class Proxy(MeteredCalls):
         self._note_rate_headers = self.readings.note
         #: metered calls being forwarded now; with more than one, events are built and written in batches
         self._inflight = 0
-        self._batch: list[tuple[ProxyRequest, str, dict[str, Any], asyncio.Future[UsageEvent | None]]] = []
+        self._batch: list[Pending] = []
         self.max_body = int(services.config.server.max_body_mb * 1024 * 1024)
         #: backend -> `host:port` of its base_url, named when it cannot be reached (never path or query)
         self._where = {n: host_port(b.base_url) for n, b in self.backends.items()}
@@ -135,7 +134,7 @@ class Proxy(MeteredCalls):
 
     # ---------------------------------------------------------------- lifecycle
     async def startup(self) -> None:
-        """Open the shared upstream session (called from the app's lifespan)."""
+        """Open the shared upstream session and the metered calls' pool (called from the app's lifespan)."""
         if self.session is None:
             connector = aiohttp.TCPConnector(
                 limit=2000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
@@ -154,13 +153,15 @@ class Proxy(MeteredCalls):
             self.readings.start()
 
     async def shutdown(self) -> None:
-        """Finish background work, store pending quota readings, close the session."""
+        """Finish background work, store pending quota readings, close the session and the pool."""
         await self.recorder.drain()
         await self.readings.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None
+        if self.upstream is not None:
             await self.upstream.close()
+            self.upstream = None
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -316,7 +317,8 @@ class Proxy(MeteredCalls):
         self, req: ProxyRequest, target: str, send: Send, receive: Receive | None = None
     ) -> None:
         """Send `req` to `target` (same protocol), stream or buffer the answer, meter it."""
-        assert self.session is not None, "Proxy.startup() was not called (lifespan off?)"
+        upstream = self.upstream
+        assert upstream is not None, "Proxy.startup() was not called (lifespan off?)"
         meter = req.meter
         assert meter is not None
         origin = self._origins[target]
@@ -327,7 +329,7 @@ class Proxy(MeteredCalls):
         req.upstream_start = time.perf_counter()
         self._inflight += 1
         try:
-            resp = await self.upstream.request(
+            resp = await upstream.request(
                 origin,
                 req.method,
                 where or "/",

@@ -164,9 +164,7 @@ class MeteredCalls:
                 if not fut.done():
                     fut.set_result(None)
 
-    def _flush(
-        self, batch: list[tuple[ProxyRequest, str, dict[str, Any], asyncio.Future[UsageEvent | None]]]
-    ) -> None:
+    def _flush(self, batch: list[Pending]) -> None:
         events = [
             self._record(req, target, interrupted=False, defer=True, **kw) for req, target, kw, _ in batch
         ]

@@ -362,10 +362,11 @@ class _Connection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per upstream (scheme, host, port), shared by every metered call."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self) -> None:
         self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
         self._all: set[_Connection] = set()
-        self._ssl = ssl_context
+        #: the system's trust store, made on the first https connection
+        self._ssl: ssl.SSLContext | None = None
         self._closed = False
 
     def put(self, conn: _Connection) -> None:

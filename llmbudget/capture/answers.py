@@ -140,6 +140,18 @@ async def streamed_answer(
     event: UsageEvent | None = None
     recorded = False
     task = asyncio.current_task()
+
+    async def record(*, interrupted: bool) -> UsageEvent | None:
+        """Record the call now, before the stream's last byte (an error inside it is its reason)."""
+        return await proxy.record_call(
+            req,
+            target,
+            http_status=resp.status,
+            status="error" if req.reason else None,
+            interrupted=interrupted,
+            ttft_ms=ttft,
+        )
+
     watcher: asyncio.Future[Message] | None = None
     if receive is not None and task is not None:
         # The client hanging up must stop the copy even while the upstream is silent.
@@ -167,14 +179,7 @@ async def streamed_answer(
                         # The end marker ([DONE], message_stop) is in this chunk: an SDK stops
                         # reading there, before the body's last byte, so the call is recorded now.
                         recorded = True
-                        event = await proxy.record_call(
-                            req,
-                            target,
-                            http_status=resp.status,
-                            status="error" if req.reason else None,
-                            interrupted=False,
-                            ttft_ms=ttft,
-                        )
+                        event = await record(interrupted=False)
                     await send({"type": "http.response.body", "body": out, "more_body": True})
                 if broken is not None:
                     break
@@ -205,14 +210,7 @@ async def streamed_answer(
         interrupted = not meter.complete and broken is None
         if not recorded:
             recorded = True
-            event = await proxy.record_call(
-                req,
-                target,
-                http_status=resp.status,
-                status="error" if req.reason else None,
-                interrupted=interrupted,
-                ttft_ms=ttft,
-            )
+            event = await record(interrupted=interrupted)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
     except asyncio.CancelledError:
         if not client_gone:

@@ -82,6 +82,14 @@ def _done(rec: ClientState, key: str) -> None:
         rec.gate.release_sync(leftover)
 
 
+async def _done_async(rec: ClientState, key: str) -> None:
+    """`_done` for the async clients: the leftover admission is released on the caller's loop."""
+    rec.calls.pop(key, None)
+    leftover = rec.admissions.pop(key, None)
+    if leftover is not None and rec.gate is not None and leftover.reservation_id:
+        await rec.gate.release(leftover)
+
+
 def _no_fallback(admission: Admission) -> BudgetExceeded:
     """The refusal of a call the gate sends to a fallback when the wrapped client was given none."""
     return BudgetExceeded(
@@ -136,10 +144,7 @@ def gate_async(rec: ClientState, original: Any, name: str, fallback: Any, path: 
         except Exception as e:
             raise unrefused(e) from e
         finally:
-            rec.calls.pop(key, None)
-            leftover = rec.admissions.pop(key, None)
-            if leftover is not None and leftover.reservation_id:
-                await rec.gate.release(leftover)
+            await _done_async(rec, key)
 
     return method
 
@@ -169,10 +174,7 @@ class _GatedAsyncStream:
             raise _refused(admission)
         if admission.fallback_backend:
             if self._fallback is None:
-                raise BudgetExceeded(
-                    admission.notice or admission.message or "budget exhausted",
-                    retry_after_s=admission.retry_after_s,
-                )
+                raise _no_fallback(admission)
             await rec.gate.release(admission)
             if admission.fallback_model:
                 kwargs = {**kwargs, "model": admission.fallback_model}
@@ -185,10 +187,7 @@ class _GatedAsyncStream:
         except Exception as e:
             raise unrefused(e) from e
         finally:
-            rec.calls.pop(key, None)
-            leftover = rec.admissions.pop(key, None)
-            if leftover is not None and leftover.reservation_id:
-                await rec.gate.release(leftover)
+            await _done_async(rec, key)
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self._inner.__aexit__(*exc)

@@ -588,3 +588,20 @@ def test_the_sqlite_writer_holds_a_small_page_cache_however_much_it_writes(tmp_p
         assert led.count() == 3000
     finally:
         led.close()
+
+
+def test_unset_fields_are_stored_as_sql_null(tmp_path: Path) -> None:
+    # the NoneType adapter registered by the SQLite ledger (a faster bind) must still bind NULL
+    import sqlite3
+
+    path = tmp_path / "nulls.db"
+    with open_ledger(f"sqlite:///{path}") as led:
+        led.record(ev(agent="a1"))
+        led.flush()
+    conn = sqlite3.connect(path)
+    row = conn.execute(
+        "SELECT typeof(session), typeof(team), typeof(reason), typeof(agent), session IS NULL FROM events"
+    ).fetchone()
+    assert conn.execute("SELECT count(*) FROM events WHERE ? IS NULL", (None,)).fetchone() == (1,)
+    conn.close()
+    assert row == ("null", "null", "null", "text", 1)

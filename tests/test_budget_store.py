@@ -296,3 +296,27 @@ def test_a_lease_step_spends_gives_back_and_grows_in_one_atomic_step(
         assert (rec.before, rec.after, rec.ledger, rec.unledgered, rec.kept) == (25, 25, 0, 20, 5)
     finally:
         _cleanup(store, store_spec)
+
+
+def test_a_large_batch_of_settlements_is_pending_whole_and_exact(store_spec: tuple[str, str, str]) -> None:
+    """341 settlements in one lease step (every statement size SQLite writes them with: 256, 64, 16,
+    4, 1), then the same events again: each event's amounts add up, none is lost or doubled."""
+    from llmbudget.budget.counters import Spend
+    from llmbudget.budget.seed import SeedSpec
+
+    store = _open(store_spec)
+    key = "daily|*|day:2025-03-01"
+    rid = store.reservation_id("batch")
+    n = 341
+    try:
+        spends = [Spend(f"e{i}", key, i + 1, i) for i in range(n)]  # one kept beside each
+        store.lease(rid, spends=spends)
+        store.lease(rid, spends=[Spend("e0", key, 5, 5), Spend(f"e{n - 1}", key, 2, 2)])
+        total = sum(range(1, n + 1)) + 7
+        assert store.totals([key])[key] == (total, 0)
+        rec = store.reconcile({key: SeedSpec("usd", 0, 1)})[key]
+        # nothing is in a ledger yet: every amount is pending, shown or kept beside
+        assert (rec.before, rec.after, rec.ledger) == (total, total, 0)
+        assert (rec.unledgered, rec.kept) == (sum(range(n)) + 7, n)
+    finally:
+        _cleanup(store, store_spec)

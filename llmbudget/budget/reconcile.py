@@ -59,25 +59,28 @@ class Reconciliation(BudgetNotices):
 
     def _flushed(self, result: LeaseResult, notes: list[object]) -> None:
         """After a batch of settlements reached the counters: reconcile if needed, then warn and alert."""
-        pendings: list[Pending] = [p for p in notes if isinstance(p, Pending)]
         totals = dict(result.totals)
-        if result.ledgered:
+        # each counter once: a batch's calls nearly all share theirs (a session's window key names the
+        # session, so a counter's seed spec is the same for every call on it)
+        seen: set[str] = set()
+        booked: list[Booked] = []
+        specs: dict[str, SeedSpec] = {}
+        for p in notes:
+            if not isinstance(p, Pending):
+                continue
+            for x in p.booked:
+                if x.charge.key not in seen:
+                    seen.add(x.charge.key)
+                    booked.append(x)
+                    if result.ledgered:
+                        specs.update(self._specs([x], p.call.session))
+        if specs:
             # the ledger already had some events (its writer was faster): count them once, from the ledger
-            specs: dict[str, SeedSpec] = {}
-            for p in pendings:
-                specs.update(self._specs(p.booked, p.call.session))
             try:
                 for k, rec in self.store.reconcile(specs).items():
                     totals[k] = (rec.after, totals.get(k, (0, 0))[1])
             except Exception as e:
                 log.error("budget reconcile_failed error=%s: %s", type(e).__name__, e)
-        seen: set[str] = set()
-        booked: list[Booked] = []
-        for p in pendings:
-            for x in p.booked:
-                if x.charge.key not in seen:
-                    seen.add(x.charge.key)
-                    booked.append(x)
         if booked:
             try:
                 self._check_warnings(booked, totals)

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy_overhead import CHAT_BODY, cpu_s, free_port, load, pct, wait_port
+from proxy_overhead import CHAT_BODY, cpu_s, free_port, load, pct, quiet, wait_port
 
 PG_ADMIN = os.environ.get("LLMBUDGET_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("LLMBUDGET_BENCH_REDIS", "redis://127.0.0.1:6379/14")
@@ -63,6 +63,7 @@ async def _measure(
             cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
             for _ in range(rounds):  # interleaved: load drift on a shared machine hits all alike
                 for name, url in targets.items():
+                    await quiet()  # the previous server's leftover work is not counted against this one
                     before = sum(cpu_s(p) for p in pids[name])
                     values, r = await load(session, url, CHAT_BODY, c, seconds)
                     cpu[name] += sum(cpu_s(p) for p in pids[name]) - before

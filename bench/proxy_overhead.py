@@ -237,6 +237,30 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU since boot, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+async def quiet(window_s: float = 0.2, busy_share: float = 0.1, max_s: float = 3.0) -> float:
+    """Wait until the machine is nearly idle (busy under `busy_share` of its CPUs over `window_s`), at
+    most `max_s`; returns the seconds waited.
+
+    Called before each measured load, so that the work one server still does after its load (its
+    ledger writer draining the last batch, PostgreSQL checkpointing) is not counted against the next.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_s:
+        b0, t0_ticks = _machine_busy()
+        await asyncio.sleep(window_s)
+        b1, t1_ticks = _machine_busy()
+        if t1_ticks > t0_ticks and (b1 - b0) / (t1_ticks - t0_ticks) <= busy_share:
+            break
+    return time.monotonic() - t0
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -362,6 +386,7 @@ async def measure(
 
     async def loaded(session: Any, name: str, url: str, c: int) -> tuple[list[float], float, float]:
         """The load's latencies and requests/s, and the serving process's CPU seconds during it."""
+        await quiet()
         before = cpu_s(pids[name])
         values, r = await load(session, url, CHAT_BODY, c, seconds)
         return values, r, cpu_s(pids[name]) - before

@@ -234,3 +234,42 @@ def test_serve_reconciles_writes_it_never_saw_periodically(tmp_path: Path) -> No
             time.sleep(0.05)
         health = enf.drift()
         assert health is not None and health["counters"] >= 1
+
+
+def test_a_busy_lease_takes_its_next_slice_before_it_runs_out(setup: tuple[str, str | None]) -> None:
+    """Calls keep being admitted in-process while a slice runs low: the next one is taken in the
+    background (no call has to ask the store), and a reconciliation that finds no drift keeps the
+    lease, while one that finds drift gives it back."""
+    from llmbudget.budget.lease import SLICE_CALLS
+
+    db, redis = setup
+    ledger = open_ledger(db, audit=False)
+    enf = enforcer(db, "  daily_limit_usd: 100000\n", ledger, clock=Clock(NOW), redis=redis)
+    enf.batch = True  # as in the proxy: the lease's own thread writes settlements and takes slices
+    worst = to_nano(Decimal("0.50"))
+    try:
+        held = [enf.admit(call())]  # the first call asks the store: a slice of 1,024 worst cases
+        [key] = enf.book.held
+        assert enf.book.held[key] == SLICE_CALLS * worst
+        for _ in range(SLICE_CALLS // 2 + 10):  # past half of the slice, every call admitted locally
+            adm = enf.admit_local(call())
+            assert adm is not None and adm.allowed
+            held.append(adm)
+        deadline = time.monotonic() + 10
+        while enf.book.held[key] < 2 * SLICE_CALLS * worst and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert enf.book.held[key] == 2 * SLICE_CALLS * worst  # the next slice, taken in the background
+        for _ in range(SLICE_CALLS // 2):  # what the first slice alone could not have covered
+            adm = enf.admit_local(call())
+            assert adm is not None and adm.allowed
+            held.append(adm)
+        for a in held:
+            enf.release(a)
+        enf.reconcile()  # nothing moved: the lease stays
+        assert enf.book.held[key] == 2 * SLICE_CALLS * worst
+        ledger.record_many([ev(NOW - timedelta(hours=1), "3.00")])  # an import: the counter moves
+        enf.reconcile()
+        assert enf.book.held.get(key, 0) == 0  # given back: the next calls are checked against the new figure
+    finally:
+        _cleanup(enf)
+        ledger.close()

@@ -5,7 +5,10 @@ owner id, so a dead process's lease is released like any reservation of a dead o
 per counter grows in slices and shrinks as calls settle. A call whose worst case fits in what the
 lease holds and no call in flight uses is admitted without any I/O; settlements are kept in memory
 and written in batches (`FLUSH_S`), each batch one atomic store step that adds the real spend and
-takes it out of the lease. Unused amounts go back after `IDLE_S` without calls.
+takes it out of the lease. Unused amounts go back after `IDLE_S` without calls. When what a
+counter's lease has left unused drops below half of its last slice, the batch writer takes the
+next slice in the background (`REFILL_SHARE`), so a busy process rarely waits on the store: without
+it, every call in flight at the moment the slice ran out asked the store at once.
 
 Exact at the limit: a slice is at most a quarter of what is free in the counter (and 1,024 calls'
 worst case), so slices shrink to single calls' worst cases as the remaining budget shrinks; a
@@ -34,6 +37,8 @@ IDLE_S = 2.0
 SLICE_CALLS = 1024
 #: and at most this fraction of what is free in the counter
 SLICE_SHARE = 4
+#: the next slice is taken in the background once the unused part falls below 1/REFILL_SHARE of the last
+REFILL_SHARE = 2
 
 
 class LeaseBook:
@@ -64,6 +69,10 @@ class LeaseBook:
         self.tight: set[str] = set()
         #: (spent, reserved) per counter from the last store step
         self.totals: dict[str, tuple[int, int]] = {}
+        #: per counter: below this unused amount the next slice is taken in the background, and the
+        #: charge (a recent call's worst case) that slice is sized from
+        self._low: dict[str, int] = {}
+        self._refill: dict[str, Charge] = {}
         self._spends: list[Spend] = []
         self._notes: list[object] = []
         self._lock = threading.Lock()
@@ -81,11 +90,17 @@ class LeaseBook:
             for c in charges:
                 if c.limit is not None and self.held.get(c.key, 0) - self.used.get(c.key, 0) < c.amount:
                     return False
+            refill = False
             for c in charges:
                 if c.limit is not None:
-                    self.used[c.key] = self.used.get(c.key, 0) + c.amount
+                    used = self.used[c.key] = self.used.get(c.key, 0) + c.amount
+                    if self.held.get(c.key, 0) - used < self._low.get(c.key, 0) and c.key not in self.tight:
+                        self._refill[c.key] = c
+                        refill = True
                 self.calls[c.key] = self.calls.get(c.key, 0) + 1
                 self.last_use[c.key] = now
+        if refill:
+            self._wake.set()
         return True
 
     def grow(self, charges: Sequence[Charge], seeds: Mapping[str, SeedSpec] | None) -> Refusal | None:
@@ -197,16 +212,22 @@ class LeaseBook:
                     self.tight.add(g.key)
                 elif free is not None:
                     self.tight.discard(g.key)
+                if result.refusal is None:
+                    self._low[g.key] = g.amount // REFILL_SHARE
+            for k in [k for k in self._low if k not in self.held]:  # windows gone by
+                del self._low[k]
             self.generation += 1
         if spends or notes:
             self.on_flush(result, notes)
         return result
 
     def flush(self, *, final: bool = False) -> None:
-        """Write the pending spends now (and give back unused amounts that are due)."""
+        """Write the pending spends now (and give back unused amounts that are due, and take the next
+        slice of counters running low)."""
         with self._io:
             with self._lock:
-                due = bool(self._spends or self._notes) or final
+                refill, self._refill = ([] if final else list(self._refill.values())), {}
+                due = bool(self._spends or self._notes or refill) or final
                 if not due:
                     now = time.monotonic()
                     due = any(
@@ -215,7 +236,25 @@ class LeaseBook:
                         for k, h in self.held.items()
                     )
             if due:
-                self._step((), None, final=final)
+                # a refused slice (the limit is near) still writes the spends: calls then ask for their own
+                self._step(self._slices(refill) if refill else (), None, final=final)
+
+    def _slices(self, charges: Sequence[Charge]) -> list[Charge]:
+        """The next slice of each counter in `charges` still running low (sized as `_lacks` sizes one)."""
+        out: list[Charge] = []
+        with self._lock:
+            for c in charges:
+                if c.key in self.tight or self.held.get(c.key, 0) - self.used.get(c.key, 0) >= self._low.get(
+                    c.key, 0
+                ):
+                    continue
+                target = c.amount * SLICE_CALLS
+                free = self._free(c)
+                if free is not None:
+                    target = min(target, free // SLICE_SHARE)
+                if target > 0:
+                    out.append(Charge(c.budget, c.key, c.read_keys, c.limit, target, c.unit))
+        return out
 
     def start(self) -> None:
         """Start the batch writer (idle give-backs, batched settlements) once."""
@@ -233,7 +272,8 @@ class LeaseBook:
             if self._stop.is_set():
                 return
             if self._wake.is_set():
-                time.sleep(FLUSH_S)  # gather the settlements of this moment into one step
+                if not self._refill:  # a slice running low is taken at once
+                    time.sleep(FLUSH_S)  # gather the settlements of this moment into one step
                 self._wake.clear()
             try:
                 self.flush()

@@ -107,11 +107,13 @@ class Reconciliation(BudgetNotices):
             sessions = set(self._sessions)
         specs = live_specs(self.budgets, self.store, self.tz, self.clock(), sessions=sessions)
         result = self.store.reconcile(specs)
-        # the counters may have moved (imports, reprices, another replica's reconciliation): the
-        # lease's unused part goes back, so the next calls are checked against the new figures
-        self.book.flush(final=True)
         drifted = {k: r.drift for k, r in result.items() if r.drift}
         if drifted:
+            # the counters moved (imports, reprices, another replica's reconciliation): the lease's
+            # unused part goes back, so the next calls are checked against the new figures. Without
+            # drift the figures the lease was taken against still hold: giving it back would only
+            # make every call in flight ask the store at once
+            self.book.flush(final=True)
             log.info("budget reconciled counters=%d drifted=%s", len(result), drifted)
         self.last_reconcile = result
         self._reconciled_at = utcnow()

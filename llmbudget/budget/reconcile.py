@@ -106,6 +106,9 @@ class Reconciliation(BudgetNotices):
                 del self._sessions[s]
             sessions = set(self._sessions)
         specs = live_specs(self.budgets, self.store, self.tz, self.clock(), sessions=sessions)
+        # settlements still in memory first: an event the ledger already holds whose spend is not
+        # written yet would read as drift
+        self.book.flush()
         result = self.store.reconcile(specs)
         drifted = {k: r.drift for k, r in result.items() if r.drift}
         if drifted:

@@ -19,6 +19,7 @@ from typing import Any
 from ..config import default_db_url
 from ..errors import StorageError
 from .connection import DB
+from .dialect import execute_in_chunks, multirow_statements
 from .rows import EVENT_COLUMNS
 from .sqlbase import SQLLedger
 
@@ -46,27 +47,15 @@ def _null(value: None) -> None:
 # adapter registered for NoneType the search is one dict lookup; its None still binds as NULL.
 sqlite3.register_adapter(type(None), _null)
 
-_ROW = f"({', '.join('?' * len(EVENT_COLUMNS))})"
-#: rows per multi-row INSERT, largest first: a batch goes in as a few statements, not one per row
-_CHUNKS = (256, 64, 16, 4, 1)
-_INSERTS = {
-    n: f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * n)}" for n in _CHUNKS
-}
+#: the events' INSERT for 256, 64, 16, 4 and 1 rows
+_INSERTS = multirow_statements(
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ", f"({', '.join('?' * len(EVENT_COLUMNS))})"
+)
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert `rows` with a few multi-row statements.
-
-    sqlite3 lets go of the GIL around every statement step; one step per row (`executemany`) made
-    the writer thread and the event loop trade the GIL hundreds of times per batch, each trade a
-    context switch on the proxy's path. A multi-row statement steps once for up to 256 rows.
-    """
-    i, n = 0, len(rows)
-    for size in _CHUNKS:
-        sql = _INSERTS[size]
-        while n - i >= size:
-            conn.execute(sql, [v for r in rows[i : i + size] for v in r])
-            i += size
+    """Insert `rows` with a few multi-row statements (`execute_in_chunks`)."""
+    execute_in_chunks(conn.execute, _INSERTS, rows)
 
 
 def sqlite_path(url_or_path: str) -> Path:

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ...store.dialect import Param, pg_sql
+from ...store.dialect import Param, execute_in_chunks, multirow_statements, pg_sql
 from ..seed import SeedSpec, counter_sums_sql, has_ledger_tables, seed_sql, values_sql
 from .base import (
     _LEDGERED,
@@ -54,33 +54,13 @@ _PENDING_CONFLICT = (
     " ON CONFLICT (event_id, counter) DO UPDATE SET amount = b.amount + excluded.amount, "
     "kept = b.kept + excluded.kept, settled_at = excluded.settled_at"
 )
-_PENDING_UPSERT = (
-    "INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at) VALUES (?, ?, ?, ?, ?)"
-    + _PENDING_CONFLICT
+#: the upsert for 256, 64, 16, 4 and 1 rows (SQLite writes a lease's batch with a few of them)
+_PENDING_UPSERTS = multirow_statements(
+    "INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at) VALUES ",
+    "(?, ?, ?, ?, ?)",
+    _PENDING_CONFLICT,
 )
-#: rows per multi-row `_PENDING_UPSERT` on SQLite, largest first
-_PENDING_CHUNKS = (256, 64, 16, 4, 1)
-_PENDING_UPSERTS = {
-    n: "INSERT INTO budget_pending AS b (event_id, counter, amount, kept, settled_at) VALUES "
-    + ", ".join(["(?, ?, ?, ?, ?)"] * n)
-    + _PENDING_CONFLICT
-    for n in _PENDING_CHUNKS
-}
-
-
-def upsert_pending_sqlite(db: SQLConn, rows: Sequence[tuple[str, str, int, int, float]]) -> None:
-    """`_PENDING_UPSERT` for many rows (each (event, counter) once) in a few multi-row statements.
-
-    sqlite3 lets go of the GIL around every statement step: one step per row (`executemany`) made the
-    lease's thread and the event loop trade the GIL hundreds of times per batch of settlements, each
-    trade a context switch on the proxy's path.
-    """
-    i, n = 0, len(rows)
-    for size in _PENDING_CHUNKS:
-        sql = _PENDING_UPSERTS[size]
-        while n - i >= size:
-            db.execute(sql, [v for r in rows[i : i + size] for v in r])
-            i += size
+_PENDING_UPSERT = _PENDING_UPSERTS[1]
 
 
 #: `_PENDING_UPSERT` for PostgreSQL in one statement: arrays of event ids, counters, amounts, kept
@@ -350,7 +330,10 @@ class SQLCounters(CounterStore):
                 ),
             )
         else:
-            upsert_pending_sqlite(db, [(e, k, a, kept, now) for (e, k), (a, kept) in pending])
+            # a few multi-row statements (each (event, counter) once), not a GIL trade per row
+            execute_in_chunks(
+                db.execute, _PENDING_UPSERTS, [(e, k, a, kept, now) for (e, k), (a, kept) in pending]
+            )
         items = _lease_items(held, calls)
         if items:
             db.execute(

@@ -7,8 +7,9 @@ routes go through one `ReportPool` per app: at most `server.report_concurrency` 
 once, each in one of as many worker processes ("spawn" context, started on first use), which
 open the ledger once from the same storage URL (no audit log, no replay: they only read), run
 at the lowest CPU priority (`nice` 19, and on Linux `SCHED_IDLE`: on a busy machine the proxy
-wins the CPU the moment it wants it) and send back the report encoded as JSON (the server passes the bytes on unread). The next reports wait up to `server.report_wait_s` for a
-turn and are then answered 503 with `Retry-After` (the error shape of the API). A worker that
+wins the CPU the moment it wants it) and send back the report encoded as JSON (the server passes
+the bytes on unread). The next reports wait up to `server.report_wait_s` for a turn and are
+then answered 503 with `Retry-After` (the error shape of the API). A worker that
 dies mid-report is a 503 for that report, and the next one starts a fresh pool; the server's
 shutdown stops the workers without waiting for a report to end.
 

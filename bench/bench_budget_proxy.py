@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy_overhead import CHAT_BODY, cpu_s, free_port, load, pct, quiet, wait_port
+from proxy_overhead import CHAT_BODY, client_connector, cpu_s, free_port, load, pct, quiet, wait_port
 
 PG_ADMIN = os.environ.get("LLMBUDGET_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("LLMBUDGET_BENCH_REDIS", "redis://127.0.0.1:6379/14")
@@ -54,7 +54,7 @@ async def _measure(
     import aiohttp
 
     out: dict[str, Any] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)) as session:
+    async with aiohttp.ClientSession(connector=client_connector()) as session:
         for url in targets.values():  # warm up connections, code paths and counters
             await load(session, url, CHAT_BODY, 10, 0.5)
         for c in (1, 10, 100):

@@ -61,7 +61,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_budget_proxy import PG_ADMIN, REDIS, _tree
-from proxy_overhead import CHAT_BODY, cpu_s, free_port, pct, wait_port
+from proxy_overhead import CHAT_BODY, client_connector, cpu_s, free_port, pct, wait_port
 
 COMPARISONS = {
     "workers": {"sqlite": ("sqlite_w1", "sqlite_w2"), "pgredis": ("pgredis_w1", "pgredis_w2")},
@@ -162,7 +162,7 @@ async def _measure(setups: dict[str, Setup], seconds: float, rounds: int) -> dic
 
     out: dict[str, Any] = {}
     start = {p: cpu_s(p) for s in setups.values() for p in s.pids}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)) as session:
+    async with aiohttp.ClientSession(connector=client_connector()) as session:
         for s in setups.values():  # warm up connections, code paths, leases
             values, _ = await load_spread(session, s.urls, CHAT_BODY, 10, 0.5)
             s.answered += len(values)

@@ -208,6 +208,15 @@ def run_bare(port: int, upstream: str, lean: bool = False) -> None:
 # ------------------------------------------------------------------ orchestration
 
 
+def client_connector() -> Any:
+    """The load generator's connection pool: unlimited, and idle connections dropped after 3 s,
+    before the servers' own keep-alive timeout (uvicorn's 5 s) closes them under a request (the
+    loads of the other servers and the quiet waits leave a server's connections idle that long)."""
+    import aiohttp
+
+    return aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=3.0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -416,7 +425,7 @@ async def measure(
                     for k, v in json.loads(Path(out.name).read_text() or "{}").items():
                         counts[k] = counts.get(k, 0) + v
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0)) as session:
+    async with aiohttp.ClientSession(connector=client_connector()) as session:
         for url in targets.values():  # warm up connections and code paths
             await load(session, url, CHAT_BODY, 10, 0.5)
         for c in (1, 10, 100):

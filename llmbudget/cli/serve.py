@@ -35,6 +35,8 @@ def check_bind(host: str, admin_token_env: str | None) -> None:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+#: how long an idle client connection stays open, in seconds
+KEEP_ALIVE_S = 75
 
 
 def check_listen(host: str, port: int) -> None:
@@ -148,6 +150,10 @@ def serve(
             server_header=False,
             date_header=False,
             timeout_graceful_shutdown=10,
+            # longer than the idle timeouts of clients' pools (httpx 5 s, aiohttp 15 s) and load
+            # balancers (60 s is usual): the client side closes an idle connection first, so a
+            # request never meets a connection the server is closing (uvicorn's default is 5 s)
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         sockets = None if index is None else [_shared_socket(host, port)]
         _run_until_stopped(_server_class()(uv_config, services), sockets)

@@ -1,5 +1,6 @@
 """`llmbudget serve` as its own process at its edges: headers too large for any route, the login
-form's rate limit, and virtual keys' names (an unknown one, a revoked one used again)."""
+form's rate limit, virtual keys' names (an unknown one, a revoked one used again), and how long an
+idle connection stays open."""
 
 from __future__ import annotations
 
@@ -161,3 +162,25 @@ def test_unknown_and_reused_key_names(
         r = c.post(path, json=body, headers={"Authorization": f"Bearer {old_secret}"})
         assert r.status_code == 401, "the replaced key's old secret still spends"
     assert old_secret not in srv.logs() and new_secret not in srv.logs()
+
+
+def test_an_idle_connection_outlives_the_clients_pool_timeout(
+    serve: Callable[..., Server], fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A client's pool drops an idle connection after 5 s (httpx) to 60 s (a load balancer): the
+    server keeps it longer, so a request never meets a connection the server is closing."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    srv = serve(guarded_config(tmp_path, fake_upstream), env=ENV)
+    where = urlsplit(srv.url)
+    request = (
+        f"GET /healthz HTTP/1.1\r\nHost: {where.hostname}:{where.port}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode()
+    with socket.create_connection((where.hostname, where.port), timeout=10) as s:
+        for wait in (0.0, 6.5):  # past uvicorn's default keep-alive of 5 s
+            time.sleep(wait)
+            s.sendall(request)
+            head = s.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), head[:100]

@@ -169,18 +169,22 @@ def test_an_idle_connection_outlives_the_clients_pool_timeout(
 ) -> None:
     """A client's pool drops an idle connection after 5 s (httpx) to 60 s (a load balancer): the
     server keeps it longer, so a request never meets a connection the server is closing."""
-    import socket
+    import http.client
     import time
     from urllib.parse import urlsplit
 
     srv = serve(guarded_config(tmp_path, fake_upstream), env=ENV)
     where = urlsplit(srv.url)
-    request = (
-        f"GET /healthz HTTP/1.1\r\nHost: {where.hostname}:{where.port}\r\nConnection: keep-alive\r\n\r\n"
-    ).encode()
-    with socket.create_connection((where.hostname, where.port), timeout=10) as s:
-        for wait in (0.0, 6.5):  # past uvicorn's default keep-alive of 5 s
-            time.sleep(wait)
-            s.sendall(request)
-            head = s.recv(65536)
-            assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        sock = conn.sock
+        time.sleep(6.5)  # past uvicorn's default keep-alive of 5 s
+        conn.request("GET", "/healthz")  # a connection the server closed: RemoteDisconnected
+        again = conn.getresponse()
+        assert again.status == 200 and again.read()
+        assert conn.sock is sock, "the second request did not go on the same connection"
+    finally:
+        conn.close()

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 import zlib
+from typing import Any
 
 import aiohttp
 
@@ -141,16 +142,18 @@ async def streamed_answer(
     recorded = False
     task = asyncio.current_task()
 
+    def outcome(interrupted: bool) -> dict[str, Any]:
+        """How the call ended, as its event records it (an error inside the stream is its reason)."""
+        return {
+            "http_status": resp.status,
+            "status": "error" if req.reason else None,
+            "interrupted": interrupted,
+            "ttft_ms": ttft,
+        }
+
     async def record(*, interrupted: bool) -> UsageEvent | None:
-        """Record the call now, before the stream's last byte (an error inside it is its reason)."""
-        return await proxy.record_call(
-            req,
-            target,
-            http_status=resp.status,
-            status="error" if req.reason else None,
-            interrupted=interrupted,
-            ttft_ms=ttft,
-        )
+        """Record the call now, before the stream's last byte."""
+        return await proxy.record_call(req, target, **outcome(interrupted))
 
     watcher: asyncio.Future[Message] | None = None
     if receive is not None and task is not None:
@@ -241,14 +244,7 @@ async def streamed_answer(
             watcher.cancel()
         if client_gone and task is not None:
             task.uncancel()  # so the rest of this request (recording) runs normally
-    if not recorded:  # the client hung up first
-        event = proxy._record(
-            req,
-            target,
-            http_status=resp.status,
-            status="error" if req.reason else None,
-            interrupted=interrupted,
-            ttft_ms=ttft,
-        )
+    if not recorded:  # the client hung up first: no last byte to hold for durability
+        event = proxy._record(req, target, **outcome(interrupted))
     if event is not None and req.admission is not None:
         proxy.recorder.settle_later(req.admission, event)

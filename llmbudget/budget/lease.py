@@ -157,7 +157,8 @@ class LeaseBook:
                 self.used[sp.key] = self.used.get(sp.key, 0) + sp.amount
             self._spends.extend(spends)
             self._notes.append(note)
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock and notifies: once per batch is enough
+            self._wake.set()
 
     def released(self, charges: Sequence[Charge]) -> None:
         """A call that spent nothing: its worst case is free again in the lease."""

@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from test_budget_schema import _sql
 from test_budget_seed import NOW, Clock, _cleanup, call, enforcer, ev
 
 from llmbudget.budget.status import budget_status
@@ -273,3 +274,45 @@ def test_a_busy_lease_takes_its_next_slice_before_it_runs_out(setup: tuple[str, 
     finally:
         _cleanup(enf)
         ledger.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_reconciling_drops_the_pending_rows_the_ledger_holds_and_keeps_an_unpriced_worst_case(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    db = str(request.getfixturevalue("pg_url")) if store == "postgres" else f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = open_ledger(db, audit=False)
+    enf = enforcer(db, "  daily_limit_usd: 100\n", ledger, clock=Clock(NOW))
+    try:
+        priced = [ev(NOW, "0.10", source="proxy") for _ in range(3)]
+        unpriced = ev(NOW, "0", source="proxy", price_status="unpriced", cost_usd=None)
+        waiting = ev(NOW, "0.20", source="proxy")  # settled, not in the ledger yet
+        for done in [*priced, unpriced, waiting]:
+            enf.settle(enf.admit(call()), done)
+        enf.flush()
+        ledger.record_many([*priced, unpriced])
+        ledger.flush()
+
+        def pending() -> dict[str, tuple[int, int]]:
+            rows = _sql(db, "SELECT event_id, amount, kept FROM budget_pending")
+            return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+        assert set(pending()) == {e.id for e in [*priced, unpriced, waiting]}
+        enf.reconcile()
+        # the priced events count from the ledger; the unpriced one keeps its worst case (0.50, the
+        # test price) beside a zero amount; the one the ledger lacks is still whole
+        left = pending()
+        assert left == {unpriced.id: (0, to_nano(Decimal("0.50"))), waiting.id: (to_nano(Decimal("0.20")), 0)}
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.spent == to_nano(Decimal("0.30") + Decimal("0.50") + Decimal("0.20"))
+        ledger.update_costs([(unpriced.id, to_nano(Decimal("0.05")), "priced")])
+        ledger.record(waiting)
+        ledger.flush()
+        enf.reconcile()
+        assert pending() == {}
+        [st] = budget_status(enf.budgets, enf.store, enf.tz, NOW)
+        assert st.spent == st.ledger == to_nano(Decimal("0.55"))
+    finally:
+        _cleanup(enf)
+        ledger.close()
+

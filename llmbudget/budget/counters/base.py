@@ -383,19 +383,18 @@ def _check(charges: Sequence[Charge], used: dict[str, tuple[int, int]]) -> Refus
     return None
 
 
-#: pending rows the ledger now holds are counted from the ledger: dropped for every counter, live or
-#: past (those that keep an unpriced call's worst case stay until the event is priced); and any
-#: row older than KEEP_S
-_PRUNE_PENDING_SQL = (
-    "DELETE FROM budget_pending WHERE settled_at < ? OR EXISTS (SELECT 1 FROM events e WHERE "
-    "e.id = budget_pending.event_id AND (e.cost_nano IS NOT NULL OR budget_pending.kept = 0))"
+#: the ledger holds the pending row's event, and the row has nothing more to say: its amount counts
+#: from the ledger, and so does the worst case it keeps (an unpriced call's) once the event is priced.
+#: One index lookup per pending row (an `IN (SELECT id FROM events)` walks every event id on SQLite,
+#: a second per counter at a million events)
+_DONE = (
+    "EXISTS (SELECT 1 FROM events e WHERE e.id = budget_pending.event_id "
+    "AND (e.cost_nano IS NOT NULL OR budget_pending.kept = 0))"
 )
-#: the ledger holds the pending row's event: one index lookup per pending row (an `IN (SELECT id
-#: FROM events)` walks every event id on SQLite, a second per counter at a million events)
+#: pending rows that are done are dropped for every counter, live or past; and any row older than KEEP_S
+_PRUNE_PENDING_SQL = f"DELETE FROM budget_pending WHERE settled_at < ? OR {_DONE}"
+#: the ledger holds the pending row's event (it may still keep a worst case: see `_DONE`)
 _LEDGERED = "EXISTS (SELECT 1 FROM events e WHERE e.id = budget_pending.event_id)"
-_LEDGERED_PRICED = (
-    "EXISTS (SELECT 1 FROM events e WHERE e.id = budget_pending.event_id AND e.cost_nano IS NOT NULL)"
-)
 _PRUNE_OLD_SQL = "DELETE FROM budget_pending WHERE settled_at < ?"
 
 

@@ -29,8 +29,8 @@ from typing import Any
 from ...store.dialect import Param, execute_in_chunks, multirow_statements, pg_sql
 from ..seed import SeedSpec, counter_sums_sql, has_ledger_tables, seed_sql, values_sql
 from .base import (
+    _DONE,
     _LEDGERED,
-    _LEDGERED_PRICED,
     _PRUNE_OLD_SQL,
     _PRUNE_PENDING_SQL,
     KEEP_S,
@@ -364,14 +364,16 @@ class SQLCounters(CounterStore):
                 after = spent + un + kept
                 db.execute("UPDATE budget_counters SET spent = ? WHERE counter = ?", (after, key))
                 if ledger:  # settlements the ledger now holds count from the ledger only
+                    # rows that are done go at once (one write each, not an update then a delete); the
+                    # few left that the ledger holds keep an unpriced call's worst case: amount zeroed
+                    db.execute(
+                        f"DELETE FROM budget_pending WHERE counter = ? AND ({_DONE} "
+                        "OR amount = 0 AND kept = 0 OR settled_at < ?)",
+                        (key, now - KEEP_S),
+                    )
                     db.execute(
                         f"UPDATE budget_pending SET amount = 0 WHERE counter = ? AND amount <> 0 AND {_LEDGERED}",
                         (key,),
-                    )
-                    db.execute(
-                        "DELETE FROM budget_pending WHERE counter = ? AND (amount = 0 AND (kept = 0 OR "
-                        f"{_LEDGERED_PRICED}) OR settled_at < ?)",
-                        (key, now - KEEP_S),
                     )
                 out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)
             self._remember([key])

@@ -316,3 +316,65 @@ def test_reconciling_drops_the_pending_rows_the_ledger_holds_and_keeps_an_unpric
         _cleanup(enf)
         ledger.close()
 
+
+def test_postgres_vacuums_the_pending_queue_as_it_reconciles(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmbudget.budget.counters import sql as counters_sql
+
+    monkeypatch.setattr(counters_sql, "VACUUM_S", 0.0)  # due at every reconciliation
+    ledger = open_ledger(pg_url, audit=False)
+    enf = enforcer(pg_url, "  daily_limit_usd: 100\n", ledger, clock=Clock(NOW))
+    try:
+        done = [ev(NOW, "0.01", source="proxy") for _ in range(50)]
+        for d in done:
+            enf.settle(enf.admit(call()), d)
+        enf.flush()
+        ledger.record_many(done)
+        ledger.flush()
+        enf.reconcile()  # the 50 pending rows are deleted, then the table is vacuumed
+        assert _sql(pg_url, "SELECT count(*) FROM budget_pending") == [(0,)]
+        deadline = time.monotonic() + 10
+        while True:  # the statistics reach the view a moment after the vacuum ends
+            [(vacuums, dead)] = _sql(
+                pg_url,
+                "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'budget_pending'",
+            )
+            if vacuums or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert vacuums >= 1 and dead == 0
+    finally:
+        _cleanup(enf)
+        ledger.close()
+
+
+def test_reconciling_looks_events_up_by_id_even_where_postgres_has_no_statistics(pg_url: str) -> None:
+    import psycopg
+
+    from llmbudget.budget.seed import counter_sums_sql, spec_for
+    from llmbudget.store.dialect import pg_sql
+
+    ledger = open_ledger(pg_url, audit=False)
+    enf = enforcer(pg_url, "  daily_limit_usd: 100\n", ledger, clock=Clock(NOW))
+    try:
+        ledger.record_many([ev(NOW - timedelta(minutes=5), "0.01") for _ in range(3000)])
+        ledger.flush()
+        [booked] = enf._charges(call(), NOW, 10, 10)
+        # a busy counter's settlements whose events are not in the ledger yet
+        _sql(
+            pg_url,
+            "INSERT INTO budget_pending (event_id, counter, amount, kept, settled_at) "
+            "SELECT 'e' || g, ?, 1, 0, 0 FROM generate_series(1, 20000) AS g",
+            (booked.charge.key,),
+        )
+        spec = spec_for(booked.budget, booked.value, booked.window, booked.window.read_keys[0], None)
+        sql, params = counter_sums_sql(spec, booked.charge.key, True)
+        with psycopg.connect(pg_url) as conn:  # never analyzed: autovacuum is off here, as it may be anywhere
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + pg_sql(sql), params))
+        # a join was planned as a hash of the whole events table, at every reconciliation
+        assert "Seq Scan on events" not in plan, plan
+        assert "Index Scan using events_pkey" in plan or "Index Only Scan using events_pkey" in plan, plan
+    finally:
+        _cleanup(enf)
+        ledger.close()

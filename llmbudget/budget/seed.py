@@ -162,11 +162,15 @@ def has_ledger_tables(
     return int(rows[0][0]) == 2
 
 
-#: pending settlements of one counter, split by what the ledger already holds (see `budget.counters`)
+#: pending settlements of one counter, split by what the ledger already holds (see `budget.counters`):
+#: an amount counts until its event is in the ledger, a kept worst case until the event is priced.
+#: One index lookup per pending row, whatever the planner knows: a join let PostgreSQL without table
+#: statistics (autovacuum off, or a new database) hash the whole events table at every reconciliation
 PENDING_SUMS_SQL = (
-    "SELECT COALESCE(SUM(CASE WHEN e.id IS NULL THEN p.amount ELSE 0 END), 0) AS un, "
-    "COALESCE(SUM(CASE WHEN e.id IS NULL OR e.cost_nano IS NULL THEN p.kept ELSE 0 END), 0) AS kept "
-    "FROM budget_pending p LEFT JOIN events e ON e.id = p.event_id WHERE p.counter = ?"
+    "SELECT COALESCE(SUM(CASE WHEN q.amount = 0 OR q.s IS NOT NULL THEN 0 ELSE q.amount END), 0) AS un, "
+    "COALESCE(SUM(CASE WHEN q.kept = 0 OR q.s = 2 THEN 0 ELSE q.kept END), 0) AS kept "
+    "FROM (SELECT p.amount, p.kept, (SELECT CASE WHEN e.cost_nano IS NULL THEN 1 ELSE 2 END "
+    "FROM events e WHERE e.id = p.event_id) AS s FROM budget_pending p WHERE p.counter = ?) AS q"
 )
 #: without a ledger in the same database every pending settlement counts
 PENDING_SUMS_NO_LEDGER_SQL = "SELECT COALESCE(SUM(amount), 0) AS un, COALESCE(SUM(kept), 0) AS kept FROM budget_pending WHERE counter = ?"

@@ -393,8 +393,6 @@ _DONE = (
 )
 #: pending rows that are done are dropped for every counter, live or past; and any row older than KEEP_S
 _PRUNE_PENDING_SQL = f"DELETE FROM budget_pending WHERE settled_at < ? OR {_DONE}"
-#: the ledger holds the pending row's event (it may still keep a worst case: see `_DONE`)
-_LEDGERED = "EXISTS (SELECT 1 FROM events e WHERE e.id = budget_pending.event_id)"
 _PRUNE_OLD_SQL = "DELETE FROM budget_pending WHERE settled_at < ?"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -15,6 +16,8 @@ from ...store.migrations import apply_migrations
 from ..seed import SeedSpec
 from .base import Charge, Refusal, _all_keys, _guard, _guard_all, _items, _merge, _refusal_at
 from .sql import SQLConn, SQLCounters
+
+log = logging.getLogger("llmbudget.budget")
 
 
 @_guard_all
@@ -45,6 +48,7 @@ class PostgresCounters(SQLCounters):
         self._init_sql()
         self._create_schema()
         self._sweep_lock = threading.Lock()
+        self._vacuum_warned = False
         self.reap()  # a predecessor killed on this storage leaves nothing reserved
 
     @_guard
@@ -69,6 +73,19 @@ class PostgresCounters(SQLCounters):
 
     def _write_one(self) -> AbstractContextManager[SQLConn]:
         return self._read()  # autocommit: the statement is its own transaction
+
+    def _vacuum_pending(self) -> None:
+        # budget_pending is a queue (a row lives from a settlement to the next reconciliation, seconds):
+        # without a vacuum its dead rows pile up, and every reconciliation's scan of a busy counter walks
+        # them all; autovacuum may be off, or slow to come back to a table this small. SKIP_LOCKED: a
+        # replica vacuuming it now is enough
+        try:
+            with self._read() as db:
+                db.execute("VACUUM (SKIP_LOCKED) budget_pending")
+        except Exception as e:  # not the table's owner, say: the reconciliation itself is done
+            if not self._vacuum_warned:
+                self._vacuum_warned = True
+                log.warning("budget vacuum_failed table=budget_pending error=%s: %s", type(e).__name__, e)
 
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, list[Param]]:
         return f"{column} = ANY(?)", [list(values)]

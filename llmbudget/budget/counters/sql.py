@@ -30,7 +30,6 @@ from ...store.dialect import Param, execute_in_chunks, multirow_statements, pg_s
 from ..seed import SeedSpec, counter_sums_sql, has_ledger_tables, seed_sql, values_sql
 from .base import (
     _DONE,
-    _LEDGERED,
     _PRUNE_OLD_SQL,
     _PRUNE_PENDING_SQL,
     KEEP_S,
@@ -71,6 +70,10 @@ _PENDING_UPSERT_PG = (
     "ON CONFLICT (event_id, counter) DO UPDATE SET amount = b.amount + excluded.amount, "
     "kept = b.kept + excluded.kept, settled_at = excluded.settled_at"
 )
+
+
+#: how often PostgreSQL's `budget_pending` is vacuumed (by the process reconciling when it is due)
+VACUUM_S = 10.0
 
 
 class SQLConn:
@@ -114,6 +117,7 @@ class SQLCounters(CounterStore):
     def _init_sql(self) -> None:
         self._next_sweep = 0.0
         self._next_prune = 0.0
+        self._next_vacuum = time.time() + VACUUM_S
         #: counters known to exist (created and seeded): not checked again by this process
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
@@ -363,17 +367,11 @@ class SQLCounters(CounterStore):
                 spent, un, kept = (int(x) for x in db.execute(sql, params)[0])
                 after = spent + un + kept
                 db.execute("UPDATE budget_counters SET spent = ? WHERE counter = ?", (after, key))
-                if ledger:  # settlements the ledger now holds count from the ledger only
-                    # rows that are done go at once (one write each, not an update then a delete); the
-                    # few left that the ledger holds keep an unpriced call's worst case: amount zeroed
+                if ledger:  # rows that are done go: their amounts count from the ledger only
                     db.execute(
                         f"DELETE FROM budget_pending WHERE counter = ? AND ({_DONE} "
                         "OR amount = 0 AND kept = 0 OR settled_at < ?)",
                         (key, now - KEEP_S),
-                    )
-                    db.execute(
-                        f"UPDATE budget_pending SET amount = 0 WHERE counter = ? AND amount <> 0 AND {_LEDGERED}",
-                        (key,),
                     )
                 out[key] = Reconciled(int(row[0]) if row else after, after, spent, un, kept)
             self._remember([key])
@@ -382,7 +380,13 @@ class SQLCounters(CounterStore):
             self._next_prune = now + 60
             with self._write_one() as db:
                 db.execute(_PRUNE_PENDING_SQL if self._ledger(db) else _PRUNE_OLD_SQL, (now - KEEP_S,))
+        if now >= self._next_vacuum:
+            self._next_vacuum = now + VACUUM_S
+            self._vacuum_pending()
         return out
+
+    def _vacuum_pending(self) -> None:
+        """Clear out `budget_pending`'s deleted rows, where the database keeps them (PostgreSQL)."""
 
     def check(self, seeds: Mapping[str, SeedSpec]) -> dict[str, Reconciled]:
         out: dict[str, Reconciled] = {}

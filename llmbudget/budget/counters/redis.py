@@ -25,10 +25,21 @@ from .base import (
     _items,
     _lease_keys,
     _merge,
+    _pending_rows,
     _refusal_at,
 )
 
 log = logging.getLogger("llmbudget.budget")
+
+
+def _spends_arg(spends: Sequence[Spend]) -> str:
+    """The lease script's spends: summed per counter, and per event and counter for the pending hash
+    (a few commands per counter and one per event, not six per settlement)."""
+    per_key: dict[str, int] = {}
+    for sp in spends:
+        per_key[sp.key] = per_key.get(sp.key, 0) + int(sp.amount)
+    pending = [[k, e, a, kept] for (e, k), (a, kept) in _pending_rows(spends).items()]
+    return json.dumps([[[k, a] for k, a in per_key.items()], pending])
 
 
 def _lua(*names: str) -> str:
@@ -259,7 +270,7 @@ class RedisCounters(CounterStore):
                 json.dumps(_items(grow)),
                 ttl_s,
                 seed_arg,
-                json.dumps([[sp.key, int(sp.amount), sp.event_id or "", int(sp.shown)] for sp in spends]),
+                _spends_arg(spends),
                 json.dumps(dict(give_back or {})) if give_back else "{}",
                 json.dumps(dict(calls or {})) if calls else "{}",
                 json.dumps(keys),

@@ -1,6 +1,7 @@
 -- a fragment: runs after sweep.lua and seed.lua (uses `p`, `n` and `now`)
 -- ARGV[2] lease id, ARGV[4] grow charges, ARGV[5] grow items, ARGV[6] ttl, ARGV[8] spends
--- [[key, amount, event, shown]], ARGV[9] give back {key: amount}, ARGV[10] calls {key: n}, ARGV[11] keys
+-- [[[key, amount], ...], [[key, event, amount shown, amount kept], ...]] (each summed per key, and
+-- per event and key), ARGV[9] give back {key: amount}, ARGV[10] calls {key: n}, ARGV[11] keys
 local rk = p .. 'r:' .. ARGV[2]
 local held = {}
 local raw = redis.call('GET', rk)
@@ -18,24 +19,26 @@ local function take(key, amount)
     end
   end
 end
-for _, sp in ipairs(cjson.decode(ARGV[8])) do
+local spends = cjson.decode(ARGV[8])
+for _, sp in ipairs(spends[1]) do
   local ck = p .. 'c:' .. sp[1]
   redis.call('HINCRBY', ck, 's', n(sp[2]))
   redis.call('EXPIRE', ck, 3456000)
   take(sp[1], sp[2])
-  if sp[3] ~= '' then
-    local pk = p .. 'p:' .. sp[1]
-    local part = math.min(sp[2], sp[4])
-    local old = redis.call('HGET', pk, sp[3])
-    local a, k = 0, 0
-    if old then
-      local sep = string.find(old, ':', 1, true)
-      a, k = tonumber(string.sub(old, 1, sep - 1)), tonumber(string.sub(old, sep + 1))
-    end
-    redis.call('HSET', pk, sp[3], n(a + part) .. ':' .. n(k + sp[2] - part))
-    redis.call('EXPIRE', pk, 3456000)
-  end
 end
+local pending = {}
+for _, pe in ipairs(spends[2]) do
+  local pk = p .. 'p:' .. pe[1]
+  if redis.call('HSETNX', pk, pe[2], n(pe[3]) .. ':' .. n(pe[4])) == 0 then
+    -- the event settled on this counter before (a retried batch): add up
+    local old = redis.call('HGET', pk, pe[2])
+    local sep = string.find(old, ':', 1, true)
+    local a, k = tonumber(string.sub(old, 1, sep - 1)), tonumber(string.sub(old, sep + 1))
+    redis.call('HSET', pk, pe[2], n(a + pe[3]) .. ':' .. n(k + pe[4]))
+  end
+  pending[pk] = true
+end
+for pk, _ in pairs(pending) do redis.call('EXPIRE', pk, 3456000) end
 for key, amount in pairs(cjson.decode(ARGV[9])) do take(key, amount) end
 local refusal = {0, 0, 0}
 local charges = cjson.decode(ARGV[4])

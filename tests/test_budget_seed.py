@@ -143,6 +143,7 @@ def test_gated_calls_are_not_counted_twice(setup: tuple[str, str | None]) -> Non
     ledger.record_many([ev(NOW - timedelta(hours=2), "1.00")])
     clock = Clock(NOW)
     enf = enforcer(db, "  daily_limit_usd: 100\n", ledger, clock=clock, redis=redis)
+    enf2: BudgetEnforcer | None = None
     try:
         for i in range(3):
             adm = enf.admit(call())
@@ -168,6 +169,11 @@ def test_gated_calls_are_not_counted_twice(setup: tuple[str, str | None]) -> Non
         [st] = budget_status(enf2.budgets, enf2.store, enf2.tz, NOW)
         assert st.spent == to_nano(Decimal("2.00"))
     finally:
+        if enf2 is not None:  # the second process's counter store (and its heartbeat) closed too
+            if enf2.store is enf.store:
+                enf2.book.close()
+            else:
+                enf2.close()
         _cleanup(enf)
         ledger.close()
 

@@ -35,9 +35,7 @@ log = logging.getLogger("llmbudget.budget")
 def _spends_arg(spends: Sequence[Spend]) -> str:
     """The lease script's spends: summed per counter, and per event and counter for the pending hash
     (a few commands per counter and one per event, not six per settlement)."""
-    per_key: dict[str, int] = {}
-    for sp in spends:
-        per_key[sp.key] = per_key.get(sp.key, 0) + int(sp.amount)
+    per_key = _merge([(sp.key, sp.amount) for sp in spends])
     pending = [[k, e, a, kept] for (e, k), (a, kept) in _pending_rows(spends).items()]
     return json.dumps([[[k, a] for k, a in per_key.items()], pending])
 

@@ -132,15 +132,15 @@ class LeaseBook:
                 lack = c.amount - (self.held.get(c.key, 0) - self.used.get(c.key, 0))
                 if lack <= 0:
                     continue
-                amount = lack
-                if sized:
-                    target = c.amount * SLICE_CALLS
-                    free = self._free(c)
-                    if free is not None:
-                        target = min(target, free // SLICE_SHARE)
-                    amount = max(lack, target)
+                amount = max(lack, self._slice(c)) if sized else lack
                 out.append(Charge(c.budget, c.key, c.read_keys, c.limit, amount, c.unit))
         return out
+
+    def _slice(self, c: Charge) -> int:
+        """A slice for calls like `c`: SLICE_CALLS worst cases, at most 1/SLICE_SHARE of what is free."""
+        target = c.amount * SLICE_CALLS
+        free = self._free(c)
+        return target if free is None else min(target, free // SLICE_SHARE)
 
     def _free(self, c: Charge) -> int | None:
         if c.limit is None or c.key not in self.totals:
@@ -241,7 +241,7 @@ class LeaseBook:
                 self._step(self._slices(refill) if refill else (), None, final=final)
 
     def _slices(self, charges: Sequence[Charge]) -> list[Charge]:
-        """The next slice of each counter in `charges` still running low (sized as `_lacks` sizes one)."""
+        """The next slice of each counter in `charges` still running low."""
         out: list[Charge] = []
         with self._lock:
             for c in charges:
@@ -249,10 +249,7 @@ class LeaseBook:
                     c.key, 0
                 ):
                     continue
-                target = c.amount * SLICE_CALLS
-                free = self._free(c)
-                if free is not None:
-                    target = min(target, free // SLICE_SHARE)
+                target = self._slice(c)
                 if target > 0:
                     out.append(Charge(c.budget, c.key, c.read_keys, c.limit, target, c.unit))
         return out
